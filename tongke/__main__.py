@@ -1,0 +1,3 @@
+from tongke.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""The all-in-one web application: every package mounts its routes on one aiohttp app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from tongke.config import Config
+from tongke.events import EventBus
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web_client"
+
+
+@dataclass
+class AppContext:
+    config: Config
+    secret: str
+    bus: EventBus
+
+
+CTX = web.AppKey("tongke_ctx", AppContext)
+
+
+def create_app(config: Config) -> web.Application:
+    # Imported here so that `tongke --help` stays fast and each package stays optional
+    # to the others at import time.
+    from media_server.http import setup as setup_media
+
+    app = web.Application(client_max_size=config.max_message_bytes * 4)
+    ctx = AppContext(config=config, secret=config.ensure_secret(), bus=EventBus())
+    app[CTX] = ctx
+    setup_media(app, ctx)
+    if WEB_ROOT.is_dir():
+        app.router.add_static("/static/", WEB_ROOT, show_index=False)
+    return app

@@ -1,0 +1,86 @@
+"""Server configuration: embedded defaults, overridden by a TOML file, then by env vars.
+
+Every setting has a default that works on one machine with nothing else running, so
+`tongke serve` and `tongke demo` start without a config file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # The address browsers and agents use to reach this server (links, feeds).
+    public_url: str = ""
+    data_dir: Path = field(default_factory=lambda: Path("data"))
+    # Signs room tokens. Persisted under data_dir when not configured so that tokens
+    # survive a restart of the server.
+    secret: str = ""
+    # Embedded defaults: SQLite under data_dir and an in-process event bus and job queue.
+    database_url: str = ""
+    redis_url: str = ""
+    # ICE: host candidates on these addresses only (empty: every interface).
+    ice_addresses: list[str] = field(default_factory=list)
+    max_message_bytes: int = 256 * 1024
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'tongke.db'}"
+
+    def ensure_secret(self) -> str:
+        """Return the signing secret, creating and persisting one on first use."""
+        if self.secret:
+            return self.secret
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "secret.key"
+        if path.exists():
+            self.secret = path.read_text().strip()
+        else:
+            self.secret = secrets.token_urlsafe(32)
+            path.write_text(self.secret)
+            path.chmod(0o600)
+        return self.secret
+
+
+_ENV_PREFIX = "TONGKE_"
+
+
+def load_config(path: Path | None = None, **overrides: object) -> Config:
+    """Build a Config from defaults, an optional TOML file ([server] table), env, overrides."""
+    values: dict[str, object] = {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        values.update(data.get("server", data))
+    names = {f.name: f for f in fields(Config)}
+    for name in names:
+        env = os.environ.get(_ENV_PREFIX + name.upper())
+        if env is not None:
+            values[name] = env
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+    cfg = Config()
+    for name, value in values.items():
+        current = getattr(cfg, name)
+        if isinstance(current, Path):
+            value = Path(str(value))
+        elif isinstance(current, bool):
+            value = str(value).lower() in ("1", "true", "yes", "on")
+        elif isinstance(current, int):
+            value = int(value)  # type: ignore[call-overload]
+        elif isinstance(current, list) and isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        setattr(cfg, name, value)
+    return cfg

@@ -1,0 +1,114 @@
+"""Room tokens: JWTs naming one room, one classroom and one role.
+
+A token for one lesson opens no other: every check names the room it is for.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+import jwt
+
+ALGORITHM = "HS256"
+
+
+class Role(StrEnum):
+    MASTER = "master"
+    POINT = "point"
+    OBSERVER = "observer"
+    AGENT = "agent"
+    RECORDER = "recorder"
+    ADMIN = "admin"
+    SCHEDULER = "scheduler"
+    STUDENT = "student"
+
+
+# Roles that may publish media into a room.
+PUBLISHING_ROLES = frozenset({Role.MASTER, Role.POINT, Role.AGENT})
+# Roles whose tokens are not bound to one room ("*").
+GLOBAL_ROLES = frozenset({Role.ADMIN, Role.SCHEDULER})
+
+
+class TokenError(Exception):
+    """The token is missing, malformed, expired, or not valid for what was asked."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Claims:
+    room: str
+    classroom: str
+    role: Role
+    subject: str
+    name: str
+    expires_at: int
+
+    def allows_room(self, room: str) -> bool:
+        return self.room == room or (self.room == "*" and self.role in GLOBAL_ROLES)
+
+
+def issue_token(
+    secret: str,
+    *,
+    room: str,
+    classroom: str,
+    role: Role | str,
+    name: str = "",
+    ttl_s: int = 4 * 3600,
+    subject: str | None = None,
+    now: float | None = None,
+) -> str:
+    issued = int(now if now is not None else time.time())
+    role = Role(role)
+    payload = {
+        "room": room,
+        "classroom": classroom,
+        "role": role.value,
+        "sub": subject or f"{classroom}:{uuid.uuid4().hex[:8]}",
+        "name": name or classroom,
+        "iat": issued,
+        "exp": issued + ttl_s,
+    }
+    return jwt.encode(payload, secret, algorithm=ALGORITHM)
+
+
+def verify_token(
+    secret: str, token: str | None, *, room: str | None = None, roles: frozenset[Role] | None = None
+) -> Claims:
+    """Decode and check a token; raise TokenError with a reason a person can act on."""
+    if not token:
+        raise TokenError("token_missing", "a room token is required")
+    try:
+        data = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "room", "role"]}
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("token_expired", "the token has expired; ask for a new link") from None
+    except jwt.InvalidSignatureError:
+        raise TokenError("token_invalid", "the token was not issued by this server") from None
+    except jwt.PyJWTError as exc:
+        raise TokenError("token_invalid", f"the token is not valid: {exc}") from None
+    try:
+        role = Role(data["role"])
+    except ValueError:
+        raise TokenError("token_invalid", f"unknown role {data['role']!r}") from None
+    claims = Claims(
+        room=str(data["room"]),
+        classroom=str(data.get("classroom", "")),
+        role=role,
+        subject=str(data.get("sub", "")),
+        name=str(data.get("name", "")),
+        expires_at=int(data["exp"]),
+    )
+    if room is not None and not claims.allows_room(room):
+        raise TokenError("token_wrong_room", f"this token is for another lesson, not {room!r}")
+    if roles is not None and claims.role not in roles:
+        raise TokenError("token_role", f"role {claims.role.value!r} may not do this")
+    return claims
