@@ -1,0 +1,1 @@
+"""The SFU: signalling, rooms, RTP forwarding without decoding, RTCP relaying."""

@@ -1,0 +1,390 @@
+"""The publish side of a participant: an answerer PeerConnection whose packets we route.
+
+aiortc negotiates ICE, DTLS and SRTP; we replace what it would do with the media. Its
+receivers are never started (no jitter buffer, no decoder thread), and decrypted packets
+go straight from the socket callback to the UpTrack that owns their SSRC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    is_rtcp,
+    pack_remb_fci,
+)
+from aiortc.sdp import SessionDescription
+
+from media_server.rtpbytes import H264, OPUS, VP8
+from media_server.uptrack import UpTrack
+from media_server.wire import Wire
+
+log = logging.getLogger(__name__)
+
+SOURCE_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+LAYERS = ("h", "m", "l")
+CODECS = {"video/h264": H264, "video/vp8": VP8, "audio/opus": OPUS}
+# What we tell browsers they may send: the uplink estimate is a later concern; this
+# keeps their encoder from sitting at its start bitrate.
+PUBLISH_REMB_BPS = 6_000_000
+RTCP_INTERVAL_S = 1.0
+
+
+class SignallingError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TrackSpec:
+    mid: str
+    source: str
+    kind: str
+    layer: str
+    label: str
+
+    @classmethod
+    def parse(cls, raw: object) -> TrackSpec:
+        if not isinstance(raw, dict):
+            raise SignallingError("bad_request", "each track must be an object")
+        mid, source, kind = raw.get("mid"), raw.get("source"), raw.get("kind")
+        layer = raw.get("layer", "h")
+        label = raw.get("label", "")
+        if not isinstance(mid, str) or not mid:
+            raise SignallingError("bad_request", "track.mid must be a non-empty string")
+        if not isinstance(source, str) or not SOURCE_RE.match(source):
+            raise SignallingError(
+                "bad_request", "track.source must match [a-z0-9_]{1,32}, e.g. teacher_camera"
+            )
+        if kind not in ("audio", "video"):
+            raise SignallingError("bad_request", "track.kind must be 'audio' or 'video'")
+        if layer not in LAYERS:
+            raise SignallingError("bad_request", "track.layer must be 'h', 'm' or 'l'")
+        if not isinstance(label, str) or len(label) > 64:
+            raise SignallingError("bad_request", "track.label must be a string of at most 64")
+        return cls(mid=mid, source=source, kind=kind, layer=layer, label=label)
+
+
+def parse_sdp(sdp: object) -> SessionDescription:
+    if not isinstance(sdp, str) or not sdp.startswith("v=0"):
+        raise SignallingError("bad_sdp", "sdp must be an SDP string starting with 'v=0'")
+    try:
+        return SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc raises ValueError, IndexError, KeyError...
+        raise SignallingError("bad_sdp", f"the SDP could not be parsed: {exc}") from None
+
+
+class Publisher:
+    def __init__(
+        self,
+        *,
+        track_prefix: str,
+        on_tracks: Callable[[list[UpTrack], list[UpTrack]], None],
+        pc_factory: Callable[[], RTCPeerConnection],
+    ) -> None:
+        self.track_prefix = track_prefix
+        self._on_tracks = on_tracks
+        self._pc_factory = pc_factory
+        self.pc: RTCPeerConnection | None = None
+        self.wire: Wire | None = None
+        self.tracks: dict[str, UpTrack] = {}  # mid -> UpTrack
+        self._by_ssrc: dict[int, UpTrack] = {}
+        self._by_rtx_ssrc: dict[int, UpTrack] = {}
+        self._nack_pending: set[UpTrack] = set()
+        self._rtcp_task: asyncio.Task[None] | None = None
+        self._rtcp_ssrc = 1
+        self.unknown_packets = 0
+        self._lock = asyncio.Lock()
+        self._last_rr_highest: dict[UpTrack, tuple[int, int]] = {}
+
+    async def negotiate(self, sdp: object, raw_tracks: object) -> str:
+        if not isinstance(raw_tracks, list) or not raw_tracks:
+            raise SignallingError("bad_request", "tracks must be a non-empty list")
+        specs = [TrackSpec.parse(t) for t in raw_tracks]
+        if len({s.mid for s in specs}) != len(specs):
+            raise SignallingError("bad_request", "two tracks share one mid")
+        if len({(s.source, s.layer) for s in specs}) != len(specs):
+            raise SignallingError("bad_request", "two tracks share one source and layer")
+        offer = parse_sdp(sdp)
+        media_by_mid = {m.rtp.muxId: m for m in offer.media if m.kind in ("audio", "video")}
+        for spec in specs:
+            media = media_by_mid.get(spec.mid)
+            if media is None:
+                raise SignallingError("bad_sdp", f"the offer has no media section mid={spec.mid}")
+            if media.kind != spec.kind:
+                raise SignallingError(
+                    "bad_request", f"mid {spec.mid} is {media.kind}, not {spec.kind}"
+                )
+            if not media.ssrc:
+                raise SignallingError("bad_sdp", f"mid {spec.mid} has no a=ssrc line")
+        async with self._lock:
+            return await self._negotiate(sdp, specs, media_by_mid)  # type: ignore[arg-type]
+
+    async def _negotiate(self, sdp: str, specs: list[TrackSpec], media_by_mid: dict) -> str:
+        first = self.pc is None
+        if first:
+            self.pc = self._pc_factory()
+        pc = self.pc
+        assert pc is not None
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            for transceiver in pc.getTransceivers():
+                transceiver.direction = (
+                    "recvonly" if transceiver.direction != "inactive" else "inactive"
+                )
+                transceiver.receiver.receive = _no_receive  # type: ignore[method-assign]
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except SignallingError:
+            raise
+        except Exception as exc:
+            if first:
+                await self.close()
+            raise SignallingError("bad_sdp", f"the offer could not be negotiated: {exc}") from None
+        local = SessionDescription.parse(pc.localDescription.sdp)
+        answered = {m.rtp.muxId: m for m in local.media}
+        added, removed = [], []
+        wanted = {s.mid: s for s in specs}
+        for mid in list(self.tracks):
+            old = self.tracks[mid]
+            spec = wanted.get(mid)
+            if spec is None or (spec.source, spec.layer) != (old.source, old.layer):
+                removed.append(self._drop(mid))
+        for spec in specs:
+            if spec.mid in self.tracks:
+                continue
+            up = self._make_uptrack(spec, media_by_mid[spec.mid], answered.get(spec.mid))
+            if up is not None:
+                self.tracks[spec.mid] = up
+                added.append(up)
+        self._install_hooks()
+        if self._rtcp_task is None:
+            self._rtcp_task = asyncio.ensure_future(self._rtcp_loop())
+        self._on_tracks(added, removed)
+        return pc.localDescription.sdp
+
+    def _make_uptrack(self, spec: TrackSpec, offered, answered) -> UpTrack | None:
+        if answered is None or answered.port == 0 or not answered.rtp.codecs:
+            return None
+        primary = next((c for c in answered.rtp.codecs if c.mimeType.lower() in CODECS), None)
+        if primary is None:
+            raise SignallingError(
+                "bad_sdp", f"mid {spec.mid}: no supported codec (H.264, VP8 or Opus) was offered"
+            )
+        rtx_pt = next(
+            (
+                c.payloadType
+                for c in answered.rtp.codecs
+                if c.mimeType.lower().endswith("/rtx")
+                and c.parameters.get("apt") == primary.payloadType
+            ),
+            None,
+        )
+        ssrc = offered.ssrc[0].ssrc
+        rtx_ssrc = None
+        for group in offered.ssrc_group:
+            if group.semantic == "FID" and len(group.items) == 2:
+                ssrc, rtx_ssrc = int(group.items[0]), int(group.items[1])
+        up = UpTrack(
+            track_id=f"{self.track_prefix}/{spec.source}/{spec.layer}",
+            source=spec.source,
+            layer=spec.layer,
+            kind=spec.kind,
+            codec=CODECS[primary.mimeType.lower()],
+            clock_rate=primary.clockRate,
+            ssrc=ssrc,
+            payload_type=primary.payloadType,
+            rtx_ssrc=rtx_ssrc,
+            rtx_payload_type=rtx_pt,
+            request_keyframe=self._send_pli,
+            request_nack=self._schedule_nack,
+        )
+        up.label = spec.label  # type: ignore[attr-defined]
+        self._by_ssrc[ssrc] = up
+        if rtx_ssrc is not None:
+            self._by_rtx_ssrc[rtx_ssrc] = up
+        return up
+
+    def _drop(self, mid: str) -> UpTrack:
+        up = self.tracks.pop(mid)
+        self._by_ssrc.pop(up.ssrc, None)
+        if up.rtx_ssrc is not None:
+            self._by_rtx_ssrc.pop(up.rtx_ssrc, None)
+        self._last_rr_highest.pop(up, None)
+        up.close()
+        return up
+
+    def unpublish(self, mids: list[str]) -> list[UpTrack]:
+        removed = [self._drop(mid) for mid in mids if mid in self.tracks]
+        if removed:
+            self._on_tracks([], removed)
+        return removed
+
+    # -- packet path ------------------------------------------------------------------
+
+    def _install_hooks(self) -> None:
+        assert self.pc is not None
+        transceivers = self.pc.getTransceivers()
+        if not transceivers:
+            return
+        dtls = transceivers[0].receiver.transport
+        if self.wire is not None and self.wire.dtls is dtls:
+            return
+        self.wire = Wire(dtls)
+        connection = dtls.transport._connection
+        queued = connection.data_received
+        by_ssrc, by_rtx = self._by_ssrc, self._by_rtx_ssrc
+        perf_ns = time.perf_counter_ns
+
+        def route(data: bytes, arrival_ns: int) -> None:
+            ssrc = int.from_bytes(data[8:12], "big")
+            up = by_ssrc.get(ssrc)
+            if up is not None:
+                up.on_rtp(data, arrival_ns)
+                return
+            up = by_rtx.get(ssrc)
+            if up is not None:
+                up.on_rtx(data, arrival_ns)
+            else:
+                self.unknown_packets += 1
+
+        def data_received(data: bytes, component: int) -> None:
+            # SRTP straight from the socket callback: no queue, no task switch, and
+            # the arrival time is the real one.
+            srtp = dtls._rx_srtp
+            if srtp is not None and 127 < data[0] < 192 and len(data) >= 12 and not is_rtcp(data):
+                arrival = perf_ns()
+                try:
+                    plain = srtp.unprotect(data)
+                except Exception:
+                    return
+                route(plain, arrival)
+                return
+            queued(data, component)
+
+        async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+            if len(data) >= 12:
+                route(data, perf_ns())
+
+        async def handle_rtcp_data(data: bytes) -> None:
+            try:
+                packets = RtcpPacket.parse(data)
+            except ValueError:
+                return
+            for packet in packets:
+                if isinstance(packet, RtcpSrPacket):
+                    up = by_ssrc.get(packet.ssrc)
+                    if up is not None:
+                        info = packet.sender_info
+                        up.on_sender_report(info.ntp_timestamp, info.rtp_timestamp)
+
+        connection.data_received = data_received
+        dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+        dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+    # -- RTCP to the publisher -----------------------------------------------------------
+
+    def _send_pli(self, up: UpTrack) -> None:
+        if self.wire is not None:
+            self.wire.send_rtcp(
+                bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc, media_ssrc=up.ssrc))
+            )
+
+    def _schedule_nack(self, up: UpTrack) -> None:
+        if not self._nack_pending:
+            asyncio.get_running_loop().call_soon(self._flush_nacks)
+        self._nack_pending.add(up)
+
+    def _flush_nacks(self) -> None:
+        pending, self._nack_pending = self._nack_pending, set()
+        for up in pending:
+            self._send_nack(up)
+
+    def _send_nack(self, up: UpTrack) -> None:
+        seqs = up.take_nacks()
+        if seqs and self.wire is not None:
+            up.stats.nacks_sent += 1
+            self.wire.send_rtcp(
+                bytes(
+                    RtcpRtpfbPacket(
+                        fmt=RTCP_RTPFB_NACK, ssrc=self._rtcp_ssrc, media_ssrc=up.ssrc, lost=seqs
+                    )
+                )
+            )
+
+    async def _rtcp_loop(self) -> None:
+        """Receiver reports, REMB, and NACK retries for losses not yet repaired."""
+        while True:
+            await asyncio.sleep(RTCP_INTERVAL_S)
+            if self.wire is None or not self.wire.ready or not self.tracks:
+                continue
+            reports = []
+            for up in self.tracks.values():
+                if up.highest_seq is None:
+                    continue
+                if up.missing:
+                    self._send_nack(up)
+                prev_expected, prev_lost = self._last_rr_highest.get(up, (up.stats.packets, 0))
+                expected = up.stats.packets + up.stats.lost
+                interval_expected = max(1, expected - prev_expected)
+                interval_lost = max(0, up.stats.lost - up.stats.recovered - prev_lost)
+                self._last_rr_highest[up] = (expected, up.stats.lost - up.stats.recovered)
+                clock = up.sender_clock
+                reports.append(
+                    RtcpReceiverInfo(
+                        ssrc=up.ssrc,
+                        fraction_lost=min(255, interval_lost * 256 // interval_expected),
+                        packets_lost=max(0, up.stats.lost - up.stats.recovered),
+                        highest_sequence=up.highest_seq,
+                        jitter=0,
+                        lsr=(clock.ntp >> 16) & 0xFFFFFFFF if clock.known else 0,
+                        dlsr=int((time.time() - clock.local) * 65536) if clock.known else 0,
+                    )
+                )
+            if not reports:
+                continue
+            packet = bytes(RtcpRrPacket(ssrc=self._rtcp_ssrc, reports=reports[:31]))
+            video = [up.ssrc for up in self.tracks.values() if up.video]
+            if video:
+                packet += bytes(
+                    RtcpPsfbPacket(
+                        fmt=RTCP_PSFB_APP,
+                        ssrc=self._rtcp_ssrc,
+                        media_ssrc=0,
+                        fci=pack_remb_fci(PUBLISH_REMB_BPS, video),
+                    )
+                )
+            self.wire.send_rtcp(packet)
+
+    async def close(self) -> None:
+        if self._rtcp_task is not None:
+            self._rtcp_task.cancel()
+            self._rtcp_task = None
+        for mid in list(self.tracks):
+            self._drop(mid)
+        if self.wire is not None:
+            self.wire.invalidate()
+        if self.pc is not None:
+            pc, self.pc = self.pc, None
+            await pc.close()
+
+
+async def _no_receive(parameters: object) -> None:
+    """Stands in for RTCRtpReceiver.receive: the SFU never starts a decoder."""

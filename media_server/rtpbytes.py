@@ -1,0 +1,96 @@
+"""Byte-level RTP helpers for the forwarding hot path.
+
+Packets stay `bytes`; nothing here builds an object per packet. Offsets follow RFC 3550
+(fixed header, CSRCs, one extension block) and RFC 3551 padding.
+"""
+
+from __future__ import annotations
+
+import struct
+
+HEADER = struct.Struct("!BBHII")
+SEQ_TS = struct.Struct("!HI")
+U16 = struct.Struct("!H")
+
+H264 = "h264"
+VP8 = "vp8"
+OPUS = "opus"
+
+
+def payload_bounds(data: bytes) -> tuple[int, int]:
+    """Return (start, end) of the payload; raise ValueError on a malformed packet."""
+    size = len(data)
+    if size < 12 or data[0] >> 6 != 2:
+        raise ValueError("not an RTP packet")
+    start = 12 + 4 * (data[0] & 0x0F)
+    if data[0] & 0x10:
+        if start + 4 > size:
+            raise ValueError("truncated RTP extension header")
+        start += 4 + 4 * U16.unpack_from(data, start + 2)[0]
+    end = size - data[-1] if data[0] & 0x20 else size
+    if start > end:
+        raise ValueError("truncated RTP packet")
+    return start, end
+
+
+def h264_keyframe_start(data: bytes, start: int, end: int) -> bool:
+    """True when this packet begins an IDR access unit (SPS, PPS or IDR slice start)."""
+    if start >= end:
+        return False
+    nal = data[start] & 0x1F
+    if nal == 24:  # STAP-A: look at the first aggregated NAL
+        if start + 3 >= end:
+            return False
+        nal = data[start + 3] & 0x1F
+        return nal in (5, 7)
+    if nal == 28:  # FU-A: only the fragment that starts the NAL counts
+        if start + 1 >= end:
+            return False
+        fu = data[start + 1]
+        return bool(fu & 0x80) and (fu & 0x1F) in (5, 7)
+    return nal in (5, 7)
+
+
+def vp8_keyframe_start(data: bytes, start: int, end: int) -> bool:
+    """True when this packet begins a VP8 key frame (RFC 7741 descriptor, then P bit 0)."""
+    if start >= end:
+        return False
+    desc = data[start]
+    # S bit set and partition index 0: the first packet of a frame.
+    if not desc & 0x10 or desc & 0x07:
+        return False
+    pos = start + 1
+    if desc & 0x80:  # X: extension byte follows
+        if pos >= end:
+            return False
+        ext = data[pos]
+        pos += 1
+        if ext & 0x80:  # I: picture id, 7 or 15 bits
+            if pos >= end:
+                return False
+            pos += 2 if data[pos] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if ext & 0x30:  # T or K: TID/KEYIDX byte
+            pos += 1
+    if pos >= end:
+        return False
+    return not data[pos] & 0x01
+
+
+def is_keyframe_start(codec: str, data: bytes, start: int, end: int) -> bool:
+    if codec == H264:
+        return h264_keyframe_start(data, start, end)
+    if codec == VP8:
+        return vp8_keyframe_start(data, start, end)
+    return True  # audio: every packet is a decodable start
+
+
+def abs_send_time(now_s: float) -> bytes:
+    """abs-send-time: 6.18 fixed-point seconds, 24 bits."""
+    return (int(now_s * 262144.0) & 0xFFFFFF).to_bytes(3, "big")
+
+
+def seq_newer(a: int, b: int) -> bool:
+    """True when sequence number a is after b, modulo 2**16."""
+    return a != b and ((a - b) & 0xFFFF) < 0x8000
