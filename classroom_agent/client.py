@@ -1,0 +1,293 @@
+"""A lesson client speaking the public signalling protocol (docs/protocol.md).
+
+The classroom agent, the teaching-point agent, the tests and the benchmarks all join
+lessons through this class, exactly as a browser does: one WebSocket, a publish
+PeerConnection we offer, a subscribe PeerConnection the server offers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
+
+log = logging.getLogger(__name__)
+
+
+class LessonError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Publication:
+    track: MediaStreamTrack
+    source: str
+    layer: str = "h"
+    label: str = ""
+    codec: str | None = None  # "h264", "vp8", "opus": restricts what we offer
+
+
+@dataclass
+class RemoteTrack:
+    mid: str
+    info: dict[str, Any]
+    track: MediaStreamTrack | None = None
+
+    @property
+    def source(self) -> str:
+        return str(self.info.get("source", ""))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.info.get("active"))
+
+
+@dataclass
+class ClientEvents:
+    on_track: Callable[[RemoteTrack], None] | None = None
+    on_tracks_changed: Callable[[dict[str, RemoteTrack]], None] | None = None
+    on_message: Callable[[dict[str, Any]], None] | None = None
+    on_keyframe_request: Callable[[str], None] | None = None  # source name
+    on_subscribe_pc: Callable[[RTCPeerConnection], None] | None = None
+
+
+_MIME = {"h264": "video/h264", "vp8": "video/vp8", "opus": "audio/opus"}
+
+
+def ws_url(base_url: str) -> str:
+    return (
+        base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip("/") + "/ws"
+    )
+
+
+class LessonClient:
+    def __init__(
+        self,
+        base_url: str,
+        room: str,
+        token: str,
+        *,
+        name: str | None = None,
+        events: ClientEvents | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.room = room
+        self.token = token
+        self.name = name
+        self.events = events or ClientEvents()
+        self.joined: dict[str, Any] = {}
+        self.remote: dict[str, RemoteTrack] = {}
+        self.publish_pc: RTCPeerConnection | None = None
+        self.subscribe_pc: RTCPeerConnection | None = None
+        self.errors: list[dict[str, Any]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._sub_lock = asyncio.Lock()
+        self._publications: list[Publication] = []
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+
+    # -- connection -----------------------------------------------------------------
+
+    async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
+        self._session = aiohttp.ClientSession()
+        try:
+            self._ws = await self._session.ws_connect(ws_url(self.base_url), heartbeat=10.0)
+        except Exception:
+            await self._session.close()
+            raise
+        self._reader = asyncio.ensure_future(self._read())
+        message: dict[str, Any] = {"type": "join", "room": self.room, "token": self.token}
+        if self.name:
+            message["name"] = self.name
+        self.joined = await self.request(message, timeout=timeout)
+        return self.joined
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self._ws is None or self._ws.closed:
+            raise ConnectionError("not connected")
+        await self._ws.send_str(json.dumps(message, ensure_ascii=False))
+
+    async def request(self, message: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+        ref = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[ref] = future
+        try:
+            await self.send({**message, "id": ref})
+            reply = await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(ref, None)
+        if reply.get("type") == "error":
+            raise LessonError(reply.get("code", "error"), reply.get("message", ""))
+        return reply
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        try:
+            async for msg in self._ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                message = json.loads(msg.data)
+                await self._dispatch(message)
+        except Exception:
+            log.exception("lesson client reader failed")
+        finally:
+            self.close_code = self._ws.close_code
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("the server closed the connection"))
+            self.closed.set()
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        ref = message.get("id")
+        if kind == "error":
+            self.errors.append(message)
+        if ref is not None and ref in self._pending:
+            self._pending[ref].set_result(message)
+            return
+        if kind == "error" and not ref:
+            # An unsolicited error (e.g. join refused) answers the oldest request.
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_result(message)
+                    return
+        if kind == "subscribe_offer":
+            asyncio.ensure_future(self._on_subscribe_offer(message))
+        elif kind == "tracks":
+            self._update_tracks(message["tracks"])
+        if self.events.on_message is not None:
+            self.events.on_message(message)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def publish(self, publications: list[Publication]) -> None:
+        """Offer every publication on the publish PeerConnection (renegotiates if needed)."""
+        if self.publish_pc is None:
+            self.publish_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc = self.publish_pc
+        for pub in publications:
+            transceiver = pc.addTransceiver(pub.track, direction="sendonly")
+            if pub.codec is not None:
+                mime = _MIME[pub.codec]
+                caps = RTCRtpSender.getCapabilities(pub.track.kind).codecs
+                prefs = [c for c in caps if c.mimeType.lower() == mime]
+                if pub.codec == "h264":
+                    prefs = [c for c in prefs if c.parameters.get("packetization-mode") == "1"][:1]
+                prefs += [c for c in caps if c.mimeType.lower() == "video/rtx"]
+                transceiver.setCodecPreferences(prefs)
+            self._hook_keyframe_requests(transceiver.sender, pub)
+            self._publications.append(pub)
+        offer = await pc.createOffer()
+        await pc.setLocalDescription(offer)
+        tracks = []
+        for transceiver in pc.getTransceivers():
+            pub = next(p for p in self._publications if p.track is transceiver.sender.track)
+            tracks.append(
+                {
+                    "mid": transceiver.mid,
+                    "source": pub.source,
+                    "kind": pub.track.kind,
+                    "layer": pub.layer,
+                    "label": pub.label,
+                }
+            )
+        reply = await self.request(
+            {"type": "publish", "sdp": pc.localDescription.sdp, "tracks": tracks}
+        )
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+
+    def _hook_keyframe_requests(self, sender: RTCRtpSender, pub: Publication) -> None:
+        """aiortc honours PLI only when it encodes; pre-encoded tracks are told directly."""
+        original = sender._handle_rtcp_packet
+        request = getattr(pub.track, "request_keyframe", None)
+
+        async def handle(packet: Any) -> None:
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                if request is not None:
+                    request()
+                if self.events.on_keyframe_request is not None:
+                    self.events.on_keyframe_request(pub.source)
+            await original(packet)
+
+        sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+    # -- subscribing --------------------------------------------------------------------
+
+    async def _on_subscribe_offer(self, message: dict[str, Any]) -> None:
+        async with self._sub_lock:
+            if self.subscribe_pc is None:
+                pc = self.subscribe_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+                if self.events.on_subscribe_pc is not None:
+                    self.events.on_subscribe_pc(pc)
+            pc = self.subscribe_pc
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+            await self.send({"type": "subscribe_answer", "sdp": pc.localDescription.sdp})
+            for transceiver in pc.getTransceivers():
+                mid = transceiver.mid
+                if mid is None:
+                    continue
+                remote = self.remote.get(mid)
+                if remote is None:
+                    remote = self.remote[mid] = RemoteTrack(mid=mid, info={})
+                if remote.track is None and transceiver.receiver.track is not None:
+                    remote.track = transceiver.receiver.track
+            self._update_tracks(message.get("tracks", []))
+
+    def _update_tracks(self, tracks: list[dict[str, Any]]) -> None:
+        for info in tracks:
+            mid = info.get("mid")
+            if mid is None:
+                continue
+            remote = self.remote.setdefault(mid, RemoteTrack(mid=mid, info={}))
+            was_active = remote.active and remote.info.get("track")
+            remote.info = info
+            if remote.active and remote.info.get("track") != was_active:
+                if self.events.on_track is not None:
+                    self.events.on_track(remote)
+        if self.events.on_tracks_changed is not None:
+            self.events.on_tracks_changed(self.remote)
+
+    def active_tracks(self) -> list[RemoteTrack]:
+        return [r for r in self.remote.values() if r.active]
+
+    # -- teardown -----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._ws is not None and not self._ws.closed:
+                await self.send({"type": "leave"})
+                await self._ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 5)
+        for pc in (self.publish_pc, self.subscribe_pc):
+            if pc is not None:
+                await pc.close()
+        self.publish_pc = self.subscribe_pc = None
+        if self._session is not None:
+            await self._session.close()
+        self.closed.set()

@@ -1,0 +1,65 @@
+"""`tongke serve`: the media server with every other package's routes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+from tongke.config import Config, load_config
+from tongke.server import start_server
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML file with a [server] table")
+    parser.add_argument("--host", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (default 8080)")
+    parser.add_argument("--data-dir", type=Path, help="where rooms, secrets and databases live")
+    parser.add_argument(
+        "--ice-address",
+        action="append",
+        dest="ice_addresses",
+        help="offer this address as a host ICE candidate (repeatable; default: all interfaces)",
+    )
+    parser.add_argument("--public-url", help="the URL browsers and agents use to reach us")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(
+        args.config,
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        ice_addresses=args.ice_addresses,
+        public_url=args.public_url,
+    )
+
+
+async def wait_for_stop() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+
+    async def run() -> None:
+        server = await start_server(config)
+        print(f"Tongke server listening on {server.url} (data in {config.data_dir})", flush=True)
+        try:
+            await wait_for_stop()
+        finally:
+            await server.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("serve", help="run the media server (and the web app)")
+    add_server_options(parser)
+    parser.set_defaults(func=serve)

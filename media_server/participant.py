@@ -1,0 +1,60 @@
+"""One connected client in a room: its token, its two PeerConnections, its sources."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiortc import RTCPeerConnection
+
+from media_server.publisher import Publisher
+from media_server.source import MediaSource
+from media_server.subscriber import Subscriber
+from media_server.uptrack import UpTrack
+from tongke.tokens import Claims
+
+log = logging.getLogger(__name__)
+
+
+class Participant:
+    def __init__(
+        self,
+        *,
+        participant_id: str,
+        claims: Claims,
+        name: str,
+        send_json: Callable[[dict[str, Any]], Awaitable[None]],
+        pc_factory: Callable[[], RTCPeerConnection],
+        on_tracks: Callable[[Participant, list[UpTrack], list[UpTrack]], None],
+    ) -> None:
+        self.id = participant_id
+        self.claims = claims
+        self.name = name
+        self.send_json = send_json
+        self.sources: dict[str, MediaSource] = {}
+        self.publisher = Publisher(
+            track_prefix=participant_id,
+            on_tracks=lambda added, removed: on_tracks(self, added, removed),
+            pc_factory=pc_factory,
+        )
+        self.subscriber = Subscriber(
+            participant=participant_id, send_json=send_json, pc_factory=pc_factory
+        )
+        self.closed = False
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "classroom": self.claims.classroom,
+            "name": self.name,
+            "role": self.claims.role.value,
+            "sources": sorted(self.sources),
+        }
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self.publisher.close()
+        await self.subscriber.close()

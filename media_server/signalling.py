@@ -1,0 +1,235 @@
+"""The signalling WebSocket: JSON messages in, errors that name what was wrong, out.
+
+Nothing a client sends can hurt another client: each message is validated before it
+touches a room, and every failure is answered on that client's socket only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from media_server.participant import Participant
+from media_server.publisher import SignallingError
+from media_server.room import Room
+from media_server.sfu import Sfu
+from tongke.tokens import PUBLISHING_ROLES, Role, TokenError, verify_token
+
+log = logging.getLogger(__name__)
+
+TOKEN_CLOSE_CODES = {
+    "token_missing": 4401,
+    "token_invalid": 4401,
+    "token_expired": 4401,
+    "token_wrong_room": 4403,
+    "token_role": 4403,
+}
+JOIN_ROLES = frozenset(
+    {Role.MASTER, Role.POINT, Role.AGENT, Role.OBSERVER, Role.RECORDER, Role.ADMIN}
+)
+
+
+class Session:
+    def __init__(self, ws: web.WebSocketResponse, sfu: Sfu) -> None:
+        self.ws = ws
+        self.sfu = sfu
+        self.room: Room | None = None
+        self.participant: Participant | None = None
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.ws.closed:
+            raise ConnectionError("socket closed")
+        async with self._send_lock:
+            await self.ws.send_str(json.dumps(message, ensure_ascii=False))
+
+    async def error(self, code: str, message: str, ref: object = None) -> None:
+        payload: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if ref is not None:
+            payload["id"] = ref
+        try:
+            await self.send(payload)
+        except ConnectionError:
+            pass
+
+    async def handle_text(self, text: str) -> None:
+        if len(text.encode()) > self.sfu.max_message_bytes:
+            await self.error(
+                "message_too_large",
+                f"messages are limited to {self.sfu.max_message_bytes} bytes",
+            )
+            await self.ws.close(code=WSCloseCode.MESSAGE_TOO_BIG, message=b"message too large")
+            return
+        try:
+            message = json.loads(text)
+        except ValueError as exc:
+            await self.error("bad_json", f"the message is not valid JSON: {exc}")
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            await self.error("bad_json", "a message must be a JSON object with a string 'type'")
+            return
+        ref = message.get("id")
+        kind = message["type"]
+        handler = getattr(self, f"on_{kind}", None) if kind.isidentifier() else None
+        if handler is None:
+            await self.error("unknown_type", f"unknown message type {kind!r}", ref)
+            return
+        if kind not in ("join", "ping") and self.participant is None:
+            await self.error("not_joined", "send 'join' with a room token first", ref)
+            return
+        try:
+            reply = await handler(message)
+        except SignallingError as exc:
+            await self.error(exc.code, exc.message, ref)
+            return
+        if reply is not None:
+            if ref is not None:
+                reply["id"] = ref
+            await self.send(reply)
+
+    # -- messages --------------------------------------------------------------------
+
+    async def on_ping(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "pong"}
+
+    async def on_join(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        if self.participant is not None:
+            raise SignallingError("already_joined", "this socket has already joined a room")
+        room_id, token = message.get("room"), message.get("token")
+        if not isinstance(room_id, str) or not room_id:
+            raise SignallingError("bad_request", "join needs 'room' (the lesson id)")
+        try:
+            claims = verify_token(
+                self.sfu.secret, token if isinstance(token, str) else None, room=room_id
+            )
+        except TokenError as exc:
+            await self.error(exc.code, exc.message, message.get("id"))
+            await self.ws.close(
+                code=TOKEN_CLOSE_CODES.get(exc.code, 4401), message=exc.code.encode()
+            )
+            return None
+        if claims.role not in JOIN_ROLES:
+            raise SignallingError(
+                "forbidden", f"a {claims.role.value} token cannot join a live lesson"
+            )
+        room = self.sfu.rooms.get(room_id)
+        if room is None:
+            await self.error(
+                "unknown_room", f"lesson {room_id!r} is not open on this server", message.get("id")
+            )
+            await self.ws.close(code=4404, message=b"unknown_room")
+            return None
+        name = message.get("name")
+        participant = Participant(
+            participant_id=room.next_participant_id(),
+            claims=claims,
+            name=name if isinstance(name, str) and 0 < len(name) <= 64 else claims.name,
+            send_json=self.send,
+            pc_factory=self.sfu.new_peer_connection,
+            on_tracks=room.on_tracks,
+        )
+        self.room, self.participant = room, participant
+        await self.send(
+            {
+                "type": "joined",
+                "id": message.get("id"),
+                "participant": participant.id,
+                "room": room.id,
+                "title": room.info.title,
+                "role": claims.role.value,
+                "classroom": claims.classroom,
+                "participants": [p.describe() for p in room.participants.values()],
+            }
+        )
+        await room.add(participant)
+        return None
+
+    async def on_publish(self, message: dict[str, Any]) -> dict[str, Any]:
+        assert self.participant is not None and self.room is not None
+        if self.participant.claims.role not in PUBLISHING_ROLES:
+            raise SignallingError(
+                "forbidden", f"a {self.participant.claims.role.value} may watch but not publish"
+            )
+        sdp = await self.participant.publisher.negotiate(message.get("sdp"), message.get("tracks"))
+        await self.room.broadcast(
+            {"type": "participant_updated", "participant": self.participant.describe()}
+        )
+        return {"type": "publish_answer", "sdp": sdp}
+
+    async def on_unpublish(self, message: dict[str, Any]) -> dict[str, Any]:
+        assert self.participant is not None
+        mids = message.get("mids")
+        if not isinstance(mids, list) or not all(isinstance(m, str) for m in mids):
+            raise SignallingError("bad_request", "unpublish needs 'mids': a list of strings")
+        removed = self.participant.publisher.unpublish(mids)
+        return {
+            "type": "unpublished",
+            "mids": [m for m in mids if m not in self.participant.publisher.tracks],
+            "count": len(removed),
+        }
+
+    async def on_subscribe_answer(self, message: dict[str, Any]) -> None:
+        assert self.participant is not None
+        self.participant.subscriber.on_answer(message.get("sdp"))
+
+    async def on_set_subscription(self, message: dict[str, Any]) -> None:
+        assert self.participant is not None
+        track = message.get("track")
+        slot = self.participant.subscriber.find(track) if isinstance(track, str) else None
+        if slot is None or slot.downtrack is None:
+            raise SignallingError("bad_request", f"not subscribed to track {track!r}")
+        paused, layer = message.get("paused"), message.get("layer")
+        if paused is not None:
+            if not isinstance(paused, bool):
+                raise SignallingError("bad_request", "'paused' must be true or false")
+            slot.downtrack.paused = paused
+        if layer is not None:
+            if layer not in ("h", "m", "l"):
+                raise SignallingError("bad_request", "'layer' must be 'h', 'm' or 'l'")
+            slot.downtrack.set_max_layer(layer)
+
+    async def on_request_keyframe(self, message: dict[str, Any]) -> None:
+        assert self.participant is not None
+        track = message.get("track")
+        slot = self.participant.subscriber.find(track) if isinstance(track, str) else None
+        if slot is None or slot.downtrack is None:
+            raise SignallingError("bad_request", f"not subscribed to track {track!r}")
+        up = slot.downtrack.target or slot.downtrack.current
+        if up is not None:
+            up.request_keyframe()
+
+    async def on_leave(self, message: dict[str, Any]) -> None:
+        await self.ws.close(code=WSCloseCode.OK, message=b"bye")
+
+    async def close(self) -> None:
+        if self.room is not None and self.participant is not None:
+            await self.room.remove(self.participant)
+
+
+async def websocket_handler(request: web.Request, sfu: Sfu) -> web.WebSocketResponse:
+    # aiohttp's own cap is a backstop well above ours, so that an oversized message
+    # still gets our clear error before the socket closes.
+    ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=sfu.max_message_bytes * 4)
+    await ws.prepare(request)
+    session = Session(ws, sfu)
+    sfu.sessions.add(session)
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                try:
+                    await session.handle_text(msg.data)
+                except Exception:
+                    log.exception("signalling message failed")
+                    await session.error("internal", "the server could not handle this message")
+            elif msg.type == WSMsgType.BINARY:
+                await session.error("bad_json", "send JSON text frames, not binary")
+            elif msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        sfu.sessions.discard(session)
+        await session.close()
+    return ws

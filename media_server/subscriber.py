@@ -1,0 +1,257 @@
+"""The subscribe side of a participant: a PeerConnection the server offers.
+
+One sendonly transceiver per subscribed source. When a source goes away its transceiver
+idles and is re-used for the next source of the same kind and codec, so most changes need
+only a `tracks` message, not a renegotiation. aiortc's sender is never started: its
+`send()` is replaced by one that creates our DownTrack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpSendParameters
+from aiortc.rtp import RtcpSdesPacket, RtcpSourceInfo
+
+from media_server.downtrack import DownTrack
+from media_server.publisher import SignallingError, parse_sdp
+from media_server.rtpbytes import H264, OPUS, VP8
+from media_server.source import MediaSource
+from media_server.wire import Wire
+
+log = logging.getLogger(__name__)
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+AST_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+ANSWER_TIMEOUT_S = 20.0
+SR_INTERVAL_S = 1.0
+
+SendJson = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def codec_preferences(kind: str, codec: str) -> list[RTCRtpCodecCapability]:
+    """Offer exactly the codec the source publishes (we cannot transcode), plus RTX."""
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    if codec == H264:
+        chosen = [
+            c
+            for c in caps
+            if c.mimeType.lower() == "video/h264"
+            and c.parameters.get("packetization-mode") == "1"
+            and str(c.parameters.get("profile-level-id", "")).lower() == "42e01f"
+        ][:1]
+    else:
+        mime = {VP8: "video/vp8", OPUS: "audio/opus"}[codec]
+        chosen = [c for c in caps if c.mimeType.lower() == mime][:1]
+    rtx = [c for c in caps if c.mimeType.lower() == "video/rtx"][:1] if kind == "video" else []
+    return chosen + rtx
+
+
+@dataclass
+class Slot:
+    transceiver: RTCRtpTransceiver
+    kind: str
+    codec: str
+    source: MediaSource | None = None
+    downtrack: DownTrack | None = None
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"mid": self.transceiver.mid, "kind": self.kind, "active": False}
+        if self.source is not None:
+            info.update(self.source.describe())
+            info["active"] = True
+        return info
+
+
+class Subscriber:
+    def __init__(
+        self,
+        *,
+        participant: str,
+        send_json: SendJson,
+        pc_factory: Callable[[], RTCPeerConnection],
+    ) -> None:
+        self.participant = participant
+        self._send_json = send_json
+        self._pc_factory = pc_factory
+        self.pc: RTCPeerConnection | None = None
+        self.wire: Wire | None = None
+        self.slots: list[Slot] = []
+        self._desired: list[MediaSource] = []
+        self._dirty = False
+        self._task: asyncio.Task[None] | None = None
+        self._answer: asyncio.Future[str] | None = None
+        self._sr_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.renegotiations = 0
+
+    # -- what to receive ------------------------------------------------------------------
+
+    def update(self, sources: list[MediaSource]) -> None:
+        """Receive exactly `sources` (never our own); renegotiate in the background."""
+        self._desired = [s for s in sources if s.participant != self.participant]
+        self._dirty = True
+        if not self._closed and (self._task is None or self._task.done()):
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while self._dirty and not self._closed:
+                self._dirty = False
+                if self._assign():
+                    await self._offer()
+                else:
+                    await self._send_json({"type": "tracks", "tracks": self.describe()})
+        except SignallingError as exc:
+            log.info("subscriber %s: %s", self.participant, exc.message)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+
+    def _assign(self) -> bool:
+        """Bind slots to desired sources; return True when new transceivers are needed."""
+        wanted = {s.track_id: s for s in self._desired}
+        for slot in self.slots:
+            if slot.source is not None and wanted.get(slot.source.track_id) is not slot.source:
+                self._bind(slot, None)
+        bound = {slot.source.track_id for slot in self.slots if slot.source is not None}
+        new_needed = False
+        for track_id, source in wanted.items():
+            if track_id in bound:
+                continue
+            slot = next(
+                (
+                    s
+                    for s in self.slots
+                    if s.source is None and s.kind == source.kind and s.codec == source.codec
+                ),
+                None,
+            )
+            if slot is None:
+                slot = self._add_slot(source.kind, source.codec)
+                new_needed = True
+            self._bind(slot, source)
+        return new_needed
+
+    def _bind(self, slot: Slot, source: MediaSource | None) -> None:
+        slot.source = source
+        if slot.downtrack is not None:
+            slot.downtrack.bind(source)
+
+    def _add_slot(self, kind: str, codec: str) -> Slot:
+        if self.pc is None:
+            self.pc = self._pc_factory()
+        transceiver = self.pc.addTransceiver(kind, direction="sendonly")
+        transceiver.setCodecPreferences(codec_preferences(kind, codec))
+        slot = Slot(transceiver=transceiver, kind=kind, codec=codec)
+
+        async def start(parameters: RTCRtpSendParameters) -> None:
+            self._start_slot(slot, parameters)
+
+        transceiver.sender.send = start  # type: ignore[method-assign]
+        self.slots.append(slot)
+        return slot
+
+    def _start_slot(self, slot: Slot, parameters: RTCRtpSendParameters) -> None:
+        if slot.downtrack is not None or self._closed:
+            return
+        sender = slot.transceiver.sender
+        dtls = sender.transport
+        if self.wire is None or self.wire.dtls is not dtls:
+            self.wire = Wire(dtls)
+        ext = {e.uri: e.id for e in parameters.headerExtensions}
+        downtrack = DownTrack(
+            wire=self.wire,
+            mid=slot.transceiver.mid or "",
+            kind=slot.kind,
+            ssrc=sender._ssrc,
+            payload_type=parameters.codecs[0].payloadType,
+            mid_ext_id=ext.get(MID_URI),
+            ast_ext_id=ext.get(AST_URI) if slot.kind == "video" else None,
+            rtcp_ssrc=sender._ssrc,
+        )
+        # RTCP from the subscriber about this SSRC (NACK, PLI, REMB, RR) comes to us.
+        dtls._rtp_router.register_sender(downtrack, downtrack.ssrc)
+        slot.downtrack = downtrack
+        downtrack.bind(slot.source)
+        if self._sr_task is None:
+            self._sr_task = asyncio.ensure_future(self._sender_reports(parameters.rtcp.cname or ""))
+
+    # -- negotiation -------------------------------------------------------------------
+
+    async def _offer(self) -> None:
+        assert self.pc is not None
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        self._answer = asyncio.get_running_loop().create_future()
+        self.renegotiations += 1
+        await self._send_json(
+            {
+                "type": "subscribe_offer",
+                "sdp": self.pc.localDescription.sdp,
+                "tracks": self.describe(),
+            }
+        )
+        try:
+            sdp = await asyncio.wait_for(self._answer, ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            raise SignallingError("timeout", "no subscribe_answer within 20 s") from None
+        finally:
+            self._answer = None
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    def on_answer(self, sdp: object) -> None:
+        if self._answer is None or self._answer.done():
+            raise SignallingError("bad_request", "no subscribe_offer is waiting for an answer")
+        parse_sdp(sdp)
+        assert isinstance(sdp, str)
+        if "a=fingerprint" not in sdp:
+            raise SignallingError("bad_sdp", "the answer has no DTLS fingerprint")
+        self._answer.set_result(sdp)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [slot.describe() for slot in self.slots]
+
+    def find(self, track_id: str) -> Slot | None:
+        return next(
+            (s for s in self.slots if s.source is not None and s.source.track_id == track_id), None
+        )
+
+    # -- sender reports ----------------------------------------------------------------
+
+    async def _sender_reports(self, cname: str) -> None:
+        sdes_items = [(1, cname.encode())]
+        while not self._closed:
+            await asyncio.sleep(SR_INTERVAL_S)
+            if self.wire is None:
+                continue
+            for slot in self.slots:
+                dt = slot.downtrack
+                if dt is None or dt.source is None:
+                    continue
+                report = dt.sender_report()
+                if report is not None:
+                    sdes = RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=dt.ssrc, items=sdes_items)])
+                    self.wire.send_rtcp(report + bytes(sdes))
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in (self._task, self._sr_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._answer is not None and not self._answer.done():
+            self._answer.cancel()
+        for slot in self.slots:
+            if slot.downtrack is not None:
+                slot.downtrack.close()
+        self.slots.clear()
+        if self.pc is not None:
+            pc, self.pc = self.pc, None
+            await pc.close()
