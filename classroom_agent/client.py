@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -105,6 +105,7 @@ class LessonClient:
         self._ids = itertools.count(1)
         self._sub_lock = asyncio.Lock()
         self._publications: list[Publication] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
         self.close_code: int | None = None
 
@@ -174,7 +175,9 @@ class LessonClient:
                     future.set_result(message)
                     return
         if kind == "subscribe_offer":
-            asyncio.ensure_future(self._on_subscribe_offer(message))
+            task = asyncio.ensure_future(self._on_subscribe_offer(message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         elif kind == "tracks":
             self._update_tracks(message["tracks"])
         if self.events.on_message is not None:
