@@ -18,7 +18,7 @@ SOURCE_LABELS = {
 }
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a source is one publisher's, not any equal-looking one
 class MediaSource:
     participant: str
     classroom: str

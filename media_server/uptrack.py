@@ -163,8 +163,8 @@ class UpTrack:
         self.last_ts = ts
         now = time.time()
         self.last_packet_at = now
-        key = self.video and is_keyframe_start(self.codec, data, start, end)
-        if key:
+        key = is_keyframe_start(self.codec, data, start, end) if self.video else True
+        if key and self.video:
             self.stats.keyframes += 1
             self.last_keyframe_at = now
         downtracks = self.downtracks
