@@ -12,8 +12,6 @@ from collections.abc import Sequence
 # an exit status.
 COMMAND_MODULES = (
     "media_server.cli",
-    "classroom_agent.cli",
-    "tongke.demo",
     "tongke.token_cli",
 )
 

@@ -1,0 +1,89 @@
+"""A real Tongke server in its own process, for tests and benchmarks.
+
+Its own process so that what we assert about the server (no decoder, no encoder, tasks
+and sockets cleaned up) is about the server alone, not about the clients in the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tongke.tokens import Role, issue_token
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_SECRET = "tongke-test-secret-0123456789abcdef"
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    url: str
+    secret: str
+    data_dir: Path
+
+    def token(self, room: str, classroom: str, role: str | Role, **kw: Any) -> str:
+        return issue_token(self.secret, room=room, classroom=classroom, role=role, **kw)
+
+    @property
+    def admin_token(self) -> str:
+        return issue_token(self.secret, room="*", classroom="ops", role=Role.ADMIN)
+
+    def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {token or self.admin_token}")
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def open_room(self, room: str, title: str = "") -> dict[str, Any]:
+        return self.api("POST", "/api/rooms", {"room": room, "title": title or room})
+
+    def stats(self) -> dict[str, Any]:
+        return self.api("GET", "/api/stats")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_server_process(
+    data_dir: Path, *, port: int = 0, extra: list[str] | None = None, cpu: int | None = None
+) -> ServerProcess:
+    env = {**os.environ, "TONGKE_SECRET": TEST_SECRET, "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "tongke",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--ice-address",
+        "127.0.0.1",
+        *(extra or []),
+    ]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"listening on (http://\S+)", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    return ServerProcess(proc=proc, url=match.group(1), secret=TEST_SECRET, data_dir=data_dir)
