@@ -7,6 +7,7 @@ NTP/RTP mapping for lip sync, and hands every packet to the DownTracks attached 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ class UpTrack:
         self._request_keyframe = request_keyframe
         self._request_nack = request_nack
         self._last_kf_request = 0.0
+        self._kf_deferred: asyncio.TimerHandle | None = None
         self.closed = False
 
     # -- hot path -------------------------------------------------------------------
@@ -230,10 +232,25 @@ class UpTrack:
         return None
 
     def request_keyframe(self) -> None:
-        now = time.monotonic()
-        if now - self._last_kf_request < KEYFRAME_MIN_INTERVAL_S:
+        """Ask the publisher for a keyframe, at most once per interval.
+
+        A request inside the interval is deferred to its end rather than dropped: the
+        subscriber that asked is still waiting for a picture.
+        """
+        if self.closed or self._kf_deferred is not None:
             return
-        self._last_kf_request = now
+        now = time.monotonic()
+        wait = self._last_kf_request + KEYFRAME_MIN_INTERVAL_S - now
+        if wait > 0:
+            self._kf_deferred = asyncio.get_running_loop().call_later(wait, self._send_keyframe_request)
+            return
+        self._send_keyframe_request()
+
+    def _send_keyframe_request(self) -> None:
+        self._kf_deferred = None
+        if self.closed:
+            return
+        self._last_kf_request = time.monotonic()
         self.stats.keyframe_requests += 1
         self._request_keyframe(self)
 
@@ -251,6 +268,9 @@ class UpTrack:
 
     def close(self) -> None:
         self.closed = True
+        if self._kf_deferred is not None:
+            self._kf_deferred.cancel()
+            self._kf_deferred = None
         for dt in self.downtracks:
             dt.source_closed(self)
         self.downtracks = []
