@@ -171,7 +171,8 @@ class DownTrack:
                 )
             )
         )
-        if ((oseq - self._last_seq) & 0xFFFF) < 0x8000:
+        last = self._last_seq
+        if last < 0 or ((oseq - last) & 0xFFFF) < 0x8000:
             self._last_seq = oseq
             self._last_ts = ots
         self.stats.packets += 1

@@ -55,16 +55,22 @@ class Sfu:
                             "subscribers": len(up.downtracks),
                         }
                     )
-            down = 0
+            down = nacks = retransmitted = kf_requests = 0
             for p in room.participants.values():
                 for slot in p.subscriber.slots:
                     if slot.downtrack is not None:
                         down += slot.downtrack.stats.packets
+                        nacks += slot.downtrack.stats.nacks
+                        retransmitted += slot.downtrack.stats.retransmitted
+                        kf_requests += slot.downtrack.stats.keyframe_requests
             forwarded += down
             rooms[room.id] = {
                 "participants": len(room.participants),
                 "tracks": tracks,
                 "packets_forwarded": down,
+                "nacks_received": nacks,
+                "packets_retransmitted": retransmitted,
+                "keyframe_requests": kf_requests,
             }
         return {
             "rooms": rooms,

@@ -1,0 +1,189 @@
+"""Byte-level rewriting: what a subscriber's decoder relies on, packet by packet."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+
+from aiortc.rtp import HeaderExtensionsMap, RtcpPacket, RtcpSrPacket, RtpPacket
+
+from media_server.downtrack import DownTrack
+from media_server.rtpbytes import h264_keyframe_start, payload_bounds, vp8_keyframe_start
+from media_server.source import MediaSource
+from media_server.uptrack import UpTrack
+
+
+class CapturingWire:
+    """Stands in for the subscriber's socket: keeps what would have been sent."""
+
+    def __init__(self) -> None:
+        self.rtp: list[bytes] = []
+        self.dtls = None
+
+    def send_rtp(self, packet: bytes) -> None:
+        self.rtp.append(packet)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        pass
+
+    def invalidate(self) -> None:
+        pass
+
+
+def rtp(seq: int, ts: int, ssrc: int, payload: bytes, pt: int = 96, marker: int = 0) -> bytes:
+    # With a CSRC and a two-byte extension from the publisher that must not leak through.
+    header = struct.pack("!BBHII", 0x91, (marker << 7) | pt, seq, ts, ssrc)
+    return header + struct.pack("!I", 1234) + b"\xbe\xde\x00\x01\x22\xab\xcd\x00" + payload
+
+
+VP8_KEY = b"\x10" + b"\x00" + b"keyframe"  # S=1, PID=0, P bit 0
+VP8_DELTA = b"\x10" + b"\x01" + b"delta"
+VP8_CONT = b"\x00" + b"\x01" + b"continuation"
+
+
+def make_up(layer: str, ssrc: int, requests: list[str]) -> UpTrack:
+    return UpTrack(
+        track_id=f"p1/teacher_camera/{layer}",
+        source="teacher_camera",
+        layer=layer,
+        kind="video",
+        codec="vp8",
+        clock_rate=90000,
+        ssrc=ssrc,
+        payload_type=96,
+        rtx_ssrc=None,
+        rtx_payload_type=None,
+        request_keyframe=lambda up: requests.append(up.layer),
+        request_nack=lambda up: None,
+    )
+
+
+def make_down(wire: CapturingWire) -> DownTrack:
+    return DownTrack(
+        wire=wire,
+        mid="3",
+        kind="video",
+        ssrc=0xCAFEBABE,
+        payload_type=120,
+        mid_ext_id=1,
+        ast_ext_id=3,
+        rtcp_ssrc=0xCAFEBABE,
+    )
+
+
+async def test_rewritten_packets_carry_our_ssrc_pt_extensions_and_the_same_payload() -> None:
+    requests: list[str] = []
+    up = make_up("h", 1111, requests)
+    source = MediaSource(
+        "p1", "c1", "Master", "teacher_camera", "video", "vp8", "Teacher camera", {"h": up}
+    )
+    wire = CapturingWire()
+    down = make_down(wire)
+    down.bind(source)
+    assert requests == ["h"]  # a new subscriber asks for a keyframe at once
+
+    up.on_rtp(rtp(500, 9000, 1111, VP8_DELTA), 0)  # not decodable: must not be sent
+    assert wire.rtp == []
+    up.on_rtp(rtp(501, 12000, 1111, VP8_KEY, marker=1), 0)
+    up.on_rtp(rtp(502, 15000, 1111, VP8_DELTA), 0)
+    packets = [RtpPacket.parse(p, HeaderExtensionsMap()) for p in wire.rtp]
+    assert [p.ssrc for p in packets] == [0xCAFEBABE] * 2
+    assert [p.payload_type for p in packets] == [120, 120]
+    assert [p.marker for p in packets] == [1, 0]
+    assert packets[1].sequence_number == (packets[0].sequence_number + 1) & 0xFFFF
+    assert packets[1].timestamp - packets[0].timestamp == 3000
+    assert [p.payload for p in packets] == [VP8_KEY, VP8_DELTA]
+    assert packets[0].csrc == []
+    # Our extension block: mid "3" with id 1, abs-send-time with id 3; the publisher's gone.
+    ext = wire.rtp[0][12:]
+    assert ext[:2] == b"\xbe\xde"
+    assert ext[4:6] == b"\x10" + b"3"
+    assert ext[6] == (3 << 4) | 2
+
+
+async def test_layer_switch_keeps_sequence_and_timestamps_continuous() -> None:
+    requests: list[str] = []
+    high, low = make_up("h", 1111, requests), make_up("l", 2222, requests)
+    source = MediaSource(
+        "p1", "c1", "M", "teacher_camera", "video", "vp8", "T", {"h": high, "l": low}
+    )
+    wire = CapturingWire()
+    down = make_down(wire)
+    down.bind(source)
+    high.on_rtp(rtp(100, 1000, 1111, VP8_KEY), 0)
+    high.on_rtp(rtp(101, 4000, 1111, VP8_CONT), 0)
+    down.set_max_layer("l")
+    assert requests[-1] == "l"
+    low.on_rtp(rtp(7000, 555_000, 2222, VP8_DELTA), 0)  # not a keyframe: keep the old layer
+    high.on_rtp(rtp(102, 7000, 1111, VP8_DELTA), 0)
+    low.on_rtp(rtp(7001, 558_000, 2222, VP8_KEY), 0)  # switch here
+    high.on_rtp(rtp(103, 10000, 1111, VP8_DELTA), 0)  # old layer: no longer forwarded
+    low.on_rtp(rtp(7002, 561_000, 2222, VP8_DELTA), 0)
+    packets = [RtpPacket.parse(p, HeaderExtensionsMap()) for p in wire.rtp]
+    assert [p.payload for p in packets] == [VP8_KEY, VP8_CONT, VP8_DELTA, VP8_KEY, VP8_DELTA]
+    seqs = [p.sequence_number for p in packets]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+    stamps = [p.timestamp for p in packets]
+    assert all(0 <= (b - a) & 0xFFFFFFFF < 90000 for a, b in itertools.pairwise(stamps))
+    assert down.current is low and down not in high.downtracks
+
+
+async def test_nack_is_answered_from_the_cache_with_the_same_sequence_number() -> None:
+    up = make_up("h", 1111, [])
+    source = MediaSource("p1", "c1", "M", "teacher_camera", "video", "vp8", "T", {"h": up})
+    wire = CapturingWire()
+    down = make_down(wire)
+    down.bind(source)
+    for i in range(5):
+        up.on_rtp(rtp(10 + i, 3000 * i, 1111, VP8_KEY if i == 0 else VP8_DELTA + bytes([i])), 0)
+    sent = [RtpPacket.parse(p, HeaderExtensionsMap()) for p in wire.rtp]
+    lost = sent[2]
+    from aiortc.rtp import RtcpRtpfbPacket
+
+    await down._handle_rtcp_packet(
+        RtcpRtpfbPacket(fmt=1, ssrc=1, media_ssrc=down.ssrc, lost=[lost.sequence_number])
+    )
+    again = RtpPacket.parse(wire.rtp[-1], HeaderExtensionsMap())
+    assert again.sequence_number == lost.sequence_number
+    assert again.timestamp == lost.timestamp
+    assert again.payload == lost.payload
+    assert down.stats.retransmitted == 1
+
+
+async def test_sender_reports_map_our_timestamps_to_the_publishers_ntp_clock() -> None:
+    up = make_up("h", 1111, [])
+    source = MediaSource("p1", "c1", "M", "teacher_camera", "video", "vp8", "T", {"h": up})
+    wire = CapturingWire()
+    down = make_down(wire)
+    down.bind(source)
+    up.on_rtp(rtp(1, 90_000, 1111, VP8_KEY), 0)
+    out_ts = RtpPacket.parse(wire.rtp[0], HeaderExtensionsMap()).timestamp
+    ntp = 3_900_000_000 << 32
+    up.on_sender_report(ntp, 90_000)
+    report = down.sender_report()
+    assert report is not None
+    sr = RtcpPacket.parse(report)[0]
+    assert isinstance(sr, RtcpSrPacket) and sr.ssrc == down.ssrc
+    # The same instant on the publisher's clock, in our timestamp space (a few ms later).
+    elapsed_s = ((sr.sender_info.ntp_timestamp - ntp) & (2**64 - 1)) / 2**32
+    expected = (out_ts + round(elapsed_s * 90000)) & 0xFFFFFFFF
+    assert abs(((sr.sender_info.rtp_timestamp - expected + 2**31) % 2**32) - 2**31) <= 2
+    assert sr.sender_info.packet_count == 1
+
+
+def test_keyframe_detection_reads_h264_and_vp8_payloads() -> None:
+    def bounds(payload: bytes) -> tuple[bytes, int, int]:
+        data = rtp(1, 0, 1, payload)
+        start, end = payload_bounds(data)
+        return data, start, end
+
+    assert h264_keyframe_start(*bounds(b"\x65rest"))  # IDR slice
+    assert not h264_keyframe_start(*bounds(b"\x41rest"))  # non-IDR slice
+    assert h264_keyframe_start(*bounds(b"\x78\x00\x05\x67abcd"))  # STAP-A starting with SPS
+    assert h264_keyframe_start(*bounds(b"\x7c\x85rest"))  # FU-A start of IDR
+    assert not h264_keyframe_start(*bounds(b"\x7c\x05rest"))  # FU-A middle of IDR
+    assert vp8_keyframe_start(*bounds(VP8_KEY))
+    assert not vp8_keyframe_start(*bounds(VP8_DELTA))
+    assert not vp8_keyframe_start(*bounds(VP8_CONT))
+    # With the extended descriptor and a 15-bit picture id.
+    assert vp8_keyframe_start(*bounds(b"\x90\x80\x81\x23\x00frame"))
