@@ -67,6 +67,9 @@ class ClientEvents:
     on_message: Callable[[dict[str, Any]], None] | None = None
     on_keyframe_request: Callable[[str], None] | None = None  # source name
     on_subscribe_pc: Callable[[RTCPeerConnection], None] | None = None
+    # Called after each subscribe offer is applied, before answering: the place to
+    # replace receivers (a benchmark that counts packets instead of decoding them).
+    on_subscribe_transceivers: Callable[[RTCPeerConnection], None] | None = None
 
 
 _MIME = {"h264": "video/h264", "vp8": "video/vp8", "opus": "audio/opus"}
@@ -246,6 +249,8 @@ class LessonClient:
                     self.events.on_subscribe_pc(pc)
             pc = self.subscribe_pc
             await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+            if self.events.on_subscribe_transceivers is not None:
+                self.events.on_subscribe_transceivers(pc)
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
             await self.send({"type": "subscribe_answer", "sdp": pc.localDescription.sdp})

@@ -11,6 +11,7 @@ from aiohttp import web
 from media_server.room import LessonInfo
 from media_server.sfu import Sfu
 from media_server.signalling import websocket_handler
+from media_server.uptrack import SFU_LATENCY
 from tongke.tokens import Claims, Role, TokenError, issue_token, verify_token
 
 if TYPE_CHECKING:
@@ -141,6 +142,11 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         require(request)
         return web.json_response(sfu.stats())
 
+    async def reset_latency(request: web.Request) -> web.Response:
+        require(request)
+        SFU_LATENCY.reset()
+        return web.json_response({"reset": True})
+
     async def lesson_page(request: web.Request) -> web.StreamResponse:
         from tongke.app import WEB_ROOT
 
@@ -157,6 +163,7 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     app.router.add_delete("/api/rooms/{room}", close_room)
     app.router.add_post("/api/rooms/{room}/tokens", make_token)
     app.router.add_get("/api/stats", stats)
+    app.router.add_post("/api/stats/reset-latency", reset_latency)
     app.router.add_get("/lesson/{room}", lesson_page)
     app.on_shutdown.append(on_shutdown)
     return sfu

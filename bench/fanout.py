@@ -1,0 +1,201 @@
+"""Fan-out benchmark: one publisher, N subscribers, the SFU pinned to one CPU.
+
+    python bench/fanout.py --subscribers 50 --seconds 30 [--json]
+
+The publisher sends a pre-encoded 1280x720 30 fps H.264 stream (~1.5 Mbit/s) plus Opus;
+nothing is encoded at run time. Subscribers count packets (no decoding). The server
+runs in its own process on CPU 0 (taskset), this load generator on CPU 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiortc import RTCPeerConnection
+
+from bench.media import PacketLoopTrack, encoded_h264, encoded_opus
+from classroom_agent.client import ClientEvents, LessonClient, Publication
+from tests.lesson_server import start_server_process
+from tongke.ice import use_host_addresses
+
+
+@dataclass
+class Counter:
+    """Counts RTP packets per SSRC from the plaintext header; never decrypts or decodes."""
+
+    seqs: dict[int, set[int]] = field(default_factory=dict)
+    last: dict[int, int] = field(default_factory=dict)
+    wraps: dict[int, int] = field(default_factory=dict)
+    counting: bool = False
+
+    def on_datagram(self, data: bytes) -> None:
+        if not self.counting or not 127 < data[0] < 192 or 192 <= data[1] <= 208:
+            return
+        ssrc = int.from_bytes(data[8:12], "big")
+        seq = int.from_bytes(data[2:4], "big")
+        last = self.last.get(ssrc)
+        wraps = self.wraps.get(ssrc, 0)
+        if last is not None and seq < 0x1000 and last > 0xF000:
+            wraps += 1
+            self.wraps[ssrc] = wraps
+        self.last[ssrc] = seq
+        self.seqs.setdefault(ssrc, set()).add(seq + (wraps << 16))
+
+    def received_expected(self) -> tuple[int, int]:
+        received = expected = 0
+        for seqs in self.seqs.values():
+            received += len(seqs)
+            expected += max(seqs) - min(seqs) + 1
+        return received, expected
+
+
+def counting_hooks(counter: Counter) -> ClientEvents:
+    def replace_receivers(pc: RTCPeerConnection) -> None:
+        async def no_receive(parameters: object) -> None:
+            return None
+
+        for transceiver in pc.getTransceivers():
+            transceiver.receiver.receive = no_receive  # type: ignore[method-assign]
+            connection = transceiver.receiver.transport.transport._connection
+            if getattr(connection, "_bench_hooked", False):
+                continue
+            original = connection.data_received
+
+            def data_received(data: bytes, component: int, original=original) -> None:
+                counter.on_datagram(data)
+                if not 127 < data[0] < 192:
+                    original(data, component)  # ICE/DTLS still need aiortc
+
+            connection.data_received = data_received
+            connection._bench_hooked = True
+
+    return ClientEvents(on_subscribe_transceivers=replace_receivers)
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def run(subscribers: int, seconds: float, quiet: bool) -> dict:
+    use_host_addresses(["127.0.0.1"])
+    video, audio = encoded_h264(), encoded_opus()
+    multi_cpu = (os.cpu_count() or 1) > 1
+    if multi_cpu:
+        os.sched_setaffinity(0, {1})
+    data_dir = Path(tempfile.mkdtemp(prefix="tongke-bench-"))
+    server = start_server_process(data_dir, cpu=0 if multi_cpu else None)
+    pid = server.proc.pid  # taskset execs the server, so this is the server itself
+    room = "bench"
+    server.open_room(room)
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    clients: list[LessonClient] = []
+    counters: list[Counter] = []
+    try:
+        master = LessonClient(server.url, room, server.token(room, "c-master", "master"))
+        await master.connect()
+        clients.append(master)
+        await master.publish(
+            [
+                Publication(PacketLoopTrack(video, "video"), "teacher_camera", codec="h264"),
+                Publication(PacketLoopTrack(audio, "audio"), "classroom_mic", codec="opus"),
+            ]
+        )
+        await asyncio.sleep(2)
+        rss_before = proc_rss_mb(pid)
+        for i in range(subscribers):
+            counter = Counter()
+            client = LessonClient(
+                server.url,
+                room,
+                server.token(room, f"p-{i}", "observer"),
+                events=counting_hooks(counter),
+            )
+            await client.connect()
+            clients.append(client)
+            counters.append(counter)
+            if (i + 1) % 10 == 0:
+                log(f"{i + 1}/{subscribers} subscribers joined")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stats = server.stats()
+            subs = [t["subscribers"] for t in stats["rooms"][room]["tracks"]]
+            if subs and min(subs) == subscribers:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(3)  # every DownTrack past its first keyframe
+        server.api("POST", "/api/stats/reset-latency")
+        for c in counters:
+            c.counting = True
+        start_stats = server.stats()
+        cpu0, t0 = proc_cpu_s(pid), time.monotonic()
+        log(f"measuring for {seconds:.0f} s")
+        await asyncio.sleep(seconds)
+        cpu1, t1 = proc_cpu_s(pid), time.monotonic()
+        for c in counters:
+            c.counting = False
+        end_stats = server.stats()
+        rss_after = proc_rss_mb(pid)
+        forwarded = end_stats["packets_forwarded"] - start_stats["packets_forwarded"]
+        received = expected = 0
+        for c in counters:
+            r, e = c.received_expected()
+            received, expected = received + r, expected + e
+        elapsed = t1 - t0
+        return {
+            "subscribers": subscribers,
+            "seconds": round(elapsed, 2),
+            "packets_forwarded": forwarded,
+            "pps": round(forwarded / elapsed, 1),
+            "server_cpu_s": round(cpu1 - cpu0, 3),
+            "us_per_packet": round((cpu1 - cpu0) * 1e6 / forwarded, 2) if forwarded else None,
+            "loss": round(1 - received / expected, 5) if expected else None,
+            "latency_p50_ms": end_stats["latency_ms"]["p50"],
+            "latency_p99_ms": end_stats["latency_ms"]["p99"],
+            "server_rss_mb": round(rss_after, 1),
+            "rss_growth_per_subscriber_mb": round(
+                (rss_after - rss_before) / max(1, subscribers), 3
+            ),
+            "server_decoders": end_stats["decoders"],
+            "server_encoders": end_stats["encoders"],
+        }
+    finally:
+        for client in reversed(clients):
+            await client.close()
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.subscribers, args.seconds, quiet=args.json))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>30}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
