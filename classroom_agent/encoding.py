@@ -99,7 +99,6 @@ class VideoEncoder:
             # libx264 notices the changed context fields on the next frame and calls
             # x264_encoder_reconfig, so no keyframe is spent.
             self._ctx.bit_rate = kbps * 1000
-            self._ctx.max_bit_rate = kbps * 1000
         else:
             self._ctx = None
 

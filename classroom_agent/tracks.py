@@ -152,7 +152,7 @@ class EncodedVideoTrack(_EncodedTrack):
     def set_bitrate(self, kbps: int) -> None:
         if kbps <= 0:
             raise ValueError(f"bitrate must be positive, got {kbps}")
-        self._executor.submit(self._encoder.set_bitrate, kbps)
+        self._executor.submit(self._encoder.set_bitrate, kbps).add_done_callback(_log_failure)
 
     def _pts(self, captured: float) -> int:
         if self._t0 is None:
@@ -217,7 +217,7 @@ class EncodedAudioTrack(_EncodedTrack):
     def set_bitrate(self, kbps: int) -> None:
         if kbps <= 0:
             raise ValueError(f"bitrate must be positive, got {kbps}")
-        self._executor.submit(self._encoder.set_bitrate, kbps)
+        self._executor.submit(self._encoder.set_bitrate, kbps).add_done_callback(_log_failure)
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
         sub = self._subscription()
@@ -236,3 +236,8 @@ class EncodedAudioTrack(_EncodedTrack):
                 packet.time_base = AUDIO_TIME_BASE
             self._pending.extend(packets)
         return self._emit(self._pending.popleft())
+
+
+def _log_failure(future: concurrent.futures.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("changing the bitrate failed", exc_info=future.exception())
