@@ -6,6 +6,7 @@ import asyncio
 import fractions
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import pytest
@@ -13,21 +14,23 @@ import pytest
 from classroom_agent.testcard import SyntheticVideo
 
 DEADLINE_S = 20.0
+T = TypeVar("T")
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE_S,
+async def wait_for(condition: Callable[[], bool], deadline_s: float = DEADLINE_S,
                    what: str = "condition") -> None:
-    """Poll ``condition`` on the loop until it holds; fail the test after ``timeout``."""
+    """Poll ``condition`` on the loop until it holds; fail the test after ``deadline_s``."""
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + deadline_s
     while not condition():
         if loop.time() > end:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
 
 
-async def within(awaitable: Awaitable, timeout: float = DEADLINE_S):  # type: ignore[no-untyped-def]
-    return await asyncio.wait_for(awaitable, timeout)
+async def within(awaitable: Awaitable[T], deadline_s: float = DEADLINE_S) -> T:
+    """``awaitable``'s result; fails the test instead of hanging when it never comes."""
+    return await asyncio.wait_for(awaitable, deadline_s)
 
 
 def write_h264_file(path: Path, frames: int = 30, size: tuple[int, int] = (320, 180),
