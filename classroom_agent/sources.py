@@ -180,7 +180,9 @@ class MediaSource(abc.ABC):
                 return
 
     def _set_state(self, state: State, reason: str = "") -> None:
-        if state == self.state and reason == self.reason:
+        if state == self.state:
+            # Retries that fail again are not news; keep the latest reason for the card.
+            self.reason = reason
             return
         self.state, self.reason = state, reason
         log = logger.info if state == "ok" else logger.warning
