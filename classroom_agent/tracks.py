@@ -18,7 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 import av
+from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpSender, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from .encoding import AUDIO_TIME_BASE, VIDEO_TIME_BASE, AudioEncoder, VideoEncoder
 from .sources import MediaSource, Subscription
@@ -241,3 +243,44 @@ class EncodedAudioTrack(_EncodedTrack):
 def _log_failure(future: concurrent.futures.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         logger.error("changing the bitrate failed", exc_info=future.exception())
+
+
+_MIME = {"h264": "video/H264", "vp8": "video/VP8", "opus": "audio/opus"}
+
+
+def codec_capabilities(kind: str, codec: str) -> list[RTCRtpCodecCapability]:
+    """aiortc capabilities restricted to ``codec`` (plus RTX), for setCodecPreferences.
+
+    aiortc packs a packet with the negotiated codec's packetizer, so a track's packets
+    are only valid if exactly its codec is negotiated.
+    """
+    if codec not in _MIME:
+        raise ValueError(f"unknown codec {codec!r}; expected one of {sorted(_MIME)}")
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    wanted = [c for c in caps if c.mimeType.lower() == _MIME[codec].lower()]
+    if not wanted:
+        raise ValueError(f"aiortc cannot send {codec} as {kind}")
+    return wanted + [c for c in caps if c.mimeType.lower() == f"{kind}/rtx"]
+
+
+def add_encoded_track(
+    pc: RTCPeerConnection, track: EncodedVideoTrack | EncodedAudioTrack
+) -> RTCRtpTransceiver:
+    """Publish ``track`` on ``pc`` (send-only), negotiating only its codec.
+
+    Also routes PLI/FIR arriving for this sender (from the SFU or a direct peer) to
+    ``track.request_keyframe()``: aiortc's sender honours them only when it encodes
+    itself, which it never does for packets.
+    """
+    transceiver = pc.addTransceiver(track, direction="sendonly")
+    transceiver.setCodecPreferences(codec_capabilities(track.kind, track.codec))
+    sender = transceiver.sender
+    original = sender._handle_rtcp_packet
+
+    async def handle_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            track.request_keyframe()
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+    return transceiver
