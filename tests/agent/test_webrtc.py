@@ -11,6 +11,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from classroom_agent import pixelclock
+from classroom_agent.quality import TrackQuality
 from classroom_agent.testcard import SyntheticAudio, SyntheticVideo
 from classroom_agent.tracks import EncodedAudioTrack, EncodedVideoTrack, add_encoded_track
 
@@ -41,10 +42,19 @@ async def test_receiver_decodes_published_packets(loopback_ice: None, codec: str
         assert f"{'H264' if codec == 'h264' else 'VP8'}/90000" in publisher.localDescription.sdp
 
         remote_video = await within(received["video"])
+        meter = TrackQuality("video", "teacher_camera")
         frames = [await within(remote_video.recv()) for _ in range(15)]
+        for frame in frames:
+            meter.add_frame(frame)
         clocks = [pixelclock.read_frame(f) for f in frames]
         assert None not in clocks
         assert all(0 <= pixelclock.age_ms(c) < 5000 for c in clocks)
+        receiver = next(r for r in subscriber.getReceivers() if r.track.kind == "video")
+        await meter.poll_receiver(receiver)
+        snap = meter.snapshot()
+        assert snap["packets_received"] > 0 and snap["packets_lost"] == 0
+        assert snap["loss_ratio"] == 0.0 and snap["clock_misses"] == 0
+        assert 0 <= snap["latency_p50_ms"] <= snap["latency_p95_ms"] < 5000
         assert (frames[-1].width, frames[-1].height) == (640, 360)
         remote_audio = await within(received["audio"])
         sound = await within(remote_audio.recv())
