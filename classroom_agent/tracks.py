@@ -1,0 +1,286 @@
+"""aiortc tracks whose ``recv()`` returns encoded ``av.Packet`` objects.
+
+aiortc's ``RTCRtpSender`` packs a packet with ``encoder.pack(packet)`` instead of
+encoding a frame, so the agent encodes each layer once, here, and the same packets
+go to the network and (through ``add_sink``) to the edge recorder. Passthrough
+sources (H.264 files, RTSP cameras) are forwarded without any encoder; only their
+no-signal card is encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import av
+from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpSender, RTCRtpTransceiver
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
+
+from .encoding import AUDIO_TIME_BASE, VIDEO_TIME_BASE, AudioEncoder, VideoEncoder
+from .sources import MediaSource, Subscription
+
+logger = logging.getLogger(__name__)
+
+PacketSink = Callable[[av.Packet], None]
+
+
+class _EncodedTrack(MediaStreamTrack):
+    def __init__(self, source: MediaSource) -> None:
+        super().__init__()
+        self.source = source
+        self._sub: Subscription | None = None
+        self._pending: collections.deque[av.Packet] = collections.deque()
+        self._sinks: list[PacketSink] = []
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"encode-{source.name}"
+        )
+        self._frames = 0
+        self._bytes = 0
+        self._keyframes = 0
+        self._started: float | None = None
+
+    def add_sink(self, sink: PacketSink) -> None:
+        """Also hand every published packet to ``sink`` (e.g. the safety-copy recorder).
+
+        Sinks run on the event loop, must be quick and must not modify the packet.
+        """
+        self._sinks.append(sink)
+
+    def remove_sink(self, sink: PacketSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since the track started: frames (packets), bytes, keyframes, bitrate."""
+        elapsed = time.monotonic() - self._started if self._started else 0.0
+        return {
+            "source": self.source.name,
+            "kind": self.kind,
+            "frames": self._frames,
+            "bytes": self._bytes,
+            "keyframes": self._keyframes,
+            "bitrate_kbps": round(self._bytes * 8 / elapsed / 1000, 1) if elapsed > 0 else 0.0,
+            "source_state": self.source.state,
+            "dropped": self._sub.dropped if self._sub else 0,
+        }
+
+    def _emit(self, packet: av.Packet) -> av.Packet:
+        self._frames += 1
+        self._bytes += packet.size
+        if packet.is_keyframe:
+            self._keyframes += 1
+        for sink in list(self._sinks):
+            try:
+                sink(packet)
+            except Exception:
+                logger.exception("packet sink failed on %s; removing it", self.source.name)
+                self._sinks.remove(sink)
+        return packet
+
+    def _subscription(self) -> Subscription:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._sub is None:
+            self._sub = self.source.subscribe()
+            self._started = time.monotonic()
+        return self._sub
+
+    def stop(self) -> None:
+        super().stop()
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+        self._executor.shutdown(wait=False)
+
+
+class EncodedVideoTrack(_EncodedTrack):
+    """One published video layer of ``source``: H.264 or VP8 packets, time base 1/90000."""
+
+    kind = "video"
+
+    def __init__(
+        self,
+        source: MediaSource,
+        codec: str = "h264",
+        bitrate_kbps: int = 1000,
+        fps: float | None = None,
+        keyframe_interval_s: float = 2.0,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        layer: str = "h",
+    ) -> None:
+        if source.kind != "video":
+            raise ValueError(f"source {source.name!r} is {source.kind}, not video")
+        if source.passthrough_codec and source.passthrough_codec != codec:
+            raise ValueError(
+                f"source {source.name!r} delivers {source.passthrough_codec} and is passed "
+                f"through without re-encoding; its track codec must be "
+                f"{source.passthrough_codec!r}, not {codec!r}"
+            )
+        super().__init__(source)
+        self.codec = codec
+        self.layer = layer
+        self.fps = fps or source.fps
+        self.width = width or source.width
+        self.height = height or source.height
+        self._encoder = VideoEncoder(codec, self.width, self.height, self.fps, bitrate_kbps,
+                                     keyframe_interval_s)
+        self._force_keyframe = False
+        self._t0: float | None = None
+        self._last_pts = -1
+        self._next_due = 0.0
+        # After encoded no-signal frames, forwarded packets may only resume on a keyframe.
+        self._passthrough_needs_key = True
+
+    @property
+    def bitrate_kbps(self) -> int:
+        return self._encoder.bitrate_kbps
+
+    def request_keyframe(self) -> None:
+        """Make the next encoded frame a keyframe (IDR); called when the SFU relays a PLI.
+
+        Passthrough packets cannot be changed: their keyframes come at the camera's or
+        file's own interval.
+        """
+        self._force_keyframe = True
+
+    def set_bitrate(self, kbps: int) -> None:
+        if kbps <= 0:
+            raise ValueError(f"bitrate must be positive, got {kbps}")
+        self._executor.submit(self._encoder.set_bitrate, kbps).add_done_callback(_log_failure)
+
+    def _pts(self, captured: float) -> int:
+        if self._t0 is None:
+            self._t0 = captured
+        pts = max(self._last_pts + 1, round((captured - self._t0) * 90000))
+        self._last_pts = pts
+        return pts
+
+    def _encode(self, frame: av.VideoFrame, pts: int, key: bool) -> list[av.Packet]:
+        return self._encoder.encode(frame, pts, key)
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        sub = self._subscription()
+        loop = asyncio.get_running_loop()
+        while not self._pending:
+            captured, item = await sub.get_timed()
+            if self.readyState != "live":
+                raise MediaStreamError
+            if isinstance(item, av.Packet):
+                if self._passthrough_needs_key and not item.is_keyframe:
+                    continue
+                self._passthrough_needs_key = False
+                item.time_base = VIDEO_TIME_BASE
+                item.pts = item.dts = self._pts(captured)
+                self._pending.append(item)
+                continue
+            # A frame: a live source or the no-signal card of any source.
+            self._passthrough_needs_key = True
+            if captured < self._next_due - 0.5 / self.fps:
+                continue  # this layer runs at a lower frame rate than the source
+            self._next_due = max(self._next_due + 1 / self.fps, captured)
+            key, self._force_keyframe = self._force_keyframe, False
+            pts = self._pts(captured)
+            try:
+                packets = await loop.run_in_executor(self._executor, self._encode, item, pts, key)
+            except RuntimeError:  # executor shut down by stop()
+                raise MediaStreamError from None
+            self._pending.extend(packets)
+        return self._emit(self._pending.popleft())
+
+
+class EncodedAudioTrack(_EncodedTrack):
+    """Opus packets of ``source``, 48 kHz, 20 ms each, time base 1/48000."""
+
+    kind = "audio"
+    codec = "opus"
+    layer = "h"
+
+    def __init__(self, source: MediaSource, bitrate_kbps: int = 32) -> None:
+        if source.kind != "audio":
+            raise ValueError(f"source {source.name!r} is {source.kind}, not audio")
+        super().__init__(source)
+        self._encoder = AudioEncoder(bitrate_kbps)
+
+    @property
+    def bitrate_kbps(self) -> int:
+        return self._encoder.bitrate_kbps
+
+    def request_keyframe(self) -> None:
+        """Audio has no keyframes; present so the agent can treat all tracks alike."""
+
+    def set_bitrate(self, kbps: int) -> None:
+        if kbps <= 0:
+            raise ValueError(f"bitrate must be positive, got {kbps}")
+        self._executor.submit(self._encoder.set_bitrate, kbps).add_done_callback(_log_failure)
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        sub = self._subscription()
+        loop = asyncio.get_running_loop()
+        while not self._pending:
+            item = await sub.get()
+            if self.readyState != "live":
+                raise MediaStreamError
+            if isinstance(item, av.Packet):
+                raise MediaStreamError(f"audio passthrough is not supported ({self.source.name})")
+            try:
+                packets = await loop.run_in_executor(self._executor, self._encoder.encode, item)
+            except RuntimeError:
+                raise MediaStreamError from None
+            for packet in packets:
+                packet.time_base = AUDIO_TIME_BASE
+            self._pending.extend(packets)
+        return self._emit(self._pending.popleft())
+
+
+def _log_failure(future: concurrent.futures.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("changing the bitrate failed", exc_info=future.exception())
+
+
+_MIME = {"h264": "video/H264", "vp8": "video/VP8", "opus": "audio/opus"}
+
+
+def codec_capabilities(kind: str, codec: str) -> list[RTCRtpCodecCapability]:
+    """aiortc capabilities restricted to ``codec`` (plus RTX), for setCodecPreferences.
+
+    aiortc packs a packet with the negotiated codec's packetizer, so a track's packets
+    are only valid if exactly its codec is negotiated.
+    """
+    if codec not in _MIME:
+        raise ValueError(f"unknown codec {codec!r}; expected one of {sorted(_MIME)}")
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    wanted = [c for c in caps if c.mimeType.lower() == _MIME[codec].lower()]
+    if not wanted:
+        raise ValueError(f"aiortc cannot send {codec} as {kind}")
+    return wanted + [c for c in caps if c.mimeType.lower() == f"{kind}/rtx"]
+
+
+def add_encoded_track(
+    pc: RTCPeerConnection, track: EncodedVideoTrack | EncodedAudioTrack
+) -> RTCRtpTransceiver:
+    """Publish ``track`` on ``pc`` (send-only), negotiating only its codec.
+
+    Also routes PLI/FIR arriving for this sender (from the SFU or a direct peer) to
+    ``track.request_keyframe()``: aiortc's sender honours them only when it encodes
+    itself, which it never does for packets.
+    """
+    transceiver = pc.addTransceiver(track, direction="sendonly")
+    transceiver.setCodecPreferences(codec_capabilities(track.kind, track.codec))
+    sender = transceiver.sender
+    original = sender._handle_rtcp_packet
+
+    async def handle_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            track.request_keyframe()
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+    return transceiver
