@@ -36,8 +36,9 @@ class CaptureSource(MediaSource):
     device_type = "capture device"
     av_format = ""
 
-    def __init__(self, name: str, url: str, *, options: dict[str, str] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, name: str, url: str, *, options: dict[str, str] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(name, **kwargs)
         self.url = url
         self.options = options or {}
@@ -50,8 +51,9 @@ class CaptureSource(MediaSource):
     def open(self) -> None:
         self._preflight()
         try:
-            container = av.open(self.url, format=self.av_format or None, options=self.options,
-                                timeout=(10.0, 5.0))
+            container = av.open(
+                self.url, format=self.av_format or None, options=self.options, timeout=(10.0, 5.0)
+            )
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise SourceError(f"cannot open {self.device_type} {self.url!r}: {exc}") from exc
         streams = container.streams.video if self.kind == "video" else container.streams.audio
@@ -84,15 +86,24 @@ class V4L2Camera(CaptureSource):
     device_type = "V4L2 camera"
     av_format = "video4linux2"
 
-    def __init__(self, name: str, device: str = "/dev/video0", *, width: int = 1280,
-                 height: int = 720, fps: float = 30.0, input_format: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        device: str = "/dev/video0",
+        *,
+        width: int = 1280,
+        height: int = 720,
+        fps: float = 30.0,
+        input_format: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         options = {"video_size": f"{width}x{height}", "framerate": f"{fps:g}"}
         if input_format:
             # e.g. "mjpeg": most USB cameras only reach 720p30 in MJPEG.
             options["input_format"] = input_format
-        super().__init__(name, device, options=options, width=width, height=height, fps=fps,
-                         **kwargs)
+        super().__init__(
+            name, device, options=options, width=width, height=height, fps=fps, **kwargs
+        )
 
     def _preflight(self) -> None:
         if not os.path.exists(self.url):
@@ -106,15 +117,26 @@ class X11Screen(CaptureSource):
     device_type = "X11 screen"
     av_format = "x11grab"
 
-    def __init__(self, name: str, display: str | None = None, *, width: int = 1280,
-                 height: int = 720, fps: float = 5.0, offset: tuple[int, int] = (0, 0),
-                 draw_mouse: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        display: str | None = None,
+        *,
+        width: int = 1280,
+        height: int = 720,
+        fps: float = 5.0,
+        offset: tuple[int, int] = (0, 0),
+        draw_mouse: bool = True,
+        **kwargs: Any,
+    ) -> None:
         display = display or os.environ.get("DISPLAY", "")
         url = f"{display}+{offset[0]},{offset[1]}" if display else ""
-        options = {"video_size": f"{width}x{height}", "framerate": f"{fps:g}",
-                   "draw_mouse": "1" if draw_mouse else "0"}
-        super().__init__(name, url, options=options, width=width, height=height, fps=fps,
-                         **kwargs)
+        options = {
+            "video_size": f"{width}x{height}",
+            "framerate": f"{fps:g}",
+            "draw_mouse": "1" if draw_mouse else "0",
+        }
+        super().__init__(name, url, options=options, width=width, height=height, fps=fps, **kwargs)
 
     def _preflight(self) -> None:
         if not self.url:
@@ -128,8 +150,15 @@ class AlsaMicrophone(CaptureSource):
     device_type = "ALSA microphone"
     av_format = "alsa"
 
-    def __init__(self, name: str, device: str = "default", *, sample_rate: int = 48000,
-                 channels: int = 2, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        device: str = "default",
+        *,
+        sample_rate: int = 48000,
+        channels: int = 2,
+        **kwargs: Any,
+    ) -> None:
         options = {"sample_rate": str(sample_rate), "channels": str(channels)}
         super().__init__(name, device, options=options, **kwargs)
 
@@ -160,9 +189,17 @@ class PassthroughSource(MediaSource):
     kind = "video"
     device_type = "video"
 
-    def __init__(self, name: str, url: str, *, codec: str = "h264", realtime: bool = False,
-                 loop: bool = False, options: dict[str, str] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        codec: str = "h264",
+        realtime: bool = False,
+        loop: bool = False,
+        options: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, **kwargs)
         if codec not in ("h264", "vp8"):
             raise ValueError(f"passthrough codec must be h264 or vp8, got {codec!r}")
@@ -277,8 +314,9 @@ class FileSource(PassthroughSource):
 
     device_type = "video file"
 
-    def __init__(self, name: str, path: str, *, codec: str = "h264", loop: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, name: str, path: str, *, codec: str = "h264", loop: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(name, path, codec=codec, realtime=True, loop=loop, **kwargs)
 
     def open(self) -> None:
@@ -292,11 +330,13 @@ class RTSPCamera(PassthroughSource):
 
     device_type = "RTSP camera"
 
-    def __init__(self, name: str, url: str, *, codec: str = "h264", transport: str = "tcp",
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, name: str, url: str, *, codec: str = "h264", transport: str = "tcp", **kwargs: Any
+    ) -> None:
         options = {"rtsp_transport": transport, "fflags": "nobuffer"}
-        super().__init__(name, url, codec=codec, realtime=False, loop=False, options=options,
-                         **kwargs)
+        super().__init__(
+            name, url, codec=codec, realtime=False, loop=False, options=options, **kwargs
+        )
 
 
 def _has_sps(data: bytes) -> bool:

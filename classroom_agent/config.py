@@ -115,14 +115,22 @@ class AgentConfig:
 
 def default_sources(role: str, synthetic: bool = False) -> list[SourceConfig]:
     """The standard set: a recording classroom for a master, camera + mic for a point."""
+
     def video(name: str, device: str, **kw: Any) -> SourceConfig:
         kind_type = "synthetic" if synthetic else ("x11" if name == "courseware" else "v4l2")
-        return SourceConfig(name=name, kind="video", type=kind_type, device=device, codec="h264",
-                            **kw)
+        return SourceConfig(
+            name=name, kind="video", type=kind_type, device=device, codec="h264", **kw
+        )
 
     def audio(name: str) -> SourceConfig:
-        return SourceConfig(name=name, kind="audio", type="synthetic" if synthetic else "alsa",
-                            device="default", codec="opus", bitrate_kbps=32)
+        return SourceConfig(
+            name=name,
+            kind="audio",
+            type="synthetic" if synthetic else "alsa",
+            device="default",
+            codec="opus",
+            bitrate_kbps=32,
+        )
 
     if role == "point":
         return [
@@ -157,8 +165,13 @@ def _convert(where: str, key: str, value: Any, current: Any) -> Any:
 
 
 def _name(expected: type | tuple[type, ...]) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", list: "a list",
-             str: "a string"}
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        str: "a string",
+    }
     return names[expected[-1] if isinstance(expected, tuple) else expected]
 
 
@@ -167,8 +180,9 @@ def _source(index: int, table: Any) -> SourceConfig:
         raise ConfigError(f"source[{index}] must be a table ([[source]])")
     name = table.get("name")
     if not isinstance(name, str) or not name.isidentifier():
-        raise ConfigError(f"source[{index}]: name must be an identifier like 'teacher_camera', "
-                          f"got {name!r}")
+        raise ConfigError(
+            f"source[{index}]: name must be an identifier like 'teacher_camera', got {name!r}"
+        )
     where = f"source {name!r}"
     cfg = SourceConfig(name=name)
     known = {f.name for f in fields(SourceConfig)}
@@ -180,8 +194,9 @@ def _source(index: int, table: Any) -> SourceConfig:
         raise ConfigError(f"{where}: kind must be 'video' or 'audio', got {cfg.kind!r}")
     types = VIDEO_TYPES if cfg.kind == "video" else AUDIO_TYPES
     if cfg.type not in types:
-        raise ConfigError(f"{where}: type for {cfg.kind} must be one of {', '.join(types)}, "
-                          f"got {cfg.type!r}")
+        raise ConfigError(
+            f"{where}: type for {cfg.kind} must be one of {', '.join(types)}, got {cfg.type!r}"
+        )
     if cfg.kind == "audio":
         cfg.codec = cfg.codec or "opus"
         cfg.bitrate_kbps = cfg.bitrate_kbps or 32
@@ -193,20 +208,24 @@ def _source(index: int, table: Any) -> SourceConfig:
         cfg.codec = cfg.codec or "h264"
         cfg.bitrate_kbps = cfg.bitrate_kbps or 1000
         if cfg.codec not in VIDEO_CODECS:
-            raise ConfigError(f"{where}: codec must be one of {', '.join(VIDEO_CODECS)}, "
-                              f"got {cfg.codec!r}")
+            raise ConfigError(
+                f"{where}: codec must be one of {', '.join(VIDEO_CODECS)}, got {cfg.codec!r}"
+            )
         for key in ("width", "height"):
             value = getattr(cfg, key)
             if value < 16 or value % 2:
                 raise ConfigError(f"{where}: {key} must be an even number >= 16, got {value}")
         if not cfg.layers or "h" not in cfg.layers or set(cfg.layers) - {"h", "m", "l"}:
-            raise ConfigError(f"{where}: layers must include 'h' and only use 'h', 'm', 'l', "
-                              f"got {cfg.layers!r}")
+            raise ConfigError(
+                f"{where}: layers must include 'h' and only use 'h', 'm', 'l', got {cfg.layers!r}"
+            )
         if len(set(cfg.layers)) != len(cfg.layers):
             raise ConfigError(f"{where}: layers lists a layer twice: {cfg.layers!r}")
         if cfg.type in PASSTHROUGH_TYPES and cfg.layers != ["h"]:
-            raise ConfigError(f"{where}: layers: a {cfg.type} source is passed through without "
-                              "re-encoding, so it has only layer 'h'")
+            raise ConfigError(
+                f"{where}: layers: a {cfg.type} source is passed through without "
+                "re-encoding, so it has only layer 'h'"
+            )
     if cfg.fps <= 0 or cfg.fps > 60:
         raise ConfigError(f"{where}: fps must be in (0, 60], got {cfg.fps}")
     if cfg.bitrate_kbps <= 0:
@@ -305,8 +324,15 @@ def make_source(cfg: SourceConfig, on_state: StateCallback | None = None) -> Med
             return AlsaMicrophone(cfg.name, cfg.device or "default", **common)
         return PulseMicrophone(cfg.name, cfg.device or "default", **common)
     if cfg.type == "synthetic":
-        return SyntheticVideo(cfg.width, cfg.height, cfg.fps, cfg.display_label, cfg.seed,
-                              name=cfg.name, on_state=on_state)
+        return SyntheticVideo(
+            cfg.width,
+            cfg.height,
+            cfg.fps,
+            cfg.display_label,
+            cfg.seed,
+            name=cfg.name,
+            on_state=on_state,
+        )
     if cfg.type == "v4l2":
         return V4L2Camera(cfg.name, cfg.device, input_format=cfg.input_format or None, **video)
     if cfg.type == "x11":
@@ -325,22 +351,44 @@ def _layer_size(cfg: SourceConfig, layer: str) -> tuple[int, int, int, float]:
     return width, height, min(kbps, cfg.bitrate_kbps), min(fps, cfg.fps)
 
 
-def build_tracks(config: AgentConfig, on_state: StateCallback | None = None
-                 ) -> list[PublishedTrack]:
+def build_tracks(
+    config: AgentConfig, on_state: StateCallback | None = None
+) -> list[PublishedTrack]:
     """One encoded track per source and layer; layers of a source share one capture."""
     published = []
     for cfg in config.sources:
         source = make_source(cfg, on_state)
         if cfg.kind == "audio":
-            published.append(PublishedTrack(
-                cfg.name, "audio", "h", cfg.display_label,
-                EncodedAudioTrack(source, cfg.bitrate_kbps), "opus", source,
-                bitrate_kbps=cfg.bitrate_kbps))
+            published.append(
+                PublishedTrack(
+                    cfg.name,
+                    "audio",
+                    "h",
+                    cfg.display_label,
+                    EncodedAudioTrack(source, cfg.bitrate_kbps),
+                    "opus",
+                    source,
+                    bitrate_kbps=cfg.bitrate_kbps,
+                )
+            )
             continue
         for layer in cfg.layers:
             width, height, kbps, fps = _layer_size(cfg, layer)
-            track = EncodedVideoTrack(source, cfg.codec, kbps, fps, width=width, height=height,
-                                      layer=layer)
-            published.append(PublishedTrack(cfg.name, "video", layer, cfg.display_label, track,
-                                            cfg.codec, source, width, height, kbps))
+            track = EncodedVideoTrack(
+                source, cfg.codec, kbps, fps, width=width, height=height, layer=layer
+            )
+            published.append(
+                PublishedTrack(
+                    cfg.name,
+                    "video",
+                    layer,
+                    cfg.display_label,
+                    track,
+                    cfg.codec,
+                    source,
+                    width,
+                    height,
+                    kbps,
+                )
+            )
     return published

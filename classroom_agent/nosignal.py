@@ -56,18 +56,50 @@ def render_no_signal(width: int, height: int, label: str, reason: str = "") -> a
     size = max(12, int(64 * scale))
     font = cv2.FONT_HERSHEY_SIMPLEX
     thick = max(1, int(2 * scale))
-    cv2.putText(luma, label, (int(width * 0.08), int(height * 0.3)), font, 1.4 * scale,
-                200, thick, cv2.LINE_AA)
+    cv2.putText(
+        luma,
+        label,
+        (int(width * 0.08), int(height * 0.3)),
+        font,
+        1.4 * scale,
+        200,
+        thick,
+        cv2.LINE_AA,
+    )
     y = int(height * 0.42)
     end = draw_glyphs(luma, NO_SIGNAL_ZH, int(width * 0.08), y, size, 235)
-    cv2.putText(luma, "/ No signal", (end + size // 3, y + int(size * 0.85)), font,
-                1.6 * scale, 235, thick + 1, cv2.LINE_AA)
+    cv2.putText(
+        luma,
+        "/ No signal",
+        (end + size // 3, y + int(size * 0.85)),
+        font,
+        1.6 * scale,
+        235,
+        thick + 1,
+        cv2.LINE_AA,
+    )
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    cv2.putText(luma, stamp, (int(width * 0.08), int(height * 0.72)), font, 1.0 * scale,
-                170, thick, cv2.LINE_AA)
+    cv2.putText(
+        luma,
+        stamp,
+        (int(width * 0.08), int(height * 0.72)),
+        font,
+        1.0 * scale,
+        170,
+        thick,
+        cv2.LINE_AA,
+    )
     if reason:
-        cv2.putText(luma, reason[:80], (int(width * 0.08), int(height * 0.82)), font,
-                    0.6 * scale, 120, max(1, thick // 2), cv2.LINE_AA)
+        cv2.putText(
+            luma,
+            reason[:80],
+            (int(width * 0.08), int(height * 0.82)),
+            font,
+            0.6 * scale,
+            120,
+            max(1, thick // 2),
+            cv2.LINE_AA,
+        )
     frame = av.VideoFrame(width, height, "yuv420p")
     frame.planes[0].update(np.ascontiguousarray(_pad(luma, frame.planes[0].line_size)))
     for index in (1, 2):
@@ -87,7 +119,8 @@ def _pad(rows: np.ndarray, line_size: int) -> np.ndarray:
 def silence(samples: int = 960, sample_rate: int = 48000, layout: str = "stereo") -> av.AudioFrame:
     """A frame of digital silence in packed s16."""
     channels = 2 if layout == "stereo" else 1
-    frame = av.AudioFrame.from_ndarray(np.zeros((1, samples * channels), np.int16), format="s16",
-                                       layout=layout)
+    frame = av.AudioFrame.from_ndarray(
+        np.zeros((1, samples * channels), np.int16), format="s16", layout=layout
+    )
     frame.sample_rate = sample_rate
     return frame

@@ -27,8 +27,13 @@ MIN_FREEZE_S = 0.2
 class TrackQuality:
     """Rolling quality figures of one received track; ``snapshot()`` is JSON-ready."""
 
-    def __init__(self, kind: str = "video", name: str = "", window_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        kind: str = "video",
+        name: str = "",
+        window_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.kind = kind
         self.name = name
         self.window_s = window_s
@@ -51,8 +56,12 @@ class TrackQuality:
         self.packets_lost: int | None = None
         self.jitter_s: float | None = None
 
-    def add_frame(self, frame: av.VideoFrame | av.AudioFrame, now: float | None = None,
-                  now_ms: int | None = None) -> None:
+    def add_frame(
+        self,
+        frame: av.VideoFrame | av.AudioFrame,
+        now: float | None = None,
+        now_ms: int | None = None,
+    ) -> None:
         """Account one decoded frame; ``now``/``now_ms`` default to the current clocks."""
         t = self._clock() if now is None else now
         if self.first_frame_s is None:
@@ -123,7 +132,8 @@ class TrackQuality:
             "name": self.name,
             "kind": self.kind,
             "frames": self.frames,
-            "first_frame_ms": None if self.first_frame_s is None
+            "first_frame_ms": None
+            if self.first_frame_s is None
             else round(self.first_frame_s * 1000),
             "packets_received": self.packets_received,
             "packets_lost": self.packets_lost,
@@ -133,19 +143,22 @@ class TrackQuality:
         if self.kind == "video":
             p50, p95 = self.latency_ms(50), self.latency_ms(95)
             stalled = self._last is not None and t - self._last > max(
-                3 * (float(np.median(self._intervals)) if self._intervals else 0), MIN_FREEZE_S)
-            out.update({
-                "fps": round(self.fps(t), 1),
-                "width": self.size[0] if self.size else None,
-                "height": self.size[1] if self.size else None,
-                "freezes": self.freezes,
-                "freeze_total_ms": round(self.freeze_total_s * 1000),
-                "longest_freeze_ms": round(self.longest_freeze_s * 1000),
-                "frozen_now": stalled,
-                "latency_p50_ms": None if p50 is None else round(p50),
-                "latency_p95_ms": None if p95 is None else round(p95),
-                "clock_misses": self.clock_misses,
-            })
+                3 * (float(np.median(self._intervals)) if self._intervals else 0), MIN_FREEZE_S
+            )
+            out.update(
+                {
+                    "fps": round(self.fps(t), 1),
+                    "width": self.size[0] if self.size else None,
+                    "height": self.size[1] if self.size else None,
+                    "freezes": self.freezes,
+                    "freeze_total_ms": round(self.freeze_total_s * 1000),
+                    "longest_freeze_ms": round(self.longest_freeze_s * 1000),
+                    "frozen_now": stalled,
+                    "latency_p50_ms": None if p50 is None else round(p50),
+                    "latency_p95_ms": None if p95 is None else round(p95),
+                    "clock_misses": self.clock_misses,
+                }
+            )
         else:
             out.update({"samples": self.samples, "level_dbfs": self.level_dbfs})
         return out
@@ -167,13 +180,18 @@ async def receiver_loss(receiver: RTCRtpReceiver) -> dict[str, Any]:
         return {"packets_received": None, "packets_lost": None, "jitter_s": None}
     # aiortc reports jitter in RTP clock units; convert with the media clock rate.
     rate = 90000 if receiver.track and receiver.track.kind == "video" else 48000
-    return {"packets_received": received, "packets_lost": lost,
-            "jitter_s": None if jitter is None else jitter / rate}
+    return {
+        "packets_received": received,
+        "packets_lost": lost,
+        "jitter_s": None if jitter is None else jitter / rate,
+    }
 
 
-async def meter_track(track: MediaStreamTrack, quality: TrackQuality,
-                      on_frame: Callable[[av.VideoFrame | av.AudioFrame], None] | None = None
-                      ) -> None:
+async def meter_track(
+    track: MediaStreamTrack,
+    quality: TrackQuality,
+    on_frame: Callable[[av.VideoFrame | av.AudioFrame], None] | None = None,
+) -> None:
     """Consume a remote track until it ends, feeding ``quality`` (and ``on_frame``)."""
     while True:
         try:

@@ -19,8 +19,14 @@ from . import pixelclock
 from .sources import AUDIO_RATE, AUDIO_SAMPLES, MediaSource
 
 _BARS_RGB = [
-    (192, 192, 192), (192, 192, 0), (0, 192, 192), (0, 192, 0),
-    (192, 0, 192), (192, 0, 0), (0, 0, 192), (16, 16, 16),
+    (192, 192, 192),
+    (192, 192, 0),
+    (0, 192, 192),
+    (0, 192, 0),
+    (192, 0, 192),
+    (192, 0, 0),
+    (0, 0, 192),
+    (16, 16, 16),
 ]
 
 
@@ -49,8 +55,14 @@ class SyntheticVideo(MediaSource):
     ) -> None:
         if width % 2 or height % 2:
             raise ValueError(f"synthetic video needs even dimensions, got {width}x{height}")
-        super().__init__(name or label.lower().replace(" ", "_"), label=label, width=width,
-                         height=height, fps=fps, **kwargs)  # type: ignore[arg-type]
+        super().__init__(
+            name or label.lower().replace(" ", "_"),
+            label=label,
+            width=width,
+            height=height,
+            fps=fps,
+            **kwargs,
+        )  # type: ignore[arg-type]
         self.seed = seed
         self.frames = 0
         self._static = self._render_static()
@@ -65,18 +77,27 @@ class SyntheticVideo(MediaSource):
         rgb = np.zeros((h, w, 3), np.uint8)
         bar_w = w / len(_BARS_RGB)
         for i, colour in enumerate(_BARS_RGB):
-            rgb[:, int(i * bar_w): int((i + 1) * bar_w)] = colour
+            rgb[:, int(i * bar_w) : int((i + 1) * bar_w)] = colour
         # A grey ramp at the bottom shows banding and level problems.
         ramp_h = h // 6
-        rgb[h - ramp_h:] = np.linspace(0, 255, w, dtype=np.float32).astype(np.uint8)[None, :, None]
+        rgb[h - ramp_h :] = np.linspace(0, 255, w, dtype=np.float32).astype(np.uint8)[None, :, None]
         scale = h / 720
         font = cv2.FONT_HERSHEY_SIMPLEX
         (tw, th), _ = cv2.getTextSize(self.label, font, 2.0 * scale, max(1, int(4 * scale)))
         org = ((w - tw) // 2, int(h * 0.55))
-        cv2.rectangle(rgb, (org[0] - 10, org[1] - th - 10), (org[0] + tw + 10, org[1] + 14),
-                      (0, 0, 0), -1)
-        cv2.putText(rgb, self.label, org, font, 2.0 * scale, (255, 255, 255),
-                    max(1, int(4 * scale)), cv2.LINE_AA)
+        cv2.rectangle(
+            rgb, (org[0] - 10, org[1] - th - 10), (org[0] + tw + 10, org[1] + 14), (0, 0, 0), -1
+        )
+        cv2.putText(
+            rgb,
+            self.label,
+            org,
+            font,
+            2.0 * scale,
+            (255, 255, 255),
+            max(1, int(4 * scale)),
+            cv2.LINE_AA,
+        )
         i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
         y = i420[:h]
         chroma = i420[h:].reshape(2, h // 2, w // 2)  # U then V, each (h/2, w/2)
@@ -109,21 +130,33 @@ class SyntheticVideo(MediaSource):
         b = self._box
         bx = int(self._pos[0] * (w - b)) & ~1
         by = int(self._pos[1] * (h - b)) & ~1
-        y[by:by + b, bx:bx + b] = 81
-        u[by // 2:(by + b) // 2, bx // 2:(bx + b) // 2] = 90
-        v[by // 2:(by + b) // 2, bx // 2:(bx + b) // 2] = 240
+        y[by : by + b, bx : bx + b] = 81
+        u[by // 2 : (by + b) // 2, bx // 2 : (bx + b) // 2] = 90
+        v[by // 2 : (by + b) // 2, bx // 2 : (bx + b) // 2] = 240
         scale = h / 720
         if ms % 1000 < 100:
             fy, fx = int(h * 0.7), int(w * 0.85)
-            y[fy:fy + b, fx:fx + b] = 235
+            y[fy : fy + b, fx : fx + b] = 235
         cx, cy = int(w * 0.02), int(h * 0.8)
-        y[cy - int(40 * scale):cy + int(12 * scale), cx:cx + int(200 * scale)] = 16
-        u[(cy - int(40 * scale)) // 2:(cy + int(12 * scale)) // 2,
-          cx // 2:(cx + int(200 * scale)) // 2] = 128
-        v[(cy - int(40 * scale)) // 2:(cy + int(12 * scale)) // 2,
-          cx // 2:(cx + int(200 * scale)) // 2] = 128
-        cv2.putText(y, f"#{index:06d}", (cx, cy), cv2.FONT_HERSHEY_SIMPLEX,
-                    1.2 * scale, 235, max(1, int(3 * scale)), cv2.LINE_AA)
+        y[cy - int(40 * scale) : cy + int(12 * scale), cx : cx + int(200 * scale)] = 16
+        u[
+            (cy - int(40 * scale)) // 2 : (cy + int(12 * scale)) // 2,
+            cx // 2 : (cx + int(200 * scale)) // 2,
+        ] = 128
+        v[
+            (cy - int(40 * scale)) // 2 : (cy + int(12 * scale)) // 2,
+            cx // 2 : (cx + int(200 * scale)) // 2,
+        ] = 128
+        cv2.putText(
+            y,
+            f"#{index:06d}",
+            (cx, cy),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            1.2 * scale,
+            235,
+            max(1, int(3 * scale)),
+            cv2.LINE_AA,
+        )
         pixelclock.stamp(y, ms)
         pixelclock.stamp_frame_chroma(frame)
         return frame

@@ -130,8 +130,9 @@ class EncodedVideoTrack(_EncodedTrack):
         self.fps = fps or source.fps
         self.width = width or source.width
         self.height = height or source.height
-        self._encoder = VideoEncoder(codec, self.width, self.height, self.fps, bitrate_kbps,
-                                     keyframe_interval_s)
+        self._encoder = VideoEncoder(
+            codec, self.width, self.height, self.fps, bitrate_kbps, keyframe_interval_s
+        )
         self._force_keyframe = False
         self._t0: float | None = None
         self._last_pts = -1

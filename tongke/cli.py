@@ -12,6 +12,7 @@ from collections.abc import Sequence
 # an exit status.
 COMMAND_MODULES = (
     "media_server.cli",
+    "classroom_agent.cli",
     "tongke.token_cli",
 )
 

@@ -1,0 +1,261 @@
+"""The classroom agent: publish a classroom's sources, receive the lesson, stay connected.
+
+One agent runs in each classroom (master or teaching point). Its captures and encoders
+run for as long as the agent does; the connection to the server comes and goes: when
+the server restarts or the link drops, the agent reconnects with backoff and publishes
+the same tracks again, so a lesson survives anything short of the classroom losing power.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from aiortc.mediastreams import MediaStreamError
+
+from classroom_agent.client import ClientEvents, LessonClient, LessonError, Publication, RemoteTrack
+from classroom_agent.config import AgentConfig, PublishedTrack, build_tracks
+from classroom_agent.quality import TrackQuality, receiver_loss
+from tongke.tokens import peek_claims
+
+log = logging.getLogger(__name__)
+
+# A token the server refused will not get better by retrying; anything else might.
+FATAL_CODES = frozenset(
+    {"token_missing", "token_invalid", "token_expired", "token_wrong_room", "forbidden"}
+)
+BACKOFF_START_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+
+class AgentStopped(Exception):
+    """The agent cannot go on (e.g. its token was refused); the message says why."""
+
+
+@dataclass
+class AgentStatus:
+    connected: bool = False
+    connects: int = 0
+    last_error: str = ""
+    source_states: dict[str, str] = field(default_factory=dict)
+
+
+class ClassroomAgent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        window: Any = None,
+        report: TextIO | None = None,
+        report_interval_s: float = 5.0,
+        on_quality: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.token = config.resolved_token()
+        if not self.token:
+            raise AgentStopped(
+                "no token: set `token` or `token_file` in the agent config, or pass --token"
+            )
+        claims = peek_claims(self.token)
+        self.room = str(claims.get("room", ""))
+        self.classroom = str(claims.get("classroom", config.classroom_id))
+        self.window = window
+        self.report = report
+        self.report_interval_s = report_interval_s
+        self.on_quality = on_quality
+        self.status = AgentStatus()
+        self.quality: dict[str, TrackQuality] = {}
+        self.tracks: list[PublishedTrack] = []
+        self._consumers: dict[str, asyncio.Task[None]] = {}
+        self._client: LessonClient | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.tracks = build_tracks(self.config, on_state=self._on_source_state)
+        reporter = asyncio.ensure_future(self._report_loop(stop))
+        backoff = BACKOFF_START_S
+        try:
+            while not stop.is_set():
+                try:
+                    await self._session(stop)
+                    backoff = BACKOFF_START_S
+                except LessonError as exc:
+                    self.status.last_error = f"{exc.code}: {exc.message}"
+                    if exc.code in FATAL_CODES:
+                        raise AgentStopped(
+                            f"the server refused this agent: {exc.message}"
+                        ) from None
+                    log.warning(
+                        "lesson %s: %s; retrying in %.0f s", self.room, exc.message, backoff
+                    )
+                except (OSError, ConnectionError, TimeoutError) as exc:
+                    self.status.last_error = str(exc) or type(exc).__name__
+                    log.warning(
+                        "cannot reach %s (%s); retrying in %.0f s",
+                        self.config.server_url,
+                        self.status.last_error,
+                        backoff,
+                    )
+                if stop.is_set():
+                    break
+                # Jitter keeps a county's agents from reconnecting in lockstep after a
+                # server restart.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+        finally:
+            reporter.cancel()
+            await self._stop_consumers()
+            for published in self.tracks:
+                published.track.stop()
+            sources = {id(p.media_source): p.media_source for p in self.tracks}
+            for source in sources.values():
+                await asyncio.to_thread(source.stop)
+            if self.window is not None:
+                self.window.close()
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        client = LessonClient(
+            self.config.server_url,
+            self.room,
+            self.token,
+            name=self.config.classroom_id or None,
+            events=ClientEvents(on_track=self._on_remote_track),
+        )
+        self._client = client
+        try:
+            await client.connect()
+            await client.publish(
+                [
+                    Publication(p.track, p.source, layer=p.layer, label=p.label, codec=p.codec)
+                    for p in self.tracks
+                ]
+            )
+            self.status.connected = True
+            self.status.connects += 1
+            log.info("publishing %d tracks to lesson %s", len(self.tracks), self.room)
+            closed = asyncio.ensure_future(client.closed.wait())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (closed, stopping):
+                task.cancel()
+            if not stop.is_set():
+                raise ConnectionError(
+                    f"the server closed the connection (code {client.close_code})"
+                )
+        finally:
+            self.status.connected = False
+            self._client = None
+            await self._stop_consumers()
+            await client.close()
+
+    # -- receiving the lesson ------------------------------------------------------------
+
+    def _on_remote_track(self, remote: RemoteTrack) -> None:
+        if remote.track is None:
+            return
+        name = str(remote.info.get("track", remote.mid))
+        old = self._consumers.pop(remote.mid, None)
+        if old is not None:
+            old.cancel()
+        label = f"{remote.info.get('name', '')} · {remote.info.get('label', '')}".strip(" ·")
+        quality = self.quality[name] = TrackQuality(kind=remote.track.kind, name=label or name)
+        self._consumers[remote.mid] = asyncio.ensure_future(
+            self._consume(remote, name, label, quality)
+        )
+
+    async def _consume(
+        self, remote: RemoteTrack, name: str, label: str, quality: TrackQuality
+    ) -> None:
+        track = remote.track
+        assert track is not None
+        try:
+            while remote.active and remote.info.get("track") == name:
+                frame = await track.recv()
+                quality.add_frame(frame)
+                if self.window is not None and track.kind == "video" and not self.window.closed:
+                    self.window.show(name, label, frame)
+        except (MediaStreamError, asyncio.CancelledError):
+            pass
+        finally:
+            if self.window is not None:
+                self.window.remove(name)
+
+    async def _stop_consumers(self) -> None:
+        tasks = list(self._consumers.values())
+        self._consumers.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- reporting --------------------------------------------------------------------
+
+    def _on_source_state(self, source: str, state: str, reason: str) -> None:
+        self.status.source_states[source] = state
+        if state == "ok":
+            log.info("source %s: signal back", source)
+        else:
+            log.warning("source %s: no signal (%s); the other sources carry on", source, reason)
+
+    async def quality_snapshot(self) -> dict[str, Any]:
+        client = self._client
+        if client is not None and client.subscribe_pc is not None:
+            for transceiver in client.subscribe_pc.getTransceivers():
+                remote = client.remote.get(transceiver.mid or "")
+                if remote is not None and remote.info.get("track") in self.quality:
+                    self.quality[remote.info["track"]].update_receiver_stats(
+                        await receiver_loss(transceiver.receiver)
+                    )
+        active = {r.info.get("track") for r in client.active_tracks()} if client else set()
+        return {
+            "time": round(time.time(), 3),
+            "room": self.room,
+            "classroom": self.classroom,
+            "connected": self.status.connected,
+            "sources": dict(self.status.source_states),
+            "tracks": [q.snapshot() for name, q in self.quality.items() if name in active],
+        }
+
+    async def _report_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.report_interval_s)
+            snapshot = await self.quality_snapshot()
+            if self.on_quality is not None:
+                self.on_quality(snapshot)
+            if self.report is not None:
+                self.report.write(json.dumps(snapshot, ensure_ascii=False) + "\n")
+                self.report.flush()
+
+
+def summary_line(snapshot: dict[str, Any]) -> str:
+    """One human line per report: what a teacher at a point would want to know."""
+    parts = []
+    for t in snapshot["tracks"]:
+        if t["kind"] == "video":
+            latency = t.get("latency_p50_ms")
+            parts.append(
+                f"{t['name']}: {t.get('fps', 0):.0f} fps"
+                + (f", {latency:.0f} ms" if latency is not None else "")
+                + (f", {t['freezes']} freezes" if t.get("freezes") else "")
+                + (f", loss {t['loss_ratio']:.1%}" if t.get("loss_ratio") else "")
+            )
+        else:
+            parts.append(f"{t['name']}: audio {'ok' if t['frames'] else 'silent'}")
+    state = "connected" if snapshot["connected"] else "reconnecting"
+    return f"[{state}] " + ("; ".join(parts) if parts else "no lesson tracks yet")
+
+
+def write_report_path(path: Path | None) -> TextIO | None:
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("a", encoding="utf-8")
