@@ -16,6 +16,7 @@ from media_server.participant import Participant
 from media_server.publisher import SignallingError
 from media_server.source import SOURCE_LABELS, MediaSource
 from media_server.uptrack import UpTrack
+from tongke.tokens import Role
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,21 @@ class Room:
     def sources(self) -> list[MediaSource]:
         return [s for p in self.participants.values() for s in p.sources.values()]
 
+    def sources_for(self, viewer: Participant) -> list[MediaSource]:
+        """What one participant receives.
+
+        A teaching point's downlink is 2-5 Mbit/s: it receives the master classroom, not
+        the other points. The master classroom, observers and recorders receive everyone.
+        """
+        if viewer.claims.role is not Role.POINT:
+            return self.sources()
+        return [
+            s
+            for p in self.participants.values()
+            if p.claims.role is not Role.POINT
+            for s in p.sources.values()
+        ]
+
     def describe(self) -> dict[str, Any]:
         return {
             **asdict(self.info),
@@ -75,7 +91,7 @@ class Room:
         await self.broadcast(
             {"type": "participant_joined", "participant": participant.describe()}, skip=participant
         )
-        participant.subscriber.update(self.sources())
+        participant.subscriber.update(self.sources_for(participant))
 
     async def remove(self, participant: Participant) -> None:
         if self.participants.pop(participant.id, None) is None:
@@ -127,9 +143,8 @@ class Room:
                     slot.downtrack.set_max_layer(slot.downtrack.max_layer)
 
     def resubscribe(self) -> None:
-        sources = self.sources()
         for p in self.participants.values():
-            p.subscriber.update(sources)
+            p.subscriber.update(self.sources_for(p))
 
     async def close(self) -> None:
         for p in list(self.participants.values()):

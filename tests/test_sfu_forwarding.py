@@ -180,3 +180,26 @@ async def test_packets_a_point_loses_are_resent_from_the_sfu_cache(
     finally:
         await point.close()
         await master.close()
+
+
+async def test_points_receive_the_master_and_the_master_receives_every_point(
+    server: ServerProcess, room: str
+) -> None:
+    master = await join(server, room, "c-master", "master")
+    await master.publish([Publication(PatternTrack(), "teacher_camera", codec="vp8")])
+    points = [await join(server, room, f"p-{i}", "point") for i in range(2)]
+    try:
+        for point in points:
+            await point.publish([Publication(PatternTrack(160, 120), "point_camera", codec="vp8")])
+        await wait_for(
+            lambda: sum(1 for r in master.active_tracks() if r.source == "point_camera") == 2,
+            what="the master to receive both points",
+        )
+        await first_frames(master, {"point_camera"})
+        for point in points:
+            await first_frames(point, {"teacher_camera"})
+            # A rural downlink carries the lesson, not the other points' cameras.
+            assert {r.source for r in point.active_tracks()} == {"teacher_camera"}
+    finally:
+        for c in [*points, master]:
+            await c.close()

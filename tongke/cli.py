@@ -13,6 +13,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "media_server.cli",
     "classroom_agent.cli",
+    "tongke.demo",
     "tongke.token_cli",
 )
 

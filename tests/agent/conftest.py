@@ -17,8 +17,9 @@ DEADLINE_S = 20.0
 T = TypeVar("T")
 
 
-async def wait_for(condition: Callable[[], bool], deadline_s: float = DEADLINE_S,
-                   what: str = "condition") -> None:
+async def wait_for(
+    condition: Callable[[], bool], deadline_s: float = DEADLINE_S, what: str = "condition"
+) -> None:
     """Poll ``condition`` on the loop until it holds; fail the test after ``deadline_s``."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline_s
@@ -33,8 +34,13 @@ async def within(awaitable: Awaitable[T], deadline_s: float = DEADLINE_S) -> T:
     return await asyncio.wait_for(awaitable, deadline_s)
 
 
-def write_h264_file(path: Path, frames: int = 30, size: tuple[int, int] = (320, 180),
-                    keyint: int = 10, container: str | None = None) -> list[int]:
+def write_h264_file(
+    path: Path,
+    frames: int = 30,
+    size: tuple[int, int] = (320, 180),
+    keyint: int = 10,
+    container: str | None = None,
+) -> list[int]:
     """An MP4 (avcC) H.264 file of the test card; returns the clocks stamped per frame."""
     src = SyntheticVideo(size[0], size[1], 30, "File", seed=3)
     out = av.open(str(path), "w", format=container)

@@ -58,8 +58,10 @@ def test_example_file_loads(tmp_path: Path) -> None:
     assert cfg.classroom_id == "school-12/room-301"
     assert cfg.recording.disk_budget_gb == 50.0
     assert [(s.name, s.type, s.codec) for s in cfg.sources] == [
-        ("teacher_camera", "synthetic", "h264"), ("lesson_clip", "file", "h264"),
-        ("classroom_mic", "synthetic", "opus")]
+        ("teacher_camera", "synthetic", "h264"),
+        ("lesson_clip", "file", "h264"),
+        ("classroom_mic", "synthetic", "opus"),
+    ]
     assert cfg.sources[2].bitrate_kbps == 32
 
 
@@ -68,18 +70,24 @@ def test_example_file_loads(tmp_path: Path) -> None:
     [
         ('role = "teacher"', "role must be 'master' or 'point'"),
         ('serverurl = "x"', "agent: unknown key 'serverurl'"),
-        ('[[source]]\nname = "board_camera"\nbitrate = 800',
-         "source 'board_camera': unknown key 'bitrate'"),
+        (
+            '[[source]]\nname = "board_camera"\nbitrate = 800',
+            "source 'board_camera': unknown key 'bitrate'",
+        ),
         ('[[source]]\nname = "cam"\ntype = "usb"', "source 'cam': type for video must be one of"),
         ('[[source]]\nname = "cam"\nwidth = "wide"', "source 'cam': width must be an integer"),
         ('[[source]]\nname = "cam"\nwidth = 641', "source 'cam': width must be an even number"),
-        ('[[source]]\nname = "clip"\ntype = "file"\npath = "a.mp4"\nlayers = ["h", "l"]',
-         "source 'clip': layers: a file source is passed through"),
+        (
+            '[[source]]\nname = "clip"\ntype = "file"\npath = "a.mp4"\nlayers = ["h", "l"]',
+            "source 'clip': layers: a file source is passed through",
+        ),
         ('[[source]]\nname = "cam"\ntype = "rtsp"', "source 'cam': type 'rtsp' needs 'url'"),
-        ('[[source]]\nname = "mic"\nkind = "audio"\ntype = "v4l2"',
-         "source 'mic': type for audio must be one of"),
+        (
+            '[[source]]\nname = "mic"\nkind = "audio"\ntype = "v4l2"',
+            "source 'mic': type for audio must be one of",
+        ),
         ('[[source]]\nname = "cam"\n[[source]]\nname = "cam"', "name 'cam' is used twice"),
-        ('[recording]\nbudget = 3', "recording: unknown key 'budget'"),
+        ("[recording]\nbudget = 3", "recording: unknown key 'budget'"),
     ],
 )
 def test_bad_keys_are_named(toml: str, message: str) -> None:
@@ -91,10 +99,14 @@ def test_role_defaults() -> None:
     master = parse_config({"role": "master"})
     tracks = build_tracks(parse_config({"role": "master", "synthetic": True}))
     assert [(s.name, s.type) for s in master.sources] == [
-        ("teacher_camera", "v4l2"), ("board_camera", "v4l2"), ("courseware", "x11"),
-        ("classroom_mic", "alsa")]
-    assert [(t.source, t.layer, t.kind, t.codec, t.width, t.height, t.bitrate_kbps)
-            for t in tracks] == [
+        ("teacher_camera", "v4l2"),
+        ("board_camera", "v4l2"),
+        ("courseware", "x11"),
+        ("classroom_mic", "alsa"),
+    ]
+    assert [
+        (t.source, t.layer, t.kind, t.codec, t.width, t.height, t.bitrate_kbps) for t in tracks
+    ] == [
         ("teacher_camera", "h", "video", "h264", 1280, 720, 1500),
         ("teacher_camera", "l", "video", "h264", 320, 180, 150),
         ("board_camera", "h", "video", "h264", 1280, 720, 800),
@@ -106,7 +118,9 @@ def test_role_defaults() -> None:
     assert tracks[0].media_source is tracks[1].media_source
     point = parse_config({"role": "point"})
     assert [(s.name, s.width, s.height, s.bitrate_kbps) for s in point.sources] == [
-        ("point_camera", 640, 360, 500), ("point_mic", 1280, 720, 32)]
+        ("point_camera", 640, 360, 500),
+        ("point_mic", 1280, 720, 32),
+    ]
 
 
 async def test_built_tracks_publish() -> None:

@@ -25,7 +25,7 @@ def test_rgb_round_trip_and_check_byte() -> None:
         assert pixelclock.read(img) == ms
     # One flipped block must be detected, not read as another time.
     b = int(pixelclock.block_size(1280, 720))
-    img[: b, 5 * b:6 * b] = 255 - img[: b, 5 * b:6 * b]
+    img[:b, 5 * b : 6 * b] = 255 - img[:b, 5 * b : 6 * b]
     assert pixelclock.read(img) is None
 
 
@@ -87,7 +87,8 @@ def test_browser_reader_agrees(tmp_path: Path) -> None:
         "console.log(JSON.stringify(dumps.map(d => readPixelClock({width: d.width, "
         "height: d.height, data: new Uint8ClampedArray(readFileSync(d.path))}))));\n"
     )
-    out = subprocess.run(["node", str(script)], capture_output=True, text=True, check=True,
-                         timeout=60)
+    out = subprocess.run(
+        ["node", str(script)], capture_output=True, text=True, check=True, timeout=60
+    )
     assert json.loads(out.stdout) == [77_000 + i for i in range(5)]
     assert [pixelclock.read_frame(f) for f in frames] == [77_000 + i for i in range(5)]

@@ -50,8 +50,9 @@ def test_slow_courseware_is_not_a_freeze() -> None:
 def test_picture_without_clock_counts_a_miss() -> None:
     q = TrackQuality("video")
     grey = np.full((180, 320, 3), 128, np.uint8)
-    q.add_frame(av.VideoFrame.from_ndarray(grey, format="rgb24").reformat(format="yuv420p"),
-                now=0.0)
+    q.add_frame(
+        av.VideoFrame.from_ndarray(grey, format="rgb24").reformat(format="yuv420p"), now=0.0
+    )
     snap = q.snapshot(now=0.0)
     assert snap["clock_misses"] == 1 and snap["latency_p50_ms"] is None
 

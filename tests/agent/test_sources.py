@@ -46,14 +46,22 @@ def mean_luma(frame: av.VideoFrame) -> float:
     # The middle of the picture: the test card's bars are bright, the no-signal card dark.
     y = frame.to_ndarray(format="gray")
     h, w = y.shape
-    return float(y[h // 4: h // 2, : w // 2].mean())
+    return float(y[h // 4 : h // 2, : w // 2].mean())
 
 
 async def test_unplugged_camera_shows_no_signal_then_recovers() -> None:
     states: list[tuple[str, str, str]] = []
-    camera = UnpluggableCamera(320, 180, 30, "Teacher camera", seed=1, name="teacher_camera",
-                               on_state=lambda *s: states.append(s), retry_initial_s=0.2,
-                               no_signal_fps=5)
+    camera = UnpluggableCamera(
+        320,
+        180,
+        30,
+        "Teacher camera",
+        seed=1,
+        name="teacher_camera",
+        on_state=lambda *s: states.append(s),
+        retry_initial_s=0.2,
+        no_signal_fps=5,
+    )
     board = SyntheticVideo(320, 180, 30, "Board camera", seed=2, name="board_camera")
     track = EncodedVideoTrack(camera, "h264", 300)
     other = EncodedVideoTrack(board, "h264", 300)
@@ -108,14 +116,25 @@ async def test_missing_devices_fail_clearly_and_fall_back() -> None:
     def on_state(name: str, state: str, reason: str) -> None:
         states[name] = (state, reason)
 
-    camera = V4L2Camera("teacher_camera", "/dev/video-missing", width=320, height=180,
-                        on_state=on_state, retry_initial_s=5)
-    screen = X11Screen("courseware", ":97", width=320, height=180, on_state=on_state,
-                       retry_initial_s=5)
+    camera = V4L2Camera(
+        "teacher_camera",
+        "/dev/video-missing",
+        width=320,
+        height=180,
+        on_state=on_state,
+        retry_initial_s=5,
+    )
+    screen = X11Screen(
+        "courseware", ":97", width=320, height=180, on_state=on_state, retry_initial_s=5
+    )
     mic = AlsaMicrophone("classroom_mic", "hw:97", on_state=on_state, retry_initial_s=5)
     pulse = PulseMicrophone("point_mic", "no-such-source", on_state=on_state, retry_initial_s=5)
-    tracks = [EncodedVideoTrack(camera, "h264", 300), EncodedVideoTrack(screen, "h264", 300),
-              EncodedAudioTrack(mic), EncodedAudioTrack(pulse)]
+    tracks = [
+        EncodedVideoTrack(camera, "h264", 300),
+        EncodedVideoTrack(screen, "h264", 300),
+        EncodedAudioTrack(mic),
+        EncodedAudioTrack(pulse),
+    ]
     try:
         packets = [await within(t.recv()) for t in tracks]
     finally:
@@ -123,7 +142,9 @@ async def test_missing_devices_fail_clearly_and_fall_back() -> None:
             t.stop()
     assert all(p.size > 0 for p in packets)
     assert states["teacher_camera"] == (
-        "no_signal", "V4L2 camera /dev/video-missing does not exist (unplugged?)")
+        "no_signal",
+        "V4L2 camera /dev/video-missing does not exist (unplugged?)",
+    )
     assert states["courseware"][0] == "no_signal"
     assert "X11 screen ':97+0,0'" in states["courseware"][1]
     assert states["classroom_mic"][0] == "no_signal"
@@ -145,7 +166,7 @@ def annexb_payloads(data: bytes) -> list[bytes]:
     while pos != -1:
         nxt = data.find(b"\x00\x00\x01", pos + 3)
         end = len(data) if nxt == -1 else nxt - (1 if data[nxt - 1] == 0 else 0)
-        parts.append(data[pos + 3:end])
+        parts.append(data[pos + 3 : end])
         pos = nxt
     return parts
 
@@ -153,8 +174,8 @@ def annexb_payloads(data: bytes) -> list[bytes]:
 def avcc_payloads(data: bytes) -> list[bytes]:
     parts, pos = [], 0
     while pos + 4 <= len(data):
-        size = int.from_bytes(data[pos:pos + 4], "big")
-        parts.append(data[pos + 4:pos + 4 + size])
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        parts.append(data[pos + 4 : pos + 4 + size])
         pos += 4 + size
     return parts
 
@@ -164,8 +185,9 @@ async def test_h264_file_is_passed_through_and_loops(tmp_path: Path) -> None:
     clocks = write_h264_file(path, frames=20)
     with av.open(str(path)) as container:
         original = [bytes(p) for p in container.demux(video=0) if p.size]
-    track = EncodedVideoTrack(FileSource("teacher_camera", str(path), width=320, height=180),
-                              "h264", 300)
+    track = EncodedVideoTrack(
+        FileSource("teacher_camera", str(path), width=320, height=180), "h264", 300
+    )
     try:
         packets = [await within(track.recv()) for _ in range(30)]
     finally:
@@ -186,8 +208,14 @@ async def test_h264_file_is_passed_through_and_loops(tmp_path: Path) -> None:
 
 async def test_missing_file_then_vp8_mismatch(tmp_path: Path) -> None:
     states: list[tuple[str, str, str]] = []
-    source = FileSource("clip", str(tmp_path / "absent.mp4"), width=320, height=180,
-                        on_state=lambda *s: states.append(s), retry_initial_s=5)
+    source = FileSource(
+        "clip",
+        str(tmp_path / "absent.mp4"),
+        width=320,
+        height=180,
+        on_state=lambda *s: states.append(s),
+        retry_initial_s=5,
+    )
     track = EncodedVideoTrack(source, "h264", 300)
     try:
         packet = await within(track.recv())
@@ -207,8 +235,9 @@ async def test_microphone_failure_keeps_audio_cadence() -> None:
             return super().read()
 
     states: list[str] = []
-    track = EncodedAudioTrack(FlakyMic(on_state=lambda n, s, r: states.append(s),
-                                       retry_initial_s=30))
+    track = EncodedAudioTrack(
+        FlakyMic(on_state=lambda n, s, r: states.append(s), retry_initial_s=30)
+    )
     try:
         packets = [await within(track.recv()) for _ in range(30)]
     finally:
@@ -216,6 +245,7 @@ async def test_microphone_failure_keeps_audio_cadence() -> None:
     assert states == ["ok", "no_signal"]
     assert [p.pts for p in packets] == [i * 960 for i in range(30)]
     decoder = av.CodecContext.create("opus", "r")
-    tail = np.concatenate([f.to_ndarray().reshape(-1) for p in packets[-5:]
-                           for f in decoder.decode(p)])
+    tail = np.concatenate(
+        [f.to_ndarray().reshape(-1) for p in packets[-5:] for f in decoder.decode(p)]
+    )
     assert np.abs(tail).max() < 0.01 * (32768 if tail.dtype.kind == "i" else 1)

@@ -31,8 +31,13 @@ async def collect(track: EncodedVideoTrack | EncodedAudioTrack, n: int) -> list[
 
 
 async def test_h264_track_publishes_annexb_packets_that_decode() -> None:
-    track = EncodedVideoTrack(SyntheticVideo(640, 360, 30, "Teacher camera", seed=1), "h264",
-                              800, 30, keyframe_interval_s=0.5)
+    track = EncodedVideoTrack(
+        SyntheticVideo(640, 360, 30, "Teacher camera", seed=1),
+        "h264",
+        800,
+        30,
+        keyframe_interval_s=0.5,
+    )
     try:
         packets = await collect(track, 20)
     finally:
@@ -58,8 +63,9 @@ async def test_h264_track_publishes_annexb_packets_that_decode() -> None:
 
 
 async def test_vp8_track_and_keyframe_request() -> None:
-    track = EncodedVideoTrack(SyntheticVideo(320, 180, 30, "Board camera", seed=2), "vp8", 300,
-                              30, keyframe_interval_s=60)
+    track = EncodedVideoTrack(
+        SyntheticVideo(320, 180, 30, "Board camera", seed=2), "vp8", 300, 30, keyframe_interval_s=60
+    )
     try:
         packets = await collect(track, 5)
         assert [p.is_keyframe for p in packets] == [True, False, False, False, False]
@@ -77,8 +83,13 @@ async def test_vp8_track_and_keyframe_request() -> None:
 
 
 async def test_h264_keyframe_request_is_an_idr_with_parameter_sets() -> None:
-    track = EncodedVideoTrack(SyntheticVideo(320, 180, 30, "Teacher camera", seed=3), "h264",
-                              300, 30, keyframe_interval_s=60)
+    track = EncodedVideoTrack(
+        SyntheticVideo(320, 180, 30, "Teacher camera", seed=3),
+        "h264",
+        300,
+        30,
+        keyframe_interval_s=60,
+    )
     try:
         await collect(track, 4)
         track.request_keyframe()
@@ -132,13 +143,14 @@ class BusyVideo(SyntheticVideo):
         plane = frame.planes[0]
         luma = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
         h, w = self.height, self.width
-        luma[h // 2:h * 3 // 4, : w // 2] = rng.integers(0, 256, (h * 3 // 4 - h // 2, w // 2))
+        luma[h // 2 : h * 3 // 4, : w // 2] = rng.integers(0, 256, (h * 3 // 4 - h // 2, w // 2))
         return frame
 
 
 async def test_set_bitrate_lowers_the_stream() -> None:
-    track = EncodedVideoTrack(BusyVideo(640, 360, 30, "Teacher camera", seed=6), "h264",
-                              1500, keyframe_interval_s=60)
+    track = EncodedVideoTrack(
+        BusyVideo(640, 360, 30, "Teacher camera", seed=6), "h264", 1500, keyframe_interval_s=60
+    )
     try:
         await collect(track, 5)
         rich = sum(p.size for p in (await collect(track, 20)))
