@@ -242,7 +242,9 @@ class UpTrack:
         now = time.monotonic()
         wait = self._last_kf_request + KEYFRAME_MIN_INTERVAL_S - now
         if wait > 0:
-            self._kf_deferred = asyncio.get_running_loop().call_later(wait, self._send_keyframe_request)
+            self._kf_deferred = asyncio.get_running_loop().call_later(
+                wait, self._send_keyframe_request
+            )
             return
         self._send_keyframe_request()
 
