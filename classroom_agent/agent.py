@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from classroom_agent.client import ClientEvents, LessonClient, LessonError, Publication, RemoteTrack
 from classroom_agent.config import AgentConfig, PublishedTrack, build_tracks
@@ -34,6 +34,29 @@ FATAL_CODES = frozenset(
 )
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
+
+
+class SessionTrack(MediaStreamTrack):
+    """One connection's view of a long-lived encoded track.
+
+    aiortc stops a sender's track when its connection ends; the capture and the encoder
+    must outlive that, so each connection gets a fresh wrapper around them.
+    """
+
+    def __init__(self, inner: MediaStreamTrack) -> None:
+        super().__init__()
+        self.kind = inner.kind
+        self._inner = inner
+
+    async def recv(self) -> Any:
+        if self.readyState != "live":
+            raise MediaStreamError
+        return await self._inner.recv()
+
+    def request_keyframe(self) -> None:
+        request = getattr(self._inner, "request_keyframe", None)
+        if request is not None:
+            request()
 
 
 class AgentStopped(Exception):
@@ -128,7 +151,6 @@ class ClassroomAgent:
             self.config.server_url,
             self.room,
             self.token,
-            name=self.config.classroom_id or None,
             events=ClientEvents(on_track=self._on_remote_track),
         )
         self._client = client
@@ -136,7 +158,9 @@ class ClassroomAgent:
             await client.connect()
             await client.publish(
                 [
-                    Publication(p.track, p.source, layer=p.layer, label=p.label, codec=p.codec)
+                    Publication(
+                        SessionTrack(p.track), p.source, layer=p.layer, label=p.label, codec=p.codec
+                    )
                     for p in self.tracks
                 ]
             )
