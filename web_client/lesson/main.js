@@ -65,6 +65,7 @@ class LessonViewer {
       error: null,
       connects: 0,
       pc: null,
+      signalling: null,
       negotiations: 0,
       inboundStats: () => (this.sampler ? this.sampler.inbound() : Promise.resolve({})),
       reconnectNow: () => this.reconnectNow(),
@@ -98,6 +99,7 @@ class LessonViewer {
     this._setPhase("connecting");
     const sig = new SignallingClient(signallingUrl());
     this.sig = sig;
+    this.state.signalling = sig;
     sig.addEventListener("message", (e) => this._onMessage(e.detail));
     sig.addEventListener("close", (e) => this._onClose(sig, e.detail));
     try {
