@@ -277,6 +277,7 @@ def _bad_tokens(server: ServerProcess, room: str) -> dict[str, tuple[str, str]]:
     forged = server.token(room, "x", "observer")
     header, payload, _ = forged.split(".")
     return {
+        "token_missing": (room, ""),
         "token_invalid": (room, f"{header}.{payload}.AAAA"),
         "token_expired": (room, server.token(room, "x", "observer", ttl_s=-60)),
         "token_wrong_room": (room, server.token("another-lesson", "x", "observer")),
@@ -285,6 +286,7 @@ def _bad_tokens(server: ServerProcess, room: str) -> dict[str, tuple[str, str]]:
 
 
 EXPECTED_TITLES = {
+    "token_missing": "链接中缺少课堂令牌",
     "token_invalid": "课堂链接无效",
     "token_expired": "课堂链接已过期",
     "token_wrong_room": "该链接属于另一节课",
@@ -314,10 +316,13 @@ async def test_bad_links_show_clear_errors_and_the_lesson_goes_on(
                         == (EXPECTED_TITLES[code])
                     )
                     assert code in await session.page.locator("#error-code").inner_text()
-                    state = await session.page.evaluate("() => window.tongke")
+                    state = await session.page.evaluate(
+                        "() => ({error: window.tongke.error, connects: window.tongke.connects})"
+                    )
                     assert state["error"]["code"] == code
-                    # No retry loop against a link that cannot work.
-                    assert state["connects"] == 1
+                    # No retry loop against a link that cannot work (a link without a
+                    # token is refused before connecting at all).
+                    assert state["connects"] == (0 if code == "token_missing" else 1)
                     retry = session.page.locator("#retry")
                     assert await retry.is_visible() == (code == "unknown_room")
 

@@ -41,7 +41,7 @@ class LessonViewer {
     this.room = room;
     this.token = token;
     this.backoff = new Backoff();
-    this.grid = new TileGrid(dom.grid, dom.empty, {
+    this.grid = new TileGrid(dom.grid, {
       onAutoplayBlocked: (media) => this._autoplayBlocked(media),
     });
     this.sig = null;
@@ -302,6 +302,7 @@ class LessonViewer {
     dom.spinner.hidden = !busy;
     dom.status.setAttribute("aria-busy", String(busy));
     dom.reconnectNow.hidden = phase !== "reconnecting";
+    dom.empty.hidden = phase !== "waiting";
     // Progress steps: everything before the current step is done.
     const stepPhase = { waiting: "live", unstable: "media", reconnecting: "connecting" }[phase] || phase;
     const current = STEPS.findIndex(([p]) => p === stepPhase);
@@ -318,6 +319,8 @@ class LessonViewer {
     const joined = this.state.joined;
     const { dom } = this;
     dom.title.textContent = joined?.title || this.room || "";
+    // The room id only adds something when the lesson has a real title.
+    dom.roomId.hidden = !joined?.title || joined.title === this.room;
     document.title = `${joined?.title || this.room} · 同课 Tongke`;
     if (joined) {
       dom.role.textContent = `${joined.role} · ${TEXT.viewOnly}`;

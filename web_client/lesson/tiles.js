@@ -20,6 +20,27 @@ function orderOf(info) {
   return (info.kind === "audio" ? 100 : 0) + rank;
 }
 
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+// Inline icons: emoji glyphs render as boxes on classroom PCs without an emoji font.
+function icon(className, pathData) {
+  const svg = document.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("class", className);
+  const path = document.createElementNS(SVG_NS, "path");
+  path.setAttribute("d", pathData);
+  path.setAttribute("fill", "none");
+  path.setAttribute("stroke", "currentColor");
+  path.setAttribute("stroke-width", "2");
+  path.setAttribute("stroke-linecap", "round");
+  path.setAttribute("stroke-linejoin", "round");
+  svg.append(path);
+  return svg;
+}
+const FULLSCREEN_PATH = "M4 9V4h5M20 9V4h-5M4 15v5h5M20 15v5h-5";
+const SPEAKER_PATH = "M4 9v6h4l5 4V5L8 9H4zM16.5 8.5a5 5 0 0 1 0 7M19 6a8.5 8.5 0 0 1 0 12";
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -45,7 +66,8 @@ class Tile {
       this.wait = el("div", "tile-wait", TEXT.waitingVideo);
       this.wait.setAttribute("role", "status");
       this.media.addEventListener("loadeddata", () => this.root.classList.add("has-frames"));
-      const full = el("button", "tile-full", "⛶");
+      const full = el("button", "tile-full");
+      full.append(icon("", FULLSCREEN_PATH));
       full.type = "button";
       full.title = TEXT.fullscreen;
       full.setAttribute("aria-label", TEXT.fullscreen);
@@ -60,7 +82,7 @@ class Tile {
       this.meter.setAttribute("aria-valuemin", "0");
       this.meter.setAttribute("aria-valuemax", "100");
       this.meter.setAttribute("aria-valuenow", "0");
-      this.stage.append(el("div", "tile-audio-icon", "🔊"), this.meter, this.media);
+      this.stage.append(icon("tile-audio-icon", SPEAKER_PATH), this.meter, this.media);
     }
     this.media.autoplay = true;
     this.media.srcObject = new MediaStream([track]);
@@ -104,9 +126,8 @@ class Tile {
 }
 
 export class TileGrid {
-  constructor(container, empty, { onAutoplayBlocked }) {
+  constructor(container, { onAutoplayBlocked }) {
     this.container = container;
-    this.empty = empty;
     this.onAutoplayBlocked = onAutoplayBlocked;
     this.tiles = new Map(); // mid -> Tile
   }
@@ -129,7 +150,6 @@ export class TileGrid {
       }
       tile.update(info);
     }
-    this.empty.hidden = this.tiles.size > 0;
   }
 
   setStats(statsByMid) {
