@@ -3,6 +3,11 @@
 Never downloads a browser: it launches the system's /usr/bin/chromium. Tests that need
 a page use `open_page()`; the page's console and uncaught errors are kept so that a
 failing test can say what the page said.
+
+Beware: `page.wait_for_function` does not await a Promise; an async predicate returns a
+Promise, which is truthy, so the wait ends at once. Poll synchronous predicates over
+state the page keeps (the viewer keeps its latest getStats() reports in
+`window.tongke.inbound`), and use `page.evaluate` (which does await) for one-off reads.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ export class StatsSampler {
   constructor(pc) {
     this.pc = pc;
     this._previous = new Map(); // mid -> {timestamp, bytes, received, lost}
+    this.lastInbound = {}; // the raw reports of the last sample, for tests and operators
   }
 
   /** Raw inbound-rtp reports by mid, plus the codec name: what tests assert on. */
@@ -35,6 +36,7 @@ export class StatsSampler {
   /** Human-sized numbers per mid, with rates over the time since the last sample. */
   async sample() {
     const raw = await this.inbound();
+    this.lastInbound = raw;
     const out = new Map();
     for (const [mid, s] of Object.entries(raw)) {
       const prev = this._previous.get(mid);

@@ -61,6 +61,7 @@ class LessonViewer {
       joined: null,
       tracks: {},
       stats: {},
+      inbound: {},
       participants: [],
       error: null,
       connects: 0,
@@ -250,6 +251,7 @@ class LessonViewer {
     this.grid.clear();
     this.state.tracks = {};
     this.state.stats = {};
+    this.state.inbound = {};
     this.participants.clear();
     this._renderHeader();
     this._blockedMedia.clear();
@@ -286,6 +288,7 @@ class LessonViewer {
     if (sampler !== this.sampler) return;
     this.grid.setStats(stats);
     this.state.stats = Object.fromEntries(stats);
+    this.state.inbound = sampler.lastInbound;
   }
 
   _setPhase(phase) {
