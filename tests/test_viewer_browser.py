@@ -360,3 +360,18 @@ async def test_bad_links_show_clear_errors_and_the_lesson_goes_on(
         assert json.dumps(room_state)  # the server still answers its API
     finally:
         await publisher.close()
+
+
+async def test_a_lesson_opened_later_is_joined_with_try_again(server: ServerProcess) -> None:
+    """A teacher who opens the link before the lesson is open retries from the error page."""
+    room = f"later-{time.monotonic_ns()}"
+    token = server.token(room, "sup-county", "observer")
+    async with open_page() as session:
+        await session.page.goto(lesson_url(server.url, room, token))
+        await wait_in_page(session, "() => window.tongke?.error?.code === 'unknown_room'", "error")
+        server.open_room(room, title="四年级数学 · 分数的意义")
+        await session.page.get_by_role("button", name="重试 / Try again").click()
+        await wait_in_page(session, "() => window.tongke.phase === 'waiting'", "the joined lesson")
+        assert not await session.page.locator("#error").is_visible()
+        assert await session.page.locator("#lesson-title").inner_text() == "四年级数学 · 分数的意义"
+        assert await session.page.locator("#empty").is_visible()

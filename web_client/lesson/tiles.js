@@ -86,7 +86,10 @@ class Tile {
     }
     this.media.autoplay = true;
     this.media.srcObject = new MediaStream([track]);
-    this.media.play().catch(() => onAutoplayBlocked(this.media));
+    this.media.play().catch((err) => {
+      // Only the autoplay policy needs the user; an AbortError (a newer load) does not.
+      if (err.name === "NotAllowedError") onAutoplayBlocked(this.media);
+    });
 
     const caption = el("figcaption", "tile-caption");
     this.labelEl = el("span", "tile-label");
