@@ -256,6 +256,36 @@ async def test_viewer_follows_sources_that_leave(
                 "teacher_camera",
             ]
             await wait_in_page(session, "() => window.tongke.phase === 'live'", "still live")
+
+            # Another point goes live: the server re-uses the idle VP8 transceiver (same
+            # mid, a `tracks` message instead of a renegotiation); the tile follows it.
+            point_mid = await session.page.evaluate(
+                "() => Object.keys(window.tongke.inbound).find("
+                "(mid) => !(mid in window.tongke.tracks))"
+            )
+            before = await session.page.evaluate(
+                "(mid) => window.tongke.inbound[mid].framesDecoded", point_mid
+            )
+            other = LessonClient(
+                server.url, room, server.token(room, "p-dashan", "point", name="大山教学点")
+            )
+            await other.connect()
+            try:
+                await other.publish([Publication(VideoStreamTrack(), "point_camera", codec="vp8")])
+                await wait_in_page(
+                    session,
+                    """([mid, before]) => window.tongke.tracks[mid]?.name === "大山教学点"
+                        && window.tongke.inbound[mid]?.framesDecoded > before""",
+                    "the re-used transceiver showing the new point's frames",
+                    arg=[point_mid, before],
+                )
+                tiles = await session.page.evaluate(TILES)
+                assert ("Teaching point camera", "大山教学点") in {
+                    (t["label"], t["name"]) for t in tiles if t["mid"] == point_mid
+                }
+                assert len(tiles) == 4
+            finally:
+                await other.close()
     finally:
         await point.close()
 
