@@ -101,7 +101,10 @@ class LessonViewer {
     const sig = new SignallingClient(signallingUrl());
     this.sig = sig;
     this.state.signalling = sig;
-    sig.addEventListener("message", (e) => this._onMessage(e.detail));
+    // A superseded socket may still deliver frames while it closes: they are not ours.
+    sig.addEventListener("message", (e) => {
+      if (sig === this.sig) this._onMessage(e.detail);
+    });
     sig.addEventListener("close", (e) => this._onClose(sig, e.detail));
     try {
       await sig.open();
