@@ -1,0 +1,23 @@
+// Reconnect delays: exponential with full jitter, so that a classroom full of viewers
+// that lost the server at the same moment does not come back at the same moment.
+
+export class Backoff {
+  constructor({ baseMs = 1000, maxMs = 30000, random = Math.random } = {}) {
+    this.baseMs = baseMs;
+    this.maxMs = maxMs;
+    this.random = random;
+    this.attempt = 0;
+  }
+
+  /** The delay before the next attempt; grows until reset(). */
+  next() {
+    const ceiling = Math.min(this.maxMs, this.baseMs * 2 ** this.attempt);
+    this.attempt += 1;
+    // Never below half the ceiling: a zero delay would hammer a server that is restarting.
+    return Math.round(ceiling / 2 + (this.random() * ceiling) / 2);
+  }
+
+  reset() {
+    this.attempt = 0;
+  }
+}
