@@ -85,6 +85,8 @@ class TrackInfo:
     bytes: int | None = None
     packets: int | None = None
     duration_s: float | None = None
+    # Packets the writer had to drop because the disk could not keep up.
+    dropped: int | None = None
 
     def validate(self) -> None:
         check_id(self.id, "track")

@@ -46,7 +46,7 @@ class Event:
 
 class TimelineWriter:
     def __init__(self, path: Path) -> None:
-        self._fh: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open
+        self._fh: IO[str] = open(path, "a", encoding="utf-8")
         self._lock = threading.Lock()
 
     def append(self, t: float, kind: str, fields: dict[str, Any]) -> None:

@@ -97,7 +97,15 @@ class TrackWriter:
             )
             self._recorder._first_packet(self, int(packet.pts * copy.time_base / self._time_base),
                                          wall)
-        self._recorder._queue.put(_Item(self, copy))
+        rec = self._recorder
+        if rec._queued_bytes > rec.max_queue_bytes:
+            # The disk cannot keep up. Dropping here keeps the live lesson (and the
+            # event loop) going; the gap is counted in the manifest.
+            self.info.dropped = (self.info.dropped or 0) + 1
+            return True
+        with rec._lock:
+            rec._queued_bytes += copy.size
+        rec._queue.put(_Item(self, copy))
         return True
 
     def close(self) -> None:
@@ -135,9 +143,11 @@ class TrackWriter:
         end = int(packet.pts * packet.time_base / self._time_base) + int(
             (packet.duration or 0) * packet.time_base / self._time_base
         )
+        size = packet.size
         packet.stream = self._stream
         self._container.mux(packet)
         self._packets += 1
+        self._recorder._written_bytes += size
         self._last_end = max(self._last_end, end)
 
     def _finish(self) -> None:
@@ -180,6 +190,7 @@ class LessonRecorder:
         max_bytes: int = DEFAULT_MAX_BYTES,
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         on_stop: Callable[[str], None] | None = None,
+        max_queue_bytes: int = 64 * 1024**2,
         started_at: float | None = None,
     ) -> None:
         root = Path(root_dir)
@@ -197,6 +208,9 @@ class LessonRecorder:
         self.min_free_bytes = min_free_bytes
         self.on_stop = on_stop
         self.stopped: str | None = None
+        self.max_queue_bytes = max_queue_bytes
+        self._queued_bytes = 0
+        self._written_bytes = 0
         self.manifest = Manifest(meta=meta, started_at=started_at or time.time())
         self._lock = threading.Lock()
         self._writers: list[TrackWriter] = []
@@ -236,9 +250,9 @@ class LessonRecorder:
         """
         if self.stopped:
             raise DiskBudgetExceeded(self.stopped)
-        if kind == "video" and codec not in VIDEO_CODECS or kind == "audio" and (
+        if (kind == "video" and codec not in VIDEO_CODECS) or (kind == "audio" and (
             codec not in AUDIO_CODECS
-        ):
+        )):
             raise ValueError(f"unsupported {kind} codec {codec!r}")
         if kind == "video" and (width <= 0 or height <= 0):
             raise ValueError("a video track needs width and height")
@@ -318,11 +332,18 @@ class LessonRecorder:
             elif item.packet is None:
                 item.writer._finish()
                 dirty = True
-            elif not self.stopped:
-                try:
-                    item.writer._mux(item.packet)
-                except (av.error.FFmpegError, OSError) as exc:
-                    self._stop(f"writing {item.writer.info.file} failed: {exc}")
+            else:
+                with self._lock:
+                    self._queued_bytes -= item.packet.size
+                if not self.stopped:
+                    try:
+                        item.writer._mux(item.packet)
+                    except (av.error.FFmpegError, OSError) as exc:
+                        self._stop(f"writing {item.writer.info.file} failed: {exc}")
+                    # Payload bytes are counted as they go; file sizes (with container
+                    # overhead) are checked once a second below.
+                    if self._written_bytes >= self.max_bytes:
+                        self._check_disk(force_size=self._written_bytes)
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + _CHECK_INTERVAL_S
@@ -332,26 +353,25 @@ class LessonRecorder:
                 dirty = False
         self._save()
 
-    def _check_disk(self) -> None:
+    def _check_disk(self, force_size: int = 0) -> None:
         if self.stopped:
             return
-        used = sum(w._size() for w in self._writers)
+        used = max(force_size, sum(w._size() for w in self._writers))
         if used >= self.max_bytes:
             self._stop(
-                f"disk budget reached: this recording holds {used // 2**20} MiB of the "
-                f"{self.max_bytes // 2**20} MiB allowed; recording stopped, the lesson "
+                f"disk budget reached: this recording holds {_mib(used)} of the "
+                f"{_mib(self.max_bytes)} allowed; recording stopped, the lesson "
                 "continues live"
             )
             return
         free = shutil.disk_usage(self.directory).free
         if free < self.min_free_bytes:
             self._stop(
-                f"disk almost full: {free // 2**20} MiB free, {self.min_free_bytes // 2**20} "
-                "MiB must stay free; recording stopped, the lesson continues live"
+                f"disk almost full: {_mib(free)} free, {_mib(self.min_free_bytes)} "
+                "must stay free; recording stopped, the lesson continues live"
             )
 
     def _stop(self, reason: str) -> None:
-        self.stopped = reason
         log.error("lesson %s: %s", self.manifest.meta.lesson, reason)
         for w in self._writers:
             if not w.info.closed:
@@ -360,11 +380,16 @@ class LessonRecorder:
         self.manifest.stopped = reason
         self.event("recording_stopped", reason=reason)
         self._save()
+        self.stopped = reason
         if self.on_stop is not None:
             try:
                 self.on_stop(reason)
             except Exception:
                 log.exception("on_stop callback failed")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def _fresh_directory(root: Path, lesson: str) -> Path:
