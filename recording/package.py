@@ -98,7 +98,9 @@ def build_replay(
         media = [t for t in rec.manifest.tracks]
         for i, track in enumerate(media):
             out = remux_to_hls(
-                rec.path(track), work / "views" / track.id, offset_s=track.offset_s or 0.0,
+                # Opus priming can put a track a few ms before zero; MSE wants t >= 0.
+                rec.path(track), work / "views" / track.id,
+                offset_s=max(0.0, track.offset_s or 0.0),
                 rel_to=work,
                 progress=lambda f, i=i: report("views", (i + f) / len(media)),
             )

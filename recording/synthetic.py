@@ -149,9 +149,10 @@ def _encode_audio(seconds: float, seed: int) -> list[av.Packet]:
 def _repeat(packets: list[av.Packet], clip_ticks: int, total_ticks: int) -> Iterator[av.Packet]:
     """Yield `packets` again and again with shifted timestamps until `total_ticks`."""
     shift = 0
+    first = min((p.pts for p in packets if p.pts is not None), default=0)
     while shift < total_ticks:
         for p in packets:
-            if p.pts is None or p.pts + shift >= total_ticks:
+            if p.pts is None or p.pts + shift >= total_ticks or p.pts >= first + clip_ticks:
                 continue
             q = av.Packet(bytes(p))
             q.pts = p.pts + shift

@@ -68,6 +68,7 @@ class TrackWriter:
         self._first_seen = False
         self._packets = 0
         self._last_end = 0
+        self._last_dts: int | None = None
         self.closed = False
 
     @property
@@ -140,6 +141,13 @@ class TrackWriter:
         if self._container is None:
             self._open()
         assert self._container is not None
+        dts = int(packet.dts * packet.time_base / self._time_base)
+        if self._last_dts is not None and dts <= self._last_dts:
+            # The muxer would refuse it (and a broken clock upstream must not end the
+            # recording): drop the packet, count it.
+            self.info.dropped = (self.info.dropped or 0) + 1
+            return
+        self._last_dts = dts
         end = int(packet.pts * packet.time_base / self._time_base) + int(
             (packet.duration or 0) * packet.time_base / self._time_base
         )
