@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recording.package import build_replay  # noqa: E402
-from recording.synthetic import SyntheticLesson, make_recording  # noqa: E402
+from recording.package import build_replay
+from recording.synthetic import SyntheticLesson, make_recording
 
 
 def main() -> int:

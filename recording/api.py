@@ -251,7 +251,7 @@ def _sha256_file(path: Path) -> str:
 
 @_wrap
 async def complete_upload(request: web.Request) -> web.Response:
-    ctx, storage, lesson, _ = _upload_auth(request)
+    _ctx, storage, lesson, _ = _upload_auth(request)
     upload_id = request.match_info["upload"]
     async with storage.lock(upload_id):
         state = _state(storage, upload_id)

@@ -83,7 +83,7 @@ def remux_to_hls(
                 idx = packet.stream.index
                 if idx not in first:
                     first[idx] = packet.dts
-                shift = int(round(offset_s / tb)) - first[idx]
+                shift = round(offset_s / tb) - first[idx]
                 packet.pts += shift
                 packet.dts += shift
                 end_s = max(end_s, float((packet.pts + (packet.duration or 0)) * tb))

@@ -138,15 +138,16 @@ class RedisJobQueue:
         return job_id
 
     async def status(self, job_id: str) -> dict[str, Any] | None:
-        raw = await self.redis.get(self._status_key(job_id))
-        return json.loads(raw) if raw else None
+        raw = await self.redis.hgetall(self._status_key(job_id))
+        return {k: json.loads(v) for k, v in raw.items()} if raw else None
 
     async def _set_status(self, job_id: str, **fields: Any) -> None:
+        # One hash field per key: progress reports from the job's thread and the final
+        # state never overwrite each other.
         key = self._status_key(job_id)
-        raw = await self.redis.get(key)
-        data = json.loads(raw) if raw else {}
-        data.update(fields, updated_at=time.time())
-        await self.redis.set(key, json.dumps(data), ex=7 * 24 * 3600)
+        fields["updated_at"] = time.time()
+        await self.redis.hset(key, mapping={k: json.dumps(v) for k, v in fields.items()})
+        await self.redis.expire(key, 7 * 24 * 3600)
 
     async def _next(self) -> tuple[str, dict[str, str]] | None:
         # Orphans first: entries whose worker stopped heart-beating.
@@ -190,7 +191,8 @@ class RedisJobQueue:
             await self._set_status(job_id, state="running", worker=self.consumer)
             last_sent = [0.0]
 
-            def progress(stage: str, f: float, job_id: str = job_id) -> None:
+            def progress(stage: str, f: float, job_id: str = job_id,
+                         last_sent: list[float] = last_sent) -> None:
                 now = time.monotonic()
                 if now - last_sent[0] > 1.0 or stage == "done":
                     last_sent[0] = now

@@ -149,7 +149,9 @@ class Manifest:
                 stopped=data.get("stopped"),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise RecordingError("bad_manifest", f"{MANIFEST_NAME}: missing or bad field: {exc}")
+            raise RecordingError(
+                "bad_manifest", f"{MANIFEST_NAME}: missing or bad field: {exc}"
+            ) from None
         if manifest.version > FORMAT_VERSION:
             raise RecordingError(
                 "bad_manifest", f"{MANIFEST_NAME}: format version {manifest.version} is newer "

@@ -141,7 +141,7 @@ def _video_stream(out: av.container.OutputContainer, w: int, h: int, fps: Fracti
         "profile": "main",
         # Scene cuts would add keyframes between segments; a fixed GOP keeps segments even.
         "sc_threshold": "0",
-        "x264-params": "keyint_min=%d" % gop,
+        "x264-params": f"keyint_min={gop}",
     }
     return stream
 
@@ -283,7 +283,7 @@ def build_program(
             frame.pts = None
             for rf in resampler.resample(frame):
                 # Audio goes on the lesson clock; a gap in the track stays a gap.
-                start = max(int(round(t * AUDIO_RATE)), audio_next_pts)
+                start = max(round(t * AUDIO_RATE), audio_next_pts)
                 rf.pts = start
                 rf.time_base = Fraction(1, AUDIO_RATE)
                 audio_next_pts = start + rf.samples
@@ -334,7 +334,7 @@ def build_program(
         cv[top // 2:top // 2 + bh // 2, :bw // 2] = v
         return av.VideoFrame.from_ndarray(arr, format="yuv420p")
 
-    ticks = max(1, int(math.ceil(duration * s.fps)))
+    ticks = max(1, math.ceil(duration * s.fps))
     poster_tick = ticks // 3
     low_index = 0
     last_report = 0

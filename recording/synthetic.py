@@ -208,8 +208,8 @@ def make_recording(root: Path, spec: SyntheticLesson | None = None) -> Path:
         tb = VIDEO_TB if kind == "video" else AUDIO_TB
         writer = rec.add_track(source, kind, codec, wall_at_pts0=spec.started_at + offset,
                                **dims)
-        clip_ticks = int(round(clip_s / tb))
-        total_ticks = int(round((spec.seconds - offset) / tb))
+        clip_ticks = round(clip_s / tb)
+        total_ticks = round((spec.seconds - offset) / tb)
         for packet in _repeat(packets, clip_ticks, total_ticks):
             writer.write(packet)
         writer.close()

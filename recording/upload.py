@@ -101,7 +101,7 @@ async def upload_recording(
                     try:
                         body = await resp.json()
                     except (aiohttp.ContentTypeError, ValueError):
-                        body = {"error": {"code": "http_%d" % resp.status,
+                        body = {"error": {"code": f"http_{resp.status}",
                                           "message": await resp.text()}}
                     if resp.status >= 500:
                         raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
