@@ -36,6 +36,7 @@ from recording.source import Recording, open_recording
 log = logging.getLogger(__name__)
 
 REPLAY_JSON = "replay.json"
+HLS_CODECS = ("h264", "opus")
 WORK_PREFIX = ".building-"
 # Progress: (stage, fraction of that stage). Stages: views, program, renditions, done.
 Progress = Callable[[str, float], None]
@@ -95,8 +96,16 @@ def build_replay(
     timings: dict[str, float] = {}
     try:
         views = []
-        media = [t for t in rec.manifest.tracks]
+        skipped = []
+        media = list(rec.manifest.tracks)
         for i, track in enumerate(media):
+            if track.codec not in HLS_CODECS:
+                # fMP4 cannot carry VP8 and views are never re-encoded: this camera is
+                # seen in the composed program and the low rendition only.
+                skipped.append({"id": track.id, "label": _label(rec, track.source),
+                                "reason": f"{track.codec} cannot be carried in fMP4 HLS; "
+                                          "shown in the program only"})
+                continue
             out = remux_to_hls(
                 # Opus priming can put a track a few ms before zero; MSE wants t >= 0.
                 rec.path(track), work / "views" / track.id,
@@ -144,6 +153,7 @@ def build_replay(
             "date": time.strftime("%Y-%m-%d", time.localtime(m.started_at)),
             "duration_s": round(rec.duration_s, 3),
             "views": views,
+            "views_skipped": skipped,
             "program": {**asdict(program), "mp4": "program.mp4"},
             "low": {**asdict(low), "mp4": "low.mp4"},
             "audio": asdict(audio) if audio else None,

@@ -124,3 +124,18 @@ def test_cli_package_shows_progress_and_builds_the_replay(
     assert (out / master_recording.name / "replay.json").exists()
     assert main(["replay", "catalog", "--out", str(out)]) == 0
     assert "1 replay(s)" in capsys.readouterr().out
+
+
+def test_vp8_recording_packages_with_cameras_in_the_program(tmp_path: Path) -> None:
+    from recording.synthetic import make_recording
+
+    rec = make_recording(tmp_path / "rec", SyntheticLesson(seconds=6, video_codec="vp8",
+                                                           call_on=None))
+    result = build_replay(rec, tmp_path / "replays")
+    entry = json.loads((result.directory / "replay.json").read_text())
+    assert [v["id"] for v in entry["views"]] == ["microphone"]
+    assert {s["id"] for s in entry["views_skipped"]} == {
+        "teacher_camera", "courseware", "point-p-xiaohe"}
+    with av.open(str(result.directory / "program.mp4")) as c:
+        frames = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+    assert len(frames) >= 80 and frames[45][10:40, 300:900].mean() < 200

@@ -269,7 +269,8 @@ function buildUi() {
   };
   $('mode').onchange = () => {
     state.choice = $('mode').value;
-    const mode = state.choice === 'auto' ? 'views' : state.choice;
+    let mode = state.choice === 'auto' ? 'views' : state.choice;
+    if (mode === 'views' && !videoViews().length) mode = 'program';
     if (mode !== state.mode) setMode(mode);
   };
   const seek = $('seek');
@@ -321,6 +322,8 @@ async function start() {
   const slowHint = conn && (conn.saveData || ['slow-2g', '2g'].includes(conn.effectiveType));
   let mode = state.choice === 'auto' ? (slowHint ? 'low' : 'views') : state.choice;
   if (mode === 'audio' && !state.entry.audio) mode = 'views';
+  // VP8 cameras have no separate views (see replay.json views_skipped): show the program.
+  if (mode === 'views' && !videoViews().length) mode = 'program';
   $('mode').value = state.choice;
   await setMode(mode, resumeAt);
   if (resumeAt) {
