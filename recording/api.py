@@ -1,0 +1,405 @@
+"""HTTP side of recordings and replays, mounted on the all-in-one app by `setup`.
+
+Upload (room token, role `agent` or `recorder`, for that lesson):
+    POST /api/recordings/{lesson}/uploads                 {"files": [{path, size, sha256}]}
+    GET  /api/recordings/{lesson}/uploads/{upload}         status: bytes received per file
+    PUT  /api/recordings/{lesson}/uploads/{upload}/files/{path}?offset=N
+         body: the chunk; header X-Chunk-SHA256: hex digest of the chunk
+    POST /api/recordings/{lesson}/uploads/{upload}/complete
+Catalog and files:
+    GET  /api/replays?school=&subject=&grade=&teacher=&date=&from=&to=&q=   (any token)
+    GET  /api/replays/{lesson}                              one entry, with a signed base URL
+    GET  /replay-files/{expires}/{sig}/{lesson}/{path}      replay files, signed link
+    GET  /replays                                            the catalog page
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from aiohttp import web
+
+from recording.catalog import (
+    FILES_PREFIX,
+    Catalog,
+    check_signature,
+    matches,
+    may_see,
+    signed_base,
+    summary,
+)
+from recording.errors import RecordingError
+from recording.jobs import make_queue
+from recording.manifest import check_id, write_json_atomic
+from recording.source import open_recording
+from tongke.app import CTX, AppContext
+from tongke.tokens import Claims, Role, TokenError, verify_token
+
+log = logging.getLogger(__name__)
+
+UPLOAD_ROLES = frozenset({Role.AGENT, Role.RECORDER})
+MAX_CHUNK = 8 * 1024 * 1024
+MAX_FILE = 16 * 1024**3
+_ALLOWED_PATH = re.compile(r"^(manifest\.json|timeline\.jsonl|tracks/[A-Za-z0-9][A-Za-z0-9._-]*)$")
+
+QUEUE = web.AppKey("recording_queue", object)
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message, **extra}},
+                             status=status)
+
+
+def _bearer(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[7:].strip()
+    return request.query.get("token")
+
+
+class Storage:
+    def __init__(self, data_dir: Path) -> None:
+        self.recordings = data_dir / "recordings"
+        self.uploads = data_dir / "uploads"
+        self.replays = data_dir / "replays"
+        for d in (self.recordings, self.uploads, self.replays):
+            d.mkdir(parents=True, exist_ok=True)
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, upload_id: str) -> asyncio.Lock:
+        return self.locks.setdefault(upload_id, asyncio.Lock())
+
+
+STORAGE = web.AppKey("recording_storage", Storage)
+
+
+def _check_files(files: Any) -> list[dict[str, Any]]:
+    if not isinstance(files, list) or not files:
+        raise ValueError("'files' must be a non-empty list")
+    out, seen = [], set()
+    for f in files:
+        path, size, digest = f.get("path"), f.get("size"), f.get("sha256")
+        if not isinstance(path, str) or not _ALLOWED_PATH.match(path) or ".." in path:
+            raise ValueError(f"file path {path!r} is not part of a recording layout")
+        if not isinstance(size, int) or not 0 <= size <= MAX_FILE:
+            raise ValueError(f"{path}: bad size {size!r}")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"{path}: sha256 must be 64 lowercase hex digits")
+        if path in seen:
+            raise ValueError(f"{path} is listed twice")
+        seen.add(path)
+        out.append({"path": path, "size": size, "sha256": digest})
+    if "manifest.json" not in seen:
+        raise ValueError("a recording upload must include manifest.json")
+    return sorted(out, key=lambda f: f["path"])
+
+
+def _upload_auth(request: web.Request) -> tuple[AppContext, Storage, str, Claims]:
+    ctx = request.app[CTX]
+    lesson = check_id(request.match_info["lesson"], "lesson")
+    claims = verify_token(ctx.secret, _bearer(request), room=lesson, roles=UPLOAD_ROLES)
+    return ctx, request.app[STORAGE], lesson, claims
+
+
+def _state(storage: Storage, upload_id: str) -> dict[str, Any]:
+    if not re.fullmatch(r"[0-9a-f]{24}", upload_id):
+        raise web.HTTPNotFound()
+    path = storage.uploads / upload_id / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise web.HTTPNotFound() from None
+
+
+def _received(storage: Storage, state: dict[str, Any]) -> dict[str, int]:
+    if state.get("complete"):
+        return {f["path"]: f["size"] for f in state["files"]}
+    data = storage.uploads / state["upload_id"] / "data"
+    out = {}
+    for f in state["files"]:
+        p = data / f["path"]
+        out[f["path"]] = p.stat().st_size if p.exists() else 0
+    return out
+
+
+def _status_body(storage: Storage, state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "upload_id": state["upload_id"],
+        "lesson": state["lesson"],
+        "complete": bool(state.get("complete")),
+        "recording": state.get("recording"),
+        "job": state.get("job"),
+        "received": _received(storage, state),
+        "max_chunk": MAX_CHUNK,
+    }
+
+
+def _wrap(handler):  # type: ignore[no-untyped-def]
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except TokenError as exc:
+            status = 401 if exc.code in ("token_missing", "token_expired", "token_invalid") else 403
+            return _error(status, exc.code, exc.message)
+        except RecordingError as exc:
+            return _error(422, exc.code, exc.message)
+        except web.HTTPNotFound:
+            return _error(404, "not_found", "no such upload or replay")
+
+    return wrapped
+
+
+@_wrap
+async def create_upload(request: web.Request) -> web.Response:
+    _, storage, lesson, claims = _upload_auth(request)
+    try:
+        body = await request.json()
+        files = _check_files(body.get("files"))
+    except (ValueError, AttributeError) as exc:
+        return _error(400, "bad_request", str(exc))
+    # The same lesson and file list give the same upload id: a client that lost
+    # everything but the recording itself still resumes.
+    key = json.dumps([lesson, files], sort_keys=True).encode()
+    upload_id = hashlib.sha256(key).hexdigest()[:24]
+    directory = storage.uploads / upload_id
+    async with storage.lock(upload_id):
+        if not (directory / "state.json").exists():
+            (directory / "data" / "tracks").mkdir(parents=True, exist_ok=True)
+            write_json_atomic(directory / "state.json", {
+                "upload_id": upload_id, "lesson": lesson, "files": files,
+                "created_at": time.time(), "by": claims.classroom, "complete": False,
+            })
+        state = _state(storage, upload_id)
+    return web.json_response(_status_body(storage, state))
+
+
+@_wrap
+async def upload_status(request: web.Request) -> web.Response:
+    _, storage, lesson, _ = _upload_auth(request)
+    state = _state(storage, request.match_info["upload"])
+    if state["lesson"] != lesson:
+        raise web.HTTPNotFound()
+    return web.json_response(_status_body(storage, state))
+
+
+@_wrap
+async def put_chunk(request: web.Request) -> web.Response:
+    _, storage, lesson, _ = _upload_auth(request)
+    upload_id = request.match_info["upload"]
+    state = _state(storage, upload_id)
+    if state["lesson"] != lesson:
+        raise web.HTTPNotFound()
+    path = request.match_info["path"]
+    spec = next((f for f in state["files"] if f["path"] == path), None)
+    if spec is None:
+        return _error(404, "not_in_upload", f"{path} is not part of this upload")
+    if state.get("complete"):
+        return web.json_response({"path": path, "received": spec["size"], "complete": True})
+    try:
+        offset = int(request.query["offset"])
+    except (KeyError, ValueError):
+        return _error(400, "bad_request", "?offset=N (bytes) is required")
+    want = request.headers.get("X-Chunk-SHA256", "").lower()
+    if not want:
+        return _error(400, "checksum_missing", "header X-Chunk-SHA256 is required")
+    chunk = bytearray()
+    async for block in request.content.iter_chunked(256 * 1024):
+        chunk += block
+        if len(chunk) > MAX_CHUNK:
+            return _error(413, "chunk_too_large", f"chunks are at most {MAX_CHUNK} bytes")
+    target = storage.uploads / upload_id / "data" / path
+    async with storage.lock(upload_id):
+        have = target.stat().st_size if target.exists() else 0
+        if offset != have:
+            return _error(409, "offset_mismatch",
+                          f"{path}: the server has {have} bytes; send from there",
+                          received=have)
+        if offset + len(chunk) > spec["size"]:
+            return _error(400, "too_long", f"{path} was announced as {spec['size']} bytes")
+        got = hashlib.sha256(chunk).hexdigest()
+        if got != want:
+            return _error(400, "checksum_mismatch",
+                          f"{path}: chunk at offset {offset} arrived damaged (sha256 {got[:12]}"
+                          f"… instead of {want[:12]}…); nothing was stored, send it again",
+                          received=have)
+        await asyncio.to_thread(_append, target, bytes(chunk))
+    return web.json_response({"path": path, "received": offset + len(chunk)})
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1024 * 1024), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@_wrap
+async def complete_upload(request: web.Request) -> web.Response:
+    _ctx, storage, lesson, _ = _upload_auth(request)
+    upload_id = request.match_info["upload"]
+    async with storage.lock(upload_id):
+        state = _state(storage, upload_id)
+        if state["lesson"] != lesson:
+            raise web.HTTPNotFound()
+        if state.get("complete"):
+            return web.json_response(_status_body(storage, state))
+        directory = storage.uploads / upload_id
+        data = directory / "data"
+        received = _received(storage, state)
+        missing = [f["path"] for f in state["files"] if received[f["path"]] != f["size"]]
+        if missing:
+            return _error(409, "incomplete", f"not all bytes arrived yet: {', '.join(missing)}",
+                          received=received)
+        for f in state["files"]:
+            digest = await asyncio.to_thread(_sha256_file, data / f["path"])
+            if digest != f["sha256"]:
+                # Start that file again rather than publish damaged media.
+                (data / f["path"]).unlink()
+                return _error(422, "checksum_mismatch",
+                              f"{f['path']}: the whole file does not match its sha256; "
+                              "it was discarded, upload it again", path=f["path"])
+        try:
+            rec = await asyncio.to_thread(open_recording, data)
+        except RecordingError as exc:
+            return _error(422, exc.code, f"the uploaded recording is not usable: {exc.message}")
+        if rec.manifest.meta.lesson != lesson:
+            return _error(422, "wrong_lesson",
+                          f"the manifest is for lesson {rec.manifest.meta.lesson!r}, "
+                          f"this upload for {lesson!r}")
+        name = f"{lesson}--{upload_id[:8]}"
+        final = storage.recordings / name
+        if not final.exists():
+            os.rename(data, final)  # publication is this one rename
+        state.update(complete=True, recording=name, completed_at=time.time())
+        queue = request.app.get(QUEUE)
+        if queue is not None:
+            state["job"] = await queue.submit(final, storage.replays)  # type: ignore[attr-defined]
+        write_json_atomic(directory / "state.json", state)
+    log.info("recording %s uploaded as %s", lesson, name)
+    return web.json_response(_status_body(storage, state))
+
+
+def _claims_any(request: web.Request) -> Claims:
+    ctx = request.app[CTX]
+    return verify_token(ctx.secret, _bearer(request))
+
+
+@_wrap
+async def list_replays(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    claims = _claims_any(request)
+    catalog = Catalog(request.app[STORAGE].replays)
+    filters = {k: v for k, v in request.query.items() if k != "token"}
+    visible = [e for e in catalog.entries() if may_see(e, claims)]
+    facets = {
+        k: sorted({str(e.get(k, "")) for e in visible if e.get(k)})
+        for k in ("school", "subject", "grade", "teacher")
+    }
+    found = [summary(e, ctx.secret) for e in visible if matches(e, filters)]
+    return web.json_response({"replays": found, "facets": facets, "count": len(found)})
+
+
+@_wrap
+async def get_replay(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    claims = _claims_any(request)
+    lesson = check_id(request.match_info["lesson"], "lesson")
+    entry = Catalog(request.app[STORAGE].replays).entry(lesson)
+    if entry is None or not may_see(entry, claims):
+        return _error(404, "not_found", f"no replay {lesson!r} that you may watch")
+    return web.json_response(summary(entry, ctx.secret))
+
+
+async def replay_file(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    lesson, rel = request.match_info["lesson"], request.match_info["path"]
+    try:
+        check_id(lesson, "lesson")
+        expires = int(request.match_info["expires"])
+    except (RecordingError, ValueError):
+        return _error(400, "bad_path", "this replay link is malformed")
+    parts = PurePosixPath(rel).parts
+    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("..", ".") for p in parts) or \
+            any(p.startswith(".") for p in parts):
+        return _error(400, "bad_path", "replay file paths may not leave the replay")
+    problem = check_signature(ctx.secret, lesson, expires, request.match_info["sig"])
+    if problem == "link_expired":
+        return _error(403, problem, "this replay link has expired; open the lesson again "
+                                    "from the catalog for a fresh one")
+    if problem:
+        return _error(403, problem, "this replay link is not valid")
+    root = (request.app[STORAGE].replays / lesson).resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root):
+        return _error(400, "bad_path", "replay file paths may not leave the replay")
+    if not target.is_file():
+        return _error(404, "not_found", f"{rel} is not part of this replay")
+    resp = web.FileResponse(target)
+    # Segments never change once published; playlists and replay.json may be rebuilt.
+    immutable = target.suffix in (".m4s", ".mp4", ".jpg")
+    resp.headers["Cache-Control"] = (
+        "private, max-age=86400, immutable" if immutable else "private, no-cache"
+    )
+    return resp
+
+
+async def catalog_page(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/static/replay.html" + (f"?{request.query_string}"
+                                                  if request.query_string else ""))
+
+
+def setup(app: web.Application, ctx: AppContext, *, run_worker: bool = True) -> None:
+    """Mount the recording routes and, unless told not to, run one packaging worker."""
+    storage = Storage(Path(ctx.config.data_dir))
+    app[STORAGE] = storage
+    queue = make_queue(ctx.config.redis_url)
+    app[QUEUE] = queue
+    r = app.router
+    base = "/api/recordings/{lesson}/uploads"
+    r.add_post(base, create_upload)
+    r.add_get(base + "/{upload}", upload_status)
+    r.add_put(base + "/{upload}/files/{path:.+}", put_chunk)
+    r.add_post(base + "/{upload}/complete", complete_upload)
+    r.add_get("/api/replays", list_replays)
+    r.add_get("/api/replays/{lesson}", get_replay)
+    r.add_get(FILES_PREFIX + "/{expires}/{sig}/{lesson}/{path:.*}", replay_file)
+    r.add_get("/replays", catalog_page)
+
+    if run_worker:
+        stop = asyncio.Event()
+
+        async def start(app: web.Application) -> None:
+            app[WORKER] = asyncio.create_task(queue.run_worker(stop=stop))
+
+        async def cleanup(app: web.Application) -> None:
+            stop.set()
+            task = app[WORKER]
+            try:
+                await asyncio.wait_for(task, timeout=5)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+            await queue.close()
+
+        app.on_startup.append(start)
+        app.on_cleanup.append(cleanup)
+
+
+WORKER = web.AppKey("recording_worker", asyncio.Task)
+
+__all__ = ["setup", "signed_base"]

@@ -1,0 +1,147 @@
+"""The replay catalog and player in headless Chromium (Debian's, through Playwright)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser, Page, async_playwright
+
+from recording.catalog import signed_base
+from tongke.tokens import Role
+
+from .conftest import LESSON, SECRET, make_app, token
+
+pytestmark = pytest.mark.browser
+
+ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+# Every media element that is on screen (or audible) at the current time.
+TIMES_JS = """() => {
+  const s = window.replayPlayer;
+  const t = s.master.currentTime;
+  return s.elements.filter(e => t >= e.start + 0.2).map(e => e.el.currentTime);
+}"""
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        yield b
+        await b.close()
+
+
+@pytest.fixture
+async def server(published_replay: Path) -> AsyncIterator[TestServer]:
+    srv = TestServer(make_app(published_replay))
+    await srv.start_server()
+    yield srv
+    await srv.close()
+
+
+async def poll(page: Page, js: str, what: str, timeout_s: float = 30.0) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await page.evaluate(js)
+        if value:
+            return value
+        await page.wait_for_timeout(100)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def assert_in_sync(page: Page, samples: int = 8) -> None:
+    for _ in range(samples):
+        times = await page.evaluate(TIMES_JS)
+        assert len(times) >= 3, times
+        assert max(times) - min(times) < 0.1, f"views apart: {times}"
+        await page.wait_for_timeout(150)
+
+
+async def test_catalog_to_player_plays_in_sync_and_seeks_to_a_chapter(
+    browser: Browser, server: TestServer
+) -> None:
+    page = await browser.new_page()
+    student = token(Role.STUDENT, room="replays", classroom="s-yizhong")
+    await page.goto(str(server.make_url(f"/static/replay.html?token={student}")))
+    card = page.locator("a.card")
+    await card.first.wait_for()
+    # The thumbnail is a real picture.
+    assert await page.evaluate(
+        "() => new Promise(r => { const i = document.querySelector('a.card img');"
+        " i.complete ? r(i.naturalWidth) : i.onload = () => r(i.naturalWidth); })") == 320
+    await card.first.click()
+    await page.wait_for_url(lambda url: "/static/player.html?src=" in url)
+    await page.locator("#chapters button").first.wait_for()
+    await page.click("#play")
+    await poll(page, "() => window.replayPlayer.master.currentTime > 1.5", "playback")
+    await assert_in_sync(page)
+
+    await page.get_by_role("button", name="Question: 小河教学点").click()
+    await poll(page, "() => { const t = window.replayPlayer.master.currentTime;"
+                     " return t > 5.3 && t < 8 }", "the chapter to play")
+    await assert_in_sync(page)
+    # The called-on point's view is playing too, not stuck at its start.
+    point_time = await page.evaluate(
+        "() => window.replayPlayer.elements.find(e => e.view && "
+        "e.view.id === 'point-p-xiaohe').el.currentTime")
+    assert point_time > 5.0
+    # Choosing another main view keeps everything playing in sync.
+    await page.get_by_role("button", name="Teacher").click()
+    assert await page.evaluate(
+        "() => document.querySelector('video.main') === window.replayPlayer.elements.find("
+        "e => e.view && e.view.id === 'teacher_camera').el")
+    await assert_in_sync(page, samples=4)
+
+
+async def test_speed_and_resume_where_the_student_stopped(
+    browser: Browser, server: TestServer
+) -> None:
+    page = await browser.new_page()
+    base, _ = signed_base(SECRET, LESSON)
+    await page.add_init_script(
+        f"localStorage.setItem('tongke:resume:{LESSON}', '6.5')")
+    await page.goto(str(server.make_url(f"/static/player.html?src={base}")))
+    await page.locator("#message", has_text="Resumed at 0:06").wait_for()
+    assert abs(await page.evaluate("() => window.replayPlayer.master.currentTime") - 6.5) < 0.3
+    await page.select_option("#speed", "2")
+    await page.click("#play")
+    await poll(page, "() => window.replayPlayer.master.currentTime > 8", "playback at 2x")
+    assert await page.evaluate("() => window.replayPlayer.master.playbackRate") == 2
+    # The position is remembered while playing, for the next visit.
+    await poll(page, f"() => parseFloat(localStorage.getItem('tongke:resume:{LESSON}')) > 7",
+               "the resume position to be saved")
+
+
+async def test_slow_link_switches_to_the_low_rendition(
+    browser: Browser, server: TestServer
+) -> None:
+    page = await browser.new_page()
+    cdp = await page.context.new_cdp_session(page)
+    await cdp.send("Network.enable")
+    # About 250 kbit/s: less than all the views need, enough for the low rendition.
+    await cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 80, "downloadThroughput": 32_000,
+        "uploadThroughput": 32_000,
+    })
+    base, _ = signed_base(SECRET, LESSON)
+    await page.goto(str(server.make_url(f"/static/player.html?src={base}")))
+    await page.locator("#chapters button").first.wait_for()
+    await page.click("#play")
+    await poll(page, "() => window.replayPlayer.mode === 'low'", "the switch to low", 60)
+    await page.locator("#message", has_text="Slow connection").wait_for()
+    await poll(page, "() => window.replayPlayer.master.currentTime > 1.0", "low playback", 60)
+
+
+async def test_expired_link_says_so(browser: Browser, server: TestServer) -> None:
+    page = await browser.new_page()
+    base, _ = signed_base(SECRET, LESSON, ttl_s=-60)
+    await page.goto(str(server.make_url(f"/static/player.html?src={base}")))
+    await page.locator("#message", has_text="expired").wait_for()
