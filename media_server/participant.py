@@ -42,6 +42,8 @@ class Participant:
             participant=participant_id, send_json=send_json, pc_factory=pc_factory
         )
         self.closed = False
+        # Set by the signalling session: tells the client it was replaced, closes it.
+        self.on_replaced: Callable[[], Awaitable[None]] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,7 @@ from media_server.participant import Participant
 from media_server.publisher import SignallingError
 from media_server.source import SOURCE_LABELS, MediaSource
 from media_server.uptrack import UpTrack
-from tongke.tokens import Role
+from tongke.tokens import PUBLISHING_ROLES, Role
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,18 @@ class Room:
                     pass
 
     async def add(self, participant: Participant) -> None:
-        # A classroom that reconnects with the same token replaces its stale session.
-        stale = [
-            p
-            for p in self.participants.values()
-            if p.claims.subject == participant.claims.subject and p is not participant
-        ]
-        for old in stale:
-            await self.remove(old)
+        # A classroom agent that reconnects with its token replaces its stale session
+        # (its old socket may not have timed out yet). Viewers sharing one link coexist.
+        if participant.claims.role in PUBLISHING_ROLES:
+            stale = [
+                p
+                for p in self.participants.values()
+                if p.claims.subject == participant.claims.subject and p is not participant
+            ]
+            for old in stale:
+                await self.remove(old)
+                if old.on_replaced is not None:
+                    await old.on_replaced()
         self.participants[participant.id] = participant
         await self.broadcast(
             {"type": "participant_joined", "participant": participant.describe()}, skip=participant

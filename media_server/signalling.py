@@ -133,6 +133,16 @@ class Session:
             on_tracks=room.on_tracks,
         )
         self.room, self.participant = room, participant
+
+        async def replaced() -> None:
+            self.participant = None  # already removed from the room
+            await self.error(
+                "replaced",
+                "this classroom joined again from another connection; this one is closed",
+            )
+            await self.ws.close(code=4409, message=b"replaced")
+
+        participant.on_replaced = replaced
         await self.send(
             {
                 "type": "joined",

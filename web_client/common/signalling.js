@@ -12,10 +12,11 @@ export const FATAL_CODES = new Set([
   "token_role",
   "unknown_room",
   "forbidden",
+  "replaced",
 ]);
 
 // WebSocket close codes the server uses for refused joins (protocol §3.3).
-export const FATAL_CLOSE_CODES = new Set([4401, 4403, 4404]);
+export const FATAL_CLOSE_CODES = new Set([4401, 4403, 4404, 4409]);
 
 export class SignallingError extends Error {
   constructor(code, message) {

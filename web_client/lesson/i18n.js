@@ -39,6 +39,10 @@ const ERRORS = {
   ],
   token_role: ["该身份不能观看直播", "This role cannot watch a live lesson."],
   forbidden: ["该身份不能观看直播", "This role cannot watch a live lesson."],
+  replaced: [
+    "已在其他窗口打开",
+    "This classroom joined the lesson from another window or device, so this one was closed.",
+  ],
   unknown_room: [
     "未找到该课堂",
     "This lesson is not open on the server: it has not started yet or has already ended.",

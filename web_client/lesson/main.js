@@ -24,7 +24,12 @@ import {
 import { TileGrid } from "./tiles.js";
 
 const STATS_INTERVAL_MS = 1000;
-const CLOSE_CODE_ERRORS = { 4401: "token_invalid", 4403: "token_wrong_room", 4404: "unknown_room" };
+const CLOSE_CODE_ERRORS = {
+  4401: "token_invalid",
+  4403: "token_wrong_room",
+  4404: "unknown_room",
+  4409: "replaced",
+};
 
 function lessonFromLocation(loc = window.location) {
   const match = loc.pathname.match(/\/lesson\/([^/]+)\/?$/);
