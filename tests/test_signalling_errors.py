@@ -183,3 +183,31 @@ async def test_an_observer_cannot_publish_and_messages_before_join_are_refused(
     finally:
         await observer.close()
     await still_serving(server, lesson)
+
+
+async def test_a_classroom_rejoining_replaces_its_stale_session_but_viewers_share_a_link(
+    server: ServerProcess, lesson: LiveLesson
+) -> None:
+    token = server.token(lesson.room, "p-rejoin", "point")
+    first = LessonClient(server.url, lesson.room, token)
+    await first.connect()
+    second = LessonClient(server.url, lesson.room, token)
+    await second.connect()
+    await first.closed.wait()
+    assert first.close_code == 4409
+    assert any(e["code"] == "replaced" for e in first.errors)
+    await first.close()
+
+    link = server.token(lesson.room, "ops", "observer")
+    viewers = [LessonClient(server.url, lesson.room, link) for _ in range(2)]
+    for viewer in viewers:
+        await viewer.connect()
+    try:
+        room = server.api("GET", f"/api/rooms/{lesson.room}")
+        classrooms = sorted(p["classroom"] for p in room["participants"])
+        assert classrooms == ["c-master", "ops", "ops", "p-1", "p-rejoin"]
+        for viewer in viewers:
+            await first_frames(viewer, {"teacher_camera"})
+    finally:
+        for c in [*viewers, second]:
+            await c.close()
