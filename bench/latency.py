@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from classroom_agent.client import LessonClient
-from tests.browser import launch_chromium
+from tests.browser import chromium
 from tests.lesson_server import ROOT, start_server_process
 from tongke.ice import use_host_addresses
 
@@ -45,9 +45,9 @@ async (seconds) => {
       if (video.videoWidth) {
         canvas.width = Math.min(640, video.videoWidth);
         canvas.height = Math.round(canvas.width * video.videoHeight / video.videoWidth);
-        const band = Math.ceil(canvas.height / 45) + 2;
         ctx.drawImage(video, 0, 0, canvas.width, canvas.height);
-        const clock = readPixelClock(ctx.getImageData(0, 0, canvas.width, band));
+        // The clock's geometry follows the whole picture's size: read the whole canvas.
+        const clock = readPixelClock(ctx.getImageData(0, 0, canvas.width, canvas.height));
         if (clock !== null) {
           samples[key].push(((now % 2 ** 32) - clock + 2 ** 32) % 2 ** 32);
         }
@@ -125,7 +125,7 @@ async def run(seconds: float, joins: int, quiet: bool) -> dict:
             await asyncio.sleep(0.5)
         await asyncio.sleep(2)
         link = f"{server.url}/lesson/{room}?token={server.token(room, 'bench', 'observer')}"
-        async with launch_chromium() as browser:
+        async with chromium() as browser:
             page = await browser.new_page()
             await page.goto(link)
             await page.wait_for_function(
