@@ -270,7 +270,8 @@ def role_of(lesson: LessonInfo, classroom_id: str) -> Role | None:
 
 
 def room_token(secret: str, db: Session, lesson: LessonInfo, classroom_id: str,
-               role: Role | str, *, now: float | None = None) -> str:
+               role: Role | str, *, now: float | None = None,
+               subject: str | None = None) -> str:
     """A token for one lesson's room, valid until an hour after the lesson ends.
 
     Master and point tokens go only to the lesson's own classrooms; the classroom agent
@@ -290,4 +291,5 @@ def room_token(secret: str, db: Session, lesson: LessonInfo, classroom_id: str,
     if ttl <= 0:
         raise ValueError(f"lesson {lesson.room_id} is over")
     return issue_token(secret, room=lesson.room_id, classroom=classroom_id, role=role,
-                       name=room.name if room else classroom_id, ttl_s=ttl, now=issued)
+                       name=room.name if room else classroom_id, ttl_s=ttl, now=issued,
+                       subject=subject)

@@ -63,9 +63,10 @@ def build(
     *,
     guard: Guard | None = None,
     with_objective: bool = True,
+    model: cp_model.CpModel | None = None,
 ) -> Built:
     opts = problem.options
-    model = cp_model.CpModel()
+    model = model if model is not None else cp_model.CpModel()
     g: Guard = guard or (lambda _key: None)
     cands = [problem.candidates[i] for i in cand_ids]
     x = {c.idx: model.NewBoolVar(f"x{c.idx}") for c in cands}
