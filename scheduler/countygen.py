@@ -132,8 +132,10 @@ def generate(tier: str | Tier, seed: int) -> dict[str, str]:
                                 "weekday": d, "period": p,
                                 "stream_mbps": rng.choice((1.5, 2.0, 2.0, 2.5))})
                             break
+                # Most other periods are the class's own lessons; a few are self-study
+                # (自习) into which a movable master lesson may go.
                 for d, p in slots:
-                    if (d, p) not in used:
+                    if (d, p) not in used and rng.random() < 0.85:
                         rows["busy"].append({"class_id": cid, "weekday": d, "period": p,
                                              "subject": "语文" if p % 2 else "数学"})
         # Teaching points: one classroom each, one or two classes (two share the room).

@@ -85,6 +85,17 @@ def build(
         model.AddExactlyOne(active[s] for s in sids)
         moved_terms.extend(active[s] for s in sids[1:])
 
+    if opts.mode == Mode.MOVABLE:
+        # Offers nobody can join stay in their slots, yet still block their teacher, class
+        # and classroom for the lessons that move.
+        keys = {(k, getattr(problem.sessions[s], k)) for s in active
+                for k in ("master_class_id", "teacher_id", "classroom_id")}
+        for sids in problem.offers.values():
+            ses = problem.sessions[sids[0]]
+            if sids[0] not in active and any((k, getattr(ses, k)) in keys for k in (
+                    "master_class_id", "teacher_id", "classroom_id")):
+                active[sids[0]] = 1
+
     by_session: dict[int, list[int]] = defaultdict(list)
     by_need: dict[int, list[int]] = defaultdict(list)
     for c in cands:

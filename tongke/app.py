@@ -27,6 +27,7 @@ def create_app(config: Config) -> web.Application:
     # Imported here so that `tongke --help` stays fast and each package stays optional
     # to the others at import time.
     from media_server.http import setup as setup_media
+
     from scheduler.api import setup as setup_scheduler
 
     app = web.Application(client_max_size=config.max_message_bytes * 4)

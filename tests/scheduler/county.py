@@ -41,7 +41,7 @@ zx-g4,English,t-wang,1,1,2
 zx-g4,English,t-wang,3,2,2
 zx-g4,Music,t-li,2,3,2
 zx-g3,Art,t-li,4,1,2
-far-g4,Science,t-far,1,1,2
+far-g4,Science,t-far,4,2,2
 """
 # 小河 grade 4 is busy on Tuesday morning (no Music fits); 大山 takes everything.
 BUSY = """class_id,weekday,period,subject
