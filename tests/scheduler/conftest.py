@@ -70,7 +70,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     """The scheduler's routes on an aiohttp app bound to an ephemeral loopback port."""
     from scheduler.api import DB, setup
 
-    config = Config(data_dir=tmp_path / "data", secret="test-secret-0123456789abcdef")
+    config = Config(data_dir=tmp_path / "data", secret="test-secret-0123456789abcdef-0123456789")
     app = web.Application()
     ctx = AppContext(config=config, secret=config.ensure_secret(), bus=EventBus())
     app[CTX] = ctx
