@@ -114,7 +114,8 @@ class _State:
         self.counties = {c.id for c in db.scalars(select(County))}
         self.schools = {s.id: s.kind for s in db.scalars(select(School))}
         self.rooms = {r.id: (r.school_id, r.role) for r in db.scalars(select(Classroom))}
-        self.teachers = {t.id: (set(t.subjects), set(t.grades)) for t in db.scalars(select(Teacher))}
+        self.teachers = {t.id: (set(t.subjects), set(t.grades))
+                         for t in db.scalars(select(Teacher))}
         self.classes = {c.id: (c.school_id, c.grade, c.classroom_id)
                         for c in db.scalars(select(SchoolClass))}
         self.bells: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
@@ -340,7 +341,7 @@ def _import_row(kind: str, row: Mapping[str, str], st: _State, objects: dict[str
             replaced["offers"].add(cid)
             st.offers = [o for o in st.offers if o[0] != cid]
         start, end = st.bells[school][period]
-        for ocid, otid, owd, oper, oroom in st.offers:
+        for ocid, otid, owd, oper, _room in st.offers:
             if owd != wd:
                 continue
             os_, oe = st.bells[st.classes[ocid][0]][oper]

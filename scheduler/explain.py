@@ -62,7 +62,8 @@ def _funnel_reason(problem: Problem, need: NeedInfo) -> str | None:
 
 def _session_text(problem: Problem, s: int) -> str:
     ses = problem.sessions[s]
-    return (f"{weekday_name(ses.weekday)} {clock(ses.start)} {problem.names.get(ses.master_class_id)}"
+    return (f"{weekday_name(ses.weekday)} {clock(ses.start)} "
+            f"{problem.names.get(ses.master_class_id)}"
             f" ({problem.names.get(ses.teacher_id, ses.teacher_id)})")
 
 

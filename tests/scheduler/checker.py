@@ -6,6 +6,8 @@ times and counts from the database rows, so a solver bug cannot hide behind itse
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -23,12 +25,15 @@ def _rows(db: Session, sql: str) -> list[Any]:
 def check_plan(db: Session, plan_id: int) -> list[str]:
     bad: list[str] = []
     schools = {r.id: r for r in _rows(db, "select id, county_id from sch_school")}
-    classes = {r.id: r for r in _rows(db, "select id, school_id, grade, classroom_id from sch_class")}
+    classes = {r.id: r for r in _rows(
+        db, "select id, school_id, grade, classroom_id from sch_class")}
     rooms = {r.id: r for r in _rows(db, "select id, downlink_mbps from sch_classroom")}
     caps = {r.id: r.weekly_cap for r in _rows(db, "select id, weekly_cap from sch_teacher")}
     offers = {r.id: r for r in _rows(
-        db, "select id, class_id, subject, teacher_id, weekday, period, stream_mbps from sch_offer")}
-    needs = {r.id: r for r in _rows(db, "select id, class_id, subject, periods_per_week from sch_need")}
+        db, "select id, class_id, subject, teacher_id, weekday, period, stream_mbps "
+        "from sch_offer")}
+    needs = {r.id: r for r in _rows(
+        db, "select id, class_id, subject, periods_per_week from sch_need")}
     bells: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
     for r in _rows(db, "select school_id, period, start_min, end_min from sch_bell"):
         bells[r.school_id][r.period] = (r.start_min, r.end_min)
@@ -36,8 +41,6 @@ def check_plan(db: Session, plan_id: int) -> list[str]:
     for r in _rows(db, "select class_id, weekday, period from sch_busy"):
         busy[(r.class_id, r.weekday)].append(bells[classes[r.class_id].school_id][r.period])
     plan = _rows(db, f"select options from sch_plan where id = {int(plan_id)}")[0]
-    import json
-
     options = plan.options if isinstance(plan.options, dict) else json.loads(plan.options)
     lessons = _rows(db, "select offer_id, master_class_id, master_classroom_id, teacher_id, "
                     "subject, grade, weekday, start_min, end_min, points from sch_plan_lesson "
@@ -109,7 +112,8 @@ def check_plan(db: Session, plan_id: int) -> list[str]:
             bad.append(f"offer {oid} appears {seen_offers[oid]} times in the plan")
     for (who, wd), items in timeline.items():
         items.sort()
-        for (s1, e1, w1), (s2, _e2, w2) in zip(items, items[1:], strict=False):
+        # Sorted by start, any overlap shows up between neighbours.
+        for (_s1, e1, w1), (s2, _e2, w2) in itertools.pairwise(items):
             if s2 < e1:
                 bad.append(f"{who} on day {wd}: {w1} overlaps {w2}")
     for t, n in remote.items():
