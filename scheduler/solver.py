@@ -15,8 +15,8 @@ from typing import Any
 from ortools.sat.python import cp_model
 
 from scheduler.greedy import greedy
-from scheduler.model import W_SERVED, build
-from scheduler.problem import Problem
+from scheduler.model import W_SERVED, Built, build
+from scheduler.problem import Options, Problem
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -88,6 +88,22 @@ class _Watcher(cp_model.CpSolverSolutionCallback):
         self._on_solution(self.WallTime(), self.ObjectiveValue(), self.BestObjectiveBound())
 
 
+def _solver(opts: Options, seconds: float) -> cp_model.CpSolver:
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = seconds
+    solver.parameters.num_workers = opts.workers
+    solver.parameters.random_seed = opts.seed
+    return solver
+
+
+def _hint(built: Built, xs: dict[int, int], acts: dict[int, int]) -> None:
+    for i, var in built.x.items():
+        built.model.AddHint(var, xs.get(i, 0))
+    for s, act in built.active.items():
+        if not isinstance(act, int):
+            built.model.AddHint(act, acts.get(s, 0))
+
+
 def solve(problem: Problem, progress: Progress | None = None) -> Solution:
     opts = problem.options
     started = time.monotonic()
@@ -100,7 +116,6 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
     active: dict[int, int] = {oid: sids[0] for oid, sids in problem.offers.items()}
     objective = bound = 0.0
     all_optimal = True
-    first_feasible: float | None = None
     terms_total: dict[str, int] = {}
     done_objective = done_bound = 0.0
 
@@ -119,40 +134,52 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
             }
         )
 
-    for k, cand_ids in enumerate(parts):
+    # Phase 1: a first CP-SAT solution of every part (fast: the greedy plan is the hint),
+    # so a complete plan exists early even when a city has many parts.
+    builts = []
+    first: list[tuple[dict[int, int], dict[int, int]]] = []
+    for cand_ids in parts:
         built = build(problem, cand_ids)
-        model = built.model
         floor = [i for i in cand_ids if i in base]
-        for i, var in built.x.items():
-            model.AddHint(var, i in base)
-        for s, act in built.active.items():
-            if not isinstance(act, int):
-                model.AddHint(act, problem.sessions[s].original)
         # Never serve fewer periods than the greedy baseline does on this part.
         if floor:
-            model.Add(sum(built.x.values()) >= len(floor))
-        solver = cp_model.CpSolver()
+            built.model.Add(sum(built.x.values()) >= len(floor))
+        builts.append((built, floor))
+        hint_x = {i: int(i in base) for i in built.x}
+        hint_a = {s: int(problem.sessions[s].original) for s, a in built.active.items()
+                  if not isinstance(a, int)}
+        solver = _solver(opts, max(0.1, deadline - time.monotonic()))
+        solver.parameters.stop_after_first_solution = True
+        _hint(built, hint_x, hint_a)
+        status = solver.Solve(built.model)
+        if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            hint_x = {i: int(solver.Value(v)) for i, v in built.x.items()}
+            hint_a = {s: int(solver.Value(a)) for s, a in built.active.items()
+                      if not isinstance(a, int)}
+        first.append((hint_x, hint_a))
+    first_feasible = time.monotonic() - started
+    # Phase 2: improve each part within its share of the remaining time.
+    for k, cand_ids in enumerate(parts):
+        built, floor = builts[k]
+        model = built.model
+        model.ClearHints()
+        _hint(built, *first[k])
         share = len(cand_ids) / remaining
-        budget = max(0.2, (deadline - time.monotonic()) * share)
-        solver.parameters.max_time_in_seconds = budget
-        solver.parameters.num_workers = opts.workers
-        solver.parameters.random_seed = opts.seed
-        part_start = time.monotonic()
+        solver = _solver(opts, max(0.2, (deadline - time.monotonic()) * share))
 
-        def seen(wall: float, obj: float, bnd: float, k: int = k,
-                 part_start: float = part_start) -> None:
-            nonlocal first_feasible
-            if first_feasible is None and k == len(parts) - 1:
-                first_feasible = time.monotonic() - started
+        def seen(wall: float, obj: float, bnd: float, k: int = k) -> None:
             report(k, obj, bnd)
 
         status = solver.Solve(model, _Watcher(seen))
         remaining -= len(cand_ids)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            # Cannot happen with the greedy floor unless time ran out before any solution:
-            # fall back to the greedy assignment, which is feasible by construction.
-            chosen.update(floor)
-            objective += len(floor) * W_SERVED
+            # Only when time ran out before any solution: keep the phase-1 (or greedy)
+            # assignment, which is feasible by construction.
+            chosen.update(i for i, v in first[k][0].items() if v)
+            for s, v in first[k][1].items():
+                if v:
+                    active[problem.sessions[s].offer_id] = s
+            objective += sum(first[k][0].values()) * W_SERVED
             bound += len(cand_ids) * W_SERVED
             all_optimal = False
             continue
@@ -173,8 +200,6 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         bound += solver.BestObjectiveBound()
         done_objective, done_bound = objective, bound
         report(k, 0.0, 0.0)
-    if first_feasible is None:
-        first_feasible = time.monotonic() - started
     demand = problem.demand
     served = len(chosen)
     # Every other term only subtracts, so the bound on the objective bounds served too.
