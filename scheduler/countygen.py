@@ -9,6 +9,7 @@ bureau really has.
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,10 @@ def generate(tier: str | Tier, seed: int) -> dict[str, str]:
     rng = random.Random(seed)
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in FORMATS}
     subjects = SUBJECTS[: spec.subjects]
-    names = iter(rng.sample([a + b for a in _SYL for b in _SYL if a != b], k=400))
+    pairs = [a + b for a in _SYL for b in _SYL if a != b]
+    rng.shuffle(pairs)
+    # A city needs more place names than there are pairs: later rounds get a number.
+    names = (f"{p}{'' if k == 0 else k + 1}" for k in itertools.count() for p in pairs)
     for ci in range(spec.counties):
         county = f"county{ci + 1}"
         cname = f"{next(names)}县"

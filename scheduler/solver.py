@@ -138,6 +138,7 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
     # so a complete plan exists early even when a city has many parts.
     builts = []
     first: list[tuple[dict[int, int], dict[int, int]]] = []
+    first_bound: list[float] = []
     for cand_ids in parts:
         built = build(problem, cand_ids)
         floor = [i for i in cand_ids if i in base]
@@ -157,6 +158,8 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
             hint_a = {s: int(solver.Value(a)) for s, a in built.active.items()
                       if not isinstance(a, int)}
         first.append((hint_x, hint_a))
+        first_bound.append(solver.BestObjectiveBound() if status in (
+            cp_model.OPTIMAL, cp_model.FEASIBLE) else len(cand_ids) * W_SERVED)
     first_feasible = time.monotonic() - started
     # Phase 2: improve each part within its share of the remaining time.
     for k, cand_ids in enumerate(parts):
@@ -180,7 +183,7 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
                 if v:
                     active[problem.sessions[s].offer_id] = s
             objective += sum(first[k][0].values()) * W_SERVED
-            bound += len(cand_ids) * W_SERVED
+            bound += first_bound[k]
             all_optimal = False
             continue
         all_optimal &= status == cp_model.OPTIMAL
