@@ -240,8 +240,6 @@ def lessons_between(
 
     q = select(LessonInstance).where(LessonInstance.start_at >= local(start),
                                      LessonInstance.start_at < local(end))
-    if classroom_id is not None:
-        q = q.where(LessonInstance.date >= local(start).date())
     out = []
     for inst in db.scalars(q.order_by(LessonInstance.start_at, LessonInstance.id)):
         if not include_cancelled and inst.status == "cancelled":
