@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "tongke.demo",
     "tongke.token_cli",
     "recording.cli",
+    "scheduler.cli",
 )
 
 

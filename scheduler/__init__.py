@@ -1,0 +1,1 @@
+"""County scheduler: pairs strong schools with teaching points on one shared timetable."""

@@ -1,0 +1,225 @@
+"""The CP-SAT model shared by the solver and the explainer.
+
+Hard constraints can be guarded by assumption literals (`guard`), which is how the
+explainer asks CP-SAT which constraints stop a need from being served.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+
+from ortools.sat.python import cp_model
+
+from scheduler.problem import Mode, Problem
+
+Guard = Callable[[Hashable], cp_model.IntVar | None]
+
+# Objective weights. Served periods come first (开齐率): one more served period outweighs
+# any realistic sum of the other terms, which only break ties among equally served plans.
+W_SERVED = 1000
+W_EXTRA_TEACHER = 20  # each extra master teacher a point class sees for one subject
+W_CROSS_COUNTY = 10  # each point-lesson paired across a county border
+W_MAX_LOAD = 2  # the busiest master teacher's point-lessons
+W_MOVED = 3  # each master lesson moved out of its school's timetable slot
+W_CHANGE = 30  # each point-lesson added to or removed from the previous plan
+
+
+@dataclass
+class Built:
+    model: cp_model.CpModel
+    x: dict[int, cp_model.IntVar]  # candidate -> joins
+    active: dict[int, cp_model.IntVar | int]  # session -> given this week
+    terms: dict[str, cp_model.LinearExpr | int] = field(default_factory=dict)
+    objective: cp_model.LinearExpr | int = 0
+
+
+def _at_most_one_in_time(
+    model: cp_model.CpModel,
+    items: Iterable[tuple[cp_model.IntVar | int, int, int]],
+    guard: cp_model.IntVar | None,
+) -> None:
+    """At most one of the intervals [start, end) is on at any instant.
+
+    For intervals, checking at every start point is exact: any overlap contains a start.
+    """
+    items = list(items)
+    if len(items) < 2:
+        return
+    for t in sorted({s for _, s, _ in items}):
+        live = [v for v, s, e in items if s <= t < e and not isinstance(v, int)]
+        fixed_on = sum(1 for v, s, e in items if s <= t < e and isinstance(v, int) and v)
+        if len(live) + fixed_on < 2:
+            continue
+        ct = model.Add(sum(live) <= 1 - fixed_on)
+        if guard is not None:
+            ct.OnlyEnforceIf(guard)
+
+
+def build(
+    problem: Problem,
+    cand_ids: list[int],
+    *,
+    guard: Guard | None = None,
+    with_objective: bool = True,
+    model: cp_model.CpModel | None = None,
+) -> Built:
+    opts = problem.options
+    model = model if model is not None else cp_model.CpModel()
+    g: Guard = guard or (lambda _key: None)
+    cands = [problem.candidates[i] for i in cand_ids]
+    x = {c.idx: model.NewBoolVar(f"x{c.idx}") for c in cands}
+
+    session_ids = sorted({c.session for c in cands})
+    offer_ids = sorted({problem.sessions[s].offer_id for s in session_ids})
+    active: dict[int, cp_model.IntVar | int] = {}
+    moved_terms = []
+    for oid in offer_ids:
+        sids = problem.offers[oid]
+        if opts.mode == Mode.FIXED or len(sids) == 1:
+            active[sids[0]] = 1
+            continue
+        for s in sids:
+            active[s] = model.NewBoolVar(f"a{s}")
+        model.AddExactlyOne(active[s] for s in sids)
+        moved_terms.extend(active[s] for s in sids[1:])
+
+    if opts.mode == Mode.MOVABLE:
+        # Offers nobody can join stay in their slots, yet still block their teacher, class
+        # and classroom for the lessons that move.
+        keys = {(k, getattr(problem.sessions[s], k)) for s in active
+                for k in ("master_class_id", "teacher_id", "classroom_id")}
+        for sids in problem.offers.values():
+            ses = problem.sessions[sids[0]]
+            if sids[0] not in active and any((k, getattr(ses, k)) in keys for k in (
+                    "master_class_id", "teacher_id", "classroom_id")):
+                active[sids[0]] = 1
+
+    by_session: dict[int, list[int]] = defaultdict(list)
+    by_need: dict[int, list[int]] = defaultdict(list)
+    for c in cands:
+        by_session[c.session].append(c.idx)
+        by_need[c.need_id].append(c.idx)
+
+    for s, cs in by_session.items():
+        act = active.get(s, 0)
+        if isinstance(act, int):
+            if not act:
+                for i in cs:
+                    model.Add(x[i] == 0)
+                continue
+            ct = model.Add(sum(x[i] for i in cs) <= opts.max_points)
+        else:
+            for i in cs:
+                model.AddImplication(x[i], act)
+            ct = model.Add(sum(x[i] for i in cs) <= opts.max_points * act)
+        guard_lit = g(("cap", s))
+        if guard_lit is not None:
+            ct.OnlyEnforceIf(guard_lit)
+
+    for n, cs in by_need.items():
+        model.Add(sum(x[i] for i in cs) <= problem.needs[n].periods_per_week)
+
+    # One lesson at a time per point class and per point classroom.
+    per_class: dict[tuple[str, int], list] = defaultdict(list)
+    per_room: dict[tuple[str, int], list] = defaultdict(list)
+    for c in cands:
+        s = problem.sessions[c.session]
+        need = problem.needs[c.need_id]
+        per_class[(need.class_id, s.weekday)].append((x[c.idx], s.start, s.end))
+        per_room[(need.classroom_id, s.weekday)].append((x[c.idx], s.start, s.end))
+    for (cid, _), items in per_class.items():
+        _at_most_one_in_time(model, items, g(("class", cid)))
+    for (rid, _), items in per_room.items():
+        _at_most_one_in_time(model, items, g(("room", rid)))
+
+    # One lesson at a time per master class, teacher and master classroom (only moving
+    # lessons can collide: the schools' own timetables are checked at import).
+    if opts.mode == Mode.MOVABLE:
+        for attr, kind in (("master_class_id", "mclass"), ("teacher_id", "teacher"),
+                           ("classroom_id", "mroom")):
+            groups: dict[tuple[str, int], list] = defaultdict(list)
+            for s, act in active.items():
+                ses = problem.sessions[s]
+                groups[(getattr(ses, attr), ses.weekday)].append((act, ses.start, ses.end))
+            for (rid, _), items in groups.items():
+                _at_most_one_in_time(model, items, g((kind, rid)))
+
+    # Teacher weekly cap on remote lessons (master lessons that carry at least one point).
+    per_teacher: dict[str, list[int]] = defaultdict(list)
+    for s in by_session:
+        per_teacher[problem.sessions[s].teacher_id].append(s)
+    for t, sids in per_teacher.items():
+        cap = problem.teacher_cap.get(t, 0)
+        if len(sids) <= cap:
+            continue
+        remote = []
+        for s in sids:
+            r = model.NewBoolVar(f"r{s}")
+            for i in by_session[s]:
+                model.AddImplication(x[i], r)
+            model.Add(r <= sum(x[i] for i in by_session[s]))
+            remote.append(r)
+        ct = model.Add(sum(remote) <= cap)
+        guard_lit = g(("tcap", t))
+        if guard_lit is not None:
+            ct.OnlyEnforceIf(guard_lit)
+
+    built = Built(model=model, x=x, active=active)
+    if not with_objective:
+        return built
+
+    served = sum(x.values())
+    extra_teachers = []
+    for n, cs in by_need.items():
+        teachers: dict[str, list[int]] = defaultdict(list)
+        for i in cs:
+            teachers[problem.sessions[problem.candidates[i].session].teacher_id].append(i)
+        if len(teachers) < 2:
+            continue
+        used = []
+        for t, ids in teachers.items():
+            z = model.NewBoolVar(f"z{n}_{t}")
+            for i in ids:
+                model.AddImplication(x[i], z)
+            used.append(z)
+        # Seeing one teacher is free; each further one costs.
+        e = model.NewIntVar(0, len(used), f"e{n}")
+        model.Add(e >= sum(used) - 1)
+        extra_teachers.append(e)
+    cross = sum(x[c.idx] for c in cands if c.cross_county)
+    max_load: cp_model.IntVar | int = 0
+    if per_teacher:
+        max_load = model.NewIntVar(0, len(cands), "maxload")
+        for sids in per_teacher.values():
+            model.Add(max_load >= sum(x[i] for s in sids for i in by_session[s]))
+    moved = sum(moved_terms)
+    changes: cp_model.LinearExpr | int = 0
+    if problem.previous:
+        change_terms = []
+        for c in cands:
+            if problem.key(c) in problem.previous:
+                change_terms.append(1 - x[c.idx])
+            else:
+                change_terms.append(x[c.idx])
+        changes = sum(change_terms)
+    extra = sum(extra_teachers)
+    built.terms = {
+        "served": served,
+        "extra_teachers": extra,
+        "cross_county": cross,
+        "max_load": max_load,
+        "moved": moved,
+        "changes": changes,
+    }
+    built.objective = (
+        W_SERVED * served
+        - W_EXTRA_TEACHER * extra
+        - W_CROSS_COUNTY * cross
+        - W_MAX_LOAD * max_load
+        - W_MOVED * moved
+        - W_CHANGE * changes
+    )
+    model.Maximize(built.objective)
+    return built

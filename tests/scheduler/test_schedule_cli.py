@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import pytest
+
+from scheduler import cli
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="tongke")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli.register(sub)
+    args = parser.parse_args(list(argv))
+    return int(args.func(args))
+
+
+def test_cli_from_demo_data_to_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ("schedule", "--data-dir", str(tmp_path / "data"))
+    assert run(*base, "demo-data", str(tmp_path / "csv"), "--tier", "S", "--seed", "2") == 0
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "needs.csv").write_text("class_id,subject,periods_per_week\nx,Art,1\n")
+    assert run(*base, "import", str(tmp_path / "bad")) == 1
+    assert "needs.csv line 2, column class_id: unknown class 'x'" in capsys.readouterr().err
+    assert run(*base, "import", str(tmp_path / "csv")) == 0
+    assert run(*base, "solve", "--time-limit", "5") == 0
+    out = capsys.readouterr()
+    assert "served" in out.out and "solving" in out.err  # the tqdm bar goes to stderr
+    assert run(*base, "explain") == 0
+    assert "  - " in capsys.readouterr().out
+    assert run(*base, "publish") == 0
+    assert "dated lessons" in capsys.readouterr().out
+    assert run(*base, "export", "-o", str(tmp_path / "plan.csv")) == 0
+    rows = list(csv.DictReader((tmp_path / "plan.csv").open()))
+    assert rows and {"lesson_id", "weekday", "start", "end", "points"} <= set(rows[0])
+    assert run(*base, "feed", rows[0]["master_classroom"]) == 0
+    assert "/api/schedule/feeds/" in capsys.readouterr().out

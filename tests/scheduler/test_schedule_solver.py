@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+
+from scheduler.countygen import generate
+from scheduler.csvio import import_csv
+from scheduler.db import Database
+from scheduler.problem import Mode, Options, build_problem
+from scheduler.service import solve_and_store
+from tests.scheduler.checker import check_plan
+
+
+def _reasons(plan, class_id: str, subject: str) -> list[str]:  # type: ignore[no-untyped-def]
+    for u in plan.unserved:
+        if u["class_id"] == class_id and u["subject"] == subject:
+            return u["reasons"]
+    raise AssertionError(f"{class_id} {subject} is served")
+
+
+def test_town_plan_is_valid_and_explains_every_unserved_need(town: Database) -> None:
+    with town.session() as s:
+        plan, sol = solve_and_store(s, Options(time_limit_s=5))
+        assert check_plan(s, plan.id) == []
+    assert sol.optimal and sol.served == 4 and sol.served >= sol.greedy_served
+    assert _reasons(plan, "xh-g4", "Music") == [
+        "no grade 4 Music master lesson overlaps a free period of 小河教学点 grade 4 on any day"]
+    assert "no grade 4 Art master lesson is offered" in _reasons(plan, "ds-g4", "Art")[0]
+    assert "downlink of 柳林教学点 grade 4 (1 Mbit/s)" in _reasons(plan, "ly-g4", "English")[0]
+    assert "only outside 清水县" in _reasons(plan, "xh-g4", "Science")[0]
+
+
+def test_full_lessons_are_named_from_the_infeasible_subset(town: Database) -> None:
+    with town.session() as s:
+        plan, sol = solve_and_store(s, Options(time_limit_s=5, max_points=1))
+        assert check_plan(s, plan.id) == []
+    # Two English lessons with one point each: 小河 and 大山 want two periods each.
+    assert sol.served == 2
+    short = [u for u in plan.unserved if u["subject"] == "English" and u["grade"] == 4
+             and u["class_id"] in ("xh-g4", "ds-g4")]
+    assert short
+    text = " ".join(short[0]["reasons"])
+    assert "already takes 1 points" in text and "王老师" in text
+    assert "serving it would take a period away from" in text
+
+
+def test_cross_county_when_allowed(town: Database) -> None:
+    with town.session() as s:
+        plan, sol = solve_and_store(s, Options(time_limit_s=5, cross_county=True))
+        assert check_plan(s, plan.id) == []
+    assert sol.served == 5 and sol.terms["cross_county"] == 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_generated_towns_are_valid_optimal_and_beat_greedy(db: Database, seed: int) -> None:
+    with db.session() as s:
+        assert import_csv(s, generate("S", seed)).ok
+        plan, sol = solve_and_store(s, Options(time_limit_s=10, seed=seed))
+        assert check_plan(s, plan.id) == []
+    assert sol.optimal and sol.served >= sol.greedy_served
+    assert sol.served <= sol.upper_bound <= sol.demand
+    assert all(u["reasons"] for u in plan.unserved)
+
+
+def test_movable_master_lessons_serve_more_and_stay_valid(db: Database) -> None:
+    with db.session() as s:
+        assert import_csv(s, generate("S", 4)).ok
+        fixed, f_sol = solve_and_store(s, Options(time_limit_s=10))
+        moved, m_sol = solve_and_store(s, Options(time_limit_s=10, mode=Mode.MOVABLE),
+                                       keep_published=False)
+        assert check_plan(s, fixed.id) == [] and check_plan(s, moved.id) == []
+        p = build_problem(s, Options(mode=Mode.MOVABLE))
+    assert m_sol.served >= f_sol.served
+    assert m_sol.served > f_sol.served or m_sol.terms["moved"] == 0
+    assert len(p.sessions) > len(p.offers)
+
+
+def test_points_per_lesson_limit_is_respected(db: Database) -> None:
+    with db.session() as s:
+        assert import_csv(s, generate("S", 5)).ok
+        plan, _ = solve_and_store(s, Options(time_limit_s=10, max_points=2))
+        assert check_plan(s, plan.id) == []
+        from scheduler.service import plan_view
+
+        assert max(len(lesson["points"]) for lesson in plan_view(s, plan)["lessons"]) <= 2
