@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import aiohttp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from classroom_agent.client import ClientEvents, LessonClient, LessonError, Publication, RemoteTrack
 from classroom_agent.config import AgentConfig, PublishedTrack, build_tracks
 from classroom_agent.quality import TrackQuality, receiver_loss
+from recording import LessonMeta, LessonRecorder
+from recording.upload import UploadError, upload_recording
 from tongke.tokens import peek_claims
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,8 @@ class ClassroomAgent:
         report: TextIO | None = None,
         report_interval_s: float = 5.0,
         on_quality: Callable[[dict[str, Any]], None] | None = None,
+        record: bool = True,
+        upload: bool = True,
     ) -> None:
         self.config = config
         self.token = config.resolved_token()
@@ -99,11 +104,17 @@ class ClassroomAgent:
         self.tracks: list[PublishedTrack] = []
         self._consumers: dict[str, asyncio.Task[None]] = {}
         self._client: LessonClient | None = None
+        self.record = record
+        self.upload = upload
+        self.recorder: LessonRecorder | None = None
+        self.uploaded: dict[str, Any] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         self.tracks = build_tracks(self.config, on_state=self._on_source_state)
+        if self.record:
+            self.recorder = self._start_safety_copy()
         reporter = asyncio.ensure_future(self._report_loop(stop))
         backoff = BACKOFF_START_S
         try:
@@ -145,13 +156,15 @@ class ClassroomAgent:
                 await asyncio.to_thread(source.stop)
             if self.window is not None:
                 self.window.close()
+            if self.recorder is not None:
+                await self._finish_safety_copy(self.recorder)
 
     async def _session(self, stop: asyncio.Event) -> None:
         client = LessonClient(
             self.config.server_url,
             self.room,
             self.token,
-            events=ClientEvents(on_track=self._on_remote_track),
+            events=ClientEvents(on_track=self._on_remote_track, on_message=self._on_message),
         )
         self._client = client
         try:
@@ -181,6 +194,61 @@ class ClassroomAgent:
             self._client = None
             await self._stop_consumers()
             await client.close()
+
+    # -- safety copy ------------------------------------------------------------------
+
+    def _start_safety_copy(self) -> LessonRecorder:
+        """Record every published source from the very packets we send (no second encode).
+
+        The copy survives a network or server failure during the lesson; it is uploaded
+        when the lesson ends and kept on disk until the upload has succeeded.
+        """
+        budget = int(self.config.recording.disk_budget_gb * 1024**3)
+        recorder = LessonRecorder(
+            self.config.recording.dir / self.classroom,
+            LessonMeta(
+                lesson=self.room,
+                school=self.classroom,
+                subject="",
+                grade="",
+                teacher="",
+                title=self.room,
+            ),
+            origin="agent",
+            max_bytes=budget,
+            on_stop=lambda reason: log.error("safety copy stopped: %s", reason),
+        )
+        for published in self.tracks:
+            if published.layer != "h":
+                continue  # the top layer carries everything the lower ones do
+            writer = recorder.add_track(
+                published.source,
+                published.kind,
+                published.codec,
+                width=published.width,
+                height=published.height,
+                rate=90000 if published.kind == "video" else 48000,
+            )
+            published.track.add_sink(writer.write)
+        recorder.event("agent_started", classroom=self.classroom, role=self.config.role)
+        return recorder
+
+    async def _finish_safety_copy(self, recorder: LessonRecorder) -> None:
+        recorder.event("agent_stopped", classroom=self.classroom)
+        await asyncio.to_thread(recorder.close)
+        if not self.upload:
+            return
+        try:
+            self.uploaded = await upload_recording(
+                recorder.directory, self.config.server_url, self.token
+            )
+            log.info("safety copy %s uploaded", recorder.directory)
+        except (UploadError, OSError, aiohttp.ClientError) as exc:
+            log.warning(
+                "safety copy kept at %s (upload failed: %s); `tongke replay upload` retries it",
+                recorder.directory,
+                exc,
+            )
 
     # -- receiving the lesson ------------------------------------------------------------
 
@@ -213,6 +281,19 @@ class ClassroomAgent:
         finally:
             if self.window is not None:
                 self.window.remove(name)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        """Note who joined and left in the safety copy's lesson timeline."""
+        if self.recorder is None:
+            return
+        kind = message.get("type")
+        if kind == "participant_joined":
+            who = message["participant"]
+            self.recorder.event(
+                "join", participant=who["id"], classroom=who["classroom"], name=who["name"]
+            )
+        elif kind == "participant_left":
+            self.recorder.event("leave", participant=message["participant"])
 
     async def _stop_consumers(self) -> None:
         tasks = list(self._consumers.values())

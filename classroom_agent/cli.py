@@ -23,6 +23,8 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         config.token, config.token_file = "", Path(args.token_file)
     if args.classroom:
         config.classroom_id = args.classroom
+    if args.recording_dir:
+        config.recording.dir = args.recording_dir
     role_changed = args.role is not None and args.role != config.role
     if args.role:
         config.role = args.role
@@ -54,7 +56,9 @@ def run_agent(args: argparse.Namespace) -> int:
             print(summary_line(snapshot), flush=True)
 
     try:
-        agent = ClassroomAgent(config, window=window, report=report, on_quality=show)
+        agent = ClassroomAgent(
+            config, window=window, report=report, on_quality=show, record=not args.no_recording
+        )
     except AgentStopped as exc:
         print(f"tongke agent: {exc}", file=sys.stderr)
         return 2
@@ -101,6 +105,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--report", type=Path, help="append per-track quality as JSON lines to this file"
     )
     p.add_argument("--no-window", action="store_true", help="never open a local window")
+    p.add_argument(
+        "--recording-dir", type=Path, help="where the safety copy of what we publish is written"
+    )
+    p.add_argument(
+        "--no-recording", action="store_true", help="no safety copy (the server may still record)"
+    )
     p.add_argument("--quiet", action="store_true", help="no quality lines on stdout")
     p.add_argument(
         "--ice-address", action="append", help="offer only this address to ICE (repeatable)"

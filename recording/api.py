@@ -45,7 +45,8 @@ from tongke.tokens import Claims, Role, TokenError, verify_token
 
 log = logging.getLogger(__name__)
 
-UPLOAD_ROLES = frozenset({Role.AGENT, Role.RECORDER})
+# A classroom's own agent joins with its master or point token and uploads with it.
+UPLOAD_ROLES = frozenset({Role.AGENT, Role.RECORDER, Role.MASTER, Role.POINT})
 MAX_CHUNK = 8 * 1024 * 1024
 MAX_FILE = 16 * 1024**3
 _ALLOWED_PATH = re.compile(r"^(manifest\.json|timeline\.jsonl|tracks/[A-Za-z0-9][A-Za-z0-9._-]*)$")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,9 @@ from tests.lesson_server import ServerProcess, start_server_process
 from tests.media import first_frames, wait_for
 
 
-def small_master(server: ServerProcess, room: str, **extra: Any) -> AgentConfig:
+def small_master(
+    server: ServerProcess, room: str, recordings: Path | None = None, **extra: Any
+) -> AgentConfig:
     """A master classroom at modest sizes so the suite stays light on two cores."""
     sources = [
         SourceConfig(
@@ -58,7 +61,7 @@ async def running(agent: ClassroomAgent) -> AsyncIterator[asyncio.Task[None]]:
 async def test_a_point_agent_reports_fps_and_pixel_clock_latency_of_the_lesson(
     server: ServerProcess, room: str
 ) -> None:
-    master = ClassroomAgent(small_master(server, room))
+    master = ClassroomAgent(small_master(server, room), record=False)
     point_cfg = AgentConfig(
         server_url=server.url,
         token=server.token(room, "xiaohe", "point", name="小河教学点"),
@@ -68,7 +71,9 @@ async def test_a_point_agent_reports_fps_and_pixel_clock_latency_of_the_lesson(
         sources=[s for s in default_sources("point", synthetic=True) if s.kind == "audio"],
     )
     reports: list[dict] = []
-    point = ClassroomAgent(point_cfg, on_quality=reports.append, report_interval_s=1.0)
+    point = ClassroomAgent(
+        point_cfg, on_quality=reports.append, report_interval_s=1.0, record=False
+    )
     async with running(master), running(point):
 
         def camera_measured() -> bool:
@@ -101,7 +106,7 @@ async def test_an_unplugged_camera_shows_no_signal_while_the_others_carry_on(
         fps=10,
     )
     states: list[tuple[str, str]] = []
-    master = ClassroomAgent(small_master(server, room, sources=[missing]))
+    master = ClassroomAgent(small_master(server, room, sources=[missing]), record=False)
     master._on_source_state = lambda s, st, r: states.append((s, st))  # type: ignore[method-assign]
     viewer = LessonClient(server.url, room, server.token(room, "ops", "observer"))
     async with running(master):
@@ -124,18 +129,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_the_agent_republishes_after_the_server_restarts(tmp_path: Path) -> None:
+async def test_the_agent_republishes_after_the_server_restarts_and_uploads_its_copy(
+    tmp_path: Path,
+) -> None:
     port = free_port()
-    server = start_server_process(tmp_path, port=port)
+    data = tmp_path / "server"
+    server = start_server_process(data, port=port)
     room = "restart-lesson"
     server.open_room(room)
-    agent = ClassroomAgent(small_master(server, room))
+    agent = ClassroomAgent(small_master(server, room, recordings=tmp_path / "agent"))
     try:
         async with running(agent):
             await wait_for(lambda: agent.status.connected, 30, "the first connection")
             server.stop()
             await wait_for(lambda: not agent.status.connected, 30, "the agent to notice")
-            server = start_server_process(tmp_path, port=port)  # same data dir: same rooms
+            server = start_server_process(data, port=port)  # same data dir: same rooms
             await wait_for(lambda: agent.status.connects >= 2, 60, "the agent to reconnect")
             viewer = LessonClient(server.url, room, server.token(room, "ops", "observer"))
             await viewer.connect()
@@ -143,5 +151,16 @@ async def test_the_agent_republishes_after_the_server_restarts(tmp_path: Path) -
                 await first_frames(viewer, {"teacher_camera", "classroom_mic"}, 30)
             finally:
                 await viewer.close()
+        # The lesson went on through the outage; the agent's own copy covers it and is
+        # on the server once the agent stops.
+        assert agent.uploaded is not None
+        manifests = list((data / "recordings").rglob("manifest.json"))
+        assert len(manifests) == 1
+        manifest = json.loads(manifests[0].read_text())
+        assert manifest["lesson"] == room
+        sources = {t["source"] for t in manifest["tracks"]}
+        assert sources == {"teacher_camera", "classroom_mic"}
+        for track in manifest["tracks"]:
+            assert (manifests[0].parent / track["file"]).stat().st_size > 0
     finally:
         server.stop()

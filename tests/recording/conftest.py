@@ -55,8 +55,9 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient]:
         yield c
 
 
-def token(role: Role | str, room: str = LESSON, classroom: str = "c-master",
-          ttl_s: int = 3600) -> str:
+def token(
+    role: Role | str, room: str = LESSON, classroom: str = "c-master", ttl_s: int = 3600
+) -> str:
     return issue_token(SECRET, room=room, classroom=classroom, role=role, ttl_s=ttl_s)
 
 

@@ -30,7 +30,8 @@ def replays_with_one(packaged: PackageResult, tmp_path: Path) -> Path:
 def _snapshot(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -83,8 +84,13 @@ async def test_path_traversal_in_a_replay_url(published_replay: Path) -> None:
         assert ok.status == 200
         secret_file = published_replay / "secret.key"
         secret_file.write_text("do not serve")
-        for evil in ("../../secret.key", "..%2F..%2Fsecret.key", "views/../../x",
-                     "%2e%2e/%2e%2e/secret.key", ".fingerprint"):
+        for evil in (
+            "../../secret.key",
+            "..%2F..%2Fsecret.key",
+            "views/../../x",
+            "%2e%2e/%2e%2e/secret.key",
+            ".fingerprint",
+        ):
             # Sent exactly as typed: no client-side normalisation of the dots.
             url = client.make_url(base + evil).with_path(base + evil, encoded=True)
             resp = await client.session.get(URL(str(url), encoded=True))
@@ -99,23 +105,33 @@ async def test_path_traversal_in_a_replay_url(published_replay: Path) -> None:
         assert resp.status == 403 and (await resp.json())["error"]["code"] == "bad_signature"
 
 
-async def test_upload_chunk_with_wrong_checksum(recording_copy: Path, tmp_path: Path,
-                                                agent_token: str) -> None:
+async def test_upload_chunk_with_wrong_checksum(
+    recording_copy: Path, tmp_path: Path, agent_token: str
+) -> None:
     from recording.upload import recording_files, upload_recording
 
     data = tmp_path / "server"
     async with TestClient(TestServer(make_app(data))) as client:
-        specs = [{"path": p.relative_to(recording_copy).as_posix(), "size": p.stat().st_size,
-                  "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-                 for p in recording_files(recording_copy)]
+        specs = [
+            {
+                "path": p.relative_to(recording_copy).as_posix(),
+                "size": p.stat().st_size,
+                "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+            }
+            for p in recording_files(recording_copy)
+        ]
         headers = {"Authorization": f"Bearer {agent_token}"}
         url = f"/api/recordings/{LESSON}/uploads"
         state = await (await client.post(url, json={"files": specs}, headers=headers)).json()
         chunk = (recording_copy / "manifest.json").read_bytes()[:100]
         good = hashlib.sha256(chunk).hexdigest()
         put = f"{url}/{state['upload_id']}/files/manifest.json"
-        resp = await client.put(put, params={"offset": 0}, data=chunk[:99] + b"X",
-                                headers={**headers, "X-Chunk-SHA256": good})
+        resp = await client.put(
+            put,
+            params={"offset": 0},
+            data=chunk[:99] + b"X",
+            headers={**headers, "X-Chunk-SHA256": good},
+        )
         assert resp.status == 400
         err = (await resp.json())["error"]
         assert err["code"] == "checksum_mismatch" and err["received"] == 0
@@ -126,4 +142,5 @@ async def test_upload_chunk_with_wrong_checksum(recording_copy: Path, tmp_path: 
         done = await upload_recording(recording_copy, str(client.make_url("/")), agent_token)
         published = data / "recordings" / done["recording"]
         assert (published / "manifest.json").read_bytes() == (
-            recording_copy / "manifest.json").read_bytes()
+            recording_copy / "manifest.json"
+        ).read_bytes()

@@ -26,17 +26,30 @@ def _add_lesson(data: Path, lesson: str, **changes: object) -> None:
 async def test_students_see_their_school_and_public_lessons_and_can_search(
     published_replay: Path,
 ) -> None:
-    _add_lesson(published_replay, "other-school-private", school="s-erzhong", teacher="李老师",
-                title="Secret")
-    _add_lesson(published_replay, "other-school-open", school="s-erzhong", public=True,
-                subject="physics", teacher="李老师", date="2025-03-05",
-                title="Levers")
+    _add_lesson(
+        published_replay,
+        "other-school-private",
+        school="s-erzhong",
+        teacher="李老师",
+        title="Secret",
+    )
+    _add_lesson(
+        published_replay,
+        "other-school-open",
+        school="s-erzhong",
+        public=True,
+        subject="physics",
+        teacher="李老师",
+        date="2025-03-05",
+        title="Levers",
+    )
     async with TestClient(TestServer(make_app(published_replay))) as client:
         student = token(Role.STUDENT, room="replays", classroom="s-yizhong")
 
         async def lessons(**query: str) -> list[str]:
-            resp = await client.get("/api/replays", params=query,
-                                    headers={"Authorization": f"Bearer {student}"})
+            resp = await client.get(
+                "/api/replays", params=query, headers={"Authorization": f"Bearer {student}"}
+            )
             assert resp.status == 200
             return sorted(r["lesson"] for r in (await resp.json())["replays"])
 

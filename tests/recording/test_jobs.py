@@ -56,12 +56,16 @@ async def test_worker_killed_mid_job_leaves_it_to_another_and_one_replay_results
 ) -> None:
     stream = f"tongke:test-jobs:{uuid.uuid4().hex[:8]}"
     replays = tmp_path / "replays"
-    q = RedisJobQueue(REDIS, stream=stream, consumer="survivor", claim_idle_s=1,
-                      heartbeat_s=0.2)
+    q = RedisJobQueue(REDIS, stream=stream, consumer="survivor", claim_idle_s=1, heartbeat_s=0.2)
     marker = tmp_path / "stalled"
     doomed = await asyncio.create_subprocess_exec(
-        sys.executable, str(REPO / "tests/recording/slow_worker.py"), REDIS, stream,
-        str(marker), cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        sys.executable,
+        str(REPO / "tests/recording/slow_worker.py"),
+        REDIS,
+        stream,
+        str(marker),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     stop = asyncio.Event()
     survivor: asyncio.Task | None = None

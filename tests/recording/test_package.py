@@ -103,9 +103,7 @@ def test_thumbnail_sprite_and_poster_are_pictures(packaged: PackageResult) -> No
     assert poster is not None and poster.shape[:2] == (180, 320) and poster.std() > 10
 
 
-def test_packaging_again_keeps_exactly_one_replay(
-    master_recording: Path, tmp_path: Path
-) -> None:
+def test_packaging_again_keeps_exactly_one_replay(master_recording: Path, tmp_path: Path) -> None:
     first = build_replay(master_recording, tmp_path)
     again = build_replay(master_recording, tmp_path)
     assert again.reused and again.directory == first.directory
@@ -129,13 +127,17 @@ def test_cli_package_shows_progress_and_builds_the_replay(
 def test_vp8_recording_packages_with_cameras_in_the_program(tmp_path: Path) -> None:
     from recording.synthetic import make_recording
 
-    rec = make_recording(tmp_path / "rec", SyntheticLesson(seconds=6, video_codec="vp8",
-                                                           call_on=None))
+    rec = make_recording(
+        tmp_path / "rec", SyntheticLesson(seconds=6, video_codec="vp8", call_on=None)
+    )
     result = build_replay(rec, tmp_path / "replays")
     entry = json.loads((result.directory / "replay.json").read_text())
     assert [v["id"] for v in entry["views"]] == ["microphone"]
     assert {s["id"] for s in entry["views_skipped"]} == {
-        "teacher_camera", "courseware", "point-p-xiaohe"}
+        "teacher_camera",
+        "courseware",
+        "point-p-xiaohe",
+    }
     with av.open(str(result.directory / "program.mp4")) as c:
         frames = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
     assert len(frames) >= 80 and frames[45][10:40, 300:900].mean() < 200

@@ -18,8 +18,13 @@ from .conftest import LESSON, SECRET, make_app, token
 pytestmark = pytest.mark.browser
 
 ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
 ]
 
@@ -74,9 +79,13 @@ async def test_catalog_to_player_plays_in_sync_and_seeks_to_a_chapter(
     card = page.locator("a.card")
     await card.first.wait_for()
     # The thumbnail is a real picture.
-    assert await page.evaluate(
-        "() => new Promise(r => { const i = document.querySelector('a.card img');"
-        " i.complete ? r(i.naturalWidth) : i.onload = () => r(i.naturalWidth); })") == 320
+    assert (
+        await page.evaluate(
+            "() => new Promise(r => { const i = document.querySelector('a.card img');"
+            " i.complete ? r(i.naturalWidth) : i.onload = () => r(i.naturalWidth); })"
+        )
+        == 320
+    )
     await card.first.click()
     await page.wait_for_url(lambda url: "/static/player.html?src=" in url)
     await page.locator("#chapters button").first.wait_for()
@@ -85,19 +94,24 @@ async def test_catalog_to_player_plays_in_sync_and_seeks_to_a_chapter(
     await assert_in_sync(page)
 
     await page.get_by_role("button", name="Question: 小河教学点").click()
-    await poll(page, "() => { const t = window.replayPlayer.master.currentTime;"
-                     " return t > 5.3 && t < 8 }", "the chapter to play")
+    await poll(
+        page,
+        "() => { const t = window.replayPlayer.master.currentTime; return t > 5.3 && t < 8 }",
+        "the chapter to play",
+    )
     await assert_in_sync(page)
     # The called-on point's view is playing too, not stuck at its start.
     point_time = await page.evaluate(
         "() => window.replayPlayer.elements.find(e => e.view && "
-        "e.view.id === 'point-p-xiaohe').el.currentTime")
+        "e.view.id === 'point-p-xiaohe').el.currentTime"
+    )
     assert point_time > 5.0
     # Choosing another main view keeps everything playing in sync.
     await page.get_by_role("button", name="Teacher").click()
     assert await page.evaluate(
         "() => document.querySelector('video.main') === window.replayPlayer.elements.find("
-        "e => e.view && e.view.id === 'teacher_camera').el")
+        "e => e.view && e.view.id === 'teacher_camera').el"
+    )
     await assert_in_sync(page, samples=4)
 
 
@@ -106,8 +120,7 @@ async def test_speed_and_resume_where_the_student_stopped(
 ) -> None:
     page = await browser.new_page()
     base, _ = signed_base(SECRET, LESSON)
-    await page.add_init_script(
-        f"localStorage.setItem('tongke:resume:{LESSON}', '6.5')")
+    await page.add_init_script(f"localStorage.setItem('tongke:resume:{LESSON}', '6.5')")
     await page.goto(str(server.make_url(f"/static/player.html?src={base}")))
     await page.locator("#message", has_text="Resumed at 0:06").wait_for()
     assert abs(await page.evaluate("() => window.replayPlayer.master.currentTime") - 6.5) < 0.3
@@ -116,8 +129,11 @@ async def test_speed_and_resume_where_the_student_stopped(
     await poll(page, "() => window.replayPlayer.master.currentTime > 8", "playback at 2x")
     assert await page.evaluate("() => window.replayPlayer.master.playbackRate") == 2
     # The position is remembered while playing, for the next visit.
-    await poll(page, f"() => parseFloat(localStorage.getItem('tongke:resume:{LESSON}')) > 7",
-               "the resume position to be saved")
+    await poll(
+        page,
+        f"() => parseFloat(localStorage.getItem('tongke:resume:{LESSON}')) > 7",
+        "the resume position to be saved",
+    )
 
 
 async def test_slow_link_switches_to_the_low_rendition(
@@ -127,10 +143,15 @@ async def test_slow_link_switches_to_the_low_rendition(
     cdp = await page.context.new_cdp_session(page)
     await cdp.send("Network.enable")
     # About 250 kbit/s: less than all the views need, enough for the low rendition.
-    await cdp.send("Network.emulateNetworkConditions", {
-        "offline": False, "latency": 80, "downloadThroughput": 32_000,
-        "uploadThroughput": 32_000,
-    })
+    await cdp.send(
+        "Network.emulateNetworkConditions",
+        {
+            "offline": False,
+            "latency": 80,
+            "downloadThroughput": 32_000,
+            "uploadThroughput": 32_000,
+        },
+    )
     base, _ = signed_base(SECRET, LESSON)
     await page.goto(str(server.make_url(f"/static/player.html?src={base}")))
     await page.locator("#chapters button").first.wait_for()

@@ -36,23 +36,31 @@ async def test_interrupted_upload_resumes_and_publishes_only_when_complete(
                 raise Interrupt  # the link drops halfway through
 
         with pytest.raises(Interrupt):
-            await upload_recording(recording_copy, base, agent_token, progress=cut_off,
-                                   chunk_size=64 * 1024)
+            await upload_recording(
+                recording_copy, base, agent_token, progress=cut_off, chunk_size=64 * 1024
+            )
         # Half an upload is never a recording.
         assert list((data / "recordings").iterdir()) == []
         assert not (recording_copy / ".uploaded").exists()
 
         resumed_from: list[int] = []
         state = await upload_recording(
-            recording_copy, base, agent_token, chunk_size=64 * 1024,
+            recording_copy,
+            base,
+            agent_token,
+            chunk_size=64 * 1024,
             progress=lambda done, total: resumed_from.append(done),
         )
         # It picked up where it stopped instead of sending everything again.
         assert resumed_from[0] > 0 and resumed_from[0] >= total_seen[-2]
         assert state["complete"]
         published = data / "recordings" / state["recording"]
-        for f in ["manifest.json", "timeline.jsonl", "tracks/teacher_camera.ts",
-                  "tracks/microphone.ts"]:
+        for f in [
+            "manifest.json",
+            "timeline.jsonl",
+            "tracks/teacher_camera.ts",
+            "tracks/microphone.ts",
+        ]:
             assert _digest(published / f) == _digest(recording_copy / f)
         assert (recording_copy / ".uploaded").exists()
         # Uploading again is a no-op that reports the same recording.

@@ -30,7 +30,11 @@ def _packets(path: Path) -> list[av.Packet]:
 def test_every_published_packet_is_in_its_track_file(master_recording: Path) -> None:
     manifest = load_manifest(master_recording)
     assert {t.source for t in manifest.tracks} == {
-        "teacher_camera", "courseware", "point:p-xiaohe", "microphone"}
+        "teacher_camera",
+        "courseware",
+        "point:p-xiaohe",
+        "microphone",
+    }
     for track in manifest.tracks:
         assert track.closed and track.origin == "agent"
         packets = _packets(master_recording / track.file)
@@ -93,12 +97,12 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("codec", ["h264", "vp8", "opus"])
-def test_track_file_survives_sigkill_up_to_its_last_two_seconds(
-    codec: str, tmp_path: Path
-) -> None:
+def test_track_file_survives_sigkill_up_to_its_last_two_seconds(codec: str, tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, codec, str(tmp_path)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert proc.stdout is not None
@@ -133,8 +137,9 @@ def test_disk_budget_stops_recording_cleanly_and_says_why(tmp_path: Path) -> Non
     from recording.synthetic import _camera_frame, _encode_video, _video_encoder
 
     enc = _video_encoder("h264", (320, 180), 15, 30)
-    packets = _encode_video(enc, ((i * 6000, _camera_frame(i, 15, (320, 180), 20, "x"))
-                                  for i in range(90)))
+    packets = _encode_video(
+        enc, ((i * 6000, _camera_frame(i, 15, (320, 180), 20, "x")) for i in range(90))
+    )
     rec = LessonRecorder(tmp_path, spec.meta, max_bytes=60_000, on_stop=stops.append)
     w = rec.add_track("teacher_camera", "video", "h264", width=320, height=180)
     accepted = 0
@@ -152,8 +157,9 @@ def test_disk_budget_stops_recording_cleanly_and_says_why(tmp_path: Path) -> Non
     rec.close()
     manifest = load_manifest(rec.directory)
     assert manifest.stopped == rec.stopped
-    assert any(e.kind == "recording_stopped" for e in read_timeline(
-        rec.directory / "timeline.jsonl"))
+    assert any(
+        e.kind == "recording_stopped" for e in read_timeline(rec.directory / "timeline.jsonl")
+    )
     # What was recorded before the stop is intact and bounded.
     track = manifest.tracks[0]
     assert track.closed and track.bytes is not None and track.bytes < 60_000 + 300_000

@@ -25,15 +25,21 @@ def _rows(db: Session, sql: str) -> list[Any]:
 def check_plan(db: Session, plan_id: int) -> list[str]:
     bad: list[str] = []
     schools = {r.id: r for r in _rows(db, "select id, county_id from sch_school")}
-    classes = {r.id: r for r in _rows(
-        db, "select id, school_id, grade, classroom_id from sch_class")}
+    classes = {
+        r.id: r for r in _rows(db, "select id, school_id, grade, classroom_id from sch_class")
+    }
     rooms = {r.id: r for r in _rows(db, "select id, downlink_mbps from sch_classroom")}
     caps = {r.id: r.weekly_cap for r in _rows(db, "select id, weekly_cap from sch_teacher")}
-    offers = {r.id: r for r in _rows(
-        db, "select id, class_id, subject, teacher_id, weekday, period, stream_mbps "
-        "from sch_offer")}
-    needs = {r.id: r for r in _rows(
-        db, "select id, class_id, subject, periods_per_week from sch_need")}
+    offers = {
+        r.id: r
+        for r in _rows(
+            db,
+            "select id, class_id, subject, teacher_id, weekday, period, stream_mbps from sch_offer",
+        )
+    }
+    needs = {
+        r.id: r for r in _rows(db, "select id, class_id, subject, periods_per_week from sch_need")
+    }
     bells: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
     for r in _rows(db, "select school_id, period, start_min, end_min from sch_bell"):
         bells[r.school_id][r.period] = (r.start_min, r.end_min)
@@ -42,9 +48,12 @@ def check_plan(db: Session, plan_id: int) -> list[str]:
         busy[(r.class_id, r.weekday)].append(bells[classes[r.class_id].school_id][r.period])
     plan = _rows(db, f"select options from sch_plan where id = {int(plan_id)}")[0]
     options = plan.options if isinstance(plan.options, dict) else json.loads(plan.options)
-    lessons = _rows(db, "select offer_id, master_class_id, master_classroom_id, teacher_id, "
-                    "subject, grade, weekday, start_min, end_min, points from sch_plan_lesson "
-                    f"where plan_id = {int(plan_id)}")
+    lessons = _rows(
+        db,
+        "select offer_id, master_class_id, master_classroom_id, teacher_id, "
+        "subject, grade, weekday, start_min, end_min, points from sch_plan_lesson "
+        f"where plan_id = {int(plan_id)}",
+    )
 
     def blocks(school: str) -> list[tuple[int, int]]:
         out: list[list[int]] = []
@@ -82,8 +91,11 @@ def check_plan(db: Session, plan_id: int) -> list[str]:
             bad.append(f"{where}: {len(points)} points > {options.get('max_points', 4)}")
         if points:
             remote[o.teacher_id] += 1
-        for key in (("mclass", o.class_id), ("teacher", o.teacher_id),
-                    ("mroom", ls.master_classroom_id)):
+        for key in (
+            ("mclass", o.class_id),
+            ("teacher", o.teacher_id),
+            ("mroom", ls.master_classroom_id),
+        ):
             timeline[(key[0] + ":" + key[1], ls.weekday)].append((start, end, where))
         for p in points:
             need = needs.get(p["need_id"])
@@ -99,7 +111,8 @@ def check_plan(db: Session, plan_id: int) -> list[str]:
             if rooms[pclass.classroom_id].downlink_mbps < o.stream_mbps:
                 bad.append(f"{where}: {pclass.classroom_id} downlink below the stream")
             if not options.get("cross_county") and (
-                    schools[pclass.school_id].county_id != schools[mclass.school_id].county_id):
+                schools[pclass.school_id].county_id != schools[mclass.school_id].county_id
+            ):
                 bad.append(f"{where}: cross-county pairing while not allowed")
             if not any(bs <= start and end <= be for bs, be in blocks(pclass.school_id)):
                 bad.append(f"{where}: outside the school day of {need.class_id}")

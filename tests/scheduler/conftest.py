@@ -16,8 +16,9 @@ from tongke.config import Config
 from tongke.events import EventBus
 from tongke.tokens import Role, issue_token
 
-PG_URL = os.environ.get("TONGKE_TEST_POSTGRES_URL",
-                        "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "TONGKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture
@@ -60,8 +61,9 @@ class Server:
         self.secret = secret
         self.db = db
 
-    def token(self, role: Role = Role.SCHEDULER, room: str = "*", classroom: str = "",
-              ttl_s: int = 3600) -> str:
+    def token(
+        self, role: Role = Role.SCHEDULER, room: str = "*", classroom: str = "", ttl_s: int = 3600
+    ) -> str:
         return issue_token(self.secret, room=room, classroom=classroom, role=role, ttl_s=ttl_s)
 
 

@@ -30,11 +30,17 @@ far-g4,far,4,四年级,40,far-r1
 """
 # 城关 rings at 08:00, 小河 five minutes later, 大山 at 08:00; afternoon from 14:00.
 BELLS = "school_id,period,start,end\n" + "".join(
-    f"{s},{p},{t}\n" for s, shift in (("zx", 0), ("xh", 5), ("ds", 0), ("ly", 0), ("far", 0))
-    for p, t in enumerate([
-        f"{8 + (shift + m) // 60:02d}:{(shift + m) % 60:02d},"
-        f"{8 + (shift + m + 40) // 60:02d}:{(shift + m + 40) % 60:02d}"
-        for m in (0, 50, 120, 170)], start=1))
+    f"{s},{p},{t}\n"
+    for s, shift in (("zx", 0), ("xh", 5), ("ds", 0), ("ly", 0), ("far", 0))
+    for p, t in enumerate(
+        [
+            f"{8 + (shift + m) // 60:02d}:{(shift + m) % 60:02d},"
+            f"{8 + (shift + m + 40) // 60:02d}:{(shift + m + 40) % 60:02d}"
+            for m in (0, 50, 120, 170)
+        ],
+        start=1,
+    )
+)
 # English grade 4 on Mon P1 and Wed P2; Music grade 4 Tue P3; Art grade 3 Thu P1.
 OFFERS = """class_id,subject,teacher_id,weekday,period,stream_mbps
 zx-g4,English,t-wang,1,1,2
@@ -66,6 +72,14 @@ makeup,2025-09-28,,3,调休,
 
 
 def files() -> dict[str, str]:
-    return {"schools": SCHOOLS, "classrooms": CLASSROOMS, "teachers": TEACHERS,
-            "classes": CLASSES, "bells": BELLS, "offers": OFFERS, "busy": BUSY, "needs": NEEDS,
-            "calendar": CALENDAR}
+    return {
+        "schools": SCHOOLS,
+        "classrooms": CLASSROOMS,
+        "teachers": TEACHERS,
+        "classes": CLASSES,
+        "bells": BELLS,
+        "offers": OFFERS,
+        "busy": BUSY,
+        "needs": NEEDS,
+        "calendar": CALENDAR,
+    }

@@ -13,18 +13,22 @@ def _current_term() -> dict[str, str]:
     """The town with a term running now, so that feeds carry upcoming lessons."""
     monday = dt.date.today() - dt.timedelta(days=dt.date.today().weekday())
     data = files()
-    data["calendar"] = ("kind,start,end,weekday,name,timezone\n"
-                        f"term,{monday},{monday + dt.timedelta(weeks=8)},,term,Asia/Shanghai\n")
+    data["calendar"] = (
+        "kind,start,end,weekday,name,timezone\n"
+        f"term,{monday},{monday + dt.timedelta(weeks=8)},,term,Asia/Shanghai\n"
+    )
     return data
 
 
 async def _setup(session: aiohttp.ClientSession, srv: Server) -> dict:
     auth = {"Authorization": f"Bearer {srv.token()}"}
-    async with session.post(f"{srv.url}/api/schedule/import", json={"files": _current_term()},
-                            headers=auth) as r:
+    async with session.post(
+        f"{srv.url}/api/schedule/import", json={"files": _current_term()}, headers=auth
+    ) as r:
         assert r.status == 200
-    async with session.post(f"{srv.url}/api/schedule/solve", json={"time_limit_s": 5},
-                            headers=auth) as r:
+    async with session.post(
+        f"{srv.url}/api/schedule/solve", json={"time_limit_s": 5}, headers=auth
+    ) as r:
         job = await r.json()
     while job["state"] == "running":
         async with session.get(f"{srv.url}/api/schedule/jobs/{job['id']}", headers=auth) as r:
@@ -41,15 +45,19 @@ async def test_writes_need_a_scheduler_token(server: Server) -> None:
         async with session.post(url, json={"files": files()}) as r:
             assert r.status == 401 and (await r.json())["error"]["code"] == "token_missing"
         point = server.token(Role.POINT, room="L1-20250901", classroom="xh-r1")
-        async with session.post(url, json={"files": files()},
-                                headers={"Authorization": f"Bearer {point}"}) as r:
+        async with session.post(
+            url, json={"files": files()}, headers={"Authorization": f"Bearer {point}"}
+        ) as r:
             assert r.status == 403
         expired = server.token(ttl_s=-10)
-        async with session.post(url, json={"files": files()},
-                                headers={"Authorization": f"Bearer {expired}"}) as r:
+        async with session.post(
+            url, json={"files": files()}, headers={"Authorization": f"Bearer {expired}"}
+        ) as r:
             assert (await r.json())["error"]["code"] == "token_expired"
-        async with session.get(f"{server.url}/api/schedule/county",
-                               headers={"Authorization": f"Bearer {server.token()}"}) as r:
+        async with session.get(
+            f"{server.url}/api/schedule/county",
+            headers={"Authorization": f"Bearer {server.token()}"},
+        ) as r:
             assert (await r.json())["schools"] == 0
 
 
@@ -58,8 +66,9 @@ async def test_bad_csv_over_http_reports_rows_and_changes_nothing(server: Server
     bad = files()
     bad["teachers"] += "t-x,nowhere,某老师,English,4,abc\n"
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{server.url}/api/schedule/import", json={"files": bad},
-                                headers=auth) as r:
+        async with session.post(
+            f"{server.url}/api/schedule/import", json={"files": bad}, headers=auth
+        ) as r:
             body = await r.json()
         assert r.status == 422 and body["error"]["code"] == "bad_rows"
         cols = {(e["file"], e["line"], e["column"]) for e in body["error"]["rows"]}
@@ -71,8 +80,7 @@ async def test_bad_csv_over_http_reports_rows_and_changes_nothing(server: Server
 async def test_feeds_tokens_and_etags(server: Server) -> None:
     async with aiohttp.ClientSession() as session:
         auth = await _setup(session, server)
-        async with session.post(f"{server.url}/api/schedule/feeds/xh-r1/token",
-                                headers=auth) as r:
+        async with session.post(f"{server.url}/api/schedule/feeds/xh-r1/token", headers=auth) as r:
             links = await r.json()
         async with session.get(links["ics"]) as r:
             assert r.status == 200 and r.content_type == "text/calendar"
@@ -90,22 +98,31 @@ async def test_feeds_tokens_and_etags(server: Server) -> None:
         async with session.get(f"{server.url}/api/schedule/feeds/nope.ics", headers=auth) as r:
             assert r.status == 404
         room = feed["lessons"][0]["room_id"]
-        async with session.post(f"{server.url}/api/schedule/lessons/{room}/tokens",
-                                json={"classroom": "xh-r1"},
-                                headers={"Authorization": f"Bearer {token}"}) as r:
+        async with session.post(
+            f"{server.url}/api/schedule/lessons/{room}/tokens",
+            json={"classroom": "xh-r1"},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as r:
             issued = await r.json()
         claims = verify_token(server.secret, issued["token"], room=room)
         assert claims.role == Role.POINT and claims.classroom == "xh-r1"
-        async with session.post(f"{server.url}/api/schedule/lessons/{room}/tokens",
-                                json={"classroom": "zx-r1"},
-                                headers={"Authorization": f"Bearer {token}"}) as r:
+        async with session.post(
+            f"{server.url}/api/schedule/lessons/{room}/tokens",
+            json={"classroom": "zx-r1"},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as r:
             assert r.status == 403
-        async with session.post(f"{server.url}/api/schedule/lessons/{room}/tokens",
-                                json={"classroom": "ly-r1", "role": "point"},
-                                headers=auth) as r:
+        async with session.post(
+            f"{server.url}/api/schedule/lessons/{room}/tokens",
+            json={"classroom": "ly-r1", "role": "point"},
+            headers=auth,
+        ) as r:
             assert r.status == 400 and "not the point" in (await r.json())["error"]["message"]
-        async with session.post(f"{server.url}/api/schedule/lessons/nope/tokens",
-                                json={"classroom": "xh-r1"}, headers=auth) as r:
+        async with session.post(
+            f"{server.url}/api/schedule/lessons/nope/tokens",
+            json={"classroom": "xh-r1"},
+            headers=auth,
+        ) as r:
             assert r.status == 404
 
 
@@ -115,15 +132,18 @@ async def test_replan_and_unknown_ids_over_http(server: Server) -> None:
         today = dt.date.today()
         monday = str(today - dt.timedelta(days=today.weekday()) + dt.timedelta(weeks=1))
         url = f"{server.url}/api/schedule/replan"
-        async with session.post(url, json={"dates": [monday], "absent_teacher": "nobody"},
-                                headers=auth) as r:
+        async with session.post(
+            url, json={"dates": [monday], "absent_teacher": "nobody"}, headers=auth
+        ) as r:
             assert r.status == 400 and "unknown teacher" in (await r.json())["error"]["message"]
-        async with session.post(url, json={"dates": [monday], "absent_teacher": "t-wang"},
-                                headers=auth) as r:
+        async with session.post(
+            url, json={"dates": [monday], "absent_teacher": "t-wang"}, headers=auth
+        ) as r:
             report = await r.json()
         assert {c["kind"] for c in report["changes"]} >= {"lesson cancelled", "point removed"}
-        async with session.get(f"{server.url}/api/schedule/lessons?from={monday}&to=2099-01-01",
-                               headers=auth) as r:
+        async with session.get(
+            f"{server.url}/api/schedule/lessons?from={monday}&to=2099-01-01", headers=auth
+        ) as r:
             lessons = (await r.json())["lessons"]
         # Only the absent day changed: 王老师 keeps his other days.
         assert not [x for x in lessons if x["start"].startswith(monday)]

@@ -8,9 +8,15 @@ from playwright.async_api import async_playwright, expect
 from tests.scheduler.conftest import Server
 from tests.scheduler.county import files
 
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.mark.browser
@@ -24,8 +30,7 @@ async def test_scheduler_page_end_to_end(server: Server, tmp_path: Path) -> None
     bad.parent.mkdir()
     bad.write_text("class_id,subject,periods_per_week\nghost,English,1\n", encoding="utf-8")
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium",
-                                           args=CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         page = await browser.new_page()
         await page.goto(f"{server.url}/scheduler#token={server.token()}")
         await expect(page.locator("#county-summary")).to_contain_text("0 schools")
@@ -51,9 +56,11 @@ async def test_scheduler_page_end_to_end(server: Server, tmp_path: Path) -> None
         await expect(english).to_contain_text("小河教学点 grade 4")
         music = page.locator(".lesson[data-subject=Music]")
         colours = await page.eval_on_selector_all(
-            ".lesson", "els => [...new Set(els.map(e => e.dataset.subject + '=' + "
-                       "getComputedStyle(e).backgroundColor))]")
-        assert len({c.split('=')[1] for c in colours}) == len({c.split('=')[0] for c in colours})
+            ".lesson",
+            "els => [...new Set(els.map(e => e.dataset.subject + '=' + "
+            "getComputedStyle(e).backgroundColor))]",
+        )
+        assert len({c.split("=")[1] for c in colours}) == len({c.split("=")[0] for c in colours})
         assert await music.count() == 0  # nobody could join the Tuesday Music lesson
 
         await page.select_option("#grid-kind", "point")
@@ -62,7 +69,8 @@ async def test_scheduler_page_end_to_end(server: Server, tmp_path: Path) -> None
 
         await expect(page.locator("#pairings")).to_contain_text("大山教学点")
         await expect(page.locator("#unserved")).to_contain_text(
-            "no grade 4 Music master lesson overlaps a free period of 小河教学点 grade 4")
+            "no grade 4 Music master lesson overlaps a free period of 小河教学点 grade 4"
+        )
 
         await page.click("#publish-button")
         await expect(page.locator("#message")).to_contain_text("Published plan")

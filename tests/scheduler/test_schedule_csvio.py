@@ -38,13 +38,20 @@ def test_bad_rows_are_reported_row_by_row_and_nothing_is_imported(db: Database) 
 def test_a_bad_row_keeps_the_stored_county_unchanged(town: Database) -> None:
     before = _count(town, Need)
     with town.session() as s:
-        report = import_csv(s, {"needs": "class_id,subject,periods_per_week\n"
-                                          "xh-g4,English,3\nghost,Music,1\n"})
+        report = import_csv(
+            s, {"needs": "class_id,subject,periods_per_week\nxh-g4,English,3\nghost,Music,1\n"}
+        )
     assert not report.ok and str(report.errors[0]).startswith("needs.csv line 3")
     assert _count(town, Need) == before
     with town.session() as s:
-        assert s.scalar(select(Need.periods_per_week).where(Need.class_id == "xh-g4",
-                                                            Need.subject == "English")) == 2
+        assert (
+            s.scalar(
+                select(Need.periods_per_week).where(
+                    Need.class_id == "xh-g4", Need.subject == "English"
+                )
+            )
+            == 2
+        )
 
 
 def test_offer_conflicts_and_missing_columns_are_refused(db: Database) -> None:

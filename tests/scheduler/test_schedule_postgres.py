@@ -34,10 +34,17 @@ def test_full_cycle_on_postgresql(pg_url: str) -> None:
         assert report.changes
         tz = ZoneInfo("Asia/Shanghai")
         with db.session() as s:
-            lessons = lessons_between(s, dt.datetime(2025, 9, 1, tzinfo=tz),
-                                      dt.datetime(2025, 9, 13, tzinfo=tz), classroom_id="xh-r1")
+            lessons = lessons_between(
+                s,
+                dt.datetime(2025, 9, 1, tzinfo=tz),
+                dt.datetime(2025, 9, 13, tzinfo=tz),
+                classroom_id="xh-r1",
+            )
         assert sol.served == 4
-        assert [i.start.date().isoformat() for i in lessons] == ["2025-09-01", "2025-09-03",
-                                                                 "2025-09-10"]
+        assert [i.start.date().isoformat() for i in lessons] == [
+            "2025-09-01",
+            "2025-09-03",
+            "2025-09-10",
+        ]
     finally:
         db.dispose()

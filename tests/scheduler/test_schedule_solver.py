@@ -23,7 +23,8 @@ def test_town_plan_is_valid_and_explains_every_unserved_need(town: Database) -> 
         assert check_plan(s, plan.id) == []
     assert sol.optimal and sol.served == 4 and sol.served >= sol.greedy_served
     assert _reasons(plan, "xh-g4", "Music") == [
-        "no grade 4 Music master lesson overlaps a free period of 小河教学点 grade 4 on any day"]
+        "no grade 4 Music master lesson overlaps a free period of 小河教学点 grade 4 on any day"
+    ]
     assert "no grade 4 Art master lesson is offered" in _reasons(plan, "ds-g4", "Art")[0]
     assert "downlink of 柳林教学点 grade 4 (1 Mbit/s)" in _reasons(plan, "ly-g4", "English")[0]
     assert "only outside 清水县" in _reasons(plan, "xh-g4", "Science")[0]
@@ -35,8 +36,11 @@ def test_full_lessons_are_named_from_the_infeasible_subset(town: Database) -> No
         assert check_plan(s, plan.id) == []
     # Two English lessons with one point each: 小河 and 大山 want two periods each.
     assert sol.served == 2
-    short = [u for u in plan.unserved if u["subject"] == "English" and u["grade"] == 4
-             and u["class_id"] in ("xh-g4", "ds-g4")]
+    short = [
+        u
+        for u in plan.unserved
+        if u["subject"] == "English" and u["grade"] == 4 and u["class_id"] in ("xh-g4", "ds-g4")
+    ]
     assert short
     text = " ".join(short[0]["reasons"])
     assert "already takes 1 points" in text and "王老师" in text
@@ -65,8 +69,9 @@ def test_movable_master_lessons_serve_more_and_stay_valid(db: Database) -> None:
     with db.session() as s:
         assert import_csv(s, generate("S", 4)).ok
         fixed, f_sol = solve_and_store(s, Options(time_limit_s=10))
-        moved, m_sol = solve_and_store(s, Options(time_limit_s=10, mode=Mode.MOVABLE),
-                                       keep_published=False)
+        moved, m_sol = solve_and_store(
+            s, Options(time_limit_s=10, mode=Mode.MOVABLE), keep_published=False
+        )
         assert check_plan(s, fixed.id) == [] and check_plan(s, moved.id) == []
         p = build_problem(s, Options(mode=Mode.MOVABLE))
     assert m_sol.served >= f_sol.served
