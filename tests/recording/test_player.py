@@ -8,25 +8,16 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 from recording.catalog import signed_base
+from tests.browser import chromium
 from tongke.tokens import Role
 
 from .conftest import LESSON, SECRET, make_app, token
 
 pytestmark = pytest.mark.browser
 
-ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-]
 
 # Every media element that is on screen (or audible) at the current time.
 TIMES_JS = """() => {
@@ -38,10 +29,8 @@ TIMES_JS = """() => {
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+    async with chromium() as b:
         yield b
-        await b.close()
 
 
 @pytest.fixture

@@ -3,20 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
+from tests.browser import chromium
 from tests.scheduler.conftest import Server
 from tests.scheduler.county import files
-
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.mark.browser
@@ -29,8 +20,7 @@ async def test_scheduler_page_end_to_end(server: Server, tmp_path: Path) -> None
     bad = tmp_path / "bad" / "needs.csv"
     bad.parent.mkdir()
     bad.write_text("class_id,subject,periods_per_week\nghost,English,1\n", encoding="utf-8")
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+    async with chromium() as browser:
         page = await browser.new_page()
         await page.goto(f"{server.url}/scheduler#token={server.token()}")
         await expect(page.locator("#county-summary")).to_contain_text("0 schools")
@@ -80,4 +70,3 @@ async def test_scheduler_page_end_to_end(server: Server, tmp_path: Path) -> None
         await page.fill("#replan-teacher", "t-wang")
         await page.click("#replan-button")
         await expect(page.locator("#replan-result")).to_contain_text("lesson cancelled")
-        await browser.close()
