@@ -35,7 +35,7 @@ class LocalWindow:
         self._order: list[str] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
-        self._error: BaseException | None = None
+        self.error: str | None = None
         self._closed = threading.Event()
         # Tk may only be touched from its own thread, so other threads ask, never call.
         self._close_requested = threading.Event()
@@ -50,7 +50,7 @@ class LocalWindow:
         """Start the Tk thread; False if Tk could not open the display."""
         self._thread.start()
         self._ready.wait(timeout_s)
-        return self._ready.is_set() and self._error is None
+        return self._ready.is_set() and self.error is None
 
     def show(self, name: str, label: str, frame: av.VideoFrame) -> None:
         """Offer the newest frame of track ``name``; older undisplayed frames are dropped."""
@@ -77,17 +77,29 @@ class LocalWindow:
     # -- Tk thread -----------------------------------------------------------------------
     def _run(self) -> None:
         try:
+            self._tk_main()
+        finally:
+            # The Tcl interpreter must be freed by the thread that created it (Tcl aborts
+            # the process otherwise). The Tk objects form reference cycles through the
+            # callbacks, so collect them here, now that _tk_main's frame is gone.
+            gc.collect()
+            self._closed.set()
+            self._ready.set()
+
+    def _tk_main(self) -> None:
+        try:
             import tkinter as tk
 
             root = tk.Tk()
         except Exception as exc:  # no display, no Tk: the agent runs headless
-            self._error = exc
-            self._closed.set()
-            self._ready.set()
+            # Keep only the text: the traceback holds the half-made interpreter.
+            self.error = f"{type(exc).__name__}: {exc}"
             return
         root.title(self.title)
         root.configure(background="black")
-        root.protocol("WM_DELETE_WINDOW", root.destroy)
+        # Closing from the title bar goes through refresh() too, so no callback is left
+        # pending in Tcl when the window is destroyed.
+        root.protocol("WM_DELETE_WINDOW", self._close_requested.set)
         tiles: dict[str, tuple[Any, Any, Any]] = {}
         shown: dict[str, int] = {}
 
@@ -134,12 +146,8 @@ class LocalWindow:
         except Exception:
             logger.exception("local window failed")
         finally:
-            # Tk images and the interpreter must be freed by the thread that made them,
-            # not later by the garbage collector on another thread.
             tiles.clear()
             shown.clear()
-            gc.collect()
-            self._closed.set()
 
 
 def to_ppm(frame: av.VideoFrame, size: tuple[int, int]) -> bytes:
@@ -165,6 +173,6 @@ def open_window(title: str = "Tongke", tile_size: tuple[int, int] = (480, 270),
     window = LocalWindow(title, tile_size, columns)
     if not window.start():
         logger.info("cannot open a local window on %s: %s", os.environ.get("DISPLAY"),
-                    window._error)
+                    window.error)
         return None
     return window
