@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import av
 import numpy as np
+from av.video.plane import VideoPlane
 
 BLOCKS = 40
 VALUE_BITS = 32
@@ -73,12 +74,15 @@ def _spans(width: int, height: int) -> tuple[list[tuple[int, int]], int]:
     return xs, max(1, round(b))
 
 
-def stamp(img: np.ndarray, ms: int) -> None:
+def stamp(img: np.ndarray | VideoPlane, ms: int) -> None:
     """Draw the clock for ``ms`` into ``img`` in place.
 
-    ``img`` is either an (H, W, 3) uint8 RGB image or a 2-D uint8 luma plane (for
-    example the Y plane of a yuv420p frame; see :func:`stamp_frame` for a whole frame).
+    ``img`` is an (H, W, 3) uint8 RGB image, a 2-D uint8 luma array, or the Y plane
+    (``frame.planes[0]``) of a yuv420p ``av.VideoFrame``; :func:`stamp_frame` also
+    neutralises the chroma under the band, which keeps the blocks crisp.
     """
+    if isinstance(img, VideoPlane):
+        img = np.frombuffer(img, np.uint8).reshape(-1, img.line_size)[: img.height, : img.width]
     if img.ndim == 3:
         height, width = img.shape[:2]
         on, off = _WHITE_RGB, _BLACK_RGB

@@ -29,6 +29,13 @@ def test_rgb_round_trip_and_check_byte() -> None:
     assert pixelclock.read(img) is None
 
 
+def test_stamp_a_frame_plane() -> None:
+    frame = av.VideoFrame.from_ndarray(np.full((360, 640, 3), 90, np.uint8), format="rgb24")
+    frame = frame.reformat(format="yuv420p")
+    pixelclock.stamp(frame.planes[0], 4_000_000_000)
+    assert pixelclock.read_frame(frame) == 4_000_000_000
+
+
 def test_picture_without_clock_reads_none() -> None:
     rng = np.random.default_rng(7)
     misreads = [pixelclock.read(rng.integers(0, 256, (180, 320, 3), np.uint8)) for _ in range(50)]
