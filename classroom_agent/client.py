@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from aiortc import (
     MediaStreamTrack,
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
@@ -71,6 +72,10 @@ class ClientEvents:
     # replace receivers (a benchmark that counts packets instead of decoding them).
     on_subscribe_transceivers: Callable[[RTCPeerConnection], None] | None = None
 
+
+# max-bundle, as on the server: aiortc's balanced policy leaves a second transceiver of
+# one kind on an unbundled transport when both are created before the first offer.
+_CONFIG = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
 
 _MIME = {"h264": "video/h264", "vp8": "video/vp8", "opus": "audio/opus"}
 
@@ -191,7 +196,7 @@ class LessonClient:
     async def publish(self, publications: list[Publication]) -> None:
         """Offer every publication on the publish PeerConnection (renegotiates if needed)."""
         if self.publish_pc is None:
-            self.publish_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            self.publish_pc = RTCPeerConnection(_CONFIG)
         pc = self.publish_pc
         for pub in publications:
             transceiver = pc.addTransceiver(pub.track, direction="sendonly")
@@ -244,7 +249,7 @@ class LessonClient:
     async def _on_subscribe_offer(self, message: dict[str, Any]) -> None:
         async with self._sub_lock:
             if self.subscribe_pc is None:
-                pc = self.subscribe_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+                pc = self.subscribe_pc = RTCPeerConnection(_CONFIG)
                 if self.events.on_subscribe_pc is not None:
                     self.events.on_subscribe_pc(pc)
             pc = self.subscribe_pc

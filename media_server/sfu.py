@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection
 
 from media_server import guard
 from media_server.room import Rooms
@@ -27,7 +27,12 @@ class Sfu:
 
     def new_peer_connection(self) -> RTCPeerConnection:
         # No STUN/TURN: the server's host candidates are what clients connect to.
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # max-bundle: with aiortc's default (balanced), a second transceiver of a kind
+        # created before the first negotiation keeps a transport of its own that BUNDLE
+        # never replaces, and its media silently never flows.
+        pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
         self.peer_connections.add(pc)
 
         @pc.on("connectionstatechange")
@@ -64,8 +69,32 @@ class Sfu:
                         retransmitted += slot.downtrack.stats.retransmitted
                         kf_requests += slot.downtrack.stats.keyframe_requests
             forwarded += down
+            receiving = [
+                {
+                    "participant": p.id,
+                    "classroom": p.claims.classroom,
+                    "role": p.claims.role.value,
+                    "tracks": [
+                        {
+                            "mid": slot.transceiver.mid,
+                            "track": slot.source.track_id if slot.source else None,
+                            "packets": slot.downtrack.stats.packets if slot.downtrack else None,
+                            "layer": slot.downtrack.current.layer
+                            if slot.downtrack and slot.downtrack.current
+                            else None,
+                            "rtt_ms": slot.downtrack.stats.rtt_ms if slot.downtrack else None,
+                            "fraction_lost": slot.downtrack.stats.fraction_lost
+                            if slot.downtrack
+                            else None,
+                        }
+                        for slot in p.subscriber.slots
+                    ],
+                }
+                for p in room.participants.values()
+            ]
             rooms[room.id] = {
                 "participants": len(room.participants),
+                "receiving": receiving,
                 "tracks": tracks,
                 "packets_forwarded": down,
                 "nacks_received": nacks,

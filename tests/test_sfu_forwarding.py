@@ -203,3 +203,33 @@ async def test_points_receive_the_master_and_the_master_receives_every_point(
     finally:
         for c in [*points, master]:
             await c.close()
+
+
+async def test_an_observer_joining_late_receives_every_classrooms_audio_and_video(
+    server: ServerProcess, room: str
+) -> None:
+    # One subscribe offer with several audio and video transceivers: each must get its
+    # media over the one bundled transport.
+    publishers = []
+    for i, role in enumerate(["master", "point", "point"]):
+        client = await join(server, room, f"c-{i}", role)
+        await client.publish(
+            [
+                Publication(PatternTrack(160, 120), f"camera_{i}", codec="vp8"),
+                Publication(ToneTrack(300 + 100 * i), f"mic_{i}"),
+            ]
+        )
+        publishers.append(client)
+    observer = await join(server, room, "ops", "observer")
+    try:
+        wanted = {f"camera_{i}" for i in range(3)} | {f"mic_{i}" for i in range(3)}
+        frames = await first_frames(observer, wanted)
+        assert {s for s, f in frames.items() if isinstance(f, av.AudioFrame)} == {
+            f"mic_{i}" for i in range(3)
+        }
+        assert observer.subscribe_pc is not None
+        transports = {t.receiver.transport for t in observer.subscribe_pc.getTransceivers()}
+        assert len(transports) == 1
+    finally:
+        for c in [observer, *publishers]:
+            await c.close()
