@@ -27,6 +27,7 @@ from classroom_agent.config import AgentConfig, PublishedTrack, build_tracks
 from classroom_agent.quality import TrackQuality, receiver_loss
 from recording import LessonMeta, LessonRecorder
 from recording.upload import UploadError, upload_recording
+from recording.writer import enforce_retention
 from tongke.tokens import peek_claims
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,13 @@ class ClassroomAgent:
         when the lesson ends and kept on disk until the upload has succeeded.
         """
         budget = int(self.config.recording.disk_budget_gb * 1024**3)
+        root = self.config.recording.dir / self.classroom
+        # Make room by deleting the oldest copies the server already has; a copy that
+        # was never uploaded may be a lesson's only copy and is kept.
+        for deleted in enforce_retention(root, budget):
+            log.info("deleted uploaded safety copy %s (disk budget)", deleted)
         recorder = LessonRecorder(
-            self.config.recording.dir / self.classroom,
+            root,
             LessonMeta(
                 lesson=self.room,
                 school=self.classroom,
