@@ -152,6 +152,11 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
 
         return web.FileResponse(WEB_ROOT / "lesson.html")
 
+    async def home(request: web.Request) -> web.StreamResponse:
+        from tongke.app import WEB_ROOT
+
+        return web.FileResponse(WEB_ROOT / "index.html")
+
     async def on_shutdown(app: web.Application) -> None:
         await sfu.close()
 
@@ -165,6 +170,7 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     app.router.add_get("/api/stats", stats)
     app.router.add_post("/api/stats/reset-latency", reset_latency)
     app.router.add_get("/lesson/{room}", lesson_page)
+    app.router.add_get("/", home)
     app.on_shutdown.append(on_shutdown)
     return sfu
 
