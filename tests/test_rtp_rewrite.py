@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import struct
 
@@ -10,7 +11,8 @@ from aiortc.rtp import HeaderExtensionsMap, RtcpPacket, RtcpSrPacket, RtpPacket
 from media_server.downtrack import DownTrack
 from media_server.rtpbytes import h264_keyframe_start, payload_bounds, vp8_keyframe_start
 from media_server.source import MediaSource
-from media_server.uptrack import UpTrack
+from media_server.uptrack import KEYFRAME_MIN_INTERVAL_S, UpTrack
+from tests.media import wait_for
 
 
 class CapturingWire:
@@ -187,3 +189,15 @@ def test_keyframe_detection_reads_h264_and_vp8_payloads() -> None:
     assert not vp8_keyframe_start(*bounds(VP8_CONT))
     # With the extended descriptor and a 15-bit picture id.
     assert vp8_keyframe_start(*bounds(b"\x90\x80\x81\x23\x00frame"))
+
+
+async def test_keyframe_requests_are_throttled_but_never_dropped() -> None:
+    sent: list[float] = []
+    up = make_up("h", 1111, [])
+    up._request_keyframe = lambda _up: sent.append(asyncio.get_running_loop().time())
+    for _ in range(5):  # five subscribers asking at once
+        up.request_keyframe()
+    assert len(sent) == 1
+    await wait_for(lambda: len(sent) == 2, 5, "the deferred request")
+    assert sent[1] - sent[0] >= KEYFRAME_MIN_INTERVAL_S * 0.9
+    up.close()
