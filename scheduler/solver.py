@@ -18,6 +18,11 @@ from scheduler.greedy import greedy
 from scheduler.model import W_SERVED, Built, build
 from scheduler.problem import Options, Problem
 
+# Full-problem subsolvers per stage when there are at least two workers (LNS helpers run
+# alongside them): max_lp proves the bound on served periods within seconds.
+STAGE1_SUBSOLVERS: tuple[str, ...] = ("max_lp", "core")
+STAGE2_SUBSOLVERS: tuple[str, ...] = ("max_lp", "default_lp")
+
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -184,7 +189,7 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         # Stage 1: served periods.
         model.Maximize(served_expr)
         solver = _solver(opts, max(0.1, (part_deadline - time.monotonic()) * 0.6),
-                         ("max_lp", "core"))
+                         STAGE1_SUBSOLVERS)
 
         def seen1(wall: float, obj: float, bnd: float, k: int = k) -> None:
             report(k, obj * W_SERVED, bnd * W_SERVED, int(obj))
@@ -209,7 +214,7 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         model.Minimize(soft)
         _full_hint(model, solver)
         solver2 = _solver(opts, max(0.1, part_deadline - time.monotonic()),
-                          ("max_lp", "default_lp"))
+                          STAGE2_SUBSOLVERS)
 
         def seen2(wall: float, obj: float, bnd: float, k: int = k, b: int = best1,
                   u: int = ub1) -> None:
