@@ -175,7 +175,8 @@ def cmd_solve(args: argparse.Namespace) -> int:
         bar.close()
     print(f"plan {plan.id}: served {sol.served} of {sol.demand} periods "
           f"({100 * sol.served_ratio:.1f}%), at most {sol.upper_bound} possible; "
-          f"gap {100 * sol.gap:.2f}%{' (optimal)' if sol.optimal else ''}; "
+          f"served gap {100 * sol.served_gap:.2f}%, soft-term gap {100 * sol.soft_gap:.1f}%, "
+          f"weighted gap {100 * sol.gap:.2f}%{' (optimal)' if sol.optimal else ''}; "
           f"greedy baseline {sol.greedy_served}")
     t = sol.terms
     print(f"  extra teachers {t.get('extra_teachers', 0)}, cross-county "

@@ -155,11 +155,17 @@ def build(
         if len(sids) <= cap:
             continue
         remote = []
+        cap_free = g(("cap", sids[0])) is None
         for s in sids:
             r = model.NewBoolVar(f"r{s}")
             for i in by_session[s]:
                 model.AddImplication(x[i], r)
             model.Add(r <= sum(x[i] for i in by_session[s]))
+            if cap_free:
+                # Redundant (implied by the points-per-lesson cap and x -> r), but it
+                # tightens the LP: a fractional lesson cannot carry a full load of points.
+                k = min(opts.max_points, len(by_session[s]))
+                model.Add(sum(x[i] for i in by_session[s]) <= k * r)
             remote.append(r)
         ct = model.Add(sum(remote) <= cap)
         guard_lit = g(("tcap", t))
@@ -183,6 +189,10 @@ def build(
             z = model.NewBoolVar(f"z{n}_{t}")
             for i in ids:
                 model.AddImplication(x[i], z)
+            # Redundant, for the LP: one teacher gives this need at most k periods.
+            k = min(problem.needs[n].periods_per_week, len(ids))
+            if k < len(ids):
+                model.Add(sum(x[i] for i in ids) <= k * z)
             used.append(z)
         # Seeing one teacher is free; each further one costs.
         e = model.NewIntVar(0, len(used), f"e{n}")

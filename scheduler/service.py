@@ -61,7 +61,8 @@ def solve_and_store(db: Session, options: Options, progress: Progress | None = N
 def stats_of(sol: Solution, against: int | None) -> dict[str, Any]:
     return {
         "demand": sol.demand, "served": sol.served, "served_ratio": round(sol.served_ratio, 4),
-        "upper_bound": sol.upper_bound, "gap": round(sol.gap, 5), "optimal": sol.optimal,
+        "upper_bound": sol.upper_bound, "gap": round(sol.gap, 5), "served_gap": round(sol.served_gap, 5),
+        "soft_gap": round(sol.soft_gap, 5), "optimal": sol.optimal,
         "greedy_served": sol.greedy_served, "solve_s": round(sol.solve_s, 3),
         "first_feasible_s": round(sol.first_feasible_s, 3),
         "terms": sol.terms, "changes_against_plan": against,

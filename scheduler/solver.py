@@ -18,6 +18,11 @@ from scheduler.greedy import greedy
 from scheduler.model import W_SERVED, Built, build
 from scheduler.problem import Options, Problem
 
+# Full-problem subsolvers per stage when there are at least two workers (LNS helpers run
+# alongside them): max_lp proves the bound on served periods within seconds.
+STAGE1_SUBSOLVERS: tuple[str, ...] = ("max_lp", "core")
+STAGE2_SUBSOLVERS: tuple[str, ...] = ("max_lp", "default_lp")
+
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -36,6 +41,13 @@ class Solution:
     solve_s: float
     greedy_served: int
     terms: dict[str, int] = field(default_factory=dict)
+    penalty: float = 0.0  # the soft terms' weighted sum (stage 2's objective, minimised)
+    penalty_bound: float = 0.0  # CP-SAT's lower bound on it, served held at its best
+    soft_gap: float = 0.0  # (penalty - penalty_bound) / penalty
+
+    @property
+    def served_gap(self) -> float:
+        return (self.upper_bound - self.served) / self.upper_bound if self.upper_bound else 0.0
 
     @property
     def served_ratio(self) -> float:
@@ -88,11 +100,16 @@ class _Watcher(cp_model.CpSolverSolutionCallback):
         self._on_solution(self.WallTime(), self.ObjectiveValue(), self.BestObjectiveBound())
 
 
-def _solver(opts: Options, seconds: float) -> cp_model.CpSolver:
+def _solver(opts: Options, seconds: float, subsolvers: tuple[str, ...] = ()) -> cp_model.CpSolver:
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = seconds
     solver.parameters.num_workers = opts.workers
     solver.parameters.random_seed = opts.seed
+    if opts.workers >= 2:
+        # On few workers the default portfolio runs one full subsolver (default_lp), whose
+        # LP bound on served periods stalls; max_lp (full linearisation with cuts) proves it.
+        for name in subsolvers:
+            solver.parameters.subsolvers.append(name)
     return solver
 
 
@@ -104,22 +121,42 @@ def _hint(built: Built, xs: dict[int, int], acts: dict[int, int]) -> None:
             built.model.AddHint(act, acts.get(s, 0))
 
 
+def _full_hint(model: cp_model.CpModel, solver: cp_model.CpSolver) -> None:
+    """Hint every variable with the solver's last solution (a complete, feasible hint)."""
+    model.ClearHints()
+    values = solver.ResponseProto().solution
+    for k, v in enumerate(values):
+        model.Proto().solution_hint.vars.append(k)
+        model.Proto().solution_hint.values.append(v)
+
+
 def solve(problem: Problem, progress: Progress | None = None) -> Solution:
+    """Lexicographic solve, part by part.
+
+    Stage 1 maximises served periods (at least the greedy plan's) and tries to prove the
+    bound; stage 2 keeps served at stage 1's best and minimises the soft penalty
+    (W_EXTRA_TEACHER x extra teachers + W_CROSS_COUNTY x cross-county pairings +
+    W_MAX_LOAD x busiest teacher's load + W_MOVED x moved lessons + W_CHANGE x changes).
+    The greedy plan is feasible, so it is the first plan (and the fallback of every part).
+    """
     opts = problem.options
     started = time.monotonic()
     deadline = started + opts.time_limit_s
     base = greedy(problem)
     parts = components(problem)
+    first_feasible = time.monotonic() - started
     total = sum(len(p) for p in parts) or 1
     remaining = total
-    chosen: set[int] = set()
+    chosen: set[int] = set(base)
     active: dict[int, int] = {oid: sids[0] for oid, sids in problem.offers.items()}
-    objective = bound = 0.0
     all_optimal = True
     terms_total: dict[str, int] = {}
+    served_ub = 0
+    penalty = penalty_lb = 0.0
+    objective = bound = 0.0
     done_objective = done_bound = 0.0
 
-    def report(part: int, obj: float, bnd: float) -> None:
+    def report(part: int, obj: float, bnd: float, served: int | None) -> None:
         if progress is None:
             return
         progress(
@@ -127,90 +164,102 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
                 "part": part + 1,
                 "parts": len(parts),
                 "elapsed_s": round(time.monotonic() - started, 2),
-                "served": int(-(-(done_objective + obj) // W_SERVED)) if obj else None,
+                "served": served,
                 "objective": done_objective + obj,
                 "bound": done_bound + bnd,
                 "fraction": min(1.0, (total - remaining) / total),
             }
         )
 
-    # Phase 1: a first CP-SAT solution of every part (fast: the greedy plan is the hint),
-    # so a complete plan exists early even when a city has many parts.
-    builts = []
-    first: list[tuple[dict[int, int], dict[int, int]]] = []
-    first_bound: list[float] = []
-    for cand_ids in parts:
+    for k, cand_ids in enumerate(parts):
         built = build(problem, cand_ids)
-        floor = [i for i in cand_ids if i in base]
+        model = built.model
+        floor = sum(1 for i in cand_ids if i in base)
+        served_expr = built.terms["served"]
         # Never serve fewer periods than the greedy baseline does on this part.
         if floor:
-            built.model.Add(sum(built.x.values()) >= len(floor))
-        builts.append((built, floor))
-        hint_x = {i: int(i in base) for i in built.x}
+            model.Add(served_expr >= floor)
         hint_a = {s: int(problem.sessions[s].original) for s, a in built.active.items()
                   if not isinstance(a, int)}
-        solver = _solver(opts, max(0.1, deadline - time.monotonic()))
-        solver.parameters.stop_after_first_solution = True
+        hint_x = {i: int(i in base) for i in built.x}
         _hint(built, hint_x, hint_a)
-        status = solver.Solve(built.model)
-        if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            hint_x = {i: int(solver.Value(v)) for i, v in built.x.items()}
-            hint_a = {s: int(solver.Value(a)) for s, a in built.active.items()
-                      if not isinstance(a, int)}
-        first.append((hint_x, hint_a))
-        first_bound.append(solver.BestObjectiveBound() if status in (
-            cp_model.OPTIMAL, cp_model.FEASIBLE) else len(cand_ids) * W_SERVED)
-    first_feasible = time.monotonic() - started
-    # Phase 2: improve each part within its share of the remaining time.
-    for k, cand_ids in enumerate(parts):
-        built, floor = builts[k]
-        model = built.model
-        model.ClearHints()
-        _hint(built, *first[k])
         share = len(cand_ids) / remaining
-        solver = _solver(opts, max(0.2, (deadline - time.monotonic()) * share))
+        part_deadline = time.monotonic() + max(0.3, (deadline - time.monotonic()) * share)
 
-        def seen(wall: float, obj: float, bnd: float, k: int = k) -> None:
-            report(k, obj, bnd)
+        # Stage 1: served periods.
+        model.Maximize(served_expr)
+        solver = _solver(opts, max(0.1, (part_deadline - time.monotonic()) * 0.6),
+                         STAGE1_SUBSOLVERS)
 
-        status = solver.Solve(model, _Watcher(seen))
-        remaining -= len(cand_ids)
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            # Only when time ran out before any solution: keep the phase-1 (or greedy)
-            # assignment, which is feasible by construction.
-            chosen.update(i for i, v in first[k][0].items() if v)
-            for s, v in first[k][1].items():
-                if v:
-                    active[problem.sessions[s].offer_id] = s
-            objective += sum(first[k][0].values()) * W_SERVED
-            bound += first_bound[k]
+        def seen1(wall: float, obj: float, bnd: float, k: int = k) -> None:
+            report(k, obj * W_SERVED, bnd * W_SERVED, int(obj))
+
+        status1 = solver.Solve(model, _Watcher(seen1))
+        if status1 not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            # Time ran out before any solution: keep the greedy plan of this part.
+            remaining -= len(cand_ids)
+            served_ub += len(cand_ids)
             all_optimal = False
+            objective += floor * W_SERVED
+            bound += len(cand_ids) * W_SERVED
+            terms_total["served"] = terms_total.get("served", 0) + floor
             continue
-        all_optimal &= status == cp_model.OPTIMAL
+        best1 = round(solver.ObjectiveValue())
+        ub1 = int(solver.BestObjectiveBound() + 1e-6)
+
+        # Stage 2: the soft terms, served held at stage 1's best.
+        soft = W_SERVED * served_expr - built.objective  # the penalty, >= 0
+        model.Add(served_expr >= best1)
+        model.ClearObjective()
+        model.Minimize(soft)
+        _full_hint(model, solver)
+        solver2 = _solver(opts, max(0.1, part_deadline - time.monotonic()),
+                          STAGE2_SUBSOLVERS)
+
+        def seen2(wall: float, obj: float, bnd: float, k: int = k, b: int = best1,
+                  u: int = ub1) -> None:
+            report(k, b * W_SERVED - obj, u * W_SERVED - bnd, b)
+
+        status2 = solver2.Solve(model, _Watcher(seen2))
+        remaining -= len(cand_ids)
+        if status2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            final, pen, pen_lb = solver2, solver2.ObjectiveValue(), solver2.BestObjectiveBound()
+            all_optimal &= status1 == cp_model.OPTIMAL and status2 == cp_model.OPTIMAL
+        else:
+            final = solver
+            pen = float(W_SERVED * best1 - solver.Value(built.objective))
+            pen_lb = 0.0
+            all_optimal = False
+        chosen.difference_update(cand_ids)
         for i, var in built.x.items():
-            if solver.Value(var):
+            if final.Value(var):
                 chosen.add(i)
         for s, act in built.active.items():
-            if not isinstance(act, int) and solver.Value(act):
+            if not isinstance(act, int) and final.Value(act):
                 active[problem.sessions[s].offer_id] = s
         for name, expr in built.terms.items():
-            value = int(solver.Value(expr)) if not isinstance(expr, int) else expr
+            value = int(final.Value(expr)) if not isinstance(expr, int) else expr
             if name == "max_load":
                 terms_total[name] = max(terms_total.get(name, 0), value)
             else:
                 terms_total[name] = terms_total.get(name, 0) + value
-        objective += solver.ObjectiveValue()
-        bound += solver.BestObjectiveBound()
+        served_ub += ub1
+        penalty += pen
+        penalty_lb += pen_lb
+        objective += W_SERVED * best1 - pen
+        # A plan serving >= best1 scores at most W*ub1 - pen_lb; one serving fewer at most
+        # W*(best1 - 1), since the penalty is never negative.
+        bound += max(W_SERVED * ub1 - pen_lb, W_SERVED * (best1 - 1))
         done_objective, done_bound = objective, bound
-        report(k, 0.0, 0.0)
+        report(k, 0.0, 0.0, None)
     demand = problem.demand
     served = len(chosen)
-    # Every other term only subtracts, so the bound on the objective bounds served too.
     upper = min(demand, sum(min(len(problem.by_need.get(n, [])), need.periods_per_week)
                             for n, need in problem.needs.items()),
-                int(bound // W_SERVED) if parts else 0)
+                served_ub if parts else 0)
     upper = max(upper, served)
     gap = 0.0 if abs(bound) < 1e-9 else max(0.0, (bound - objective) / abs(bound))
+    soft_gap = 0.0 if penalty <= 1e-9 else max(0.0, (penalty - penalty_lb) / penalty)
     terms_total.setdefault("served", served)
     return Solution(
         chosen=chosen,
@@ -226,4 +275,7 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         solve_s=time.monotonic() - started,
         greedy_served=len(base),
         terms=terms_total,
+        penalty=penalty,
+        penalty_bound=penalty_lb,
+        soft_gap=soft_gap,
     )
