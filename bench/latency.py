@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from classroom_agent.cli import agent_argv
 from classroom_agent.client import LessonClient
 from tests.browser import chromium
 from tests.lesson_server import ROOT, start_server_process
@@ -93,23 +94,13 @@ async def run(seconds: float, joins: int, quiet: bool) -> dict:
     room = "latency"
     server.open_room(room)
     agent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tongke",
-            "agent",
-            "--server",
+        agent_argv(
             server.url,
-            "--token",
             server.token(room, "city-school", "master", name="Master"),
-            "--role",
             "master",
-            "--synthetic",
-            "--no-window",
-            "--quiet",
-            "--ice-address",
-            "127.0.0.1",
-        ],
+            ice_addresses=["127.0.0.1"],
+            options=["--synthetic", "--no-window", "--quiet", "--no-recording"],
+        ),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,

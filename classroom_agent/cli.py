@@ -6,11 +6,34 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from classroom_agent.agent import AgentStopped, ClassroomAgent, summary_line, write_report_path
 from classroom_agent.config import AgentConfig, ConfigError, default_sources, load_config
 from tongke.ice import use_host_addresses
+
+
+def agent_argv(
+    server: str,
+    token: str,
+    role: str,
+    *,
+    classroom: str | None = None,
+    ice_addresses: Sequence[str] = (),
+    recording_dir: Path | None = None,
+    options: Sequence[str] = ("--synthetic", "--no-window", "--quiet"),
+) -> list[str]:
+    """The command line that runs an agent in its own process (demo, benchmarks)."""
+    argv = [sys.executable, "-m", "tongke", "agent", "--server", server, "--token", token]
+    argv += ["--role", role]
+    if classroom:
+        argv += ["--classroom", classroom]
+    for address in ice_addresses:
+        argv += ["--ice-address", address]
+    if recording_dir is not None:
+        argv += ["--recording-dir", str(recording_dir)]
+    return argv + list(options)
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:

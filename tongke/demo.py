@@ -11,9 +11,9 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import sys
 from pathlib import Path
 
+from classroom_agent.cli import agent_argv
 from media_server.http import SFU, lesson_url
 from media_server.room import LessonInfo
 from tongke.config import load_config
@@ -54,27 +54,20 @@ async def run_demo(args: argparse.Namespace) -> int:
     roster = [(MASTER, Role.MASTER, "master")] + [(p, Role.POINT, "point") for p in POINTS]
     for (classroom, name), role, agent_role in roster:
         token = issue_token(secret, room=ROOM, classroom=classroom, role=role, name=name)
-        cmd = [
-            sys.executable,
-            "-m",
-            "tongke",
-            "agent",
-            "--server",
-            server.url,
-            "--token",
-            token,
-            "--role",
-            agent_role,
-            "--classroom",
-            name,
-            "--synthetic",
-        ]
-        for address in config.ice_addresses:
-            cmd += ["--ice-address", address]
+        options = ["--synthetic"]
         if not args.windows:
-            cmd.append("--no-window")
+            options.append("--no-window")
         if agent_role == "master" or args.quiet:
-            cmd.append("--quiet")
+            options.append("--quiet")
+        cmd = agent_argv(
+            server.url,
+            token,
+            agent_role,
+            classroom=classroom,
+            ice_addresses=config.ice_addresses,
+            recording_dir=config.data_dir / "agent-recordings",
+            options=options,
+        )
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
