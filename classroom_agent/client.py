@@ -27,14 +27,13 @@ from aiortc import (
 )
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
+from tongke.errors import CodedError
+
 log = logging.getLogger(__name__)
 
 
-class LessonError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+class LessonError(CodedError):
+    """The server answered a request with an error (docs/protocol.md, 3.3)."""
 
 
 @dataclass

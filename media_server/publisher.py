@@ -33,6 +33,7 @@ from aiortc.sdp import SessionDescription
 from media_server.rtpbytes import H264, OPUS, VP8
 from media_server.uptrack import UpTrack
 from media_server.wire import Wire
+from tongke.errors import CodedError
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,8 @@ PUBLISH_REMB_BPS = 6_000_000
 RTCP_INTERVAL_S = 1.0
 
 
-class SignallingError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class SignallingError(CodedError):
+    """A message we cannot act on; its code goes back to the client (docs/protocol.md)."""
 
 
 @dataclass(frozen=True)

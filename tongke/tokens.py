@@ -12,6 +12,8 @@ from enum import StrEnum
 
 import jwt
 
+from tongke.errors import CodedError
+
 ALGORITHM = "HS256"
 
 
@@ -32,13 +34,8 @@ PUBLISHING_ROLES = frozenset({Role.MASTER, Role.POINT, Role.AGENT})
 GLOBAL_ROLES = frozenset({Role.ADMIN, Role.SCHEDULER})
 
 
-class TokenError(Exception):
+class TokenError(CodedError):
     """The token is missing, malformed, expired, or not valid for what was asked."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
