@@ -22,11 +22,10 @@ from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
-    RTCRtpSender,
     RTCSessionDescription,
 )
-from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
+from classroom_agent.tracks import add_encoded_track
 from tongke.errors import CodedError
 
 log = logging.getLogger(__name__)
@@ -75,8 +74,6 @@ class ClientEvents:
 # max-bundle, as on the server: aiortc's balanced policy leaves a second transceiver of
 # one kind on an unbundled transport when both are created before the first offer.
 _CONFIG = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-
-_MIME = {"h264": "video/h264", "vp8": "video/vp8", "opus": "audio/opus"}
 
 
 def ws_url(base_url: str) -> str:
@@ -198,16 +195,9 @@ class LessonClient:
             self.publish_pc = RTCPeerConnection(_CONFIG)
         pc = self.publish_pc
         for pub in publications:
-            transceiver = pc.addTransceiver(pub.track, direction="sendonly")
-            if pub.codec is not None:
-                mime = _MIME[pub.codec]
-                caps = RTCRtpSender.getCapabilities(pub.track.kind).codecs
-                prefs = [c for c in caps if c.mimeType.lower() == mime]
-                if pub.codec == "h264":
-                    prefs = [c for c in prefs if c.parameters.get("packetization-mode") == "1"][:1]
-                prefs += [c for c in caps if c.mimeType.lower() == "video/rtx"]
-                transceiver.setCodecPreferences(prefs)
-            self._hook_keyframe_requests(transceiver.sender, pub)
+            add_encoded_track(
+                pc, pub.track, pub.codec, on_keyframe_request=self._keyframe_callback(pub.source)
+            )
             self._publications.append(pub)
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
@@ -228,20 +218,9 @@ class LessonClient:
         )
         await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
 
-    def _hook_keyframe_requests(self, sender: RTCRtpSender, pub: Publication) -> None:
-        """aiortc honours PLI only when it encodes; pre-encoded tracks are told directly."""
-        original = sender._handle_rtcp_packet
-        request = getattr(pub.track, "request_keyframe", None)
-
-        async def handle(packet: Any) -> None:
-            if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-                if request is not None:
-                    request()
-                if self.events.on_keyframe_request is not None:
-                    self.events.on_keyframe_request(pub.source)
-            await original(packet)
-
-        sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
+    def _keyframe_callback(self, source: str) -> Callable[[], None] | None:
+        report = self.events.on_keyframe_request
+        return None if report is None else lambda: report(source)
 
     # -- subscribing --------------------------------------------------------------------
 

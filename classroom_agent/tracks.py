@@ -18,9 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import av
-from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpSender, RTCRtpTransceiver
+from aiortc import RTCPeerConnection, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
+
+from tongke.codecs import codec_capabilities
 
 from .encoding import AUDIO_TIME_BASE, VIDEO_TIME_BASE, AudioEncoder, VideoEncoder
 from .sources import MediaSource, Subscription
@@ -246,41 +248,32 @@ def _log_failure(future: concurrent.futures.Future[None]) -> None:
         logger.error("changing the bitrate failed", exc_info=future.exception())
 
 
-_MIME = {"h264": "video/H264", "vp8": "video/VP8", "opus": "audio/opus"}
-
-
-def codec_capabilities(kind: str, codec: str) -> list[RTCRtpCodecCapability]:
-    """aiortc capabilities restricted to ``codec`` (plus RTX), for setCodecPreferences.
-
-    aiortc packs a packet with the negotiated codec's packetizer, so a track's packets
-    are only valid if exactly its codec is negotiated.
-    """
-    if codec not in _MIME:
-        raise ValueError(f"unknown codec {codec!r}; expected one of {sorted(_MIME)}")
-    caps = RTCRtpSender.getCapabilities(kind).codecs
-    wanted = [c for c in caps if c.mimeType.lower() == _MIME[codec].lower()]
-    if not wanted:
-        raise ValueError(f"aiortc cannot send {codec} as {kind}")
-    return wanted + [c for c in caps if c.mimeType.lower() == f"{kind}/rtx"]
-
-
 def add_encoded_track(
-    pc: RTCPeerConnection, track: EncodedVideoTrack | EncodedAudioTrack
+    pc: RTCPeerConnection,
+    track: MediaStreamTrack,
+    codec: str | None = None,
+    on_keyframe_request: Callable[[], None] | None = None,
 ) -> RTCRtpTransceiver:
-    """Publish ``track`` on ``pc`` (send-only), negotiating only its codec.
+    """Publish a pre-encoded ``track`` on ``pc`` (send-only), negotiating only its codec.
 
-    Also routes PLI/FIR arriving for this sender (from the SFU or a direct peer) to
-    ``track.request_keyframe()``: aiortc's sender honours them only when it encodes
-    itself, which it never does for packets.
+    ``codec`` defaults to the track's own. PLI/FIR arriving for this sender (from the SFU
+    or a direct peer) go to ``track.request_keyframe()`` and ``on_keyframe_request``:
+    aiortc's sender honours them only when it encodes itself, which it never does here.
     """
+    codec = codec or getattr(track, "codec", None)
     transceiver = pc.addTransceiver(track, direction="sendonly")
-    transceiver.setCodecPreferences(codec_capabilities(track.kind, track.codec))
+    if codec is not None:
+        transceiver.setCodecPreferences(codec_capabilities(track.kind, codec))
     sender = transceiver.sender
     original = sender._handle_rtcp_packet
+    request = getattr(track, "request_keyframe", None)
 
     async def handle_rtcp(packet: Any) -> None:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-            track.request_keyframe()
+            if request is not None:
+                request()
+            if on_keyframe_request is not None:
+                on_keyframe_request()
         await original(packet)
 
     sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]

@@ -30,16 +30,15 @@ from aiortc.rtp import (
 )
 from aiortc.sdp import SessionDescription
 
-from media_server.rtpbytes import H264, OPUS, VP8
 from media_server.uptrack import UpTrack
 from media_server.wire import Wire
+from tongke.codecs import CODEC_OF_MIME
 from tongke.errors import CodedError
 
 log = logging.getLogger(__name__)
 
 SOURCE_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 LAYERS = ("h", "m", "l")
-CODECS = {"video/h264": H264, "video/vp8": VP8, "audio/opus": OPUS}
 # What we tell browsers they may send: the uplink estimate is a later concern; this
 # keeps their encoder from sitting at its start bitrate.
 PUBLISH_REMB_BPS = 6_000_000
@@ -181,7 +180,9 @@ class Publisher:
     def _make_uptrack(self, spec: TrackSpec, offered, answered) -> UpTrack | None:
         if answered is None or answered.port == 0 or not answered.rtp.codecs:
             return None
-        primary = next((c for c in answered.rtp.codecs if c.mimeType.lower() in CODECS), None)
+        primary = next(
+            (c for c in answered.rtp.codecs if c.mimeType.lower() in CODEC_OF_MIME), None
+        )
         if primary is None:
             raise SignallingError(
                 "bad_sdp", f"mid {spec.mid}: no supported codec (H.264, VP8 or Opus) was offered"
@@ -205,7 +206,7 @@ class Publisher:
             source=spec.source,
             layer=spec.layer,
             kind=spec.kind,
-            codec=CODECS[primary.mimeType.lower()],
+            codec=CODEC_OF_MIME[primary.mimeType.lower()],
             clock_rate=primary.clockRate,
             ssrc=ssrc,
             payload_type=primary.payloadType,

@@ -15,15 +15,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpSendParameters
+from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtp import RtcpSdesPacket, RtcpSourceInfo
 
 from media_server.downtrack import DownTrack
 from media_server.publisher import SignallingError, parse_sdp
-from media_server.rtpbytes import H264, OPUS, VP8
 from media_server.source import MediaSource
 from media_server.wire import Wire
+from tongke.codecs import codec_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +33,6 @@ ANSWER_TIMEOUT_S = 20.0
 SR_INTERVAL_S = 1.0
 
 SendJson = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-def codec_preferences(kind: str, codec: str) -> list[RTCRtpCodecCapability]:
-    """Offer exactly the codec the source publishes (we cannot transcode), plus RTX."""
-    caps = RTCRtpSender.getCapabilities(kind).codecs
-    if codec == H264:
-        chosen = [
-            c
-            for c in caps
-            if c.mimeType.lower() == "video/h264"
-            and c.parameters.get("packetization-mode") == "1"
-            and str(c.parameters.get("profile-level-id", "")).lower() == "42e01f"
-        ][:1]
-    else:
-        mime = {VP8: "video/vp8", OPUS: "audio/opus"}[codec]
-        chosen = [c for c in caps if c.mimeType.lower() == mime][:1]
-    rtx = [c for c in caps if c.mimeType.lower() == "video/rtx"][:1] if kind == "video" else []
-    return chosen + rtx
 
 
 @dataclass
@@ -147,7 +129,7 @@ class Subscriber:
         if self.pc is None:
             self.pc = self._pc_factory()
         transceiver = self.pc.addTransceiver(kind, direction="sendonly")
-        transceiver.setCodecPreferences(codec_preferences(kind, codec))
+        transceiver.setCodecPreferences(codec_capabilities(kind, codec))
         slot = Slot(transceiver=transceiver, kind=kind, codec=codec)
 
         async def start(parameters: RTCRtpSendParameters) -> None:
