@@ -72,19 +72,15 @@ class DownTrack:
         *,
         wire: Wire,
         mid: str,
-        kind: str,
         ssrc: int,
         payload_type: int,
         mid_ext_id: int | None,
         ast_ext_id: int | None,
-        rtcp_ssrc: int,
     ) -> None:
         self.wire = wire
         self.mid = mid
-        self.kind = kind
         self.ssrc = ssrc
         self.payload_type = payload_type
-        self.rtcp_ssrc = rtcp_ssrc
         self._ext_prefix, self._ext_pad = _extension_block(mid, mid_ext_id, ast_ext_id)
         self._has_ast = ast_ext_id is not None
         self._b0 = 0x90 if self._ext_prefix else 0x80
@@ -160,6 +156,16 @@ class DownTrack:
         oseq = (seq + self._seq_off) & 0xFFFF
         ots = (ts + self._ts_off) & 0xFFFFFFFF
         self._seq_map[oseq & SEQ_MAP_MASK] = self._layer_tag | seq
+        self._write(marker, oseq, ots, ast, payload)
+        last = self._last_seq
+        if last < 0 or ((oseq - last) & 0xFFFF) < 0x8000:
+            self._last_seq = oseq
+            self._last_ts = ots
+        self.stats.packets += 1
+        self.stats.octets += len(payload)
+
+    def _write(self, marker: int, oseq: int, ots: int, ast: bytes, payload: bytes) -> None:
+        """Our header, our extension block (abs-send-time `ast`), the publisher's payload."""
         self.wire.send_rtp(
             b"".join(
                 (
@@ -171,12 +177,6 @@ class DownTrack:
                 )
             )
         )
-        last = self._last_seq
-        if last < 0 or ((oseq - last) & 0xFFFF) < 0x8000:
-            self._last_seq = oseq
-            self._last_ts = ots
-        self.stats.packets += 1
-        self.stats.octets += len(payload)
 
     def _switch_to(self, up: UpTrack, seq: int, ts: int) -> None:
         """Start (or move to) `up` at a keyframe, keeping the outgoing stream continuous."""
@@ -238,22 +238,12 @@ class DownTrack:
         except ValueError:
             return
         ts = int.from_bytes(data[4:8], "big")
-        self.wire.send_rtp(
-            b"".join(
-                (
-                    HEADER.pack(
-                        self._b0,
-                        (data[1] & 0x80) | self.payload_type,
-                        oseq,
-                        (ts + self._ts_off) & 0xFFFFFFFF,
-                        self.ssrc,
-                    ),
-                    self._ext_prefix,
-                    abs_send_time(time.time()) if self._has_ast else b"",
-                    self._ext_pad,
-                    data[start:end],
-                )
-            )
+        self._write(
+            data[1] & 0x80,
+            oseq,
+            (ts + self._ts_off) & 0xFFFFFFFF,
+            abs_send_time(time.time()),
+            data[start:end],
         )
         self.stats.retransmitted += 1
 

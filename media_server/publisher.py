@@ -107,9 +107,8 @@ class Publisher:
         self._nack_pending: set[UpTrack] = set()
         self._rtcp_task: asyncio.Task[None] | None = None
         self._rtcp_ssrc = 1
-        self.unknown_packets = 0
         self._lock = asyncio.Lock()
-        self._last_rr_highest: dict[UpTrack, tuple[int, int]] = {}
+        self._last_report: dict[UpTrack, tuple[int, int]] = {}
 
     async def negotiate(self, sdp: object, raw_tracks: object) -> str:
         if not isinstance(raw_tracks, list) or not raw_tracks:
@@ -214,8 +213,8 @@ class Publisher:
             rtx_payload_type=rtx_pt,
             request_keyframe=self._send_pli,
             request_nack=self._schedule_nack,
+            label=spec.label,
         )
-        up.label = spec.label  # type: ignore[attr-defined]
         self._by_ssrc[ssrc] = up
         if rtx_ssrc is not None:
             self._by_rtx_ssrc[rtx_ssrc] = up
@@ -226,7 +225,7 @@ class Publisher:
         self._by_ssrc.pop(up.ssrc, None)
         if up.rtx_ssrc is not None:
             self._by_rtx_ssrc.pop(up.rtx_ssrc, None)
-        self._last_rr_highest.pop(up, None)
+        self._last_report.pop(up, None)
         up.close()
         return up
 
@@ -261,8 +260,6 @@ class Publisher:
             up = by_rtx.get(ssrc)
             if up is not None:
                 up.on_rtx(data, arrival_ns)
-            else:
-                self.unknown_packets += 1
 
         def data_received(data: bytes, component: int) -> None:
             # SRTP straight from the socket callback: no queue, no task switch, and
@@ -340,11 +337,11 @@ class Publisher:
                     continue
                 if up.missing:
                     self._send_nack(up)
-                prev_expected, prev_lost = self._last_rr_highest.get(up, (up.stats.packets, 0))
+                prev_expected, prev_lost = self._last_report.get(up, (up.stats.packets, 0))
                 expected = up.stats.packets + up.stats.lost
                 interval_expected = max(1, expected - prev_expected)
                 interval_lost = max(0, up.stats.lost - up.stats.recovered - prev_lost)
-                self._last_rr_highest[up] = (expected, up.stats.lost - up.stats.recovered)
+                self._last_report[up] = (expected, up.stats.lost - up.stats.recovered)
                 clock = up.sender_clock
                 reports.append(
                     RtcpReceiverInfo(

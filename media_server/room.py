@@ -126,7 +126,7 @@ class Room:
                     source=up.source,
                     kind=up.kind,
                     codec=up.codec,
-                    label=getattr(up, "label", "") or SOURCE_LABELS.get(up.source, up.source),
+                    label=up.label or SOURCE_LABELS.get(up.source, up.source),
                 )
                 participant.sources[up.source] = source
             elif source.codec != up.codec or source.kind != up.kind:

@@ -89,8 +89,3 @@ def is_keyframe_start(codec: str, data: bytes, start: int, end: int) -> bool:
 def abs_send_time(now_s: float) -> bytes:
     """abs-send-time: 6.18 fixed-point seconds, 24 bits."""
     return (int(now_s * 262144.0) & 0xFFFFFF).to_bytes(3, "big")
-
-
-def seq_newer(a: int, b: int) -> bool:
-    """True when sequence number a is after b, modulo 2**16."""
-    return a != b and ((a - b) & 0xFFFF) < 0x8000

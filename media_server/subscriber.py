@@ -150,12 +150,10 @@ class Subscriber:
         downtrack = DownTrack(
             wire=self.wire,
             mid=slot.transceiver.mid or "",
-            kind=slot.kind,
             ssrc=sender._ssrc,
             payload_type=parameters.codecs[0].payloadType,
             mid_ext_id=ext.get(MID_URI),
             ast_ext_id=ext.get(AST_URI) if slot.kind == "video" else None,
-            rtcp_ssrc=sender._ssrc,
         )
         # RTCP from the subscriber about this SSRC (NACK, PLI, REMB, RR) comes to us.
         dtls._rtp_router.register_sender(downtrack, downtrack.ssrc)

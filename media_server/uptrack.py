@@ -104,8 +104,10 @@ class UpTrack:
         rtx_payload_type: int | None,
         request_keyframe: Callable[[UpTrack], None],
         request_nack: Callable[[UpTrack], None],
+        label: str = "",
     ) -> None:
         self.track_id = track_id
+        self.label = label
         self.source = source
         self.layer = layer
         self.kind = kind
@@ -120,10 +122,8 @@ class UpTrack:
         self.stats = UpTrackStats()
         self.sender_clock = SenderClock()
         self.missing: dict[int, int] = {}  # seq -> times asked
-        self.last_keyframe_at = 0.0
         self.last_packet_at = 0.0
         self.highest_seq: int | None = None
-        self.last_ts = 0
         self._cache: list[bytes | None] = [None] * CACHE_SIZE
         self._request_keyframe = request_keyframe
         self._request_nack = request_nack
@@ -162,13 +162,11 @@ class UpTrack:
         self._cache[seq & CACHE_MASK] = data
         self.stats.packets += 1
         self.stats.bytes += len(data)
-        self.last_ts = ts
         now = time.time()
         self.last_packet_at = now
         key = is_keyframe_start(self.codec, data, start, end) if self.video else True
         if key and self.video:
             self.stats.keyframes += 1
-            self.last_keyframe_at = now
         downtracks = self.downtracks
         if not downtracks:
             return

@@ -64,12 +64,10 @@ def make_down(wire: CapturingWire) -> DownTrack:
     return DownTrack(
         wire=wire,
         mid="3",
-        kind="video",
         ssrc=0xCAFEBABE,
         payload_type=120,
         mid_ext_id=1,
         ast_ext_id=3,
-        rtcp_ssrc=0xCAFEBABE,
     )
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from aiohttp import web
 
 from tongke.config import Config
-from tongke.events import EventBus
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web_client"
 
@@ -17,7 +16,6 @@ WEB_ROOT = Path(__file__).resolve().parent.parent / "web_client"
 class AppContext:
     config: Config
     secret: str
-    bus: EventBus
 
 
 CTX = web.AppKey("tongke_ctx", AppContext)
@@ -33,7 +31,7 @@ def create_app(config: Config) -> web.Application:
     from tongke.lessons import scheduled_lesson_resolver
 
     app = web.Application(client_max_size=config.max_message_bytes * 4)
-    ctx = AppContext(config=config, secret=config.ensure_secret(), bus=EventBus())
+    ctx = AppContext(config=config, secret=config.ensure_secret())
     app[CTX] = ctx
     sfu = setup_media(app, ctx)
     setup_recording(app, ctx)

@@ -13,7 +13,6 @@ from recording.package import PackageResult, build_replay
 from recording.synthetic import SyntheticLesson, make_recording
 from tongke.app import CTX, WEB_ROOT, AppContext
 from tongke.config import Config
-from tongke.events import EventBus
 from tongke.tokens import Role, issue_token
 
 SECRET = "test-secret-for-recording-tests-0123456789"
@@ -42,7 +41,7 @@ def packaged(master_recording: Path, tmp_path_factory: pytest.TempPathFactory) -
 def make_app(data_dir: Path, *, run_worker: bool = False, redis_url: str = "") -> web.Application:
     app = web.Application()
     config = Config(data_dir=data_dir, secret=SECRET, redis_url=redis_url)
-    ctx = AppContext(config=config, secret=SECRET, bus=EventBus())
+    ctx = AppContext(config=config, secret=SECRET)
     app[CTX] = ctx
     setup(app, ctx, run_worker=run_worker)
     app.router.add_static("/static/", WEB_ROOT, show_index=False)

@@ -13,7 +13,6 @@ from scheduler.db import Database
 from tests.scheduler.county import files
 from tongke.app import CTX, WEB_ROOT, AppContext
 from tongke.config import Config
-from tongke.events import EventBus
 from tongke.tokens import Role, issue_token
 
 PG_URL = os.environ.get(
@@ -74,7 +73,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
 
     config = Config(data_dir=tmp_path / "data", secret="test-secret-0123456789abcdef-0123456789")
     app = web.Application()
-    ctx = AppContext(config=config, secret=config.ensure_secret(), bus=EventBus())
+    ctx = AppContext(config=config, secret=config.ensure_secret())
     app[CTX] = ctx
     setup(app, ctx)
     app.router.add_static("/static/", WEB_ROOT, show_index=False)
