@@ -26,6 +26,7 @@ from aiortc import (
 )
 
 from classroom_agent.tracks import add_encoded_track
+from tongke import rtc_internals
 from tongke.errors import CodedError
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class LessonClient:
         name: str | None = None,
         events: ClientEvents | None = None,
     ) -> None:
+        # The datagram guard and long-RTT consent protect the agent's connections too.
+        rtc_internals.install()
         self.base_url = base_url
         self.room = room
         self.token = token

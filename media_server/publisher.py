@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import (
@@ -25,13 +26,13 @@ from aiortc.rtp import (
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSrPacket,
-    is_rtcp,
     pack_remb_fci,
 )
 from aiortc.sdp import SessionDescription
 
 from media_server.uptrack import UpTrack
 from media_server.wire import Wire
+from tongke import rtc_internals
 from tongke.codecs import CODEC_OF_MIME
 from tongke.errors import CodedError
 
@@ -79,6 +80,29 @@ class TrackSpec:
         return cls(mid=mid, source=source, kind=kind, layer=layer, label=label)
 
 
+def _offered_codec(media: Any) -> str | None:
+    """The codec our answer will choose: the first offered one we support."""
+    for codec in media.rtp.codecs:
+        name = CODEC_OF_MIME.get(codec.mimeType.lower())
+        if name is not None:
+            return name
+    return None
+
+
+def _check_layers_agree(specs: list[TrackSpec], media_by_mid: dict[str, Any]) -> None:
+    """Refuse, before anything changes, a publish whose layers of one source differ."""
+    seen: dict[str, tuple[str, str | None]] = {}
+    for spec in specs:
+        this = (spec.kind, _offered_codec(media_by_mid[spec.mid]))
+        first = seen.setdefault(spec.source, this)
+        if first != this:
+            raise SignallingError(
+                "bad_request",
+                f"all layers of {spec.source} must use one kind and codec "
+                f"({first[0]}/{first[1]} and {this[0]}/{this[1]} were offered)",
+            )
+
+
 def parse_sdp(sdp: object) -> SessionDescription:
     if not isinstance(sdp, str) or not sdp.startswith("v=0"):
         raise SignallingError("bad_sdp", "sdp must be an SDP string starting with 'v=0'")
@@ -86,6 +110,11 @@ def parse_sdp(sdp: object) -> SessionDescription:
         return SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc raises ValueError, IndexError, KeyError...
         raise SignallingError("bad_sdp", f"the SDP could not be parsed: {exc}") from None
+
+
+@dataclass
+class PublisherStats:
+    srtp_errors: int = 0  # datagrams that failed SRTP authentication or decryption
 
 
 class Publisher:
@@ -109,6 +138,7 @@ class Publisher:
         self._rtcp_ssrc = 1
         self._lock = asyncio.Lock()
         self._last_report: dict[UpTrack, tuple[int, int]] = {}
+        self.stats = PublisherStats()
 
     async def negotiate(self, sdp: object, raw_tracks: object) -> str:
         if not isinstance(raw_tracks, list) or not raw_tracks:
@@ -130,6 +160,7 @@ class Publisher:
                 )
             if not media.ssrc:
                 raise SignallingError("bad_sdp", f"mid {spec.mid} has no a=ssrc line")
+        _check_layers_agree(specs, media_by_mid)
         async with self._lock:
             return await self._negotiate(sdp, specs, media_by_mid)  # type: ignore[arg-type]
 
@@ -145,7 +176,7 @@ class Publisher:
                 transceiver.direction = (
                     "recvonly" if transceiver.direction != "inactive" else "inactive"
                 )
-                transceiver.receiver.receive = _no_receive  # type: ignore[method-assign]
+                rtc_internals.disable_receiver(transceiver)
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except SignallingError:
@@ -242,12 +273,10 @@ class Publisher:
         transceivers = self.pc.getTransceivers()
         if not transceivers:
             return
-        dtls = transceivers[0].receiver.transport
+        dtls = rtc_internals.dtls_of(transceivers[0])
         if self.wire is not None and self.wire.dtls is dtls:
             return
         self.wire = Wire(dtls)
-        connection = dtls.transport._connection
-        queued = connection.data_received
         by_ssrc, by_rtx = self._by_ssrc, self._by_rtx_ssrc
         perf_ns = time.perf_counter_ns
 
@@ -261,25 +290,26 @@ class Publisher:
             if up is not None:
                 up.on_rtx(data, arrival_ns)
 
-        def data_received(data: bytes, component: int) -> None:
+        def on_srtp(data: bytes) -> bool:
             # SRTP straight from the socket callback: no queue, no task switch, and
             # the arrival time is the real one.
-            srtp = dtls._rx_srtp
-            if srtp is not None and 127 < data[0] < 192 and len(data) >= 12 and not is_rtcp(data):
-                arrival = perf_ns()
-                try:
-                    plain = srtp.unprotect(data)
-                except Exception:
-                    return
-                route(plain, arrival)
-                return
-            queued(data, component)
+            rx = rtc_internals.srtp_sessions(dtls)[0]
+            if rx is None:
+                return False
+            arrival = perf_ns()
+            try:
+                plain = rx.unprotect(data)
+            except Exception:
+                self.stats.srtp_errors += 1
+                return True
+            route(plain, arrival)
+            return True
 
-        async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        def on_rtp(data: bytes) -> None:
             if len(data) >= 12:
                 route(data, perf_ns())
 
-        async def handle_rtcp_data(data: bytes) -> None:
+        def on_rtcp(data: bytes) -> None:
             try:
                 packets = RtcpPacket.parse(data)
             except ValueError:
@@ -291,9 +321,7 @@ class Publisher:
                         info = packet.sender_info
                         up.on_sender_report(info.ntp_timestamp, info.rtp_timestamp)
 
-        connection.data_received = data_received
-        dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
-        dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+        rtc_internals.hook_ingress(dtls, on_srtp=on_srtp, on_rtp=on_rtp, on_rtcp=on_rtcp)
 
     # -- RTCP to the publisher -----------------------------------------------------------
 
@@ -380,7 +408,3 @@ class Publisher:
         if self.pc is not None:
             pc, self.pc = self.pc, None
             await pc.close()
-
-
-async def _no_receive(parameters: object) -> None:
-    """Stands in for RTCRtpReceiver.receive: the SFU never starts a decoder."""

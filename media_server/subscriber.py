@@ -23,6 +23,7 @@ from media_server.downtrack import DownTrack
 from media_server.publisher import SignallingError, parse_sdp
 from media_server.source import MediaSource
 from media_server.wire import Wire
+from tongke import rtc_internals
 from tongke.codecs import codec_capabilities
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class Subscriber:
         async def start(parameters: RTCRtpSendParameters) -> None:
             self._start_slot(slot, parameters)
 
-        transceiver.sender.send = start  # type: ignore[method-assign]
+        rtc_internals.take_over_sender(transceiver, start)
         self.slots.append(slot)
         return slot
 
@@ -148,15 +149,15 @@ class Subscriber:
             self.wire = Wire(dtls)
         ext = {e.uri: e.id for e in parameters.headerExtensions}
         downtrack = DownTrack(
-            wire=self.wire,
+            sink=self.wire,
             mid=slot.transceiver.mid or "",
-            ssrc=sender._ssrc,
+            ssrc=rtc_internals.sender_ssrc(sender),
             payload_type=parameters.codecs[0].payloadType,
             mid_ext_id=ext.get(MID_URI),
             ast_ext_id=ext.get(AST_URI) if slot.kind == "video" else None,
         )
         # RTCP from the subscriber about this SSRC (NACK, PLI, REMB, RR) comes to us.
-        dtls._rtp_router.register_sender(downtrack, downtrack.ssrc)
+        rtc_internals.register_rtcp_recipient(dtls, downtrack, downtrack.ssrc)
         slot.downtrack = downtrack
         downtrack.bind(slot.source)
         if self._sr_task is None:
@@ -232,6 +233,8 @@ class Subscriber:
             if slot.downtrack is not None:
                 slot.downtrack.close()
         self.slots.clear()
+        if self.wire is not None:
+            self.wire.invalidate()
         if self.pc is not None:
             pc, self.pc = self.pc, None
             await pc.close()
