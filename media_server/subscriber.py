@@ -107,7 +107,7 @@ class Subscriber:
         for track_id, source in wanted.items():
             if track_id in bound:
                 continue
-            slot = next(
+            free = next(
                 (
                     s
                     for s in self.slots
@@ -115,10 +115,10 @@ class Subscriber:
                 ),
                 None,
             )
-            if slot is None:
-                slot = self._add_slot(source.kind, source.codec)
+            if free is None:
+                free = self._add_slot(source.kind, source.codec)
                 new_needed = True
-            self._bind(slot, source)
+            self._bind(free, source)
         return new_needed
 
     def _bind(self, slot: Slot, source: MediaSource | None) -> None:
@@ -152,7 +152,7 @@ class Subscriber:
             sink=self.wire,
             mid=slot.transceiver.mid or "",
             ssrc=rtc_internals.sender_ssrc(sender),
-            payload_type=parameters.codecs[0].payloadType,
+            payload_type=parameters.codecs[0].payloadType or 0,
             mid_ext_id=ext.get(MID_URI),
             ast_ext_id=ext.get(AST_URI) if slot.kind == "video" else None,
         )

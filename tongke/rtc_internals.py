@@ -91,7 +91,7 @@ def check() -> None:
     missing = [f"{o.__name__}.{a}" for o, a in _CLASS_ATTRS if not hasattr(o, a)]
     missing += [f"{m.__name__}.{a}" for m, a in _MODULE_ATTRS if not hasattr(m, a)]
     for cls, attr in _INSTANCE_ATTRS:
-        if f"self.{attr}" not in inspect.getsource(cls.__init__):
+        if f"self.{attr}" not in inspect.getsource(vars(cls)["__init__"]):
             missing.append(f"{cls.__name__}().{attr}")
     if missing:
         raise InternalsChanged(
@@ -243,9 +243,6 @@ def selected_pair(dtls: RTCDtlsTransport) -> tuple[Callable[[bytes, Any], None],
     return pair.protocol.transport.sendto, pair.remote_addr
 
 
-RtpHandler = Callable[[bytes, int], None]
-
-
 def hook_ingress(
     dtls: RTCDtlsTransport,
     *,
@@ -281,7 +278,7 @@ def hook_ingress(
             HANDLER_ERRORS["rtcp"] += 1
             log.exception("RTCP handler failed; packet dropped")
 
-    connection.data_received = data_received
+    connection.data_received = data_received  # type: ignore[method-assign]
     dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
     dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
 
@@ -316,7 +313,7 @@ def take_over_sender(
     transceiver: RTCRtpTransceiver, start: Callable[[Any], Awaitable[None]]
 ) -> None:
     """Replace aiortc's sender start (which pulls and encodes a track) with `start`."""
-    transceiver.sender.send = start  # type: ignore[method-assign]
+    transceiver.sender.send = start  # type: ignore[method-assign,assignment]
 
 
 def sender_ssrc(sender: RTCRtpSender) -> int:
