@@ -28,6 +28,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
+from media_server.estimator import DownlinkEstimator
 from media_server.forwarder import DROP, Forwarder
 from media_server.rtpbytes import HEADER, abs_send_time, payload_bounds
 from media_server.sink import PacketSink
@@ -37,6 +38,40 @@ from media_server.uptrack import UpTrack
 log = logging.getLogger(__name__)
 
 NTP_FRACTION = float(1 << 32)
+DEFAULT_RTT_S = 0.1
+RESENT_MEMORY = 1024
+
+
+class RepairBudget:
+    """How many bytes of retransmissions a subscriber may receive: a share of its estimate.
+
+    A NACK storm on a lossy 1 Mbit/s line must not crowd out the lesson itself; past the
+    budget, a loss is left to the keyframe that repairs it.
+    """
+
+    SHARE = 0.2
+    WINDOW_S = 0.5
+
+    def __init__(self, estimate_bps: int) -> None:
+        self._rate = 0.0
+        self._tokens = 0.0
+        self._last = time.monotonic()
+        self.refused = 0
+        self.set_rate(estimate_bps)
+
+    def set_rate(self, estimate_bps: int) -> None:
+        self._rate = estimate_bps * self.SHARE / 8
+
+    def take(self, size: int) -> bool:
+        now = time.monotonic()
+        cap = self._rate * self.WINDOW_S
+        self._tokens = min(cap, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < size:
+            self.refused += 1
+            return False
+        self._tokens -= size
+        return True
 
 
 @dataclass
@@ -45,6 +80,7 @@ class DownTrackStats:
     octets: int = 0
     nacks: int = 0
     retransmitted: int = 0
+    retransmit_refused: int = 0  # not cached, too soon after the last resend, or over budget
     keyframe_requests: int = 0
     fraction_lost: float = 0.0
     jitter: int = 0
@@ -79,8 +115,14 @@ class DownTrack:
         mid: str = "",
         mid_ext_id: int | None = None,
         ast_ext_id: int | None = None,
+        estimator: DownlinkEstimator | None = None,
+        repair: RepairBudget | None = None,
     ) -> None:
         self.sink = sink
+        self.estimator = estimator
+        self.repair = repair
+        self.loss_fresh = False  # a receiver report arrived since the control loop looked
+        self._resent: dict[int, float] = {}  # out seq -> when we last resent it
         self.mid = mid
         self.ssrc = ssrc
         self.payload_type = payload_type
@@ -205,17 +247,22 @@ class DownTrack:
                 try:
                     self.stats.remb_bps = unpack_remb_fci(packet.fci)[0]
                 except ValueError:
-                    pass
+                    return
+                if self.estimator is not None:
+                    self.estimator.on_remb(self.stats.remb_bps, time.monotonic())
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc != self.ssrc:
                     continue
                 self.stats.fraction_lost = report.fraction_lost / 256
                 self.stats.jitter = report.jitter
+                self.loss_fresh = True
                 sent_at = self._reports_sent.get(report.lsr)
                 if sent_at is not None:
                     rtt = time.monotonic() - sent_at - report.dlsr / 65536
                     self.stats.rtt_ms = max(0.0, rtt * 1000)
+                    if self.estimator is not None:
+                        self.estimator.on_rtt(self.stats.rtt_ms)
 
     def request_keyframe(self) -> None:
         self.stats.keyframe_requests += 1
@@ -224,15 +271,35 @@ class DownTrack:
             up.request_keyframe()  # type: ignore[attr-defined]
 
     def retransmit(self, oseq: int) -> bool:
-        """Resend what went out as `oseq`, from the publisher's cache; never another packet."""
+        """Resend what went out as `oseq`, from the publisher's cache; never another packet.
+
+        At most once per round trip per packet, within the repair budget; a loss the
+        cache cannot repair asks the publisher for a keyframe (throttled upstream).
+        """
         oseq &= 0xFFFF
         up = self.current
         seq = self.forwarder.source_seq(oseq)
-        if up is None or seq == DROP:
-            return False
-        data = up.packet(seq)
+        data = up.packet(seq) if up is not None and seq != DROP else None
         if data is None:
+            self.stats.retransmit_refused += 1
+            # Lost for good (not cached, and not still being recovered upstream): only
+            # a keyframe repairs the picture now.
+            if up is not None and up.video and (seq == DROP or seq not in up.missing):
+                self.request_keyframe()
             return False
+        now = time.monotonic()
+        rtt_s = (self.stats.rtt_ms / 1000) if self.stats.rtt_ms else DEFAULT_RTT_S
+        last = self._resent.get(oseq)
+        if last is not None and now - last < rtt_s:
+            self.stats.retransmit_refused += 1
+            return False
+        if self.repair is not None and not self.repair.take(len(data)):
+            self.stats.retransmit_refused += 1
+            return False
+        if len(self._resent) >= RESENT_MEMORY:
+            for old in list(self._resent)[: RESENT_MEMORY // 2]:
+                del self._resent[old]
+        self._resent[oseq] = now
         try:
             start, end = payload_bounds(data)
         except ValueError:

@@ -55,6 +55,7 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         secret=ctx.secret,
         state_dir=config.data_dir,
         max_message_bytes=config.max_message_bytes,
+        adaptive=config.adaptive_media,
     )
     app[SFU] = sfu
 

@@ -27,6 +27,7 @@ class Participant:
         send_json: Callable[[dict[str, Any]], Awaitable[None]],
         pc_factory: Callable[[], RTCPeerConnection],
         on_tracks: Callable[[Participant, list[UpTrack], list[UpTrack]], None],
+        adaptive: bool = True,
     ) -> None:
         self.id = participant_id
         self.claims = claims
@@ -40,7 +41,10 @@ class Participant:
             pc_factory=self._watched_pc,
         )
         self.subscriber = Subscriber(
-            participant=participant_id, send_json=send_json, pc_factory=self._watched_pc
+            participant=participant_id,
+            send_json=send_json,
+            pc_factory=self._watched_pc,
+            adaptive=adaptive,
         )
         self.closed = False
         # Set by the signalling session: tells the client it was replaced, closes it.

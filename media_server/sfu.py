@@ -18,8 +18,17 @@ if TYPE_CHECKING:
 
 
 class Sfu:
-    def __init__(self, *, secret: str, state_dir: Path | None, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        secret: str,
+        state_dir: Path | None,
+        max_message_bytes: int,
+        adaptive: bool = True,
+    ) -> None:
         guard.install()
+        # Estimation, allocation and pacing per subscriber; off only to measure their cost.
+        self.adaptive = adaptive
         rtc_internals.install()
         self.secret = secret
         self.max_message_bytes = max_message_bytes

@@ -131,6 +131,7 @@ class Session:
             send_json=self.send,
             pc_factory=self.sfu.new_peer_connection,
             on_tracks=room.on_tracks,
+            adaptive=self.sfu.adaptive,
         )
         self.room, self.participant = room, participant
 

@@ -130,6 +130,28 @@ class UpTrack:
         self._last_kf_request = 0.0
         self._kf_deferred: asyncio.TimerHandle | None = None
         self.closed = False
+        self._rate_mark = (0.0, 0)  # (when, bytes) of the last bitrate reading
+        self._bitrate = 0.0
+
+    def bitrate_bps(self, now: float) -> int:
+        """What this layer carries (bits/s, smoothed), read from the byte counter.
+
+        Called by control loops, never per packet; readings closer than 0.5 s reuse the
+        last one. A layer that stops (idle, or its publisher paused it) keeps its last
+        rate, which is what it will cost when it comes back.
+        """
+        when, count = self._rate_mark
+        if when == 0.0:
+            self._rate_mark = (now, self.stats.bytes)
+            return int(self._bitrate)
+        elapsed = now - when
+        if elapsed >= 0.5:
+            sent = self.stats.bytes - count
+            if sent > 0:
+                rate = sent * 8 / elapsed
+                self._bitrate = rate if self._bitrate == 0 else 0.7 * self._bitrate + 0.3 * rate
+            self._rate_mark = (now, self.stats.bytes)
+        return int(self._bitrate)
 
     # -- hot path -------------------------------------------------------------------
 

@@ -29,6 +29,9 @@ class Config:
     # ICE: host candidates on these addresses only (empty: every interface).
     ice_addresses: list[str] = field(default_factory=list)
     max_message_bytes: int = 256 * 1024
+    # Per-subscriber bandwidth estimation, layer allocation and pacing (off: forward
+    # everything as it comes; only for measuring what they cost).
+    adaptive_media: bool = True
 
     @property
     def base_url(self) -> str:
