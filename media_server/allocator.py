@@ -2,12 +2,13 @@
 
 Order of need, from the lesson's point of view: audio always (a lesson without sound is
 no lesson; a lesson without a picture still is); then the teacher camera, the
-courseware, the board camera, then other classrooms' cameras. Every video first gets
-its lowest layer in that order, so as many sources as possible keep a picture; what
-is left then lifts them, in the same order, to the best layer that fits. A source that
-does not fit even at its lowest layer is paused for bandwidth, and the subscriber is
-told so. Layers drop at once; they rise only when the caller says the estimate has been
-stable long enough (`hold=False`), so the picture does not flap.
+courseware, the board camera, then other classrooms' cameras. Every video gets
+the best layer that fits in that order, as long as the lowest layers of the lesson's
+own sources further down stay affordable, so the teacher is sharp and the courseware
+and board still have a picture. A source that does not fit even at its lowest layer is
+paused for bandwidth, and the subscriber is told so. Layers drop at once; they rise
+only when the caller says the estimate has been stable long enough (`hold=False`), so
+the picture does not flap.
 """
 
 from __future__ import annotations
@@ -75,31 +76,31 @@ def allocate(budget_bps: int, candidates: list[Candidate], *, hold: bool) -> dic
             videos.append(c)
     videos.sort(key=lambda c: (PRIORITY.get(c.source, OTHER_PRIORITY), c.key))
 
+    # In priority order, each video takes the best layer that still leaves the lowest
+    # layers of the lesson's own sources below it (teacher camera, courseware, board)
+    # affordable; one that cannot, takes its lowest layer if that fits, or pauses.
+    reserve = sum(
+        layer_bps(c, _usable(c)[0])
+        for c in videos
+        if _usable(c) and PRIORITY.get(c.source, OTHER_PRIORITY) < OTHER_PRIORITY
+    )
     given: dict[str, str] = {}
-    for c in videos:  # a picture for as many sources as fit
+    for c in videos:
         layers = _usable(c)
         if not layers:
             continue
+        if PRIORITY.get(c.source, OTHER_PRIORITY) < OTHER_PRIORITY:
+            reserve -= layer_bps(c, layers[0])
         if hold and c.started and c.current is None:
             continue  # paused for bandwidth: resumes only when the estimate is stable
-        cost = layer_bps(c, layers[0])
-        if cost <= remaining:
-            given[c.key] = layers[0]
-            remaining -= cost
-    for c in videos:  # then the best layer that fits, in the same order
-        if c.key not in given:
-            continue
-        low = given[c.key]
-        for layer in reversed(_usable(c)):
-            if rank(layer) <= rank(low):
-                break
-            if hold and c.current is not None and rank(layer) > rank(c.current):
-                continue
-            extra = layer_bps(c, layer) - layer_bps(c, low)
-            if extra <= remaining:
-                given[c.key] = layer
-                remaining -= extra
-                break
+        if hold and c.current is not None:
+            layers = [x for x in layers if rank(x) <= rank(c.current)] or layers[:1]
+        choice = next((x for x in reversed(layers) if layer_bps(c, x) <= remaining - reserve), None)
+        if choice is None and layer_bps(c, layers[0]) <= remaining:
+            choice = layers[0]
+        if choice is not None:
+            given[c.key] = choice
+            remaining -= layer_bps(c, choice)
     for c in videos:
         chosen = given.get(c.key)
         decisions[c.key] = Decision(layer=chosen, paused=chosen is None)

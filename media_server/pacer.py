@@ -38,6 +38,7 @@ class Pacer:
         self._last = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self.set_rate(rate_bps)
+        self._tokens = self._burst
 
     def set_rate(self, estimate_bps: int) -> None:
         self._rate = estimate_bps * PACING_FACTOR / 8
