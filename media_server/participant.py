@@ -39,6 +39,7 @@ class Participant:
             track_prefix=participant_id,
             on_tracks=lambda added, removed: on_tracks(self, added, removed),
             pc_factory=self._watched_pc,
+            send_json=send_json,
         )
         self.subscriber = Subscriber(
             participant=participant_id,

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from aiortc.rtp import (
 )
 from aiortc.sdp import SessionDescription
 
+from media_server.estimator import DownlinkEstimator
 from media_server.uptrack import UpTrack
 from media_server.wire import Wire
 from tongke import rtc_internals
@@ -40,9 +41,10 @@ log = logging.getLogger(__name__)
 
 SOURCE_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 LAYERS = ("h", "m", "l")
-# What we tell browsers they may send: the uplink estimate is a later concern; this
-# keeps their encoder from sitting at its start bitrate.
-PUBLISH_REMB_BPS = 6_000_000
+# Where a publisher's uplink estimate starts: high enough that a browser's encoder does
+# not sit at its start bitrate; loss on the uplink brings it down (publish_feedback).
+PUBLISH_START_BPS = 6_000_000
+PUBLISH_MAX_BPS = 10_000_000
 RTCP_INTERVAL_S = 1.0
 
 
@@ -124,8 +126,14 @@ class Publisher:
         track_prefix: str,
         on_tracks: Callable[[list[UpTrack], list[UpTrack]], None],
         pc_factory: Callable[[], RTCPeerConnection],
+        send_json: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         self.track_prefix = track_prefix
+        self._send_json = send_json
+        self.uplink = DownlinkEstimator(initial_bps=PUBLISH_START_BPS, max_bps=PUBLISH_MAX_BPS)
+        self._feedback_sent: tuple[int, list[dict[str, str]]] | None = None
+        self._feedback_soon = False
+        self._loss_mark: dict[UpTrack, tuple[int, int]] = {}
         self._on_tracks = on_tracks
         self._pc_factory = pc_factory
         self.pc: RTCPeerConnection | None = None
@@ -245,6 +253,7 @@ class Publisher:
             request_keyframe=self._send_pli,
             request_nack=self._schedule_nack,
             label=spec.label,
+            on_wanted=self._wanted,
         )
         self._by_ssrc[ssrc] = up
         if rtx_ssrc is not None:
@@ -257,6 +266,7 @@ class Publisher:
         if up.rtx_ssrc is not None:
             self._by_rtx_ssrc.pop(up.rtx_ssrc, None)
         self._last_report.pop(up, None)
+        self._loss_mark.pop(up, None)
         up.close()
         return up
 
@@ -384,6 +394,8 @@ class Publisher:
                 )
             if not reports:
                 continue
+            self._measure_uplink()
+            await self._feedback()
             packet = bytes(RtcpRrPacket(ssrc=self._rtcp_ssrc, reports=reports[:31]))
             video = [up.ssrc for up in self.tracks.values() if up.video]
             if video:
@@ -392,10 +404,59 @@ class Publisher:
                         fmt=RTCP_PSFB_APP,
                         ssrc=self._rtcp_ssrc,
                         media_ssrc=0,
-                        fci=pack_remb_fci(PUBLISH_REMB_BPS, video),
+                        fci=pack_remb_fci(self.uplink_bps(), video),
                     )
                 )
             self.wire.send_rtcp(packet)
+
+    # -- what the publisher hears back -----------------------------------------------------
+
+    def uplink_bps(self) -> int:
+        return self.uplink.estimate(time.monotonic()).bps
+
+    def _measure_uplink(self) -> None:
+        """Loss on the way in (before repair) drives the publisher's uplink estimate."""
+        expected = lost = 0
+        for up in self.tracks.values():
+            before = self._loss_mark.get(up, (up.stats.packets + up.stats.lost, up.stats.lost))
+            now = (up.stats.packets + up.stats.lost, up.stats.lost)
+            self._loss_mark[up] = now
+            expected += now[0] - before[0]
+            lost += now[1] - before[1]
+        if expected > 0:
+            self.uplink.on_loss(lost / expected, time.monotonic())
+
+    def idle_layers(self) -> list[dict[str, str]]:
+        """Video layers nobody receives: the publisher may stop encoding them."""
+        return sorted(
+            (
+                {"source": up.source, "layer": up.layer}
+                for up in self.tracks.values()
+                if up.video and not up.downtracks
+            ),
+            key=lambda x: (x["source"], x["layer"]),
+        )
+
+    def _wanted(self, up: UpTrack) -> None:
+        """A layer nobody received has a receiver again: say so now, not in a second."""
+        if self._feedback_soon:
+            return
+        self._feedback_soon = True
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._feedback()))
+
+    async def _feedback(self) -> None:
+        self._feedback_soon = False
+        if self._send_json is None or not self.tracks:
+            return
+        bps, idle = self.uplink_bps(), self.idle_layers()
+        last = self._feedback_sent
+        if last is not None and last[1] == idle and abs(bps - last[0]) <= 0.1 * last[0]:
+            return
+        self._feedback_sent = (bps, idle)
+        try:
+            await self._send_json({"type": "publish_feedback", "bitrate_bps": bps, "idle": idle})
+        except ConnectionError:
+            pass
 
     async def close(self) -> None:
         if self._rtcp_task is not None:

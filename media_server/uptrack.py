@@ -105,7 +105,9 @@ class UpTrack:
         request_keyframe: Callable[[UpTrack], None],
         request_nack: Callable[[UpTrack], None],
         label: str = "",
+        on_wanted: Callable[[UpTrack], None] | None = None,
     ) -> None:
+        self._on_wanted = on_wanted
         self.track_id = track_id
         self.label = label
         self.source = source
@@ -281,8 +283,11 @@ class UpTrack:
 
     def attach(self, downtrack: DownTrack) -> None:
         if downtrack not in self.downtracks:
+            was_idle = not self.downtracks
             # Copy-on-write: the hot loop iterates the old list undisturbed.
             self.downtracks = [*self.downtracks, downtrack]
+            if was_idle and self._on_wanted is not None and not self.closed:
+                self._on_wanted(self)
 
     def detach(self, downtrack: DownTrack) -> None:
         if downtrack in self.downtracks:
