@@ -24,6 +24,8 @@ import {
 import { TileGrid } from "./tiles.js";
 
 const STATS_INTERVAL_MS = 1000;
+// No packet on any running track for this long while live: the media path is dead.
+const MEDIA_STALL_MS = 5000;
 const CLOSE_CODE_ERRORS = {
   4401: "token_invalid",
   4403: "token_wrong_room",
@@ -298,9 +300,36 @@ class LessonViewer {
       return; // The PeerConnection closed under us; the next session samples anew.
     }
     if (sampler !== this.sampler) return;
+    this._watchMedia(stats);
     this.grid.setStats(stats);
     this.state.stats = Object.fromEntries(stats);
     this.state.inbound = sampler.lastInbound;
+  }
+
+  /**
+   * A media path can die without any event (a NAT rebinding, a firewall state timeout):
+   * when nothing the server is sending arrives for MEDIA_STALL_MS, start a new session.
+   */
+  _watchMedia(stats) {
+    let packets = 0;
+    let expected = false;
+    for (const [mid, st] of stats) {
+      const tile = this.grid.tiles.get(mid);
+      if (!tile || (tile.allocation && tile.allocation.paused)) continue;
+      expected = true;
+      packets += st.packetsReceived || 0;
+    }
+    const now = Date.now();
+    if (!expected || packets !== this._mediaPackets) {
+      this._mediaPackets = packets;
+      this._mediaAt = now;
+      return;
+    }
+    if (this.state.phase === "live" && now - this._mediaAt > MEDIA_STALL_MS && this.sig) {
+      console.warn("no media for", now - this._mediaAt, "ms: rejoining");
+      this.state.stalls = (this.state.stalls || 0) + 1;
+      this.sig.close(4000, "media stalled");
+    }
   }
 
   _setPhase(phase) {
