@@ -34,7 +34,7 @@ from media_server.estimator import DownlinkEstimator
 from media_server.uptrack import UpTrack
 from media_server.wire import Wire
 from tongke import rtc_internals
-from tongke.codecs import CODEC_OF_MIME
+from tongke.codecs import CODEC_OF_MIME, enable_opus_fec
 from tongke.errors import CodedError
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class Publisher:
         if self._rtcp_task is None:
             self._rtcp_task = asyncio.ensure_future(self._rtcp_loop())
         self._on_tracks(added, removed)
-        return pc.localDescription.sdp
+        return enable_opus_fec(pc.localDescription.sdp)
 
     def _make_uptrack(self, spec: TrackSpec, offered, answered) -> UpTrack | None:
         if answered is None or answered.port == 0 or not answered.rtp.codecs:

@@ -14,6 +14,7 @@ from tests.lesson_server import ServerProcess
 from tests.media import PatternTrack, ToneTrack, first_frames, wait_for
 from tests.test_rtp_rewrite import VP8_DELTA, VP8_KEY, make_up, rtp
 from tests.test_sfu_forwarding import join
+from tongke.codecs import enable_opus_fec
 
 
 async def test_publishers_hear_which_layers_nobody_receives_and_their_uplink_estimate(
@@ -91,3 +92,22 @@ def test_a_nack_storm_is_answered_within_the_budget_and_each_packet_once_per_rtt
     assert sum(len(p) for p in resent) <= 12_500 + 1200
     seqs = [int.from_bytes(p[2:4], "big") for p in resent]
     assert len(seqs) == len(set(seqs))  # nothing resent twice within one RTT
+
+
+def test_opus_in_band_fec_is_asked_for_in_the_sdp_we_send() -> None:
+    sdp = "\r\n".join(
+        [
+            "v=0",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 96 0",
+            "a=rtpmap:96 opus/48000/2",
+            "a=rtpmap:0 PCMU/8000",
+            "m=video 9 UDP/TLS/RTP/SAVPF 97",
+            "a=rtpmap:97 VP8/90000",
+            "a=fmtp:97 max-fr=30",
+            "",
+        ]
+    )
+    amended = enable_opus_fec(sdp)
+    assert "a=fmtp:96 minptime=10;useinbandfec=1" in amended.split("\r\n")
+    assert amended.count("useinbandfec") == 1  # not on PCMU, not on VP8
+    assert enable_opus_fec(amended) == amended  # idempotent
