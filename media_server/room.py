@@ -62,12 +62,16 @@ class Room:
         }
 
     async def broadcast(self, message: dict[str, Any], *, skip: Participant | None = None) -> None:
+        # One recipient that cannot be sent to (a closing socket, or anything else) must
+        # not keep the message from everyone after it.
         for p in list(self.participants.values()):
             if p is not skip:
                 try:
                     await p.send_json(message)
                 except ConnectionError:
                     pass
+                except Exception:
+                    log.exception("broadcast to %s failed", p.id)
 
     async def add(self, participant: Participant) -> None:
         # A classroom agent that reconnects with its token replaces its stale session
