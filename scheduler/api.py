@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from scheduler.db import Database
+from scheduler.publicurl import write_public_url
 from tongke.app import CTX, AppContext
 from tongke.tokens import Claims, Role, TokenError, verify_token
 
@@ -30,8 +31,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message, **extra}},
-                             status=status)
+    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
 
 
 def _token(request: web.Request) -> str | None:
@@ -39,6 +39,14 @@ def _token(request: web.Request) -> str | None:
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
     return request.query.get("token")
+
+
+def base_url(request: web.Request) -> str:
+    """The configured public URL, else the address this request reached us at."""
+    cfg = request.app[CTX].config
+    if cfg.public_url:
+        return cfg.public_url.rstrip("/")
+    return f"{request.scheme}://{request.host}"
 
 
 def _status_of(err: TokenError) -> int:
@@ -100,13 +108,20 @@ async def import_files(request: web.Request) -> web.StreamResponse:
 
     body = await _json(request)
     files = body.get("files")
-    if not isinstance(files, dict) or not files or not all(
-            isinstance(v, str) for v in files.values()):
+    if (
+        not isinstance(files, dict)
+        or not files
+        or not all(isinstance(v, str) for v in files.values())
+    ):
         raise ValueError('send {"files": {"schools": "<csv text>", ...}}')
     report = await _run(request, import_csv, files, replace=bool(body.get("replace")))
     if not report.ok:
-        return _error(422, "bad_rows", f"nothing imported: {len(report.errors)} bad row(s)",
-                      rows=[e.as_dict() for e in report.errors])
+        return _error(
+            422,
+            "bad_rows",
+            f"nothing imported: {len(report.errors)} bad row(s)",
+            rows=[e.as_dict() for e in report.errors],
+        )
     return web.json_response({"counts": report.counts})
 
 
@@ -120,18 +135,25 @@ async def start_solve(request: web.Request) -> web.StreamResponse:
     if any(j["state"] == "running" for j in jobs.values()):
         return _error(409, "busy", "a solve is already running")
     try:
-        opts = Options(max_points=int(body.get("max_points", 4)),
-                       mode=Mode(body.get("mode", "fixed")),
-                       cross_county=bool(body.get("cross_county", False)),
-                       time_limit_s=float(body.get("time_limit_s", 30)),
-                       seed=int(body.get("seed", 0)))
+        opts = Options(
+            max_points=int(body.get("max_points", 4)),
+            mode=Mode(body.get("mode", "fixed")),
+            cross_county=bool(body.get("cross_county", False)),
+            time_limit_s=float(body.get("time_limit_s", 30)),
+            seed=int(body.get("seed", 0)),
+        )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad solve options: {exc}") from None
     if not 1 <= opts.max_points <= 60 or not 0.5 <= opts.time_limit_s <= 3600:
         raise ValueError("max_points must be 1-60 and time_limit_s 0.5-3600")
     job_id = f"j{next(_job_ids)}"
-    job: dict[str, Any] = {"id": job_id, "state": "running", "started": time.time(),
-                           "time_limit_s": opts.time_limit_s, "progress": {}}
+    job: dict[str, Any] = {
+        "id": job_id,
+        "state": "running",
+        "started": time.time(),
+        "time_limit_s": opts.time_limit_s,
+        "progress": {},
+    }
     jobs[job_id] = job
 
     def progress(event: dict[str, Any]) -> None:
@@ -139,8 +161,13 @@ async def start_solve(request: web.Request) -> web.StreamResponse:
 
     async def run() -> None:
         try:
-            plan, sol = await _run(request, solve_and_store, opts, progress,
-                                   keep_published=not body.get("fresh", False))
+            plan, sol = await _run(
+                request,
+                solve_and_store,
+                opts,
+                progress,
+                keep_published=not body.get("fresh", False),
+            )
             job.update(state="done", plan_id=plan.id, served=sol.served, demand=sol.demand)
         except Exception as exc:  # reported to the page, which shows it to the user
             job.update(state="failed", error=str(exc))
@@ -190,8 +217,12 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
 
     pid = _plan_id(request)
     text = await _run(request, lambda s: export_plan_csv(export_rows(s, latest_plan(s, pid))))
-    return web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
-        "Content-Disposition": 'attachment; filename="plan.csv"'})
+    return web.Response(
+        text=text,
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": 'attachment; filename="plan.csv"'},
+    )
 
 
 @writer
@@ -220,9 +251,14 @@ async def do_replan(request: web.Request) -> web.StreamResponse:
     if not dates:
         raise ValueError("give the date(s) to re-plan")
     downlink = body.get("downlink_mbps")
-    report = await _run(request, replan, dates, absent_teacher=body.get("absent_teacher") or None,
-                        classroom_id=body.get("classroom_id") or None,
-                        downlink_mbps=float(downlink) if downlink not in (None, "") else None)
+    report = await _run(
+        request,
+        replan,
+        dates,
+        absent_teacher=body.get("absent_teacher") or None,
+        classroom_id=body.get("classroom_id") or None,
+        downlink_mbps=float(downlink) if downlink not in (None, "") else None,
+    )
     return web.json_response(report.as_dict())
 
 
@@ -232,8 +268,10 @@ def _range(request: web.Request) -> tuple[dt.datetime, dt.datetime]:
         end = dt.date.fromisoformat(request.query.get("to", request.query["from"]))
     except (KeyError, ValueError):
         raise ValueError("give from=YYYY-MM-DD and to=YYYY-MM-DD") from None
-    return (dt.datetime.combine(start, dt.time(0)),
-            dt.datetime.combine(end + dt.timedelta(days=1), dt.time(0)))
+    return (
+        dt.datetime.combine(start, dt.time(0)),
+        dt.datetime.combine(end + dt.timedelta(days=1), dt.time(0)),
+    )
 
 
 @writer
@@ -269,17 +307,23 @@ async def lesson_token(request: web.Request) -> web.StreamResponse:
     else:
         return _error(403, "forbidden", "this token may not issue tokens for that classroom")
 
+    base = base_url(request)
+
     def work(session: Any) -> dict[str, Any]:
         info = get_lesson(session, room_id)
         if info is None:
             raise LookupError(f"unknown lesson {room_id!r}")
         role = body.get("role") or (role_of(info, classroom) or Role.OBSERVER).value
-        if claims.role not in WRITERS and Role(role) not in (Role.MASTER, Role.POINT,
-                                                             Role.AGENT):
+        if claims.role not in WRITERS and Role(role) not in (Role.MASTER, Role.POINT, Role.AGENT):
             raise ValueError(f"a classroom may not ask for a {role} token")
         token = room_token(ctx.secret, session, info, classroom, role)
-        return {"token": token, "room": room_id, "role": role, "classroom": classroom,
-                "url": f"{ctx.config.base_url}/lesson/{room_id}?token={token}"}
+        return {
+            "token": token,
+            "room": room_id,
+            "role": role,
+            "classroom": classroom,
+            "url": f"{base}/lesson/{room_id}?token={token}",
+        }
 
     try:
         return web.json_response(await _run(request, work))
@@ -297,9 +341,14 @@ async def new_feed_token(request: web.Request) -> web.StreamResponse:
     ident = request.match_info["name"]
     agent = request.match_info.get("agent") == "agent"
     token, path = await _run(request, feed_token, ctx.secret, ident, agent=agent)
-    base = ctx.config.base_url
-    return web.json_response({"token": token, "ics": f"{base}{path}.ics?token={token}",
-                              "json": f"{base}{path}.json?token={token}"})
+    base = base_url(request)
+    return web.json_response(
+        {
+            "token": token,
+            "ics": f"{base}{path}.ics?token={token}",
+            "json": f"{base}{path}.json?token={token}",
+        }
+    )
 
 
 async def feed(request: web.Request) -> web.StreamResponse:
@@ -308,6 +357,7 @@ async def feed(request: web.Request) -> web.StreamResponse:
     from scheduler.ical import json_feed as make_json
 
     ctx: AppContext = request.app[CTX]
+    base = base_url(request)
     name = request.match_info["name"]
     agent = request.path.startswith("/api/schedule/feeds/agent/")
     ident, _, fmt = name.rpartition(".")
@@ -321,21 +371,25 @@ async def feed(request: web.Request) -> web.StreamResponse:
         return _error(_status_of(err), err.code, err.message)
 
     def work(session: Any) -> bytes | None:
-        rooms = classrooms_of_agent(session, ident) if agent else (
-            [ident] if classroom_exists(session, ident) else [])
+        rooms = (
+            classrooms_of_agent(session, ident)
+            if agent
+            else ([ident] if classroom_exists(session, ident) else [])
+        )
         if not rooms:
             return None
         if fmt == "ics":
-            return ical_feed(session, rooms, ctx.config.base_url, ident)
-        return json_bytes(make_json(session, rooms, ctx.secret))
+            return ical_feed(session, rooms, base, ident)
+        return json_bytes(make_json(session, rooms, ctx.secret, base_url=base))
 
     try:
         body = await _run(request, work)
     except ValueError as exc:
         return _error(404, "not_published", str(exc))
     if body is None:
-        return _error(404, "unknown_classroom", f"unknown {'agent' if agent else 'classroom'} "
-                      f"{ident!r}")
+        return _error(
+            404, "unknown_classroom", f"unknown {'agent' if agent else 'classroom'} {ident!r}"
+        )
     tag = etag(body)
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
     if tag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
@@ -355,6 +409,12 @@ def setup(app: web.Application, ctx: AppContext) -> None:
                 await asyncio.wait([task])
         app[DB].dispose()
 
+    async def record_url(app: web.Application) -> None:
+        cfg = ctx.config
+        if cfg.public_url or (cfg.port and cfg.host not in ("0.0.0.0", "::", "")):
+            write_public_url(cfg.data_dir, cfg.base_url)
+
+    app.on_startup.append(record_url)
     app.on_cleanup.append(close)
     r = app.router
     r.add_get("/scheduler", page)
