@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from scheduler.db import Database
 from scheduler.publicurl import write_public_url
@@ -102,27 +103,94 @@ async def county(request: web.Request) -> web.StreamResponse:
     return web.json_response(await _run(request, county_summary))
 
 
+# A city's county files (tier L is ~1.1 MB); read in chunks, never past this size.
+IMPORT_LIMIT_BYTES = 32 * 1024 * 1024
+
+
+async def _read_limited(stream: Any, limit: int, used: int = 0) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = (
+            await stream.read_chunk(256 * 1024)
+            if hasattr(stream, "read_chunk")
+            else (await stream.readany())
+        )
+        if not chunk:
+            return b"".join(chunks)
+        used += len(chunk)
+        if used > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _import_body(request: web.Request) -> tuple[dict[str, str], dict[str, str], bool]:
+    """Files (kind -> text), how each was decoded, and `replace`, from either body form:
+    multipart/form-data with one file per kind (the page sends the files' bytes as they
+    are, so GBK files arrive undecoded), or JSON {"files": {kind: text}, "replace": bool}."""
+    from scheduler.csvio import decode_csv
+
+    files: dict[str, str] = {}
+    encodings: dict[str, str] = {}
+    if request.content_type == "multipart/form-data":
+        replace = False
+        used = 0
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ValueError("nested multipart bodies are not accepted")
+            data = await _read_limited(part, IMPORT_LIMIT_BYTES, used)
+            used += len(data)
+            if part.name == "replace":
+                replace = data.strip().lower() in (b"1", b"true", b"on", b"yes")
+                continue
+            kind = (part.filename or part.name or "").rsplit("/", 1)[-1]
+            kind = kind[:-4] if kind.lower().endswith(".csv") else kind
+            try:
+                files[kind], encodings[kind] = decode_csv(data)
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"{kind}.csv is neither UTF-8 nor GBK/GB18030 text ({exc})"
+                ) from None
+        return files, encodings, replace
+    raw = await _read_limited(request.content, IMPORT_LIMIT_BYTES)
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        raise ValueError("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    got = body.get("files")
+    if not isinstance(got, dict) or not got or not all(isinstance(v, str) for v in got.values()):
+        raise ValueError('send {"files": {"schools": "<csv text>", ...}}')
+    return got, {k: "UTF-8" for k in got}, bool(body.get("replace"))
+
+
 @writer
 async def import_files(request: web.Request) -> web.StreamResponse:
     from scheduler.csvio import import_csv
 
-    body = await _json(request)
-    files = body.get("files")
-    if (
-        not isinstance(files, dict)
-        or not files
-        or not all(isinstance(v, str) for v in files.values())
-    ):
-        raise ValueError('send {"files": {"schools": "<csv text>", ...}}')
-    report = await _run(request, import_csv, files, replace=bool(body.get("replace")))
+    try:
+        files, encodings, replace = await _import_body(request)
+    except _TooLarge:
+        return _error(
+            413, "too_large", f"the import is larger than {IMPORT_LIMIT_BYTES // (1024 * 1024)} MiB"
+        )
+    if not files:
+        raise ValueError("no files in the import")
+    report = await _run(request, import_csv, files, replace=replace)
     if not report.ok:
         return _error(
             422,
             "bad_rows",
             f"nothing imported: {len(report.errors)} bad row(s)",
             rows=[e.as_dict() for e in report.errors],
+            encodings=encodings,
         )
-    return web.json_response({"counts": report.counts})
+    return web.json_response({"counts": report.counts, "encodings": encodings})
 
 
 @writer

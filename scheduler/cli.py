@@ -143,10 +143,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.set_defaults(func=cmd_feed)
 
 
-def _files(paths: list[Path]) -> dict[str, str]:
-    from scheduler.csvio import FORMATS
+def _files(paths: list[Path]) -> tuple[dict[str, str], dict[str, str]]:
+    from scheduler.csvio import FORMATS, decode_csv
 
     files: dict[str, str] = {}
+    encodings: dict[str, str] = {}
     for path in paths:
         items = sorted(path.glob("*.csv")) if path.is_dir() else [path]
         if path.is_dir() and not items:
@@ -158,24 +159,28 @@ def _files(paths: list[Path]) -> dict[str, str]:
                     f"{item}: name the file after its kind: "
                     f"{', '.join(k + '.csv' for k in FORMATS)}"
                 )
-            files[kind] = item.read_text(encoding="utf-8-sig")
-    return files
+            try:
+                files[kind], encodings[kind] = decode_csv(item.read_bytes())
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{item}: neither UTF-8 nor GBK/GB18030 text ({exc})") from None
+    return files, encodings
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     from scheduler.csvio import import_csv
 
-    files = _files(args.paths)
+    files, encodings = _files(args.paths)
     db = _db(args)
     with db.session() as session:
         report = import_csv(session, files, replace=args.replace)
+        report.encodings = encodings
     if not report.ok:
         print(f"nothing imported: {len(report.errors)} bad row(s)", file=sys.stderr)
         for err in report.errors:
             print(f"  {err}", file=sys.stderr)
         return 1
     for kind, n in report.counts.items():
-        print(f"{kind:11s} {n:6d} rows")
+        print(f"{kind:11s} {n:6d} rows  ({report.encodings.get(kind, 'UTF-8')})")
     return 0
 
 
