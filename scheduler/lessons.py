@@ -148,6 +148,35 @@ class PublishReport:
     removed_series: list[str]
 
 
+def _check_weekly_caps(db: Session, term: Term, plan_id: int) -> None:
+    """Refuse a plan whose remote lessons break a teacher's weekly cap in a real week of
+    the term (a make-up day repeats a weekday; the plan may predate the calendar)."""
+    caps = {t.id: (t.name, t.weekly_cap) for t in db.scalars(select(Teacher))}
+    days: dict[str, list[int]] = {}
+    for lesson in db.scalars(select(PlanLesson).where(PlanLesson.plan_id == plan_id)):
+        if lesson.points:
+            days.setdefault(lesson.teacher_id, []).append(lesson.weekday)
+    weeks: dict[dt.date, dict[int, int]] = {}
+    for date, weekday in term_days(db, term):
+        week = weeks.setdefault(date - dt.timedelta(days=date.weekday()), {})
+        week[weekday] = week.get(weekday, 0) + 1
+    broken = []
+    for teacher, wds in sorted(days.items()):
+        name, cap = caps.get(teacher, (teacher, 0))
+        for monday, counts in sorted(weeks.items()):
+            n = sum(counts.get(d, 0) for d in wds)
+            if n > cap:
+                broken.append(f"{name}({teacher}) {n} > {cap} in the week of {monday}")
+                break
+    if broken:
+        raise ValueError(
+            "this plan breaks weekly caps in real calendar weeks (solve again "
+            "with the current calendar): "
+            + "; ".join(broken[:10])
+            + (f" and {len(broken) - 10} more" if len(broken) > 10 else "")
+        )
+
+
 def publish(db: Session, plan_id: int) -> PublishReport:
     """Make a plan the published one: weekly series plus dated instances for the term."""
     plan = db.get(Plan, plan_id)
@@ -157,6 +186,7 @@ def publish(db: Session, plan_id: int) -> PublishReport:
     teachers = {t.id: t.name for t in db.scalars(select(Teacher))}
     classes = {c.id: c for c in db.scalars(select(SchoolClass))}
     schools = {s.id: s.name for s in db.scalars(select(School))}
+    _check_weekly_caps(db, term, plan_id)
     existing = {s.id: s for s in db.scalars(select(LessonSeries))}
     seen: set[str] = set()
     changed: list[str] = []

@@ -27,7 +27,7 @@ from scheduler.lessons import (
     term_days,
 )
 from scheduler.model import build
-from scheduler.problem import Candidate, Mode, Options, Problem, build_problem
+from scheduler.problem import BellRule, Candidate, Mode, Options, Problem, build_problem
 from scheduler.school import Classroom, Teacher
 from scheduler.timetable import PlanLesson
 
@@ -93,6 +93,8 @@ def replan(
         raise ValueError(f"{', '.join(map(str, bad))}: not a school day of the term")
     opts = Options(**{k: v for k, v in plan.options.items() if k in ("max_points", "cross_county")})
     opts.mode = Mode(plan.options.get("mode", "fixed"))
+    opts.bells = BellRule(plan.options.get("bells", "hard"))
+    opts.bell_tolerance_min = int(plan.options.get("bell_tolerance_min", 5))
     problem = build_problem(db, opts)
     report = ReplanReport([d.isoformat() for d in dates], 0, 0)
     for date in dates:

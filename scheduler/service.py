@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -17,6 +19,11 @@ from scheduler.school import Classroom, School, SchoolClass, Teacher
 from scheduler.solver import Progress, Solution, solve
 from scheduler.timetable import MasterOffer, Need, Plan, PlanLesson, weekday_name
 
+# Kept back from the solve for explanations and storing the plan (measured: about 1 ms
+# per need to explain, and storing a tier M plan takes about half a second).
+EXPLAIN_RESERVE_S = 0.5
+EXPLAIN_S_PER_NEED = 0.004
+
 
 def solve_and_store(
     db: Session, options: Options, progress: Progress | None = None, *, keep_published: bool = True
@@ -26,12 +33,23 @@ def solve_and_store(
         raise ValueError("no master lessons: import offers.csv (and the county) first")
     if db.scalar(select(func.count()).select_from(Need)) == 0:
         raise ValueError("no needs: import needs.csv first")
+    started = time.monotonic()
+    if options.bell_tolerance_min < 0:
+        raise ValueError("the bell tolerance is minutes into a break: 0 or more")
     problem = build_problem(db, options)
     published = published_plan(db)
     if keep_published and published is not None:
         problem.previous = load_previous(db, published.id)
+    # The time limit is the whole call's wall time: what building the model took comes
+    # off the solve, and so does a reserve for the explanations and storing the plan.
+    reserve = EXPLAIN_RESERVE_S + EXPLAIN_S_PER_NEED * len(problem.needs)
+    budget = options.time_limit_s - (time.monotonic() - started) - reserve
+    problem.options = dataclasses.replace(options, time_limit_s=max(0.2, budget))
     solution = solve(problem, progress)
+    problem.options = options
+    explained = time.monotonic()
     unserved = explain(problem, solution)
+    explain_s = time.monotonic() - explained
     plan = Plan(
         created_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
         status="draft",
@@ -40,8 +58,11 @@ def solve_and_store(
             "mode": options.mode.value,
             "cross_county": options.cross_county,
             "time_limit_s": options.time_limit_s,
+            "bells": options.bells.value,
+            "bell_tolerance_min": options.bell_tolerance_min,
         },
-        stats=stats_of(solution, published.id if published and keep_published else None),
+        stats=stats_of(solution, published.id if published and keep_published else None)
+        | {"explain_s": round(explain_s, 3)},
         unserved=[u.as_dict() for u in unserved],
     )
     db.add(plan)
@@ -71,6 +92,8 @@ def solve_and_store(
                 points=points.get(s, []),
             )
         )
+    db.flush()
+    plan.stats = plan.stats | {"wall_s": round(time.monotonic() - started, 3)}
     db.flush()
     return plan, solution
 
