@@ -195,7 +195,7 @@ async def import_files(request: web.Request) -> web.StreamResponse:
 
 @writer
 async def start_solve(request: web.Request) -> web.StreamResponse:
-    from scheduler.problem import Mode, Options
+    from scheduler.problem import BellRule, Mode, Options
     from scheduler.service import solve_and_store
 
     body = await _json(request)
@@ -209,11 +209,15 @@ async def start_solve(request: web.Request) -> web.StreamResponse:
             cross_county=bool(body.get("cross_county", False)),
             time_limit_s=float(body.get("time_limit_s", 30)),
             seed=int(body.get("seed", 0)),
+            bells=BellRule(body.get("bells", "hard")),
+            bell_tolerance_min=int(body.get("bell_tolerance_min", 5)),
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad solve options: {exc}") from None
     if not 1 <= opts.max_points <= 60 or not 0.5 <= opts.time_limit_s <= 3600:
         raise ValueError("max_points must be 1-60 and time_limit_s 0.5-3600")
+    if not 0 <= opts.bell_tolerance_min <= 60:
+        raise ValueError("bell_tolerance_min must be 0-60")
     job_id = f"j{next(_job_ids)}"
     job: dict[str, Any] = {
         "id": job_id,

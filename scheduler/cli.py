@@ -90,10 +90,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="ignore the published plan (by default changes to it are minimised)",
     )
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument(
+        "--bells",
+        choices=("hard", "soft"),
+        default="hard",
+        help="hard: a remote lesson sits inside one of the point's bell periods; soft: it may "
+        "straddle a break at a cost",
+    )
+    c.add_argument(
+        "--bell-tolerance",
+        type=int,
+        default=5,
+        metavar="MIN",
+        help="minutes a lesson may reach into a point's break (default 5)",
+    )
+    c.add_argument("--lang", choices=("zh", "en"), default="zh", help="language of the summary")
     c.set_defaults(func=cmd_solve)
 
     c = s.add_parser("explain", parents=[common], help="list needs not fully served, with reasons")
     c.add_argument("--plan", type=int, default=None)
+    c.add_argument("--lang", choices=("zh", "en"), default="zh", help="中文 (default) or English")
     c.set_defaults(func=cmd_explain)
 
     c = s.add_parser(
@@ -195,16 +211,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
-    from scheduler.problem import Mode, Options
+    from scheduler.problem import BellRule, Mode, Options
     from scheduler.service import solve_and_store
 
+    if args.bell_tolerance < 0:
+        raise ValueError("--bell-tolerance is minutes into a break: 0 or more")
     opts = Options(
         max_points=args.max_points,
         mode=Mode(args.mode),
         cross_county=args.cross_county,
         time_limit_s=args.time_limit,
         seed=args.seed,
+        bells=BellRule(args.bells),
+        bell_tolerance_min=args.bell_tolerance,
     )
+    started = time.monotonic()
     db = _db(args)
     bar = tqdm(
         total=round(args.time_limit, 1),
@@ -213,7 +234,6 @@ def cmd_solve(args: argparse.Namespace) -> int:
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f}s {postfix}",
     )
     last: dict[str, Any] = {}
-    started = time.monotonic()
     stop = threading.Event()
 
     def tick() -> None:
@@ -252,7 +272,17 @@ def cmd_solve(args: argparse.Namespace) -> int:
         f"{t.get('cross_county', 0)}, busiest teacher {t.get('max_load', 0)} point-lessons, "
         f"moved {t.get('moved', 0)}, changes to published {t.get('changes', 0)}"
     )
-    print(f"  {len(plan.unserved)} need(s) not fully served: `tongke schedule explain`")
+    wall = time.monotonic() - started
+    if args.lang == "zh":
+        print(
+            f"  {len(plan.unserved)} 个需求未完全满足（原因：`tongke schedule explain`）；"
+            f"用时 {wall:.1f} 秒（其中解释 {plan.stats.get('explain_s', 0):.2f} 秒）"
+        )
+    else:
+        print(
+            f"  {len(plan.unserved)} need(s) not fully served: `tongke schedule explain`; "
+            f"{wall:.1f} s wall time ({plan.stats.get('explain_s', 0):.2f} s explaining)"
+        )
     return 0
 
 
@@ -263,11 +293,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     with db.session() as session:
         plan = latest_plan(session, args.plan)
         if not plan.unserved:
-            print(f"plan {plan.id}: every need is fully served")
+            print(
+                f"方案 {plan.id}：所有需求均已满足"
+                if args.lang == "zh"
+                else f"plan {plan.id}: every need is fully served"
+            )
         for u in plan.unserved:
-            print(f"{u['label']} {u['subject']}: {u['served']} of {u['required']} period(s)")
+            if args.lang == "zh":
+                print(f"{u['label']} {u['subject']}：已排 {u['served']} / {u['required']} 节")
+            else:
+                print(f"{u['label']} {u['subject']}: {u['served']} of {u['required']} period(s)")
             for r in u["reasons"]:
-                print(f"  - {r}")
+                # Plans stored by older versions hold English strings.
+                print(f"  - {r if isinstance(r, str) else r[args.lang]}")
     return 0
 
 
