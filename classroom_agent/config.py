@@ -9,6 +9,7 @@ standard recording-classroom set, a point its camera and microphone)::
     role = "master"                          # master | point
     classroom_id = "school-12/room-301"
     synthetic = false                        # true: test cards instead of default devices
+    synthetic_pattern = "card"               # card | noise (fills the bitrate like a camera)
 
     [recording]
     dir = "/var/lib/tongke/recordings"
@@ -17,7 +18,7 @@ standard recording-classroom set, a point its camera and microphone)::
     [[source]]
     name = "teacher_camera"
     kind = "video"
-    type = "v4l2"               # synthetic | v4l2 | file | rtsp | x11 | alsa | pulse
+    type = "v4l2"               # synthetic | noise | v4l2 | file | rtsp | x11 | alsa | pulse
     device = "/dev/video0"
     codec = "h264"
     bitrate_kbps = 1500
@@ -39,12 +40,15 @@ from typing import Any
 from aiortc.mediastreams import MediaStreamTrack
 
 from .capture import AlsaMicrophone, FileSource, PulseMicrophone, RTSPCamera, V4L2Camera, X11Screen
+from .noise import NoiseVideo
 from .sources import MediaSource, StateCallback
 from .testcard import SyntheticAudio, SyntheticVideo
 from .tracks import EncodedAudioTrack, EncodedVideoTrack
 
 ROLES = ("master", "point")
-VIDEO_TYPES = ("synthetic", "v4l2", "file", "rtsp", "x11")
+VIDEO_TYPES = ("synthetic", "noise", "v4l2", "file", "rtsp", "x11")
+#: What synthetic video shows: the test card, or a high-entropy scene (classroom_agent.noise).
+SYNTHETIC_PATTERNS = ("card", "noise")
 AUDIO_TYPES = ("synthetic", "alsa", "pulse")
 PASSTHROUGH_TYPES = ("file", "rtsp")
 VIDEO_CODECS = ("h264", "vp8")
@@ -98,6 +102,7 @@ class AgentConfig:
     role: str = "master"
     classroom_id: str = ""
     synthetic: bool = False
+    synthetic_pattern: str = "card"
     sources: list[SourceConfig] = field(default_factory=list)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
 
@@ -113,11 +118,18 @@ class AgentConfig:
         return ""
 
 
-def default_sources(role: str, synthetic: bool = False) -> list[SourceConfig]:
-    """The standard set: a recording classroom for a master, camera + mic for a point."""
+def default_sources(
+    role: str, synthetic: bool = False, pattern: str = "card"
+) -> list[SourceConfig]:
+    """The standard set: a recording classroom for a master, camera + mic for a point.
+
+    ``pattern`` chooses what synthetic video shows: ``card`` or ``noise``.
+    """
+    synthetic_type = "noise" if pattern == "noise" else "synthetic"
 
     def video(name: str, device: str, **kw: Any) -> SourceConfig:
-        kind_type = "synthetic" if synthetic else ("x11" if name == "courseware" else "v4l2")
+        device_type = "x11" if name == "courseware" else "v4l2"
+        kind_type = synthetic_type if synthetic else device_type
         return SourceConfig(
             name=name, kind="video", type=kind_type, device=device, codec="h264", **kw
         )
@@ -243,7 +255,15 @@ def parse_config(data: dict[str, Any]) -> AgentConfig:
         if key not in ("agent", "source", "recording"):
             top[key] = value
     cfg = AgentConfig()
-    simple = {"server_url", "token", "token_file", "role", "classroom_id", "synthetic"}
+    simple = {
+        "server_url",
+        "token",
+        "token_file",
+        "role",
+        "classroom_id",
+        "synthetic",
+        "synthetic_pattern",
+    }
     for key, value in top.items():
         if key not in simple:
             raise ConfigError(f"agent: unknown key {key!r}")
@@ -255,6 +275,10 @@ def parse_config(data: dict[str, Any]) -> AgentConfig:
             setattr(cfg, key, _convert("agent", key, value, getattr(cfg, key)))
     if cfg.role not in ROLES:
         raise ConfigError(f"agent: role must be 'master' or 'point', got {cfg.role!r}")
+    if cfg.synthetic_pattern not in SYNTHETIC_PATTERNS:
+        raise ConfigError(
+            f"agent: synthetic_pattern must be 'card' or 'noise', got {cfg.synthetic_pattern!r}"
+        )
     if cfg.token and cfg.token_file:
         raise ConfigError("agent: give token or token_file, not both")
     recording = data.get("recording", {})
@@ -273,7 +297,7 @@ def parse_config(data: dict[str, Any]) -> AgentConfig:
             raise ConfigError(f"recording: unknown key {key!r}")
     tables = data.get("source")
     if tables is None:
-        cfg.sources = default_sources(cfg.role, cfg.synthetic)
+        cfg.sources = default_sources(cfg.role, cfg.synthetic, cfg.synthetic_pattern)
     else:
         if not isinstance(tables, list):
             raise ConfigError("source must be an array of tables ([[source]])")
@@ -325,6 +349,16 @@ def make_source(cfg: SourceConfig, on_state: StateCallback | None = None) -> Med
         return PulseMicrophone(cfg.name, cfg.device or "default", **common)
     if cfg.type == "synthetic":
         return SyntheticVideo(
+            cfg.width,
+            cfg.height,
+            cfg.fps,
+            cfg.display_label,
+            cfg.seed,
+            name=cfg.name,
+            on_state=on_state,
+        )
+    if cfg.type == "noise":
+        return NoiseVideo(
             cfg.width,
             cfg.height,
             cfg.fps,

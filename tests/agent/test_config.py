@@ -88,6 +88,7 @@ def test_example_file_loads(tmp_path: Path) -> None:
         ),
         ('[[source]]\nname = "cam"\n[[source]]\nname = "cam"', "name 'cam' is used twice"),
         ("[recording]\nbudget = 3", "recording: unknown key 'budget'"),
+        ('synthetic_pattern = "snow"', "agent: synthetic_pattern must be 'card' or 'noise'"),
     ],
 )
 def test_bad_keys_are_named(toml: str, message: str) -> None:
