@@ -49,10 +49,15 @@ ROLES = ("master", "point")
 VIDEO_TYPES = ("synthetic", "noise", "v4l2", "file", "rtsp", "x11")
 #: What synthetic video shows: the test card, or a high-entropy scene (classroom_agent.noise).
 SYNTHETIC_PATTERNS = ("card", "noise")
+CONTENT_TYPES = ("camera", "screen")
 AUDIO_TYPES = ("synthetic", "alsa", "pulse")
 PASSTHROUGH_TYPES = ("file", "rtsp")
 VIDEO_CODECS = ("h264", "vp8")
 # Lower simulcast layers: (height, bitrate_kbps, fps); width follows the aspect ratio.
+CAMERA_KEYFRAME_S = 2.0
+# A slide changes rarely; a keyframe of sharp text is large, so send one less often
+# (a subscriber that joins asks for one anyway).
+SCREEN_KEYFRAME_S = 6.0
 LAYER_PRESETS: dict[str, tuple[int, int, float]] = {"m": (360, 500, 30.0), "l": (180, 150, 15.0)}
 
 
@@ -79,6 +84,9 @@ class SourceConfig:
     input_format: str = ""
     #: Files: start over at the end.
     loop: bool = True
+    #: "camera" or "screen": screen content (courseware) keeps full resolution at a low
+    #: frame rate, with rarer keyframes and a deeper rate buffer so text stays sharp.
+    content: str = "camera"
     #: Synthetic sources: motion pattern seed; tone frequency for audio.
     seed: int = 0
     freq: float = 440.0
@@ -150,9 +158,11 @@ def default_sources(
             audio("point_mic"),
         ]
     return [
-        video("teacher_camera", "/dev/video0", bitrate_kbps=1500, layers=["h", "l"], seed=1),
-        video("board_camera", "/dev/video2", bitrate_kbps=800, seed=2),
-        video("courseware", "", bitrate_kbps=400, fps=5.0, seed=3),
+        # Three layers of the teacher and two of the board: the SFU gives each point the
+        # best one its link carries, and the agent stops encoding those nobody receives.
+        video("teacher_camera", "/dev/video0", bitrate_kbps=1500, layers=["h", "m", "l"], seed=1),
+        video("board_camera", "/dev/video2", bitrate_kbps=800, layers=["h", "l"], seed=2),
+        video("courseware", "", bitrate_kbps=400, fps=5.0, content="screen", seed=3),
         audio("classroom_mic"),
     ]
 
@@ -238,6 +248,8 @@ def _source(index: int, table: Any) -> SourceConfig:
                 f"{where}: layers: a {cfg.type} source is passed through without "
                 "re-encoding, so it has only layer 'h'"
             )
+    if cfg.content not in CONTENT_TYPES:
+        raise ConfigError(f"{where}: content must be 'camera' or 'screen', got {cfg.content!r}")
     if cfg.fps <= 0 or cfg.fps > 60:
         raise ConfigError(f"{where}: fps must be in (0, 60], got {cfg.fps}")
     if cfg.bitrate_kbps <= 0:
@@ -409,7 +421,15 @@ def build_tracks(
         for layer in cfg.layers:
             width, height, kbps, fps = _layer_size(cfg, layer)
             track = EncodedVideoTrack(
-                source, cfg.codec, kbps, fps, width=width, height=height, layer=layer
+                source,
+                cfg.codec,
+                kbps,
+                fps,
+                SCREEN_KEYFRAME_S if cfg.content == "screen" else CAMERA_KEYFRAME_S,
+                width=width,
+                height=height,
+                layer=layer,
+                content=cfg.content,
             )
             published.append(
                 PublishedTrack(
