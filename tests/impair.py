@@ -20,6 +20,7 @@ Conditions can be changed while traffic flows (``set_conditions``), e.g. for
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import os
 import random
@@ -358,6 +359,8 @@ class NetnsLink:
         self._fds: list[int] = []
         self.up: Direction | None = None
         self.down: Direction | None = None
+        #: IP protocol numbers of what the client sent (6 TCP, 17 UDP), before impairment.
+        self.protocols_up: collections.Counter[int] = collections.Counter()
 
     @property
     def exec_prefix(self) -> list[str]:
@@ -401,6 +404,8 @@ class NetnsLink:
                 return
             except OSError:
                 return
+            if direction is self.up and len(packet) > 9 and packet[0] >> 4 == 4:
+                self.protocols_up[packet[9]] += 1
             direction.send(packet)
 
     def set_link(self, link: LinkSpec) -> None:
