@@ -1,6 +1,6 @@
 """Rural links: what a teaching point on a poor link actually gets from a lesson.
 
-    python bench/rural.py [--condition NAME] [--receiver browser] [--json]
+    python bench/rural.py [--condition NAME] [--receiver browser|agent] [--json]
                           [--warmup 10] [--seconds 60]
 
 A master classroom agent (default configuration, high-entropy synthetic sources:
@@ -8,7 +8,9 @@ A master classroom agent (default configuration, high-entropy synthetic sources:
 Chromium on the lesson page - sits in its own network namespace whose only way to the
 server is the user-space impaired link of tests/impair.py (ICE, DTLS/SRTP and the
 signalling socket all cross it). After a warm-up the page's getStats() is sampled every
-second and the pixel clock is read from every third presented frame.
+second and the pixel clock is read from every third presented frame. With
+``--receiver agent`` the point is a classroom agent (role point, publishing its own
+camera through the same link) reporting its quality meter every second.
 
 Per condition and per video source: decoded fps (mean, p10), resolution, the share of
 1-s intervals without a new frame, Chromium's freeze count and duration, the layer the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import stat
@@ -35,7 +38,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import itertools
 
 from classroom_agent.cli import agent_argv
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
@@ -212,6 +214,58 @@ def summarise(
     }
 
 
+def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, Any]:
+    """Per-source figures from the point agent's 1-s quality reports after ``start`` (wall s).
+
+    The agent decodes with aiortc, which does not conceal: the audio figure is the share
+    of expected samples that never arrived. Latency percentiles are the median of the
+    reported rolling p50s and the 95th percentile of the reported p95s.
+    """
+    window = [r for r in reports if r["time"] >= start]
+    if len(window) < 2:
+        return {"error": "the point agent reported nothing"}
+    seconds = window[-1]["time"] - window[0]["time"]
+    sources: dict[str, Any] = {}
+    names = sorted({t["source"] for r in window for t in r["tracks"] if t.get("source")})
+    for name in names:
+        series = [
+            (r["time"], next((t for t in r["tracks"] if t.get("source") == name), None))
+            for r in window
+        ]
+        series = [(t, track) for t, track in series if track is not None]
+        if len(series) < 2:
+            continue
+        first, last = series[0][1], series[-1][1]
+        if last["kind"] == "audio":
+            got = last["samples"] - first["samples"]
+            sources[name] = {
+                "kind": "audio",
+                "missing_share": round(max(0.0, 1 - got / (48000 * seconds)), 4),
+            }
+            continue
+        per_second = [
+            (b[1]["frames"] - a[1]["frames"]) / (b[0] - a[0]) for a, b in itertools.pairwise(series)
+        ]
+        p50s = [t["latency_p50_ms"] for _, t in series if t.get("latency_p50_ms") is not None]
+        p95s = [t["latency_p95_ms"] for _, t in series if t.get("latency_p95_ms") is not None]
+        sources[name] = {
+            "kind": "video",
+            "fps_mean": round((last["frames"] - first["frames"]) / seconds, 1),
+            "fps_p10": round(_pct(per_second, 0.1) or 0.0, 1),
+            "resolution": f"{last['width']}x{last['height']}",
+            "no_new_frame_share": round(sum(1 for f in per_second if f == 0) / len(per_second), 3),
+            "freeze_count": last["freezes"] - first["freezes"],
+            "freeze_seconds": round((last["freeze_total_ms"] - first["freeze_total_ms"]) / 1000, 2),
+            "longest_no_frame_s": _longest_zero_run(per_second),
+            "glass_to_glass_p50_ms": _pct(p50s, 0.5),
+            "glass_to_glass_p95_ms": _pct(p95s, 0.95),
+        }
+    return {
+        "sources": sources,
+        "connected_share": round(sum(1 for r in window if r["connected"]) / len(window), 3),
+    }
+
+
 def _longest_zero_run(values: list[float]) -> int:
     best = run = 0
     for v in values:
@@ -233,7 +287,9 @@ def _room_stats(server: Any, room: str) -> dict[str, Any]:
     return dict(stats.get("rooms", {}).get(room, {}))
 
 
-async def run_condition(cond: Condition, warmup: float, seconds: float, log: Any) -> dict[str, Any]:
+async def run_condition(
+    cond: Condition, warmup: float, seconds: float, log: Any, receiver: str = "browser"
+) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
     workdir = Path(tempfile.mkdtemp(prefix="tongke-rural-"))
@@ -266,34 +322,93 @@ async def run_condition(cond: Condition, warmup: float, seconds: float, log: Any
                 break
             await asyncio.sleep(0.5)
         token = server.token(room, "xiaohe", "point", name="小河教学点")
-        args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={point_url}"]
-        async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=_netns_chromium(workdir), args=args)
-            try:
-                page = await browser.new_page(viewport={"width": 1280, "height": 800})
-                await page.goto(f"{point_url}/lesson/{room}?token={token}", timeout=60000)
-                await page.evaluate(SAMPLER_JS)
-                log(f"{cond.name}: warming up {warmup:.0f} s")
-                await asyncio.sleep(warmup)
-                start = await page.evaluate("performance.now()")
-                before = _room_stats(server, room)
-                assert netlink.down is not None
-                down0 = dict(vars(netlink.down.impairment.counters))
-                log(f"{cond.name}: measuring {seconds:.0f} s")
-                t0 = time.monotonic()
-                for at, spec in cond.steps:
-                    await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
-                    netlink.set_link(spec)
-                    log(f"{cond.name}: link now {spec.down.rate_bps} bit/s")
-                await asyncio.sleep(max(0.0, t0 + seconds - time.monotonic()))
-                after = _room_stats(server, room)
-                down1 = dict(vars(netlink.down.impairment.counters))
-                rural = await page.evaluate(
-                    "({samples: window.__rural.samples, clocks: window.__rural.clocks})"
+
+        async def measure(mark: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+            """Warm up, then run the measured period (with the link's steps)."""
+            log(f"{cond.name}: warming up {warmup:.0f} s")
+            await asyncio.sleep(warmup)
+            start = await mark()
+            before = _room_stats(server, room)
+            assert netlink.down is not None
+            down0 = dict(vars(netlink.down.impairment.counters))
+            log(f"{cond.name}: measuring {seconds:.0f} s")
+            t0 = time.monotonic()
+            for at, spec in cond.steps:
+                await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
+                netlink.set_link(spec)
+                log(f"{cond.name}: link now {spec.down.rate_bps} bit/s")
+            await asyncio.sleep(max(0.0, t0 + seconds - time.monotonic()))
+            after = _room_stats(server, room)
+            down1 = dict(vars(netlink.down.impairment.counters))
+            sfu = {
+                key: after.get(key, 0) - before.get(key, 0)
+                for key in (
+                    "packets_forwarded",
+                    "packets_retransmitted",
+                    "nacks_received",
+                    "keyframe_requests",
                 )
+            }
+            link_down = {
+                "offered_bytes": down1["bytes"] - down0["bytes"],
+                "delivered_bytes": down1["delivered_bytes"] - down0["delivered_bytes"],
+                "offered_kbps": round((down1["bytes"] - down0["bytes"]) * 8 / seconds / 1000),
+                "lost_packets": down1["lost"] - down0["lost"],
+                "queue_dropped_packets": down1["dropped"] - down0["dropped"],
+            }
+            return start, sfu, link_down
+
+        if receiver == "agent":
+            report = workdir / "point.jsonl"
+            argv = agent_argv(
+                point_url,
+                token,
+                "point",
+                options=["--synthetic", "noise", "--no-window", "--quiet", "--no-recording"],
+            )
+            point = subprocess.Popen(
+                [*netlink.exec_prefix, *argv, "--report", str(report), "--report-interval", "1"],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+
+            async def wall() -> float:
+                return time.time()
+
+            try:
+                start, sfu, link_down = await measure(wall)
             finally:
-                await browser.close()
-        result = summarise(rural["samples"], rural["clocks"], start, [s[0] for s in cond.steps])
+                point.terminate()
+                try:
+                    point.wait(10)
+                except subprocess.TimeoutExpired:
+                    point.kill()
+            lines = report.read_text().splitlines() if report.exists() else []
+            result = summarise_agent([json.loads(line) for line in lines], start)
+        else:
+            args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={point_url}"]
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(
+                    executable_path=_netns_chromium(workdir), args=args
+                )
+                try:
+                    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+                    await page.goto(f"{point_url}/lesson/{room}?token={token}", timeout=60000)
+                    await page.evaluate(SAMPLER_JS)
+
+                    async def page_clock() -> float:
+                        return float(await page.evaluate("performance.now()"))
+
+                    start, sfu, link_down = await measure(page_clock)
+                    rural = await page.evaluate(
+                        "({samples: window.__rural.samples, clocks: window.__rural.clocks})"
+                    )
+                finally:
+                    await browser.close()
+            steps = [s[0] for s in cond.steps]
+            result = summarise(rural["samples"], rural["clocks"], start, steps)
         result.update(
             {
                 "condition": cond.name,
@@ -308,22 +423,9 @@ async def run_condition(cond: Condition, warmup: float, seconds: float, log: Any
                 },
                 "warmup_s": warmup,
                 "seconds": seconds,
-                "sfu": {
-                    key: after.get(key, 0) - before.get(key, 0)
-                    for key in (
-                        "packets_forwarded",
-                        "packets_retransmitted",
-                        "nacks_received",
-                        "keyframe_requests",
-                    )
-                },
-                "link_down": {
-                    "offered_bytes": down1["bytes"] - down0["bytes"],
-                    "delivered_bytes": down1["delivered_bytes"] - down0["delivered_bytes"],
-                    "offered_kbps": round((down1["bytes"] - down0["bytes"]) * 8 / seconds / 1000),
-                    "lost_packets": down1["lost"] - down0["lost"],
-                    "queue_dropped_packets": down1["dropped"] - down0["dropped"],
-                },
+                "receiver": receiver,
+                "sfu": sfu,
+                "link_down": link_down,
             }
         )
         return result
@@ -337,9 +439,11 @@ async def run_condition(cond: Condition, warmup: float, seconds: float, log: Any
         netlink.close()
 
 
-async def run(names: list[str], warmup: float, seconds: float, quiet: bool) -> list[dict[str, Any]]:
+async def run(
+    names: list[str], warmup: float, seconds: float, quiet: bool, receiver: str
+) -> list[dict[str, Any]]:
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    return [await run_condition(CONDITIONS[n], warmup, seconds, log) for n in names]
+    return [await run_condition(CONDITIONS[n], warmup, seconds, log, receiver) for n in names]
 
 
 def main() -> int:
@@ -348,8 +452,8 @@ def main() -> int:
     parser.add_argument(
         "--receiver",
         default="browser",
-        choices=["browser"],
-        help="the teaching point: headless Chromium on the lesson page",
+        choices=["browser", "agent"],
+        help="the teaching point: headless Chromium on the lesson page, or the point agent",
     )
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -360,7 +464,7 @@ def main() -> int:
         print(f"bench/rural.py: {reason}", file=sys.stderr)
         return 2
     names = list(CONDITIONS) if args.condition == "all" else [args.condition]
-    results = asyncio.run(run(names, args.warmup, args.seconds, quiet=args.json))
+    results = asyncio.run(run(names, args.warmup, args.seconds, args.json, args.receiver))
     if args.json:
         print(json.dumps(results, ensure_ascii=False))
     else:

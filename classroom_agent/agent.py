@@ -107,6 +107,7 @@ class ClassroomAgent:
         self.quality: dict[str, TrackQuality] = {}
         self.tracks: list[PublishedTrack] = []
         self._consumers: dict[str, asyncio.Task[None]] = {}
+        self._track_sources: dict[str, str] = {}
         self._client: LessonClient | None = None
         self.record = record
         self.upload = upload
@@ -273,6 +274,7 @@ class ClassroomAgent:
             old.cancel()
         label = f"{remote.info.get('name', '')} · {remote.info.get('label', '')}".strip(" ·")
         quality = self.quality[name] = TrackQuality(kind=remote.track.kind, name=label or name)
+        self._track_sources[name] = remote.source
         self._consumers[remote.mid] = asyncio.ensure_future(
             self._consume(remote, name, label, quality)
         )
@@ -382,7 +384,11 @@ class ClassroomAgent:
             "classroom": self.classroom,
             "connected": self.status.connected,
             "sources": dict(self.status.source_states),
-            "tracks": [q.snapshot() for name, q in self.quality.items() if name in active],
+            "tracks": [
+                {**q.snapshot(), "source": self._track_sources.get(name, "")}
+                for name, q in self.quality.items()
+                if name in active
+            ],
         }
 
     async def _report_loop(self, stop: asyncio.Event) -> None:

@@ -68,6 +68,9 @@ def run_agent(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tongke agent: {exc}", file=sys.stderr)
         return 2
+    if args.report_interval <= 0:
+        print("tongke agent: --report-interval must be positive", file=sys.stderr)
+        return 2
     if args.ice_address:
         use_host_addresses(args.ice_address)
     window = None
@@ -84,7 +87,12 @@ def run_agent(args: argparse.Namespace) -> int:
 
     try:
         agent = ClassroomAgent(
-            config, window=window, report=report, on_quality=show, record=not args.no_recording
+            config,
+            window=window,
+            report=report,
+            report_interval_s=args.report_interval,
+            on_quality=show,
+            record=not args.no_recording,
         )
     except AgentStopped as exc:
         print(f"tongke agent: {exc}", file=sys.stderr)
@@ -137,6 +145,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--report", type=Path, help="append per-track quality as JSON lines to this file"
+    )
+    p.add_argument(
+        "--report-interval",
+        type=float,
+        default=5.0,
+        help="seconds between quality reports (default 5)",
     )
     p.add_argument("--no-window", action="store_true", help="never open a local window")
     p.add_argument(
