@@ -27,6 +27,7 @@ from aiortc import (
 )
 
 from classroom_agent.tracks import add_encoded_track
+from tongke import rtc_internals
 from tongke.errors import CodedError
 from tongke.turn import order_for_aiortc
 
@@ -103,6 +104,8 @@ class LessonClient:
         name: str | None = None,
         events: ClientEvents | None = None,
     ) -> None:
+        # The datagram guard and long-RTT consent protect the agent's connections too.
+        rtc_internals.install()
         self.base_url = base_url
         self.room = room
         self.token = token

@@ -22,6 +22,7 @@ from aiortc import RTCPeerConnection, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
+from tongke import rtc_internals
 from tongke.codecs import codec_capabilities
 
 from .encoding import AUDIO_TIME_BASE, VIDEO_TIME_BASE, AudioEncoder, VideoEncoder
@@ -301,17 +302,14 @@ def add_encoded_track(
     transceiver = pc.addTransceiver(track, direction="sendonly")
     if codec is not None:
         transceiver.setCodecPreferences(codec_capabilities(track.kind, codec))
-    sender = transceiver.sender
-    original = sender._handle_rtcp_packet
     request = getattr(track, "request_keyframe", None)
 
-    async def handle_rtcp(packet: Any) -> None:
+    def on_rtcp(packet: Any) -> None:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             if request is not None:
                 request()
             if on_keyframe_request is not None:
                 on_keyframe_request()
-        await original(packet)
 
-    sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+    rtc_internals.hook_sender_rtcp(transceiver.sender, on_rtcp)
     return transceiver

@@ -132,6 +132,7 @@ class Session:
             send_json=self.send,
             pc_factory=self.sfu.new_peer_connection,
             on_tracks=room.on_tracks,
+            adaptive=self.sfu.adaptive,
         )
         self.room, self.participant = room, participant
 
@@ -144,6 +145,15 @@ class Session:
             await self.ws.close(code=4409, message=b"replaced")
 
         participant.on_replaced = replaced
+
+        async def media_failed(which: str) -> None:
+            await self.error(
+                "media_failed",
+                f"the {which} media connection failed; join again to restore it",
+            )
+            await self.ws.close(code=4408, message=b"media_failed")
+
+        participant.on_media_failed = media_failed
         await self.send(
             {
                 "type": "joined",
@@ -199,7 +209,7 @@ class Session:
         if paused is not None:
             if not isinstance(paused, bool):
                 raise SignallingError("bad_request", "'paused' must be true or false")
-            slot.downtrack.paused = paused
+            slot.downtrack.set_paused(paused)
         if layer is not None:
             if layer not in ("h", "m", "l"):
                 raise SignallingError("bad_request", "'layer' must be 'h', 'm' or 'l'")

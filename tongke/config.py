@@ -34,6 +34,9 @@ class Config:
     turn_urls: list[str] = field(default_factory=list)
     turn_secret: str = ""
     turn_ttl: int = 4 * 3600
+    # Per-subscriber bandwidth estimation, layer allocation and pacing (off: forward
+    # everything as it comes; only for measuring what they cost).
+    adaptive_media: bool = True
 
     @property
     def base_url(self) -> str:

@@ -169,6 +169,10 @@ class LessonViewer {
       case "tracks":
         this.sub.handleTracks(message);
         break;
+      case "allocation":
+        this.grid.setAllocation(message);
+        this.state.allocation = message;
+        break;
       case "participant_joined":
       case "participant_updated":
         this.participants.set(message.participant.id, message.participant);
