@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import aiohttp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from classroom_agent.adapt import FeedbackError, Layer, parse_feedback, plan
 from classroom_agent.client import ClientEvents, LessonClient, LessonError, Publication, RemoteTrack
 from classroom_agent.config import AgentConfig, PublishedTrack, build_tracks
 from classroom_agent.quality import TrackQuality, receiver_loss
@@ -72,6 +73,8 @@ class AgentStatus:
     connected: bool = False
     connects: int = 0
     last_error: str = ""
+    #: The SFU's latest receive estimate of our uplink (publish_feedback), if any.
+    uplink_estimate_bps: int | None = None
     source_states: dict[str, str] = field(default_factory=dict)
 
 
@@ -104,6 +107,7 @@ class ClassroomAgent:
         self.quality: dict[str, TrackQuality] = {}
         self.tracks: list[PublishedTrack] = []
         self._consumers: dict[str, asyncio.Task[None]] = {}
+        self._track_sources: dict[str, str] = {}
         self._client: LessonClient | None = None
         self.record = record
         self.upload = upload
@@ -170,6 +174,9 @@ class ClassroomAgent:
         self._client = client
         try:
             await client.connect()
+            # A new connection starts from the configuration: this server has not said
+            # yet what it receives or who watches.
+            self._restore_publishing()
             await client.publish(
                 [
                     Publication(
@@ -267,6 +274,7 @@ class ClassroomAgent:
             old.cancel()
         label = f"{remote.info.get('name', '')} · {remote.info.get('label', '')}".strip(" ·")
         quality = self.quality[name] = TrackQuality(kind=remote.track.kind, name=label or name)
+        self._track_sources[name] = remote.source
         self._consumers[remote.mid] = asyncio.ensure_future(
             self._consume(remote, name, label, quality)
         )
@@ -289,10 +297,13 @@ class ClassroomAgent:
                 self.window.remove(name)
 
     def _on_message(self, message: dict[str, Any]) -> None:
-        """Note who joined and left in the safety copy's lesson timeline."""
+        """Follow the SFU's publish feedback; note who joined and left in the timeline."""
+        kind = message.get("type")
+        if kind == "publish_feedback":
+            self.apply_publish_feedback(message)
+            return
         if self.recorder is None:
             return
-        kind = message.get("type")
         if kind == "participant_joined":
             who = message["participant"]
             self.recorder.event(
@@ -300,6 +311,46 @@ class ClassroomAgent:
             )
         elif kind == "participant_left":
             self.recorder.event("leave", participant=message["participant"])
+
+    # -- following the SFU's publish feedback -------------------------------------------
+
+    def apply_publish_feedback(self, message: dict[str, Any]) -> None:
+        """Encode only the layers someone receives, within the SFU's uplink estimate."""
+        try:
+            feedback = parse_feedback(message)
+        except FeedbackError as exc:
+            log.warning("ignoring %s", exc)
+            return
+        layers = [Layer(p.source, p.layer, p.kind, p.bitrate_kbps) for p in self.tracks]
+        targets = plan(layers, feedback)
+        for published in self.tracks:
+            if published.kind != "video":
+                continue
+            track = published.track
+            kbps = targets[(published.source, published.layer)]
+            if kbps is None:
+                if not track.idle:
+                    log.info(
+                        "%s/%s: nobody receives it; pausing", published.source, published.layer
+                    )
+                track.set_idle(True)
+                continue
+            if track.idle:
+                log.info(
+                    "%s/%s: wanted again; resuming on a keyframe", published.source, published.layer
+                )
+            track.set_idle(False)
+            if kbps != track.bitrate_kbps:
+                track.set_bitrate(kbps)
+        self.status.uplink_estimate_bps = feedback.bitrate_bps
+
+    def _restore_publishing(self) -> None:
+        for published in self.tracks:
+            if published.kind == "video":
+                published.track.set_idle(False)
+                if published.track.bitrate_kbps != published.bitrate_kbps:
+                    published.track.set_bitrate(published.bitrate_kbps)
+        self.status.uplink_estimate_bps = None
 
     async def _stop_consumers(self) -> None:
         tasks = list(self._consumers.values())
@@ -333,7 +384,11 @@ class ClassroomAgent:
             "classroom": self.classroom,
             "connected": self.status.connected,
             "sources": dict(self.status.source_states),
-            "tracks": [q.snapshot() for name, q in self.quality.items() if name in active],
+            "tracks": [
+                {**q.snapshot(), "source": self._track_sources.get(name, "")}
+                for name, q in self.quality.items()
+                if name in active
+            ],
         }
 
     async def _report_loop(self, stop: asyncio.Event) -> None:

@@ -26,8 +26,12 @@ REFRESH_MS = 66  # ~15 fps is plenty for a monitor and keeps the PC's CPU for de
 class LocalWindow:
     """A Tk window with one tile per video track; use :func:`open_window` to create one."""
 
-    def __init__(self, title: str = "Tongke", tile_size: tuple[int, int] = (480, 270),
-                 columns: int | None = None) -> None:
+    def __init__(
+        self,
+        title: str = "Tongke",
+        tile_size: tuple[int, int] = (480, 270),
+        columns: int | None = None,
+    ) -> None:
         self.title = title
         self.tile_size = tile_size
         self.columns = columns
@@ -160,8 +164,9 @@ def to_ppm(frame: av.VideoFrame, size: tuple[int, int]) -> bytes:
     return b"P6 %d %d 255\n" % (w, h) + rgb.tobytes()
 
 
-def open_window(title: str = "Tongke", tile_size: tuple[int, int] = (480, 270),
-                columns: int | None = None) -> LocalWindow | None:
+def open_window(
+    title: str = "Tongke", tile_size: tuple[int, int] = (480, 270), columns: int | None = None
+) -> LocalWindow | None:
     """A started local window, or None when there is no display (headless box, SSH)."""
     if not os.environ.get("DISPLAY"):
         return None
@@ -172,7 +177,6 @@ def open_window(title: str = "Tongke", tile_size: tuple[int, int] = (480, 270),
         return None
     window = LocalWindow(title, tile_size, columns)
     if not window.start():
-        logger.info("cannot open a local window on %s: %s", os.environ.get("DISPLAY"),
-                    window.error)
+        logger.info("cannot open a local window on %s: %s", os.environ.get("DISPLAY"), window.error)
         return None
     return window

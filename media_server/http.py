@@ -13,6 +13,7 @@ from media_server.sfu import Sfu
 from media_server.signalling import ERRORS_SENT, websocket_handler
 from media_server.uptrack import SFU_LATENCY
 from tongke.tokens import Claims, Role, TokenError, issue_token, verify_token
+from tongke.turn import TurnSettings
 from tongke.untrusted import BadInput, display_text_problem, loads
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         adaptive=config.adaptive_media,
     )
     app[SFU] = sfu
+    # TURN (issue 8 item 8): credentials minted per join by tongke/turn.py.
+    sfu.turn = TurnSettings.from_config(config.turn_urls, config.turn_secret, config.turn_ttl)
 
     def require(
         request: web.Request, room: str | None = None, roles: frozenset[Role] | None = ADMIN

@@ -15,6 +15,7 @@ from tongke import rtc_internals
 
 if TYPE_CHECKING:
     from media_server.signalling import Session
+    from tongke.turn import TurnSettings
 
 
 class Sfu:
@@ -35,6 +36,8 @@ class Sfu:
         self.rooms = Rooms(state_dir / "rooms.json" if state_dir is not None else None)
         self.sessions: set[Session] = set()
         self.peer_connections: set[RTCPeerConnection] = set()
+        # TURN for clients behind UDP-blocking firewalls (issue 8 item 8, tongke/turn.py).
+        self.turn: TurnSettings | None = None
 
     def new_peer_connection(self) -> RTCPeerConnection:
         # No STUN/TURN: the server's host candidates are what clients connect to.

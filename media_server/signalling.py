@@ -18,6 +18,7 @@ from media_server.publisher import SignallingError
 from media_server.room import Room
 from media_server.sfu import Sfu
 from tongke.tokens import PUBLISHING_ROLES, Role, TokenError, verify_token
+from tongke.turn import ice_servers_for
 from tongke.untrusted import BadInput, display_text, display_text_problem, loads, safe_dumps
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,8 @@ class Session:
                 "role": claims.role.value,
                 "classroom": claims.classroom,
                 "participants": [p.describe() for p in room.participants.values()],
+                # TURN (issue 8 item 8): time-limited credentials, tongke/turn.py.
+                "ice_servers": ice_servers_for(self.sfu.turn, claims.classroom),
             }
         )
         await room.add(participant)

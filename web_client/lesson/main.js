@@ -132,6 +132,12 @@ class LessonViewer {
       return; // Otherwise the socket is gone and the close handler reconnects.
     }
     if (sig !== this.sig) return;
+    // TURN servers with time-limited credentials (protocol: joined.ice_servers), so a
+    // school whose firewall drops UDP still receives the lesson over TCP/TLS. Set before
+    // the first subscribe_offer is answered: that message is handled after this task.
+    if (joined.ice_servers?.length && this.sub) {
+      this.sub.pc.setConfiguration({ ...this.sub.pc.getConfiguration(), iceServers: joined.ice_servers });
+    }
     this.state.joined = joined;
     this.participants = new Map(joined.participants.map((p) => [p.id, p]));
     this._renderHeader();
