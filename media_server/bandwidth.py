@@ -54,6 +54,7 @@ class SubscriberBandwidth:
         self._last_up = float("-inf")
         self._hold_s = HOLD_S
         self._sent_mark: tuple[float, int] | None = None
+        self._octets: dict[int, int] = {}
         self._started: set[str] = set()
         self._announced: Any = None
         self.estimate_bps = start
@@ -66,7 +67,7 @@ class SubscriberBandwidth:
     def tick(self, downtracks: Sequence[DownTrack], now: float) -> dict[str, Any] | None:
         """One control step; returns the `allocation` message when it changed."""
         active = [d for d in downtracks if d.source is not None]
-        self._measure_sent(now)
+        self._measure_sent(active, now)
         self._feed_loss(active, now)
         estimate = self.estimator.estimate(now)
         self.estimate_bps = estimate.bps
@@ -94,12 +95,21 @@ class SubscriberBandwidth:
             self._last_up = now
         return self._message(active, estimate.bps)
 
-    def _measure_sent(self, now: float) -> None:
-        sent = self.pacer.sent_bytes if self.adaptive else 0
+    def _measure_sent(self, downtracks: Sequence[DownTrack], now: float) -> None:
+        est = self.estimator
         if self._sent_mark is not None and now > self._sent_mark[0]:
-            rate = (sent - self._sent_mark[1]) * 8 / (now - self._sent_mark[0])
-            self.estimator.sent_bps = 0.5 * self.estimator.sent_bps + 0.5 * rate
-        self._sent_mark = (now, sent)
+            elapsed = now - self._sent_mark[0]
+            total = 0.0
+            for d in downtracks:
+                before = self._octets.get(d.ssrc, d.stats.octets)
+                rate = (d.stats.octets - before) * 8 / elapsed
+                est.stream_bps[d.ssrc] = 0.5 * est.stream_bps.get(d.ssrc, rate) + 0.5 * rate
+                total += est.stream_bps[d.ssrc]
+            est.sent_bps = total
+            if total > 0 and est.started_at is None:
+                est.started_at = now
+        self._octets = {d.ssrc: d.stats.octets for d in downtracks}
+        self._sent_mark = (now, 0)
 
     def _feed_loss(self, downtracks: Sequence[DownTrack], now: float) -> None:
         weight = lost = 0.0
@@ -165,6 +175,20 @@ class SubscriberBandwidth:
             return None
         self._announced = state
         return {"type": "allocation", "estimate_bps": estimate_bps, "tracks": tracks}
+
+    def describe(self) -> dict[str, Any]:
+        """The subscriber's link as the server sees it (ops page, stats, tests)."""
+        est = self.estimator
+        return {
+            "estimate_bps": self.estimate_bps,
+            "remb_bps": est.remb(self._sent_mark[0]) if self._sent_mark else None,
+            "sent_bps": int(est.sent_bps),
+            "loss": round(est.loss, 4),
+            "rtt_ms": round(est.rtt_ms, 1) if est.rtt_ms is not None else None,
+            "hold_s": self._hold_s,
+            "paced_dropped": self.pacer.dropped,
+            "repair_refused": self.repair.refused,
+        }
 
     def close(self) -> None:
         self.pacer.close()

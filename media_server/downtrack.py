@@ -245,11 +245,13 @@ class DownTrack:
                 self.request_keyframe()
             elif packet.fmt == RTCP_PSFB_APP:
                 try:
-                    self.stats.remb_bps = unpack_remb_fci(packet.fci)[0]
+                    bps, ssrcs = unpack_remb_fci(packet.fci)
                 except ValueError:
                     return
-                if self.estimator is not None:
-                    self.estimator.on_remb(self.stats.remb_bps, time.monotonic())
+                self.stats.remb_bps = bps
+                # aiortc hands a REMB to every sender it lists; the first one reports it.
+                if self.estimator is not None and (not ssrcs or ssrcs[0] == self.ssrc):
+                    self.estimator.on_remb(bps, ssrcs or [self.ssrc], time.monotonic())
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc != self.ssrc:

@@ -3,11 +3,14 @@
 Two signals, as in Google Congestion Control (the estimator Chromium and aiortc run):
 
 - REMB: the receiver's own delay-based estimate (Chromium and aiortc compute it from
-  the abs-send-time every DownTrack stamps). When it falls below what we are actually
-  sending, the receiver sees a queue building on its link: the estimate drops to it at
-  once, before packets are lost. A REMB above what we send says little — Chromium never
-  reports more than 1.5x what it receives — so it never holds the estimate down (a
-  subscriber whose pictures are paused would otherwise never get them back).
+  the abs-send-time every DownTrack stamps) for the streams its FCI lists: Chromium
+  sends one for the whole transport, aiortc one per received stream. When it falls
+  below what we are actually sending on those streams, the receiver sees a queue
+  building on its link: the estimate drops by that ratio at once, before packets are
+  lost. A REMB above what we send says little — Chromium never reports more than 1.5x
+  what it receives — so it never holds the estimate down (a subscriber whose pictures
+  are paused would otherwise never get them back). The first seconds of REMB are a
+  receiver's start-up guess, not a measurement, and are not taken as congestion.
 - Loss from receiver reports: more than 10% lost backs off multiplicatively, between 2%
   and 10% holds (random loss on a rural line is not congestion), below 2% grows by 8%
   per report. Growth is bounded by a multiple of what we send, so an idle subscriber's
@@ -28,6 +31,7 @@ LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
 GROWTH = 1.08
 CONGESTED = 0.85  # a REMB below this share of what we send means a queue is building
+REMB_WARMUP_S = 6.0
 # How far above what we send the estimate may grow without evidence.
 HEADROOM_FACTOR = 2.0
 HEADROOM_BPS = 1_500_000
@@ -48,16 +52,31 @@ class DownlinkEstimator:
         self._bps = float(initial_bps)
         self._remb: tuple[int, float] | None = None  # (bps, when)
         self.sent_bps = 0.0  # what we sent this subscriber lately (set by the caller)
+        self.stream_bps: dict[int, float] = {}  # per outgoing SSRC (set by the caller)
+        self.started_at: float | None = None  # when media first went out
+        self._low_rembs: dict[tuple[int, ...], int] = {}
         self.loss = 0.0
         self.rtt_ms: float | None = None
         self.congested_at = float("-inf")
 
-    def on_remb(self, bps: int, now: float) -> None:
+    def on_remb(self, bps: int, ssrcs: list[int], now: float) -> None:
         if bps <= 0:
             return
         self._remb = (bps, now)
-        if self.sent_bps > 0 and bps < CONGESTED * self.sent_bps and bps < self._bps:
-            self._bps = float(bps)
+        if self.started_at is None or now - self.started_at < REMB_WARMUP_S:
+            return
+        covered = sum(self.stream_bps.get(s, 0.0) for s in ssrcs)
+        key = tuple(ssrcs)
+        if covered <= 0 or bps >= CONGESTED * covered:
+            self._low_rembs.pop(key, None)
+            return
+        # One low REMB can be a receiver's hiccup; two in a row are a queue.
+        self._low_rembs[key] = self._low_rembs.get(key, 0) + 1
+        if self._low_rembs[key] < 2:
+            return
+        scaled = self.sent_bps * bps / covered
+        if scaled < self._bps:
+            self._bps = scaled
             self.congested_at = now
         self._clamp()
 

@@ -34,43 +34,72 @@ from tests.media import wait_for
     ],
 )
 def test_estimate_follows_remb_and_loss(sent: int, steps: list, low: int, high: int) -> None:
-    est = DownlinkEstimator(initial_bps=2_500_000)
-    est.sent_bps = sent
+    est = started(DownlinkEstimator(initial_bps=2_500_000), sent)
     for kind, value in steps:
         if kind == "remb":
-            est.on_remb(value, now=1.0)
+            for _ in range(2):  # a low REMB counts when it is repeated
+                est.on_remb(value, [1], now=10.0)
         else:
-            est.on_loss(value, now=1.0)
-    assert low <= est.estimate(1.0).bps <= high
+            est.on_loss(value, now=10.0)
+    assert low <= est.estimate(10.0).bps <= high
+
+
+def started(est: DownlinkEstimator, sent: float) -> DownlinkEstimator:
+    """One stream (SSRC 1) carrying everything, sending since t=0."""
+    est.sent_bps = sent
+    est.stream_bps = {1: sent}
+    est.started_at = 0.0
+    return est
+
+
+def test_a_per_stream_remb_is_weighed_against_that_stream_only() -> None:
+    """aiortc sends one REMB per received stream: 300k for a 600k stream is congestion
+    on half the traffic, not a 300k link."""
+    est = DownlinkEstimator(initial_bps=3_000_000)
+    est.sent_bps = 1_200_000
+    est.stream_bps = {1: 600_000, 2: 600_000}
+    est.started_at = 0.0
+    est.on_remb(900_000, [2], now=10.0)  # above what stream 2 carries: no constraint
+    assert est.estimate(10.0).bps == 3_000_000
+    est.on_remb(300_000, [1], now=10.0)
+    assert est.estimate(10.0).bps == 3_000_000  # once may be a hiccup
+    est.on_remb(300_000, [1], now=10.5)
+    assert est.estimate(10.5).bps == 600_000
+
+
+def test_the_first_seconds_of_remb_are_not_taken_as_congestion() -> None:
+    est = started(DownlinkEstimator(initial_bps=2_500_000), 2_000_000)
+    est.on_remb(165_000, [1], now=2.0)  # aiortc's start-up value
+    assert est.estimate(2.0).bps == 2_500_000
 
 
 def test_congestion_is_flagged_and_the_floor_holds() -> None:
-    est = DownlinkEstimator(initial_bps=2_000_000)
-    est.sent_bps = 1_000_000
-    est.on_remb(300_000, now=0.0)
-    assert est.estimate(0.5).congested
-    assert est.estimate(0.5).bps == 300_000
-    assert not est.estimate(10.0).congested
+    est = started(DownlinkEstimator(initial_bps=2_000_000), 1_000_000)
+    est.on_remb(300_000, [1], now=9.5)
+    est.on_remb(300_000, [1], now=10.0)
+    assert est.estimate(10.5).congested
+    assert est.estimate(10.5).bps == 300_000
+    assert not est.estimate(20.0).congested
     for _ in range(100):
-        est.on_loss(0.9, now=10.0)
-    assert est.estimate(10.0).bps == MIN_BPS
+        est.on_loss(0.9, now=20.0)
+    assert est.estimate(20.0).bps == MIN_BPS
 
 
 def test_after_a_step_down_and_back_up_the_estimate_recovers_within_seconds() -> None:
     """5 -> 1 Mbit/s: the REMB drop is followed at once; back at 5, 2 reports a second of
     clean delivery lift it again (8% each) as fast as the sending rate follows."""
-    est = DownlinkEstimator(initial_bps=5_000_000)
-    est.sent_bps = 4_500_000
-    est.on_remb(900_000, now=0.0)  # the link shrank: the receiver sees a queue
-    assert est.estimate(0.0).bps == 900_000
-    now, ticks = 0.0, 0
+    est = started(DownlinkEstimator(initial_bps=5_000_000), 4_500_000)
+    est.on_remb(900_000, [1], now=9.5)  # the link shrank: the receiver sees a queue
+    est.on_remb(900_000, [1], now=10.0)
+    assert est.estimate(10.0).bps == 900_000
+    now, ticks = 10.0, 0
     while est.estimate(now).bps < 4_000_000:
         now += 0.5
         ticks += 1
         est.sent_bps = est.estimate(now).bps * 0.85  # the allocator fills what it is given
         est.on_loss(0.0, now)
         assert ticks < 60
-    assert now <= 12.0
+    assert now - 10.0 <= 12.0
 
 
 # -- allocator ------------------------------------------------------------------------
