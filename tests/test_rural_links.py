@@ -101,13 +101,16 @@ def test_opus_in_band_fec_is_asked_for_in_the_sdp_we_send() -> None:
             "m=audio 9 UDP/TLS/RTP/SAVPF 96 0",
             "a=rtpmap:96 opus/48000/2",
             "a=rtpmap:0 PCMU/8000",
-            "m=video 9 UDP/TLS/RTP/SAVPF 97",
-            "a=rtpmap:97 VP8/90000",
-            "a=fmtp:97 max-fr=30",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96 97",
+            "a=rtpmap:96 VP8/90000",
+            "a=rtpmap:97 rtx/90000",
+            "a=fmtp:97 apt=96",
             "",
         ]
     )
     amended = enable_opus_fec(sdp)
     assert "a=fmtp:96 minptime=10;useinbandfec=1" in amended.split("\r\n")
-    assert amended.count("useinbandfec") == 1  # not on PCMU, not on VP8
+    # Not on PCMU, and not on VP8 although it has the same payload type in its section.
+    assert amended.count("useinbandfec") == 1
+    assert amended.split("m=video")[1] == sdp.split("m=video")[1]
     assert enable_opus_fec(amended) == amended  # idempotent
