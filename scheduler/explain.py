@@ -128,7 +128,11 @@ class _Plan:
                 (s.start, s.end, s.stream_mbps, s.point_up_mbps)
             )
             self.remote[s.teacher_id].add(c.session)
-        self.active = set(solution.active.values())
+        # Where each master lesson is given in the plan, by subject and grade.
+        self.given: dict[tuple[str, int], list[MasterSession]] = defaultdict(list)
+        for sid in sorted(solution.active.values()):
+            ses = problem.sessions[sid]
+            self.given[(ses.subject, ses.grade)].append(ses)
 
     def cap_week(self, teacher: str, sessions: set[int]) -> str | None:
         """The first calendar week in which these remote lessons break the cap, if any."""
@@ -307,19 +311,10 @@ def explain_need(problem: Problem, plan: _Plan, need: NeedInfo) -> list[Reason]:
         return [funnel]
     short = need.periods_per_week - plan.served[need.id]
     mine = plan.need_sessions[need.id]
-    offers = sorted(
-        {
-            s.offer_id
-            for s in problem.sessions
-            if s.subject == need.subject
-            and s.grade == need.grade
-            and (problem.options.cross_county or s.county_id == need.county_id)
-        }
-    )
     given = [
-        problem.sessions[i]
-        for i in sorted(plan.active)
-        if problem.sessions[i].offer_id in set(offers)
+        s
+        for s in plan.given.get((need.subject, need.grade), [])
+        if problem.options.cross_county or s.county_id == need.county_id
     ]
     open_ = [s for s in given if s.idx not in mine]
     what_zh, what_en = f"{need.grade}年级{need.subject}", f"grade {need.grade} {need.subject}"
