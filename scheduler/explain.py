@@ -21,13 +21,14 @@ text. This is arithmetic over the plan, so every need gets its reasons in millis
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.bells import bell_spill, clock, day_blocks, fits, fits_bells, overlaps
 from scheduler.greedy import line_allows
-from scheduler.problem import BellRule, MasterSession, NeedInfo, Problem
+from scheduler.problem import BellRule, MasterSession, Mode, NeedInfo, Problem
 from scheduler.solver import Solution
 from scheduler.timetable import WEEKDAY_NAMES_ZH, weekday_name
 
@@ -361,6 +362,10 @@ def explain_need(problem: Problem, plan: _Plan, need: NeedInfo) -> list[Reason]:
                 picked.append(s)
         if picked:
             reasons.append(_lever_reason(problem, need, lever, picked, blocked))
+    if problem.options.mode == Mode.FIXED:
+        moved = _moves(problem, plan, need, open_, blocked, short)
+        if moved:
+            reasons.append(_move_reason(problem, moved))
     if reasons:
         return reasons
     # No single change serves a period: every lesson of the subject needs two or more.
@@ -479,6 +484,96 @@ def _lever_reason(
         gain=k,
         lessons=[s.offer_id for s in picked],
         relax=relax,
+    )
+
+
+# Blockers that moving the master lesson to another time can remove.
+_TIME_BOUND = {"timetable", "bells", "school_day", "trade_off", "school_line"}
+
+
+def _moves(
+    problem: Problem,
+    plan: _Plan,
+    need: NeedInfo,
+    open_: list[MasterSession],
+    blocked: dict[int, list[tuple[str, str, str, dict[str, Any]]]],
+    short: int,
+) -> list[tuple[MasterSession, MasterSession]]:
+    """Master lessons nobody joins yet that, moved into a free period of their master
+    class (the teacher and the recording classroom free too), the need could join."""
+    out: list[tuple[MasterSession, MasterSession]] = []
+    originals = [x for x in problem.sessions if x.original]
+    for s in open_:
+        if len(out) >= short:
+            break
+        if plan.points.get(s.idx) or not {b[0] for b in blocked[s.idx]} <= _TIME_BOUND:
+            continue
+        school = problem.school_of_room.get(s.classroom_id, "")
+        for wd in range(1, 6):
+            for p in problem.bells.get(school, []):
+                if (wd, p.start) == (s.weekday, s.start):
+                    continue
+                if any(
+                    overlaps(p.start, p.end, b[0], b[1])
+                    for b in problem.busy.get((s.master_class_id, wd), [])
+                ) or any(
+                    o.offer_id != s.offer_id
+                    and o.weekday == wd
+                    and overlaps(p.start, p.end, o.start, o.end)
+                    and (
+                        o.master_class_id == s.master_class_id
+                        or o.teacher_id == s.teacher_id
+                        or o.classroom_id == s.classroom_id
+                    )
+                    for o in originals + [m for _, m in out]
+                ):
+                    continue
+                cand = dataclasses.replace(s, weekday=wd, start=p.start, end=p.end, original=False)
+                week_ok = all(
+                    sum(week.get(problem.sessions[x].weekday, 0) for x in plan.remote[s.teacher_id])
+                    + week.get(wd, 0)
+                    <= problem.teacher_cap.get(s.teacher_id, 0)
+                    for _, week in problem.weeks
+                )
+                rest = [
+                    b
+                    for b in _blockers(problem, plan, need, cand, [m for _, m in out])
+                    if b[0] != "teacher_cap"
+                ]
+                if week_ok and not rest:
+                    out.append((s, cand))
+                    break
+            else:
+                continue
+            break
+    return out
+
+
+def _move_reason(problem: Problem, moved: list[tuple[MasterSession, MasterSession]]) -> Reason:
+    parts_zh = "；".join(
+        f"{_who(problem, a.master_class_id)} 的{a.subject}课 {_when(a, True)} → {_when(b, True)}"
+        for a, b in moved
+    )
+    parts_en = "; ".join(
+        f"{_who(problem, a.master_class_id)}'s {a.subject} lesson {_when(a, False)} → "
+        f"{_when(b, False)}"
+        for a, b in moved
+    )
+    k = len(moved)
+    return Reason(
+        "lever_move_lesson",
+        f"把主讲课调到主讲班的空闲节次（无人加入的课，中心校改课表），可多开 {k} 节：{parts_zh}",
+        f"moving master lessons nobody joins yet into free periods of their master class "
+        f"(the central school's timetable changes) would serve {k} more period(s): {parts_en}",
+        lever="move_lesson",
+        gain=k,
+        lessons=[a.offer_id for a, _ in moved],
+        relax={
+            "moves": [
+                {"offer": a.offer_id, "weekday": b.weekday, "start": b.start, "end": b.end}
+                for a, b in moved
+            ]
+        },
     )
 
 
