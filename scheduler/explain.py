@@ -129,6 +129,17 @@ class _Plan:
                 (s.start, s.end, s.stream_mbps, s.point_up_mbps)
             )
             self.remote[s.teacher_id].add(c.session)
+        # When each master class, teacher and recording classroom is busy with a master
+        # lesson in the plan (for moving a lesson elsewhere).
+        self.master_at: dict[tuple[str, str, int], list[tuple[int, int, int]]] = defaultdict(list)
+        for sid in solution.active.values():
+            ses = problem.sessions[sid]
+            for k in (
+                ("mclass", ses.master_class_id, ses.weekday),
+                ("teacher", ses.teacher_id, ses.weekday),
+                ("mroom", ses.classroom_id, ses.weekday),
+            ):
+                self.master_at[k].append((ses.start, ses.end, ses.offer_id))
         # Where each master lesson is given in the plan, by subject and grade.
         self.given: dict[tuple[str, int], list[MasterSession]] = defaultdict(list)
         for sid in sorted(solution.active.values()):
@@ -502,7 +513,7 @@ def _moves(
     """Master lessons nobody joins yet that, moved into a free period of their master
     class (the teacher and the recording classroom free too), the need could join."""
     out: list[tuple[MasterSession, MasterSession]] = []
-    originals = [x for x in problem.sessions if x.original]
+    taken: dict[tuple[str, str, int], list[tuple[int, int, int]]] = defaultdict(list)
     for s in open_:
         if len(out) >= short:
             break
@@ -513,19 +524,18 @@ def _moves(
             for p in problem.bells.get(school, []):
                 if (wd, p.start) == (s.weekday, s.start):
                     continue
+                keys = (
+                    ("mclass", s.master_class_id, wd),
+                    ("teacher", s.teacher_id, wd),
+                    ("mroom", s.classroom_id, wd),
+                )
                 if any(
                     overlaps(p.start, p.end, b[0], b[1])
                     for b in problem.busy.get((s.master_class_id, wd), [])
                 ) or any(
-                    o.offer_id != s.offer_id
-                    and o.weekday == wd
-                    and overlaps(p.start, p.end, o.start, o.end)
-                    and (
-                        o.master_class_id == s.master_class_id
-                        or o.teacher_id == s.teacher_id
-                        or o.classroom_id == s.classroom_id
-                    )
-                    for o in originals + [m for _, m in out]
+                    oid != s.offer_id and overlaps(p.start, p.end, a, b)
+                    for k in keys
+                    for a, b, oid in plan.master_at.get(k, []) + taken.get(k, [])
                 ):
                     continue
                 cand = dataclasses.replace(s, weekday=wd, start=p.start, end=p.end, original=False)
@@ -542,6 +552,8 @@ def _moves(
                 ]
                 if week_ok and not rest:
                     out.append((s, cand))
+                    for k in keys:
+                        taken[k].append((cand.start, cand.end, -1))
                     break
             else:
                 continue
