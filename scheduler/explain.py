@@ -228,7 +228,8 @@ def _blockers(
             and e.idx != s.idx
             and overlaps(s.start, s.end, e.start, e.end)
         ]
-        if clash:
+        if clash and not (kind == "room" and out and out[-1][0] == "trade_off"):
+            # (A clash of the class is also one of its classroom: said once.)
             what = "、".join(f"{c.subject} {clock(c.start)}" for c in clash)
             if kind == "class":
                 out.append(
