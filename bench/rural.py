@@ -129,8 +129,12 @@ async () => {
       };
     });
     const tracks = {};
+    const allocation = new Map(((window.tongke.allocation || {}).tracks || [])
+      .map((t) => [t.track, t]));
     for (const [mid, info] of Object.entries(window.tongke.tracks || {})) {
-      tracks[mid] = { source: info.source, layer: info.layer, active: info.active };
+      const a = allocation.get(info.track) || {};
+      tracks[mid] = { source: info.source, layer: a.layer ?? info.layer, active: info.active,
+                      paused: Boolean(a.paused), reason: a.reason ?? null };
     }
     r.samples.push({ t: performance.now(), stats: out, tracks, phase: window.tongke.phase,
                      connects: window.tongke.connects });
@@ -190,6 +194,20 @@ def summarise(
             "freeze_count": last["freezeCount"] - first["freezeCount"],
             "freeze_seconds": round(last["freezeSeconds"] - first["freezeSeconds"], 2),
             "layer": info.get("layer"),
+            # Seconds the SFU paused this picture for bandwidth (the page says so), and
+            # seconds with no new frame although it was not paused: a frozen "live" one.
+            "paused_share": round(
+                sum(1 for _, _, i in series[1:] if i.get("paused")) / len(per_second), 3
+            ),
+            "frozen_live_share": round(
+                sum(
+                    1
+                    for f, (_, _, i) in zip(per_second, series[1:], strict=True)
+                    if f == 0 and not i.get("paused")
+                )
+                / len(per_second),
+                3,
+            ),
             "glass_to_glass_p50_ms": _pct(latencies, 0.5),
             "glass_to_glass_p95_ms": _pct(latencies, 0.95),
         }

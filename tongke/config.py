@@ -34,6 +34,8 @@ class Config:
     turn_urls: list[str] = field(default_factory=list)
     turn_secret: str = ""
     turn_ttl: int = 4 * 3600
+    # UDP ports for media, e.g. "50000-50999" (empty: any port): what a firewall opens.
+    ice_port_range: str = ""
     # Per-subscriber bandwidth estimation, layer allocation and pacing (off: forward
     # everything as it comes; only for measuring what they cost).
     adaptive_media: bool = True
