@@ -36,8 +36,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from aiortc.mediastreams import MediaStreamTrack
-
 from .capture import AlsaMicrophone, FileSource, PulseMicrophone, RTSPCamera, V4L2Camera, X11Screen
 from .sources import MediaSource, StateCallback
 from .testcard import SyntheticAudio, SyntheticVideo
@@ -305,7 +303,7 @@ class PublishedTrack:
     kind: str
     layer: str
     label: str
-    track: MediaStreamTrack
+    track: EncodedVideoTrack | EncodedAudioTrack
     codec: str
     media_source: MediaSource
     width: int = 0
