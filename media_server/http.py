@@ -91,11 +91,18 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         points = body.get("points", [])
         if not isinstance(points, list) or not all(isinstance(p, str) for p in points):
             return json_error(400, "bad_request", "points must be a list of classroom ids")
+        times = [body.get("starts_at"), body.get("ends_at")]
+        if not all(t is None or (isinstance(t, int | float) and t > 0) for t in times):
+            return json_error(400, "bad_request", "starts_at/ends_at must be Unix seconds")
+        if None not in times and times[1] <= times[0]:
+            return json_error(400, "bad_request", "ends_at must be after starts_at")
         info = LessonInfo(
             room=room_id,
             title=str(body.get("title", "")),
             master=str(body.get("master", "")),
             points=points,
+            starts_at=times[0],
+            ends_at=times[1],
         )
         room = sfu.rooms.open(info)
         return web.json_response(room.describe(), status=201)
@@ -107,6 +114,14 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         if room is None:
             return json_error(404, "unknown_room", f"lesson {room_id!r} is not open")
         return web.json_response(room.describe())
+
+    async def attendance(request: web.Request) -> web.Response:
+        room_id = request.match_info["room"]
+        require(request, room=room_id, roles=frozenset({Role.ADMIN, Role.MASTER, Role.OBSERVER}))
+        room = sfu.rooms.get(room_id)
+        if room is None:
+            return json_error(404, "unknown_room", f"lesson {room_id!r} is not open")
+        return web.json_response(room.classroom.report())
 
     async def close_room(request: web.Request) -> web.Response:
         require(request)
@@ -166,6 +181,7 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     app.router.add_post("/api/rooms", open_room)
     app.router.add_get("/api/rooms/{room}", get_room)
     app.router.add_delete("/api/rooms/{room}", close_room)
+    app.router.add_get("/api/rooms/{room}/attendance", attendance)
     app.router.add_post("/api/rooms/{room}/tokens", make_token)
     app.router.add_get("/api/stats", stats)
     app.router.add_post("/api/stats/reset-latency", reset_latency)

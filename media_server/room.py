@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from media_server.classroom import Classroom
 from media_server.participant import Participant
 from media_server.publisher import SignallingError
 from media_server.source import SOURCE_LABELS, MediaSource
 from media_server.uptrack import UpTrack
-from tongke.tokens import PUBLISHING_ROLES, Role
+from tongke.tokens import PUBLISHING_ROLES
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,18 @@ class LessonInfo:
     master: str = ""
     points: list[str] = field(default_factory=list)
     opened_at: float = field(default_factory=time.time)
+    # The timetabled start and end (Unix seconds) when the lesson is scheduled.
+    starts_at: float | None = None
+    ends_at: float | None = None
 
 
 class Room:
-    def __init__(self, info: LessonInfo) -> None:
+    def __init__(self, info: LessonInfo, *, timeline_dir: Path | None = None) -> None:
         self.info = info
         self.participants: dict[str, Participant] = {}
         self._ids = itertools.count(1)
+        # Phase, hands, chat, call-on, mute, attendance; also owns the receive policy.
+        self.classroom = Classroom(self, timeline_dir=timeline_dir)
 
     @property
     def id(self) -> str:
@@ -49,18 +55,13 @@ class Room:
         return [s for p in self.participants.values() for s in p.sources.values()]
 
     def sources_for(self, viewer: Participant) -> list[MediaSource]:
-        """What one participant receives.
-
-        A teaching point's downlink is 2-5 Mbit/s: it receives the master classroom, not
-        the other points. The master classroom, observers and recorders receive everyone.
-        """
-        if viewer.claims.role is not Role.POINT:
-            return self.sources()
+        """What one participant receives: the classroom's policy (call-on, mute, phase)."""
+        may_receive = self.classroom.may_receive
         return [
             s
             for p in self.participants.values()
-            if p.claims.role is not Role.POINT
             for s in p.sources.values()
+            if may_receive(viewer.claims, p.claims, s)
         ]
 
     def describe(self) -> dict[str, Any]:
@@ -96,6 +97,7 @@ class Room:
             {"type": "participant_joined", "participant": participant.describe()}, skip=participant
         )
         participant.subscriber.update(self.sources_for(participant))
+        await self.classroom.joined(participant)
 
     async def remove(self, participant: Participant) -> None:
         if self.participants.pop(participant.id, None) is None:
@@ -106,6 +108,7 @@ class Room:
         if had_sources:
             self.resubscribe()
         await self.broadcast({"type": "participant_left", "participant": participant.id})
+        await self.classroom.left(participant)
 
     def on_tracks(
         self, participant: Participant, added: list[UpTrack], removed: list[UpTrack]
@@ -153,6 +156,7 @@ class Room:
     async def close(self) -> None:
         for p in list(self.participants.values()):
             await self.remove(p)
+        self.classroom.close()
 
 
 class Rooms:
@@ -160,13 +164,14 @@ class Rooms:
 
     def __init__(self, state_file: Path | None = None) -> None:
         self._state_file = state_file
+        self._timeline_dir = state_file.parent / "timelines" if state_file is not None else None
         self.rooms: dict[str, Room] = {}
         # Other packages (the scheduler) can tell us about lessons we were not told of.
         self.resolvers: list[Callable[[str], LessonInfo | None]] = []
         if state_file is not None and state_file.exists():
             for raw in json.loads(state_file.read_text()):
                 info = LessonInfo(**raw)
-                self.rooms[info.room] = Room(info)
+                self.rooms[info.room] = Room(info, timeline_dir=self._timeline_dir)
 
     def get(self, room_id: str) -> Room | None:
         room = self.rooms.get(room_id)
@@ -180,7 +185,7 @@ class Rooms:
     def open(self, info: LessonInfo) -> Room:
         room = self.rooms.get(info.room)
         if room is None:
-            room = self.rooms[info.room] = Room(info)
+            room = self.rooms[info.room] = Room(info, timeline_dir=self._timeline_dir)
             self._save()
         return room
 

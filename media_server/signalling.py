@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from media_server.classroom import HANDLERS as CLASSROOM_HANDLERS
+from media_server.classroom import Handler as ClassroomHandler
 from media_server.participant import Participant
 from media_server.publisher import SignallingError
 from media_server.room import Room
@@ -75,6 +77,8 @@ class Session:
         ref = message.get("id")
         kind = message["type"]
         handler = getattr(self, f"on_{kind}", None) if kind.isidentifier() else None
+        if handler is None and kind in CLASSROOM_HANDLERS:
+            handler = self._classroom_handler(CLASSROOM_HANDLERS[kind])
         if handler is None:
             await self.error("unknown_type", f"unknown message type {kind!r}", ref)
             return
@@ -90,6 +94,15 @@ class Session:
             if ref is not None:
                 reply["id"] = ref
             await self.send(reply)
+
+    def _classroom_handler(self, action: ClassroomHandler) -> Any:
+        """Interaction messages (hands, chat, call-on...) live in media_server/classroom.py."""
+
+        async def run(message: dict[str, Any]) -> dict[str, Any]:
+            assert self.room is not None and self.participant is not None
+            return await action(self.room.classroom, self.participant, message)
+
+        return run
 
     # -- messages --------------------------------------------------------------------
 
@@ -122,6 +135,12 @@ class Session:
                 "unknown_room", f"lesson {room_id!r} is not open on this server", message.get("id")
             )
             await self.ws.close(code=4404, message=b"unknown_room")
+            return None
+        try:
+            room.classroom.check_join(claims)
+        except SignallingError as exc:
+            await self.error(exc.code, exc.message, message.get("id"))
+            await self.ws.close(code=4410, message=exc.code.encode())
             return None
         name = message.get("name")
         participant = Participant(
@@ -164,6 +183,7 @@ class Session:
             raise SignallingError(
                 "forbidden", f"a {self.participant.claims.role.value} may watch but not publish"
             )
+        self.room.classroom.check_publish()
         sdp = await self.participant.publisher.negotiate(message.get("sdp"), message.get("tracks"))
         await self.room.broadcast(
             {"type": "participant_updated", "participant": self.participant.describe()}
