@@ -167,6 +167,16 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
 
         return web.FileResponse(WEB_ROOT / "lesson.html")
 
+    async def console_page(request: web.Request) -> web.StreamResponse:
+        from tongke.app import WEB_ROOT
+
+        return web.FileResponse(WEB_ROOT / "console" / "index.html")
+
+    async def point_page(request: web.Request) -> web.StreamResponse:
+        from tongke.app import WEB_ROOT
+
+        return web.FileResponse(WEB_ROOT / "point" / "index.html")
+
     async def home(request: web.Request) -> web.StreamResponse:
         from tongke.app import WEB_ROOT
 
@@ -186,6 +196,8 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     app.router.add_get("/api/stats", stats)
     app.router.add_post("/api/stats/reset-latency", reset_latency)
     app.router.add_get("/lesson/{room}", lesson_page)
+    app.router.add_get("/console/{room}", console_page)
+    app.router.add_get("/point/{classroom}", point_page)
     app.router.add_get("/", home)
     app.on_shutdown.append(on_shutdown)
     return sfu
