@@ -229,7 +229,7 @@ class MasterConsole {
       const li = document.createElement("li");
       li.dataset.classroom = h.classroom;
       const label = document.createElement("span");
-      label.textContent = `✋ ${h.name} · ${t("raisedAt", { time: clock(h.raised_at) })}`;
+      label.textContent = `${h.name} · ${t("raisedAt", { time: clock(h.raised_at) })}`;
       const call = document.createElement("button");
       call.textContent = t("callOn");
       call.className = "primary";
@@ -447,8 +447,8 @@ class MasterConsole {
     const flags = [];
     if (!p.present) flags.push(["offline", t("offline")]);
     if (p.called_on) flags.push(["called", t("called")]);
-    if (p.hand) flags.push(["hand", `✋ ${t("hand")}`]);
-    if (p.muted) flags.push(["muted", `🔇 ${t("muted")}`]);
+    if (p.hand) flags.push(["hand", t("hand")]);
+    if (p.muted) flags.push(["muted", t("muted")]);
     if (q && q.frozen) flags.push(["frozen", t("frozen")]);
     tile.flags.replaceChildren(
       ...flags.map(([cls, text]) => {
