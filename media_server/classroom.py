@@ -191,7 +191,11 @@ class Classroom:
 
     # -- the receive policy ----------------------------------------------------------
 
-    def may_receive(self, viewer: Claims, publisher: Claims, source: MediaSource) -> bool:
+    def policy(self, viewer: Participant, sources: list[MediaSource]) -> list[MediaSource]:
+        """The room router's receive policy: what `viewer` receives of `sources`."""
+        return [s for s in sources if self.may_receive(viewer.claims, s)]
+
+    def may_receive(self, viewer: Claims, source: MediaSource) -> bool:
         """Who receives what.
 
         An ended lesson forwards nothing. A muted point's microphone goes to nobody.
@@ -201,12 +205,12 @@ class Classroom:
         """
         if self.phase is Phase.ENDED:
             return False
-        is_point = publisher.role is Role.POINT
-        if is_point and source.kind == "audio" and publisher.classroom in self.muted:
+        is_point = source.role is Role.POINT
+        if is_point and source.kind == "audio" and source.classroom in self.muted:
             return False
         if viewer.role is not Role.POINT or not is_point:
             return True
-        return publisher.classroom == self.called_on
+        return source.classroom == self.called_on
 
     # -- participants ----------------------------------------------------------------
 
@@ -336,7 +340,7 @@ class Classroom:
             # Calling on a point is asking it to speak: its microphone must reach everyone.
             self.muted.discard(classroom)
             self._record("unmuted", classroom=classroom, reason="called_on")
-        self.room.resubscribe()
+        self.room.router.resubscribe()
         await self._announce({"kind": "call_on", "classroom": classroom, "name": name})
         return self._done("call_on")
 
@@ -519,7 +523,7 @@ class Classroom:
         classroom = self.called_on
         self.called_on = self.called_on_since = None
         self._record("call_off", classroom=classroom, reason=reason)
-        self.room.resubscribe()
+        self.room.router.resubscribe()
 
     async def _set_muted(
         self, who: Participant, message: dict[str, Any], muted: bool
@@ -538,7 +542,7 @@ class Classroom:
         else:
             self.muted.discard(classroom)
         self._record("muted" if muted else "unmuted", classroom=classroom)
-        self.room.resubscribe()
+        self.room.router.resubscribe()
         await self._announce({"kind": "muted" if muted else "unmuted", "classroom": classroom})
         return self._done(action)
 
@@ -554,7 +558,7 @@ class Classroom:
                 self._release(reason="ended")
             self.hands = []
             self._record("lesson_ended", by=by)
-        self.room.resubscribe()
+        self.room.router.resubscribe()
         # The timetable changes the phase from a synchronous tick: announce in the background.
         task = asyncio.ensure_future(self._announce({"kind": f"lesson_{phase.value}", "by": by}))
         self._tasks.add(task)

@@ -10,9 +10,11 @@ from aiohttp import web
 
 from media_server.room import LessonInfo
 from media_server.sfu import Sfu
-from media_server.signalling import websocket_handler
+from media_server.signalling import ERRORS_SENT, websocket_handler
 from media_server.uptrack import SFU_LATENCY
 from tongke.tokens import Claims, Role, TokenError, issue_token, verify_token
+from tongke.turn import TurnSettings
+from tongke.untrusted import BadInput, display_text_problem, loads
 
 if TYPE_CHECKING:
     from tongke.app import AppContext
@@ -35,10 +37,10 @@ def _bearer(request: web.Request) -> str | None:
 
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
-    except ValueError:
+        body = loads(await request.read())
+    except BadInput as exc:
         raise web.HTTPBadRequest(
-            text='{"error": {"code": "bad_json", "message": "the body is not valid JSON"}}',
+            text=json.dumps({"error": {"code": exc.code, "message": exc.message}}),
             content_type="application/json",
         ) from None
     if not isinstance(body, dict):
@@ -55,8 +57,11 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         secret=ctx.secret,
         state_dir=config.data_dir,
         max_message_bytes=config.max_message_bytes,
+        adaptive=config.adaptive_media,
     )
     app[SFU] = sfu
+    # TURN (issue 8 item 8): credentials minted per join by tongke/turn.py.
+    sfu.turn = TurnSettings.from_config(config.turn_urls, config.turn_secret, config.turn_ttl)
 
     def require(
         request: web.Request, room: str | None = None, roles: frozenset[Role] | None = ADMIN
@@ -96,10 +101,13 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
             return json_error(400, "bad_request", "starts_at/ends_at must be Unix seconds")
         if None not in times and times[1] <= times[0]:
             return json_error(400, "bad_request", "ends_at must be after starts_at")
+        problem = _optional_text_problem(body, ("title", "master"), max_chars=128)
+        if problem is not None:
+            return json_error(400, "bad_request", problem)
         info = LessonInfo(
             room=room_id,
-            title=str(body.get("title", "")),
-            master=str(body.get("master", "")),
+            title=str(body.get("title") or ""),
+            master=str(body.get("master") or ""),
             points=points,
             starts_at=times[0],
             ends_at=times[1],
@@ -140,13 +148,16 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
             ttl = int(body.get("ttl_s", 4 * 3600))
         except (ValueError, TypeError):
             return json_error(400, "bad_request", "role must be a known role; ttl_s a number")
-        classroom = str(body.get("classroom", "") or f"viewer-{role.value}")
+        problem = _optional_text_problem(body, ("classroom", "name"))
+        if problem is not None:
+            return json_error(400, "bad_request", problem)
+        classroom = str(body.get("classroom") or f"viewer-{role.value}")
         token = issue_token(
             sfu.secret,
             room=room_id,
             classroom=classroom,
             role=role,
-            name=str(body.get("name", "")),
+            name=str(body.get("name") or ""),
             ttl_s=ttl,
         )
         return web.json_response(
@@ -155,7 +166,7 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
 
     async def stats(request: web.Request) -> web.Response:
         require(request)
-        return web.json_response(sfu.stats())
+        return web.json_response({**sfu.stats(), "signalling_errors": dict(ERRORS_SENT)})
 
     async def reset_latency(request: web.Request) -> web.Response:
         require(request)
@@ -201,6 +212,20 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     app.router.add_get("/", home)
     app.on_shutdown.append(on_shutdown)
     return sfu
+
+
+def _optional_text_problem(
+    body: dict[str, Any], keys: tuple[str, ...], *, max_chars: int = 64
+) -> str | None:
+    """What is wrong with the optional display texts `keys` of `body`, if anything."""
+    for key in keys:
+        value = body.get(key)
+        if value is None or value == "":
+            continue
+        problem = display_text_problem(value, max_chars=max_chars)
+        if problem is not None:
+            return f"{key} {problem}"
+    return None
 
 
 def _http_error(status: int, code: str, message: str) -> web.HTTPException:

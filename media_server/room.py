@@ -14,8 +14,8 @@ from typing import Any
 
 from media_server.classroom import Classroom
 from media_server.participant import Participant
-from media_server.publisher import SignallingError
-from media_server.source import SOURCE_LABELS, MediaSource
+from media_server.router import Router
+from media_server.source import MediaSource
 from media_server.uptrack import UpTrack
 from tongke.tokens import PUBLISHING_ROLES
 
@@ -37,32 +37,29 @@ class LessonInfo:
 
 
 class Room:
+    """A lesson's room: its participants' lifecycle and its router (media wiring)."""
+
     def __init__(self, info: LessonInfo, *, timeline_dir: Path | None = None) -> None:
         self.info = info
-        self.participants: dict[str, Participant] = {}
+        self.router = Router()
         self._ids = itertools.count(1)
-        # Phase, hands, chat, call-on, mute, attendance; also owns the receive policy.
+        # Phase, hands, chat, call-on, mute, attendance; its policy says who receives what.
         self.classroom = Classroom(self, timeline_dir=timeline_dir)
+        self.router.policy = self.classroom.policy
 
     @property
     def id(self) -> str:
         return self.info.room
 
+    @property
+    def participants(self) -> dict[str, Participant]:
+        return self.router.participants
+
     def next_participant_id(self) -> str:
         return f"p{next(self._ids)}"
 
     def sources(self) -> list[MediaSource]:
-        return [s for p in self.participants.values() for s in p.sources.values()]
-
-    def sources_for(self, viewer: Participant) -> list[MediaSource]:
-        """What one participant receives: the classroom's policy (call-on, mute, phase)."""
-        may_receive = self.classroom.may_receive
-        return [
-            s
-            for p in self.participants.values()
-            for s in p.sources.values()
-            if may_receive(viewer.claims, p.claims, s)
-        ]
+        return self.router.sources()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -72,12 +69,16 @@ class Room:
         }
 
     async def broadcast(self, message: dict[str, Any], *, skip: Participant | None = None) -> None:
+        # One recipient that cannot be sent to (a closing socket, or anything else) must
+        # not keep the message from everyone after it.
         for p in list(self.participants.values()):
             if p is not skip:
                 try:
                     await p.send_json(message)
                 except ConnectionError:
                     pass
+                except Exception:
+                    log.exception("broadcast to %s failed", p.id)
 
     async def add(self, participant: Participant) -> None:
         # A classroom agent that reconnects with its token replaces its stale session
@@ -92,70 +93,29 @@ class Room:
                 await self.remove(old)
                 if old.on_replaced is not None:
                     await old.on_replaced()
-        self.participants[participant.id] = participant
+        self.router.add(participant)
         await self.broadcast(
             {"type": "participant_joined", "participant": participant.describe()}, skip=participant
         )
-        participant.subscriber.update(self.sources_for(participant))
         await self.classroom.joined(participant)
 
     async def remove(self, participant: Participant) -> None:
-        if self.participants.pop(participant.id, None) is None:
+        if participant.id not in self.participants:
             return
-        had_sources = bool(participant.sources)
-        participant.sources.clear()
+        self.router.remove(participant)
         await participant.close()
-        if had_sources:
-            self.resubscribe()
         await self.broadcast({"type": "participant_left", "participant": participant.id})
         await self.classroom.left(participant)
 
     def on_tracks(
         self, participant: Participant, added: list[UpTrack], removed: list[UpTrack]
     ) -> None:
-        for up in removed:
-            source = participant.sources.get(up.source)
-            if source is not None:
-                source.layers = {k: v for k, v in source.layers.items() if v is not up}
-                if not source.layers:
-                    del participant.sources[up.source]
-        for up in added:
-            source = participant.sources.get(up.source)
-            if source is None:
-                source = MediaSource(
-                    participant=participant.id,
-                    classroom=participant.claims.classroom,
-                    name=participant.name,
-                    source=up.source,
-                    kind=up.kind,
-                    codec=up.codec,
-                    label=up.label or SOURCE_LABELS.get(up.source, up.source),
-                )
-                participant.sources[up.source] = source
-            elif source.codec != up.codec or source.kind != up.kind:
-                raise SignallingError(
-                    "bad_request", f"all layers of {up.source} must use one kind and codec"
-                )
-            source.layers = {**source.layers, up.layer: up}
-        if added or removed:
-            self._reselect(participant)
-            self.resubscribe()
-
-    def _reselect(self, publisher: Participant) -> None:
-        """Let DownTracks of a source that gained or lost layers pick their layer again."""
-        mine = set(publisher.sources.values())
-        for p in self.participants.values():
-            for slot in p.subscriber.slots:
-                if slot.downtrack is not None and slot.source in mine:
-                    slot.downtrack.set_max_layer(slot.downtrack.max_layer)
-
-    def resubscribe(self) -> None:
-        for p in self.participants.values():
-            p.subscriber.update(self.sources_for(p))
+        self.router.publish(participant, added, removed)
 
     async def close(self) -> None:
         for p in list(self.participants.values()):
             await self.remove(p)
+        self.router.close()
         self.classroom.close()
 
 

@@ -7,8 +7,8 @@ touches a room, and every failure is answered on that client's socket only.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+from collections import Counter
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -20,8 +20,14 @@ from media_server.publisher import SignallingError
 from media_server.room import Room
 from media_server.sfu import Sfu
 from tongke.tokens import PUBLISHING_ROLES, Role, TokenError, verify_token
+from tongke.turn import ice_servers_for
+from tongke.untrusted import BadInput, display_text, display_text_problem, loads, safe_dumps
 
 log = logging.getLogger(__name__)
+
+# Error codes sent to clients since start-up, by code ("internal" counts tracebacks):
+# shown in /api/stats so that an operator sees abuse and the tests see no traceback.
+ERRORS_SENT: Counter[str] = Counter()
 
 TOKEN_CLOSE_CODES = {
     "token_missing": 4401,
@@ -44,12 +50,19 @@ class Session:
         self._send_lock = asyncio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
+        """Send one message; the only error it raises is ConnectionError."""
         if self.ws.closed:
             raise ConnectionError("socket closed")
+        text = safe_dumps(message)
         async with self._send_lock:
-            await self.ws.send_str(json.dumps(message, ensure_ascii=False))
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError) as exc:
+                # aiohttp raises RuntimeError or ConnectionResetError on a closing socket.
+                raise ConnectionError(str(exc)) from exc
 
     async def error(self, code: str, message: str, ref: object = None) -> None:
+        ERRORS_SENT[code] += 1
         payload: dict[str, Any] = {"type": "error", "code": code, "message": message}
         if ref is not None:
             payload["id"] = ref
@@ -67,14 +80,17 @@ class Session:
             await self.ws.close(code=WSCloseCode.MESSAGE_TOO_BIG, message=b"message too large")
             return
         try:
-            message = json.loads(text)
-        except ValueError as exc:
-            await self.error("bad_json", f"the message is not valid JSON: {exc}")
+            message = loads(text)
+        except BadInput as exc:
+            await self.error(exc.code, exc.message)
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             await self.error("bad_json", "a message must be a JSON object with a string 'type'")
             return
         ref = message.get("id")
+        if ref is not None and not _valid_ref(ref):
+            await self.error("bad_request", "'id' must be an integer or a string of at most 64")
+            return
         kind = message["type"]
         handler = getattr(self, f"on_{kind}", None) if kind.isidentifier() else None
         if handler is None and kind in CLASSROOM_HANDLERS:
@@ -87,7 +103,7 @@ class Session:
             return
         try:
             reply = await handler(message)
-        except SignallingError as exc:
+        except (SignallingError, BadInput) as exc:
             await self.error(exc.code, exc.message, ref)
             return
         if reply is not None:
@@ -143,13 +159,21 @@ class Session:
             await self.ws.close(code=4410, message=exc.code.encode())
             return None
         name = message.get("name")
+        if name is None or name == "":
+            # Names inside tokens are checked when minted; older tokens fall back safely.
+            name = claims.name if display_text_problem(claims.name) is None else claims.classroom
+            if display_text_problem(name) is not None:
+                name = claims.role.value
+        else:
+            name = display_text(name, "'name'")
         participant = Participant(
             participant_id=room.next_participant_id(),
             claims=claims,
-            name=name if isinstance(name, str) and 0 < len(name) <= 64 else claims.name,
+            name=name,
             send_json=self.send,
             pc_factory=self.sfu.new_peer_connection,
             on_tracks=room.on_tracks,
+            adaptive=self.sfu.adaptive,
         )
         self.room, self.participant = room, participant
 
@@ -162,6 +186,15 @@ class Session:
             await self.ws.close(code=4409, message=b"replaced")
 
         participant.on_replaced = replaced
+
+        async def media_failed(which: str) -> None:
+            await self.error(
+                "media_failed",
+                f"the {which} media connection failed; join again to restore it",
+            )
+            await self.ws.close(code=4408, message=b"media_failed")
+
+        participant.on_media_failed = media_failed
         await self.send(
             {
                 "type": "joined",
@@ -172,6 +205,8 @@ class Session:
                 "role": claims.role.value,
                 "classroom": claims.classroom,
                 "participants": [p.describe() for p in room.participants.values()],
+                # TURN (issue 8 item 8): time-limited credentials, tongke/turn.py.
+                "ice_servers": ice_servers_for(self.sfu.turn, claims.classroom),
             }
         )
         await room.add(participant)
@@ -184,7 +219,12 @@ class Session:
                 "forbidden", f"a {self.participant.claims.role.value} may watch but not publish"
             )
         self.room.classroom.check_publish()
-        sdp = await self.participant.publisher.negotiate(message.get("sdp"), message.get("tracks"))
+        tracks = message.get("tracks")
+        if isinstance(tracks, list):
+            for track in tracks:
+                if isinstance(track, dict) and track.get("label") not in (None, ""):
+                    display_text(track["label"], "track.label")
+        sdp = await self.participant.publisher.negotiate(message.get("sdp"), tracks)
         await self.room.broadcast(
             {"type": "participant_updated", "participant": self.participant.describe()}
         )
@@ -216,7 +256,7 @@ class Session:
         if paused is not None:
             if not isinstance(paused, bool):
                 raise SignallingError("bad_request", "'paused' must be true or false")
-            slot.downtrack.paused = paused
+            slot.downtrack.set_paused(paused)
         if layer is not None:
             if layer not in ("h", "m", "l"):
                 raise SignallingError("bad_request", "'layer' must be 'h', 'm' or 'l'")
@@ -238,6 +278,12 @@ class Session:
     async def close(self) -> None:
         if self.room is not None and self.participant is not None:
             await self.room.remove(self.participant)
+
+
+def _valid_ref(ref: object) -> bool:
+    if isinstance(ref, bool):
+        return False
+    return isinstance(ref, int) or (isinstance(ref, str) and len(ref) <= 64)
 
 
 async def websocket_handler(request: web.Request, sfu: Sfu) -> web.WebSocketResponse:

@@ -29,6 +29,14 @@ class Config:
     # ICE: host candidates on these addresses only (empty: every interface).
     ice_addresses: list[str] = field(default_factory=list)
     max_message_bytes: int = 256 * 1024
+    # TURN (coturn with use-auth-secret) for schools that block UDP: URLs handed to
+    # every participant, the shared secret, and how long a credential lives (seconds).
+    turn_urls: list[str] = field(default_factory=list)
+    turn_secret: str = ""
+    turn_ttl: int = 4 * 3600
+    # Per-subscriber bandwidth estimation, layer allocation and pacing (off: forward
+    # everything as it comes; only for measuring what they cost).
+    adaptive_media: bool = True
 
     @property
     def base_url(self) -> str:

@@ -42,7 +42,7 @@ async def start_server(config: Config) -> RunningServer:
     if port == 0:
         server = site._server
         assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         if not config.public_url:
             config.public_url = f"http://{config.host}:{port}"
     return RunningServer(runner=runner, app=app, config=config, port=port)
