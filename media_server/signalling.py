@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from media_server.classroom import HANDLERS as CLASSROOM_HANDLERS
+from media_server.classroom import Handler as ClassroomHandler
 from media_server.participant import Participant
 from media_server.publisher import SignallingError
 from media_server.room import Room
@@ -105,6 +107,8 @@ class Session:
             return
         kind = message["type"]
         handler = getattr(self, f"on_{kind}", None) if kind.isidentifier() else None
+        if handler is None and kind in CLASSROOM_HANDLERS:
+            handler = self._classroom_handler(CLASSROOM_HANDLERS[kind])
         if handler is None:
             await self.error("unknown_type", f"unknown message type {kind!r}", ref)
             return
@@ -120,6 +124,15 @@ class Session:
             if ref is not None:
                 reply["id"] = ref
             await self.send(reply)
+
+    def _classroom_handler(self, action: ClassroomHandler) -> Any:
+        """Interaction messages (hands, chat, call-on...) live in media_server/classroom.py."""
+
+        async def run(message: dict[str, Any]) -> dict[str, Any]:
+            assert self.room is not None and self.participant is not None
+            return await action(self.room.classroom, self.participant, message)
+
+        return run
 
     # -- messages --------------------------------------------------------------------
 
@@ -162,6 +175,12 @@ class Session:
             await self.ws.close(code=4404, message=b"unknown_room")
             return None
         claims = lesson_claims(claims, room)
+        try:
+            room.classroom.check_join(claims)
+        except SignallingError as exc:
+            await self.error(exc.code, exc.message, message.get("id"))
+            await self.ws.close(code=4410, message=exc.code.encode())
+            return None
         name = message.get("name")
         if name is None or name == "":
             # Names inside tokens are checked when minted; older tokens fall back safely.
@@ -222,6 +241,7 @@ class Session:
             raise SignallingError(
                 "forbidden", f"a {self.participant.claims.role.value} may watch but not publish"
             )
+        self.room.classroom.check_publish()
         tracks = message.get("tracks")
         if isinstance(tracks, list):
             for track in tracks:
