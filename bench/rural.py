@@ -299,6 +299,7 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
         per_second = [
             (b[1]["frames"] - a[1]["frames"]) / (b[0] - a[0]) for a, b in itertools.pairwise(series)
         ]
+        paused_now = [bool(b[1].get("paused")) for _, b in itertools.pairwise(series)]
         p50s = [t["latency_p50_ms"] for _, t in series if t.get("latency_p50_ms") is not None]
         p95s = [t["latency_p95_ms"] for _, t in series if t.get("latency_p95_ms") is not None]
         sources[name] = {
