@@ -38,7 +38,9 @@ FATAL_CODES = frozenset(
     {"token_missing", "token_invalid", "token_expired", "token_wrong_room", "forbidden"}
 )
 BACKOFF_START_S = 1.0
-BACKOFF_MAX_S = 30.0
+# At most 8 s between attempts: back in the lesson within 10 s of the line returning;
+# the jitter spreads a county's agents.
+BACKOFF_MAX_S = 8.0
 # Nothing for this long on a track the SFU is sending: the media path is dead, rejoin.
 MEDIA_STALL_S = 5.0
 
