@@ -33,6 +33,8 @@ def create_app(config: Config) -> web.Application:
     from scheduler.api import setup as setup_scheduler
     from tongke.lessons import scheduled_lesson_resolver
 
+    # Everything embedded (SQLite databases, rooms, recordings) lives under data_dir.
+    config.data_dir.mkdir(parents=True, exist_ok=True)
     secret = config.ensure_secret()
     app = web.Application(
         client_max_size=config.max_message_bytes * 4,
