@@ -116,25 +116,9 @@ class TrackWriter:
     # --- writer thread side ---
 
     def _open(self) -> None:
-        path = self._recorder.directory / self.info.file
-        fmt = CONTAINER_FOR_CODEC[self.info.codec]
-        options = {"flush_packets": "1"}
-        if fmt == "webm":
-            # Clusters are only written when they close: keep them short.
-            options["cluster_time_limit"] = "1000"
-        container = av.open(str(path), "w", format=fmt, options=options)
-        codec = _HEADER_CODEC[self.info.codec]
-        if self.info.kind == "video":
-            stream = container.add_stream(codec, rate=30)
-            stream.width = self.info.width
-            stream.height = self.info.height
-            stream.pix_fmt = "yuv420p"
-        else:
-            stream = container.add_stream(codec, rate=self.info.sample_rate)
-            stream.layout = "stereo" if self.info.channels == 2 else "mono"
-        stream.time_base = self._time_base
-        self._container = container
-        self._stream = stream
+        self._container, self._stream = open_track_file(
+            self._recorder.directory / self.info.file, self.info
+        )
 
     def _mux(self, packet: av.Packet) -> None:
         if self._container is None:
@@ -178,6 +162,27 @@ class TrackWriter:
             return (self._recorder.directory / self.info.file).stat().st_size
         except FileNotFoundError:
             return 0
+
+
+def open_track_file(path: Path, info: TrackInfo) -> tuple[av.container.OutputContainer, Any]:
+    """Open a track file for codec-copy muxing in its format's container (flushed per packet)."""
+    fmt = CONTAINER_FOR_CODEC[info.codec]
+    options = {"flush_packets": "1"}
+    if fmt == "webm":
+        # Clusters are only written when they close: keep them short.
+        options["cluster_time_limit"] = "1000"
+    container = av.open(str(path), "w", format=fmt, options=options)
+    codec = _HEADER_CODEC[info.codec]
+    if info.kind == "video":
+        stream = container.add_stream(codec, rate=30)
+        stream.width = info.width
+        stream.height = info.height
+        stream.pix_fmt = "yuv420p"
+    else:
+        stream = container.add_stream(codec, rate=info.sample_rate)
+        stream.layout = "stereo" if info.channels == 2 else "mono"
+    stream.time_base = Fraction(info.time_base)
+    return container, stream
 
 
 class LessonRecorder:
