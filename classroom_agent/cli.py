@@ -51,10 +51,14 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
     role_changed = args.role is not None and args.role != config.role
     if args.role:
         config.role = args.role
+    if args.synthetic:
+        config.synthetic_pattern = args.synthetic
     if args.synthetic or role_changed or not config.sources:
-        config.synthetic = config.synthetic or args.synthetic
+        config.synthetic = config.synthetic or bool(args.synthetic)
         if not args.config or role_changed or args.synthetic:
-            config.sources = default_sources(config.role, config.synthetic)
+            config.sources = default_sources(
+                config.role, config.synthetic, config.synthetic_pattern
+            )
     return config
 
 
@@ -63,6 +67,9 @@ def run_agent(args: argparse.Namespace) -> int:
         config = agent_config(args)
     except ConfigError as exc:
         print(f"tongke agent: {exc}", file=sys.stderr)
+        return 2
+    if args.report_interval <= 0:
+        print("tongke agent: --report-interval must be positive", file=sys.stderr)
         return 2
     if args.ice_address:
         use_host_addresses(args.ice_address)
@@ -80,7 +87,12 @@ def run_agent(args: argparse.Namespace) -> int:
 
     try:
         agent = ClassroomAgent(
-            config, window=window, report=report, on_quality=show, record=not args.no_recording
+            config,
+            window=window,
+            report=report,
+            report_interval_s=args.report_interval,
+            on_quality=show,
+            record=not args.no_recording,
         )
     except AgentStopped as exc:
         print(f"tongke agent: {exc}", file=sys.stderr)
@@ -123,9 +135,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token-file", help="read the room token from this file")
     p.add_argument("--classroom", help="this classroom's id (shown to others)")
     p.add_argument("--role", choices=["master", "point"], help="master classroom or teaching point")
-    p.add_argument("--synthetic", action="store_true", help="test card and tone instead of devices")
+    p.add_argument(
+        "--synthetic",
+        nargs="?",
+        const="card",
+        choices=["card", "noise"],
+        help="synthetic sources instead of devices: the test card (default) or a "
+        "high-entropy scene that fills the bitrate like a real camera (noise)",
+    )
     p.add_argument(
         "--report", type=Path, help="append per-track quality as JSON lines to this file"
+    )
+    p.add_argument(
+        "--report-interval",
+        type=float,
+        default=5.0,
+        help="seconds between quality reports (default 5)",
     )
     p.add_argument("--no-window", action="store_true", help="never open a local window")
     p.add_argument(

@@ -27,6 +27,7 @@ from aiortc import RTCPeerConnection, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
+from tongke import rtc_internals
 from tongke.codecs import codec_capabilities
 
 from .encoding import AUDIO_TIME_BASE, VIDEO_TIME_BASE, AudioEncoder, VideoEncoder
@@ -187,6 +188,7 @@ class EncodedVideoTrack(_EncodedTrack):
         width: int | None = None,
         height: int | None = None,
         layer: str = "h",
+        content: str = "camera",
     ) -> None:
         if source.kind != "video":
             raise ValueError(f"source {source.name!r} is {source.kind}, not video")
@@ -203,9 +205,18 @@ class EncodedVideoTrack(_EncodedTrack):
         self.width = width or source.width
         self.height = height or source.height
         self._encoder = VideoEncoder(
-            codec, self.width, self.height, self.fps, bitrate_kbps, keyframe_interval_s
+            codec,
+            self.width,
+            self.height,
+            self.fps,
+            bitrate_kbps,
+            keyframe_interval_s,
+            content=content,
         )
         self._force_keyframe = False
+        self._idle = False
+        # A passthrough layer back from idle is sent again from its next keyframe.
+        self._resume_needs_key = False
         self._t0: float | None = None
         self._last_pts = -1
         self._next_due = 0.0
@@ -228,6 +239,21 @@ class EncodedVideoTrack(_EncodedTrack):
         if kbps <= 0:
             raise ValueError(f"bitrate must be positive, got {kbps}")
         self._executor.submit(self._encoder.set_bitrate, kbps).add_done_callback(_log_failure)
+
+    @property
+    def idle(self) -> bool:
+        return self._idle
+
+    def set_idle(self, idle: bool) -> None:
+        """Stop sending this layer (nobody receives it) or resume it on a keyframe.
+
+        An idle layer is not encoded at all, unless a local sink (the safety copy) still
+        takes its packets: then it is encoded for the sink alone and nothing is sent.
+        """
+        if self._idle and not idle:
+            self._force_keyframe = True
+            self._resume_needs_key = True
+        self._idle = idle
 
     def _pts(self, captured: float) -> int:
         if self._t0 is None:
@@ -252,6 +278,10 @@ class EncodedVideoTrack(_EncodedTrack):
                 self._passthrough_needs_key = False
                 item.time_base = VIDEO_TIME_BASE
                 item.pts = item.dts = self._pts(captured)
+                if self._idle or (self._resume_needs_key and not item.is_keyframe):
+                    self._emit(item)  # the safety copy still wants it; the network does not
+                    continue
+                self._resume_needs_key = False
                 self._pending.append(item)
                 continue
             # A frame: a live source or the no-signal card of any source.
@@ -259,12 +289,20 @@ class EncodedVideoTrack(_EncodedTrack):
             if captured < self._next_due - 0.5 / self.fps:
                 continue  # this layer runs at a lower frame rate than the source
             self._next_due = max(self._next_due + 1 / self.fps, captured)
-            key, self._force_keyframe = self._force_keyframe, False
+            if self._idle and not self._sinks:
+                continue  # nobody receives this layer: spend no CPU on it
+            key = self._force_keyframe and not self._idle
+            if key:
+                self._force_keyframe = False
             pts = self._pts(captured)
             try:
                 packets = await loop.run_in_executor(self._executor, self._encode, item, pts, key)
             except RuntimeError:  # executor shut down by stop()
                 raise MediaStreamError from None
+            if self._idle:
+                for packet in packets:
+                    self._emit(packet)
+                continue
             self._pending.extend(packets)
         return self._emit(self._pending.popleft())
 
@@ -389,17 +427,14 @@ def add_encoded_track(
     transceiver = pc.addTransceiver(track, direction="sendonly")
     if codec is not None:
         transceiver.setCodecPreferences(codec_capabilities(track.kind, codec))
-    sender = transceiver.sender
-    original = sender._handle_rtcp_packet
     request = getattr(track, "request_keyframe", None)
 
-    async def handle_rtcp(packet: Any) -> None:
+    def on_rtcp(packet: Any) -> None:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             if request is not None:
                 request()
             if on_keyframe_request is not None:
                 on_keyframe_request()
-        await original(packet)
 
-    sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+    rtc_internals.hook_sender_rtcp(transceiver.sender, on_rtcp)
     return transceiver

@@ -79,6 +79,7 @@ def components(problem: Problem) -> list[list[int]]:
         for other in (
             ("class", need.class_id),
             ("room", need.classroom_id),
+            ("school", need.school_id),  # its classrooms share one line
             ("teacher", s.teacher_id),
             ("mclass", s.master_class_id),
             ("mroom", s.classroom_id),
@@ -179,8 +180,11 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         # Never serve fewer periods than the greedy baseline does on this part.
         if floor:
             model.Add(served_expr >= floor)
-        hint_a = {s: int(problem.sessions[s].original) for s, a in built.active.items()
-                  if not isinstance(a, int)}
+        hint_a = {
+            s: int(problem.sessions[s].original)
+            for s, a in built.active.items()
+            if not isinstance(a, int)
+        }
         hint_x = {i: int(i in base) for i in built.x}
         _hint(built, hint_x, hint_a)
         share = len(cand_ids) / remaining
@@ -188,8 +192,9 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
 
         # Stage 1: served periods.
         model.Maximize(served_expr)
-        solver = _solver(opts, max(0.1, (part_deadline - time.monotonic()) * 0.6),
-                         STAGE1_SUBSOLVERS)
+        solver = _solver(
+            opts, max(0.1, (part_deadline - time.monotonic()) * 0.6), STAGE1_SUBSOLVERS
+        )
 
         def seen1(wall: float, obj: float, bnd: float, k: int = k) -> None:
             report(k, obj * W_SERVED, bnd * W_SERVED, int(obj))
@@ -213,11 +218,11 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         model.ClearObjective()
         model.Minimize(soft)
         _full_hint(model, solver)
-        solver2 = _solver(opts, max(0.1, part_deadline - time.monotonic()),
-                          STAGE2_SUBSOLVERS)
+        solver2 = _solver(opts, max(0.1, part_deadline - time.monotonic()), STAGE2_SUBSOLVERS)
 
-        def seen2(wall: float, obj: float, bnd: float, k: int = k, b: int = best1,
-                  u: int = ub1) -> None:
+        def seen2(
+            wall: float, obj: float, bnd: float, k: int = k, b: int = best1, u: int = ub1
+        ) -> None:
             report(k, b * W_SERVED - obj, u * W_SERVED - bnd, b)
 
         status2 = solver2.Solve(model, _Watcher(seen2))
@@ -254,9 +259,14 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         report(k, 0.0, 0.0, None)
     demand = problem.demand
     served = len(chosen)
-    upper = min(demand, sum(min(len(problem.by_need.get(n, [])), need.periods_per_week)
-                            for n, need in problem.needs.items()),
-                served_ub if parts else 0)
+    upper = min(
+        demand,
+        sum(
+            min(len(problem.by_need.get(n, [])), need.periods_per_week)
+            for n, need in problem.needs.items()
+        ),
+        served_ub if parts else 0,
+    )
     upper = max(upper, served)
     gap = 0.0 if abs(bound) < 1e-9 else max(0.0, (bound - objective) / abs(bound))
     soft_gap = 0.0 if penalty <= 1e-9 else max(0.0, (penalty - penalty_lb) / penalty)

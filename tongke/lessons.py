@@ -34,6 +34,8 @@ def scheduled_lesson_resolver(db: Database) -> Callable[[str], LessonInfo | None
             title=lesson.title,
             master=lesson.master_classroom_id,
             points=list(lesson.point_classroom_ids),
+            starts_at=lesson.start.timestamp(),
+            ends_at=lesson.end.timestamp(),
         )
 
     return resolve
