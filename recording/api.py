@@ -279,7 +279,7 @@ def _lesson_facts(request: web.Request, lesson: str, claims: Claims) -> LessonFa
     if facts is not None:
         # A room knows its classrooms' names only while they are connected; keep the
         # names learnt earlier, and the uploader's own (from its signed token).
-        known = dict(stored.points) if stored else {}
+        known = {c: n for c, n in (stored.points if stored else {}).items() if n and n != c}
         if claims.classroom in facts.points and claims.name:
             known.setdefault(claims.classroom, claims.name)
         for cid, name in known.items():
@@ -460,7 +460,12 @@ def setup(
     queue = make_queue(ctx.config.redis_url, sqlite_path=storage.jobs_db)
     app[QUEUE] = queue
     archiver = Archiver(
-        storage.recordings, storage.replays, queue, upload_wait_s=ctx.config.replay_upload_wait_s
+        storage.recordings,
+        storage.replays,
+        queue,
+        upload_wait_s=ctx.config.replay_upload_wait_s,
+        # Where the media server keeps each room's timeline (media_server/room.py).
+        timelines=Path(ctx.config.data_dir) / "timelines",
     )
     app[ARCHIVER] = archiver
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from recording.lesson import LESSON_JSON, LessonFacts, LessonRecord
+from recording.lesson import LESSON_JSON, SERVER_TIMELINE, LessonFacts, LessonRecord
 from recording.package import clean_stale_work
 
 log = logging.getLogger(__name__)
@@ -39,12 +41,15 @@ class Archiver:
         *,
         upload_wait_s: float = 120.0,
         settle_s: float = SETTLE_S,
+        timelines: Path | None = None,
     ) -> None:
         self.recordings = recordings
         self.replays = replays
         self.queue = queue
         self.upload_wait_s = upload_wait_s
         self.settle_s = settle_s
+        # The media server's room timelines, <lesson>.jsonl each.
+        self.timelines = timelines
         self._timers: dict[str, asyncio.Task[None]] = {}
 
     def record(self, lesson: str) -> LessonRecord:
@@ -90,6 +95,7 @@ class Archiver:
         await asyncio.sleep(max(0.0, deadline - time.time()))
         self._timers.pop(lesson, None)
         record = self.record(lesson)
+        await asyncio.to_thread(self._copy_room_timeline, lesson)
         try:
             job = await self.queue.submit(record.directory, self.replays)
         except Exception:
@@ -102,6 +108,17 @@ class Archiver:
 
         await asyncio.to_thread(record.update, queued)
         log.info("lesson %s: packaging queued as job %s", lesson, job)
+
+    def _copy_room_timeline(self, lesson: str) -> None:
+        """Take the room's timeline into the lesson record (call-ons make chapters)."""
+        if self.timelines is None:
+            return
+        source = self.timelines / f"{lesson}.jsonl"
+        if source.exists():
+            target = self.record(lesson).directory / SERVER_TIMELINE
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
 
     async def close(self) -> None:
         timers = list(self._timers.values())

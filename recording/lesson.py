@@ -42,13 +42,16 @@ from recording.manifest import (
 )
 from recording.merge import TrackCopy, merge_track
 from recording.source import Recording, open_recording
-from recording.timeline import Event
+from recording.timeline import Event, read_timeline
 
 log = logging.getLogger(__name__)
 
 LESSON_JSON = "lesson.json"
 PARTS_DIR = "parts"
 MERGED_DIR = "merged"
+# The room's own timeline (call-ons, hands, chat, mute, slides, start, end), copied from
+# the media server; its events carry `wall` (Unix seconds).
+SERVER_TIMELINE = "server-timeline.jsonl"
 
 
 @dataclass
@@ -249,13 +252,16 @@ def assemble(lesson_dir: Path) -> Path:
                     result.used,
                 )
                 tracks.append(result.info)
-        events = _joined_timeline(parts, started_at)
+        events = _joined_timeline(parts, started_at, lesson_dir / SERVER_TIMELINE)
         with open(work / TIMELINE_NAME, "w", encoding="utf-8") as fh:
             for e in events:
                 fh.write(
                     json.dumps({"t": round(e.t, 3), "kind": e.kind, **e.fields}, ensure_ascii=False)
                     + "\n"
                 )
+        # The room saw every classroom join under its name: fill names we lack.
+        joined = {e.get("classroom"): e.get("name") for e in events if e.kind == "join"}
+        points = {c: n if n and n != c else joined.get(c) or c for c, n in facts.points.items()}
         meta = LessonMeta(
             lesson=facts.lesson,
             school=facts.school,
@@ -264,7 +270,7 @@ def assemble(lesson_dir: Path) -> Path:
             teacher=facts.teacher,
             title=facts.title or facts.lesson,
             public=facts.public,
-            points=dict(facts.points),
+            points=points,
             school_name=facts.school_name,
             schools=list(facts.schools),
             master=facts.master,
@@ -292,19 +298,32 @@ def assemble(lesson_dir: Path) -> Path:
     return final
 
 
-def _joined_timeline(parts: list[tuple[str, Recording]], started_at: float) -> list[Event]:
-    """Every part's events on the lesson clock; the same event noted by several
-    classrooms (a join each agent saw) appears once."""
+def _joined_timeline(
+    parts: list[tuple[str, Recording]], started_at: float, server_timeline: Path
+) -> list[Event]:
+    """Every part's events and the room's own on the lesson clock; the same event noted
+    by several classrooms (a join each agent saw) appears once."""
     out: list[Event] = []
     seen: dict[str, list[float]] = {}
+
+    def add(t: float, kind: str, fields: dict[str, Any]) -> None:
+        key = json.dumps([kind, fields], sort_keys=True, ensure_ascii=False)
+        if any(abs(t - u) < 2.0 for u in seen.get(key, [])):
+            return
+        seen.setdefault(key, []).append(t)
+        out.append(Event(t=t, kind=kind, fields=fields))
+
+    server = read_timeline(server_timeline) if server_timeline.exists() else []
+    for e in server:
+        fields = dict(e.fields)
+        wall = fields.pop("wall", None)
+        if isinstance(wall, int | float):
+            add(float(wall) - started_at, e.kind, fields)
     for _, rec in parts:
         shift = rec.manifest.started_at - started_at
         for e in rec.timeline:
-            t = e.t + shift
-            key = json.dumps([e.kind, e.fields], sort_keys=True, ensure_ascii=False)
-            if any(abs(t - u) < 2.0 for u in seen.get(key, [])):
-                continue
-            seen.setdefault(key, []).append(t)
-            out.append(Event(t=t, kind=e.kind, fields=e.fields))
+            if server and e.kind in ("join", "leave"):
+                continue  # the room saw every join and leave itself
+            add(e.t + shift, e.kind, e.fields)
     out.sort(key=lambda e: e.t)
     return out

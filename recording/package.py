@@ -68,6 +68,10 @@ def _label(rec: Recording, source: str) -> str:
     if source.startswith("point:"):
         cid = source.split(":", 1)[1]
         return rec.manifest.meta.points.get(cid, cid)
+    cid, _, own = source.partition(":")
+    if own and cid in rec.manifest.meta.points:
+        # Another track of a teaching point (its microphone): "小河教学点 · Point mic".
+        return f"{rec.manifest.meta.points[cid]} · {_label(rec, own)}"
     return source.replace("_", " ").capitalize()
 
 
