@@ -79,7 +79,8 @@ def may_see(entry: dict[str, Any], claims: Claims) -> bool:
     if entry.get("public"):
         return True
     if claims.role == Role.STUDENT:
-        return entry.get("school") == claims.classroom
+        # The master's school and the teaching points' schools.
+        return claims.classroom in (entry.get("schools") or [entry.get("school")])
     return entry.get("lesson") == claims.room
 
 
@@ -114,6 +115,7 @@ def summary(entry: dict[str, Any], secret: str, ttl_s: int = LINK_TTL_S) -> dict
                 "lesson",
                 "title",
                 "school",
+                "school_name",
                 "subject",
                 "grade",
                 "teacher",
