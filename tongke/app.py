@@ -29,6 +29,7 @@ def create_app(config: Config) -> web.Application:
     from scheduler.api import DB as SCHEDULER_DB
     from scheduler.api import setup as setup_scheduler
     from tongke.lessons import scheduled_lesson_resolver
+    from tongke.session_auth import setup as setup_accounts
 
     app = web.Application(client_max_size=config.max_message_bytes * 4)
     ctx = AppContext(config=config, secret=config.ensure_secret())
@@ -36,6 +37,7 @@ def create_app(config: Config) -> web.Application:
     sfu = setup_media(app, ctx)
     setup_recording(app, ctx)
     setup_scheduler(app, ctx)
+    setup_accounts(app, ctx)
     sfu.rooms.resolvers.append(scheduled_lesson_resolver(app[SCHEDULER_DB]))
     if WEB_ROOT.is_dir():
         app.router.add_static("/static/", WEB_ROOT, show_index=False)
