@@ -175,6 +175,12 @@ def test_sign_in_csrf_admin_and_room_tokens(server: ServerProcess) -> None:
     status, body = li.call("POST", "/api/auth/room-token", {"room": "math-1"})
     assert status == 200 and body["role"] == "point" and body["classroom"] == "p-xiaohe"
 
+    # The supervisor view is for admins and schedulers only.
+    status, _ = li.call("GET", "/api/supervisor")
+    assert status == 403
+    status, body = admin.call("GET", "/api/supervisor")
+    assert status == 200 and isinstance(body["lessons"], list)
+
     # Signing out ends the session; the cookie is HttpOnly.
     status, _ = zhang.call("POST", "/api/auth/logout")
     assert status == 200

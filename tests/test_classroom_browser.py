@@ -234,9 +234,23 @@ async def test_a_signed_in_teacher_opens_the_console_without_a_token(
             await until(page, "() => window.tongke.conn.joined !== null", "the console to join")
             joined = await page.evaluate("() => window.tongke.conn.joined")
             assert joined["role"] == "master" and joined["classroom"] == "c-master"
+            await page.click("#start")
+            # The supervisor (an admin) sees the live lesson in another tab.
+            watcher = await page.context.new_page()
+            await watcher.goto(f"{server.url}/supervisor")
+            await until(
+                watcher,
+                f"() => !!document.querySelector('[data-room=\"{room}-s\"] .badge.live')",
+                "the supervisor to list the live lesson",
+            )
             if os.environ.get("TONGKE_SCREENSHOTS"):
                 SHOTS.mkdir(parents=True, exist_ok=True)
-                for path, name in (("/admin/accounts", "admin"), ("/me", "me")):
+                for path, name in (
+                    ("/admin/accounts", "admin"),
+                    ("/me", "me"),
+                    ("/supervisor", "supervisor"),
+                    ("/login", "login"),
+                ):
                     await page.goto(server.url + path)
                     await page.wait_for_load_state("networkidle")
                     await page.screenshot(path=str(SHOTS / f"{name}-1366.png"))

@@ -228,6 +228,21 @@ class Auth:
         except Exception:
             return None
 
+    async def supervise(self, request: web.Request) -> web.StreamResponse:
+        """Every open lesson with people in it (or live), each point's link quality."""
+        from media_server.classroom import supervision
+        from media_server.http import SFU
+
+        await self.require(request, frozenset({AccountRole.ADMIN, AccountRole.SCHEDULER}))
+        rooms = request.app[SFU].rooms.rooms.values()
+        lessons = [
+            supervision(room)
+            for room in rooms
+            if room.participants or room.classroom.phase.value == "live"
+        ]
+        lessons.sort(key=lambda x: (x["phase"] != "live", str(x["title"])))
+        return web.json_response({"lessons": lessons})
+
     async def lessons(self, request: web.Request) -> web.StreamResponse:
         """Today's and the coming week's lessons of the signed-in teacher's classrooms."""
         from scheduler.api import DB
@@ -301,6 +316,7 @@ def setup(app: web.Application, ctx: AppContext) -> Auth:
     r.add_get("/api/auth/me", auth.me)
     r.add_post("/api/auth/room-token", auth.room_token)
     r.add_get("/api/auth/lessons", auth.lessons)
+    r.add_get("/api/supervisor", auth.supervise)
     r.add_get("/api/accounts", auth.list_accounts)
     r.add_post("/api/accounts", auth.create_account)
     r.add_post("/api/accounts/import", auth.import_accounts)
@@ -308,4 +324,9 @@ def setup(app: web.Application, ctx: AppContext) -> Auth:
     r.add_get("/login", page("login.html"))
     r.add_get("/me", page("me.html"))
     r.add_get("/admin/accounts", page("admin.html"))
+
+    async def supervisor_page(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(WEB_ROOT / "supervisor" / "index.html")
+
+    r.add_get("/supervisor", supervisor_page)
     return auth
