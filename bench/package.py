@@ -76,8 +76,9 @@ def main() -> int:
         "low_kbps": round(low_bytes * 8 / entry["low"]["duration_s"] / 1000, 1),
         "program_kbps": round(entry["program"]["bandwidth"] / 1000, 1),
         "chapters": len(entry["chapters"]),
-        "recording_mb": round(sum(p.stat().st_size for p in recording.rglob("*")
-                                  if p.is_file()) / 2**20, 1),
+        "recording_mb": round(
+            sum(p.stat().st_size for p in recording.rglob("*") if p.is_file()) / 2**20, 1
+        ),
     }
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

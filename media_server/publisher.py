@@ -419,12 +419,14 @@ class Publisher:
         expected = lost = 0
         for up in self.tracks.values():
             before = self._loss_mark.get(up, (up.stats.packets + up.stats.lost, up.stats.lost))
-            now = (up.stats.packets + up.stats.lost, up.stats.lost)
-            self._loss_mark[up] = now
-            expected += now[0] - before[0]
-            lost += now[1] - before[1]
+            mark = (up.stats.packets + up.stats.lost, up.stats.lost)
+            self._loss_mark[up] = mark
+            expected += mark[0] - before[0]
+            lost += mark[1] - before[1]
+        now = time.monotonic()
+        self.uplink.sent_bps = sum(up.bitrate_bps(now) for up in self.tracks.values())
         if expected > 0:
-            self.uplink.on_loss(lost / expected, time.monotonic())
+            self.uplink.on_loss(lost / expected, now)
 
     def idle_layers(self) -> list[dict[str, str]]:
         """Video layers nobody receives: the publisher may stop encoding them."""

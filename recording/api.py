@@ -55,8 +55,7 @@ QUEUE = web.AppKey("recording_queue", object)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message, **extra}},
-                             status=status)
+    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -174,10 +173,17 @@ async def create_upload(request: web.Request) -> web.Response:
     async with storage.lock(upload_id):
         if not (directory / "state.json").exists():
             (directory / "data" / "tracks").mkdir(parents=True, exist_ok=True)
-            write_json_atomic(directory / "state.json", {
-                "upload_id": upload_id, "lesson": lesson, "files": files,
-                "created_at": time.time(), "by": claims.classroom, "complete": False,
-            })
+            write_json_atomic(
+                directory / "state.json",
+                {
+                    "upload_id": upload_id,
+                    "lesson": lesson,
+                    "files": files,
+                    "created_at": time.time(),
+                    "by": claims.classroom,
+                    "complete": False,
+                },
+            )
         state = _state(storage, upload_id)
     return web.json_response(_status_body(storage, state))
 
@@ -220,17 +226,23 @@ async def put_chunk(request: web.Request) -> web.Response:
     async with storage.lock(upload_id):
         have = target.stat().st_size if target.exists() else 0
         if offset != have:
-            return _error(409, "offset_mismatch",
-                          f"{path}: the server has {have} bytes; send from there",
-                          received=have)
+            return _error(
+                409,
+                "offset_mismatch",
+                f"{path}: the server has {have} bytes; send from there",
+                received=have,
+            )
         if offset + len(chunk) > spec["size"]:
             return _error(400, "too_long", f"{path} was announced as {spec['size']} bytes")
         got = hashlib.sha256(chunk).hexdigest()
         if got != want:
-            return _error(400, "checksum_mismatch",
-                          f"{path}: chunk at offset {offset} arrived damaged (sha256 {got[:12]}"
-                          f"… instead of {want[:12]}…); nothing was stored, send it again",
-                          received=have)
+            return _error(
+                400,
+                "checksum_mismatch",
+                f"{path}: chunk at offset {offset} arrived damaged (sha256 {got[:12]}"
+                f"… instead of {want[:12]}…); nothing was stored, send it again",
+                received=have,
+            )
         await asyncio.to_thread(_append, target, bytes(chunk))
     return web.json_response({"path": path, "received": offset + len(chunk)})
 
@@ -265,24 +277,35 @@ async def complete_upload(request: web.Request) -> web.Response:
         received = _received(storage, state)
         missing = [f["path"] for f in state["files"] if received[f["path"]] != f["size"]]
         if missing:
-            return _error(409, "incomplete", f"not all bytes arrived yet: {', '.join(missing)}",
-                          received=received)
+            return _error(
+                409,
+                "incomplete",
+                f"not all bytes arrived yet: {', '.join(missing)}",
+                received=received,
+            )
         for f in state["files"]:
             digest = await asyncio.to_thread(_sha256_file, data / f["path"])
             if digest != f["sha256"]:
                 # Start that file again rather than publish damaged media.
                 (data / f["path"]).unlink()
-                return _error(422, "checksum_mismatch",
-                              f"{f['path']}: the whole file does not match its sha256; "
-                              "it was discarded, upload it again", path=f["path"])
+                return _error(
+                    422,
+                    "checksum_mismatch",
+                    f"{f['path']}: the whole file does not match its sha256; "
+                    "it was discarded, upload it again",
+                    path=f["path"],
+                )
         try:
             rec = await asyncio.to_thread(open_recording, data)
         except RecordingError as exc:
             return _error(422, exc.code, f"the uploaded recording is not usable: {exc.message}")
         if rec.manifest.meta.lesson != lesson:
-            return _error(422, "wrong_lesson",
-                          f"the manifest is for lesson {rec.manifest.meta.lesson!r}, "
-                          f"this upload for {lesson!r}")
+            return _error(
+                422,
+                "wrong_lesson",
+                f"the manifest is for lesson {rec.manifest.meta.lesson!r}, "
+                f"this upload for {lesson!r}",
+            )
         name = f"{lesson}--{upload_id[:8]}"
         final = storage.recordings / name
         if not final.exists():
@@ -336,13 +359,21 @@ async def replay_file(request: web.Request) -> web.StreamResponse:
     except (RecordingError, ValueError):
         return _error(400, "bad_path", "this replay link is malformed")
     parts = PurePosixPath(rel).parts
-    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("..", ".") for p in parts) or \
-            any(p.startswith(".") for p in parts):
+    if (
+        not rel
+        or rel.startswith("/")
+        or "\\" in rel
+        or any(p in ("..", ".") for p in parts)
+        or any(p.startswith(".") for p in parts)
+    ):
         return _error(400, "bad_path", "replay file paths may not leave the replay")
     problem = check_signature(ctx.secret, lesson, expires, request.match_info["sig"])
     if problem == "link_expired":
-        return _error(403, problem, "this replay link has expired; open the lesson again "
-                                    "from the catalog for a fresh one")
+        return _error(
+            403,
+            problem,
+            "this replay link has expired; open the lesson again from the catalog for a fresh one",
+        )
     if problem:
         return _error(403, problem, "this replay link is not valid")
     root = (request.app[STORAGE].replays / lesson).resolve()
@@ -361,8 +392,9 @@ async def replay_file(request: web.Request) -> web.StreamResponse:
 
 
 async def catalog_page(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/static/replay.html" + (f"?{request.query_string}"
-                                                  if request.query_string else ""))
+    raise web.HTTPFound(
+        "/static/replay.html" + (f"?{request.query_string}" if request.query_string else "")
+    )
 
 
 def setup(app: web.Application, ctx: AppContext, *, run_worker: bool = True) -> None:

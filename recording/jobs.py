@@ -69,8 +69,9 @@ class LocalJobQueue:
     async def status(self, job_id: str) -> dict[str, Any] | None:
         return self._status.get(job_id)
 
-    async def run_worker(self, handler: Handler = package_job,
-                         stop: asyncio.Event | None = None) -> None:
+    async def run_worker(
+        self, handler: Handler = package_job, stop: asyncio.Event | None = None
+    ) -> None:
         stop = stop or asyncio.Event()
         while not stop.is_set():
             try:
@@ -172,8 +173,9 @@ class RedisJobQueue:
         )
         return int(pending[0]["times_delivered"]) if pending else 1
 
-    async def run_worker(self, handler: Handler = package_job,
-                         stop: asyncio.Event | None = None) -> None:
+    async def run_worker(
+        self, handler: Handler = package_job, stop: asyncio.Event | None = None
+    ) -> None:
         stop = stop or asyncio.Event()
         await self._ensure_group()
         loop = asyncio.get_running_loop()
@@ -184,15 +186,20 @@ class RedisJobQueue:
             job_id, fields = entry
             job = Job(job_id, fields["recording"], fields["replays"])
             if await self._deliveries(job_id) > MAX_DELIVERIES:
-                await self._set_status(job_id, state="failed", code="too_many_attempts",
-                                       error=f"gave up after {MAX_DELIVERIES} attempts")
+                await self._set_status(
+                    job_id,
+                    state="failed",
+                    code="too_many_attempts",
+                    error=f"gave up after {MAX_DELIVERIES} attempts",
+                )
                 await self.redis.xack(self.stream, self.group, job_id)
                 continue
             await self._set_status(job_id, state="running", worker=self.consumer)
             last_sent = [0.0]
 
-            def progress(stage: str, f: float, job_id: str = job_id,
-                         last_sent: list[float] = last_sent) -> None:
+            def progress(
+                stage: str, f: float, job_id: str = job_id, last_sent: list[float] = last_sent
+            ) -> None:
                 now = time.monotonic()
                 if now - last_sent[0] > 1.0 or stage == "done":
                     last_sent[0] = now

@@ -154,8 +154,9 @@ class Manifest:
             ) from None
         if manifest.version > FORMAT_VERSION:
             raise RecordingError(
-                "bad_manifest", f"{MANIFEST_NAME}: format version {manifest.version} is newer "
-                f"than this software ({FORMAT_VERSION})"
+                "bad_manifest",
+                f"{MANIFEST_NAME}: format version {manifest.version} is newer "
+                f"than this software ({FORMAT_VERSION})",
             )
         seen: set[str] = set()
         for t in manifest.tracks:

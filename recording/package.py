@@ -102,22 +102,35 @@ def build_replay(
             if track.codec not in HLS_CODECS:
                 # fMP4 cannot carry VP8 and views are never re-encoded: this camera is
                 # seen in the composed program and the low rendition only.
-                skipped.append({"id": track.id, "label": _label(rec, track.source),
-                                "reason": f"{track.codec} cannot be carried in fMP4 HLS; "
-                                          "shown in the program only"})
+                skipped.append(
+                    {
+                        "id": track.id,
+                        "label": _label(rec, track.source),
+                        "reason": f"{track.codec} cannot be carried in fMP4 HLS; "
+                        "shown in the program only",
+                    }
+                )
                 continue
             out = remux_to_hls(
                 # Opus priming can put a track a few ms before zero; MSE wants t >= 0.
-                rec.path(track), work / "views" / track.id,
+                rec.path(track),
+                work / "views" / track.id,
                 offset_s=max(0.0, track.offset_s or 0.0),
                 rel_to=work,
                 progress=lambda f, i=i: report("views", (i + f) / len(media)),
             )
-            views.append({
-                "id": track.id, "source": track.source, "kind": track.kind,
-                "label": _label(rec, track.source), "origin": track.origin,
-                "width": track.width, "height": track.height, **asdict(out),
-            })
+            views.append(
+                {
+                    "id": track.id,
+                    "source": track.source,
+                    "kind": track.kind,
+                    "label": _label(rec, track.source),
+                    "origin": track.origin,
+                    "width": track.width,
+                    "height": track.height,
+                    **asdict(out),
+                }
+            )
             report("views", (i + 1) / len(media))
         timings["views_ready_s"] = time.monotonic() - t0
 
@@ -131,8 +144,7 @@ def build_replay(
         report("renditions", 0.6)
         audio = None
         if any(t.kind == "audio" for t in rec.manifest.tracks):
-            audio = remux_to_hls(prog.program_mp4, work / "audio", rel_to=work,
-                                 kinds=("audio",))
+            audio = remux_to_hls(prog.program_mp4, work / "audio", rel_to=work, kinds=("audio",))
         report("renditions", 1.0)
 
         chapters = build_chapters(
@@ -158,9 +170,7 @@ def build_replay(
             "low": {**asdict(low), "mp4": "low.mp4"},
             "audio": asdict(audio) if audio else None,
             "chapters": chapters_json(chapters),
-            "call_ons": [
-                {"start": a, "end": b, "classroom": c} for a, b, c in prog.call_ons
-            ],
+            "call_ons": [{"start": a, "end": b, "classroom": c} for a, b, c in prog.call_ons],
             "thumbnails": prog.sprite,
             "poster": prog.sprite["poster"],
             "recording_stopped": m.stopped,

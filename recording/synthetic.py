@@ -69,8 +69,15 @@ def _camera_frame(i: int, fps: int, size: tuple[int, int], hue: int, label: str)
     img[:] = (hue, 90 + int(40 * math.sin(t)), 140)
     x = int((w - w // 5) * (0.5 + 0.5 * math.sin(t * 1.3)))
     cv2.rectangle(img, (x, h // 3), (x + w // 5, h // 3 + h // 3), (240, 230, 220), -1)
-    cv2.putText(img, f"{label} {t:6.2f}", (4, h - 8), cv2.FONT_HERSHEY_SIMPLEX,
-                h / 360, (255, 255, 255), max(1, h // 180))
+    cv2.putText(
+        img,
+        f"{label} {t:6.2f}",
+        (4, h - 8),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        h / 360,
+        (255, 255, 255),
+        max(1, h // 180),
+    )
     return img
 
 
@@ -80,8 +87,15 @@ def _slide_frame(index: int, size: tuple[int, int], rng_seed: int) -> np.ndarray
     img = np.full((h, w, 3), 250, np.uint8)
     colour = tuple(int(c) for c in rng.integers(0, 200, 3))
     cv2.rectangle(img, (0, 0), (w, h // 6), colour, -1)
-    cv2.putText(img, f"Slide {index + 1}", (w // 20, h // 8), cv2.FONT_HERSHEY_SIMPLEX,
-                h / 300, (255, 255, 255), max(1, h // 150))
+    cv2.putText(
+        img,
+        f"Slide {index + 1}",
+        (w // 20, h // 8),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        h / 300,
+        (255, 255, 255),
+        max(1, h // 150),
+    )
     for k in range(4):
         y = h // 4 + k * h // 7
         length = int(w * (0.4 + 0.5 * rng.random()))
@@ -109,8 +123,9 @@ def _video_encoder(codec: str, size: tuple[int, int], fps: int, gop: int) -> av.
     return enc
 
 
-def _encode_video(enc: av.CodecContext, frames: Iterator[tuple[int, np.ndarray]]
-                  ) -> list[av.Packet]:
+def _encode_video(
+    enc: av.CodecContext, frames: Iterator[tuple[int, np.ndarray]]
+) -> list[av.Packet]:
     out: list[av.Packet] = []
     for pts, img in frames:
         frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
@@ -187,27 +202,52 @@ def make_recording(root: Path, spec: SyntheticLesson | None = None) -> Path:
             yield i * (90000 // cfps), slides_cache[index]
 
     plan: list[tuple[str, str, str, list[av.Packet], dict[str, int]]] = []
-    cam = _encode_video(_video_encoder(spec.video_codec, spec.camera_size, fps, gop),
-                        frames(spec.camera_size, 30, "teacher"))
-    plan.append(("teacher_camera", "video", spec.video_codec, cam,
-                 {"width": spec.camera_size[0], "height": spec.camera_size[1]}))
-    cw_enc = _video_encoder(spec.video_codec, spec.courseware_size, cfps, max(1, int(
-        spec.gop_s * cfps)))
+    cam = _encode_video(
+        _video_encoder(spec.video_codec, spec.camera_size, fps, gop),
+        frames(spec.camera_size, 30, "teacher"),
+    )
+    plan.append(
+        (
+            "teacher_camera",
+            "video",
+            spec.video_codec,
+            cam,
+            {"width": spec.camera_size[0], "height": spec.camera_size[1]},
+        )
+    )
+    cw_enc = _video_encoder(
+        spec.video_codec, spec.courseware_size, cfps, max(1, int(spec.gop_s * cfps))
+    )
     cw = _encode_video(cw_enc, slide_frames())
-    plan.append(("courseware", "video", spec.video_codec, cw,
-                 {"width": spec.courseware_size[0], "height": spec.courseware_size[1]}))
+    plan.append(
+        (
+            "courseware",
+            "video",
+            spec.video_codec,
+            cw,
+            {"width": spec.courseware_size[0], "height": spec.courseware_size[1]},
+        )
+    )
     if point:
-        pc = _encode_video(_video_encoder(spec.video_codec, spec.camera_size, fps, gop),
-                           frames(spec.camera_size, 110, point))
-        plan.append((f"point:{point}", "video", spec.video_codec, pc,
-                     {"width": spec.camera_size[0], "height": spec.camera_size[1]}))
+        pc = _encode_video(
+            _video_encoder(spec.video_codec, spec.camera_size, fps, gop),
+            frames(spec.camera_size, 110, point),
+        )
+        plan.append(
+            (
+                f"point:{point}",
+                "video",
+                spec.video_codec,
+                pc,
+                {"width": spec.camera_size[0], "height": spec.camera_size[1]},
+            )
+        )
     plan.append(("microphone", "audio", "opus", _encode_audio(clip_s, spec.seed), {}))
 
     for source, kind, codec, packets, dims in plan:
         offset = spec.offsets.get(source, 0.0)
         tb = VIDEO_TB if kind == "video" else AUDIO_TB
-        writer = rec.add_track(source, kind, codec, wall_at_pts0=spec.started_at + offset,
-                               **dims)
+        writer = rec.add_track(source, kind, codec, wall_at_pts0=spec.started_at + offset, **dims)
         clip_ticks = round(clip_s / tb)
         total_ticks = round((spec.seconds - offset) / tb)
         for packet in _repeat(packets, clip_ticks, total_ticks):
@@ -221,8 +261,7 @@ def make_recording(root: Path, spec: SyntheticLesson | None = None) -> Path:
         # Only every other slide change is announced; the others must be detected.
         t = k * spec.slide_every_s
         if t < spec.seconds:
-            rec.event("slide", t=round(t + spec.offsets.get("courseware", 0.0), 3),
-                      index=k + 1)
+            rec.event("slide", t=round(t + spec.offsets.get("courseware", 0.0), 3), index=k + 1)
     if point and spec.call_on:
         rec.event("hand_raised", t=max(0.0, spec.call_on[0] - 1.0), classroom=point)
         rec.event("call_on", t=spec.call_on[0], classroom=point, name=spec.meta.points[point])

@@ -93,11 +93,10 @@ class TrackWriter:
         if not self._first_seen:
             self._first_seen = True
             pts_s = float(packet.pts * copy.time_base)
-            wall = (
-                self._wall_at_pts0 + pts_s if self._wall_at_pts0 is not None else time.time()
+            wall = self._wall_at_pts0 + pts_s if self._wall_at_pts0 is not None else time.time()
+            self._recorder._first_packet(
+                self, int(packet.pts * copy.time_base / self._time_base), wall
             )
-            self._recorder._first_packet(self, int(packet.pts * copy.time_base / self._time_base),
-                                         wall)
         rec = self._recorder
         if rec._queued_bytes > rec.max_queue_bytes:
             # The disk cannot keep up. Dropping here keeps the live lesson (and the
@@ -258,9 +257,9 @@ class LessonRecorder:
         """
         if self.stopped:
             raise DiskBudgetExceeded(self.stopped)
-        if (kind == "video" and codec not in VIDEO_CODECS) or (kind == "audio" and (
-            codec not in AUDIO_CODECS
-        )):
+        if (kind == "video" and codec not in VIDEO_CODECS) or (
+            kind == "audio" and (codec not in AUDIO_CODECS)
+        ):
             raise ValueError(f"unsupported {kind} codec {codec!r}")
         if kind == "video" and (width <= 0 or height <= 0):
             raise ValueError("a video track needs width and height")

@@ -333,13 +333,13 @@ def generate(tier: str | Tier, seed: int, today: dt.date | None = None) -> dict[
                                 }
                             )
                 for subj in wanted:
-                    need_rows.append(
-                        {
-                            "class_id": cid,
-                            "subject": subj,
-                            "periods_per_week": rng.choice((1, 2, 2, 3)),
-                        }
-                    )
+                    # A county asks mostly for what its central schools give; one need
+                    # in five asks for more than is offered (a reason to explain).
+                    offered_n = len(offered.get((grade, subj), ()))
+                    want = rng.choice((1, 2, 2, 3))
+                    if rng.random() < 0.8:
+                        want = max(1, min(want, offered_n))
+                    need_rows.append({"class_id": cid, "subject": subj, "periods_per_week": want})
         # Trim to the tier's demand so figures are comparable across seeds.
         rng.shuffle(need_rows)
         total = 0

@@ -21,13 +21,14 @@ text. This is arithmetic over the plan, so every need gets its reasons in millis
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.bells import bell_spill, clock, day_blocks, fits, fits_bells, overlaps
 from scheduler.greedy import line_allows
-from scheduler.problem import BellRule, MasterSession, NeedInfo, Problem
+from scheduler.problem import BellRule, MasterSession, Mode, NeedInfo, Problem
 from scheduler.solver import Solution
 from scheduler.timetable import WEEKDAY_NAMES_ZH, weekday_name
 
@@ -128,7 +129,22 @@ class _Plan:
                 (s.start, s.end, s.stream_mbps, s.point_up_mbps)
             )
             self.remote[s.teacher_id].add(c.session)
-        self.active = set(solution.active.values())
+        # When each master class, teacher and recording classroom is busy with a master
+        # lesson in the plan (for moving a lesson elsewhere).
+        self.master_at: dict[tuple[str, str, int], list[tuple[int, int, int]]] = defaultdict(list)
+        for sid in solution.active.values():
+            ses = problem.sessions[sid]
+            for k in (
+                ("mclass", ses.master_class_id, ses.weekday),
+                ("teacher", ses.teacher_id, ses.weekday),
+                ("mroom", ses.classroom_id, ses.weekday),
+            ):
+                self.master_at[k].append((ses.start, ses.end, ses.offer_id))
+        # Where each master lesson is given in the plan, by subject and grade.
+        self.given: dict[tuple[str, int], list[MasterSession]] = defaultdict(list)
+        for sid in sorted(solution.active.values()):
+            ses = problem.sessions[sid]
+            self.given[(ses.subject, ses.grade)].append(ses)
 
     def cap_week(self, teacher: str, sessions: set[int]) -> str | None:
         """The first calendar week in which these remote lessons break the cap, if any."""
@@ -212,7 +228,8 @@ def _blockers(
             and e.idx != s.idx
             and overlaps(s.start, s.end, e.start, e.end)
         ]
-        if clash:
+        if clash and not (kind == "room" and out and out[-1][0] == "trade_off"):
+            # (A clash of the class is also one of its classroom: said once.)
             what = "、".join(f"{c.subject} {clock(c.start)}" for c in clash)
             if kind == "class":
                 out.append(
@@ -307,19 +324,10 @@ def explain_need(problem: Problem, plan: _Plan, need: NeedInfo) -> list[Reason]:
         return [funnel]
     short = need.periods_per_week - plan.served[need.id]
     mine = plan.need_sessions[need.id]
-    offers = sorted(
-        {
-            s.offer_id
-            for s in problem.sessions
-            if s.subject == need.subject
-            and s.grade == need.grade
-            and (problem.options.cross_county or s.county_id == need.county_id)
-        }
-    )
     given = [
-        problem.sessions[i]
-        for i in sorted(plan.active)
-        if problem.sessions[i].offer_id in set(offers)
+        s
+        for s in plan.given.get((need.subject, need.grade), [])
+        if problem.options.cross_county or s.county_id == need.county_id
     ]
     open_ = [s for s in given if s.idx not in mine]
     what_zh, what_en = f"{need.grade}年级{need.subject}", f"grade {need.grade} {need.subject}"
@@ -366,6 +374,10 @@ def explain_need(problem: Problem, plan: _Plan, need: NeedInfo) -> list[Reason]:
                 picked.append(s)
         if picked:
             reasons.append(_lever_reason(problem, need, lever, picked, blocked))
+    if problem.options.mode == Mode.FIXED:
+        moved = _moves(problem, plan, need, open_, blocked, short)
+        if moved:
+            reasons.append(_move_reason(problem, moved))
     if reasons:
         return reasons
     # No single change serves a period: every lesson of the subject needs two or more.
@@ -484,6 +496,97 @@ def _lever_reason(
         gain=k,
         lessons=[s.offer_id for s in picked],
         relax=relax,
+    )
+
+
+# Blockers that moving the master lesson to another time can remove.
+_TIME_BOUND = {"timetable", "bells", "school_day", "trade_off", "school_line"}
+
+
+def _moves(
+    problem: Problem,
+    plan: _Plan,
+    need: NeedInfo,
+    open_: list[MasterSession],
+    blocked: dict[int, list[tuple[str, str, str, dict[str, Any]]]],
+    short: int,
+) -> list[tuple[MasterSession, MasterSession]]:
+    """Master lessons nobody joins yet that, moved into a free period of their master
+    class (the teacher and the recording classroom free too), the need could join."""
+    out: list[tuple[MasterSession, MasterSession]] = []
+    taken: dict[tuple[str, str, int], list[tuple[int, int, int]]] = defaultdict(list)
+    for s in open_:
+        if len(out) >= short:
+            break
+        if plan.points.get(s.idx) or not {b[0] for b in blocked[s.idx]} <= _TIME_BOUND:
+            continue
+        school = problem.school_of_room.get(s.classroom_id, "")
+        for wd in range(1, 6):
+            for p in problem.bells.get(school, []):
+                if (wd, p.start) == (s.weekday, s.start):
+                    continue
+                keys = (
+                    ("mclass", s.master_class_id, wd),
+                    ("teacher", s.teacher_id, wd),
+                    ("mroom", s.classroom_id, wd),
+                )
+                if any(
+                    overlaps(p.start, p.end, b[0], b[1])
+                    for b in problem.busy.get((s.master_class_id, wd), [])
+                ) or any(
+                    oid != s.offer_id and overlaps(p.start, p.end, a, b)
+                    for k in keys
+                    for a, b, oid in plan.master_at.get(k, []) + taken.get(k, [])
+                ):
+                    continue
+                cand = dataclasses.replace(s, weekday=wd, start=p.start, end=p.end, original=False)
+                week_ok = all(
+                    sum(week.get(problem.sessions[x].weekday, 0) for x in plan.remote[s.teacher_id])
+                    + week.get(wd, 0)
+                    <= problem.teacher_cap.get(s.teacher_id, 0)
+                    for _, week in problem.weeks
+                )
+                rest = [
+                    b
+                    for b in _blockers(problem, plan, need, cand, [m for _, m in out])
+                    if b[0] != "teacher_cap"
+                ]
+                if week_ok and not rest:
+                    out.append((s, cand))
+                    for k in keys:
+                        taken[k].append((cand.start, cand.end, -1))
+                    break
+            else:
+                continue
+            break
+    return out
+
+
+def _move_reason(problem: Problem, moved: list[tuple[MasterSession, MasterSession]]) -> Reason:
+    parts_zh = "；".join(
+        f"{_who(problem, a.master_class_id)} 的{a.subject}课 {_when(a, True)} → {_when(b, True)}"
+        for a, b in moved
+    )
+    parts_en = "; ".join(
+        f"{_who(problem, a.master_class_id)}'s {a.subject} lesson {_when(a, False)} → "
+        f"{_when(b, False)}"
+        for a, b in moved
+    )
+    k = len(moved)
+    return Reason(
+        "lever_move_lesson",
+        f"把主讲课调到主讲班的空闲节次（无人加入的课，中心校改课表），可多开 {k} 节：{parts_zh}",
+        f"moving master lessons nobody joins yet into free periods of their master class "
+        f"(the central school's timetable changes) would serve {k} more period(s): {parts_en}",
+        lever="move_lesson",
+        gain=k,
+        lessons=[a.offer_id for a, _ in moved],
+        relax={
+            "moves": [
+                {"offer": a.offer_id, "weekday": b.weekday, "start": b.start, "end": b.end}
+                for a, b in moved
+            ]
+        },
     )
 
 

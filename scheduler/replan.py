@@ -29,7 +29,7 @@ from scheduler.lessons import (
 from scheduler.model import build
 from scheduler.problem import BellRule, Candidate, Mode, Options, Problem, build_problem
 from scheduler.school import Classroom, Teacher
-from scheduler.timetable import PlanLesson
+from scheduler.timetable import WEEKDAY_NAMES_ZH, PlanLesson
 
 REPLAN_TIME_S = 4.0
 
@@ -42,6 +42,7 @@ class Change:
     classroom_id: str
     class_id: str
     text: str
+    text_zh: str = ""
 
     def as_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)
@@ -231,6 +232,11 @@ def _apply(
         if absent
         else f"{problem.names.get(room or '', room)} link down to {downlink:g} Mbit/s"
     )
+    why_zh = (
+        f"{problem.names.get(absent, absent)}({absent}) 请假"
+        if absent
+        else f"{problem.names.get(room or '', room)}({room}) 下行降到 {downlink:g} Mbit/s"
+    )
     for s in sorted(sessions):
         ses = problem.sessions[s]
         lid = instance_id(series_id(ses.master_class_id, weekday, ses.start), date)
@@ -243,6 +249,10 @@ def _apply(
         title = (
             f"{weekday_name_short(weekday)} {clock(ses.start)} "
             f"{problem.names.get(ses.master_class_id)} {ses.subject}"
+        )
+        title_zh = (
+            f"{WEEKDAY_NAMES_ZH[weekday - 1]} {clock(ses.start)} "
+            f"{problem.names.get(ses.master_class_id)}({ses.master_class_id}) {ses.subject}"
         )
         if inst is None:
             inst = LessonInstance(
@@ -277,6 +287,7 @@ def _apply(
                     ses.classroom_id,
                     ses.master_class_id,
                     f"{title}: now given as a remote lesson",
+                    f"{title_zh}：改为远程课",
                 )
             )
         removed = [n for n in old if n not in new]
@@ -291,6 +302,7 @@ def _apply(
                     need.classroom_id,
                     need.class_id,
                     f"{title}: {need.label} no longer joins ({why})",
+                    f"{title_zh}：{need.class_label or need.label} 不再加入（{why_zh}）",
                 )
             )
         for n in added:
@@ -303,6 +315,7 @@ def _apply(
                     need.classroom_id,
                     need.class_id,
                     f"{title}: {need.label} joins instead",
+                    f"{title_zh}：改由 {need.class_label or need.label} 加入",
                 )
             )
         inst.point_classes = sorted(problem.needs[n].class_id for n in new)
@@ -317,6 +330,7 @@ def _apply(
                         ses.classroom_id,
                         ses.master_class_id,
                         f"{title}: no remote lesson ({why})",
+                        f"{title_zh}：本次不上远程课（{why_zh}）",
                     )
                 )
             inst.status = "cancelled"

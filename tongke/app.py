@@ -7,7 +7,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from tongke.audit import AUDIT, AuditLog, audit_middleware
+from tongke.audit import setup_routes as setup_audit_routes
 from tongke.config import Config
+from tongke.ratelimit import RATE_LIMITS, RateLimits, rate_limit_middleware, rates_from_config
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web_client"
 
@@ -31,9 +34,24 @@ def create_app(config: Config) -> web.Application:
     from tongke.lessons import scheduled_lesson_resolver
     from tongke.session_auth import setup as setup_accounts
 
-    app = web.Application(client_max_size=config.max_message_bytes * 4)
-    ctx = AppContext(config=config, secret=config.ensure_secret())
+    secret = config.ensure_secret()
+    app = web.Application(
+        client_max_size=config.max_message_bytes * 4,
+        # aiohttp types middlewares as a Protocol that plain async functions only match
+        # structurally; mypy does not see it.
+        middlewares=[rate_limit_middleware, audit_middleware(secret)],  # type: ignore[list-item]
+    )
+    ctx = AppContext(config=config, secret=secret)
     app[CTX] = ctx
+    app[RATE_LIMITS] = RateLimits(rates_from_config(config.rate_limits))
+    audit = app[AUDIT] = AuditLog(config.resolved_database_url())
+
+    async def close_audit(app: web.Application) -> None:
+        await audit.flush()
+        audit.close()
+
+    app.on_cleanup.append(close_audit)
+    setup_audit_routes(app, secret)
     sfu = setup_media(app, ctx)
     setup_recording(app, ctx)
     setup_scheduler(app, ctx)

@@ -14,9 +14,10 @@ import signal
 from pathlib import Path
 
 from classroom_agent.cli import agent_argv
-from media_server.http import SFU, lesson_url
+from media_server.http import SFU
 from media_server.room import LessonInfo
 from tongke.config import load_config
+from tongke.lessoncode import issue_code, lesson_url
 from tongke.server import start_server
 from tongke.tokens import Role, issue_token
 
@@ -75,10 +76,11 @@ async def run_demo(args: argparse.Namespace) -> int:
         agents.append((name, proc))
         pumps.append(asyncio.ensure_future(_pump(name, proc.stdout)))
 
-    viewer = issue_token(
+    # A one-time code: the link opens the lesson once (a reload keeps working).
+    viewer = issue_code(
         secret, room=ROOM, classroom="demo-viewer", role=Role.OBSERVER, name="Viewer"
     )
-    print("\nOpen the lesson in a browser:\n", flush=True)
+    print("\nOpen the lesson in a browser (the link works once):\n", flush=True)
     print(f"  {lesson_url(server.url, ROOM, viewer)}\n", flush=True)
     print(
         "The teaching points print what they receive every 5 s. Press Ctrl-C to stop.\n", flush=True

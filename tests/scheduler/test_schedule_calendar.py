@@ -108,7 +108,7 @@ def test_bad_input_is_refused_or_explained(db: Database) -> None:
     # A point without bells, a teacher with a cap of 0, a link of 0 Mbit/s.
     data = files()
     bells = (
-        "\n".join(line for line in data["bells"].splitlines() if not line.startswith("xh,")) + "\n"
+        "\n".join(line for line in data["bells"].splitlines() if not line.startswith("ds,")) + "\n"
     )
     teachers = data["teachers"].replace(
         "t-li,zx,李老师,Music;Art,3;4;5,6", "t-li,zx,李老师,Music;Art,3;4;5,0"
@@ -121,7 +121,10 @@ def test_bad_input_is_refused_or_explained(db: Database) -> None:
     with db.session() as s:
         plan, _ = solve_and_store(s, Options(time_limit_s=5))
         assert check_plan(s, plan.id) == []
-    assert _need(plan, "xh-g4", "English")["reasons"][0]["code"] == "no_bells"
-    assert "小河教学点(xh) 没有作息时间表" in _need(plan, "xh-g4", "English")["reasons"][0]["zh"]
+    assert _need(plan, "ds-g4", "English")["reasons"][0]["code"] == "no_bells"
+    assert "大山教学点(ds) 没有作息时间表" in _need(plan, "ds-g4", "English")["reasons"][0]["zh"]
+    # 小河 is free on Tuesday now: only 李老师's cap of 0 keeps it from Music.
+    (music,) = _need(plan, "xh-g4", "Music")["reasons"]
+    assert music["lever"] == "teacher_cap" and "李老师(t-li) 0→1" in music["zh"]
     ly = _need(plan, "ly-g4", "English")["reasons"][0]
     assert ly["lever"] == "link" and "2 Mbit/s" in ly["zh"]

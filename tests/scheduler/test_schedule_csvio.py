@@ -120,3 +120,20 @@ def test_cli_reads_gbk_files(tmp_path, capsys) -> None:  # type: ignore[no-untyp
     with db.session() as s:
         assert s.get(School, "xh").name == "小河教学点"
     db.dispose()
+
+
+def test_a_database_from_before_school_lines_gains_the_new_columns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "create table sch_school (id varchar(64) primary key, name varchar(200), "
+            "county_id varchar(64), kind varchar(16))"
+        )
+        conn.execute("insert into sch_school values ('xh', '小河教学点', 'c1', 'point')")
+    db = Database(f"sqlite:///{path}")
+    with db.session() as s:
+        school = s.get(School, "xh")
+        assert school.name == "小河教学点" and school.downlink_mbps is None
+    db.dispose()

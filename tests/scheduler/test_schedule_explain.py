@@ -26,7 +26,15 @@ from scheduler.service import solve_and_store
 from scheduler.timetable import PlanLesson
 from tests.scheduler.checker import check_plan
 
-CHECKED = ("link", "timetable", "points_per_lesson", "teacher_cap", "bells", "school_line")
+CHECKED = (
+    "link",
+    "timetable",
+    "points_per_lesson",
+    "teacher_cap",
+    "bells",
+    "school_line",
+    "move_lesson",
+)
 TODAY = dt.date(2026, 3, 16)
 
 
@@ -68,19 +76,36 @@ def _relax(s: Session, plan_id: int, need: dict[str, Any], lever: str, relax: di
                 text("delete from sch_busy where class_id = :c and weekday = :w and period = :p"),
                 {"c": relax["class"], "w": wd, "p": period},
             )
-    elif lever in ("points_per_lesson", "bells"):
+    elif lever == "move_lesson":
+        for move in relax["moves"]:
+            s.execute(
+                text(
+                    "update sch_plan_lesson set weekday = :w, start_min = :s, end_min = :e "
+                    "where plan_id = :p and offer_id = :o"
+                ),
+                {
+                    "w": move["weekday"],
+                    "s": move["start"],
+                    "e": move["end"],
+                    "p": plan_id,
+                    "o": move["offer"],
+                },
+            )
+    if lever in ("points_per_lesson", "bells", "move_lesson"):
         plan = s.execute(text("select options from sch_plan where id = :p"), {"p": plan_id})
         raw = plan.scalar_one()
         options = dict(json.loads(raw) if isinstance(raw, str) else raw)
         if lever == "bells":
             options["bells"] = "soft"
+        elif lever == "move_lesson":
+            options["mode"] = "movable"
         else:
             options["max_points"] = relax["max_points"]
         s.execute(
             text("update sch_plan set options = :o where id = :p"),
             {"o": json.dumps(options), "p": plan_id},
         )
-    elif lever == "teacher_cap":
+    if lever == "teacher_cap":
         for t, cap in relax["teachers"].items():
             s.execute(
                 text("update sch_teacher set weekly_cap = :c where id = :t"), {"c": cap, "t": t}

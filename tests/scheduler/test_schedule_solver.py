@@ -23,7 +23,8 @@ def test_town_plan_is_valid_and_explains_every_unserved_need(town: Database) -> 
         assert check_plan(s, plan.id) == []
     assert sol.optimal and sol.served == 4 and sol.served >= sol.greedy_served
     # 小河 grade 4 is busy all Tuesday morning: only its own period 3 stands in the way.
-    (music,) = _reasons(plan, "xh-g4", "Music")
+    music, move = _reasons(plan, "xh-g4", "Music")
+    assert move["lever"] == "move_lesson" and "周二 10:00-10:40 → 周一 08:50-09:30" in move["zh"]
     assert music["lever"] == "timetable" and music["gain"] == 1
     assert "小河教学点(xh) grade 4(xh-g4) 自己的课（周二第3节）调开，可多开 1 节" in music["zh"]
     assert "moving 小河教学点(xh) grade 4(xh-g4)'s own lesson(s) (Tue period 3)" in music["en"]

@@ -186,7 +186,9 @@ async function replanDay() {
     body.downlink_mbps = $("replan-downlink").value;
   }
   const r = await api("POST", "/api/schedule/replan", body);
-  const list = el("ul", {}, ...r.changes.map((c) => el("li", {}, `${c.date} · ${c.kind} · ${c.text}`)));
+  const zh = lang() === "zh";
+  const list = el("ul", {}, ...r.changes.map((c) => el("li", { "data-kind": c.kind },
+    `${c.date} · ${t("changeKinds")[c.kind] || c.kind} · ${(zh && c.text_zh) || c.text}`)));
   $("replan-result").replaceChildren(
     el("p", {}, t("replanResult", { n: r.changes.length, after: r.served_after,
       before: r.served_before, s: r.solve_s })), list);

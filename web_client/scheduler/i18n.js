@@ -86,6 +86,10 @@ const TEXT = {
     tokenAccepted: "令牌可用。",
     days: ["周一", "周二", "周三", "周四", "周五"],
     statuses: { running: "运行中", done: "完成", failed: "失败" },
+    changeKinds: {
+      "lesson cancelled": "取消", "point removed": "教学点退出",
+      "point added": "教学点加入", "lesson added": "新增",
+    },
   },
   en: {
     title: "Tongke scheduling · County shared timetable",
@@ -172,6 +176,7 @@ const TEXT = {
     tokenAccepted: "Token accepted.",
     days: ["Mon", "Tue", "Wed", "Thu", "Fri"],
     statuses: { running: "running", done: "done", failed: "failed" },
+    changeKinds: {},
   },
 };
 
