@@ -195,6 +195,11 @@ async def screenshots(m: Page, a: Page, b: Page, tag: str) -> None:
     await m.set_viewport_size({"width": 1366, "height": 768})
     await a.set_viewport_size({"width": 390, "height": 844})
     await a.screenshot(path=str(SHOTS / f"point-{tag}-phone.png"), full_page=True)
+    # Kiosk / TV mode: the lesson fills the screen, no controls.
+    await a.set_viewport_size({"width": 1366, "height": 768})
+    await a.click("#kiosk")
+    await a.screenshot(path=str(SHOTS / f"point-{tag}-kiosk.png"))
+    await a.keyboard.press("Escape")
 
 
 async def test_a_signed_in_teacher_opens_the_console_without_a_token(
@@ -250,6 +255,7 @@ async def test_a_signed_in_teacher_opens_the_console_without_a_token(
                     ("/me", "me"),
                     ("/supervisor", "supervisor"),
                     ("/login", "login"),
+                    ("/login?lang=en", "login-en"),
                 ):
                     await page.goto(server.url + path)
                     await page.wait_for_load_state("networkidle")
