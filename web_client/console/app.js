@@ -223,6 +223,9 @@ class MasterConsole {
     $("end").hidden = s.phase === "ended";
     if (s.phase === "ended") {
       $("camera").disabled = $("share").disabled = true;
+      // Nothing is forwarded after the end: free the camera, microphone and screen.
+      for (const stream of [this.camera, this.screen]) stream?.getTracks().forEach((tr) => tr.stop());
+      this.camera = this.screen = null;
       this.notice(t("err_lesson_ended"));
     }
     this.renderHands();

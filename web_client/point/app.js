@@ -309,6 +309,13 @@ class PointConsole {
     banner.classList.remove("muted");
     if (s.phase === "ended") {
       banner.textContent = t("lessonEnded");
+      // Nothing is forwarded after the end: free the camera and microphone.
+      if (this.camera) {
+        this.camera.getTracks().forEach((tr) => tr.stop());
+        this.camera = null;
+        attach($("preview"), null);
+        this.renderMic();
+      }
     } else if (s.muted.includes(mine)) {
       banner.textContent = t("mutedByMaster");
       banner.classList.add("muted");
