@@ -36,6 +36,7 @@ def create_app(config: Config) -> web.Application:
     from scheduler.api import DB as SCHEDULER_DB
     from scheduler.api import setup as setup_scheduler
     from tongke.lessons import lesson_facts_resolver, scheduled_lesson_resolver
+    from tongke.session_auth import setup as setup_accounts
 
     # Everything embedded (SQLite databases, rooms, recordings) lives under data_dir.
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +69,7 @@ def create_app(config: Config) -> web.Application:
     sfu = setup_media(app, ctx)
     setup_scheduler(app, ctx)
     setup_recording(app, ctx, lessons=lesson_facts_resolver(app[SCHEDULER_DB], sfu.rooms))
+    setup_accounts(app, ctx)
     sfu.rooms.resolvers.append(scheduled_lesson_resolver(app[SCHEDULER_DB]))
     if WEB_ROOT.is_dir():
         app.router.add_static("/static/", WEB_ROOT, show_index=False)
