@@ -21,12 +21,15 @@ from aiortc import (
     MediaStreamTrack,
     RTCBundlePolicy,
     RTCConfiguration,
+    RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
 )
 
 from classroom_agent.tracks import add_encoded_track
+from tongke import rtc_internals
 from tongke.errors import CodedError
+from tongke.turn import order_for_aiortc
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +74,18 @@ class ClientEvents:
     on_subscribe_transceivers: Callable[[RTCPeerConnection], None] | None = None
 
 
-# max-bundle, as on the server: aiortc's balanced policy leaves a second transceiver of
-# one kind on an unbundled transport when both are created before the first offer.
-_CONFIG = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+def rtc_configuration(ice_servers: list[dict[str, Any]] | None = None) -> RTCConfiguration:
+    """The PeerConnection configuration, with the TURN servers ``joined`` handed us.
+
+    max-bundle, as on the server: aiortc's balanced policy leaves a second transceiver of
+    one kind on an unbundled transport when both are created before the first offer.
+    """
+    servers = [
+        RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+        for s in order_for_aiortc(ice_servers or [])
+        if isinstance(s, dict) and s.get("urls")
+    ]
+    return RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
 
 
 def ws_url(base_url: str) -> str:
@@ -92,12 +104,15 @@ class LessonClient:
         name: str | None = None,
         events: ClientEvents | None = None,
     ) -> None:
+        # The datagram guard and long-RTT consent protect the agent's connections too.
+        rtc_internals.install()
         self.base_url = base_url
         self.room = room
         self.token = token
         self.name = name
         self.events = events or ClientEvents()
         self.joined: dict[str, Any] = {}
+        self.rtc_config = rtc_configuration()
         self.remote: dict[str, RemoteTrack] = {}
         self.publish_pc: RTCPeerConnection | None = None
         self.subscribe_pc: RTCPeerConnection | None = None
@@ -127,6 +142,7 @@ class LessonClient:
         if self.name:
             message["name"] = self.name
         self.joined = await self.request(message, timeout=timeout)
+        self.rtc_config = rtc_configuration(self.joined.get("ice_servers"))
         return self.joined
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -192,7 +208,7 @@ class LessonClient:
     async def publish(self, publications: list[Publication]) -> None:
         """Offer every publication on the publish PeerConnection (renegotiates if needed)."""
         if self.publish_pc is None:
-            self.publish_pc = RTCPeerConnection(_CONFIG)
+            self.publish_pc = RTCPeerConnection(self.rtc_config)
         pc = self.publish_pc
         for pub in publications:
             add_encoded_track(
@@ -227,7 +243,7 @@ class LessonClient:
     async def _on_subscribe_offer(self, message: dict[str, Any]) -> None:
         async with self._sub_lock:
             if self.subscribe_pc is None:
-                pc = self.subscribe_pc = RTCPeerConnection(_CONFIG)
+                pc = self.subscribe_pc = RTCPeerConnection(self.rtc_config)
                 if self.events.on_subscribe_pc is not None:
                     self.events.on_subscribe_pc(pc)
             pc = self.subscribe_pc

@@ -9,6 +9,7 @@ standard recording-classroom set, a point its camera and microphone)::
     role = "master"                          # master | point
     classroom_id = "school-12/room-301"
     synthetic = false                        # true: test cards instead of default devices
+    synthetic_pattern = "card"               # card | noise (fills the bitrate like a camera)
 
     [recording]
     dir = "/var/lib/tongke/recordings"
@@ -17,7 +18,7 @@ standard recording-classroom set, a point its camera and microphone)::
     [[source]]
     name = "teacher_camera"
     kind = "video"
-    type = "v4l2"               # synthetic | v4l2 | file | rtsp | x11 | alsa | pulse
+    type = "v4l2"               # synthetic | noise | v4l2 | file | rtsp | x11 | alsa | pulse
     device = "/dev/video0"
     codec = "h264"
     bitrate_kbps = 1500
@@ -36,19 +37,25 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from aiortc.mediastreams import MediaStreamTrack
-
 from .capture import AlsaMicrophone, FileSource, PulseMicrophone, RTSPCamera, V4L2Camera, X11Screen
+from .noise import NoiseVideo
 from .sources import MediaSource, StateCallback
 from .testcard import SyntheticAudio, SyntheticVideo
 from .tracks import EncodedAudioTrack, EncodedVideoTrack
 
 ROLES = ("master", "point")
-VIDEO_TYPES = ("synthetic", "v4l2", "file", "rtsp", "x11")
+VIDEO_TYPES = ("synthetic", "noise", "v4l2", "file", "rtsp", "x11")
+#: What synthetic video shows: the test card, or a high-entropy scene (classroom_agent.noise).
+SYNTHETIC_PATTERNS = ("card", "noise")
+CONTENT_TYPES = ("camera", "screen")
 AUDIO_TYPES = ("synthetic", "alsa", "pulse")
 PASSTHROUGH_TYPES = ("file", "rtsp")
 VIDEO_CODECS = ("h264", "vp8")
 # Lower simulcast layers: (height, bitrate_kbps, fps); width follows the aspect ratio.
+CAMERA_KEYFRAME_S = 2.0
+# A slide changes rarely; a keyframe of sharp text is large, so send one less often
+# (a subscriber that joins asks for one anyway).
+SCREEN_KEYFRAME_S = 6.0
 LAYER_PRESETS: dict[str, tuple[int, int, float]] = {"m": (360, 500, 30.0), "l": (180, 150, 15.0)}
 
 
@@ -75,6 +82,9 @@ class SourceConfig:
     input_format: str = ""
     #: Files: start over at the end.
     loop: bool = True
+    #: "camera" or "screen": screen content (courseware) keeps full resolution at a low
+    #: frame rate, with rarer keyframes and a deeper rate buffer so text stays sharp.
+    content: str = "camera"
     #: Synthetic sources: motion pattern seed; tone frequency for audio.
     seed: int = 0
     freq: float = 440.0
@@ -98,6 +108,7 @@ class AgentConfig:
     role: str = "master"
     classroom_id: str = ""
     synthetic: bool = False
+    synthetic_pattern: str = "card"
     sources: list[SourceConfig] = field(default_factory=list)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
 
@@ -113,11 +124,18 @@ class AgentConfig:
         return ""
 
 
-def default_sources(role: str, synthetic: bool = False) -> list[SourceConfig]:
-    """The standard set: a recording classroom for a master, camera + mic for a point."""
+def default_sources(
+    role: str, synthetic: bool = False, pattern: str = "card"
+) -> list[SourceConfig]:
+    """The standard set: a recording classroom for a master, camera + mic for a point.
+
+    ``pattern`` chooses what synthetic video shows: ``card`` or ``noise``.
+    """
+    synthetic_type = "noise" if pattern == "noise" else "synthetic"
 
     def video(name: str, device: str, **kw: Any) -> SourceConfig:
-        kind_type = "synthetic" if synthetic else ("x11" if name == "courseware" else "v4l2")
+        device_type = "x11" if name == "courseware" else "v4l2"
+        kind_type = synthetic_type if synthetic else device_type
         return SourceConfig(
             name=name, kind="video", type=kind_type, device=device, codec="h264", **kw
         )
@@ -138,9 +156,11 @@ def default_sources(role: str, synthetic: bool = False) -> list[SourceConfig]:
             audio("point_mic"),
         ]
     return [
-        video("teacher_camera", "/dev/video0", bitrate_kbps=1500, layers=["h", "l"], seed=1),
-        video("board_camera", "/dev/video2", bitrate_kbps=800, seed=2),
-        video("courseware", "", bitrate_kbps=400, fps=5.0, seed=3),
+        # Three layers of the teacher and two of the board: the SFU gives each point the
+        # best one its link carries, and the agent stops encoding those nobody receives.
+        video("teacher_camera", "/dev/video0", bitrate_kbps=1500, layers=["h", "m", "l"], seed=1),
+        video("board_camera", "/dev/video2", bitrate_kbps=800, layers=["h", "l"], seed=2),
+        video("courseware", "", bitrate_kbps=400, fps=5.0, content="screen", seed=3),
         audio("classroom_mic"),
     ]
 
@@ -226,6 +246,8 @@ def _source(index: int, table: Any) -> SourceConfig:
                 f"{where}: layers: a {cfg.type} source is passed through without "
                 "re-encoding, so it has only layer 'h'"
             )
+    if cfg.content not in CONTENT_TYPES:
+        raise ConfigError(f"{where}: content must be 'camera' or 'screen', got {cfg.content!r}")
     if cfg.fps <= 0 or cfg.fps > 60:
         raise ConfigError(f"{where}: fps must be in (0, 60], got {cfg.fps}")
     if cfg.bitrate_kbps <= 0:
@@ -243,7 +265,15 @@ def parse_config(data: dict[str, Any]) -> AgentConfig:
         if key not in ("agent", "source", "recording"):
             top[key] = value
     cfg = AgentConfig()
-    simple = {"server_url", "token", "token_file", "role", "classroom_id", "synthetic"}
+    simple = {
+        "server_url",
+        "token",
+        "token_file",
+        "role",
+        "classroom_id",
+        "synthetic",
+        "synthetic_pattern",
+    }
     for key, value in top.items():
         if key not in simple:
             raise ConfigError(f"agent: unknown key {key!r}")
@@ -255,6 +285,10 @@ def parse_config(data: dict[str, Any]) -> AgentConfig:
             setattr(cfg, key, _convert("agent", key, value, getattr(cfg, key)))
     if cfg.role not in ROLES:
         raise ConfigError(f"agent: role must be 'master' or 'point', got {cfg.role!r}")
+    if cfg.synthetic_pattern not in SYNTHETIC_PATTERNS:
+        raise ConfigError(
+            f"agent: synthetic_pattern must be 'card' or 'noise', got {cfg.synthetic_pattern!r}"
+        )
     if cfg.token and cfg.token_file:
         raise ConfigError("agent: give token or token_file, not both")
     recording = data.get("recording", {})
@@ -273,7 +307,7 @@ def parse_config(data: dict[str, Any]) -> AgentConfig:
             raise ConfigError(f"recording: unknown key {key!r}")
     tables = data.get("source")
     if tables is None:
-        cfg.sources = default_sources(cfg.role, cfg.synthetic)
+        cfg.sources = default_sources(cfg.role, cfg.synthetic, cfg.synthetic_pattern)
     else:
         if not isinstance(tables, list):
             raise ConfigError("source must be an array of tables ([[source]])")
@@ -305,7 +339,7 @@ class PublishedTrack:
     kind: str
     layer: str
     label: str
-    track: MediaStreamTrack
+    track: EncodedVideoTrack | EncodedAudioTrack
     codec: str
     media_source: MediaSource
     width: int = 0
@@ -325,6 +359,16 @@ def make_source(cfg: SourceConfig, on_state: StateCallback | None = None) -> Med
         return PulseMicrophone(cfg.name, cfg.device or "default", **common)
     if cfg.type == "synthetic":
         return SyntheticVideo(
+            cfg.width,
+            cfg.height,
+            cfg.fps,
+            cfg.display_label,
+            cfg.seed,
+            name=cfg.name,
+            on_state=on_state,
+        )
+    if cfg.type == "noise":
+        return NoiseVideo(
             cfg.width,
             cfg.height,
             cfg.fps,
@@ -375,7 +419,15 @@ def build_tracks(
         for layer in cfg.layers:
             width, height, kbps, fps = _layer_size(cfg, layer)
             track = EncodedVideoTrack(
-                source, cfg.codec, kbps, fps, width=width, height=height, layer=layer
+                source,
+                cfg.codec,
+                kbps,
+                fps,
+                SCREEN_KEYFRAME_S if cfg.content == "screen" else CAMERA_KEYFRAME_S,
+                width=width,
+                height=height,
+                layer=layer,
+                content=cfg.content,
             )
             published.append(
                 PublishedTrack(

@@ -1,9 +1,12 @@
-"""One subscription: a source's packets rewritten for one subscriber and sent.
+"""One subscription's I/O: a source's packets, rewritten, into one packet sink.
 
-The subscriber sees one continuous stream (one SSRC, contiguous sequence numbers and
-timestamps) whatever happens upstream: layer switches, a publisher that reconnects, or
-a transceiver re-used for another source. Rewriting is byte-level: a fresh 12-byte
-header, our own extension block (mid, abs-send-time), the publisher's payload.
+The Forwarder decides what is sent as which sequence number and timestamp; the DownTrack
+writes it: a fresh 12-byte header (our SSRC and payload type), our own extension block
+(mid, abs-send-time stamped at send time), the publisher's payload bytes, into its sink
+(the SRTP wire to a subscriber, a recorder, a relay). It answers the receiver's RTCP:
+NACKs from the publisher's cache, PLI/FIR as throttled keyframe requests upstream, REMB
+and receiver reports into its statistics. It generates the sender reports, translated
+from the publisher's NTP/RTP mapping so that receivers keep lip sync.
 """
 
 from __future__ import annotations
@@ -25,16 +28,50 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
+from media_server.estimator import DownlinkEstimator
+from media_server.forwarder import DROP, Forwarder
 from media_server.rtpbytes import HEADER, abs_send_time, payload_bounds
+from media_server.sink import PacketSink
 from media_server.source import MediaSource
 from media_server.uptrack import UpTrack
-from media_server.wire import Wire
 
 log = logging.getLogger(__name__)
 
-SEQ_MAP_SIZE = 1024
-SEQ_MAP_MASK = SEQ_MAP_SIZE - 1
 NTP_FRACTION = float(1 << 32)
+DEFAULT_RTT_S = 0.1
+RESENT_MEMORY = 1024
+
+
+class RepairBudget:
+    """How many bytes of retransmissions a subscriber may receive: a share of its estimate.
+
+    A NACK storm on a lossy 1 Mbit/s line must not crowd out the lesson itself; past the
+    budget, a loss is left to the keyframe that repairs it.
+    """
+
+    SHARE = 0.2
+    WINDOW_S = 0.5
+
+    def __init__(self, estimate_bps: int) -> None:
+        self._rate = 0.0
+        self._tokens = 0.0
+        self._last = time.monotonic()
+        self.refused = 0
+        self.set_rate(estimate_bps)
+
+    def set_rate(self, estimate_bps: int) -> None:
+        self._rate = estimate_bps * self.SHARE / 8
+
+    def take(self, size: int) -> bool:
+        now = time.monotonic()
+        cap = self._rate * self.WINDOW_S
+        self._tokens = min(cap, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < size:
+            self.refused += 1
+            return False
+        self._tokens -= size
+        return True
 
 
 @dataclass
@@ -43,12 +80,12 @@ class DownTrackStats:
     octets: int = 0
     nacks: int = 0
     retransmitted: int = 0
+    retransmit_refused: int = 0  # not cached, too soon after the last resend, or over budget
     keyframe_requests: int = 0
     fraction_lost: float = 0.0
     jitter: int = 0
     rtt_ms: float | None = None
     remb_bps: int | None = None
-    layer_switches: int = 0
 
 
 def _extension_block(mid: str, mid_id: int | None, ast_id: int | None) -> tuple[bytes, bytes]:
@@ -59,6 +96,8 @@ def _extension_block(mid: str, mid_id: int | None, ast_id: int | None) -> tuple[
         elems += bytes([(mid_id << 4) | (len(raw) - 1)]) + raw
     if ast_id:
         elems += bytes([(ast_id << 4) | 2])
+    if not elems:
+        return b"", b""
     body_len = len(elems) + (3 if ast_id else 0)
     pad = (-body_len) % 4
     words = (body_len + pad) // 4
@@ -70,103 +109,120 @@ class DownTrack:
     def __init__(
         self,
         *,
-        wire: Wire,
-        mid: str,
+        sink: PacketSink,
         ssrc: int,
         payload_type: int,
-        mid_ext_id: int | None,
-        ast_ext_id: int | None,
+        mid: str = "",
+        mid_ext_id: int | None = None,
+        ast_ext_id: int | None = None,
+        estimator: DownlinkEstimator | None = None,
+        repair: RepairBudget | None = None,
     ) -> None:
-        self.wire = wire
+        self.sink = sink
+        self.estimator = estimator
+        self.repair = repair
+        self.loss_fresh = False  # a receiver report arrived since the control loop looked
+        self._resent: dict[int, float] = {}  # out seq -> when we last resent it
         self.mid = mid
         self.ssrc = ssrc
         self.payload_type = payload_type
         self._ext_prefix, self._ext_pad = _extension_block(mid, mid_ext_id, ast_ext_id)
         self._has_ast = ast_ext_id is not None
         self._b0 = 0x90 if self._ext_prefix else 0x80
+        self.forwarder = Forwarder(seed=ssrc)
         self.source: MediaSource | None = None
-        self.current: UpTrack | None = None
-        self.target: UpTrack | None = None
-        self.max_layer: str | None = None
-        self.paused = False
         self.stats = DownTrackStats()
-        self._seq_off = 0
-        self._ts_off = 0
-        self._last_seq = -1  # last sequence number sent, -1 before the first packet
-        self._last_ts = 0
-        self._last_sent_at = 0.0
         self._reports_sent: dict[int, float] = {}  # LSR value -> when we sent that SR
-        self._seq_map = [-1] * SEQ_MAP_SIZE  # out seq -> (layer tag << 16) | in seq
-        self._layer_tag = 0
 
-    # -- binding ------------------------------------------------------------------------
+    # -- what to forward ----------------------------------------------------------------
+
+    @property
+    def current(self) -> UpTrack | None:
+        return self.forwarder.current  # type: ignore[return-value]
+
+    @property
+    def target(self) -> UpTrack | None:
+        return self.forwarder.target  # type: ignore[return-value]
+
+    @property
+    def paused(self) -> bool:
+        return self.forwarder.paused
 
     def bind(self, source: MediaSource | None) -> None:
         """Carry `source` from its next keyframe on (None: go idle)."""
-        self.unbind()
+        self._detach_all()
+        self.forwarder.current = self.forwarder.target = None
         self.source = source
-        if source is not None:
-            self._select_layer()
-
-    def unbind(self) -> None:
-        for up in (self.current, self.target):
-            if up is not None:
-                up.detach(self)
-        self.current = self.target = None
-        self.source = None
+        self.reselect()
 
     def set_max_layer(self, layer: str | None) -> None:
-        self.max_layer = layer
-        self._select_layer()
+        """The subscriber's own ceiling (set_subscription)."""
+        self.forwarder.pinned = layer
+        self.reselect()
 
-    def _select_layer(self) -> None:
-        if self.source is None:
+    def set_paused(self, paused: bool) -> None:
+        """Paused by the subscriber (set_subscription)."""
+        self.forwarder.paused_by_user = paused
+        self.reselect()
+
+    def allocate(self, layer: str | None, paused: bool) -> None:
+        """The allocator's decision: a layer ceiling, or paused for bandwidth."""
+        fwd = self.forwarder
+        if fwd.allocated == layer and fwd.paused_by_allocator == paused:
             return
-        best = self.source.best_layer(self.max_layer)
-        if best is None or best is self.target:
-            return
-        if self.target is not None and self.target is not self.current:
-            self.target.detach(self)
-        self.target = best
-        best.attach(self)
-        if best is not self.current and best.video:
+        fwd.allocated = layer
+        fwd.paused_by_allocator = paused
+        self.reselect()
+
+    def reselect(self) -> None:
+        """Re-apply the wanted layer after the source, a ceiling or a pause changed."""
+        fwd = self.forwarder
+        best = self.source.best_layer(fwd.ceiling) if self.source is not None else None
+        old = (fwd.current, fwd.target)
+        need_key = fwd.retarget(best)
+        for up in old:
+            if up is not None and up is not fwd.current and up is not fwd.target:
+                up.detach(self)  # type: ignore[attr-defined]
+        if fwd.target is not None:
+            fwd.target.attach(self)  # type: ignore[attr-defined]
+        if need_key and best is not None and best.video:
             self.stats.keyframe_requests += 1
             best.request_keyframe()
 
+    def _detach_all(self) -> None:
+        for up in (self.forwarder.current, self.forwarder.target):
+            if up is not None:
+                up.detach(self)  # type: ignore[attr-defined]
+
     def source_closed(self, up: UpTrack) -> None:
-        if up is self.current:
-            self.current = None
-        if up is self.target:
-            self.target = None
+        self.forwarder.layer_closed(up)
         if self.source is not None:
             self.source.layers = {k: v for k, v in self.source.layers.items() if v is not up}
-            self._select_layer()
+            self.reselect()
 
     # -- hot path -----------------------------------------------------------------------
 
     def forward(
         self, up: UpTrack, payload: bytes, marker: int, seq: int, ts: int, key: bool, ast: bytes
     ) -> None:
-        if up is not self.current:
-            if up is not self.target or not key:
+        fwd = self.forwarder
+        if up is fwd.current:
+            oseq, ots = fwd.translate_current(up, seq, ts)
+        else:
+            previous = fwd.current
+            out = fwd.translate(up, seq, ts, key)
+            if out is None:
                 return
-            self._switch_to(up, seq, ts)
-        if self.paused:
-            return
-        oseq = (seq + self._seq_off) & 0xFFFF
-        ots = (ts + self._ts_off) & 0xFFFFFFFF
-        self._seq_map[oseq & SEQ_MAP_MASK] = self._layer_tag | seq
+            oseq, ots = out
+            if previous is not None:
+                previous.detach(self)  # type: ignore[attr-defined]  # switched at this keyframe
         self._write(marker, oseq, ots, ast, payload)
-        last = self._last_seq
-        if last < 0 or ((oseq - last) & 0xFFFF) < 0x8000:
-            self._last_seq = oseq
-            self._last_ts = ots
         self.stats.packets += 1
         self.stats.octets += len(payload)
 
     def _write(self, marker: int, oseq: int, ots: int, ast: bytes, payload: bytes) -> None:
         """Our header, our extension block (abs-send-time `ast`), the publisher's payload."""
-        self.wire.send_rtp(
+        self.sink.send_rtp(
             b"".join(
                 (
                     HEADER.pack(self._b0, marker | self.payload_type, oseq, ots, self.ssrc),
@@ -178,74 +234,92 @@ class DownTrack:
             )
         )
 
-    def _switch_to(self, up: UpTrack, seq: int, ts: int) -> None:
-        """Start (or move to) `up` at a keyframe, keeping the outgoing stream continuous."""
-        previous = self.current
-        if previous is not None:
-            previous.detach(self)
-            self.stats.layer_switches += 1
-        if self._last_seq >= 0:
-            since = previous.last_packet_at if previous is not None else self._last_sent_at
-            elapsed = max(1, int((time.time() - since) * up.clock_rate))
-            self._seq_off = (self._last_seq + 1 - seq) & 0xFFFF
-            self._ts_off = (self._last_ts + elapsed - ts) & 0xFFFFFFFF
-        else:
-            self._seq_off = (self.ssrc - seq) & 0xFFFF  # any start is fine; vary it
-            self._ts_off = 0
-        self._layer_tag = (self._layer_tag + (1 << 16)) & 0x7FFF0000
-        self.current = up
-        self._last_sent_at = time.time()
-
-    # -- RTCP from the subscriber ---------------------------------------------------------
+    # -- RTCP from the receiver -----------------------------------------------------------
 
     async def _handle_rtcp_packet(self, packet: object) -> None:
+        self.on_rtcp(packet)
+
+    def on_rtcp(self, packet: object) -> None:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             self.stats.nacks += 1
             for oseq in packet.lost:
-                self._retransmit(oseq)
+                self.retransmit(oseq)
         elif isinstance(packet, RtcpPsfbPacket):
             if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-                self.stats.keyframe_requests += 1
-                up = self.target or self.current
-                if up is not None:
-                    up.request_keyframe()
+                self.request_keyframe()
             elif packet.fmt == RTCP_PSFB_APP:
                 try:
-                    self.stats.remb_bps = unpack_remb_fci(packet.fci)[0]
+                    bps, ssrcs = unpack_remb_fci(packet.fci)
                 except ValueError:
-                    pass
+                    return
+                self.stats.remb_bps = bps
+                # aiortc hands a REMB to every sender it lists; the first one reports it.
+                if self.estimator is not None and (not ssrcs or ssrcs[0] == self.ssrc):
+                    self.estimator.on_remb(bps, ssrcs or [self.ssrc], time.monotonic())
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc != self.ssrc:
                     continue
                 self.stats.fraction_lost = report.fraction_lost / 256
                 self.stats.jitter = report.jitter
+                self.loss_fresh = True
                 sent_at = self._reports_sent.get(report.lsr)
                 if sent_at is not None:
                     rtt = time.monotonic() - sent_at - report.dlsr / 65536
                     self.stats.rtt_ms = max(0.0, rtt * 1000)
+                    if self.estimator is not None:
+                        self.estimator.on_rtt(self.stats.rtt_ms)
 
-    def _retransmit(self, oseq: int) -> None:
+    def request_keyframe(self) -> None:
+        self.stats.keyframe_requests += 1
+        up = self.forwarder.target or self.forwarder.current
+        if up is not None:
+            up.request_keyframe()  # type: ignore[attr-defined]
+
+    def retransmit(self, oseq: int) -> bool:
+        """Resend what went out as `oseq`, from the publisher's cache; never another packet.
+
+        At most once per round trip per packet, within the repair budget; a loss the
+        cache cannot repair asks the publisher for a keyframe (throttled upstream).
+        """
+        oseq &= 0xFFFF
         up = self.current
-        entry = self._seq_map[oseq & SEQ_MAP_MASK]
-        if up is None or entry < 0 or (entry & 0x7FFF0000) != self._layer_tag:
-            return
-        data = up.packet(entry & 0xFFFF)
+        seq = self.forwarder.source_seq(oseq)
+        data = up.packet(seq) if up is not None and seq != DROP else None
         if data is None:
-            return
+            self.stats.retransmit_refused += 1
+            # Lost for good (not cached, and not still being recovered upstream): only
+            # a keyframe repairs the picture now.
+            if up is not None and up.video and (seq == DROP or seq not in up.missing):
+                self.request_keyframe()
+            return False
+        now = time.monotonic()
+        rtt_s = (self.stats.rtt_ms / 1000) if self.stats.rtt_ms else DEFAULT_RTT_S
+        last = self._resent.get(oseq)
+        if last is not None and now - last < rtt_s:
+            self.stats.retransmit_refused += 1
+            return False
+        if self.repair is not None and not self.repair.take(len(data)):
+            self.stats.retransmit_refused += 1
+            return False
+        if len(self._resent) >= RESENT_MEMORY:
+            for old in list(self._resent)[: RESENT_MEMORY // 2]:
+                del self._resent[old]
+        self._resent[oseq] = now
         try:
             start, end = payload_bounds(data)
         except ValueError:
-            return
+            return False
         ts = int.from_bytes(data[4:8], "big")
         self._write(
             data[1] & 0x80,
             oseq,
-            (ts + self._ts_off) & 0xFFFFFFFF,
+            (ts + self.forwarder.timestamp_offset()) & 0xFFFFFFFF,
             abs_send_time(time.time()),
             data[start:end],
         )
         self.stats.retransmitted += 1
+        return True
 
     # -- sender reports -------------------------------------------------------------------
 
@@ -256,12 +330,14 @@ class DownTrack:
         them up by these reports keeps lip sync; our own clock never enters.
         """
         up = self.current
-        if up is None or not up.sender_clock.known or self._last_seq < 0:
+        if up is None or not up.sender_clock.known or self.forwarder.last_seq < 0:
             return None
         clock = up.sender_clock
         elapsed = time.time() - clock.local
         ntp = clock.ntp + int(elapsed * NTP_FRACTION)
-        rtp = (clock.rtp + int(elapsed * up.clock_rate) + self._ts_off) & 0xFFFFFFFF
+        rtp = (
+            clock.rtp + int(elapsed * up.clock_rate) + self.forwarder.timestamp_offset()
+        ) & 0xFFFFFFFF
         ntp &= 0xFFFFFFFFFFFFFFFF
         if len(self._reports_sent) > 8:
             self._reports_sent.pop(next(iter(self._reports_sent)))
@@ -279,5 +355,6 @@ class DownTrack:
         )
 
     def close(self) -> None:
-        self.unbind()
-        self.wire.invalidate()
+        self._detach_all()
+        self.forwarder.current = self.forwarder.target = None
+        self.source = None

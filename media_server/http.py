@@ -18,6 +18,7 @@ from tongke.lessoncode import CodeBook, cookie_name, issue_code
 from tongke.lessoncode import lesson_url as code_url
 from tongke.ratelimit import RATE_LIMITS
 from tongke.tokens import GLOBAL_ROLES, Claims, Role, TokenError, issue_token, verify_token
+from tongke.turn import TurnSettings
 from tongke.untrusted import BadInput, display_text_problem, loads
 
 if TYPE_CHECKING:
@@ -63,8 +64,11 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         secret=ctx.secret,
         state_dir=config.data_dir,
         max_message_bytes=config.max_message_bytes,
+        adaptive=config.adaptive_media,
     )
     app[SFU] = sfu
+    # TURN (issue 8 item 8): credentials minted per join by tongke/turn.py.
+    sfu.turn = TurnSettings.from_config(config.turn_urls, config.turn_secret, config.turn_ttl)
     codes = CodeBook(ctx.secret)
     audit = app[AUDIT]
 
@@ -106,6 +110,13 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         points = body.get("points", [])
         if not isinstance(points, list) or not all(isinstance(p, str) for p in points):
             return json_error(400, "bad_request", "points must be a list of classroom ids")
+        starts_at, ends_at = body.get("starts_at"), body.get("ends_at")
+        if not all(
+            t is None or (isinstance(t, int | float) and t > 0) for t in (starts_at, ends_at)
+        ):
+            return json_error(400, "bad_request", "starts_at/ends_at must be Unix seconds")
+        if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+            return json_error(400, "bad_request", "ends_at must be after starts_at")
         problem = _optional_text_problem(body, ("title", "master"), max_chars=128)
         if problem is not None:
             return json_error(400, "bad_request", problem)
@@ -114,6 +125,8 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
             title=str(body.get("title") or ""),
             master=str(body.get("master") or ""),
             points=points,
+            starts_at=starts_at,
+            ends_at=ends_at,
         )
         room = sfu.rooms.open(info)
         audit.record("room_opened", claims=claims, room=room_id, ip=request.remote)
@@ -126,6 +139,14 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         if room is None:
             return json_error(404, "unknown_room", f"lesson {room_id!r} is not open")
         return web.json_response(room.describe())
+
+    async def attendance(request: web.Request) -> web.Response:
+        room_id = request.match_info["room"]
+        require(request, room=room_id, roles=frozenset({Role.ADMIN, Role.MASTER, Role.OBSERVER}))
+        room = sfu.rooms.get(room_id)
+        if room is None:
+            return json_error(404, "unknown_room", f"lesson {room_id!r} is not open")
+        return web.json_response(room.classroom.report())
 
     async def close_room(request: web.Request) -> web.Response:
         room_id = request.match_info["room"]
@@ -251,6 +272,16 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
+    async def console_page(request: web.Request) -> web.StreamResponse:
+        from tongke.app import WEB_ROOT
+
+        return web.FileResponse(WEB_ROOT / "console" / "index.html")
+
+    async def point_page(request: web.Request) -> web.StreamResponse:
+        from tongke.app import WEB_ROOT
+
+        return web.FileResponse(WEB_ROOT / "point" / "index.html")
+
     async def home(request: web.Request) -> web.StreamResponse:
         from tongke.app import WEB_ROOT
 
@@ -265,11 +296,14 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     app.router.add_post("/api/rooms", open_room)
     app.router.add_get("/api/rooms/{room}", get_room)
     app.router.add_delete("/api/rooms/{room}", close_room)
+    app.router.add_get("/api/rooms/{room}/attendance", attendance)
     app.router.add_post("/api/rooms/{room}/tokens", make_token)
     app.router.add_post("/api/lesson/exchange", exchange)
     app.router.add_get("/api/stats", stats)
     app.router.add_post("/api/stats/reset-latency", reset_latency)
     app.router.add_get("/lesson/{room}", lesson_page)
+    app.router.add_get("/console/{room}", console_page)
+    app.router.add_get("/point/{classroom}", point_page)
     app.router.add_get("/", home)
     app.on_shutdown.append(on_shutdown)
     return sfu

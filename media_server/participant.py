@@ -27,23 +27,46 @@ class Participant:
         send_json: Callable[[dict[str, Any]], Awaitable[None]],
         pc_factory: Callable[[], RTCPeerConnection],
         on_tracks: Callable[[Participant, list[UpTrack], list[UpTrack]], None],
+        adaptive: bool = True,
     ) -> None:
         self.id = participant_id
         self.claims = claims
         self.name = name
         self.send_json = send_json
         self.sources: dict[str, MediaSource] = {}
+        self._pc_factory = pc_factory
         self.publisher = Publisher(
             track_prefix=participant_id,
             on_tracks=lambda added, removed: on_tracks(self, added, removed),
-            pc_factory=pc_factory,
+            pc_factory=self._watched_pc,
+            send_json=send_json,
         )
         self.subscriber = Subscriber(
-            participant=participant_id, send_json=send_json, pc_factory=pc_factory
+            participant=participant_id,
+            send_json=send_json,
+            pc_factory=self._watched_pc,
+            adaptive=adaptive,
         )
         self.closed = False
         # Set by the signalling session: tells the client it was replaced, closes it.
         self.on_replaced: Callable[[], Awaitable[None]] | None = None
+        # Set by the signalling session: a media path died; closing the session makes
+        # the client rejoin (its own recovery) instead of sitting "connected" and silent.
+        self.on_media_failed: Callable[[str], Awaitable[None]] | None = None
+
+    def _watched_pc(self) -> RTCPeerConnection:
+        pc = self._pc_factory()
+
+        @pc.on("connectionstatechange")
+        async def _state() -> None:
+            current = pc is self.publisher.pc or pc is self.subscriber.pc
+            if pc.connectionState in ("failed", "closed") and current and not self.closed:
+                which = "publish" if pc is self.publisher.pc else "subscribe"
+                log.info("participant %s: %s connection %s", self.id, which, pc.connectionState)
+                if self.on_media_failed is not None:
+                    await self.on_media_failed(which)
+
+        return pc
 
     def describe(self) -> dict[str, Any]:
         return {

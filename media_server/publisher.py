@@ -11,8 +11,9 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import (
@@ -25,23 +26,25 @@ from aiortc.rtp import (
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSrPacket,
-    is_rtcp,
     pack_remb_fci,
 )
 from aiortc.sdp import SessionDescription
 
+from media_server.estimator import DownlinkEstimator
 from media_server.uptrack import UpTrack
 from media_server.wire import Wire
-from tongke.codecs import CODEC_OF_MIME
+from tongke import rtc_internals
+from tongke.codecs import CODEC_OF_MIME, enable_opus_fec
 from tongke.errors import CodedError
 
 log = logging.getLogger(__name__)
 
 SOURCE_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 LAYERS = ("h", "m", "l")
-# What we tell browsers they may send: the uplink estimate is a later concern; this
-# keeps their encoder from sitting at its start bitrate.
-PUBLISH_REMB_BPS = 6_000_000
+# Where a publisher's uplink estimate starts: high enough that a browser's encoder does
+# not sit at its start bitrate; loss on the uplink brings it down (publish_feedback).
+PUBLISH_START_BPS = 6_000_000
+PUBLISH_MAX_BPS = 10_000_000
 RTCP_INTERVAL_S = 1.0
 
 
@@ -79,6 +82,29 @@ class TrackSpec:
         return cls(mid=mid, source=source, kind=kind, layer=layer, label=label)
 
 
+def _offered_codec(media: Any) -> str | None:
+    """The codec our answer will choose: the first offered one we support."""
+    for codec in media.rtp.codecs:
+        name = CODEC_OF_MIME.get(codec.mimeType.lower())
+        if name is not None:
+            return name
+    return None
+
+
+def _check_layers_agree(specs: list[TrackSpec], media_by_mid: dict[str, Any]) -> None:
+    """Refuse, before anything changes, a publish whose layers of one source differ."""
+    seen: dict[str, tuple[str, str | None]] = {}
+    for spec in specs:
+        this = (spec.kind, _offered_codec(media_by_mid[spec.mid]))
+        first = seen.setdefault(spec.source, this)
+        if first != this:
+            raise SignallingError(
+                "bad_request",
+                f"all layers of {spec.source} must use one kind and codec "
+                f"({first[0]}/{first[1]} and {this[0]}/{this[1]} were offered)",
+            )
+
+
 def parse_sdp(sdp: object) -> SessionDescription:
     if not isinstance(sdp, str) or not sdp.startswith("v=0"):
         raise SignallingError("bad_sdp", "sdp must be an SDP string starting with 'v=0'")
@@ -88,6 +114,11 @@ def parse_sdp(sdp: object) -> SessionDescription:
         raise SignallingError("bad_sdp", f"the SDP could not be parsed: {exc}") from None
 
 
+@dataclass
+class PublisherStats:
+    srtp_errors: int = 0  # datagrams that failed SRTP authentication or decryption
+
+
 class Publisher:
     def __init__(
         self,
@@ -95,8 +126,14 @@ class Publisher:
         track_prefix: str,
         on_tracks: Callable[[list[UpTrack], list[UpTrack]], None],
         pc_factory: Callable[[], RTCPeerConnection],
+        send_json: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         self.track_prefix = track_prefix
+        self._send_json = send_json
+        self.uplink = DownlinkEstimator(initial_bps=PUBLISH_START_BPS, max_bps=PUBLISH_MAX_BPS)
+        self._feedback_sent: tuple[int, list[dict[str, str]]] | None = None
+        self._feedback_soon = False
+        self._loss_mark: dict[UpTrack, tuple[int, int]] = {}
         self._on_tracks = on_tracks
         self._pc_factory = pc_factory
         self.pc: RTCPeerConnection | None = None
@@ -109,6 +146,7 @@ class Publisher:
         self._rtcp_ssrc = 1
         self._lock = asyncio.Lock()
         self._last_report: dict[UpTrack, tuple[int, int]] = {}
+        self.stats = PublisherStats()
 
     async def negotiate(self, sdp: object, raw_tracks: object) -> str:
         if not isinstance(raw_tracks, list) or not raw_tracks:
@@ -130,6 +168,7 @@ class Publisher:
                 )
             if not media.ssrc:
                 raise SignallingError("bad_sdp", f"mid {spec.mid} has no a=ssrc line")
+        _check_layers_agree(specs, media_by_mid)
         async with self._lock:
             return await self._negotiate(sdp, specs, media_by_mid)  # type: ignore[arg-type]
 
@@ -145,7 +184,7 @@ class Publisher:
                 transceiver.direction = (
                     "recvonly" if transceiver.direction != "inactive" else "inactive"
                 )
-                transceiver.receiver.receive = _no_receive  # type: ignore[method-assign]
+                rtc_internals.disable_receiver(transceiver)
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except SignallingError:
@@ -174,7 +213,7 @@ class Publisher:
         if self._rtcp_task is None:
             self._rtcp_task = asyncio.ensure_future(self._rtcp_loop())
         self._on_tracks(added, removed)
-        return pc.localDescription.sdp
+        return enable_opus_fec(pc.localDescription.sdp)
 
     def _make_uptrack(self, spec: TrackSpec, offered, answered) -> UpTrack | None:
         if answered is None or answered.port == 0 or not answered.rtp.codecs:
@@ -214,6 +253,7 @@ class Publisher:
             request_keyframe=self._send_pli,
             request_nack=self._schedule_nack,
             label=spec.label,
+            on_wanted=self._wanted,
         )
         self._by_ssrc[ssrc] = up
         if rtx_ssrc is not None:
@@ -226,6 +266,7 @@ class Publisher:
         if up.rtx_ssrc is not None:
             self._by_rtx_ssrc.pop(up.rtx_ssrc, None)
         self._last_report.pop(up, None)
+        self._loss_mark.pop(up, None)
         up.close()
         return up
 
@@ -242,12 +283,10 @@ class Publisher:
         transceivers = self.pc.getTransceivers()
         if not transceivers:
             return
-        dtls = transceivers[0].receiver.transport
+        dtls = rtc_internals.dtls_of(transceivers[0])
         if self.wire is not None and self.wire.dtls is dtls:
             return
         self.wire = Wire(dtls)
-        connection = dtls.transport._connection
-        queued = connection.data_received
         by_ssrc, by_rtx = self._by_ssrc, self._by_rtx_ssrc
         perf_ns = time.perf_counter_ns
 
@@ -261,25 +300,26 @@ class Publisher:
             if up is not None:
                 up.on_rtx(data, arrival_ns)
 
-        def data_received(data: bytes, component: int) -> None:
+        def on_srtp(data: bytes) -> bool:
             # SRTP straight from the socket callback: no queue, no task switch, and
             # the arrival time is the real one.
-            srtp = dtls._rx_srtp
-            if srtp is not None and 127 < data[0] < 192 and len(data) >= 12 and not is_rtcp(data):
-                arrival = perf_ns()
-                try:
-                    plain = srtp.unprotect(data)
-                except Exception:
-                    return
-                route(plain, arrival)
-                return
-            queued(data, component)
+            rx = rtc_internals.srtp_sessions(dtls)[0]
+            if rx is None:
+                return False
+            arrival = perf_ns()
+            try:
+                plain = rx.unprotect(data)
+            except Exception:
+                self.stats.srtp_errors += 1
+                return True
+            route(plain, arrival)
+            return True
 
-        async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        def on_rtp(data: bytes) -> None:
             if len(data) >= 12:
                 route(data, perf_ns())
 
-        async def handle_rtcp_data(data: bytes) -> None:
+        def on_rtcp(data: bytes) -> None:
             try:
                 packets = RtcpPacket.parse(data)
             except ValueError:
@@ -291,9 +331,7 @@ class Publisher:
                         info = packet.sender_info
                         up.on_sender_report(info.ntp_timestamp, info.rtp_timestamp)
 
-        connection.data_received = data_received
-        dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
-        dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+        rtc_internals.hook_ingress(dtls, on_srtp=on_srtp, on_rtp=on_rtp, on_rtcp=on_rtcp)
 
     # -- RTCP to the publisher -----------------------------------------------------------
 
@@ -356,6 +394,8 @@ class Publisher:
                 )
             if not reports:
                 continue
+            self._measure_uplink()
+            await self._feedback()
             packet = bytes(RtcpRrPacket(ssrc=self._rtcp_ssrc, reports=reports[:31]))
             video = [up.ssrc for up in self.tracks.values() if up.video]
             if video:
@@ -364,10 +404,61 @@ class Publisher:
                         fmt=RTCP_PSFB_APP,
                         ssrc=self._rtcp_ssrc,
                         media_ssrc=0,
-                        fci=pack_remb_fci(PUBLISH_REMB_BPS, video),
+                        fci=pack_remb_fci(self.uplink_bps(), video),
                     )
                 )
             self.wire.send_rtcp(packet)
+
+    # -- what the publisher hears back -----------------------------------------------------
+
+    def uplink_bps(self) -> int:
+        return self.uplink.estimate(time.monotonic()).bps
+
+    def _measure_uplink(self) -> None:
+        """Loss on the way in (before repair) drives the publisher's uplink estimate."""
+        expected = lost = 0
+        for up in self.tracks.values():
+            before = self._loss_mark.get(up, (up.stats.packets + up.stats.lost, up.stats.lost))
+            mark = (up.stats.packets + up.stats.lost, up.stats.lost)
+            self._loss_mark[up] = mark
+            expected += mark[0] - before[0]
+            lost += mark[1] - before[1]
+        now = time.monotonic()
+        self.uplink.sent_bps = sum(up.bitrate_bps(now) for up in self.tracks.values())
+        if expected > 0:
+            self.uplink.on_loss(lost / expected, now)
+
+    def idle_layers(self) -> list[dict[str, str]]:
+        """Video layers nobody receives: the publisher may stop encoding them."""
+        return sorted(
+            (
+                {"source": up.source, "layer": up.layer}
+                for up in self.tracks.values()
+                if up.video and not up.downtracks
+            ),
+            key=lambda x: (x["source"], x["layer"]),
+        )
+
+    def _wanted(self, up: UpTrack) -> None:
+        """A layer nobody received has a receiver again: say so now, not in a second."""
+        if self._feedback_soon:
+            return
+        self._feedback_soon = True
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._feedback()))
+
+    async def _feedback(self) -> None:
+        self._feedback_soon = False
+        if self._send_json is None or not self.tracks:
+            return
+        bps, idle = self.uplink_bps(), self.idle_layers()
+        last = self._feedback_sent
+        if last is not None and last[1] == idle and abs(bps - last[0]) <= 0.1 * last[0]:
+            return
+        self._feedback_sent = (bps, idle)
+        try:
+            await self._send_json({"type": "publish_feedback", "bitrate_bps": bps, "idle": idle})
+        except ConnectionError:
+            pass
 
     async def close(self) -> None:
         if self._rtcp_task is not None:
@@ -380,7 +471,3 @@ class Publisher:
         if self.pc is not None:
             pc, self.pc = self.pc, None
             await pc.close()
-
-
-async def _no_receive(parameters: object) -> None:
-    """Stands in for RTCRtpReceiver.receive: the SFU never starts a decoder."""

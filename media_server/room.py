@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from media_server.classroom import Classroom
 from media_server.participant import Participant
-from media_server.publisher import SignallingError
-from media_server.source import SOURCE_LABELS, MediaSource
+from media_server.router import Router
+from media_server.source import MediaSource
 from media_server.uptrack import UpTrack
-from tongke.tokens import PUBLISHING_ROLES, Role
+from tongke.tokens import PUBLISHING_ROLES
 
 log = logging.getLogger(__name__)
 
@@ -30,38 +31,35 @@ class LessonInfo:
     master: str = ""
     points: list[str] = field(default_factory=list)
     opened_at: float = field(default_factory=time.time)
+    # The timetabled start and end (Unix seconds) when the lesson is scheduled.
+    starts_at: float | None = None
+    ends_at: float | None = None
 
 
 class Room:
-    def __init__(self, info: LessonInfo) -> None:
+    """A lesson's room: its participants' lifecycle and its router (media wiring)."""
+
+    def __init__(self, info: LessonInfo, *, timeline_dir: Path | None = None) -> None:
         self.info = info
-        self.participants: dict[str, Participant] = {}
+        self.router = Router()
         self._ids = itertools.count(1)
+        # Phase, hands, chat, call-on, mute, attendance; its policy says who receives what.
+        self.classroom = Classroom(self, timeline_dir=timeline_dir)
+        self.router.policy = self.classroom.policy
 
     @property
     def id(self) -> str:
         return self.info.room
 
+    @property
+    def participants(self) -> dict[str, Participant]:
+        return self.router.participants
+
     def next_participant_id(self) -> str:
         return f"p{next(self._ids)}"
 
     def sources(self) -> list[MediaSource]:
-        return [s for p in self.participants.values() for s in p.sources.values()]
-
-    def sources_for(self, viewer: Participant) -> list[MediaSource]:
-        """What one participant receives.
-
-        A teaching point's downlink is 2-5 Mbit/s: it receives the master classroom, not
-        the other points. The master classroom, observers and recorders receive everyone.
-        """
-        if viewer.claims.role is not Role.POINT:
-            return self.sources()
-        return [
-            s
-            for p in self.participants.values()
-            if p.claims.role is not Role.POINT
-            for s in p.sources.values()
-        ]
+        return self.router.sources()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -95,68 +93,30 @@ class Room:
                 await self.remove(old)
                 if old.on_replaced is not None:
                     await old.on_replaced()
-        self.participants[participant.id] = participant
+        self.router.add(participant)
         await self.broadcast(
             {"type": "participant_joined", "participant": participant.describe()}, skip=participant
         )
-        participant.subscriber.update(self.sources_for(participant))
+        await self.classroom.joined(participant)
 
     async def remove(self, participant: Participant) -> None:
-        if self.participants.pop(participant.id, None) is None:
+        if participant.id not in self.participants:
             return
-        had_sources = bool(participant.sources)
-        participant.sources.clear()
+        self.router.remove(participant)
         await participant.close()
-        if had_sources:
-            self.resubscribe()
         await self.broadcast({"type": "participant_left", "participant": participant.id})
+        await self.classroom.left(participant)
 
     def on_tracks(
         self, participant: Participant, added: list[UpTrack], removed: list[UpTrack]
     ) -> None:
-        for up in removed:
-            source = participant.sources.get(up.source)
-            if source is not None:
-                source.layers = {k: v for k, v in source.layers.items() if v is not up}
-                if not source.layers:
-                    del participant.sources[up.source]
-        for up in added:
-            source = participant.sources.get(up.source)
-            if source is None:
-                source = MediaSource(
-                    participant=participant.id,
-                    classroom=participant.claims.classroom,
-                    name=participant.name,
-                    source=up.source,
-                    kind=up.kind,
-                    codec=up.codec,
-                    label=up.label or SOURCE_LABELS.get(up.source, up.source),
-                )
-                participant.sources[up.source] = source
-            elif source.codec != up.codec or source.kind != up.kind:
-                raise SignallingError(
-                    "bad_request", f"all layers of {up.source} must use one kind and codec"
-                )
-            source.layers = {**source.layers, up.layer: up}
-        if added or removed:
-            self._reselect(participant)
-            self.resubscribe()
-
-    def _reselect(self, publisher: Participant) -> None:
-        """Let DownTracks of a source that gained or lost layers pick their layer again."""
-        mine = set(publisher.sources.values())
-        for p in self.participants.values():
-            for slot in p.subscriber.slots:
-                if slot.downtrack is not None and slot.source in mine:
-                    slot.downtrack.set_max_layer(slot.downtrack.max_layer)
-
-    def resubscribe(self) -> None:
-        for p in self.participants.values():
-            p.subscriber.update(self.sources_for(p))
+        self.router.publish(participant, added, removed)
 
     async def close(self) -> None:
         for p in list(self.participants.values()):
             await self.remove(p)
+        self.router.close()
+        self.classroom.close()
 
 
 class Rooms:
@@ -164,13 +124,14 @@ class Rooms:
 
     def __init__(self, state_file: Path | None = None) -> None:
         self._state_file = state_file
+        self._timeline_dir = state_file.parent / "timelines" if state_file is not None else None
         self.rooms: dict[str, Room] = {}
         # Other packages (the scheduler) can tell us about lessons we were not told of.
         self.resolvers: list[Callable[[str], LessonInfo | None]] = []
         if state_file is not None and state_file.exists():
             for raw in json.loads(state_file.read_text()):
                 info = LessonInfo(**raw)
-                self.rooms[info.room] = Room(info)
+                self.rooms[info.room] = Room(info, timeline_dir=self._timeline_dir)
 
     def get(self, room_id: str) -> Room | None:
         room = self.rooms.get(room_id)
@@ -184,7 +145,7 @@ class Rooms:
     def open(self, info: LessonInfo) -> Room:
         room = self.rooms.get(info.room)
         if room is None:
-            room = self.rooms[info.room] = Room(info)
+            room = self.rooms[info.room] = Room(info, timeline_dir=self._timeline_dir)
             self._save()
         return room
 

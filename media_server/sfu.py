@@ -11,19 +11,33 @@ from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection
 from media_server import guard
 from media_server.room import Rooms
 from media_server.uptrack import SFU_LATENCY
+from tongke import rtc_internals
 
 if TYPE_CHECKING:
     from media_server.signalling import Session
+    from tongke.turn import TurnSettings
 
 
 class Sfu:
-    def __init__(self, *, secret: str, state_dir: Path | None, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        secret: str,
+        state_dir: Path | None,
+        max_message_bytes: int,
+        adaptive: bool = True,
+    ) -> None:
         guard.install()
+        # Estimation, allocation and pacing per subscriber; off only to measure their cost.
+        self.adaptive = adaptive
+        rtc_internals.install()
         self.secret = secret
         self.max_message_bytes = max_message_bytes
         self.rooms = Rooms(state_dir / "rooms.json" if state_dir is not None else None)
         self.sessions: set[Session] = set()
         self.peer_connections: set[RTCPeerConnection] = set()
+        # TURN for clients behind UDP-blocking firewalls (issue 8 item 8, tongke/turn.py).
+        self.turn: TurnSettings | None = None
 
     def new_peer_connection(self) -> RTCPeerConnection:
         # No STUN/TURN: the server's host candidates are what clients connect to.
@@ -74,6 +88,9 @@ class Sfu:
                     "participant": p.id,
                     "classroom": p.claims.classroom,
                     "role": p.claims.role.value,
+                    "downlink": p.subscriber.bandwidth.describe()
+                    if p.subscriber.bandwidth is not None
+                    else None,
                     "tracks": [
                         {
                             "mid": slot.transceiver.mid,
@@ -111,6 +128,8 @@ class Sfu:
                 "p50": SFU_LATENCY.percentile_ms(0.5),
                 "p99": SFU_LATENCY.percentile_ms(0.99),
             },
+            "datagrams_dropped": dict(rtc_internals.DATAGRAM_DROPS),
+            "handler_errors": dict(rtc_internals.HANDLER_ERRORS),
             **guard.snapshot(),
         }
 

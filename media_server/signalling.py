@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from media_server.classroom import HANDLERS as CLASSROOM_HANDLERS
+from media_server.classroom import Handler as ClassroomHandler
 from media_server.participant import Participant
 from media_server.publisher import SignallingError
 from media_server.room import Room
@@ -21,6 +23,7 @@ from media_server.sfu import Sfu
 from tongke.audit import AUDIT, AuditLog
 from tongke.ratelimit import RATE_LIMITS, RateLimits
 from tongke.tokens import PUBLISHING_ROLES, Claims, Role, TokenError, verify_token
+from tongke.turn import ice_servers_for
 from tongke.untrusted import BadInput, display_text, display_text_problem, loads, safe_dumps
 
 log = logging.getLogger(__name__)
@@ -104,6 +107,8 @@ class Session:
             return
         kind = message["type"]
         handler = getattr(self, f"on_{kind}", None) if kind.isidentifier() else None
+        if handler is None and kind in CLASSROOM_HANDLERS:
+            handler = self._classroom_handler(CLASSROOM_HANDLERS[kind])
         if handler is None:
             await self.error("unknown_type", f"unknown message type {kind!r}", ref)
             return
@@ -119,6 +124,15 @@ class Session:
             if ref is not None:
                 reply["id"] = ref
             await self.send(reply)
+
+    def _classroom_handler(self, action: ClassroomHandler) -> Any:
+        """Interaction messages (hands, chat, call-on...) live in media_server/classroom.py."""
+
+        async def run(message: dict[str, Any]) -> dict[str, Any]:
+            assert self.room is not None and self.participant is not None
+            return await action(self.room.classroom, self.participant, message)
+
+        return run
 
     # -- messages --------------------------------------------------------------------
 
@@ -161,6 +175,12 @@ class Session:
             await self.ws.close(code=4404, message=b"unknown_room")
             return None
         claims = lesson_claims(claims, room)
+        try:
+            room.classroom.check_join(claims)
+        except SignallingError as exc:
+            await self.error(exc.code, exc.message, message.get("id"))
+            await self.ws.close(code=4410, message=exc.code.encode())
+            return None
         name = message.get("name")
         if name is None or name == "":
             # Names inside tokens are checked when minted; older tokens fall back safely.
@@ -176,6 +196,7 @@ class Session:
             send_json=self.send,
             pc_factory=self.sfu.new_peer_connection,
             on_tracks=room.on_tracks,
+            adaptive=self.sfu.adaptive,
         )
         self.room, self.participant = room, participant
 
@@ -188,6 +209,15 @@ class Session:
             await self.ws.close(code=4409, message=b"replaced")
 
         participant.on_replaced = replaced
+
+        async def media_failed(which: str) -> None:
+            await self.error(
+                "media_failed",
+                f"the {which} media connection failed; join again to restore it",
+            )
+            await self.ws.close(code=4408, message=b"media_failed")
+
+        participant.on_media_failed = media_failed
         await self.send(
             {
                 "type": "joined",
@@ -198,6 +228,8 @@ class Session:
                 "role": claims.role.value,
                 "classroom": claims.classroom,
                 "participants": [p.describe() for p in room.participants.values()],
+                # TURN (issue 8 item 8): time-limited credentials, tongke/turn.py.
+                "ice_servers": ice_servers_for(self.sfu.turn, claims.classroom),
             }
         )
         await room.add(participant)
@@ -209,6 +241,7 @@ class Session:
             raise SignallingError(
                 "forbidden", f"a {self.participant.claims.role.value} may watch but not publish"
             )
+        self.room.classroom.check_publish()
         tracks = message.get("tracks")
         if isinstance(tracks, list):
             for track in tracks:
@@ -263,7 +296,7 @@ class Session:
         if paused is not None:
             if not isinstance(paused, bool):
                 raise SignallingError("bad_request", "'paused' must be true or false")
-            slot.downtrack.paused = paused
+            slot.downtrack.set_paused(paused)
         if layer is not None:
             if layer not in ("h", "m", "l"):
                 raise SignallingError("bad_request", "'layer' must be 'h', 'm' or 'l'")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from media_server.uptrack import UpTrack
+from tongke.tokens import Role
 
 LAYER_ORDER = ("h", "m", "l")  # best first
 
@@ -28,6 +29,7 @@ class MediaSource:
     codec: str
     label: str
     layers: dict[str, UpTrack] = field(default_factory=dict)
+    role: Role | None = None  # the publisher's role: the receive policy reads it
 
     @property
     def track_id(self) -> str:

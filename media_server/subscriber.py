@@ -19,18 +19,21 @@ from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtp import RtcpSdesPacket, RtcpSourceInfo
 
+from media_server.bandwidth import SubscriberBandwidth
 from media_server.downtrack import DownTrack
 from media_server.publisher import SignallingError, parse_sdp
 from media_server.source import MediaSource
 from media_server.wire import Wire
-from tongke.codecs import codec_capabilities
+from tongke import rtc_internals
+from tongke.codecs import codec_capabilities, enable_opus_fec
 
 log = logging.getLogger(__name__)
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AST_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 ANSWER_TIMEOUT_S = 20.0
-SR_INTERVAL_S = 1.0
+CONTROL_INTERVAL_S = 0.5
+SR_EVERY_TICKS = 2  # a sender report per DownTrack every second
 
 SendJson = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -58,8 +61,11 @@ class Subscriber:
         participant: str,
         send_json: SendJson,
         pc_factory: Callable[[], RTCPeerConnection],
+        adaptive: bool = True,
     ) -> None:
         self.participant = participant
+        self.adaptive = adaptive
+        self.bandwidth: SubscriberBandwidth | None = None
         self._send_json = send_json
         self._pc_factory = pc_factory
         self.pc: RTCPeerConnection | None = None
@@ -106,7 +112,7 @@ class Subscriber:
         for track_id, source in wanted.items():
             if track_id in bound:
                 continue
-            slot = next(
+            free = next(
                 (
                     s
                     for s in self.slots
@@ -114,10 +120,10 @@ class Subscriber:
                 ),
                 None,
             )
-            if slot is None:
-                slot = self._add_slot(source.kind, source.codec)
+            if free is None:
+                free = self._add_slot(source.kind, source.codec)
                 new_needed = True
-            self._bind(slot, source)
+            self._bind(free, source)
         return new_needed
 
     def _bind(self, slot: Slot, source: MediaSource | None) -> None:
@@ -135,7 +141,7 @@ class Subscriber:
         async def start(parameters: RTCRtpSendParameters) -> None:
             self._start_slot(slot, parameters)
 
-        transceiver.sender.send = start  # type: ignore[method-assign]
+        rtc_internals.take_over_sender(transceiver, start)
         self.slots.append(slot)
         return slot
 
@@ -146,21 +152,28 @@ class Subscriber:
         dtls = sender.transport
         if self.wire is None or self.wire.dtls is not dtls:
             self.wire = Wire(dtls)
+            if self.bandwidth is not None:
+                self.bandwidth.close()
+            self.bandwidth = SubscriberBandwidth(self.wire, adaptive=self.adaptive)
+        bandwidth = self.bandwidth
+        assert bandwidth is not None
         ext = {e.uri: e.id for e in parameters.headerExtensions}
         downtrack = DownTrack(
-            wire=self.wire,
+            sink=bandwidth.sink_for(slot.kind),
+            estimator=bandwidth.estimator,
+            repair=bandwidth.repair if self.adaptive else None,
             mid=slot.transceiver.mid or "",
-            ssrc=sender._ssrc,
-            payload_type=parameters.codecs[0].payloadType,
+            ssrc=rtc_internals.sender_ssrc(sender),
+            payload_type=parameters.codecs[0].payloadType or 0,
             mid_ext_id=ext.get(MID_URI),
             ast_ext_id=ext.get(AST_URI) if slot.kind == "video" else None,
         )
         # RTCP from the subscriber about this SSRC (NACK, PLI, REMB, RR) comes to us.
-        dtls._rtp_router.register_sender(downtrack, downtrack.ssrc)
+        rtc_internals.register_rtcp_recipient(dtls, downtrack, downtrack.ssrc)
         slot.downtrack = downtrack
         downtrack.bind(slot.source)
         if self._sr_task is None:
-            self._sr_task = asyncio.ensure_future(self._sender_reports(parameters.rtcp.cname or ""))
+            self._sr_task = asyncio.ensure_future(self._control(parameters.rtcp.cname or ""))
 
     # -- negotiation -------------------------------------------------------------------
 
@@ -173,7 +186,7 @@ class Subscriber:
         await self._send_json(
             {
                 "type": "subscribe_offer",
-                "sdp": self.pc.localDescription.sdp,
+                "sdp": enable_opus_fec(self.pc.localDescription.sdp),
                 "tracks": self.describe(),
             }
         )
@@ -202,22 +215,34 @@ class Subscriber:
             (s for s in self.slots if s.source is not None and s.source.track_id == track_id), None
         )
 
-    # -- sender reports ----------------------------------------------------------------
+    # -- control: sender reports, estimate, allocation ---------------------------------
 
-    async def _sender_reports(self, cname: str) -> None:
+    async def _control(self, cname: str) -> None:
         sdes_items = [(1, cname.encode())]
+        loop = asyncio.get_running_loop()
+        ticks = 0
         while not self._closed:
-            await asyncio.sleep(SR_INTERVAL_S)
-            if self.wire is None:
+            await asyncio.sleep(CONTROL_INTERVAL_S)
+            ticks += 1
+            wire, bandwidth = self.wire, self.bandwidth
+            if wire is None or bandwidth is None:
                 continue
-            for slot in self.slots:
-                dt = slot.downtrack
-                if dt is None or dt.source is None:
+            downtracks = [s.downtrack for s in self.slots if s.downtrack is not None]
+            message = bandwidth.tick(downtracks, loop.time())
+            if message is not None:
+                try:
+                    await self._send_json(message)
+                except ConnectionError:
+                    return
+            if ticks % SR_EVERY_TICKS:
+                continue
+            for dt in downtracks:
+                if dt.source is None:
                     continue
                 report = dt.sender_report()
                 if report is not None:
                     sdes = RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=dt.ssrc, items=sdes_items)])
-                    self.wire.send_rtcp(report + bytes(sdes))
+                    wire.send_rtcp(report + bytes(sdes))
 
     async def close(self) -> None:
         self._closed = True
@@ -232,6 +257,10 @@ class Subscriber:
             if slot.downtrack is not None:
                 slot.downtrack.close()
         self.slots.clear()
+        if self.wire is not None:
+            self.wire.invalidate()
+        if self.bandwidth is not None:
+            self.bandwidth.close()
         if self.pc is not None:
             pc, self.pc = self.pc, None
             await pc.close()

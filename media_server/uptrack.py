@@ -105,7 +105,9 @@ class UpTrack:
         request_keyframe: Callable[[UpTrack], None],
         request_nack: Callable[[UpTrack], None],
         label: str = "",
+        on_wanted: Callable[[UpTrack], None] | None = None,
     ) -> None:
+        self._on_wanted = on_wanted
         self.track_id = track_id
         self.label = label
         self.source = source
@@ -130,6 +132,28 @@ class UpTrack:
         self._last_kf_request = 0.0
         self._kf_deferred: asyncio.TimerHandle | None = None
         self.closed = False
+        self._rate_mark = (0.0, 0)  # (when, bytes) of the last bitrate reading
+        self._bitrate = 0.0
+
+    def bitrate_bps(self, now: float) -> int:
+        """What this layer carries (bits/s, smoothed), read from the byte counter.
+
+        Called by control loops, never per packet; readings closer than 0.5 s reuse the
+        last one. A layer that stops (idle, or its publisher paused it) keeps its last
+        rate, which is what it will cost when it comes back.
+        """
+        when, count = self._rate_mark
+        if when == 0.0:
+            self._rate_mark = (now, self.stats.bytes)
+            return int(self._bitrate)
+        elapsed = now - when
+        if elapsed >= 0.5:
+            sent = self.stats.bytes - count
+            if sent > 0:
+                rate = sent * 8 / elapsed
+                self._bitrate = rate if self._bitrate == 0 else 0.7 * self._bitrate + 0.3 * rate
+            self._rate_mark = (now, self.stats.bytes)
+        return int(self._bitrate)
 
     # -- hot path -------------------------------------------------------------------
 
@@ -259,8 +283,11 @@ class UpTrack:
 
     def attach(self, downtrack: DownTrack) -> None:
         if downtrack not in self.downtracks:
+            was_idle = not self.downtracks
             # Copy-on-write: the hot loop iterates the old list undisturbed.
             self.downtracks = [*self.downtracks, downtrack]
+            if was_idle and self._on_wanted is not None and not self.closed:
+                self._on_wanted(self)
 
     def detach(self, downtrack: DownTrack) -> None:
         if downtrack in self.downtracks:

@@ -1,4 +1,4 @@
-"""Synchronous SRTP send on an aiortc DTLS transport, bypassing its per-packet coroutines.
+"""The SRTP wire to one peer: a PacketSink that protects and sends synchronously.
 
 `RTCDtlsTransport._send_rtp` is a coroutine that goes through two more awaits before
 `sendto`; on the fan-out path that costs more than the send itself. A Wire protects
@@ -13,6 +13,8 @@ from typing import Any
 
 from aiortc import RTCDtlsTransport
 
+from tongke import rtc_internals
+
 
 class Wire:
     def __init__(self, dtls: RTCDtlsTransport) -> None:
@@ -21,24 +23,20 @@ class Wire:
         self._protect_rtcp: Callable[[bytes], bytes] | None = None
         self._sendto: Callable[[bytes, Any], None] | None = None
         self._addr: Any = None
-        self._pair: Any = None
-        self.sent_packets = 0
         self.errors = 0
 
     def _refresh(self) -> bool:
         if self.dtls.state != "connected":
             self._sendto = None
             return False
-        srtp = self.dtls._tx_srtp
-        pair = self.dtls.transport._connection._nominated.get(1)
-        if srtp is None or pair is None or pair.protocol.transport is None:
+        tx = rtc_internals.srtp_sessions(self.dtls)[1]
+        pair = rtc_internals.selected_pair(self.dtls)
+        if tx is None or pair is None:
             self._sendto = None
             return False
-        self._protect = srtp.protect
-        self._protect_rtcp = srtp.protect_rtcp
-        self._pair = pair
-        self._sendto = pair.protocol.transport.sendto
-        self._addr = pair.remote_addr
+        self._protect = tx.protect
+        self._protect_rtcp = tx.protect_rtcp
+        self._sendto, self._addr = pair
         return True
 
     @property

@@ -10,26 +10,10 @@ from aiortc.rtp import HeaderExtensionsMap, RtcpPacket, RtcpSrPacket, RtpPacket
 
 from media_server.downtrack import DownTrack
 from media_server.rtpbytes import h264_keyframe_start, payload_bounds, vp8_keyframe_start
+from media_server.sink import MemorySink
 from media_server.source import MediaSource
 from media_server.uptrack import KEYFRAME_MIN_INTERVAL_S, UpTrack
 from tests.media import wait_for
-
-
-class CapturingWire:
-    """Stands in for the subscriber's socket: keeps what would have been sent."""
-
-    def __init__(self) -> None:
-        self.rtp: list[bytes] = []
-        self.dtls = None
-
-    def send_rtp(self, packet: bytes) -> None:
-        self.rtp.append(packet)
-
-    def send_rtcp(self, packet: bytes) -> None:
-        pass
-
-    def invalidate(self) -> None:
-        pass
 
 
 def rtp(seq: int, ts: int, ssrc: int, payload: bytes, pt: int = 96, marker: int = 0) -> bytes:
@@ -60,9 +44,9 @@ def make_up(layer: str, ssrc: int, requests: list[str]) -> UpTrack:
     )
 
 
-def make_down(wire: CapturingWire) -> DownTrack:
+def make_down(wire: MemorySink) -> DownTrack:
     return DownTrack(
-        wire=wire,
+        sink=wire,
         mid="3",
         ssrc=0xCAFEBABE,
         payload_type=120,
@@ -77,7 +61,7 @@ async def test_rewritten_packets_carry_our_ssrc_pt_extensions_and_the_same_paylo
     source = MediaSource(
         "p1", "c1", "Master", "teacher_camera", "video", "vp8", "Teacher camera", {"h": up}
     )
-    wire = CapturingWire()
+    wire = MemorySink()
     down = make_down(wire)
     down.bind(source)
     assert requests == ["h"]  # a new subscriber asks for a keyframe at once
@@ -107,7 +91,7 @@ async def test_layer_switch_keeps_sequence_and_timestamps_continuous() -> None:
     source = MediaSource(
         "p1", "c1", "M", "teacher_camera", "video", "vp8", "T", {"h": high, "l": low}
     )
-    wire = CapturingWire()
+    wire = MemorySink()
     down = make_down(wire)
     down.bind(source)
     high.on_rtp(rtp(100, 1000, 1111, VP8_KEY), 0)
@@ -131,7 +115,7 @@ async def test_layer_switch_keeps_sequence_and_timestamps_continuous() -> None:
 async def test_nack_is_answered_from_the_cache_with_the_same_sequence_number() -> None:
     up = make_up("h", 1111, [])
     source = MediaSource("p1", "c1", "M", "teacher_camera", "video", "vp8", "T", {"h": up})
-    wire = CapturingWire()
+    wire = MemorySink()
     down = make_down(wire)
     down.bind(source)
     for i in range(5):
@@ -153,7 +137,7 @@ async def test_nack_is_answered_from_the_cache_with_the_same_sequence_number() -
 async def test_sender_reports_map_our_timestamps_to_the_publishers_ntp_clock() -> None:
     up = make_up("h", 1111, [])
     source = MediaSource("p1", "c1", "M", "teacher_camera", "video", "vp8", "T", {"h": up})
-    wire = CapturingWire()
+    wire = MemorySink()
     down = make_down(wire)
     down.bind(source)
     up.on_rtp(rtp(1, 90_000, 1111, VP8_KEY), 0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import av
+import pytest
 
-from classroom_agent.client import ClientEvents, LessonClient, Publication
+from classroom_agent.client import ClientEvents, LessonClient, LessonError, Publication
 from tests.lesson_server import ServerProcess
 from tests.media import PatternTrack, ToneTrack, first_frames, wait_for
 
@@ -233,3 +234,22 @@ async def test_an_observer_joining_late_receives_every_classrooms_audio_and_vide
     finally:
         for c in [observer, *publishers]:
             await c.close()
+
+
+async def test_a_publish_mixing_codecs_in_one_source_is_refused_and_changes_nothing(
+    server: ServerProcess, room: str
+) -> None:
+    master = await join(server, room, "c-master", "master")
+    try:
+        with pytest.raises(LessonError) as refused:
+            await master.publish(
+                [
+                    Publication(PatternTrack(), "teacher_camera", layer="h", codec="vp8"),
+                    Publication(PatternTrack(), "teacher_camera", layer="l", codec="h264"),
+                ]
+            )
+        assert refused.value.code == "bad_request"
+        assert "one kind and codec" in refused.value.message
+        assert server.stats()["rooms"][room]["tracks"] == []
+    finally:
+        await master.close()

@@ -225,7 +225,9 @@ def _claims(request: web.Request, secret: str) -> Claims | None:
         return None
 
 
-def audit_middleware(secret: str) -> Callable[[web.Request, Handler], Awaitable[Any]]:
+def audit_middleware(
+    secret: str,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)

@@ -27,9 +27,22 @@ class Config:
     # Embedded defaults: SQLite under data_dir and an in-process event bus and job queue.
     database_url: str = ""
     redis_url: str = ""
+    # Replays: how long after the first classroom's copy arrives the archiver waits for
+    # the other expected classrooms before packaging (a late copy repackages the lesson).
+    replay_upload_wait_s: int = 120
     # ICE: host candidates on these addresses only (empty: every interface).
     ice_addresses: list[str] = field(default_factory=list)
     max_message_bytes: int = 256 * 1024
+    # TURN (coturn with use-auth-secret) for schools that block UDP: URLs handed to
+    # every participant, the shared secret, and how long a credential lives (seconds).
+    turn_urls: list[str] = field(default_factory=list)
+    turn_secret: str = ""
+    turn_ttl: int = 4 * 3600
+    # UDP ports for media, e.g. "50000-50999" (empty: any port): what a firewall opens.
+    ice_port_range: str = ""
+    # Per-subscriber bandwidth estimation, layer allocation and pacing (off: forward
+    # everything as it comes; only for measuring what they cost).
+    adaptive_media: bool = True
     # How long a lesson link's one-time code may wait to be opened (tongke/lessoncode.py).
     lesson_code_ttl_s: int = 30 * 60
     # Feed tokens (a classroom's schedule and lesson tokens): lifetime when minted.

@@ -154,4 +154,4 @@ async def rate_limit_middleware(
         wait = request.app[RATE_LIMITS].check(kind, ip=request.remote, token=request_token(request))
         if wait is not None:
             return too_many(wait)
-    return await handler(request)  # type: ignore[misc, no-any-return]
+    return await handler(request)  # type: ignore[misc]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from tongke import rtc_internals
 from tongke.accesslog import RedactingAccessLogger, open_access_log
 from tongke.app import CTX, create_app
 from tongke.config import Config
@@ -32,9 +33,24 @@ class RunningServer:
         await self.runner.cleanup()
 
 
+def parse_port_range(text: str) -> tuple[int, int]:
+    """'50000-50999' -> (50000, 50999), with an error that names the setting."""
+    try:
+        low, high = (int(part) for part in text.split("-", 1))
+    except ValueError:
+        raise ValueError(
+            f"ice_port_range: expected LOW-HIGH, e.g. 50000-50999, got {text!r}"
+        ) from None
+    if not 0 < low <= high < 65536:
+        raise ValueError(f"ice_port_range: {text!r} is not a range of UDP ports")
+    return low, high
+
+
 async def start_server(config: Config) -> RunningServer:
     if config.ice_addresses:
         use_host_addresses(config.ice_addresses)
+    if config.ice_port_range:
+        rtc_internals.use_port_range(*parse_port_range(config.ice_port_range))
     app = create_app(config)
     if config.access_log == "-":
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -53,7 +69,7 @@ async def start_server(config: Config) -> RunningServer:
     if port == 0:
         server = site._server
         assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         if not config.public_url:
             config.public_url = f"http://{config.host}:{port}"
     return RunningServer(runner=runner, app=app, config=config, port=port)

@@ -88,6 +88,8 @@ def test_example_file_loads(tmp_path: Path) -> None:
         ),
         ('[[source]]\nname = "cam"\n[[source]]\nname = "cam"', "name 'cam' is used twice"),
         ("[recording]\nbudget = 3", "recording: unknown key 'budget'"),
+        ('[[source]]\nname = "cam"\ncontent = "film"', "source 'cam': content must be"),
+        ('synthetic_pattern = "snow"', "agent: synthetic_pattern must be 'card' or 'noise'"),
     ],
 )
 def test_bad_keys_are_named(toml: str, message: str) -> None:
@@ -108,12 +110,16 @@ def test_role_defaults() -> None:
         (t.source, t.layer, t.kind, t.codec, t.width, t.height, t.bitrate_kbps) for t in tracks
     ] == [
         ("teacher_camera", "h", "video", "h264", 1280, 720, 1500),
+        ("teacher_camera", "m", "video", "h264", 640, 360, 500),
         ("teacher_camera", "l", "video", "h264", 320, 180, 150),
         ("board_camera", "h", "video", "h264", 1280, 720, 800),
+        ("board_camera", "l", "video", "h264", 320, 180, 150),
         ("courseware", "h", "video", "h264", 1280, 720, 400),
         ("classroom_mic", "h", "audio", "opus", 0, 0, 32),
     ]
-    assert tracks[3].track.fps == 5.0
+    # Courseware is screen content: full resolution, low frame rate, rarer keyframes.
+    assert tracks[5].track.fps == 5.0
+    assert master.sources[2].content == "screen"
     # Both teacher camera layers read the same capture.
     assert tracks[0].media_source is tracks[1].media_source
     point = parse_config({"role": "point"})

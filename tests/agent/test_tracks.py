@@ -183,3 +183,18 @@ async def test_opus_track() -> None:
     # A steady quiet tone, and at least one loud one-second beep in 1.5 s.
     assert np.median(windows) == pytest.approx(0.1, abs=0.05)
     assert windows.max() > 0.35
+
+
+async def test_screen_content_track_encodes_full_resolution_at_a_low_rate() -> None:
+    track = EncodedVideoTrack(
+        SyntheticVideo(1280, 720, 5, "Courseware", seed=3), "h264", 400, 5, 6.0, content="screen"
+    )
+    try:
+        packets = await collect(track, 3)
+    finally:
+        track.stop()
+    decoder = av.CodecContext.create("h264", "r")
+    frames = [f for p in packets for f in decoder.decode(p)]
+    assert packets[0].is_keyframe and not packets[1].is_keyframe
+    assert {(f.width, f.height) for f in frames} == {(1280, 720)}
+    assert None not in [pixelclock.read_frame(f) for f in frames]

@@ -88,6 +88,8 @@ export function liveText(videoCount, audioCount) {
 
 export const TEXT = {
   waitingVideo: "等待画面 / Waiting for video",
+  pausedBandwidth: "画面已暂停：网络带宽不足 / Paused: low bandwidth",
+  pausedByYou: "画面已暂停 / Paused",
   noSources: "暂无画面：等待主讲教室或教学点开始推流 / Nothing is being published yet",
   enableSound: "点击开启声音 / Click to turn on sound",
   reconnectNow: "立即重连 / Reconnect now",

@@ -24,6 +24,8 @@ import {
 import { TileGrid } from "./tiles.js";
 
 const STATS_INTERVAL_MS = 1000;
+// No packet on any running track for this long while live: the media path is dead.
+const MEDIA_STALL_MS = 5000;
 const CLOSE_CODE_ERRORS = {
   4401: "token_invalid",
   4403: "token_wrong_room",
@@ -176,6 +178,12 @@ class LessonViewer {
       return; // Otherwise the socket is gone and the close handler reconnects.
     }
     if (sig !== this.sig) return;
+    // TURN servers with time-limited credentials (protocol: joined.ice_servers), so a
+    // school whose firewall drops UDP still receives the lesson over TCP/TLS. Set before
+    // the first subscribe_offer is answered: that message is handled after this task.
+    if (joined.ice_servers?.length && this.sub) {
+      this.sub.pc.setConfiguration({ ...this.sub.pc.getConfiguration(), iceServers: joined.ice_servers });
+    }
     this.state.joined = joined;
     this.participants = new Map(joined.participants.map((p) => [p.id, p]));
     this._renderHeader();
@@ -208,6 +216,10 @@ class LessonViewer {
         break;
       case "tracks":
         this.sub.handleTracks(message);
+        break;
+      case "allocation":
+        this.grid.setAllocation(message);
+        this.state.allocation = message;
         break;
       case "participant_joined":
       case "participant_updated":
@@ -340,9 +352,36 @@ class LessonViewer {
       return; // The PeerConnection closed under us; the next session samples anew.
     }
     if (sampler !== this.sampler) return;
+    this._watchMedia(stats);
     this.grid.setStats(stats);
     this.state.stats = Object.fromEntries(stats);
     this.state.inbound = sampler.lastInbound;
+  }
+
+  /**
+   * A media path can die without any event (a NAT rebinding, a firewall state timeout):
+   * when nothing the server is sending arrives for MEDIA_STALL_MS, start a new session.
+   */
+  _watchMedia(stats) {
+    let packets = 0;
+    let expected = false;
+    for (const [mid, st] of stats) {
+      const tile = this.grid.tiles.get(mid);
+      if (!tile || (tile.allocation && tile.allocation.paused)) continue;
+      expected = true;
+      packets += st.packetsReceived || 0;
+    }
+    const now = Date.now();
+    if (!expected || packets !== this._mediaPackets) {
+      this._mediaPackets = packets;
+      this._mediaAt = now;
+      return;
+    }
+    if (this.state.phase === "live" && now - this._mediaAt > MEDIA_STALL_MS && this.sig) {
+      console.warn("no media for", now - this._mediaAt, "ms: rejoining");
+      this.state.stalls = (this.state.stalls || 0) + 1;
+      this.sig.close(4000, "media stalled");
+    }
   }
 
   _setPhase(phase) {

@@ -72,7 +72,9 @@ class Tile {
       full.title = TEXT.fullscreen;
       full.setAttribute("aria-label", TEXT.fullscreen);
       full.addEventListener("click", () => this.root.requestFullscreen?.());
-      this.stage.append(this.media, this.wait, full);
+      this.paused = el("div", "tile-paused");
+      this.paused.setAttribute("role", "status");
+      this.stage.append(this.media, this.wait, this.paused, full);
     } else {
       this.media = el("audio");
       this.meter = el("div", "tile-meter");
@@ -112,8 +114,23 @@ class Tile {
     this.root.style.order = String(orderOf(info));
   }
 
+  /** What the server sends of this source: {layer, paused, reason} or undefined. */
+  setAllocation(allocation) {
+    this.allocation = allocation;
+    const paused = Boolean(allocation && allocation.paused);
+    this.root.classList.toggle("is-paused", paused);
+    this.root.dataset.paused = paused ? allocation.reason || "paused" : "";
+    this.root.dataset.layer = allocation && allocation.layer ? allocation.layer : "";
+    if (this.paused) {
+      this.paused.textContent =
+        paused && allocation.reason === "bandwidth" ? TEXT.pausedBandwidth : TEXT.pausedByYou;
+    }
+  }
+
   setStats(st) {
-    this.statsEl.textContent = formatStats(st);
+    const layer = this.allocation && this.allocation.layer;
+    const text = formatStats(st);
+    this.statsEl.textContent = layer && this.kind === "video" ? `${text} · ${layer}` : text;
     if (this.meter && st && st.audioLevel != null) {
       // audioLevel is linear 0..1; a square root reads closer to what the ear hears.
       const pct = Math.round(Math.sqrt(st.audioLevel) * 100);
@@ -153,10 +170,24 @@ export class TileGrid {
       }
       tile.update(info);
     }
+    this._applyAllocation();
   }
 
   setStats(statsByMid) {
     for (const [mid, tile] of this.tiles) tile.setStats(statsByMid.get(mid));
+  }
+
+  /** Apply an `allocation` message: which sources run at which layer, which are paused. */
+  setAllocation(message) {
+    this.allocation = new Map(message.tracks.map((t) => [t.track, t]));
+    this._applyAllocation();
+  }
+
+  _applyAllocation() {
+    if (!this.allocation) return;
+    for (const tile of this.tiles.values()) {
+      tile.setAllocation(this.allocation.get(tile.info && tile.info.track));
+    }
   }
 
   clear() {

@@ -1,0 +1,107 @@
+"""Share one subscriber's downlink estimate among its sources. Pure: no I/O, no clock.
+
+Order of need, from the lesson's point of view: audio always (a lesson without sound is
+no lesson; a lesson without a picture still is); then the teacher camera, the
+courseware, the board camera, then other classrooms' cameras. Every video gets
+the best layer that fits in that order, as long as the lowest layers of the lesson's
+own sources further down stay affordable, so the teacher is sharp and the courseware
+and board still have a picture. A source that does not fit even at its lowest layer is
+paused for bandwidth, and the subscriber is told so. Layers drop at once; they rise
+only when the caller says the estimate has been stable long enough (`hold=False`), so
+the picture does not flap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LAYERS_LOW_TO_HIGH = ("l", "m", "h")
+PRIORITY = {"teacher_camera": 0, "program": 0, "courseware": 1, "board_camera": 2}
+OTHER_PRIORITY = 3
+# What a layer costs before it has been measured (bits per second).
+DEFAULT_BPS = {"h": 1_500_000, "m": 500_000, "l": 150_000}
+DEFAULT_AUDIO_BPS = 48_000
+
+
+@dataclass
+class Candidate:
+    key: str  # the source's track id
+    kind: str
+    source: str  # source name: teacher_camera, courseware...
+    layers: dict[str, int]  # layer -> measured bits per second (0: not measured)
+    pinned: str | None = None  # the subscriber's own ceiling
+    user_paused: bool = False
+    current: str | None = None  # the layer allocated last time (None: paused or new)
+    started: bool = False  # allocated at least once
+
+
+@dataclass(frozen=True)
+class Decision:
+    layer: str | None  # the ceiling given; None when paused
+    paused: bool  # paused for bandwidth (not by the subscriber)
+
+
+def rank(layer: str) -> int:
+    return LAYERS_LOW_TO_HIGH.index(layer)
+
+
+def layer_bps(c: Candidate, layer: str) -> int:
+    measured = c.layers.get(layer, 0)
+    if measured > 0:
+        return measured
+    return DEFAULT_AUDIO_BPS if c.kind == "audio" else DEFAULT_BPS.get(layer, 500_000)
+
+
+def _usable(c: Candidate) -> list[str]:
+    layers = sorted((x for x in c.layers if x in LAYERS_LOW_TO_HIGH), key=rank)
+    if c.pinned in LAYERS_LOW_TO_HIGH:
+        capped = [x for x in layers if rank(x) <= rank(c.pinned)]
+        layers = capped or layers[:1]
+    return layers
+
+
+def allocate(budget_bps: int, candidates: list[Candidate], *, hold: bool) -> dict[str, Decision]:
+    decisions: dict[str, Decision] = {}
+    remaining = budget_bps
+    videos: list[Candidate] = []
+    for c in candidates:
+        if c.user_paused:
+            decisions[c.key] = Decision(layer=None, paused=False)
+        elif c.kind == "audio":
+            layers = _usable(c)
+            top = layers[-1] if layers else "h"
+            remaining -= layer_bps(c, top)
+            decisions[c.key] = Decision(layer=top, paused=False)
+        else:
+            videos.append(c)
+    videos.sort(key=lambda c: (PRIORITY.get(c.source, OTHER_PRIORITY), c.key))
+
+    # In priority order, each video takes the best layer that still leaves the lowest
+    # layers of the lesson's own sources below it (teacher camera, courseware, board)
+    # affordable; one that cannot, takes its lowest layer if that fits, or pauses.
+    reserve = sum(
+        layer_bps(c, _usable(c)[0])
+        for c in videos
+        if _usable(c) and PRIORITY.get(c.source, OTHER_PRIORITY) < OTHER_PRIORITY
+    )
+    given: dict[str, str] = {}
+    for c in videos:
+        layers = _usable(c)
+        if not layers:
+            continue
+        if PRIORITY.get(c.source, OTHER_PRIORITY) < OTHER_PRIORITY:
+            reserve -= layer_bps(c, layers[0])
+        if hold and c.started and c.current is None:
+            continue  # paused for bandwidth: resumes only when the estimate is stable
+        if hold and c.current is not None:
+            layers = [x for x in layers if rank(x) <= rank(c.current)] or layers[:1]
+        choice = next((x for x in reversed(layers) if layer_bps(c, x) <= remaining - reserve), None)
+        if choice is None and layer_bps(c, layers[0]) <= remaining:
+            choice = layers[0]
+        if choice is not None:
+            given[c.key] = choice
+            remaining -= layer_bps(c, choice)
+    for c in videos:
+        chosen = given.get(c.key)
+        decisions[c.key] = Decision(layer=chosen, paused=chosen is None)
+    return decisions

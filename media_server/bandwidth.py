@@ -1,0 +1,194 @@
+"""A subscriber's bandwidth control: estimate, allocate, pace. Runs beside the hot path.
+
+Twice a second the subscriber's control loop calls `tick`: the receiver reports that
+arrived since the last tick feed the loss side of the estimate, the estimate sets the
+pacer's rate and the repair budget, and the allocator shares it among the subscribed
+sources. What changed goes to the subscriber as an `allocation` message
+(docs/protocol.md), so a paused picture is shown as paused, never as a frozen "live" one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from media_server.allocator import Candidate, Decision, allocate, rank
+from media_server.downtrack import DownTrack, RepairBudget
+from media_server.estimator import DownlinkEstimator
+from media_server.pacer import Pacer
+from media_server.sink import PacketSink
+
+# Leave room for retransmissions, RTCP and header overhead.
+ALLOCATION_SHARE = 0.85
+# A layer rises only after the estimate has allowed it, without a drop, for this long;
+# each drop soon after a rise doubles the wait (a link that cannot carry the next layer
+# is not asked every few seconds), and a long calm period resets it.
+HOLD_S = 4.0
+HOLD_MAX_S = 16.0
+CALM_S = 60.0
+
+
+class PriorityLane:
+    """The pacer's front door for audio: straight out, ahead of any queued video."""
+
+    def __init__(self, pacer: Pacer) -> None:
+        self._pacer = pacer
+
+    def send_rtp(self, packet: bytes) -> None:
+        self._pacer.send_rtp_now(packet)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        self._pacer.send_rtcp(packet)
+
+
+class SubscriberBandwidth:
+    def __init__(self, wire: PacketSink, *, adaptive: bool = True) -> None:
+        self.adaptive = adaptive
+        self.estimator = DownlinkEstimator()
+        start = self.estimator.estimate(0.0).bps
+        self.pacer = Pacer(wire, start)
+        self.audio_lane = PriorityLane(self.pacer)
+        self.repair = RepairBudget(start)
+        self._wire = wire
+        self._last_down = float("-inf")
+        self._last_up = float("-inf")
+        self._hold_s = HOLD_S
+        self._sent_mark: tuple[float, int] | None = None
+        self._octets: dict[int, int] = {}
+        self._started: set[str] = set()
+        self._announced: Any = None
+        self.estimate_bps = start
+
+    def sink_for(self, kind: str) -> PacketSink:
+        if not self.adaptive:
+            return self._wire
+        return self.audio_lane if kind == "audio" else self.pacer
+
+    def tick(self, downtracks: Sequence[DownTrack], now: float) -> dict[str, Any] | None:
+        """One control step; returns the `allocation` message when it changed."""
+        active = [d for d in downtracks if d.source is not None]
+        self._measure_sent(active, now)
+        self._feed_loss(active, now)
+        estimate = self.estimator.estimate(now)
+        self.estimate_bps = estimate.bps
+        self.pacer.set_rate(estimate.bps)
+        self.repair.set_rate(estimate.bps)
+        if not self.adaptive:
+            return None
+        candidates = [self._candidate(d, now) for d in active]
+        if now - max(self._last_down, self._last_up) > CALM_S:
+            self._hold_s = HOLD_S
+        hold = now - self._last_down < self._hold_s or estimate.congested
+        decisions = allocate(int(estimate.bps * ALLOCATION_SHARE), candidates, hold=hold)
+        lowered = raised = False
+        for down, cand in zip(active, candidates, strict=True):
+            decision = decisions[cand.key]
+            lowered |= self._lowered(cand, decision)
+            raised |= self._raised(cand, decision)
+            down.allocate(decision.layer, decision.paused)
+            self._started.add(cand.key)
+        if lowered:
+            if now - self._last_up < self._hold_s * 2:
+                self._hold_s = min(self._hold_s * 2, HOLD_MAX_S)  # the rise did not hold
+            self._last_down = now
+        elif raised:
+            self._last_up = now
+        return self._message(active, estimate.bps)
+
+    def _measure_sent(self, downtracks: Sequence[DownTrack], now: float) -> None:
+        est = self.estimator
+        if self._sent_mark is not None and now > self._sent_mark[0]:
+            elapsed = now - self._sent_mark[0]
+            total = 0.0
+            for d in downtracks:
+                before = self._octets.get(d.ssrc, d.stats.octets)
+                rate = (d.stats.octets - before) * 8 / elapsed
+                est.stream_bps[d.ssrc] = 0.5 * est.stream_bps.get(d.ssrc, rate) + 0.5 * rate
+                total += est.stream_bps[d.ssrc]
+            est.sent_bps = total
+            if total > 0 and est.started_at is None:
+                est.started_at = now
+        self._octets = {d.ssrc: d.stats.octets for d in downtracks}
+        self._sent_mark = (now, 0)
+
+    def _feed_loss(self, downtracks: Sequence[DownTrack], now: float) -> None:
+        weight = lost = 0.0
+        for d in downtracks:
+            if d.loss_fresh:
+                d.loss_fresh = False
+                w = max(1, d.stats.packets)
+                weight += w
+                lost += d.stats.fraction_lost * w
+        if weight:
+            self.estimator.on_loss(lost / weight, now)
+
+    def _candidate(self, down: DownTrack, now: float) -> Candidate:
+        source = down.source
+        assert source is not None
+        fwd = down.forwarder
+        return Candidate(
+            key=source.track_id,
+            kind=source.kind,
+            source=source.source,
+            layers={name: up.bitrate_bps(now) for name, up in source.layers.items()},
+            pinned=fwd.pinned,
+            user_paused=fwd.paused_by_user,
+            current=None if fwd.paused_by_allocator else fwd.allocated,
+            started=source.track_id in self._started,
+        )
+
+    @staticmethod
+    def _raised(cand: Candidate, decision: Decision) -> bool:
+        if not cand.started or cand.kind == "audio" or decision.paused:
+            return False
+        if cand.current is None or decision.layer is None:
+            return decision.layer is not None
+        return rank(decision.layer) > rank(cand.current)
+
+    @staticmethod
+    def _lowered(cand: Candidate, decision: Decision) -> bool:
+        if not cand.started or cand.kind == "audio":
+            return False
+        if decision.paused:
+            return cand.current is not None
+        if cand.current is None or decision.layer is None:
+            return False
+        return rank(decision.layer) < rank(cand.current)
+
+    def _message(self, downtracks: Sequence[DownTrack], estimate_bps: int) -> dict[str, Any] | None:
+        tracks = []
+        for d in downtracks:
+            assert d.source is not None
+            fwd = d.forwarder
+            reason = "subscriber" if fwd.paused_by_user else "bandwidth" if fwd.paused else None
+            layer = None if fwd.paused else d.source.best_layer(fwd.ceiling)
+            tracks.append(
+                {
+                    "track": d.source.track_id,
+                    "layer": layer.layer if layer is not None else None,
+                    "paused": fwd.paused,
+                    "reason": reason,
+                }
+            )
+        state = tracks
+        if state == self._announced:
+            return None
+        self._announced = state
+        return {"type": "allocation", "estimate_bps": estimate_bps, "tracks": tracks}
+
+    def describe(self) -> dict[str, Any]:
+        """The subscriber's link as the server sees it (ops page, stats, tests)."""
+        est = self.estimator
+        return {
+            "estimate_bps": self.estimate_bps,
+            "remb_bps": est.remb(self._sent_mark[0]) if self._sent_mark else None,
+            "sent_bps": int(est.sent_bps),
+            "loss": round(est.loss, 4),
+            "rtt_ms": round(est.rtt_ms, 1) if est.rtt_ms is not None else None,
+            "hold_s": self._hold_s,
+            "paced_dropped": self.pacer.dropped,
+            "repair_refused": self.repair.refused,
+        }
+
+    def close(self) -> None:
+        self.pacer.close()

@@ -1,0 +1,245 @@
+"""Estimator, allocator, pacer and repair budget: table-driven, no network, no sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from media_server import pacer as pacer_mod
+from media_server.allocator import Candidate, Decision, allocate
+from media_server.downtrack import RepairBudget
+from media_server.estimator import MIN_BPS, DownlinkEstimator
+from media_server.pacer import Pacer
+from media_server.sink import MemorySink
+from tests.media import wait_for
+
+# -- estimator ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "steps", "low", "high"),
+    [
+        # A REMB below what we send: a queue is building, follow it at once.
+        (2_000_000, [("remb", 1_000_000)], 1_000_000, 1_000_000),
+        # A REMB above what we send is Chromium's 1.5x-throughput clamp: no constraint.
+        (300_000, [("remb", 450_000)], 2_500_000, 2_500_000),
+        # Heavy loss backs off even when the REMB is generous: 30% loss -> x0.85 per report.
+        (2_000_000, [("remb", 10_000_000), ("loss", 0.3), ("loss", 0.3)], 1_700_000, 1_900_000),
+        # Random loss between 2% and 10% is not congestion: hold.
+        (2_000_000, [("loss", 0.05), ("loss", 0.05)], 2_500_000, 2_500_000),
+        # Low loss grows the estimate, but only so far above what we send (it never
+        # shrinks for that alone).
+        (500_000, [("loss", 0.0)] * 30, 2_500_000, 2_500_000),
+        (1_200_000, [("loss", 0.0)] * 30, 2_700_000, 2_700_000),
+        (3_000_000, [("loss", 0.0)] * 3, 3_149_000, 3_150_000),
+    ],
+)
+def test_estimate_follows_remb_and_loss(sent: int, steps: list, low: int, high: int) -> None:
+    est = started(DownlinkEstimator(initial_bps=2_500_000), sent)
+    for kind, value in steps:
+        if kind == "remb":
+            for _ in range(2):  # a low REMB counts when it is repeated
+                est.on_remb(value, [1], now=10.0)
+        else:
+            est.on_loss(value, now=10.0)
+    assert low <= est.estimate(10.0).bps <= high
+
+
+def started(est: DownlinkEstimator, sent: float) -> DownlinkEstimator:
+    """One stream (SSRC 1) carrying everything, sending since t=0."""
+    est.sent_bps = sent
+    est.stream_bps = {1: sent}
+    est.started_at = 0.0
+    return est
+
+
+def test_a_remb_is_weighed_against_the_streams_it_covers() -> None:
+    """Two streams, a REMB covering both (Chromium): 600k against 1.2M sent halves it.
+    A REMB covering one of several streams (aiortc's per-stream estimator) is ignored."""
+    est = DownlinkEstimator(initial_bps=3_000_000)
+    est.sent_bps = 1_200_000
+    est.stream_bps = {1: 600_000, 2: 600_000}
+    est.started_at = 0.0
+    for t in (10.0, 10.5):
+        est.on_remb(43_000, [1], now=t)
+    assert est.estimate(10.5).bps == 3_000_000
+    est.on_remb(600_000, [1, 2], now=11.0)
+    assert est.estimate(11.0).bps == 3_000_000  # once may be a hiccup
+    est.on_remb(600_000, [1, 2], now=11.5)
+    assert est.estimate(11.5).bps == 600_000
+
+
+def test_the_first_seconds_of_remb_are_not_taken_as_congestion() -> None:
+    est = started(DownlinkEstimator(initial_bps=2_500_000), 2_000_000)
+    est.on_remb(165_000, [1], now=2.0)  # aiortc's start-up value
+    assert est.estimate(2.0).bps == 2_500_000
+
+
+def test_congestion_is_flagged_and_the_floor_holds() -> None:
+    est = started(DownlinkEstimator(initial_bps=2_000_000), 1_000_000)
+    est.on_remb(300_000, [1], now=9.5)
+    est.on_remb(300_000, [1], now=10.0)
+    assert est.estimate(10.5).congested
+    assert est.estimate(10.5).bps == 300_000
+    assert not est.estimate(20.0).congested
+    for _ in range(100):
+        est.on_loss(0.9, now=20.0)
+    assert est.estimate(20.0).bps == MIN_BPS
+
+
+def test_after_a_step_down_and_back_up_the_estimate_recovers_within_seconds() -> None:
+    """5 -> 1 Mbit/s: the REMB drop is followed at once; back at 5, 2 reports a second of
+    clean delivery lift it again (8% each) as fast as the sending rate follows."""
+    est = started(DownlinkEstimator(initial_bps=5_000_000), 4_500_000)
+    est.on_remb(900_000, [1], now=9.5)  # the link shrank: the receiver sees a queue
+    est.on_remb(900_000, [1], now=10.0)
+    assert est.estimate(10.0).bps == 900_000
+    now, ticks = 10.0, 0
+    while est.estimate(now).bps < 4_000_000:
+        now += 0.5
+        ticks += 1
+        est.sent_bps = est.estimate(now).bps * 0.85  # the allocator fills what it is given
+        est.on_loss(0.0, now)
+        assert ticks < 60
+    assert now - 10.0 <= 12.0
+
+
+# -- allocator ------------------------------------------------------------------------
+
+CAMERA = {"h": 1_500_000, "m": 500_000, "l": 150_000}
+
+
+def lesson(**changes: object) -> list[Candidate]:
+    cands = [
+        Candidate("p1/classroom_mic", "audio", "classroom_mic", {"h": 40_000}),
+        Candidate("p1/teacher_camera", "video", "teacher_camera", dict(CAMERA)),
+        Candidate("p1/courseware", "video", "courseware", {"h": 300_000}),
+        Candidate("p1/board_camera", "video", "board_camera", {"h": 800_000, "l": 120_000}),
+        Candidate("p2/point_camera", "video", "point_camera", {"h": 600_000}),
+    ]
+    for c in cands:
+        for key, value in changes.get(c.source, {}).items():  # type: ignore[attr-defined]
+            setattr(c, key, value)
+    return cands
+
+
+def layers(decisions: dict[str, Decision]) -> dict[str, str | None]:
+    return {k.split("/")[1]: (None if d.paused else d.layer) for k, d in decisions.items()}
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        # Plenty: everything at its top layer.
+        (
+            5_000_000,
+            {
+                "classroom_mic": "h",
+                "teacher_camera": "h",
+                "courseware": "h",
+                "board_camera": "h",
+                "point_camera": "h",
+            },
+        ),
+        # 2 Mbit/s: every source gets a picture, the teacher camera is lifted first.
+        (
+            2_000_000,
+            {
+                "classroom_mic": "h",
+                "teacher_camera": "h",
+                "courseware": "h",
+                "board_camera": "l",
+                "point_camera": None,
+            },
+        ),
+        # 1 Mbit/s: teacher at m, courseware, board at l; the other classroom paused.
+        (
+            1_000_000,
+            {
+                "classroom_mic": "h",
+                "teacher_camera": "m",
+                "courseware": "h",
+                "board_camera": "l",
+                "point_camera": None,
+            },
+        ),
+        # 256 kbit/s: audio, then the teacher's lowest layer; everything else paused.
+        (
+            256_000,
+            {
+                "classroom_mic": "h",
+                "teacher_camera": "l",
+                "courseware": None,
+                "board_camera": None,
+                "point_camera": None,
+            },
+        ),
+        # Below audio: audio still goes; every picture paused before audio suffers.
+        (
+            30_000,
+            {
+                "classroom_mic": "h",
+                "teacher_camera": None,
+                "courseware": None,
+                "board_camera": None,
+                "point_camera": None,
+            },
+        ),
+    ],
+)
+def test_the_budget_is_shared_by_priority(budget: int, expected: dict) -> None:
+    assert layers(allocate(budget, lesson(), hold=False)) == expected
+
+
+def test_while_holding_layers_do_not_rise_and_paused_sources_stay_paused() -> None:
+    cands = lesson(
+        teacher_camera={"current": "l", "started": True},
+        courseware={"current": None, "started": True},
+    )
+    got = layers(allocate(5_000_000, cands, hold=True))
+    assert got["teacher_camera"] == "l"
+    assert got["courseware"] is None
+    released = layers(allocate(5_000_000, cands, hold=False))
+    assert released["teacher_camera"] == "h" and released["courseware"] == "h"
+
+
+def test_a_subscribers_pin_and_pause_are_respected() -> None:
+    cands = lesson(teacher_camera={"pinned": "m"}, board_camera={"user_paused": True})
+    decisions = allocate(10_000_000, cands, hold=False)
+    assert decisions["p1/teacher_camera"] == Decision(layer="m", paused=False)
+    # Paused by the subscriber, not for bandwidth: the page must not say "low bandwidth".
+    assert decisions["p1/board_camera"] == Decision(layer=None, paused=False)
+
+
+# -- pacer and repair budget --------------------------------------------------------------
+
+
+async def test_the_pacer_spreads_a_burst_and_lets_audio_pass_first() -> None:
+    wire = MemorySink()
+    pacer = Pacer(wire, rate_bps=1_000_000)  # 187.5 kB/s with the pacing factor
+    burst = [bytes([i]) * 1200 for i in range(60)]  # a 72 kB keyframe
+    for packet in burst:
+        pacer.send_rtp(packet)
+    sent_at_once = len(wire.rtp)
+    assert 0 < sent_at_once < 10
+    pacer.send_rtp_now(b"audio")
+    assert wire.rtp[-1] == b"audio"  # ahead of the queued video
+    await wait_for(lambda: len(wire.rtp) == len(burst) + 1, 5, "the queue drained")
+    assert [p for p in wire.rtp if p != b"audio"] == burst  # in order, nothing lost
+    pacer.close()
+
+
+async def test_the_pacer_cuts_a_queue_longer_than_half_a_second() -> None:
+    wire = MemorySink()
+    pacer = Pacer(wire, rate_bps=100_000)  # 18.75 kB/s: 0.5 s is ~9 kB
+    for i in range(100):
+        pacer.send_rtp(bytes([i]) * 1200)
+    assert pacer.dropped > 80
+    assert pacer.queued_bytes <= 100_000 * pacer_mod.PACING_FACTOR / 8 * pacer_mod.MAX_QUEUE_S
+    pacer.close()
+
+
+def test_the_repair_budget_refuses_a_nack_storm() -> None:
+    budget = RepairBudget(1_000_000)  # 25 kB/s of repairs, 12.5 kB at once
+    granted = sum(budget.take(1200) for _ in range(1000))
+    assert granted <= 11
+    assert budget.refused >= 989

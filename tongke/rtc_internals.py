@@ -1,0 +1,418 @@
+"""Every use of aiortc's and aioice's private internals, in one place.
+
+Tongke uses aiortc for ICE, DTLS, SRTP and SDP and owns the media path itself, which
+means reaching past aiortc's public API: the SRTP sessions, the nominated ICE pair, the
+DTLS transport's RTP/RTCP handlers, the RTP router, the sender's SSRC. All of that lives
+here, behind small named functions, and `check()` verifies at start-up that each
+internal still exists, so an upgrade that moves one fails loudly at start instead of
+silently dropping media. Both libraries are pinned in pyproject.toml.
+
+This module also hardens what aiortc/aioice accept from the network:
+
+- the datagram guard: aioice hands any datagram from any address to aiortc, and one
+  empty datagram (an IndexError) or one over-long packet ends the DTLS transport for
+  good. Every datagram is checked here first; what cannot be valid is dropped and
+  counted per reason (`DATAGRAM_DROPS`, shown in /api/stats).
+- consent freshness that fits satellite links: aioice's consent check waits 0.5 s for a
+  reply and gives up on the connection after six misses, so any RTT above ~500 ms ends
+  a lesson after ~30 s. Ours retransmits with back-off and only gives up when nothing
+  has answered for `CONSENT_TIMEOUT_S` (RFC 7675's 30 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aioice.ice
+import aioice.stun
+from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
+from aiortc.rtcdtlstransport import RtpRouter
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+log = logging.getLogger(__name__)
+
+# Largest datagram a WebRTC peer sends: RTP packetizers stay under the path MTU
+# (aiortc 1300 bytes, Chromium ~1200), DTLS flights are fragmented to the MTU.
+MAX_DATAGRAM = 1500
+MIN_SRTP = 12 + 10  # RTP header + the 80-bit auth tag
+MIN_SRTCP = 8 + 4 + 10  # RTCP header + SRTCP index + auth tag
+
+CONSENT_INTERVAL_S = 5.0
+CONSENT_TIMEOUT_S = 30.0
+CONSENT_RETRANSMISSIONS = 3  # 0.5 + 1 + 2 + 4 s: answers at 600 ms RTT and beyond
+
+# Dropped datagrams per reason, for the whole process.
+DATAGRAM_DROPS: Counter[str] = Counter()
+# Exceptions from RTP/RTCP handlers that would otherwise have ended a DTLS transport.
+HANDLER_ERRORS: Counter[str] = Counter()
+
+# (owner, attribute): class attributes that must exist.
+_CLASS_ATTRS: list[tuple[type, str]] = [
+    (RTCDtlsTransport, "_handle_rtp_data"),
+    (RTCDtlsTransport, "_handle_rtcp_data"),
+    (RtpRouter, "register_sender"),
+    (RTCRtpSender, "_handle_rtcp_packet"),
+    (RTCRtpSender, "send"),
+    (RTCRtpReceiver, "receive"),
+    (aioice.ice.StunProtocol, "datagram_received"),
+    (aioice.ice.Connection, "query_consent"),
+    (aioice.ice.Connection, "build_request"),
+    (aioice.ice.Connection, "data_received"),
+    (aioice.ice.Connection, "get_component_candidates"),
+]
+# (class, attribute): instance attributes its __init__ must set.
+_INSTANCE_ATTRS: list[tuple[type, str]] = [
+    (RTCDtlsTransport, "_rx_srtp"),
+    (RTCDtlsTransport, "_tx_srtp"),
+    (RTCDtlsTransport, "_rtp_router"),
+    (RTCRtpSender, "_ssrc"),
+    (aioice.ice.Connection, "_nominated"),
+    (aioice.ice.Connection, "_check_list"),
+    (aioice.ice.Connection, "_query_consent_task"),
+    (aioice.ice.Connection, "_protocols"),
+    (aioice.ice.Connection, "stun_server"),
+    (aioice.ice.Connection, "turn_server"),
+    (aioice.ice.StunProtocol, "receiver"),
+]
+_MODULE_ATTRS: list[tuple[Any, str]] = [
+    (aioice.ice, "get_host_addresses"),
+    (aioice.ice, "CONSENT_INTERVAL"),
+    (aioice.ice, "candidate_foundation"),
+    (aioice.ice, "candidate_priority"),
+]
+
+
+class InternalsChanged(RuntimeError):
+    """aiortc or aioice no longer has an internal Tongke relies on."""
+
+
+def check() -> None:
+    """Fail at start-up, with the names, if any internal we rely on has moved."""
+    missing = [f"{o.__name__}.{a}" for o, a in _CLASS_ATTRS if not hasattr(o, a)]
+    missing += [f"{m.__name__}.{a}" for m, a in _MODULE_ATTRS if not hasattr(m, a)]
+    for cls, attr in _INSTANCE_ATTRS:
+        if f"self.{attr}" not in inspect.getsource(vars(cls)["__init__"]):
+            missing.append(f"{cls.__name__}().{attr}")
+    if missing:
+        raise InternalsChanged(
+            "this aiortc/aioice lacks internals Tongke needs (pin aiortc 1.16.0, aioice "
+            "0.13.0): " + ", ".join(missing)
+        )
+
+
+# -- the datagram guard and consent ------------------------------------------------------
+
+_installed = False
+_original_datagram_received = aioice.ice.StunProtocol.datagram_received
+
+
+def install() -> None:
+    """Check the internals, then install the datagram guard and our consent checks.
+
+    Idempotent; the server and the classroom agent both call it.
+    """
+    global _installed
+    if _installed:
+        return
+    check()
+    aioice.ice.StunProtocol.datagram_received = _guarded_datagram_received  # type: ignore[method-assign]
+    aioice.ice.Connection.query_consent = _query_consent  # type: ignore[method-assign]
+    _installed = True
+
+
+def _drop(reason: str) -> None:
+    DATAGRAM_DROPS[reason] += 1
+
+
+def _expected_source(protocol: Any, addr: tuple[Any, ...]) -> bool:
+    """Media and DTLS come only from the selected pair (or, before nomination, a pair)."""
+    connection = protocol.receiver
+    pair = connection._nominated.get(protocol.local_candidate.component)
+    if pair is not None:
+        return pair.protocol is protocol and pair.remote_addr == addr
+    return any(p.protocol is protocol and p.remote_addr == addr for p in connection._check_list)
+
+
+def _guarded_datagram_received(self: Any, data: bytes | str, addr: tuple[Any, ...]) -> None:
+    if not isinstance(data, bytes) or not data:
+        _drop("empty")
+        return
+    size = len(data)
+    if size > MAX_DATAGRAM:
+        _drop("oversized")
+        return
+    first = data[0]
+    addr2 = (addr[0], addr[1])
+    if first < 2:  # STUN (RFC 7983): aioice authenticates what it answers
+        try:
+            aioice.stun.parse_message(data)
+        except ValueError:
+            _drop("bad_stun")
+            return
+    elif 19 < first < 64:  # DTLS
+        if not _expected_source(self, addr2):
+            _drop("wrong_source")
+            return
+    elif 127 < first < 192:  # RTP / RTCP
+        rtcp = size >= 2 and 192 <= data[1] <= 223
+        if size < (MIN_SRTCP if rtcp else MIN_SRTP):
+            _drop("short_rtp")
+            return
+        if not _expected_source(self, addr2):
+            _drop("wrong_source")
+            return
+    else:
+        _drop("unknown")
+        return
+    try:
+        _original_datagram_received(self, data, addr)
+    except Exception:
+        _drop("rejected")
+        log.debug("datagram from %s rejected", addr2, exc_info=True)
+
+
+async def _query_consent(self: Any) -> None:
+    """Consent freshness (RFC 7675) that survives long round trips.
+
+    Each check retransmits with back-off instead of waiting 0.5 s once; consent is lost
+    only when no check has been answered for CONSENT_TIMEOUT_S.
+    """
+    assert self.remote_password is not None
+    loop = asyncio.get_running_loop()
+    last_ok = loop.time()
+    while True:
+        await asyncio.sleep(CONSENT_INTERVAL_S * (0.8 + 0.4 * random.random()))
+        for pair in list(self._nominated.values()):
+            request = self.build_request(pair, nominate=False)
+            try:
+                await pair.protocol.request(
+                    request,
+                    pair.remote_addr,
+                    integrity_key=self.remote_password.encode("utf8"),
+                    retransmissions=CONSENT_RETRANSMISSIONS,
+                )
+                last_ok = loop.time()
+            except aioice.stun.TransactionError:
+                pass
+        if loop.time() - last_ok > CONSENT_TIMEOUT_S:
+            log.info("ICE consent expired: no answer for %.0f s", CONSENT_TIMEOUT_S)
+            self._query_consent_task = None
+            await self.close()
+            return
+
+
+# -- host candidates -------------------------------------------------------------------
+
+_original_host_addresses = aioice.ice.get_host_addresses
+
+
+def use_host_addresses(addresses: Sequence[str]) -> None:
+    """Offer exactly these addresses as ICE host candidates (empty: aioice's discovery).
+
+    aioice leaves 127.0.0.1 out of its host candidates; a server, agent or test that
+    runs on loopback (or must use one chosen interface) names its addresses here.
+    """
+    chosen = list(addresses)
+    if not chosen:
+        aioice.ice.get_host_addresses = _original_host_addresses
+        return
+
+    def fixed(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = fixed
+
+
+# -- a fixed UDP port range -------------------------------------------------------------
+
+_original_component_candidates = aioice.ice.Connection.get_component_candidates
+_port_range: tuple[int, int] | None = None
+_next_port = 0
+
+
+def use_port_range(low: int, high: int) -> None:
+    """Bind every host candidate within [low, high] (a firewall opens just that range).
+
+    aioice binds port 0; for a connection with no STUN or TURN server (the SFU's own)
+    host candidates are gathered here instead, each on the next free port of the range.
+    """
+    global _port_range, _next_port
+    if not 0 < low <= high < 65536:
+        raise ValueError(f"not a UDP port range: {low}-{high}")
+    _port_range = (low, high)
+    _next_port = low
+    aioice.ice.Connection.get_component_candidates = _ranged_component_candidates  # type: ignore[method-assign]
+
+
+async def _bind_in_range(connection: Any, address: str) -> Any:
+    global _next_port
+    assert _port_range is not None
+    low, high = _port_range
+    loop = asyncio.get_running_loop()
+    for _ in range(high - low + 1):
+        port = _next_port
+        _next_port = low if port >= high else port + 1
+        try:
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: aioice.ice.StunProtocol(connection), local_addr=(address, port)
+            )
+            return protocol
+        except OSError:
+            continue
+    raise OSError(f"no free UDP port in {low}-{high} on {address}")
+
+
+async def _ranged_component_candidates(
+    self: Any, component: int, addresses: list[str], timeout: int = 5
+) -> list[Any]:
+    if self.stun_server or self.turn_server:
+        return await _original_component_candidates(self, component, addresses, timeout)
+    candidates = []
+    for address in addresses:
+        try:
+            protocol = await _bind_in_range(self, address)
+        except OSError as exc:
+            log.warning("ICE: %s", exc)
+            continue
+        host, port = protocol.transport.get_extra_info("sockname")[:2]
+        protocol.local_candidate = aioice.Candidate(
+            foundation=aioice.ice.candidate_foundation("host", "udp", host),
+            component=component,
+            transport="udp",
+            priority=aioice.ice.candidate_priority(component, "host"),
+            host=host,
+            port=port,
+            type="host",
+        )
+        self._protocols.append(protocol)
+        candidates.append(protocol.local_candidate)
+    return candidates
+
+
+# -- DTLS / SRTP / ICE ------------------------------------------------------------------
+
+
+def dtls_of(transceiver: RTCRtpTransceiver) -> RTCDtlsTransport:
+    return transceiver.receiver.transport
+
+
+def srtp_sessions(dtls: RTCDtlsTransport) -> tuple[Any, Any]:
+    """(rx, tx) SRTP sessions; None before the DTLS handshake completes."""
+    return dtls._rx_srtp, dtls._tx_srtp
+
+
+def selected_pair(dtls: RTCDtlsTransport) -> tuple[Callable[[bytes, Any], None], Any] | None:
+    """(sendto, remote address) of the nominated ICE pair, or None."""
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None or pair.protocol.transport is None:
+        return None
+    return pair.protocol.transport.sendto, pair.remote_addr
+
+
+def hook_ingress(
+    dtls: RTCDtlsTransport,
+    *,
+    on_srtp: Callable[[bytes], bool],
+    on_rtp: Callable[[bytes], None],
+    on_rtcp: Callable[[bytes], None],
+) -> None:
+    """Take a publisher's packets from the socket callback and from aiortc's handlers.
+
+    `on_srtp(datagram)` sees each SRTP datagram first, in the socket callback (no
+    queue, no task switch) and returns True when it consumed it. Whatever it leaves
+    goes through aiortc's DTLS loop to `on_rtp` / `on_rtcp` (decrypted).
+    """
+    connection = dtls.transport._connection
+    queued = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        if 127 < data[0] < 192 and not 192 <= data[1] <= 223 and on_srtp(data):
+            return
+        queued(data, component)
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        try:
+            on_rtp(data)
+        except Exception:
+            HANDLER_ERRORS["rtp"] += 1
+            log.exception("RTP handler failed; packet dropped")
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        try:
+            on_rtcp(data)
+        except Exception:
+            HANDLER_ERRORS["rtcp"] += 1
+            log.exception("RTCP handler failed; packet dropped")
+
+    connection.data_received = data_received  # type: ignore[method-assign]
+    dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
+def harden_rtcp(dtls: RTCDtlsTransport) -> None:
+    """Make an exception in any RTCP recipient drop that packet, not the transport."""
+    original = dtls._handle_rtcp_data
+    if getattr(original, "_tongke_hardened", False):
+        return
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        try:
+            await original(data)
+        except Exception:
+            HANDLER_ERRORS["rtcp"] += 1
+            log.exception("RTCP handler failed; packet dropped")
+
+    handle_rtcp_data._tongke_hardened = True  # type: ignore[attr-defined]
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
+def disable_receiver(transceiver: RTCRtpTransceiver) -> None:
+    """Never start aiortc's receiver: no jitter buffer, no decoder thread."""
+    transceiver.receiver.receive = _no_receive  # type: ignore[method-assign]
+
+
+async def _no_receive(parameters: object) -> None:
+    """Stands in for RTCRtpReceiver.receive."""
+
+
+def take_over_sender(
+    transceiver: RTCRtpTransceiver, start: Callable[[Any], Awaitable[None]]
+) -> None:
+    """Replace aiortc's sender start (which pulls and encodes a track) with `start`."""
+    transceiver.sender.send = start  # type: ignore[method-assign,assignment]
+
+
+def sender_ssrc(sender: RTCRtpSender) -> int:
+    return int(sender._ssrc)
+
+
+def register_rtcp_recipient(dtls: RTCDtlsTransport, recipient: Any, ssrc: int) -> None:
+    """RTCP about `ssrc` (NACK, PLI, REMB, receiver reports) goes to `recipient`."""
+    dtls._rtp_router.register_sender(recipient, ssrc)
+    harden_rtcp(dtls)
+
+
+def hook_sender_rtcp(sender: RTCRtpSender, on_packet: Callable[[Any], None]) -> None:
+    """See every RTCP packet aiortc routes to `sender`, before aiortc handles it."""
+    original = sender._handle_rtcp_packet
+
+    async def handle_rtcp(packet: Any) -> None:
+        on_packet(packet)
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+
+
+def connection_of(pc: RTCPeerConnection) -> Any:
+    """aioice's Connection under a PeerConnection's (bundled) ICE transport, or None."""
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport is not None:
+            return transport.transport._connection
+    return None
