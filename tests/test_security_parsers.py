@@ -173,3 +173,24 @@ def test_the_upload_api_answers_any_body_with_a_client_error_never_500(
     except urllib.error.HTTPError as err:
         status = err.code
     assert status < 500, body
+
+
+def test_deeply_nested_bodies_get_400_on_every_packages_routes(
+    server: ServerProcess, room: str
+) -> None:
+    # These reached json.loads in the scheduler and recording APIs: RecursionError, 500.
+    token = server.token(room, "c-up", "agent")
+    for path in (f"/api/recordings/{room}/uploads", f"/api/schedule/lessons/{room}/tokens"):
+        for body in ("[" * 50_000, '{"files": "\\ud800"}'):
+            req = urllib.request.Request(
+                server.url + path,
+                data=body.encode(),
+                method="POST",
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+            )
+            try:
+                urllib.request.urlopen(req, timeout=10)
+                status, code = 200, None
+            except urllib.error.HTTPError as err:
+                status, code = err.code, json.loads(err.read())["error"]["code"]
+            assert (status, code) == (400, "bad_json"), (path, body[:10])

@@ -164,7 +164,7 @@ async def json_body_guard(
     if (
         request.method in ("POST", "PUT", "PATCH")
         and request.content_type == "application/json"
-        and request.can_read_body
+        and request.body_exists
     ):
         raw = await request.read()
         if raw:
