@@ -319,3 +319,26 @@ def test_audit_csv_cells_never_run_as_formulas() -> None:
     }
     line = to_csv([row]).splitlines()[1]
     assert "'=cmd" in line and "'+room" in line and "'@1" in line
+
+
+async def test_sign_ins_and_failed_sign_ins_are_audited(server: ServerProcess) -> None:
+    from tongke.accounts import Accounts, AccountSpec
+
+    username = f"audit-{time.monotonic_ns()}"
+    accounts = Accounts(f"sqlite:///{server.data_dir / 'tongke.db'}")
+    accounts.create(
+        AccountSpec.parse(
+            {"username": username, "role": "teacher", "password": "correct horse"},
+            need_password=True,
+        )
+    )
+    for password in ("wrong", "correct horse"):
+        call(server, "POST", "/api/auth/login", {"username": username, "password": password})
+
+    def mine() -> list[dict[str, Any]]:
+        events = server.api("GET", "/api/audit?limit=200")["events"]
+        return [e for e in events if e["actor"] == username]
+
+    await wait_for(lambda: len(mine()) == 2, what="two sign-in events")
+    assert sorted(e["action"] for e in mine()) == ["sign_in", "sign_in_failed"]
+    assert all("correct horse" not in json.dumps(e) for e in mine())
