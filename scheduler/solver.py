@@ -131,6 +131,26 @@ def _full_hint(model: cp_model.CpModel, solver: cp_model.CpSolver) -> None:
         model.Proto().solution_hint.values.append(v)
 
 
+def _complete_hint(model: cp_model.CpModel, seconds: float) -> bool:
+    """Hint every variable (the aux ones too) from the plan hinted on x and placements.
+
+    CP-SAT may drop a partial hint it cannot complete quickly; stage 2 without stage 1
+    starts from the greedy plan, so the plan it returns is never worse than greedy's."""
+    probe = model.clone()
+    hint = model.Proto().solution_hint
+    for k, v in zip(hint.vars, hint.values, strict=True):
+        probe.Add(probe.get_int_var_from_proto_index(k) == v)
+    probe.ClearObjective()
+    probe.ClearHints()
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(0.1, seconds)
+    solver.parameters.num_workers = 1
+    if solver.Solve(probe) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return False
+    _full_hint(model, solver)
+    return True
+
+
 def solve(problem: Problem, progress: Progress | None = None) -> Solution:
     """Lexicographic solve, part by part.
 
@@ -233,6 +253,8 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         model.Minimize(soft)
         if solver is not None:
             _full_hint(model, solver)
+        else:
+            _complete_hint(model, 0.2 * (part_deadline - time.monotonic()))
         solver2 = _solver(opts, max(0.1, part_deadline - time.monotonic()), STAGE2_SUBSOLVERS)
 
         def seen2(
