@@ -27,7 +27,6 @@ import asyncio
 import itertools
 import json
 import os
-import stat
 import subprocess
 import sys
 import tempfile
@@ -129,12 +128,11 @@ async () => {
       };
     });
     const tracks = {};
-    const allocation = new Map(((window.tongke.allocation || {}).tracks || [])
-      .map((t) => [t.track, t]));
+    const allocated = (window.tongke.allocation && window.tongke.allocation.tracks) || [];
     for (const [mid, info] of Object.entries(window.tongke.tracks || {})) {
-      const a = allocation.get(info.track) || {};
-      tracks[mid] = { source: info.source, layer: a.layer ?? info.layer, active: info.active,
-                      paused: Boolean(a.paused), reason: a.reason ?? null };
+      const a = allocated.find((x) => x.track === info.track) || {};
+      tracks[mid] = { source: info.source, active: info.active,
+                      layer: a.layer || null, paused: Boolean(a.paused), reason: a.reason || null };
     }
     r.samples.push({ t: performance.now(), stats: out, tracks, phase: window.tongke.phase,
                      connects: window.tongke.connects });
@@ -150,85 +148,121 @@ def _pct(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _grew(a: float, b: float) -> float:
+    """How much a getStats() counter grew; after a reconnect a new connection counts from 0."""
+    return b - a if b >= a else b
+
+
 def summarise(
     samples: list[dict[str, Any]], clocks: list[list[Any]], start: float, steps: list[float]
 ) -> dict[str, Any]:
-    """Per-source figures from the page's 1-s samples taken after ``start`` (page ms)."""
+    """Per-source figures from the page's 1-s samples taken after ``start`` (page ms).
+
+    Sources are followed by name across reconnects (a new PeerConnection restarts its
+    counters); a second in which a source is missing counts as a second without a frame.
+    """
     window = [s for s in samples if s["t"] >= start]
     if len(window) < 2:
         return {"error": "the page produced no statistics"}
+    per_sample: list[dict[str, tuple[dict[str, Any], dict[str, Any]]]] = []
+    for sample in window:
+        by_source = {}
+        for mid, stats in sample["stats"].items():
+            info = sample["tracks"].get(mid, {})
+            if info.get("source") and info.get("active", True):
+                by_source[info["source"]] = (stats, info)
+        per_sample.append(by_source)
+    names = sorted({name for by_source in per_sample for name in by_source})
+    seconds = (window[-1]["t"] - window[0]["t"]) / 1000
     sources: dict[str, Any] = {}
-    mids = sorted({m for s in window for m in s["stats"]})
-    for mid in mids:
-        series = [(s["t"], s["stats"].get(mid), s["tracks"].get(mid, {})) for s in window]
-        series = [(t, st, info) for t, st, info in series if st is not None]
-        if len(series) < 2:
-            continue
-        info = series[-1][2]
-        name = info.get("source") or f"mid-{mid}"
-        first, last = series[0][1], series[-1][1]
-        seconds = (series[-1][0] - series[0][0]) / 1000
-        if first["kind"] == "audio":
-            samples_n = last["samples"] - first["samples"]
-            concealed = last["concealed"] - first["concealed"]
+    for name in names:
+        kind = next(b[name][0]["kind"] for b in per_sample if name in b)
+
+        def total(key: str, name: str = name) -> float:
+            grown = 0.0
+            for a, b in itertools.pairwise(per_sample):
+                if name in b:
+                    grown += _grew(a[name][0][key], b[name][0][key]) if name in a else 0.0
+            return grown
+
+        if kind == "audio":
+            received = total("samples")
             sources[name] = {
                 "kind": "audio",
-                "concealed_share": round(concealed / samples_n, 4) if samples_n > 0 else None,
-                "packets_lost": last["packetsLost"] - first["packetsLost"],
+                "concealed_share": round(max(0.0, total("concealed") / received), 4)
+                if received > 0
+                else None,
+                "packets_lost": int(total("packetsLost")),
             }
             continue
-        per_second = [
-            (b[1]["framesDecoded"] - a[1]["framesDecoded"]) / ((b[0] - a[0]) / 1000)
-            for a, b in itertools.pairwise(series)
-        ]
-        latencies = [c[2] for c in clocks if c[0] >= start and c[1] == mid]
+        per_second: list[float] = []
+        paused_now: list[bool] = []
+        for (ta, a), (tb, b) in itertools.pairwise(
+            zip([w["t"] for w in window], per_sample, strict=True)
+        ):
+            frames = (
+                _grew(a[name][0]["framesDecoded"], b[name][0]["framesDecoded"])
+                if (name in a and name in b)
+                else 0
+            )
+            per_second.append(frames / ((tb - ta) / 1000))
+            paused_now.append(bool(name in b and b[name][1].get("paused")))
+        latencies = [c[2] for c in clocks if c[0] >= start and c[1] in _mids(window, name)]
+        present = [b[name] for b in per_sample if name in b]
+        last_stats, _ = present[-1]
+        layers: dict[str, int] = {}
+        for _, info in present:
+            key = "paused" if info.get("paused") else str(info.get("layer"))
+            layers[key] = layers.get(key, 0) + 1
         figures: dict[str, Any] = {
             "kind": "video",
-            "fps_mean": round((last["framesDecoded"] - first["framesDecoded"]) / seconds, 1),
+            "fps_mean": round(sum(f * 1 for f in per_second) / max(1, len(per_second)), 1),
             "fps_p10": round(_pct(per_second, 0.1) or 0.0, 1),
-            "resolution": f"{last['width']}x{last['height']}",
+            "resolution": f"{last_stats['width']}x{last_stats['height']}",
             "resolutions_seen": sorted(
-                {f"{st['width']}x{st['height']}" for _, st, _ in series if st["width"]}
+                {f"{st['width']}x{st['height']}" for st, _ in present if st["width"]}
             ),
             "no_new_frame_share": round(sum(1 for f in per_second if f == 0) / len(per_second), 3),
-            "freeze_count": last["freezeCount"] - first["freezeCount"],
-            "freeze_seconds": round(last["freezeSeconds"] - first["freezeSeconds"], 2),
-            "layer": info.get("layer"),
-            # Seconds the SFU paused this picture for bandwidth (the page says so), and
-            # seconds with no new frame although it was not paused: a frozen "live" one.
-            "paused_share": round(
-                sum(1 for _, _, i in series[1:] if i.get("paused")) / len(per_second), 3
-            ),
+            "longest_no_frame_s": _longest_zero_run(per_second),
+            # Seconds with no new frame although the SFU had not paused the picture: a
+            # frozen picture under "live" (a paused one is labelled as paused).
             "frozen_live_share": round(
-                sum(
-                    1
-                    for f, (_, _, i) in zip(per_second, series[1:], strict=True)
-                    if f == 0 and not i.get("paused")
-                )
+                sum(1 for f, p in zip(per_second, paused_now, strict=True) if f == 0 and not p)
                 / len(per_second),
                 3,
             ),
+            "freeze_count": int(total("freezeCount")),
+            "freeze_seconds": round(total("freezeSeconds"), 2),
+            "layer_share": {k: round(v / len(per_sample), 3) for k, v in sorted(layers.items())},
             "glass_to_glass_p50_ms": _pct(latencies, 0.5),
             "glass_to_glass_p95_ms": _pct(latencies, 0.95),
         }
         if steps:
-            # Longest run of seconds without a new frame around each step, and how long
-            # after the last step the top resolution came back.
-            figures["longest_no_frame_s"] = _longest_zero_run(per_second)
-            back = next(
+            # How long after the link recovered the top resolution came back.
+            recovered = start + steps[-1] * 1000
+            figures["top_resolution_after_recovery_s"] = next(
                 (
-                    round((t - (start + steps[-1] * 1000)) / 1000, 1)
-                    for t, st, _ in series
-                    if t >= start + steps[-1] * 1000 and st["width"] >= 1280
+                    round((w["t"] - recovered) / 1000, 1)
+                    for w, b in zip(window, per_sample, strict=True)
+                    if w["t"] >= recovered and name in b and b[name][0]["width"] >= 1280
                 ),
                 None,
             )
-            figures["top_resolution_after_recovery_s"] = back
         sources[name] = figures
     return {
         "sources": sources,
+        "seconds_sampled": round(seconds, 1),
         "page_phase": window[-1]["phase"],
         "page_reconnects": window[-1]["connects"] - window[0]["connects"],
+    }
+
+
+def _mids(window: list[dict[str, Any]], name: str) -> set[str]:
+    return {
+        mid
+        for sample in window
+        for mid, info in sample["tracks"].items()
+        if info.get("source") == name
     }
 
 
@@ -264,6 +298,7 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
         per_second = [
             (b[1]["frames"] - a[1]["frames"]) / (b[0] - a[0]) for a, b in itertools.pairwise(series)
         ]
+        paused_now = [bool(b[1].get("paused")) for _, b in itertools.pairwise(series)]
         p50s = [t["latency_p50_ms"] for _, t in series if t.get("latency_p50_ms") is not None]
         p95s = [t["latency_p95_ms"] for _, t in series if t.get("latency_p95_ms") is not None]
         sources[name] = {
@@ -275,6 +310,13 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
             "freeze_count": last["freezes"] - first["freezes"],
             "freeze_seconds": round((last["freeze_total_ms"] - first["freeze_total_ms"]) / 1000, 2),
             "longest_no_frame_s": _longest_zero_run(per_second),
+            # Seconds with no new frame although the SFU had not paused the picture: a
+            # frozen picture under "live" (a paused one is labelled as paused).
+            "frozen_live_share": round(
+                sum(1 for f, p in zip(per_second, paused_now, strict=True) if f == 0 and not p)
+                / len(per_second),
+                3,
+            ),
             "glass_to_glass_p50_ms": _pct(p50s, 0.5),
             "glass_to_glass_p95_ms": _pct(p95s, 0.95),
         }
@@ -292,12 +334,19 @@ def _longest_zero_run(values: list[float]) -> int:
     return best
 
 
-def _netns_chromium(directory: Path) -> str:
-    """A launcher that starts the system Chromium inside the point's namespace."""
-    path = directory / "chromium-in-netns"
-    path.write_text(f'#!/bin/sh\nexec ip netns exec {NETNS} {CHROMIUM} "$@"\n')
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return str(path)
+SFU_COUNTERS = ("packets_forwarded", "packets_retransmitted", "nacks_received", "keyframe_requests")
+
+
+async def _poll_sfu(server: Any, room: str, totals: dict[str, int]) -> None:
+    """Add up the room's counters every second; a participant that reconnects (or leaves)
+    takes its counters with it, so totals grow by each second's growth only."""
+    last = await asyncio.to_thread(_room_stats, server, room)
+    while True:
+        await asyncio.sleep(1.0)
+        now = await asyncio.to_thread(_room_stats, server, room)
+        for key in totals:
+            totals[key] += int(_grew(last.get(key, 0), now.get(key, 0)))
+        last = now
 
 
 def _room_stats(server: Any, room: str) -> dict[str, Any]:
@@ -346,7 +395,8 @@ async def run_condition(
             log(f"{cond.name}: warming up {warmup:.0f} s")
             await asyncio.sleep(warmup)
             start = await mark()
-            before = _room_stats(server, room)
+            sfu_totals = dict.fromkeys(SFU_COUNTERS, 0)
+            polling = asyncio.ensure_future(_poll_sfu(server, room, sfu_totals))
             assert netlink.down is not None
             down0 = dict(vars(netlink.down.impairment.counters))
             log(f"{cond.name}: measuring {seconds:.0f} s")
@@ -356,17 +406,9 @@ async def run_condition(
                 netlink.set_link(spec)
                 log(f"{cond.name}: link now {spec.down.rate_bps} bit/s")
             await asyncio.sleep(max(0.0, t0 + seconds - time.monotonic()))
-            after = _room_stats(server, room)
+            polling.cancel()
             down1 = dict(vars(netlink.down.impairment.counters))
-            sfu = {
-                key: after.get(key, 0) - before.get(key, 0)
-                for key in (
-                    "packets_forwarded",
-                    "packets_retransmitted",
-                    "nacks_received",
-                    "keyframe_requests",
-                )
-            }
+            sfu = dict(sfu_totals)
             link_down = {
                 "offered_bytes": down1["bytes"] - down0["bytes"],
                 "delivered_bytes": down1["delivered_bytes"] - down0["delivered_bytes"],
@@ -409,7 +451,7 @@ async def run_condition(
             args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={point_url}"]
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(
-                    executable_path=_netns_chromium(workdir), args=args
+                    executable_path=netlink.launcher(workdir, CHROMIUM), args=args
                 )
                 try:
                     page = await browser.new_page(viewport={"width": 1280, "height": 800})

@@ -38,32 +38,11 @@ FATAL_CODES = frozenset(
     {"token_missing", "token_invalid", "token_expired", "token_wrong_room", "forbidden"}
 )
 BACKOFF_START_S = 1.0
-BACKOFF_MAX_S = 30.0
+# At most 8 s between attempts: back in the lesson within 10 s of the line returning;
+# the jitter spreads a county's agents.
+BACKOFF_MAX_S = 8.0
 # Nothing for this long on a track the SFU is sending: the media path is dead, rejoin.
 MEDIA_STALL_S = 5.0
-
-
-class SessionTrack(MediaStreamTrack):
-    """One connection's view of a long-lived encoded track.
-
-    aiortc stops a sender's track when its connection ends; the capture and the encoder
-    must outlive that, so each connection gets a fresh wrapper around them.
-    """
-
-    def __init__(self, inner: MediaStreamTrack) -> None:
-        super().__init__()
-        self.kind = inner.kind
-        self._inner = inner
-
-    async def recv(self) -> Any:
-        if self.readyState != "live":
-            raise MediaStreamError
-        return await self._inner.recv()
-
-    def request_keyframe(self) -> None:
-        request = getattr(self._inner, "request_keyframe", None)
-        if request is not None:
-            request()
 
 
 class AgentStopped(Exception):
@@ -118,13 +97,21 @@ class ClassroomAgent:
         self.upload = upload
         self.recorder: LessonRecorder | None = None
         self.uploaded: dict[str, Any] | None = None
+        self.lesson_ended = False
+        self._stop: asyncio.Event | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        # The lesson's end stops the agent like `stop` does: the copy is closed and uploaded.
+        self._stop = stop
         self.tracks = build_tracks(self.config, on_state=self._on_source_state)
         if self.record:
             self.recorder = self._start_safety_copy()
+        # Encoding runs from now until the agent stops, connected or not: the safety copy
+        # must not have a hole where the server was unreachable.
+        for published in self.tracks:
+            published.track.start()
         reporter = asyncio.ensure_future(self._report_loop(stop))
         backoff = BACKOFF_START_S
         try:
@@ -134,6 +121,10 @@ class ClassroomAgent:
                     backoff = BACKOFF_START_S
                 except LessonError as exc:
                     self.status.last_error = f"{exc.code}: {exc.message}"
+                    if exc.code == "lesson_ended":
+                        log.info("lesson %s has ended; uploading the safety copy", self.room)
+                        self.lesson_ended = True
+                        break
                     if exc.code in FATAL_CODES:
                         raise AgentStopped(
                             f"the server refused this agent: {exc.message}"
@@ -177,17 +168,17 @@ class ClassroomAgent:
             events=ClientEvents(on_track=self._on_remote_track, on_message=self._on_message),
         )
         self._client = client
+        feeds: list[MediaStreamTrack] = []
         try:
             await client.connect()
             # A new connection starts from the configuration: this server has not said
             # yet what it receives or who watches.
             self._restore_publishing()
+            feeds = [p.track.feed() for p in self.tracks]
             await client.publish(
                 [
-                    Publication(
-                        SessionTrack(p.track), p.source, layer=p.layer, label=p.label, codec=p.codec
-                    )
-                    for p in self.tracks
+                    Publication(feed, p.source, layer=p.layer, label=p.label, codec=p.codec)
+                    for feed, p in zip(feeds, self.tracks, strict=True)
                 ]
             )
             self.status.connected = True
@@ -210,6 +201,8 @@ class ClassroomAgent:
         finally:
             self.status.connected = False
             self._client = None
+            for feed in feeds:
+                feed.stop()
             await self._stop_consumers()
             await client.close()
 
@@ -338,6 +331,13 @@ class ClassroomAgent:
             return
         if kind == "allocation":
             self.apply_allocation(message)
+            return
+        event = message.get("event")
+        if kind == "classroom" and isinstance(event, dict) and event.get("kind") == "lesson_ended":
+            log.info("the teacher ended lesson %s; uploading the safety copy", self.room)
+            self.lesson_ended = True
+            if self._stop is not None:
+                self._stop.set()
             return
         if self.recorder is None:
             return

@@ -24,7 +24,7 @@ ALLOCATION_SHARE = 0.85
 # each drop soon after a rise doubles the wait (a link that cannot carry the next layer
 # is not asked every few seconds), and a long calm period resets it.
 HOLD_S = 4.0
-HOLD_MAX_S = 32.0
+HOLD_MAX_S = 16.0
 CALM_S = 60.0
 
 

@@ -206,13 +206,17 @@ class DownTrack:
         self, up: UpTrack, payload: bytes, marker: int, seq: int, ts: int, key: bool, ast: bytes
     ) -> None:
         fwd = self.forwarder
-        previous = fwd.current
-        out = fwd.translate(up, seq, ts, key)
-        if out == DROP:
-            return
-        if previous is not up and previous is not None:
-            previous.detach(self)  # type: ignore[attr-defined]  # switched at this keyframe
-        self._write(marker, out >> 32, out & 0xFFFFFFFF, ast, payload)
+        if up is fwd.current:
+            oseq, ots = fwd.translate_current(up, seq, ts)
+        else:
+            previous = fwd.current
+            out = fwd.translate(up, seq, ts, key)
+            if out is None:
+                return
+            oseq, ots = out
+            if previous is not None:
+                previous.detach(self)  # type: ignore[attr-defined]  # switched at this keyframe
+        self._write(marker, oseq, ots, ast, payload)
         self.stats.packets += 1
         self.stats.octets += len(payload)
 

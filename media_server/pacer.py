@@ -53,7 +53,11 @@ class Pacer:
     def send_rtp(self, packet: bytes) -> None:
         size = len(packet)
         if not self.queue:
-            self._refill()
+            # The refill, inline: this runs once per packet per subscriber.
+            now = time.monotonic()
+            tokens = self._tokens + (now - self._last) * self._rate
+            self._tokens = tokens if tokens < self._burst else self._burst
+            self._last = now
             if self._tokens >= size:
                 self._tokens -= size
                 self.sent_bytes += size

@@ -386,8 +386,9 @@ async def lesson_token(request: web.Request) -> web.StreamResponse:
         if info is None:
             raise LookupError(f"unknown lesson {room_id!r}")
         role = body.get("role") or (role_of(info, classroom) or Role.OBSERVER).value
-        if claims.role not in WRITERS and Role(role) not in (Role.MASTER, Role.POINT, Role.AGENT):
-            raise ValueError(f"a classroom may not ask for a {role} token")
+        # A feed token yields only the role its classroom has in this lesson (issue 7).
+        if claims.role not in WRITERS and Role(role) is not role_of(info, classroom):
+            raise ValueError(f"a classroom may not ask for a {role} token in this lesson")
         token = room_token(ctx.secret, session, info, classroom, role)
         return {
             "token": token,

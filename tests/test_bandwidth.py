@@ -52,19 +52,20 @@ def started(est: DownlinkEstimator, sent: float) -> DownlinkEstimator:
     return est
 
 
-def test_a_per_stream_remb_is_weighed_against_that_stream_only() -> None:
-    """aiortc sends one REMB per received stream: 300k for a 600k stream is congestion
-    on half the traffic, not a 300k link."""
+def test_a_remb_is_weighed_against_the_streams_it_covers() -> None:
+    """Two streams, a REMB covering both (Chromium): 600k against 1.2M sent halves it.
+    A REMB covering one of several streams (aiortc's per-stream estimator) is ignored."""
     est = DownlinkEstimator(initial_bps=3_000_000)
     est.sent_bps = 1_200_000
     est.stream_bps = {1: 600_000, 2: 600_000}
     est.started_at = 0.0
-    est.on_remb(900_000, [2], now=10.0)  # above what stream 2 carries: no constraint
-    assert est.estimate(10.0).bps == 3_000_000
-    est.on_remb(300_000, [1], now=10.0)
-    assert est.estimate(10.0).bps == 3_000_000  # once may be a hiccup
-    est.on_remb(300_000, [1], now=10.5)
-    assert est.estimate(10.5).bps == 600_000
+    for t in (10.0, 10.5):
+        est.on_remb(43_000, [1], now=t)
+    assert est.estimate(10.5).bps == 3_000_000
+    est.on_remb(600_000, [1, 2], now=11.0)
+    assert est.estimate(11.0).bps == 3_000_000  # once may be a hiccup
+    est.on_remb(600_000, [1, 2], now=11.5)
+    assert est.estimate(11.5).bps == 600_000
 
 
 def test_the_first_seconds_of_remb_are_not_taken_as_congestion() -> None:

@@ -47,7 +47,7 @@ def track(report: dict[str, Any], source: str) -> dict[str, Any] | None:
     return next((t for t in report["tracks"] if t.get("source") == source), None)
 
 
-async def test_a_satellite_point_stays_connected_and_a_thin_line_pauses_video_not_audio(
+async def test_a_satellite_point_stays_connected_a_thin_line_pauses_video_and_a_cut_heals(
     tmp_path: Path,
 ) -> None:
     reason = netns_available()
@@ -128,6 +128,17 @@ async def test_a_satellite_point_stays_connected_and_a_thin_line_pauses_video_no
             # The line recovers: the board comes back by itself.
             link.set_link(LinkSpec.symmetric(rtt_ms=100, rate_bps=5_000_000))
             await wait_for(lambda: playing("board_camera"), 90, "the board camera back")
+
+            # The line dies for 15 s (nothing passes), then returns: the point notices the
+            # dead media path, rejoins by itself, and has pictures again within 10 s.
+            link.set_link(LinkSpec.symmetric(loss=1.0))
+            cut = len(reports(report))
+            await wait_for(lambda: len(reports(report)) >= cut + 15, 60, "15 s of outage")
+            link.set_link(LinkSpec.symmetric(rtt_ms=100, rate_bps=5_000_000))
+            back = len(reports(report))
+            await wait_for(lambda: playing("teacher_camera"), 30, "pictures after the outage")
+            assert len(reports(report)) - back <= 10, "not back within 10 s of the line"
+            assert point_ids() != first  # it rejoined (a new session), by itself
     finally:
         if point is not None:
             point.terminate()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 from tongke import rtc_internals
+from tongke.accesslog import RedactingAccessLogger, open_access_log
 from tongke.app import CTX, create_app
 from tongke.config import Config
 from tongke.ice import use_host_addresses
@@ -50,7 +52,16 @@ async def start_server(config: Config) -> RunningServer:
     if config.ice_port_range:
         rtc_internals.use_port_range(*parse_port_range(config.ice_port_range))
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    if config.access_log == "-":
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    else:
+        path = Path(config.access_log) if config.access_log else config.data_dir / "access.log"
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=open_access_log(path),
+            access_log_class=RedactingAccessLogger,
+        )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

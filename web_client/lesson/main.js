@@ -35,17 +35,51 @@ const CLOSE_CODE_ERRORS = {
 
 function lessonFromLocation(loc = window.location) {
   const match = loc.pathname.match(/\/lesson\/([^/]+)\/?$/);
+  const query = new URLSearchParams(loc.search);
   return {
     room: match ? decodeURIComponent(match[1]) : "",
-    token: new URLSearchParams(loc.search).get("token") || "",
+    code: query.get("code") || "",
+    token: query.get("token") || "",
   };
+}
+
+// The link's one-time code (or an old link's token) must not stay in the address bar,
+// the history or a bookmark: drop it before anything else happens.
+function forgetCredentialsInAddress(loc = window.location) {
+  const query = new URLSearchParams(loc.search);
+  if (!query.has("code") && !query.has("token")) return;
+  query.delete("code");
+  query.delete("token");
+  const rest = query.toString();
+  history.replaceState(history.state, "", loc.pathname + (rest ? `?${rest}` : "") + loc.hash);
+}
+
+// Trade the link's code for the room token. Without a code (a reload), the server
+// answers from this browser's HttpOnly lesson cookie, set by the first exchange.
+async function exchangeCode(room, code) {
+  const body = code ? { room, code } : { room };
+  const resp = await fetch("/api/lesson/exchange", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    credentials: "same-origin",
+    body: JSON.stringify(body),
+  });
+  const data = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    const err = data.error || {};
+    throw new SignallingError(err.code || "token_missing", err.message || "");
+  }
+  return data.token;
 }
 
 class LessonViewer {
   constructor(dom) {
     this.dom = dom;
-    const { room, token } = lessonFromLocation();
+    const { room, code, token } = lessonFromLocation();
+    forgetCredentialsInAddress();
     this.room = room;
+    this.code = code;
+    // Kept in memory only; a reload asks the server again (see exchangeCode).
     this.token = token;
     this.backoff = new Backoff();
     this.grid = new TileGrid(dom.grid, {
@@ -93,10 +127,20 @@ class LessonViewer {
     });
   }
 
-  start() {
-    if (!this.room || !this.token) {
-      this._fail(this.token ? "unknown_room" : "token_missing", "");
+  async start() {
+    if (!this.room) {
+      this._fail("unknown_room", "");
       return;
+    }
+    if (!this.token) {
+      try {
+        this.token = await exchangeCode(this.room, this.code);
+      } catch (err) {
+        const code = err instanceof SignallingError ? err.code : "token_missing";
+        this._fail(code, err.serverMessage || "");
+        return;
+      }
+      this.code = "";
     }
     this.connect();
   }
@@ -128,6 +172,8 @@ class LessonViewer {
       if (err instanceof SignallingError && FATAL_CODES.has(err.code)) {
         this._fail(err.code, err.serverMessage);
         sig.close();
+      } else if (err instanceof SignallingError && err.code === "rate_limited") {
+        sig.close(); // the close handler retries after its back-off
       }
       return; // Otherwise the socket is gone and the close handler reconnects.
     }

@@ -1,0 +1,63 @@
+"""The agent against the real SFU: layers nobody receives stop; a wanted one comes back."""
+
+from __future__ import annotations
+
+import asyncio
+
+from classroom_agent.agent import ClassroomAgent
+from classroom_agent.client import LessonClient
+from classroom_agent.config import SourceConfig
+from tests.lesson_server import ServerProcess
+from tests.media import first_frames, wait_for
+from tests.test_agent import running, small_master
+
+
+async def test_the_agent_encodes_only_the_layers_the_sfu_forwards(
+    server: ServerProcess, room: str
+) -> None:
+    camera = SourceConfig(
+        name="teacher_camera",
+        type="synthetic",
+        codec="h264",
+        width=640,
+        height=360,
+        bitrate_kbps=500,
+        fps=15,
+        layers=["h", "l"],
+        seed=1,
+    )
+    config = small_master(server, room)
+    config.sources = [camera, *config.sources[1:]]
+    master = ClassroomAgent(config, record=False)
+    viewer = LessonClient(server.url, room, server.token(room, "ops", "observer"))
+    async with running(master):
+        await viewer.connect()
+        try:
+            layers = {}
+            await wait_for(lambda: len(master.tracks) == 3, 20, "the agent's tracks")
+            layers = {p.layer: p.track for p in master.tracks if p.source == "teacher_camera"}
+            frames = await first_frames(viewer, {"teacher_camera"}, 30)
+            assert (frames["teacher_camera"].width, frames["teacher_camera"].height) == (640, 360)
+            # The viewer gets the top layer; nobody receives 180p, so it is not encoded.
+            await wait_for(lambda: layers["l"].idle, 20, "the SFU to report 180p idle")
+            frozen = layers["l"].stats()["frames"]
+            assert not layers["h"].idle
+            # The viewer asks for the 180p layer only: it comes back (on a keyframe) and
+            # the top layer, now unwatched, stops.
+            remote = next(r for r in viewer.active_tracks() if r.source == "teacher_camera")
+            await viewer.send(
+                {"type": "set_subscription", "track": remote.info["track"], "layer": "l"}
+            )
+            await wait_for(lambda: not layers["l"].idle, 20, "180p to be wanted again")
+            await wait_for(lambda: layers["h"].idle, 20, "720p to be reported idle")
+            assert remote.track is not None
+
+            async def small_picture() -> bool:
+                frame = await asyncio.wait_for(remote.track.recv(), 10)  # type: ignore[union-attr]
+                return (frame.width, frame.height) == (320, 180)
+
+            await wait_for(small_picture, 30, "180p pictures at the viewer")
+            assert layers["l"].stats()["frames"] > frozen
+            assert layers["l"].stats()["keyframes"] >= 2  # the first, and the restart
+        finally:
+            await viewer.close()
