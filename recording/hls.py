@@ -86,7 +86,10 @@ def remux_to_hls(
                 tb: Fraction = packet.time_base
                 idx = packet.stream.index
                 if idx not in first:
-                    first[idx] = packet.dts
+                    # The first *presentation* lands on the lesson time: with B-frames
+                    # the first decode time is earlier, and aligning that instead would
+                    # put the picture behind the sound.
+                    first[idx] = packet.pts
                 shift = round(offset_s / tb) - first[idx]
                 packet.pts += shift
                 packet.dts += shift

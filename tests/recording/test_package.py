@@ -58,6 +58,20 @@ def test_each_view_is_hls_cut_on_keyframes_and_starts_at_its_lesson_time(
                     assert abs(tfdt - offsets[view["source"]]) < 0.04, (view["id"], tfdt)
 
 
+def test_the_program_playlist_starts_picture_and_sound_together(
+    packaged: PackageResult,
+) -> None:
+    # Its encoder uses B-frames: the first picture is decoded before it is shown.
+    d = packaged.directory / "program"
+    data = (d / "init.mp4").read_bytes() + _segments(d)[0].read_bytes()
+    first: dict[str, float] = {}
+    with av.open(io.BytesIO(data)) as c:
+        for p in c.demux():
+            if p.pts is not None:
+                first.setdefault(p.stream.type, float(p.pts * p.time_base))
+    assert abs(first["video"] - first["audio"]) < 0.02, first
+
+
 def test_program_shows_courseware_with_the_called_on_point_during_a_call_on(
     packaged: PackageResult,
 ) -> None:
