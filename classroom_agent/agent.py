@@ -97,10 +97,14 @@ class ClassroomAgent:
         self.upload = upload
         self.recorder: LessonRecorder | None = None
         self.uploaded: dict[str, Any] | None = None
+        self.lesson_ended = False
+        self._stop: asyncio.Event | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        # The lesson's end stops the agent like `stop` does: the copy is closed and uploaded.
+        self._stop = stop
         self.tracks = build_tracks(self.config, on_state=self._on_source_state)
         if self.record:
             self.recorder = self._start_safety_copy()
@@ -117,6 +121,10 @@ class ClassroomAgent:
                     backoff = BACKOFF_START_S
                 except LessonError as exc:
                     self.status.last_error = f"{exc.code}: {exc.message}"
+                    if exc.code == "lesson_ended":
+                        log.info("lesson %s has ended; uploading the safety copy", self.room)
+                        self.lesson_ended = True
+                        break
                     if exc.code in FATAL_CODES:
                         raise AgentStopped(
                             f"the server refused this agent: {exc.message}"
@@ -323,6 +331,13 @@ class ClassroomAgent:
             return
         if kind == "allocation":
             self.apply_allocation(message)
+            return
+        event = message.get("event")
+        if kind == "classroom" and isinstance(event, dict) and event.get("kind") == "lesson_ended":
+            log.info("the teacher ended lesson %s; uploading the safety copy", self.room)
+            self.lesson_ended = True
+            if self._stop is not None:
+                self._stop.set()
             return
         if self.recorder is None:
             return

@@ -74,12 +74,13 @@ class Catalog:
 def may_see(entry: dict[str, Any], claims: Claims) -> bool:
     """Students see their own school's lessons and public ones; admins see all; a room
     token sees its own lesson."""
-    if claims.role in (Role.ADMIN, Role.SCHEDULER):
+    if claims.role in (Role.ADMIN, Role.SCHEDULER) and claims.room == "*":
         return True
     if entry.get("public"):
         return True
     if claims.role == Role.STUDENT:
-        return entry.get("school") == claims.classroom
+        # The master's school and the teaching points' schools.
+        return claims.classroom in (entry.get("schools") or [entry.get("school")])
     return entry.get("lesson") == claims.room
 
 
@@ -114,6 +115,7 @@ def summary(entry: dict[str, Any], secret: str, ttl_s: int = LINK_TTL_S) -> dict
                 "lesson",
                 "title",
                 "school",
+                "school_name",
                 "subject",
                 "grade",
                 "teacher",

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -67,6 +68,10 @@ def _label(rec: Recording, source: str) -> str:
     if source.startswith("point:"):
         cid = source.split(":", 1)[1]
         return rec.manifest.meta.points.get(cid, cid)
+    cid, _, own = source.partition(":")
+    if own and cid in rec.manifest.meta.points:
+        # Another track of a teaching point (its microphone): "小河教学点 · Point mic".
+        return f"{rec.manifest.meta.points[cid]} · {_label(rec, own)}"
     return source.replace("_", " ").capitalize()
 
 
@@ -91,7 +96,9 @@ def build_replay(
         return PackageResult(final, reused=True)
 
     replays_root.mkdir(parents=True, exist_ok=True)
-    work = replays_root / f"{WORK_PREFIX}{lesson}-{uuid.uuid4().hex[:8]}"
+    # The owner in the name lets a restarted worker on this machine remove what its
+    # killed predecessor left (`clean_stale_work`).
+    work = replays_root / f"{WORK_PREFIX}{lesson}@{_OWNER}@{uuid.uuid4().hex[:8]}"
     work.mkdir()
     timings: dict[str, float] = {}
     try:
@@ -155,6 +162,9 @@ def build_replay(
             "version": 1,
             "lesson": lesson,
             "school": m.meta.school,
+            "school_name": m.meta.school_name or m.meta.school,
+            "schools": m.meta.schools or ([m.meta.school] if m.meta.school else []),
+            "master": m.meta.master,
             "subject": m.meta.subject,
             "grade": m.meta.grade,
             "teacher": m.meta.teacher,
@@ -162,7 +172,7 @@ def build_replay(
             "public": m.meta.public,
             "points": m.meta.points,
             "started_at": m.started_at,
-            "date": time.strftime("%Y-%m-%d", time.localtime(m.started_at)),
+            "date": m.meta.date or time.strftime("%Y-%m-%d", time.localtime(m.started_at)),
             "duration_s": round(rec.duration_s, 3),
             "views": views,
             "views_skipped": skipped,
@@ -211,17 +221,40 @@ def _publish(work: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def clean_stale_work(replays_root: Path, max_age_s: float = 6 * 3600) -> None:
-    """Remove work directories left by killed jobs."""
+def clean_stale_work(replays_root: Path, max_age_s: float = 6 * 3600) -> list[Path]:
+    """Remove work directories left by killed jobs: any older than `max_age_s`, and at
+    once those whose process on this machine is gone. Returns what was removed."""
     now = time.time()
+    removed: list[Path] = []
     if not replays_root.is_dir():
-        return
+        return removed
     for d in replays_root.glob(f"{WORK_PREFIX}*"):
         try:
-            if now - d.stat().st_mtime > max_age_s:
-                shutil.rmtree(d, ignore_errors=True)
+            old = now - d.stat().st_mtime > max_age_s
         except FileNotFoundError:
             continue
+        parts = d.name.split("@")
+        dead = len(parts) == 3 and _dead_here(parts[1])
+        if old or dead:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def _dead_here(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+_OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 __all__ = ["PackageResult", "RecordingError", "build_replay", "clean_stale_work"]

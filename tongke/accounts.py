@@ -11,6 +11,7 @@ on a published timetable.
 
 from __future__ import annotations
 
+import builtins
 import csv
 import datetime as dt
 import hashlib
@@ -248,7 +249,7 @@ class Accounts:
             account = db.get(Account, username)
             return account.describe() if account else None
 
-    def import_csv(self, text: str) -> list[dict[str, Any]]:
+    def import_csv(self, text: str) -> builtins.list[dict[str, Any]]:
         """Create or update every row, or none: a bad row names its line and changes nothing.
 
         Columns: username, display_name, role, school, classrooms (separated by ; or

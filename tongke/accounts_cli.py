@@ -6,7 +6,9 @@ import argparse
 import getpass
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tongke.accounts import AccountError, AccountRole, Accounts, AccountSpec
 from tongke.config import load_config
@@ -25,7 +27,7 @@ def _password(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _run(fn):  # type: ignore[no-untyped-def]
+def _run(fn: Callable[..., Any]) -> Any:
     def wrapped(args: argparse.Namespace) -> int:
         try:
             out = fn(args)
@@ -83,7 +85,7 @@ def import_csv(args: argparse.Namespace) -> object:
     return {"imported": len(accounts)}
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("accounts", help="people's sign-in accounts (admin)")
     p.add_argument("--config", type=Path)
     p.add_argument("--data-dir", type=Path)

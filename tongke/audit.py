@@ -33,6 +33,7 @@ ACTIONS = (
     "room_opened",
     "room_closed",
     "token_minted",
+    "token_revoked",
     "code_exchanged",
     "published",
     "unpublished",

@@ -27,6 +27,9 @@ class Config:
     # Embedded defaults: SQLite under data_dir and an in-process event bus and job queue.
     database_url: str = ""
     redis_url: str = ""
+    # Replays: how long after the first classroom's copy arrives the archiver waits for
+    # the other expected classrooms before packaging (a late copy repackages the lesson).
+    replay_upload_wait_s: int = 120
     # ICE: host candidates on these addresses only (empty: every interface).
     ice_addresses: list[str] = field(default_factory=list)
     max_message_bytes: int = 256 * 1024
