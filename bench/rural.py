@@ -195,7 +195,8 @@ def summarise(
                 "packets_lost": int(total("packetsLost")),
             }
             continue
-        per_second = []
+        per_second: list[float] = []
+        paused_now: list[bool] = []
         for (ta, a), (tb, b) in itertools.pairwise(
             zip([w["t"] for w in window], per_sample, strict=True)
         ):
@@ -205,6 +206,7 @@ def summarise(
                 else 0
             )
             per_second.append(frames / ((tb - ta) / 1000))
+            paused_now.append(bool(name in b and b[name][1].get("paused")))
         latencies = [c[2] for c in clocks if c[0] >= start and c[1] in _mids(window, name)]
         present = [b[name] for b in per_sample if name in b]
         last_stats, _ = present[-1]
@@ -222,6 +224,13 @@ def summarise(
             ),
             "no_new_frame_share": round(sum(1 for f in per_second if f == 0) / len(per_second), 3),
             "longest_no_frame_s": _longest_zero_run(per_second),
+            # Seconds with no new frame although the SFU had not paused the picture: a
+            # frozen picture under "live" (a paused one is labelled as paused).
+            "frozen_live_share": round(
+                sum(1 for f, p in zip(per_second, paused_now, strict=True) if f == 0 and not p)
+                / len(per_second),
+                3,
+            ),
             "freeze_count": int(total("freezeCount")),
             "freeze_seconds": round(total("freezeSeconds"), 2),
             "layer_share": {k: round(v / len(per_sample), 3) for k, v in sorted(layers.items())},
@@ -289,6 +298,7 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
         per_second = [
             (b[1]["frames"] - a[1]["frames"]) / (b[0] - a[0]) for a, b in itertools.pairwise(series)
         ]
+        paused_now = [bool(b[1].get("paused")) for _, b in itertools.pairwise(series)]
         p50s = [t["latency_p50_ms"] for _, t in series if t.get("latency_p50_ms") is not None]
         p95s = [t["latency_p95_ms"] for _, t in series if t.get("latency_p95_ms") is not None]
         sources[name] = {
@@ -300,6 +310,13 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
             "freeze_count": last["freezes"] - first["freezes"],
             "freeze_seconds": round((last["freeze_total_ms"] - first["freeze_total_ms"]) / 1000, 2),
             "longest_no_frame_s": _longest_zero_run(per_second),
+            # Seconds with no new frame although the SFU had not paused the picture: a
+            # frozen picture under "live" (a paused one is labelled as paused).
+            "frozen_live_share": round(
+                sum(1 for f, p in zip(per_second, paused_now, strict=True) if f == 0 and not p)
+                / len(per_second),
+                3,
+            ),
             "glass_to_glass_p50_ms": _pct(p50s, 0.5),
             "glass_to_glass_p95_ms": _pct(p95s, 0.95),
         }

@@ -38,30 +38,11 @@ FATAL_CODES = frozenset(
     {"token_missing", "token_invalid", "token_expired", "token_wrong_room", "forbidden"}
 )
 BACKOFF_START_S = 1.0
-BACKOFF_MAX_S = 30.0
-
-
-class SessionTrack(MediaStreamTrack):
-    """One connection's view of a long-lived encoded track.
-
-    aiortc stops a sender's track when its connection ends; the capture and the encoder
-    must outlive that, so each connection gets a fresh wrapper around them.
-    """
-
-    def __init__(self, inner: MediaStreamTrack) -> None:
-        super().__init__()
-        self.kind = inner.kind
-        self._inner = inner
-
-    async def recv(self) -> Any:
-        if self.readyState != "live":
-            raise MediaStreamError
-        return await self._inner.recv()
-
-    def request_keyframe(self) -> None:
-        request = getattr(self._inner, "request_keyframe", None)
-        if request is not None:
-            request()
+# At most 8 s between attempts: back in the lesson within 10 s of the line returning;
+# the jitter spreads a county's agents.
+BACKOFF_MAX_S = 8.0
+# Nothing for this long on a track the SFU is sending: the media path is dead, rejoin.
+MEDIA_STALL_S = 5.0
 
 
 class AgentStopped(Exception):
@@ -108,18 +89,29 @@ class ClassroomAgent:
         self.tracks: list[PublishedTrack] = []
         self._consumers: dict[str, asyncio.Task[None]] = {}
         self._track_sources: dict[str, str] = {}
+        # The SFU's latest `allocation`: track id -> {layer, paused, reason}.
+        self.allocation: dict[str, dict[str, Any]] = {}
+        self._last_media_at = 0.0
         self._client: LessonClient | None = None
         self.record = record
         self.upload = upload
         self.recorder: LessonRecorder | None = None
         self.uploaded: dict[str, Any] | None = None
+        self.lesson_ended = False
+        self._stop: asyncio.Event | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        # The lesson's end stops the agent like `stop` does: the copy is closed and uploaded.
+        self._stop = stop
         self.tracks = build_tracks(self.config, on_state=self._on_source_state)
         if self.record:
             self.recorder = self._start_safety_copy()
+        # Encoding runs from now until the agent stops, connected or not: the safety copy
+        # must not have a hole where the server was unreachable.
+        for published in self.tracks:
+            published.track.start()
         reporter = asyncio.ensure_future(self._report_loop(stop))
         backoff = BACKOFF_START_S
         try:
@@ -129,6 +121,10 @@ class ClassroomAgent:
                     backoff = BACKOFF_START_S
                 except LessonError as exc:
                     self.status.last_error = f"{exc.code}: {exc.message}"
+                    if exc.code == "lesson_ended":
+                        log.info("lesson %s has ended; uploading the safety copy", self.room)
+                        self.lesson_ended = True
+                        break
                     if exc.code in FATAL_CODES:
                         raise AgentStopped(
                             f"the server refused this agent: {exc.message}"
@@ -172,17 +168,17 @@ class ClassroomAgent:
             events=ClientEvents(on_track=self._on_remote_track, on_message=self._on_message),
         )
         self._client = client
+        feeds: list[MediaStreamTrack] = []
         try:
             await client.connect()
             # A new connection starts from the configuration: this server has not said
             # yet what it receives or who watches.
             self._restore_publishing()
+            feeds = [p.track.feed() for p in self.tracks]
             await client.publish(
                 [
-                    Publication(
-                        SessionTrack(p.track), p.source, layer=p.layer, label=p.label, codec=p.codec
-                    )
-                    for p in self.tracks
+                    Publication(feed, p.source, layer=p.layer, label=p.label, codec=p.codec)
+                    for feed, p in zip(feeds, self.tracks, strict=True)
                 ]
             )
             self.status.connected = True
@@ -190,9 +186,14 @@ class ClassroomAgent:
             log.info("publishing %d tracks to lesson %s", len(self.tracks), self.room)
             closed = asyncio.ensure_future(client.closed.wait())
             stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (closed, stopping):
+            stalled = asyncio.ensure_future(self._media_watchdog(client))
+            await asyncio.wait({closed, stopping, stalled}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (closed, stopping, stalled):
                 task.cancel()
+            if stalled.done() and not stalled.cancelled() and not stop.is_set():
+                raise ConnectionError(
+                    f"no media for {MEDIA_STALL_S:.0f} s on a running track; rejoining"
+                )
             if not stop.is_set():
                 raise ConnectionError(
                     f"the server closed the connection (code {client.close_code})"
@@ -200,6 +201,8 @@ class ClassroomAgent:
         finally:
             self.status.connected = False
             self._client = None
+            for feed in feeds:
+                feed.stop()
             await self._stop_consumers()
             await client.close()
 
@@ -279,14 +282,38 @@ class ClassroomAgent:
             self._consume(remote, name, label, quality)
         )
 
+    async def _media_watchdog(self, client: LessonClient) -> None:
+        """Return when nothing arrived for MEDIA_STALL_S on a track the SFU is sending.
+
+        A media path can die without an ICE or DTLS event (a NAT rebinding, a firewall
+        dropping its state); rejoining is the way back.
+        """
+        loop = asyncio.get_running_loop()
+        self._last_media_at = loop.time()
+        while True:
+            await asyncio.sleep(1.0)
+            running = [
+                r
+                for r in client.active_tracks()
+                if r.track is not None
+                and not self.allocation.get(str(r.info.get("track")), {}).get("paused")
+            ]
+            if not running:
+                self._last_media_at = loop.time()
+            elif loop.time() - self._last_media_at > MEDIA_STALL_S:
+                log.warning("no media for %.0f s on a running track", MEDIA_STALL_S)
+                return
+
     async def _consume(
         self, remote: RemoteTrack, name: str, label: str, quality: TrackQuality
     ) -> None:
         track = remote.track
         assert track is not None
+        loop = asyncio.get_running_loop()
         try:
             while remote.active and remote.info.get("track") == name:
                 frame = await track.recv()
+                self._last_media_at = loop.time()
                 quality.add_frame(frame)
                 if self.window is not None and track.kind == "video" and not self.window.closed:
                     self.window.show(name, label, frame)
@@ -302,6 +329,16 @@ class ClassroomAgent:
         if kind == "publish_feedback":
             self.apply_publish_feedback(message)
             return
+        if kind == "allocation":
+            self.apply_allocation(message)
+            return
+        event = message.get("event")
+        if kind == "classroom" and isinstance(event, dict) and event.get("kind") == "lesson_ended":
+            log.info("the teacher ended lesson %s; uploading the safety copy", self.room)
+            self.lesson_ended = True
+            if self._stop is not None:
+                self._stop.set()
+            return
         if self.recorder is None:
             return
         if kind == "participant_joined":
@@ -311,6 +348,18 @@ class ClassroomAgent:
             )
         elif kind == "participant_left":
             self.recorder.event("leave", participant=message["participant"])
+
+    def apply_allocation(self, message: dict[str, Any]) -> None:
+        """Note what the SFU sends us; a paused picture is shown as paused, never frozen."""
+        tracks = message.get("tracks")
+        if not isinstance(tracks, list):
+            return
+        self.allocation = {
+            str(t.get("track")): t for t in tracks if isinstance(t, dict) and t.get("track")
+        }
+        if self.window is not None and not self.window.closed:
+            for name, entry in self.allocation.items():
+                self.window.set_notice(name, pause_text(entry))
 
     # -- following the SFU's publish feedback -------------------------------------------
 
@@ -385,7 +434,13 @@ class ClassroomAgent:
             "connected": self.status.connected,
             "sources": dict(self.status.source_states),
             "tracks": [
-                {**q.snapshot(), "source": self._track_sources.get(name, "")}
+                {
+                    **q.snapshot(),
+                    "source": self._track_sources.get(name, ""),
+                    "layer": self.allocation.get(name, {}).get("layer"),
+                    "paused": bool(self.allocation.get(name, {}).get("paused")),
+                    "pause_reason": self.allocation.get(name, {}).get("reason"),
+                }
                 for name, q in self.quality.items()
                 if name in active
             ],
@@ -402,11 +457,26 @@ class ClassroomAgent:
                 self.report.flush()
 
 
+PAUSED_BANDWIDTH = "画面已暂停：网络带宽不足 / Paused: low bandwidth"
+PAUSED = "画面已暂停 / Paused"
+
+
+def pause_text(entry: dict[str, Any]) -> str | None:
+    """What to show instead of a picture the SFU stopped sending (None: it runs)."""
+    if not entry.get("paused"):
+        return None
+    reason = entry.get("reason", entry.get("pause_reason"))
+    return PAUSED_BANDWIDTH if reason == "bandwidth" else PAUSED
+
+
 def summary_line(snapshot: dict[str, Any]) -> str:
     """One human line per report: what a teacher at a point would want to know."""
     parts = []
     for t in snapshot["tracks"]:
-        if t["kind"] == "video":
+        notice = pause_text(t)
+        if notice:
+            parts.append(f"{t['name']}: {notice}")
+        elif t["kind"] == "video":
             latency = t.get("latency_p50_ms")
             parts.append(
                 f"{t['name']}: {t.get('fps', 0):.0f} fps"

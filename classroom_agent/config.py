@@ -37,8 +37,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from aiortc.mediastreams import MediaStreamTrack
-
 from .capture import AlsaMicrophone, FileSource, PulseMicrophone, RTSPCamera, V4L2Camera, X11Screen
 from .noise import NoiseVideo
 from .sources import MediaSource, StateCallback
@@ -341,7 +339,7 @@ class PublishedTrack:
     kind: str
     layer: str
     label: str
-    track: MediaStreamTrack
+    track: EncodedVideoTrack | EncodedAudioTrack
     codec: str
     media_source: MediaSource
     width: int = 0

@@ -5,6 +5,11 @@ encoding a frame, so the agent encodes each layer once, here, and the same packe
 go to the network and (through ``add_sink``) to the edge recorder. Passthrough
 sources (H.264 files, RTSP cameras) are forwarded without any encoder; only their
 no-signal card is encoded.
+
+A track is either pulled (``recv()``, one consumer) or *pumped*: after ``start()`` it
+captures and encodes on its own task whether or not a connection pulls, so the safety
+copy keeps recording while the server is unreachable, and each connection reads its own
+``feed()``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,65 @@ class _EncodedTrack(MediaStreamTrack):
         self._bytes = 0
         self._keyframes = 0
         self._started: float | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._feeds: list[TrackFeed] = []
+        # Set while someone (a sink or a feed) wants packets: an unwatched, unrecorded
+        # layer costs no encoding.
+        self._wanted = asyncio.Event()
+
+    def start(self) -> None:
+        """Capture and encode from now on, whoever pulls (call on the running loop).
+
+        Packets go to the sinks and to every open ``feed()``; ``recv()`` is no longer
+        allowed. The pump only works while a sink or a feed is attached.
+        """
+        if self._pump is None:
+            self._update_wanted()
+            self._pump = asyncio.ensure_future(self._run_pump())
+
+    def feed(self) -> TrackFeed:
+        """A track for one connection: the packets encoded from now on, from a keyframe."""
+        if self._pump is None:
+            raise RuntimeError(f"track {self.source.name} is not started; call start() first")
+        feed = TrackFeed(self)
+        self._feeds.append(feed)
+        self._update_wanted()
+        self.request_keyframe()
+        return feed
+
+    def _detach(self, feed: TrackFeed) -> None:
+        if feed in self._feeds:
+            self._feeds.remove(feed)
+        self._update_wanted()
+
+    def _update_wanted(self) -> None:
+        if self._sinks or self._feeds:
+            self._wanted.set()
+        else:
+            self._wanted.clear()
+
+    async def _run_pump(self) -> None:
+        try:
+            while self.readyState == "live":
+                await self._wanted.wait()
+                packet = await self._next_packet()
+                for feed in list(self._feeds):
+                    feed._offer(packet)
+        except MediaStreamError:
+            pass
+        except Exception:
+            logger.exception("encoding %s failed; the track ends", self.source.name)
+        finally:
+            for feed in list(self._feeds):
+                feed._end()
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        if self._pump is not None:
+            raise RuntimeError(f"track {self.source.name} is pumped; read a feed() instead")
+        return await self._next_packet()
+
+    async def _next_packet(self) -> av.Packet:
+        raise NotImplementedError
 
     def add_sink(self, sink: PacketSink) -> None:
         """Also hand every published packet to ``sink`` (e.g. the safety-copy recorder).
@@ -54,10 +118,12 @@ class _EncodedTrack(MediaStreamTrack):
         Sinks run on the event loop, must be quick and must not modify the packet.
         """
         self._sinks.append(sink)
+        self._update_wanted()
 
     def remove_sink(self, sink: PacketSink) -> None:
         if sink in self._sinks:
             self._sinks.remove(sink)
+        self._update_wanted()
 
     def stats(self) -> dict[str, Any]:
         """Counters since the track started: frames (packets), bytes, keyframes, bitrate."""
@@ -83,7 +149,7 @@ class _EncodedTrack(MediaStreamTrack):
                 sink(packet)
             except Exception:
                 logger.exception("packet sink failed on %s; removing it", self.source.name)
-                self._sinks.remove(sink)
+                self.remove_sink(sink)
         return packet
 
     def _subscription(self) -> Subscription:
@@ -96,6 +162,10 @@ class _EncodedTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         super().stop()
+        if self._pump is not None:
+            self._pump.cancel()
+        for feed in list(self._feeds):
+            feed._end()
         if self._sub is not None:
             self._sub.close()
             self._sub = None
@@ -195,7 +265,7 @@ class EncodedVideoTrack(_EncodedTrack):
     def _encode(self, frame: av.VideoFrame, pts: int, key: bool) -> list[av.Packet]:
         return self._encoder.encode(frame, pts, key)
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def _next_packet(self) -> av.Packet:
         sub = self._subscription()
         loop = asyncio.get_running_loop()
         while not self._pending:
@@ -262,7 +332,7 @@ class EncodedAudioTrack(_EncodedTrack):
             raise ValueError(f"bitrate must be positive, got {kbps}")
         self._executor.submit(self._encoder.set_bitrate, kbps).add_done_callback(_log_failure)
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def _next_packet(self) -> av.Packet:
         sub = self._subscription()
         loop = asyncio.get_running_loop()
         while not self._pending:
@@ -279,6 +349,61 @@ class EncodedAudioTrack(_EncodedTrack):
                 packet.time_base = AUDIO_TIME_BASE
             self._pending.extend(packets)
         return self._emit(self._pending.popleft())
+
+
+class TrackFeed(MediaStreamTrack):
+    """One connection's view of a pumped track (see ``_EncodedTrack.feed``).
+
+    aiortc stops a sender's track when its connection ends; the capture, the encoder and
+    the safety copy outlive that, so each connection gets its own feed. Video starts on a
+    keyframe; a connection that stops pulling loses old packets (bounded memory) and
+    restarts on the next keyframe rather than stalling the encoder.
+    """
+
+    MAX_QUEUED = 256
+
+    def __init__(self, inner: _EncodedTrack) -> None:
+        super().__init__()
+        self.kind = inner.kind
+        self.codec = getattr(inner, "codec", None)
+        self._inner = inner
+        self._queue: collections.deque[av.Packet] = collections.deque()
+        self._ready = asyncio.Event()
+        self._needs_key = inner.kind == "video"
+        self._ended = False
+
+    def _offer(self, packet: av.Packet) -> None:
+        if len(self._queue) >= self.MAX_QUEUED:
+            self._queue.clear()
+            if self.kind == "video":
+                self._needs_key = True
+                self._inner.request_keyframe()
+        if self._needs_key:
+            if not packet.is_keyframe:
+                return
+            self._needs_key = False
+        self._queue.append(packet)
+        self._ready.set()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._ready.set()
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        while not self._queue:
+            if self._ended or self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        return self._queue.popleft()
+
+    def request_keyframe(self) -> None:
+        self._inner.request_keyframe()
+
+    def stop(self) -> None:
+        super().stop()
+        self._end()
+        self._inner._detach(self)
 
 
 def _log_failure(future: concurrent.futures.Future[None]) -> None:

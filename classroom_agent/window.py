@@ -36,6 +36,7 @@ class LocalWindow:
         self.tile_size = tile_size
         self.columns = columns
         self._latest: dict[str, tuple[str, av.VideoFrame]] = {}
+        self._notices: dict[str, str] = {}  # track -> why its picture is not shown
         self._order: list[str] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -65,8 +66,17 @@ class LocalWindow:
                 self._order.append(name)
             self._latest[name] = (label, frame)
 
+    def set_notice(self, name: str, notice: str | None) -> None:
+        """Show `notice` instead of the track's last picture (None: show the picture)."""
+        with self._lock:
+            if notice:
+                self._notices[name] = notice
+            else:
+                self._notices.pop(name, None)
+
     def remove(self, name: str) -> None:
         with self._lock:
+            self._notices.pop(name, None)
             self._latest.pop(name, None)
             if name in self._order:
                 self._order.remove(name)
@@ -119,11 +129,20 @@ class LocalWindow:
                 return
             with self._lock:
                 pending = [(n, *self._latest[n]) for n in self._order]
+                notices = dict(self._notices)
             for name in list(tiles):
                 if name not in {p[0] for p in pending}:
                     tiles.pop(name)[0].destroy()
                     layout()
             for name, label, frame in pending:
+                notice = notices.get(name)
+                if notice and name in tiles:
+                    # A picture the SFU stopped sending must never look live.
+                    _, picture, caption = tiles[name]
+                    picture.configure(image="")
+                    caption.configure(text=f"{label}\n{notice}", foreground="#ffd479")
+                    shown[name] = 0
+                    continue
                 if shown.get(name) == id(frame):
                     continue
                 shown[name] = id(frame)
@@ -139,7 +158,7 @@ class LocalWindow:
                 image = tk.PhotoImage(data=to_ppm(frame, self.tile_size), format="PPM")
                 picture.configure(image=image)
                 picture.image = image  # Tk keeps no reference of its own
-                caption.configure(text=label)
+                caption.configure(text=label, foreground="white")
                 self.painted += 1
             root.after(REFRESH_MS, refresh)
 

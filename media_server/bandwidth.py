@@ -14,14 +14,18 @@ from typing import Any
 
 from media_server.allocator import Candidate, Decision, allocate, rank
 from media_server.downtrack import DownTrack, RepairBudget
-from media_server.estimator import LOSS_HIGH, DownlinkEstimator
+from media_server.estimator import DownlinkEstimator
 from media_server.pacer import Pacer
 from media_server.sink import PacketSink
 
 # Leave room for retransmissions, RTCP and header overhead.
 ALLOCATION_SHARE = 0.85
-# A layer rises only after the estimate has allowed it, without a drop, for this long.
+# A layer rises only after the estimate has allowed it, without a drop, for this long;
+# each drop soon after a rise doubles the wait (a link that cannot carry the next layer
+# is not asked every few seconds), and a long calm period resets it.
 HOLD_S = 4.0
+HOLD_MAX_S = 16.0
+CALM_S = 60.0
 
 
 class PriorityLane:
@@ -47,6 +51,10 @@ class SubscriberBandwidth:
         self.repair = RepairBudget(start)
         self._wire = wire
         self._last_down = float("-inf")
+        self._last_up = float("-inf")
+        self._hold_s = HOLD_S
+        self._sent_mark: tuple[float, int] | None = None
+        self._octets: dict[int, int] = {}
         self._started: set[str] = set()
         self._announced: Any = None
         self.estimate_bps = start
@@ -59,6 +67,7 @@ class SubscriberBandwidth:
     def tick(self, downtracks: Sequence[DownTrack], now: float) -> dict[str, Any] | None:
         """One control step; returns the `allocation` message when it changed."""
         active = [d for d in downtracks if d.source is not None]
+        self._measure_sent(active, now)
         self._feed_loss(active, now)
         estimate = self.estimator.estimate(now)
         self.estimate_bps = estimate.bps
@@ -67,15 +76,40 @@ class SubscriberBandwidth:
         if not self.adaptive:
             return None
         candidates = [self._candidate(d, now) for d in active]
-        hold = now - self._last_down < HOLD_S or estimate.loss > LOSS_HIGH
+        if now - max(self._last_down, self._last_up) > CALM_S:
+            self._hold_s = HOLD_S
+        hold = now - self._last_down < self._hold_s or estimate.congested
         decisions = allocate(int(estimate.bps * ALLOCATION_SHARE), candidates, hold=hold)
+        lowered = raised = False
         for down, cand in zip(active, candidates, strict=True):
             decision = decisions[cand.key]
-            if self._lowered(cand, decision):
-                self._last_down = now
+            lowered |= self._lowered(cand, decision)
+            raised |= self._raised(cand, decision)
             down.allocate(decision.layer, decision.paused)
             self._started.add(cand.key)
+        if lowered:
+            if now - self._last_up < self._hold_s * 2:
+                self._hold_s = min(self._hold_s * 2, HOLD_MAX_S)  # the rise did not hold
+            self._last_down = now
+        elif raised:
+            self._last_up = now
         return self._message(active, estimate.bps)
+
+    def _measure_sent(self, downtracks: Sequence[DownTrack], now: float) -> None:
+        est = self.estimator
+        if self._sent_mark is not None and now > self._sent_mark[0]:
+            elapsed = now - self._sent_mark[0]
+            total = 0.0
+            for d in downtracks:
+                before = self._octets.get(d.ssrc, d.stats.octets)
+                rate = (d.stats.octets - before) * 8 / elapsed
+                est.stream_bps[d.ssrc] = 0.5 * est.stream_bps.get(d.ssrc, rate) + 0.5 * rate
+                total += est.stream_bps[d.ssrc]
+            est.sent_bps = total
+            if total > 0 and est.started_at is None:
+                est.started_at = now
+        self._octets = {d.ssrc: d.stats.octets for d in downtracks}
+        self._sent_mark = (now, 0)
 
     def _feed_loss(self, downtracks: Sequence[DownTrack], now: float) -> None:
         weight = lost = 0.0
@@ -102,6 +136,14 @@ class SubscriberBandwidth:
             current=None if fwd.paused_by_allocator else fwd.allocated,
             started=source.track_id in self._started,
         )
+
+    @staticmethod
+    def _raised(cand: Candidate, decision: Decision) -> bool:
+        if not cand.started or cand.kind == "audio" or decision.paused:
+            return False
+        if cand.current is None or decision.layer is None:
+            return decision.layer is not None
+        return rank(decision.layer) > rank(cand.current)
 
     @staticmethod
     def _lowered(cand: Candidate, decision: Decision) -> bool:
@@ -133,6 +175,20 @@ class SubscriberBandwidth:
             return None
         self._announced = state
         return {"type": "allocation", "estimate_bps": estimate_bps, "tracks": tracks}
+
+    def describe(self) -> dict[str, Any]:
+        """The subscriber's link as the server sees it (ops page, stats, tests)."""
+        est = self.estimator
+        return {
+            "estimate_bps": self.estimate_bps,
+            "remb_bps": est.remb(self._sent_mark[0]) if self._sent_mark else None,
+            "sent_bps": int(est.sent_bps),
+            "loss": round(est.loss, 4),
+            "rtt_ms": round(est.rtt_ms, 1) if est.rtt_ms is not None else None,
+            "hold_s": self._hold_s,
+            "paced_dropped": self.pacer.dropped,
+            "repair_refused": self.repair.refused,
+        }
 
     def close(self) -> None:
         self.pacer.close()

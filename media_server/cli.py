@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
 from pathlib import Path
 
 from tongke.config import Config, load_config
@@ -23,6 +24,11 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         help="offer this address as a host ICE candidate (repeatable; default: all interfaces)",
     )
     parser.add_argument("--public-url", help="the URL browsers and agents use to reach us")
+    parser.add_argument(
+        "--ice-port-range",
+        metavar="LOW-HIGH",
+        help="bind media (ICE host candidates) only to UDP ports in this range, e.g. 50000-50999",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -33,6 +39,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         data_dir=args.data_dir,
         ice_addresses=args.ice_addresses,
         public_url=args.public_url,
+        ice_port_range=args.ice_port_range,
     )
 
 
@@ -55,7 +62,11 @@ def serve(args: argparse.Namespace) -> int:
         finally:
             await server.stop()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except ValueError as exc:  # a configuration the server cannot run with
+        print(f"tongke serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -206,13 +206,17 @@ class DownTrack:
         self, up: UpTrack, payload: bytes, marker: int, seq: int, ts: int, key: bool, ast: bytes
     ) -> None:
         fwd = self.forwarder
-        previous = fwd.current
-        out = fwd.translate(up, seq, ts, key)
-        if out == DROP:
-            return
-        if previous is not up and previous is not None:
-            previous.detach(self)  # type: ignore[attr-defined]  # switched at this keyframe
-        self._write(marker, out >> 32, out & 0xFFFFFFFF, ast, payload)
+        if up is fwd.current:
+            oseq, ots = fwd.translate_current(up, seq, ts)
+        else:
+            previous = fwd.current
+            out = fwd.translate(up, seq, ts, key)
+            if out is None:
+                return
+            oseq, ots = out
+            if previous is not None:
+                previous.detach(self)  # type: ignore[attr-defined]  # switched at this keyframe
+        self._write(marker, oseq, ots, ast, payload)
         self.stats.packets += 1
         self.stats.octets += len(payload)
 
@@ -245,11 +249,13 @@ class DownTrack:
                 self.request_keyframe()
             elif packet.fmt == RTCP_PSFB_APP:
                 try:
-                    self.stats.remb_bps = unpack_remb_fci(packet.fci)[0]
+                    bps, ssrcs = unpack_remb_fci(packet.fci)
                 except ValueError:
                     return
-                if self.estimator is not None:
-                    self.estimator.on_remb(self.stats.remb_bps, time.monotonic())
+                self.stats.remb_bps = bps
+                # aiortc hands a REMB to every sender it lists; the first one reports it.
+                if self.estimator is not None and (not ssrcs or ssrcs[0] == self.ssrc):
+                    self.estimator.on_remb(bps, ssrcs or [self.ssrc], time.monotonic())
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc != self.ssrc:

@@ -3,14 +3,21 @@
 Two signals, as in Google Congestion Control (the estimator Chromium and aiortc run):
 
 - REMB: the receiver's own delay-based estimate (Chromium and aiortc compute it from
-  abs-send-time, which every DownTrack stamps). It reacts to a queue building on the
-  link before packets are lost.
-- Loss from receiver reports: a loss-based estimate that backs off multiplicatively
-  when more than 10% is lost, holds between 2% and 10% (random loss on a rural line is
-  not congestion) and grows by 8% per report below that.
+  the abs-send-time every DownTrack stamps) for the streams its FCI lists: Chromium
+  sends one for the whole transport, aiortc one per received stream. When it falls
+  below what we are actually sending on those streams, the receiver sees a queue
+  building on its link: the estimate drops by that ratio at once, before packets are
+  lost. aiortc's per-stream REMB measures its own event loop as much as the network
+  and is not used for that. A REMB above what we send says little — Chromium never reports more than 1.5x
+  what it receives — so it never holds the estimate down (a subscriber whose pictures
+  are paused would otherwise never get them back). The first seconds of REMB are a
+  receiver's start-up guess, not a measurement, and are not taken as congestion.
+- Loss from receiver reports: more than 10% lost backs off multiplicatively, between 2%
+  and 10% holds (random loss on a rural line is not congestion), below 2% grows by 8%
+  per report. Growth is bounded by a multiple of what we send, so an idle subscriber's
+  estimate does not run away from anything measured.
 
-The estimate is the lower of the two; a REMB older than REMB_STALE_S no longer counts.
-No I/O: the subscriber's control loop feeds it and reads `bps`.
+No I/O: the subscriber's control loop feeds it (`sent_bps` each tick) and reads it.
 """
 
 from __future__ import annotations
@@ -24,57 +31,89 @@ REMB_STALE_S = 5.0
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
 GROWTH = 1.08
+CONGESTED = 0.85  # a REMB below this share of what we send means a queue is building
+REMB_WARMUP_S = 6.0
+# How far above what we send the estimate may grow without evidence.
+HEADROOM_FACTOR = 2.0
+HEADROOM_BPS = 1_500_000
 
 
 @dataclass
 class Estimate:
     bps: int
     remb_bps: int | None
-    loss_bps: int
     loss: float
     rtt_ms: float | None
+    congested: bool
 
 
 class DownlinkEstimator:
     def __init__(self, *, initial_bps: int = INITIAL_BPS, max_bps: int = MAX_BPS) -> None:
         self.max_bps = max_bps
-        self._loss_bps = float(initial_bps)
+        self._bps = float(initial_bps)
         self._remb: tuple[int, float] | None = None  # (bps, when)
+        self.sent_bps = 0.0  # what we sent this subscriber lately (set by the caller)
+        self.stream_bps: dict[int, float] = {}  # per outgoing SSRC (set by the caller)
+        self.started_at: float | None = None  # when media first went out
+        self._low_rembs: dict[tuple[int, ...], int] = {}
         self.loss = 0.0
         self.rtt_ms: float | None = None
+        self.congested_at = float("-inf")
 
-    def on_remb(self, bps: int, now: float) -> None:
-        if bps > 0:
-            self._remb = (bps, now)
+    def on_remb(self, bps: int, ssrcs: list[int], now: float) -> None:
+        if bps <= 0:
+            return
+        self._remb = (bps, now)
+        if self.started_at is None or now - self.started_at < REMB_WARMUP_S:
+            return
+        sending = sum(1 for bps in self.stream_bps.values() if bps > 0)
+        if len(ssrcs) == 1 and sending > 1:
+            # aiortc's receiver: one estimator per stream, fed from its event loop, whose
+            # delays under CPU load read as a queue. Seen on loopback: 43 kbit/s for a
+            # 580 kbit/s stream. Such a receiver is judged by its losses alone.
+            return
+        covered = sum(self.stream_bps.get(s, 0.0) for s in ssrcs)
+        key = tuple(ssrcs)
+        if covered <= 0 or bps >= CONGESTED * covered:
+            self._low_rembs.pop(key, None)
+            return
+        # One low REMB can be a receiver's hiccup; two in a row are a queue.
+        self._low_rembs[key] = self._low_rembs.get(key, 0) + 1
+        if self._low_rembs[key] < 2:
+            return
+        scaled = self.sent_bps * bps / covered
+        if scaled < self._bps:
+            self._bps = scaled
+            self.congested_at = now
+        self._clamp()
 
     def on_loss(self, fraction: float, now: float) -> None:
         """One interval's loss fraction (0..1), over every stream the subscriber receives."""
         self.loss = fraction
         if fraction > LOSS_HIGH:
-            self._loss_bps *= 1 - 0.5 * fraction
+            self._bps *= 1 - 0.5 * fraction
+            self.congested_at = now
         elif fraction < LOSS_LOW:
-            remb = self._fresh_remb(now)
-            ceiling = 1.5 * remb if remb is not None else self.max_bps
-            # Never let the loss side run far ahead of what the delay side has seen.
-            self._loss_bps = min(self._loss_bps * GROWTH, max(ceiling, self._loss_bps))
-        self._loss_bps = min(max(self._loss_bps, MIN_BPS), self.max_bps)
+            ceiling = max(self.sent_bps * HEADROOM_FACTOR, self.sent_bps + HEADROOM_BPS)
+            self._bps = min(self._bps * GROWTH, max(ceiling, self._bps))
+        self._clamp()
 
     def on_rtt(self, rtt_ms: float) -> None:
         self.rtt_ms = rtt_ms if self.rtt_ms is None else 0.8 * self.rtt_ms + 0.2 * rtt_ms
 
-    def _fresh_remb(self, now: float) -> int | None:
+    def _clamp(self) -> None:
+        self._bps = min(max(self._bps, MIN_BPS), self.max_bps)
+
+    def remb(self, now: float) -> int | None:
         if self._remb is None or now - self._remb[1] > REMB_STALE_S:
             return None
         return self._remb[0]
 
     def estimate(self, now: float) -> Estimate:
-        remb = self._fresh_remb(now)
-        bps = self._loss_bps if remb is None else min(self._loss_bps, remb)
-        bps = min(max(bps, MIN_BPS), self.max_bps)
         return Estimate(
-            bps=int(bps),
-            remb_bps=remb,
-            loss_bps=int(self._loss_bps),
+            bps=int(self._bps),
+            remb_bps=self.remb(now),
             loss=self.loss,
             rtt_ms=self.rtt_ms,
+            congested=now - self.congested_at < 1.0,
         )

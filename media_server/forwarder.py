@@ -95,12 +95,16 @@ class Forwarder:
 
     # -- hot path ---------------------------------------------------------------------
 
-    def translate(self, up: Layer, seq: int, ts: int, key: bool) -> int:
-        """(out seq << 32) | out timestamp for this packet, or DROP."""
+    def translate(self, up: Layer, seq: int, ts: int, key: bool) -> tuple[int, int] | None:
+        """(out seq, out timestamp) for a packet of `up`, or None when it is not sent."""
         if up is not self.current:
             if up is not self.target or not key:
-                return DROP
+                return None
             self._switch_to(up, seq, ts)
+        return self.translate_current(up, seq, ts)
+
+    def translate_current(self, up: Layer, seq: int, ts: int) -> tuple[int, int]:
+        """The hot path: a packet of the layer being forwarded (the caller checked)."""
         oseq = (seq + self._seq_off) & 0xFFFF
         ots = (ts + self._ts_off) & 0xFFFFFFFF
         self._seq_map[oseq & SEQ_MAP_MASK] = self._generation | (oseq << 16) | seq
@@ -109,7 +113,7 @@ class Forwarder:
             self._last_seq = oseq
             self._last_ts = ots
             self._last_at = up.last_packet_at
-        return (oseq << 32) | ots
+        return oseq, ots
 
     def _switch_to(self, up: Layer, seq: int, ts: int) -> None:
         """Start (or move to) `up` at its keyframe, keeping the outgoing stream continuous.

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from media_server.room import LessonInfo
 from media_server.sfu import Sfu
-from media_server.signalling import websocket_handler
+from media_server.signalling import ERRORS_SENT, websocket_handler
 from media_server.uptrack import SFU_LATENCY
-from tongke.tokens import Claims, Role, TokenError, issue_token, verify_token
+from tongke.audit import AUDIT
+from tongke.lessoncode import CodeBook, cookie_name, issue_code
+from tongke.lessoncode import lesson_url as code_url
+from tongke.ratelimit import RATE_LIMITS
+from tongke.tokens import GLOBAL_ROLES, Claims, Role, TokenError, issue_token, verify_token
 from tongke.turn import TurnSettings
+from tongke.untrusted import BadInput, display_text_problem, loads
 
 if TYPE_CHECKING:
     from tongke.app import AppContext
@@ -21,6 +27,7 @@ if TYPE_CHECKING:
 SFU = web.AppKey("sfu", Sfu)
 ROOM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 ADMIN = frozenset({Role.ADMIN})
+MAX_TTL_S = 30 * 24 * 3600
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -28,18 +35,19 @@ def json_error(status: int, code: str, message: str) -> web.Response:
 
 
 def _bearer(request: web.Request) -> str | None:
+    # Header only: a token in a query string ends up in logs and browser history.
     auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
+    if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    return request.query.get("token")
+    return None
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
-    except ValueError:
+        body = loads(await request.read())
+    except BadInput as exc:
         raise web.HTTPBadRequest(
-            text='{"error": {"code": "bad_json", "message": "the body is not valid JSON"}}',
+            text=json.dumps({"error": {"code": exc.code, "message": exc.message}}),
             content_type="application/json",
         ) from None
     if not isinstance(body, dict):
@@ -61,10 +69,17 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     app[SFU] = sfu
     # TURN (issue 8 item 8): credentials minted per join by tongke/turn.py.
     sfu.turn = TurnSettings.from_config(config.turn_urls, config.turn_secret, config.turn_ttl)
+    codes = CodeBook(ctx.secret)
+    audit = app[AUDIT]
 
     def require(
-        request: web.Request, room: str | None = None, roles: frozenset[Role] | None = ADMIN
+        request: web.Request, room: str = "*", roles: frozenset[Role] | None = ADMIN
     ) -> Claims:
+        """The caller's claims if its token opens `room` ("*": every room) in `roles`.
+
+        An admin token scoped to one lesson is an admin of that lesson only: routes about
+        all rooms ask for room "*", which only global (admin/scheduler) tokens hold.
+        """
         try:
             return verify_token(sfu.secret, _bearer(request), room=room, roles=roles)
         except TokenError as exc:
@@ -87,7 +102,7 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         )
 
     async def open_room(request: web.Request) -> web.Response:
-        require(request)
+        claims = require(request)
         body = await _body(request)
         room_id = body.get("room")
         if not isinstance(room_id, str) or not ROOM_RE.match(room_id):
@@ -95,13 +110,26 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         points = body.get("points", [])
         if not isinstance(points, list) or not all(isinstance(p, str) for p in points):
             return json_error(400, "bad_request", "points must be a list of classroom ids")
+        starts_at, ends_at = body.get("starts_at"), body.get("ends_at")
+        if not all(
+            t is None or (isinstance(t, int | float) and t > 0) for t in (starts_at, ends_at)
+        ):
+            return json_error(400, "bad_request", "starts_at/ends_at must be Unix seconds")
+        if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+            return json_error(400, "bad_request", "ends_at must be after starts_at")
+        problem = _optional_text_problem(body, ("title", "master"), max_chars=128)
+        if problem is not None:
+            return json_error(400, "bad_request", problem)
         info = LessonInfo(
             room=room_id,
-            title=str(body.get("title", "")),
-            master=str(body.get("master", "")),
+            title=str(body.get("title") or ""),
+            master=str(body.get("master") or ""),
             points=points,
+            starts_at=starts_at,
+            ends_at=ends_at,
         )
         room = sfu.rooms.open(info)
+        audit.record("room_opened", claims=claims, room=room_id, ip=request.remote)
         return web.json_response(room.describe(), status=201)
 
     async def get_room(request: web.Request) -> web.Response:
@@ -112,39 +140,123 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
             return json_error(404, "unknown_room", f"lesson {room_id!r} is not open")
         return web.json_response(room.describe())
 
+    async def attendance(request: web.Request) -> web.Response:
+        room_id = request.match_info["room"]
+        require(request, room=room_id, roles=frozenset({Role.ADMIN, Role.MASTER, Role.OBSERVER}))
+        room = sfu.rooms.get(room_id)
+        if room is None:
+            return json_error(404, "unknown_room", f"lesson {room_id!r} is not open")
+        return web.json_response(room.classroom.report())
+
     async def close_room(request: web.Request) -> web.Response:
-        require(request)
-        if not await sfu.rooms.close(request.match_info["room"]):
+        room_id = request.match_info["room"]
+        claims = require(request, room=room_id)
+        if not await sfu.rooms.close(room_id):
             return json_error(404, "unknown_room", "no such room")
-        return web.json_response({"closed": request.match_info["room"]})
+        audit.record("room_closed", claims=claims, room=room_id, ip=request.remote)
+        return web.json_response({"closed": room_id})
 
     async def make_token(request: web.Request) -> web.Response:
-        require(request)
         room_id = request.match_info["room"]
+        claims = require(request, room=room_id)
         if sfu.rooms.get(room_id) is None:
             return json_error(404, "unknown_room", f"lesson {room_id!r} is not open")
         body = await _body(request)
         try:
             role = Role(body.get("role", "observer"))
-            ttl = int(body.get("ttl_s", 4 * 3600))
+            ttl = body.get("ttl_s", 4 * 3600)
+            if (
+                isinstance(ttl, bool)
+                or not isinstance(ttl, int | float)
+                or not 0 < ttl <= MAX_TTL_S
+            ):
+                raise ValueError(ttl)
+            ttl = int(ttl)
         except (ValueError, TypeError):
-            return json_error(400, "bad_request", "role must be a known role; ttl_s a number")
-        classroom = str(body.get("classroom", "") or f"viewer-{role.value}")
+            return json_error(
+                400, "bad_request", f"role must be a known role; ttl_s 1..{MAX_TTL_S} seconds"
+            )
+        if role in GLOBAL_ROLES and claims.room != "*":
+            return json_error(403, "forbidden", "only a global admin may mint admin tokens")
+        problem = _optional_text_problem(body, ("classroom", "name"))
+        if problem is not None:
+            return json_error(400, "bad_request", problem)
+        classroom = str(body.get("classroom") or f"viewer-{role.value}")
+        name = str(body.get("name") or "")
         token = issue_token(
+            sfu.secret, room=room_id, classroom=classroom, role=role, name=name, ttl_s=ttl
+        )
+        code = issue_code(
             sfu.secret,
             room=room_id,
             classroom=classroom,
             role=role,
-            name=str(body.get("name", "")),
+            name=name,
+            token_ttl_s=ttl,
+            code_ttl_s=config.lesson_code_ttl_s,
+        )
+        audit.record(
+            "token_minted",
+            claims=claims,
+            room=room_id,
+            ip=request.remote,
+            classroom=classroom,
+            minted_role=role.value,
             ttl_s=ttl,
         )
         return web.json_response(
-            {"token": token, "url": lesson_url(ctx.config.base_url, room_id, token)}
+            {
+                "token": token,
+                "url": code_url(config.base_url, room_id, code),
+                "code_expires_in_s": config.lesson_code_ttl_s,
+            }
         )
+
+    async def exchange(request: web.Request) -> web.Response:
+        """A lesson link's one-time code (or this browser's lesson cookie) -> room token."""
+        body = await _body(request)
+        room_id = body.get("room")
+        if not isinstance(room_id, str) or not ROOM_RE.match(room_id):
+            return json_error(400, "bad_request", "room must be a lesson id")
+        code = body.get("code")
+        if code is None:
+            token = request.cookies.get(cookie_name(room_id))
+            try:
+                claims = verify_token(sfu.secret, token, room=room_id)
+            except TokenError as exc:
+                return json_error(401, exc.code, exc.message)
+            return web.json_response({"token": token, "room": room_id, "role": claims.role})
+        try:
+            token, data = codes.redeem(code)
+            claims = verify_token(sfu.secret, token, room=room_id)
+        except TokenError as exc:
+            status = 401 if exc.code != "token_wrong_room" else 403
+            return json_error(status, exc.code, exc.message)
+        audit.record(
+            "code_exchanged", claims=claims, room=room_id, ip=request.remote, code=data["jti"][:8]
+        )
+        response = web.json_response({"token": token, "room": room_id, "role": claims.role})
+        response.set_cookie(
+            cookie_name(room_id),
+            token,
+            max_age=max(0, claims.expires_at - int(time.time())),
+            path="/api/lesson/",
+            httponly=True,
+            samesite="Strict",
+            secure=config.base_url.startswith("https://"),
+        )
+        return response
 
     async def stats(request: web.Request) -> web.Response:
         require(request)
-        return web.json_response(sfu.stats())
+        limits = request.app[RATE_LIMITS]
+        return web.json_response(
+            {
+                **sfu.stats(),
+                "signalling_errors": dict(ERRORS_SENT),
+                "rate_limited": dict(limits.refused),
+            }
+        )
 
     async def reset_latency(request: web.Request) -> web.Response:
         require(request)
@@ -154,7 +266,21 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     async def lesson_page(request: web.Request) -> web.StreamResponse:
         from tongke.app import WEB_ROOT
 
-        return web.FileResponse(WEB_ROOT / "lesson.html")
+        response = web.FileResponse(WEB_ROOT / "lesson.html")
+        # The page's address may still hold a code (or an old link's token): never send
+        # it to other sites as a Referer.
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    async def console_page(request: web.Request) -> web.StreamResponse:
+        from tongke.app import WEB_ROOT
+
+        return web.FileResponse(WEB_ROOT / "console" / "index.html")
+
+    async def point_page(request: web.Request) -> web.StreamResponse:
+        from tongke.app import WEB_ROOT
+
+        return web.FileResponse(WEB_ROOT / "point" / "index.html")
 
     async def home(request: web.Request) -> web.StreamResponse:
         from tongke.app import WEB_ROOT
@@ -170,13 +296,31 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     app.router.add_post("/api/rooms", open_room)
     app.router.add_get("/api/rooms/{room}", get_room)
     app.router.add_delete("/api/rooms/{room}", close_room)
+    app.router.add_get("/api/rooms/{room}/attendance", attendance)
     app.router.add_post("/api/rooms/{room}/tokens", make_token)
+    app.router.add_post("/api/lesson/exchange", exchange)
     app.router.add_get("/api/stats", stats)
     app.router.add_post("/api/stats/reset-latency", reset_latency)
     app.router.add_get("/lesson/{room}", lesson_page)
+    app.router.add_get("/console/{room}", console_page)
+    app.router.add_get("/point/{classroom}", point_page)
     app.router.add_get("/", home)
     app.on_shutdown.append(on_shutdown)
     return sfu
+
+
+def _optional_text_problem(
+    body: dict[str, Any], keys: tuple[str, ...], *, max_chars: int = 64
+) -> str | None:
+    """What is wrong with the optional display texts `keys` of `body`, if anything."""
+    for key in keys:
+        value = body.get(key)
+        if value is None or value == "":
+            continue
+        problem = display_text_problem(value, max_chars=max_chars)
+        if problem is not None:
+            return f"{key} {problem}"
+    return None
 
 
 def _http_error(status: int, code: str, message: str) -> web.HTTPException:
@@ -188,4 +332,9 @@ def _http_error(status: int, code: str, message: str) -> web.HTTPException:
 
 
 def lesson_url(base_url: str, room: str, token: str) -> str:
+    """A link holding a token itself: for scripts and tests on one machine only.
+
+    Links handed to people carry a one-time code (tongke/lessoncode.py); the lesson page
+    still accepts `?token=` and removes it from the address bar at once.
+    """
     return f"{base_url.rstrip('/')}/lesson/{room}?token={token}"

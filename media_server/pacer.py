@@ -4,7 +4,8 @@ A keyframe or a burst of retransmissions is tens of packets at once; on a 1 Mbit
 they fill the modem's queue, delay everything behind them (audio too) and are lost at
 its tail. The pacer is a PacketSink in front of the wire: while the token bucket has
 room, packets go straight out (the common case costs one clock read); a burst beyond
-it is queued and drained every few milliseconds at `PACING_FACTOR` times the estimate.
+it is queued and drained every few milliseconds at `PACING_FACTOR` times the estimate
+(one timer drains every subscriber's queue).
 Audio goes through `send_rtp_now`, ahead of any queue. A queue that would hold more
 than `MAX_QUEUE_S` of sending is cut at its tail: late video is worth less than a
 keyframe request.
@@ -19,7 +20,8 @@ from collections import deque
 from media_server.sink import PacketSink
 
 PACING_FACTOR = 1.5
-BURST_S = 0.02
+# A video frame (not a keyframe) fits in the burst and goes straight out.
+BURST_S = 0.06
 MIN_BURST_BYTES = 6000
 DRAIN_INTERVAL_S = 0.005
 MAX_QUEUE_S = 0.5
@@ -36,7 +38,6 @@ class Pacer:
         self._burst = 0.0
         self._tokens = 0.0
         self._last = time.monotonic()
-        self._timer: asyncio.TimerHandle | None = None
         self.set_rate(rate_bps)
         self._tokens = self._burst
 
@@ -52,7 +53,11 @@ class Pacer:
     def send_rtp(self, packet: bytes) -> None:
         size = len(packet)
         if not self.queue:
-            self._refill()
+            # The refill, inline: this runs once per packet per subscriber.
+            now = time.monotonic()
+            tokens = self._tokens + (now - self._last) * self._rate
+            self._tokens = tokens if tokens < self._burst else self._burst
+            self._last = now
             if self._tokens >= size:
                 self._tokens -= size
                 self.sent_bytes += size
@@ -63,8 +68,7 @@ class Pacer:
             return
         self.queue.append(packet)
         self.queued_bytes += size
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(DRAIN_INTERVAL_S, self._drain)
+        _DRAINER.add(self)
 
     def send_rtp_now(self, packet: bytes) -> None:
         """Audio: out at once; it still spends tokens so video makes room for it."""
@@ -75,8 +79,8 @@ class Pacer:
     def send_rtcp(self, packet: bytes) -> None:
         self.sink.send_rtcp(packet)
 
-    def _drain(self) -> None:
-        self._timer = None
+    def drain(self) -> bool:
+        """Send what the bucket allows; True while packets are still queued."""
         self._refill()
         queue = self.queue
         while queue and self._tokens >= len(queue[0]):
@@ -86,12 +90,39 @@ class Pacer:
             self.queued_bytes -= size
             self.sent_bytes += size
             self.sink.send_rtp(packet)
-        if queue:
-            self._timer = asyncio.get_running_loop().call_later(DRAIN_INTERVAL_S, self._drain)
+        return bool(queue)
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self.queue.clear()
         self.queued_bytes = 0
+        _DRAINER.discard(self)
+
+
+class _Drainer:
+    """One timer for every pacer with a queue: 150 subscribers must not mean 150 timers."""
+
+    def __init__(self) -> None:
+        self.active: set[Pacer] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, pacer: Pacer) -> None:
+        self.active.add(pacer)
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_later(DRAIN_INTERVAL_S, self._run)
+
+    def discard(self, pacer: Pacer) -> None:
+        self.active.discard(pacer)
+
+    def _run(self) -> None:
+        self._timer = None
+        for pacer in list(self.active):
+            if not pacer.drain():
+                self.active.discard(pacer)
+        if self.active and self._loop is not None and not self._loop.is_closed():
+            self._timer = self._loop.call_later(DRAIN_INTERVAL_S, self._run)
+
+
+_DRAINER = _Drainer()

@@ -34,7 +34,7 @@ from media_server.estimator import DownlinkEstimator
 from media_server.uptrack import UpTrack
 from media_server.wire import Wire
 from tongke import rtc_internals
-from tongke.codecs import CODEC_OF_MIME
+from tongke.codecs import CODEC_OF_MIME, enable_opus_fec
 from tongke.errors import CodedError
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class Publisher:
         if self._rtcp_task is None:
             self._rtcp_task = asyncio.ensure_future(self._rtcp_loop())
         self._on_tracks(added, removed)
-        return pc.localDescription.sdp
+        return enable_opus_fec(pc.localDescription.sdp)
 
     def _make_uptrack(self, spec: TrackSpec, offered, answered) -> UpTrack | None:
         if answered is None or answered.port == 0 or not answered.rtp.codecs:
@@ -419,12 +419,14 @@ class Publisher:
         expected = lost = 0
         for up in self.tracks.values():
             before = self._loss_mark.get(up, (up.stats.packets + up.stats.lost, up.stats.lost))
-            now = (up.stats.packets + up.stats.lost, up.stats.lost)
-            self._loss_mark[up] = now
-            expected += now[0] - before[0]
-            lost += now[1] - before[1]
+            mark = (up.stats.packets + up.stats.lost, up.stats.lost)
+            self._loss_mark[up] = mark
+            expected += mark[0] - before[0]
+            lost += mark[1] - before[1]
+        now = time.monotonic()
+        self.uplink.sent_bps = sum(up.bitrate_bps(now) for up in self.tracks.values())
         if expected > 0:
-            self.uplink.on_loss(lost / expected, time.monotonic())
+            self.uplink.on_loss(lost / expected, now)
 
     def idle_layers(self) -> list[dict[str, str]]:
         """Video layers nobody receives: the publisher may stop encoding them."""

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from media_server.classroom import Classroom
 from media_server.participant import Participant
 from media_server.router import Router
 from media_server.source import MediaSource
@@ -30,15 +31,21 @@ class LessonInfo:
     master: str = ""
     points: list[str] = field(default_factory=list)
     opened_at: float = field(default_factory=time.time)
+    # The timetabled start and end (Unix seconds) when the lesson is scheduled.
+    starts_at: float | None = None
+    ends_at: float | None = None
 
 
 class Room:
     """A lesson's room: its participants' lifecycle and its router (media wiring)."""
 
-    def __init__(self, info: LessonInfo) -> None:
+    def __init__(self, info: LessonInfo, *, timeline_dir: Path | None = None) -> None:
         self.info = info
         self.router = Router()
         self._ids = itertools.count(1)
+        # Phase, hands, chat, call-on, mute, attendance; its policy says who receives what.
+        self.classroom = Classroom(self, timeline_dir=timeline_dir)
+        self.router.policy = self.classroom.policy
 
     @property
     def id(self) -> str:
@@ -62,12 +69,16 @@ class Room:
         }
 
     async def broadcast(self, message: dict[str, Any], *, skip: Participant | None = None) -> None:
+        # One recipient that cannot be sent to (a closing socket, or anything else) must
+        # not keep the message from everyone after it.
         for p in list(self.participants.values()):
             if p is not skip:
                 try:
                     await p.send_json(message)
                 except ConnectionError:
                     pass
+                except Exception:
+                    log.exception("broadcast to %s failed", p.id)
 
     async def add(self, participant: Participant) -> None:
         # A classroom agent that reconnects with its token replaces its stale session
@@ -86,6 +97,7 @@ class Room:
         await self.broadcast(
             {"type": "participant_joined", "participant": participant.describe()}, skip=participant
         )
+        await self.classroom.joined(participant)
 
     async def remove(self, participant: Participant) -> None:
         if participant.id not in self.participants:
@@ -93,6 +105,7 @@ class Room:
         self.router.remove(participant)
         await participant.close()
         await self.broadcast({"type": "participant_left", "participant": participant.id})
+        await self.classroom.left(participant)
 
     def on_tracks(
         self, participant: Participant, added: list[UpTrack], removed: list[UpTrack]
@@ -103,6 +116,7 @@ class Room:
         for p in list(self.participants.values()):
             await self.remove(p)
         self.router.close()
+        self.classroom.close()
 
 
 class Rooms:
@@ -110,13 +124,14 @@ class Rooms:
 
     def __init__(self, state_file: Path | None = None) -> None:
         self._state_file = state_file
+        self._timeline_dir = state_file.parent / "timelines" if state_file is not None else None
         self.rooms: dict[str, Room] = {}
         # Other packages (the scheduler) can tell us about lessons we were not told of.
         self.resolvers: list[Callable[[str], LessonInfo | None]] = []
         if state_file is not None and state_file.exists():
             for raw in json.loads(state_file.read_text()):
                 info = LessonInfo(**raw)
-                self.rooms[info.room] = Room(info)
+                self.rooms[info.room] = Room(info, timeline_dir=self._timeline_dir)
 
     def get(self, room_id: str) -> Room | None:
         room = self.rooms.get(room_id)
@@ -130,7 +145,7 @@ class Rooms:
     def open(self, info: LessonInfo) -> Room:
         room = self.rooms.get(info.room)
         if room is None:
-            room = self.rooms[info.room] = Room(info)
+            room = self.rooms[info.room] = Room(info, timeline_dir=self._timeline_dir)
             self._save()
         return room
 

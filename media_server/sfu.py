@@ -88,6 +88,9 @@ class Sfu:
                     "participant": p.id,
                     "classroom": p.claims.classroom,
                     "role": p.claims.role.value,
+                    "downlink": p.subscriber.bandwidth.describe()
+                    if p.subscriber.bandwidth is not None
+                    else None,
                     "tracks": [
                         {
                             "mid": slot.transceiver.mid,

@@ -7,20 +7,30 @@ touches a room, and every failure is answered on that client's socket only.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from media_server.classroom import HANDLERS as CLASSROOM_HANDLERS
+from media_server.classroom import Handler as ClassroomHandler
 from media_server.participant import Participant
 from media_server.publisher import SignallingError
 from media_server.room import Room
 from media_server.sfu import Sfu
-from tongke.tokens import PUBLISHING_ROLES, Role, TokenError, verify_token
+from tongke.audit import AUDIT, AuditLog
+from tongke.ratelimit import RATE_LIMITS, RateLimits
+from tongke.tokens import PUBLISHING_ROLES, Claims, Role, TokenError, verify_token
 from tongke.turn import ice_servers_for
+from tongke.untrusted import BadInput, display_text, display_text_problem, loads, safe_dumps
 
 log = logging.getLogger(__name__)
+
+# Error codes sent to clients since start-up, by code ("internal" counts tracebacks):
+# shown in /api/stats so that an operator sees abuse and the tests see no traceback.
+ERRORS_SENT: Counter[str] = Counter()
 
 TOKEN_CLOSE_CODES = {
     "token_missing": 4401,
@@ -35,20 +45,38 @@ JOIN_ROLES = frozenset(
 
 
 class Session:
-    def __init__(self, ws: web.WebSocketResponse, sfu: Sfu) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        sfu: Sfu,
+        *,
+        remote: str | None = None,
+        limits: RateLimits | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.ws = ws
         self.sfu = sfu
+        self.remote = remote
+        self.limits = limits
+        self.audit = audit
         self.room: Room | None = None
         self.participant: Participant | None = None
         self._send_lock = asyncio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
+        """Send one message; the only error it raises is ConnectionError."""
         if self.ws.closed:
             raise ConnectionError("socket closed")
+        text = safe_dumps(message)
         async with self._send_lock:
-            await self.ws.send_str(json.dumps(message, ensure_ascii=False))
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError) as exc:
+                # aiohttp raises RuntimeError or ConnectionResetError on a closing socket.
+                raise ConnectionError(str(exc)) from exc
 
     async def error(self, code: str, message: str, ref: object = None) -> None:
+        ERRORS_SENT[code] += 1
         payload: dict[str, Any] = {"type": "error", "code": code, "message": message}
         if ref is not None:
             payload["id"] = ref
@@ -66,16 +94,21 @@ class Session:
             await self.ws.close(code=WSCloseCode.MESSAGE_TOO_BIG, message=b"message too large")
             return
         try:
-            message = json.loads(text)
-        except ValueError as exc:
-            await self.error("bad_json", f"the message is not valid JSON: {exc}")
+            message = loads(text)
+        except BadInput as exc:
+            await self.error(exc.code, exc.message)
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             await self.error("bad_json", "a message must be a JSON object with a string 'type'")
             return
         ref = message.get("id")
+        if ref is not None and not _valid_ref(ref):
+            await self.error("bad_request", "'id' must be an integer or a string of at most 64")
+            return
         kind = message["type"]
         handler = getattr(self, f"on_{kind}", None) if kind.isidentifier() else None
+        if handler is None and kind in CLASSROOM_HANDLERS:
+            handler = self._classroom_handler(CLASSROOM_HANDLERS[kind])
         if handler is None:
             await self.error("unknown_type", f"unknown message type {kind!r}", ref)
             return
@@ -84,13 +117,22 @@ class Session:
             return
         try:
             reply = await handler(message)
-        except SignallingError as exc:
+        except (SignallingError, BadInput) as exc:
             await self.error(exc.code, exc.message, ref)
             return
         if reply is not None:
             if ref is not None:
                 reply["id"] = ref
             await self.send(reply)
+
+    def _classroom_handler(self, action: ClassroomHandler) -> Any:
+        """Interaction messages (hands, chat, call-on...) live in media_server/classroom.py."""
+
+        async def run(message: dict[str, Any]) -> dict[str, Any]:
+            assert self.room is not None and self.participant is not None
+            return await action(self.room.classroom, self.participant, message)
+
+        return run
 
     # -- messages --------------------------------------------------------------------
 
@@ -103,6 +145,14 @@ class Session:
         room_id, token = message.get("room"), message.get("token")
         if not isinstance(room_id, str) or not room_id:
             raise SignallingError("bad_request", "join needs 'room' (the lesson id)")
+        if self.limits is not None:
+            wait = self.limits.check(
+                "join", ip=self.remote, token=token if isinstance(token, str) else None
+            )
+            if wait is not None:
+                raise SignallingError(
+                    "rate_limited", f"too many joins; try again in {max(1, round(wait))} s"
+                )
         try:
             claims = verify_token(
                 self.sfu.secret, token if isinstance(token, str) else None, room=room_id
@@ -124,11 +174,25 @@ class Session:
             )
             await self.ws.close(code=4404, message=b"unknown_room")
             return None
+        claims = lesson_claims(claims, room)
+        try:
+            room.classroom.check_join(claims)
+        except SignallingError as exc:
+            await self.error(exc.code, exc.message, message.get("id"))
+            await self.ws.close(code=4410, message=exc.code.encode())
+            return None
         name = message.get("name")
+        if name is None or name == "":
+            # Names inside tokens are checked when minted; older tokens fall back safely.
+            name = claims.name if display_text_problem(claims.name) is None else claims.classroom
+            if display_text_problem(name) is not None:
+                name = claims.role.value
+        else:
+            name = display_text(name, "'name'")
         participant = Participant(
             participant_id=room.next_participant_id(),
             claims=claims,
-            name=name if isinstance(name, str) and 0 < len(name) <= 64 else claims.name,
+            name=name,
             send_json=self.send,
             pc_factory=self.sfu.new_peer_connection,
             on_tracks=room.on_tracks,
@@ -177,7 +241,21 @@ class Session:
             raise SignallingError(
                 "forbidden", f"a {self.participant.claims.role.value} may watch but not publish"
             )
-        sdp = await self.participant.publisher.negotiate(message.get("sdp"), message.get("tracks"))
+        self.room.classroom.check_publish()
+        tracks = message.get("tracks")
+        if isinstance(tracks, list):
+            for track in tracks:
+                if isinstance(track, dict) and track.get("label") not in (None, ""):
+                    display_text(track["label"], "track.label")
+        sdp = await self.participant.publisher.negotiate(message.get("sdp"), tracks)
+        if self.audit is not None:
+            self.audit.record(
+                "published",
+                claims=self.participant.claims,
+                room=self.room.id,
+                ip=self.remote,
+                sources=sorted(self.participant.sources),
+            )
         await self.room.broadcast(
             {"type": "participant_updated", "participant": self.participant.describe()}
         )
@@ -189,6 +267,15 @@ class Session:
         if not isinstance(mids, list) or not all(isinstance(m, str) for m in mids):
             raise SignallingError("bad_request", "unpublish needs 'mids': a list of strings")
         removed = self.participant.publisher.unpublish(mids)
+        if self.audit is not None and removed:
+            assert self.room is not None
+            self.audit.record(
+                "unpublished",
+                claims=self.participant.claims,
+                room=self.room.id,
+                ip=self.remote,
+                mids=mids[:16],
+            )
         return {
             "type": "unpublished",
             "mids": [m for m in mids if m not in self.participant.publisher.tracks],
@@ -233,12 +320,39 @@ class Session:
             await self.room.remove(self.participant)
 
 
+def lesson_claims(claims: Claims, room: Room) -> Claims:
+    """An agent acts with its classroom's role in the lesson, never with more.
+
+    The agent role exists for agents that serve a classroom; receiving every point's
+    camera is the master's privilege, so a point's agent is treated as a point.
+    """
+    if claims.role is not Role.AGENT:
+        return claims
+    if claims.classroom and claims.classroom == room.info.master:
+        return replace(claims, role=Role.MASTER)
+    if claims.classroom in room.info.points or room.info.master:
+        return replace(claims, role=Role.POINT)
+    return claims
+
+
+def _valid_ref(ref: object) -> bool:
+    if isinstance(ref, bool):
+        return False
+    return isinstance(ref, int) or (isinstance(ref, str) and len(ref) <= 64)
+
+
 async def websocket_handler(request: web.Request, sfu: Sfu) -> web.WebSocketResponse:
     # aiohttp's own cap is a backstop well above ours, so that an oversized message
     # still gets our clear error before the socket closes.
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=sfu.max_message_bytes * 4)
     await ws.prepare(request)
-    session = Session(ws, sfu)
+    session = Session(
+        ws,
+        sfu,
+        remote=request.remote,
+        limits=request.app.get(RATE_LIMITS),
+        audit=request.app.get(AUDIT),
+    )
     sfu.sessions.add(session)
     try:
         async for msg in ws:

@@ -25,7 +25,7 @@ from media_server.publisher import SignallingError, parse_sdp
 from media_server.source import MediaSource
 from media_server.wire import Wire
 from tongke import rtc_internals
-from tongke.codecs import codec_capabilities
+from tongke.codecs import codec_capabilities, enable_opus_fec
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class Subscriber:
         await self._send_json(
             {
                 "type": "subscribe_offer",
-                "sdp": self.pc.localDescription.sdp,
+                "sdp": enable_opus_fec(self.pc.localDescription.sdp),
                 "tracks": self.describe(),
             }
         )

@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from recording.archiver import Archiver
 from recording.catalog import (
     FILES_PREFIX,
     Catalog,
@@ -38,6 +39,7 @@ from recording.catalog import (
 )
 from recording.errors import RecordingError
 from recording.jobs import make_queue
+from recording.lesson import LessonFacts, LessonRecord, LessonResolver
 from recording.manifest import check_id, write_json_atomic
 from recording.source import open_recording
 from tongke.app import CTX, AppContext
@@ -52,11 +54,12 @@ MAX_FILE = 16 * 1024**3
 _ALLOWED_PATH = re.compile(r"^(manifest\.json|timeline\.jsonl|tracks/[A-Za-z0-9][A-Za-z0-9._-]*)$")
 
 QUEUE = web.AppKey("recording_queue", object)
+ARCHIVER = web.AppKey("recording_archiver", Archiver)
+LESSONS = web.AppKey("recording_lessons", object)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message, **extra}},
-                             status=status)
+    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -71,6 +74,7 @@ class Storage:
         self.recordings = data_dir / "recordings"
         self.uploads = data_dir / "uploads"
         self.replays = data_dir / "replays"
+        self.jobs_db = data_dir / "replay-jobs.sqlite3"
         for d in (self.recordings, self.uploads, self.replays):
             d.mkdir(parents=True, exist_ok=True)
         self.locks: dict[str, asyncio.Lock] = {}
@@ -138,6 +142,8 @@ def _status_body(storage: Storage, state: dict[str, Any]) -> dict[str, Any]:
         "complete": bool(state.get("complete")),
         "recording": state.get("recording"),
         "job": state.get("job"),
+        # Classrooms of the lesson whose copies the server still waits for.
+        "waiting_for": state.get("waiting_for"),
         "received": _received(storage, state),
         "max_chunk": MAX_CHUNK,
     }
@@ -161,6 +167,7 @@ def _wrap(handler):  # type: ignore[no-untyped-def]
 @_wrap
 async def create_upload(request: web.Request) -> web.Response:
     _, storage, lesson, claims = _upload_auth(request)
+    await asyncio.to_thread(_lesson_facts, request, lesson, claims)
     try:
         body = await request.json()
         files = _check_files(body.get("files"))
@@ -174,10 +181,17 @@ async def create_upload(request: web.Request) -> web.Response:
     async with storage.lock(upload_id):
         if not (directory / "state.json").exists():
             (directory / "data" / "tracks").mkdir(parents=True, exist_ok=True)
-            write_json_atomic(directory / "state.json", {
-                "upload_id": upload_id, "lesson": lesson, "files": files,
-                "created_at": time.time(), "by": claims.classroom, "complete": False,
-            })
+            write_json_atomic(
+                directory / "state.json",
+                {
+                    "upload_id": upload_id,
+                    "lesson": lesson,
+                    "files": files,
+                    "created_at": time.time(),
+                    "by": claims.classroom,
+                    "complete": False,
+                },
+            )
         state = _state(storage, upload_id)
     return web.json_response(_status_body(storage, state))
 
@@ -220,17 +234,23 @@ async def put_chunk(request: web.Request) -> web.Response:
     async with storage.lock(upload_id):
         have = target.stat().st_size if target.exists() else 0
         if offset != have:
-            return _error(409, "offset_mismatch",
-                          f"{path}: the server has {have} bytes; send from there",
-                          received=have)
+            return _error(
+                409,
+                "offset_mismatch",
+                f"{path}: the server has {have} bytes; send from there",
+                received=have,
+            )
         if offset + len(chunk) > spec["size"]:
             return _error(400, "too_long", f"{path} was announced as {spec['size']} bytes")
         got = hashlib.sha256(chunk).hexdigest()
         if got != want:
-            return _error(400, "checksum_mismatch",
-                          f"{path}: chunk at offset {offset} arrived damaged (sha256 {got[:12]}"
-                          f"… instead of {want[:12]}…); nothing was stored, send it again",
-                          received=have)
+            return _error(
+                400,
+                "checksum_mismatch",
+                f"{path}: chunk at offset {offset} arrived damaged (sha256 {got[:12]}"
+                f"… instead of {want[:12]}…); nothing was stored, send it again",
+                received=have,
+            )
         await asyncio.to_thread(_append, target, bytes(chunk))
     return web.json_response({"path": path, "received": offset + len(chunk)})
 
@@ -250,10 +270,44 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _lesson_facts(request: web.Request, lesson: str, claims: Claims) -> LessonFacts:
+    """The server's facts about `lesson`; refuses uploads for unknown lessons and from
+    classrooms that are not part of it."""
+    stored_json = LessonRecord(request.app[STORAGE].recordings, lesson).load().get("facts")
+    stored = LessonFacts.from_json(stored_json) if stored_json else None
+    facts = request.app[LESSONS](lesson) or stored
+    if facts is not None:
+        # A room knows its classrooms' names only while they are connected; keep the
+        # names learnt earlier, and the uploader's own (from its signed token).
+        known = {c: n for c, n in (stored.points if stored else {}).items() if n and n != c}
+        if claims.classroom in facts.points and claims.name:
+            known.setdefault(claims.classroom, claims.name)
+        for cid, name in known.items():
+            if facts.points.get(cid) in ("", cid):
+                facts.points[cid] = name
+        if not facts.school_name:
+            facts.school_name = (stored.school_name if stored else "") or (
+                claims.name if claims.classroom == facts.master else ""
+            )
+    if facts is None:
+        raise RecordingError(
+            "unknown_lesson", f"this server has no lesson {lesson!r}; nothing was stored"
+        )
+    classrooms = facts.classrooms()
+    if claims.role != Role.RECORDER and classrooms and claims.classroom not in classrooms:
+        raise TokenError(
+            "forbidden",
+            f"classroom {claims.classroom!r} is not the master or a teaching point of "
+            f"lesson {lesson!r}",
+        )
+    return facts
+
+
 @_wrap
 async def complete_upload(request: web.Request) -> web.Response:
-    _ctx, storage, lesson, _ = _upload_auth(request)
+    _ctx, storage, lesson, claims = _upload_auth(request)
     upload_id = request.match_info["upload"]
+    facts = await asyncio.to_thread(_lesson_facts, request, lesson, claims)
     async with storage.lock(upload_id):
         state = _state(storage, upload_id)
         if state["lesson"] != lesson:
@@ -265,33 +319,49 @@ async def complete_upload(request: web.Request) -> web.Response:
         received = _received(storage, state)
         missing = [f["path"] for f in state["files"] if received[f["path"]] != f["size"]]
         if missing:
-            return _error(409, "incomplete", f"not all bytes arrived yet: {', '.join(missing)}",
-                          received=received)
+            return _error(
+                409,
+                "incomplete",
+                f"not all bytes arrived yet: {', '.join(missing)}",
+                received=received,
+            )
         for f in state["files"]:
+            if f["size"] == 0:
+                (data / f["path"]).touch()  # an empty file gets no chunk
             digest = await asyncio.to_thread(_sha256_file, data / f["path"])
             if digest != f["sha256"]:
                 # Start that file again rather than publish damaged media.
                 (data / f["path"]).unlink()
-                return _error(422, "checksum_mismatch",
-                              f"{f['path']}: the whole file does not match its sha256; "
-                              "it was discarded, upload it again", path=f["path"])
+                return _error(
+                    422,
+                    "checksum_mismatch",
+                    f"{f['path']}: the whole file does not match its sha256; "
+                    "it was discarded, upload it again",
+                    path=f["path"],
+                )
         try:
             rec = await asyncio.to_thread(open_recording, data)
         except RecordingError as exc:
             return _error(422, exc.code, f"the uploaded recording is not usable: {exc.message}")
         if rec.manifest.meta.lesson != lesson:
-            return _error(422, "wrong_lesson",
-                          f"the manifest is for lesson {rec.manifest.meta.lesson!r}, "
-                          f"this upload for {lesson!r}")
-        name = f"{lesson}--{upload_id[:8]}"
-        final = storage.recordings / name
-        if not final.exists():
-            os.rename(data, final)  # publication is this one rename
-        state.update(complete=True, recording=name, completed_at=time.time())
-        queue = request.app.get(QUEUE)
-        if queue is not None:
-            state["job"] = await queue.submit(final, storage.replays)  # type: ignore[attr-defined]
+            return _error(
+                422,
+                "wrong_lesson",
+                f"the manifest is for lesson {rec.manifest.meta.lesson!r}, "
+                f"this upload for {lesson!r}",
+            )
+        archiver = request.app[ARCHIVER]
+        record = archiver.record(lesson)
+        part = await asyncio.to_thread(record.add_part, data, claims.classroom, upload_id, facts)
+        lesson_state = await archiver.part_added(lesson)
+        state.update(
+            complete=True,
+            recording=f"{lesson}/parts/{part}",
+            completed_at=time.time(),
+            waiting_for=lesson_state.get("waiting_for", []),
+        )
         write_json_atomic(directory / "state.json", state)
+        name = part
     log.info("recording %s uploaded as %s", lesson, name)
     return web.json_response(_status_body(storage, state))
 
@@ -336,13 +406,21 @@ async def replay_file(request: web.Request) -> web.StreamResponse:
     except (RecordingError, ValueError):
         return _error(400, "bad_path", "this replay link is malformed")
     parts = PurePosixPath(rel).parts
-    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("..", ".") for p in parts) or \
-            any(p.startswith(".") for p in parts):
+    if (
+        not rel
+        or rel.startswith("/")
+        or "\\" in rel
+        or any(p in ("..", ".") for p in parts)
+        or any(p.startswith(".") for p in parts)
+    ):
         return _error(400, "bad_path", "replay file paths may not leave the replay")
     problem = check_signature(ctx.secret, lesson, expires, request.match_info["sig"])
     if problem == "link_expired":
-        return _error(403, problem, "this replay link has expired; open the lesson again "
-                                    "from the catalog for a fresh one")
+        return _error(
+            403,
+            problem,
+            "this replay link has expired; open the lesson again from the catalog for a fresh one",
+        )
     if problem:
         return _error(403, problem, "this replay link is not valid")
     root = (request.app[STORAGE].replays / lesson).resolve()
@@ -361,16 +439,44 @@ async def replay_file(request: web.Request) -> web.StreamResponse:
 
 
 async def catalog_page(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/static/replay.html" + (f"?{request.query_string}"
-                                                  if request.query_string else ""))
+    raise web.HTTPFound(
+        "/static/replay.html" + (f"?{request.query_string}" if request.query_string else "")
+    )
 
 
-def setup(app: web.Application, ctx: AppContext, *, run_worker: bool = True) -> None:
-    """Mount the recording routes and, unless told not to, run one packaging worker."""
+def setup(
+    app: web.Application,
+    ctx: AppContext,
+    *,
+    run_worker: bool = True,
+    lessons: LessonResolver | None = None,
+) -> None:
+    """Mount the recording routes, start the archiver and, unless told not to, run one
+    packaging worker. `lessons` tells which lessons exist and their facts (title,
+    school, classrooms...); an upload for a lesson it does not know is refused."""
     storage = Storage(Path(ctx.config.data_dir))
     app[STORAGE] = storage
-    queue = make_queue(ctx.config.redis_url)
+    app[LESSONS] = lessons or (lambda lesson: None)
+    queue = make_queue(ctx.config.redis_url, sqlite_path=storage.jobs_db)
     app[QUEUE] = queue
+    archiver = Archiver(
+        storage.recordings,
+        storage.replays,
+        queue,
+        upload_wait_s=ctx.config.replay_upload_wait_s,
+        # Where the media server keeps each room's timeline (media_server/room.py).
+        timelines=Path(ctx.config.data_dir) / "timelines",
+    )
+    app[ARCHIVER] = archiver
+
+    async def start_archiver(app: web.Application) -> None:
+        await archiver.start()
+
+    async def stop_archiver(app: web.Application) -> None:
+        await archiver.close()
+
+    app.on_startup.append(start_archiver)
+    app.on_cleanup.append(stop_archiver)
     r = app.router
     base = "/api/recordings/{lesson}/uploads"
     r.add_post(base, create_upload)

@@ -29,14 +29,16 @@ def sign(secret: str, lesson: str, expires: int) -> str:
     return base64.urlsafe_b64encode(mac.digest()[:18]).decode().rstrip("=")
 
 
-def signed_base(secret: str, lesson: str, ttl_s: int = LINK_TTL_S,
-                now: float | None = None) -> tuple[str, int]:
+def signed_base(
+    secret: str, lesson: str, ttl_s: int = LINK_TTL_S, now: float | None = None
+) -> tuple[str, int]:
     expires = int((now if now is not None else time.time()) + ttl_s)
     return f"{FILES_PREFIX}/{expires}/{sign(secret, lesson, expires)}/{lesson}/", expires
 
 
-def check_signature(secret: str, lesson: str, expires: int, sig: str,
-                    now: float | None = None) -> str | None:
+def check_signature(
+    secret: str, lesson: str, expires: int, sig: str, now: float | None = None
+) -> str | None:
     """None if the link is good, else the reason it is not."""
     if not hmac.compare_digest(sign(secret, lesson, expires), sig):
         return "bad_signature"
@@ -72,12 +74,13 @@ class Catalog:
 def may_see(entry: dict[str, Any], claims: Claims) -> bool:
     """Students see their own school's lessons and public ones; admins see all; a room
     token sees its own lesson."""
-    if claims.role in (Role.ADMIN, Role.SCHEDULER):
+    if claims.role in (Role.ADMIN, Role.SCHEDULER) and claims.room == "*":
         return True
     if entry.get("public"):
         return True
     if claims.role == Role.STUDENT:
-        return entry.get("school") == claims.classroom
+        # The master's school and the teaching points' schools.
+        return claims.classroom in (entry.get("schools") or [entry.get("school")])
     return entry.get("lesson") == claims.room
 
 
@@ -91,9 +94,13 @@ def matches(entry: dict[str, Any], filters: dict[str, str]) -> bool:
         return False
     q = filters.get("q", "").strip().casefold()
     if q:
-        hay = " ".join(
-            str(entry.get(k, "")) for k in ("title", "teacher", "subject", "school", "lesson")
-        ) + " " + " ".join(c.get("title", "") for c in entry.get("chapters", []))
+        hay = (
+            " ".join(
+                str(entry.get(k, "")) for k in ("title", "teacher", "subject", "school", "lesson")
+            )
+            + " "
+            + " ".join(c.get("title", "") for c in entry.get("chapters", []))
+        )
         if q not in hay.casefold():
             return False
     return True
@@ -102,9 +109,22 @@ def matches(entry: dict[str, Any], filters: dict[str, str]) -> bool:
 def summary(entry: dict[str, Any], secret: str, ttl_s: int = LINK_TTL_S) -> dict[str, Any]:
     base, expires = signed_base(secret, entry["lesson"], ttl_s)
     return {
-        **{k: entry.get(k) for k in (
-            "lesson", "title", "school", "subject", "grade", "teacher", "date", "duration_s",
-            "public", "started_at")},
+        **{
+            k: entry.get(k)
+            for k in (
+                "lesson",
+                "title",
+                "school",
+                "school_name",
+                "subject",
+                "grade",
+                "teacher",
+                "date",
+                "duration_s",
+                "public",
+                "started_at",
+            )
+        },
         "chapters": len(entry.get("chapters", [])),
         "views": [v["label"] for v in entry.get("views", []) if v["kind"] == "video"],
         "poster_url": base + entry.get("poster", "poster.jpg"),

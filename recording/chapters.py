@@ -49,7 +49,9 @@ class Chapter:
 
 
 def build_chapters(
-    events: list[Event], detected_slides: list[float], duration_s: float,
+    events: list[Event],
+    detected_slides: list[float],
+    duration_s: float,
     points: dict[str, str],
 ) -> list[Chapter]:
     chapters: list[Chapter] = [Chapter(0.0, "Start", "start")]

@@ -39,8 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = rs.add_parser("worker", help="join the packaging job queue (Redis consumer group)")
     p.add_argument("--redis", required=True)
-    p.add_argument("--claim-idle", type=float, default=60.0,
-                   help="seconds before a silent worker's job is taken over")
+    p.add_argument(
+        "--claim-idle",
+        type=float,
+        default=60.0,
+        help="seconds before a silent worker's job is taken over",
+    )
     p.set_defaults(func=_worker)
 
     p = rs.add_parser("catalog", help="list replays")
@@ -68,8 +72,12 @@ class _Bars:
             return
         bar = self.bars.get(stage)
         if bar is None:
-            bar = self.bars[stage] = tqdm(total=100, desc=f"{stage:<10}", unit="%",
-                                          bar_format="{desc} {bar} {n:.0f}% {elapsed}")
+            bar = self.bars[stage] = tqdm(
+                total=100,
+                desc=f"{stage:<10}",
+                unit="%",
+                bar_format="{desc} {bar} {n:.0f}% {elapsed}",
+            )
         bar.update(max(0.0, fraction * 100 - bar.n))
 
     def close(self) -> None:
@@ -85,8 +93,13 @@ def _package(args: argparse.Namespace) -> int:
 
     bars = _Bars()
     try:
-        result = build_replay(args.dir, args.out, settings=ProgramSettings(layout=args.layout),
-                              progress=bars, force=args.force)
+        result = build_replay(
+            args.dir,
+            args.out,
+            settings=ProgramSettings(layout=args.layout),
+            progress=bars,
+            force=args.force,
+        )
     except RecordingError as exc:
         bars.close()
         print(f"tongke: cannot package {args.dir}: {exc.message}", file=sys.stderr)
@@ -110,8 +123,7 @@ def _upload(args: argparse.Namespace) -> int:
         state = upload_recording_sync(args.dir, args.server, args.token, progress=progress)
     except UploadError as exc:
         bar.close()
-        print(f"tongke: upload of {args.dir} failed ({exc.code}): {exc.message}",
-              file=sys.stderr)
+        print(f"tongke: upload of {args.dir} failed ({exc.code}): {exc.message}", file=sys.stderr)
         return 1
     bar.close()
     print(f"uploaded as {state['recording']}; packaging job {state.get('job')}")
@@ -157,9 +169,11 @@ def _catalog(args: argparse.Namespace) -> int:
         return 0
     for e in found:
         minutes = e.get("duration_s", 0) / 60
-        print(f"{e['date']}  {e['lesson']:<28} {e['school']:<12} {e['subject']:<10} "
-              f"grade {e['grade']:<4} {e['teacher']}  {minutes:.0f} min  "
-              f"{len(e.get('chapters', []))} chapters")
+        print(
+            f"{e['date']}  {e['lesson']:<28} {e['school']:<12} {e['subject']:<10} "
+            f"grade {e['grade']:<4} {e['teacher']}  {minutes:.0f} min  "
+            f"{len(e.get('chapters', []))} chapters"
+        )
     print(f"{len(found)} replay(s)")
     return 0
 

@@ -59,6 +59,12 @@ class LessonMeta:
     public: bool = False
     # The teaching points taking part, {classroom id: display name}.
     points: dict[str, str] = field(default_factory=dict)
+    # Set by the server for a lesson recording (never trusted from an upload): the
+    # school's name, the schools whose students may watch, the master classroom, the date.
+    school_name: str = ""
+    schools: list[str] = field(default_factory=list)
+    master: str = ""
+    date: str = ""
 
     def __post_init__(self) -> None:
         check_id(self.lesson, "lesson")
@@ -138,6 +144,10 @@ class Manifest:
                 title=str(data.get("title", "")),
                 public=bool(data.get("public", False)),
                 points={str(k): str(v) for k, v in dict(data.get("points") or {}).items()},
+                school_name=str(data.get("school_name", "")),
+                schools=[str(x) for x in data.get("schools") or []],
+                master=str(data.get("master", "")),
+                date=str(data.get("date", "")),
             )
             tracks = [TrackInfo(**t) for t in data.get("tracks", [])]
             manifest = cls(
@@ -154,8 +164,9 @@ class Manifest:
             ) from None
         if manifest.version > FORMAT_VERSION:
             raise RecordingError(
-                "bad_manifest", f"{MANIFEST_NAME}: format version {manifest.version} is newer "
-                f"than this software ({FORMAT_VERSION})"
+                "bad_manifest",
+                f"{MANIFEST_NAME}: format version {manifest.version} is newer "
+                f"than this software ({FORMAT_VERSION})",
             )
         seen: set[str] = set()
         for t in manifest.tracks:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -67,6 +68,10 @@ def _label(rec: Recording, source: str) -> str:
     if source.startswith("point:"):
         cid = source.split(":", 1)[1]
         return rec.manifest.meta.points.get(cid, cid)
+    cid, _, own = source.partition(":")
+    if own and cid in rec.manifest.meta.points:
+        # Another track of a teaching point (its microphone): "小河教学点 · Point mic".
+        return f"{rec.manifest.meta.points[cid]} · {_label(rec, own)}"
     return source.replace("_", " ").capitalize()
 
 
@@ -91,7 +96,9 @@ def build_replay(
         return PackageResult(final, reused=True)
 
     replays_root.mkdir(parents=True, exist_ok=True)
-    work = replays_root / f"{WORK_PREFIX}{lesson}-{uuid.uuid4().hex[:8]}"
+    # The owner in the name lets a restarted worker on this machine remove what its
+    # killed predecessor left (`clean_stale_work`).
+    work = replays_root / f"{WORK_PREFIX}{lesson}@{_OWNER}@{uuid.uuid4().hex[:8]}"
     work.mkdir()
     timings: dict[str, float] = {}
     try:
@@ -102,22 +109,35 @@ def build_replay(
             if track.codec not in HLS_CODECS:
                 # fMP4 cannot carry VP8 and views are never re-encoded: this camera is
                 # seen in the composed program and the low rendition only.
-                skipped.append({"id": track.id, "label": _label(rec, track.source),
-                                "reason": f"{track.codec} cannot be carried in fMP4 HLS; "
-                                          "shown in the program only"})
+                skipped.append(
+                    {
+                        "id": track.id,
+                        "label": _label(rec, track.source),
+                        "reason": f"{track.codec} cannot be carried in fMP4 HLS; "
+                        "shown in the program only",
+                    }
+                )
                 continue
             out = remux_to_hls(
                 # Opus priming can put a track a few ms before zero; MSE wants t >= 0.
-                rec.path(track), work / "views" / track.id,
+                rec.path(track),
+                work / "views" / track.id,
                 offset_s=max(0.0, track.offset_s or 0.0),
                 rel_to=work,
                 progress=lambda f, i=i: report("views", (i + f) / len(media)),
             )
-            views.append({
-                "id": track.id, "source": track.source, "kind": track.kind,
-                "label": _label(rec, track.source), "origin": track.origin,
-                "width": track.width, "height": track.height, **asdict(out),
-            })
+            views.append(
+                {
+                    "id": track.id,
+                    "source": track.source,
+                    "kind": track.kind,
+                    "label": _label(rec, track.source),
+                    "origin": track.origin,
+                    "width": track.width,
+                    "height": track.height,
+                    **asdict(out),
+                }
+            )
             report("views", (i + 1) / len(media))
         timings["views_ready_s"] = time.monotonic() - t0
 
@@ -131,8 +151,7 @@ def build_replay(
         report("renditions", 0.6)
         audio = None
         if any(t.kind == "audio" for t in rec.manifest.tracks):
-            audio = remux_to_hls(prog.program_mp4, work / "audio", rel_to=work,
-                                 kinds=("audio",))
+            audio = remux_to_hls(prog.program_mp4, work / "audio", rel_to=work, kinds=("audio",))
         report("renditions", 1.0)
 
         chapters = build_chapters(
@@ -143,6 +162,9 @@ def build_replay(
             "version": 1,
             "lesson": lesson,
             "school": m.meta.school,
+            "school_name": m.meta.school_name or m.meta.school,
+            "schools": m.meta.schools or ([m.meta.school] if m.meta.school else []),
+            "master": m.meta.master,
             "subject": m.meta.subject,
             "grade": m.meta.grade,
             "teacher": m.meta.teacher,
@@ -150,7 +172,7 @@ def build_replay(
             "public": m.meta.public,
             "points": m.meta.points,
             "started_at": m.started_at,
-            "date": time.strftime("%Y-%m-%d", time.localtime(m.started_at)),
+            "date": m.meta.date or time.strftime("%Y-%m-%d", time.localtime(m.started_at)),
             "duration_s": round(rec.duration_s, 3),
             "views": views,
             "views_skipped": skipped,
@@ -158,9 +180,7 @@ def build_replay(
             "low": {**asdict(low), "mp4": "low.mp4"},
             "audio": asdict(audio) if audio else None,
             "chapters": chapters_json(chapters),
-            "call_ons": [
-                {"start": a, "end": b, "classroom": c} for a, b, c in prog.call_ons
-            ],
+            "call_ons": [{"start": a, "end": b, "classroom": c} for a, b, c in prog.call_ons],
             "thumbnails": prog.sprite,
             "poster": prog.sprite["poster"],
             "recording_stopped": m.stopped,
@@ -201,17 +221,40 @@ def _publish(work: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def clean_stale_work(replays_root: Path, max_age_s: float = 6 * 3600) -> None:
-    """Remove work directories left by killed jobs."""
+def clean_stale_work(replays_root: Path, max_age_s: float = 6 * 3600) -> list[Path]:
+    """Remove work directories left by killed jobs: any older than `max_age_s`, and at
+    once those whose process on this machine is gone. Returns what was removed."""
     now = time.time()
+    removed: list[Path] = []
     if not replays_root.is_dir():
-        return
+        return removed
     for d in replays_root.glob(f"{WORK_PREFIX}*"):
         try:
-            if now - d.stat().st_mtime > max_age_s:
-                shutil.rmtree(d, ignore_errors=True)
+            old = now - d.stat().st_mtime > max_age_s
         except FileNotFoundError:
             continue
+        parts = d.name.split("@")
+        dead = len(parts) == 3 and _dead_here(parts[1])
+        if old or dead:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def _dead_here(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+_OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 __all__ = ["PackageResult", "RecordingError", "build_replay", "clean_stale_work"]

@@ -126,8 +126,16 @@ class _Cursor:
             self.version += 1
 
 
-def _video_stream(out: av.container.OutputContainer, w: int, h: int, fps: Fraction,
-                  crf: int, preset: str, max_kbps: int, gop: int) -> av.VideoStream:
+def _video_stream(
+    out: av.container.OutputContainer,
+    w: int,
+    h: int,
+    fps: Fraction,
+    crf: int,
+    preset: str,
+    max_kbps: int,
+    gop: int,
+) -> av.VideoStream:
     stream = out.add_stream("libx264", rate=fps)
     stream.width, stream.height = w, h
     stream.pix_fmt = "yuv420p"
@@ -168,8 +176,9 @@ class _Compositor:
     def __init__(self, s: ProgramSettings, pip: tuple[int, int, int, int] | None) -> None:
         self.graph = av.filter.Graph()
         tb = Fraction(1, s.fps)
-        self.bg = self.graph.add_buffer(width=s.width, height=s.height, format="yuv420p",
-                                        time_base=tb)
+        self.bg = self.graph.add_buffer(
+            width=s.width, height=s.height, format="yuv420p", time_base=tb
+        )
         node = self.bg
         self.pip = None
         if pip is not None:
@@ -252,8 +261,16 @@ def build_program(
     low = av.open(str(low_path), "w", options={"movflags": "+faststart"})
     pv = _video_stream(prog, W, H, fps, s.crf, s.preset, s.max_kbps, gop=2 * s.fps)
     lfps = fps / s.low_every
-    lv = _video_stream(low, s.low_width, s.low_height, lfps, s.crf + 4, s.preset,
-                       s.low_video_kbps, gop=max(1, int(4 * lfps)))
+    lv = _video_stream(
+        low,
+        s.low_width,
+        s.low_height,
+        lfps,
+        s.crf + 4,
+        s.preset,
+        s.low_video_kbps,
+        gop=max(1, int(4 * lfps)),
+    )
     lv.codec_context.options = {**lv.codec_context.options, "profile": "baseline"}
     pa = la = None
     audio_frames: Iterator[tuple[float, av.AudioFrame]] | None = None
@@ -307,8 +324,7 @@ def build_program(
         cached = canvas_cache.get(key)
         if cached and cached[0] == cur.version:
             return cached[1]
-        scaled = frame.reformat(width=box[2], height=box[3], format="yuv420p",
-                                interpolation="AREA")
+        scaled = frame.reformat(width=box[2], height=box[3], format="yuv420p", interpolation="AREA")
         canvas_cache[key] = (cur.version, scaled)
         return scaled
 
@@ -324,14 +340,14 @@ def build_program(
         y = bg_frame.to_ndarray()
         bh, bw = bg_box[3], bg_box[2]
         top = (H - bh) // 2 // 2 * 2
-        arr[top:top + bh, :bw] = y[:bh]
+        arr[top : top + bh, :bw] = y[:bh]
         # Chroma planes of yuv420p as laid out by to_ndarray: U then V, each (H/4) rows.
-        u = y[bh:bh + bh // 4].reshape(bh // 2, bw // 2)
-        v = y[bh + bh // 4:].reshape(bh // 2, bw // 2)
-        cu = arr[H:H + H // 4].reshape(H // 2, W // 2)
-        cv = arr[H + H // 4:].reshape(H // 2, W // 2)
-        cu[top // 2:top // 2 + bh // 2, :bw // 2] = u
-        cv[top // 2:top // 2 + bh // 2, :bw // 2] = v
+        u = y[bh : bh + bh // 4].reshape(bh // 2, bw // 2)
+        v = y[bh + bh // 4 :].reshape(bh // 2, bw // 2)
+        cu = arr[H : H + H // 4].reshape(H // 2, W // 2)
+        cv = arr[H + H // 4 :].reshape(H // 2, W // 2)
+        cu[top // 2 : top // 2 + bh // 2, : bw // 2] = u
+        cv[top // 2 : top // 2 + bh // 2, : bw // 2] = v
         return av.VideoFrame.from_ndarray(arr, format="yuv420p")
 
     ticks = max(1, math.ceil(duration * s.fps))
@@ -345,13 +361,17 @@ def build_program(
             t = frame.pts / s.fps
             prog.mux(pv.encode(frame))
             if sprite.wants(t) or frame.pts == poster_tick:
-                small = frame.reformat(width=THUMB_W, height=THUMB_H, format="bgr24",
-                                       interpolation="AREA").to_ndarray()
+                small = frame.reformat(
+                    width=THUMB_W, height=THUMB_H, format="bgr24", interpolation="AREA"
+                ).to_ndarray()
                 if sprite.wants(t):
                     sprite.add(t, small)
                 if frame.pts == poster_tick:
-                    sprite.set_poster(frame.reformat(width=320, height=180, format="bgr24",
-                                                     interpolation="AREA").to_ndarray())
+                    sprite.set_poster(
+                        frame.reformat(
+                            width=320, height=180, format="bgr24", interpolation="AREA"
+                        ).to_ndarray()
+                    )
         for frame in comp.pull(comp.low_sink):
             if frame.pts % s.low_every == 0:
                 frame.pts = low_index
@@ -382,8 +402,9 @@ def build_program(
                 cur.at(t)
                 pip_frame = fitted(main_id, cur, pip_box)
             # Keep every camera cursor moving so switching back does not replay the past.
-            for other in ([teacher.id] if teacher else []) + [p.id for p in point_tracks.values()
-                                                              if p is not None]:
+            for other in ([teacher.id] if teacher else []) + [
+                p.id for p in point_tracks.values() if p is not None
+            ]:
                 if other != main_id:
                     cursor(other).at(t)
             bg = to_canvas(bg_frame)

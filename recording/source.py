@@ -38,9 +38,7 @@ class Recording:
 
     @property
     def duration_s(self) -> float:
-        ends = [
-            (t.offset_s or 0.0) + (t.duration_s or 0.0) for t in self.manifest.tracks
-        ]
+        ends = [(t.offset_s or 0.0) + (t.duration_s or 0.0) for t in self.manifest.tracks]
         return max(ends, default=0.0)
 
 
@@ -60,9 +58,7 @@ def open_recording(directory: Path) -> Recording:
 def _check_track(directory: Path, track: TrackInfo) -> None:
     path = directory / track.file
     if not path.is_file():
-        raise RecordingError(
-            "missing_track", f"track {track.id}: file {track.file} is missing"
-        )
+        raise RecordingError("missing_track", f"track {track.id}: file {track.file} is missing")
     size = path.stat().st_size
     if track.closed and track.bytes is not None and size < track.bytes:
         raise RecordingError(

@@ -39,6 +39,11 @@ class SyntheticLesson:
     video_codec: str = "h264"
     loop_s: float | None = None
     seed: int = 7
+    # "easy": flat colours and static slides; "hard": sensor-like noise on every
+    # picture (camera and courseware), which costs encoders and decoders what real
+    # classroom video does.
+    content: str = "easy"
+    video_kbps: int = 600
     started_at: float = 1_750_000_000.0
     # Start delay of each track on the lesson clock (as if cameras came up one by one).
     offsets: dict[str, float] = field(
@@ -69,8 +74,15 @@ def _camera_frame(i: int, fps: int, size: tuple[int, int], hue: int, label: str)
     img[:] = (hue, 90 + int(40 * math.sin(t)), 140)
     x = int((w - w // 5) * (0.5 + 0.5 * math.sin(t * 1.3)))
     cv2.rectangle(img, (x, h // 3), (x + w // 5, h // 3 + h // 3), (240, 230, 220), -1)
-    cv2.putText(img, f"{label} {t:6.2f}", (4, h - 8), cv2.FONT_HERSHEY_SIMPLEX,
-                h / 360, (255, 255, 255), max(1, h // 180))
+    cv2.putText(
+        img,
+        f"{label} {t:6.2f}",
+        (4, h - 8),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        h / 360,
+        (255, 255, 255),
+        max(1, h // 180),
+    )
     return img
 
 
@@ -80,8 +92,15 @@ def _slide_frame(index: int, size: tuple[int, int], rng_seed: int) -> np.ndarray
     img = np.full((h, w, 3), 250, np.uint8)
     colour = tuple(int(c) for c in rng.integers(0, 200, 3))
     cv2.rectangle(img, (0, 0), (w, h // 6), colour, -1)
-    cv2.putText(img, f"Slide {index + 1}", (w // 20, h // 8), cv2.FONT_HERSHEY_SIMPLEX,
-                h / 300, (255, 255, 255), max(1, h // 150))
+    cv2.putText(
+        img,
+        f"Slide {index + 1}",
+        (w // 20, h // 8),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        h / 300,
+        (255, 255, 255),
+        max(1, h // 150),
+    )
     for k in range(4):
         y = h // 4 + k * h // 7
         length = int(w * (0.4 + 0.5 * rng.random()))
@@ -91,7 +110,24 @@ def _slide_frame(index: int, size: tuple[int, int], rng_seed: int) -> np.ndarray
     return img
 
 
-def _video_encoder(codec: str, size: tuple[int, int], fps: int, gop: int) -> av.CodecContext:
+class _Noise:
+    """High-entropy texture: a fixed random field, shifted every frame."""
+
+    def __init__(self, size: tuple[int, int], seed: int, amplitude: int = 48) -> None:
+        w, h = size
+        rng = np.random.default_rng(seed)
+        self._field = rng.integers(0, amplitude, (h + 32, w + 32, 3), dtype=np.uint8)
+        self._size = size
+
+    def add(self, img: np.ndarray, i: int) -> np.ndarray:
+        w, h = self._size
+        dx, dy = (i * 7) % 32, (i * 13) % 32
+        return cv2.add(img, self._field[dy : dy + h, dx : dx + w])
+
+
+def _video_encoder(
+    codec: str, size: tuple[int, int], fps: int, gop: int, kbps: int = 600
+) -> av.CodecContext:
     name = "libx264" if codec == "h264" else "libvpx"
     enc = av.CodecContext.create(name, "w")
     enc.width, enc.height = size
@@ -102,15 +138,16 @@ def _video_encoder(codec: str, size: tuple[int, int], fps: int, gop: int) -> av.
     if codec == "h264":
         # What the agent uses for live publishing: no B-frames, headers on every keyframe.
         enc.options = {"preset": "ultrafast", "tune": "zerolatency", "repeat-headers": "1"}
-        enc.bit_rate = 600_000
+        enc.bit_rate = kbps * 1000
     else:
         enc.options = {"deadline": "realtime", "cpu-used": "8"}
-        enc.bit_rate = 600_000
+        enc.bit_rate = kbps * 1000
     return enc
 
 
-def _encode_video(enc: av.CodecContext, frames: Iterator[tuple[int, np.ndarray]]
-                  ) -> list[av.Packet]:
+def _encode_video(
+    enc: av.CodecContext, frames: Iterator[tuple[int, np.ndarray]]
+) -> list[av.Packet]:
     out: list[av.Packet] = []
     for pts, img in frames:
         frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
@@ -170,44 +207,84 @@ def make_recording(root: Path, spec: SyntheticLesson | None = None) -> Path:
     clip_s = min(spec.loop_s or spec.seconds, spec.seconds)
     fps, cfps = spec.fps, spec.courseware_fps
     gop = max(1, int(spec.gop_s * fps))
-    rec = LessonRecorder(root, spec.meta, origin="agent", started_at=spec.started_at)
+    # Synthesis runs faster than real time: wait for the disk rather than drop packets.
+    rec = LessonRecorder(
+        root, spec.meta, origin="agent", started_at=spec.started_at, wait_when_full=True
+    )
     point = next(iter(spec.meta.points), None)
 
+    if spec.content not in ("easy", "hard"):
+        raise ValueError(f"content must be 'easy' or 'hard', got {spec.content!r}")
+    hard = spec.content == "hard"
+
     def frames(size: tuple[int, int], hue: int, label: str) -> Iterator[tuple[int, np.ndarray]]:
+        noise = _Noise(size, spec.seed + hue) if hard else None
         for i in range(int(clip_s * fps)):
-            yield i * (90000 // fps), _camera_frame(i, fps, size, hue, label)
+            img = _camera_frame(i, fps, size, hue, label)
+            yield i * (90000 // fps), noise.add(img, i) if noise else img
 
     slides_cache: dict[int, np.ndarray] = {}
+    slide_noise = _Noise(spec.courseware_size, spec.seed + 1, amplitude=24) if hard else None
 
     def slide_frames() -> Iterator[tuple[int, np.ndarray]]:
         for i in range(int(clip_s * cfps)):
             index = int(i / cfps // spec.slide_every_s)
             if index not in slides_cache:
                 slides_cache[index] = _slide_frame(index, spec.courseware_size, spec.seed)
-            yield i * (90000 // cfps), slides_cache[index]
+            slide = slides_cache[index]
+            yield i * (90000 // cfps), slide_noise.add(slide, i) if slide_noise else slide
 
     plan: list[tuple[str, str, str, list[av.Packet], dict[str, int]]] = []
-    cam = _encode_video(_video_encoder(spec.video_codec, spec.camera_size, fps, gop),
-                        frames(spec.camera_size, 30, "teacher"))
-    plan.append(("teacher_camera", "video", spec.video_codec, cam,
-                 {"width": spec.camera_size[0], "height": spec.camera_size[1]}))
-    cw_enc = _video_encoder(spec.video_codec, spec.courseware_size, cfps, max(1, int(
-        spec.gop_s * cfps)))
+    cam = _encode_video(
+        _video_encoder(spec.video_codec, spec.camera_size, fps, gop, spec.video_kbps),
+        frames(spec.camera_size, 30, "teacher"),
+    )
+    plan.append(
+        (
+            "teacher_camera",
+            "video",
+            spec.video_codec,
+            cam,
+            {"width": spec.camera_size[0], "height": spec.camera_size[1]},
+        )
+    )
+    cw_enc = _video_encoder(
+        spec.video_codec,
+        spec.courseware_size,
+        cfps,
+        max(1, int(spec.gop_s * cfps)),
+        spec.video_kbps,
+    )
     cw = _encode_video(cw_enc, slide_frames())
-    plan.append(("courseware", "video", spec.video_codec, cw,
-                 {"width": spec.courseware_size[0], "height": spec.courseware_size[1]}))
+    plan.append(
+        (
+            "courseware",
+            "video",
+            spec.video_codec,
+            cw,
+            {"width": spec.courseware_size[0], "height": spec.courseware_size[1]},
+        )
+    )
     if point:
-        pc = _encode_video(_video_encoder(spec.video_codec, spec.camera_size, fps, gop),
-                           frames(spec.camera_size, 110, point))
-        plan.append((f"point:{point}", "video", spec.video_codec, pc,
-                     {"width": spec.camera_size[0], "height": spec.camera_size[1]}))
+        pc = _encode_video(
+            _video_encoder(spec.video_codec, spec.camera_size, fps, gop, spec.video_kbps),
+            frames(spec.camera_size, 110, point),
+        )
+        plan.append(
+            (
+                f"point:{point}",
+                "video",
+                spec.video_codec,
+                pc,
+                {"width": spec.camera_size[0], "height": spec.camera_size[1]},
+            )
+        )
     plan.append(("microphone", "audio", "opus", _encode_audio(clip_s, spec.seed), {}))
 
     for source, kind, codec, packets, dims in plan:
         offset = spec.offsets.get(source, 0.0)
         tb = VIDEO_TB if kind == "video" else AUDIO_TB
-        writer = rec.add_track(source, kind, codec, wall_at_pts0=spec.started_at + offset,
-                               **dims)
+        writer = rec.add_track(source, kind, codec, wall_at_pts0=spec.started_at + offset, **dims)
         clip_ticks = round(clip_s / tb)
         total_ticks = round((spec.seconds - offset) / tb)
         for packet in _repeat(packets, clip_ticks, total_ticks):
@@ -221,8 +298,7 @@ def make_recording(root: Path, spec: SyntheticLesson | None = None) -> Path:
         # Only every other slide change is announced; the others must be detected.
         t = k * spec.slide_every_s
         if t < spec.seconds:
-            rec.event("slide", t=round(t + spec.offsets.get("courseware", 0.0), 3),
-                      index=k + 1)
+            rec.event("slide", t=round(t + spec.offsets.get("courseware", 0.0), 3), index=k + 1)
     if point and spec.call_on:
         rec.event("hand_raised", t=max(0.0, spec.call_on[0] - 1.0), classroom=point)
         rec.event("call_on", t=spec.call_on[0], classroom=point, name=spec.meta.points[point])

@@ -47,7 +47,7 @@ class SpriteBuilder:
         grid = np.zeros((rows * THUMB_H, cols * THUMB_W, 3), np.uint8)
         for i, img in enumerate(self.thumbs):
             r, c = divmod(i, cols)
-            grid[r * THUMB_H:(r + 1) * THUMB_H, c * THUMB_W:(c + 1) * THUMB_W] = img
+            grid[r * THUMB_H : (r + 1) * THUMB_H, c * THUMB_W : (c + 1) * THUMB_W] = img
         _write_jpeg(directory / "sprite.jpg", grid, 70)
         poster = self.poster if self.poster is not None else self.thumbs[len(self.thumbs) // 3]
         _write_jpeg(directory / "poster.jpg", poster, 82)

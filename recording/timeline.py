@@ -31,6 +31,11 @@ KINDS = (
     "chat",
     "chapter",
     "recording_stopped",
+    # The classroom (media_server/classroom.py): lesson phase and microphone control.
+    "lesson_started",
+    "lesson_ended",
+    "muted",
+    "unmuted",
 )
 
 

@@ -80,11 +80,13 @@ async def upload_recording(
     files = recording_files(directory)
     specs = []
     for p in files:
-        specs.append({
-            "path": p.relative_to(directory).as_posix(),
-            "size": p.stat().st_size,
-            "sha256": await asyncio.to_thread(_sha256, p),
-        })
+        specs.append(
+            {
+                "path": p.relative_to(directory).as_posix(),
+                "size": p.stat().st_size,
+                "sha256": await asyncio.to_thread(_sha256, p),
+            }
+        )
     total = sum(s["size"] for s in specs)
     base = f"{base_url.rstrip('/')}/api/recordings/{lesson}/uploads"
     headers = {"Authorization": f"Bearer {token}"}
@@ -96,13 +98,15 @@ async def upload_recording(
         nonlocal failures
         while True:
             try:
-                async with session.request(method, url, headers={**headers,
-                                           **kw.pop("extra_headers", {})}, **kw) as resp:
+                async with session.request(
+                    method, url, headers={**headers, **kw.pop("extra_headers", {})}, **kw
+                ) as resp:
                     try:
                         body = await resp.json()
                     except (aiohttp.ContentTypeError, ValueError):
-                        body = {"error": {"code": f"http_{resp.status}",
-                                          "message": await resp.text()}}
+                        body = {
+                            "error": {"code": f"http_{resp.status}", "message": await resp.text()}
+                        }
                     if resp.status >= 500:
                         raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
                     failures = 0
@@ -110,9 +114,11 @@ async def upload_recording(
             except (TimeoutError, aiohttp.ClientError) as exc:
                 failures += 1
                 if failures > retries:
-                    raise UploadError("network", f"upload stopped after {retries} retries: "
-                                      f"{exc}; run it again to resume") from None
-                delay = min(30.0, 0.2 * 2 ** failures)
+                    raise UploadError(
+                        "network",
+                        f"upload stopped after {retries} retries: {exc}; run it again to resume",
+                    ) from None
+                delay = min(30.0, 0.2 * 2**failures)
                 log.warning("upload: %s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
@@ -136,9 +142,12 @@ async def upload_recording(
                     offset = received.get(path, 0)
                     while offset < size:
                         data = await asyncio.to_thread(
-                            _read, directory / path, offset, min(chunk_size, size - offset))
+                            _read, directory / path, offset, min(chunk_size, size - offset)
+                        )
                         status, body = await call(
-                            "PUT", f"{base}/{upload_id}/files/{path}", params={"offset": offset},
+                            "PUT",
+                            f"{base}/{upload_id}/files/{path}",
+                            params={"offset": offset},
                             data=data,
                             extra_headers={"X-Chunk-SHA256": hashlib.sha256(data).hexdigest()},
                         )
@@ -167,7 +176,8 @@ async def upload_recording(
             await session.close()
 
 
-def upload_recording_sync(directory: Path | str, base_url: str, token: str,
-                          progress: Progress | None = None, **kw: Any) -> dict[str, Any]:
+def upload_recording_sync(
+    directory: Path | str, base_url: str, token: str, progress: Progress | None = None, **kw: Any
+) -> dict[str, Any]:
     """Blocking wrapper for scripts and the CLI."""
     return asyncio.run(upload_recording(directory, base_url, token, progress=progress, **kw))

@@ -93,12 +93,17 @@ class TrackWriter:
         if not self._first_seen:
             self._first_seen = True
             pts_s = float(packet.pts * copy.time_base)
-            wall = (
-                self._wall_at_pts0 + pts_s if self._wall_at_pts0 is not None else time.time()
+            wall = self._wall_at_pts0 + pts_s if self._wall_at_pts0 is not None else time.time()
+            self._recorder._first_packet(
+                self, int(packet.pts * copy.time_base / self._time_base), wall
             )
-            self._recorder._first_packet(self, int(packet.pts * copy.time_base / self._time_base),
-                                         wall)
         rec = self._recorder
+        if rec.wait_when_full and rec._queued_bytes > rec.max_queue_bytes:
+            # A producer faster than real time (a benchmark, a re-mux) waits for the disk.
+            with rec._drained:
+                rec._drained.wait_for(
+                    lambda: rec._queued_bytes <= rec.max_queue_bytes or rec.stopped is not None
+                )
         if rec._queued_bytes > rec.max_queue_bytes:
             # The disk cannot keep up. Dropping here keeps the live lesson (and the
             # event loop) going; the gap is counted in the manifest.
@@ -117,25 +122,9 @@ class TrackWriter:
     # --- writer thread side ---
 
     def _open(self) -> None:
-        path = self._recorder.directory / self.info.file
-        fmt = CONTAINER_FOR_CODEC[self.info.codec]
-        options = {"flush_packets": "1"}
-        if fmt == "webm":
-            # Clusters are only written when they close: keep them short.
-            options["cluster_time_limit"] = "1000"
-        container = av.open(str(path), "w", format=fmt, options=options)
-        codec = _HEADER_CODEC[self.info.codec]
-        if self.info.kind == "video":
-            stream = container.add_stream(codec, rate=30)
-            stream.width = self.info.width
-            stream.height = self.info.height
-            stream.pix_fmt = "yuv420p"
-        else:
-            stream = container.add_stream(codec, rate=self.info.sample_rate)
-            stream.layout = "stereo" if self.info.channels == 2 else "mono"
-        stream.time_base = self._time_base
-        self._container = container
-        self._stream = stream
+        self._container, self._stream = open_track_file(
+            self._recorder.directory / self.info.file, self.info
+        )
 
     def _mux(self, packet: av.Packet) -> None:
         if self._container is None:
@@ -181,6 +170,27 @@ class TrackWriter:
             return 0
 
 
+def open_track_file(path: Path, info: TrackInfo) -> tuple[av.container.OutputContainer, Any]:
+    """Open a track file for codec-copy muxing in its format's container (flushed per packet)."""
+    fmt = CONTAINER_FOR_CODEC[info.codec]
+    options = {"flush_packets": "1"}
+    if fmt == "webm":
+        # Clusters are only written when they close: keep them short.
+        options["cluster_time_limit"] = "1000"
+    container = av.open(str(path), "w", format=fmt, options=options)
+    codec = _HEADER_CODEC[info.codec]
+    if info.kind == "video":
+        stream = container.add_stream(codec, rate=30)
+        stream.width = info.width
+        stream.height = info.height
+        stream.pix_fmt = "yuv420p"
+    else:
+        stream = container.add_stream(codec, rate=info.sample_rate)
+        stream.layout = "stereo" if info.channels == 2 else "mono"
+    stream.time_base = Fraction(info.time_base)
+    return container, stream
+
+
 class LessonRecorder:
     """Writes one lesson recording directory: manifest, timeline and one file per track.
 
@@ -200,6 +210,7 @@ class LessonRecorder:
         on_stop: Callable[[str], None] | None = None,
         max_queue_bytes: int = 64 * 1024**2,
         started_at: float | None = None,
+        wait_when_full: bool = False,
     ) -> None:
         root = Path(root_dir)
         root.mkdir(parents=True, exist_ok=True)
@@ -221,6 +232,10 @@ class LessonRecorder:
         self._written_bytes = 0
         self.manifest = Manifest(meta=meta, started_at=started_at or time.time())
         self._lock = threading.Lock()
+        # False for live capture (drop and count, never stall the lesson); True for
+        # producers that may wait (write() then blocks while the queue is full).
+        self.wait_when_full = wait_when_full
+        self._drained = threading.Condition(self._lock)
         self._writers: list[TrackWriter] = []
         self._timeline = TimelineWriter(self.directory / TIMELINE_NAME)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
@@ -258,9 +273,9 @@ class LessonRecorder:
         """
         if self.stopped:
             raise DiskBudgetExceeded(self.stopped)
-        if (kind == "video" and codec not in VIDEO_CODECS) or (kind == "audio" and (
-            codec not in AUDIO_CODECS
-        )):
+        if (kind == "video" and codec not in VIDEO_CODECS) or (
+            kind == "audio" and (codec not in AUDIO_CODECS)
+        ):
             raise ValueError(f"unsupported {kind} codec {codec!r}")
         if kind == "video" and (width <= 0 or height <= 0):
             raise ValueError("a video track needs width and height")
@@ -343,6 +358,7 @@ class LessonRecorder:
             else:
                 with self._lock:
                     self._queued_bytes -= item.packet.size
+                    self._drained.notify_all()
                 if not self.stopped:
                     try:
                         item.writer._mux(item.packet)
@@ -389,6 +405,8 @@ class LessonRecorder:
         self.event("recording_stopped", reason=reason)
         self._save()
         self.stopped = reason
+        with self._lock:
+            self._drained.notify_all()  # a waiting producer must not wait for ever
         if self.on_stop is not None:
             try:
                 self.on_stop(reason)

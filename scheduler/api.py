@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from scheduler.db import Database
+from scheduler.publicurl import write_public_url
 from tongke.app import CTX, AppContext
 from tongke.tokens import Claims, Role, TokenError, verify_token
 
@@ -30,8 +32,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message, **extra}},
-                             status=status)
+    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
 
 
 def _token(request: web.Request) -> str | None:
@@ -39,6 +40,14 @@ def _token(request: web.Request) -> str | None:
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
     return request.query.get("token")
+
+
+def base_url(request: web.Request) -> str:
+    """The configured public URL, else the address this request reached us at."""
+    cfg = request.app[CTX].config
+    if cfg.public_url:
+        return cfg.public_url.rstrip("/")
+    return f"{request.scheme}://{request.host}"
 
 
 def _status_of(err: TokenError) -> int:
@@ -94,25 +103,99 @@ async def county(request: web.Request) -> web.StreamResponse:
     return web.json_response(await _run(request, county_summary))
 
 
+# A city's county files (tier L is ~1.1 MB); read in chunks, never past this size.
+IMPORT_LIMIT_BYTES = 32 * 1024 * 1024
+
+
+async def _read_limited(stream: Any, limit: int, used: int = 0) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = (
+            await stream.read_chunk(256 * 1024)
+            if hasattr(stream, "read_chunk")
+            else (await stream.readany())
+        )
+        if not chunk:
+            return b"".join(chunks)
+        used += len(chunk)
+        if used > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _import_body(request: web.Request) -> tuple[dict[str, str], dict[str, str], bool]:
+    """Files (kind -> text), how each was decoded, and `replace`, from either body form:
+    multipart/form-data with one file per kind (the page sends the files' bytes as they
+    are, so GBK files arrive undecoded), or JSON {"files": {kind: text}, "replace": bool}."""
+    from scheduler.csvio import decode_csv
+
+    files: dict[str, str] = {}
+    encodings: dict[str, str] = {}
+    if request.content_type == "multipart/form-data":
+        replace = False
+        used = 0
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ValueError("nested multipart bodies are not accepted")
+            data = await _read_limited(part, IMPORT_LIMIT_BYTES, used)
+            used += len(data)
+            if part.name == "replace":
+                replace = data.strip().lower() in (b"1", b"true", b"on", b"yes")
+                continue
+            kind = (part.filename or part.name or "").rsplit("/", 1)[-1]
+            kind = kind[:-4] if kind.lower().endswith(".csv") else kind
+            try:
+                files[kind], encodings[kind] = decode_csv(data)
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"{kind}.csv is neither UTF-8 nor GBK/GB18030 text ({exc})"
+                ) from None
+        return files, encodings, replace
+    raw = await _read_limited(request.content, IMPORT_LIMIT_BYTES)
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        raise ValueError("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    got = body.get("files")
+    if not isinstance(got, dict) or not got or not all(isinstance(v, str) for v in got.values()):
+        raise ValueError('send {"files": {"schools": "<csv text>", ...}}')
+    return got, {k: "UTF-8" for k in got}, bool(body.get("replace"))
+
+
 @writer
 async def import_files(request: web.Request) -> web.StreamResponse:
     from scheduler.csvio import import_csv
 
-    body = await _json(request)
-    files = body.get("files")
-    if not isinstance(files, dict) or not files or not all(
-            isinstance(v, str) for v in files.values()):
-        raise ValueError('send {"files": {"schools": "<csv text>", ...}}')
-    report = await _run(request, import_csv, files, replace=bool(body.get("replace")))
+    try:
+        files, encodings, replace = await _import_body(request)
+    except _TooLarge:
+        return _error(
+            413, "too_large", f"the import is larger than {IMPORT_LIMIT_BYTES // (1024 * 1024)} MiB"
+        )
+    if not files:
+        raise ValueError("no files in the import")
+    report = await _run(request, import_csv, files, replace=replace)
     if not report.ok:
-        return _error(422, "bad_rows", f"nothing imported: {len(report.errors)} bad row(s)",
-                      rows=[e.as_dict() for e in report.errors])
-    return web.json_response({"counts": report.counts})
+        return _error(
+            422,
+            "bad_rows",
+            f"nothing imported: {len(report.errors)} bad row(s)",
+            rows=[e.as_dict() for e in report.errors],
+            encodings=encodings,
+        )
+    return web.json_response({"counts": report.counts, "encodings": encodings})
 
 
 @writer
 async def start_solve(request: web.Request) -> web.StreamResponse:
-    from scheduler.problem import Mode, Options
+    from scheduler.problem import BellRule, Mode, Options
     from scheduler.service import solve_and_store
 
     body = await _json(request)
@@ -120,18 +203,29 @@ async def start_solve(request: web.Request) -> web.StreamResponse:
     if any(j["state"] == "running" for j in jobs.values()):
         return _error(409, "busy", "a solve is already running")
     try:
-        opts = Options(max_points=int(body.get("max_points", 4)),
-                       mode=Mode(body.get("mode", "fixed")),
-                       cross_county=bool(body.get("cross_county", False)),
-                       time_limit_s=float(body.get("time_limit_s", 30)),
-                       seed=int(body.get("seed", 0)))
+        opts = Options(
+            max_points=int(body.get("max_points", 4)),
+            mode=Mode(body.get("mode", "fixed")),
+            cross_county=bool(body.get("cross_county", False)),
+            time_limit_s=float(body.get("time_limit_s", 30)),
+            seed=int(body.get("seed", 0)),
+            bells=BellRule(body.get("bells", "hard")),
+            bell_tolerance_min=int(body.get("bell_tolerance_min", 5)),
+        )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad solve options: {exc}") from None
     if not 1 <= opts.max_points <= 60 or not 0.5 <= opts.time_limit_s <= 3600:
         raise ValueError("max_points must be 1-60 and time_limit_s 0.5-3600")
+    if not 0 <= opts.bell_tolerance_min <= 60:
+        raise ValueError("bell_tolerance_min must be 0-60")
     job_id = f"j{next(_job_ids)}"
-    job: dict[str, Any] = {"id": job_id, "state": "running", "started": time.time(),
-                           "time_limit_s": opts.time_limit_s, "progress": {}}
+    job: dict[str, Any] = {
+        "id": job_id,
+        "state": "running",
+        "started": time.time(),
+        "time_limit_s": opts.time_limit_s,
+        "progress": {},
+    }
     jobs[job_id] = job
 
     def progress(event: dict[str, Any]) -> None:
@@ -139,8 +233,13 @@ async def start_solve(request: web.Request) -> web.StreamResponse:
 
     async def run() -> None:
         try:
-            plan, sol = await _run(request, solve_and_store, opts, progress,
-                                   keep_published=not body.get("fresh", False))
+            plan, sol = await _run(
+                request,
+                solve_and_store,
+                opts,
+                progress,
+                keep_published=not body.get("fresh", False),
+            )
             job.update(state="done", plan_id=plan.id, served=sol.served, demand=sol.demand)
         except Exception as exc:  # reported to the page, which shows it to the user
             job.update(state="failed", error=str(exc))
@@ -190,8 +289,12 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
 
     pid = _plan_id(request)
     text = await _run(request, lambda s: export_plan_csv(export_rows(s, latest_plan(s, pid))))
-    return web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
-        "Content-Disposition": 'attachment; filename="plan.csv"'})
+    return web.Response(
+        text=text,
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": 'attachment; filename="plan.csv"'},
+    )
 
 
 @writer
@@ -220,9 +323,14 @@ async def do_replan(request: web.Request) -> web.StreamResponse:
     if not dates:
         raise ValueError("give the date(s) to re-plan")
     downlink = body.get("downlink_mbps")
-    report = await _run(request, replan, dates, absent_teacher=body.get("absent_teacher") or None,
-                        classroom_id=body.get("classroom_id") or None,
-                        downlink_mbps=float(downlink) if downlink not in (None, "") else None)
+    report = await _run(
+        request,
+        replan,
+        dates,
+        absent_teacher=body.get("absent_teacher") or None,
+        classroom_id=body.get("classroom_id") or None,
+        downlink_mbps=float(downlink) if downlink not in (None, "") else None,
+    )
     return web.json_response(report.as_dict())
 
 
@@ -232,8 +340,10 @@ def _range(request: web.Request) -> tuple[dt.datetime, dt.datetime]:
         end = dt.date.fromisoformat(request.query.get("to", request.query["from"]))
     except (KeyError, ValueError):
         raise ValueError("give from=YYYY-MM-DD and to=YYYY-MM-DD") from None
-    return (dt.datetime.combine(start, dt.time(0)),
-            dt.datetime.combine(end + dt.timedelta(days=1), dt.time(0)))
+    return (
+        dt.datetime.combine(start, dt.time(0)),
+        dt.datetime.combine(end + dt.timedelta(days=1), dt.time(0)),
+    )
 
 
 @writer
@@ -269,17 +379,24 @@ async def lesson_token(request: web.Request) -> web.StreamResponse:
     else:
         return _error(403, "forbidden", "this token may not issue tokens for that classroom")
 
+    base = base_url(request)
+
     def work(session: Any) -> dict[str, Any]:
         info = get_lesson(session, room_id)
         if info is None:
             raise LookupError(f"unknown lesson {room_id!r}")
         role = body.get("role") or (role_of(info, classroom) or Role.OBSERVER).value
-        if claims.role not in WRITERS and Role(role) not in (Role.MASTER, Role.POINT,
-                                                             Role.AGENT):
-            raise ValueError(f"a classroom may not ask for a {role} token")
+        # A feed token yields only the role its classroom has in this lesson (issue 7).
+        if claims.role not in WRITERS and Role(role) is not role_of(info, classroom):
+            raise ValueError(f"a classroom may not ask for a {role} token in this lesson")
         token = room_token(ctx.secret, session, info, classroom, role)
-        return {"token": token, "room": room_id, "role": role, "classroom": classroom,
-                "url": f"{ctx.config.base_url}/lesson/{room_id}?token={token}"}
+        return {
+            "token": token,
+            "room": room_id,
+            "role": role,
+            "classroom": classroom,
+            "url": f"{base}/lesson/{room_id}?token={token}",
+        }
 
     try:
         return web.json_response(await _run(request, work))
@@ -297,9 +414,14 @@ async def new_feed_token(request: web.Request) -> web.StreamResponse:
     ident = request.match_info["name"]
     agent = request.match_info.get("agent") == "agent"
     token, path = await _run(request, feed_token, ctx.secret, ident, agent=agent)
-    base = ctx.config.base_url
-    return web.json_response({"token": token, "ics": f"{base}{path}.ics?token={token}",
-                              "json": f"{base}{path}.json?token={token}"})
+    base = base_url(request)
+    return web.json_response(
+        {
+            "token": token,
+            "ics": f"{base}{path}.ics?token={token}",
+            "json": f"{base}{path}.json?token={token}",
+        }
+    )
 
 
 async def feed(request: web.Request) -> web.StreamResponse:
@@ -308,6 +430,7 @@ async def feed(request: web.Request) -> web.StreamResponse:
     from scheduler.ical import json_feed as make_json
 
     ctx: AppContext = request.app[CTX]
+    base = base_url(request)
     name = request.match_info["name"]
     agent = request.path.startswith("/api/schedule/feeds/agent/")
     ident, _, fmt = name.rpartition(".")
@@ -321,21 +444,25 @@ async def feed(request: web.Request) -> web.StreamResponse:
         return _error(_status_of(err), err.code, err.message)
 
     def work(session: Any) -> bytes | None:
-        rooms = classrooms_of_agent(session, ident) if agent else (
-            [ident] if classroom_exists(session, ident) else [])
+        rooms = (
+            classrooms_of_agent(session, ident)
+            if agent
+            else ([ident] if classroom_exists(session, ident) else [])
+        )
         if not rooms:
             return None
         if fmt == "ics":
-            return ical_feed(session, rooms, ctx.config.base_url, ident)
-        return json_bytes(make_json(session, rooms, ctx.secret))
+            return ical_feed(session, rooms, base, ident)
+        return json_bytes(make_json(session, rooms, ctx.secret, base_url=base))
 
     try:
         body = await _run(request, work)
     except ValueError as exc:
         return _error(404, "not_published", str(exc))
     if body is None:
-        return _error(404, "unknown_classroom", f"unknown {'agent' if agent else 'classroom'} "
-                      f"{ident!r}")
+        return _error(
+            404, "unknown_classroom", f"unknown {'agent' if agent else 'classroom'} {ident!r}"
+        )
     tag = etag(body)
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
     if tag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
@@ -355,6 +482,12 @@ def setup(app: web.Application, ctx: AppContext) -> None:
                 await asyncio.wait([task])
         app[DB].dispose()
 
+    async def record_url(app: web.Application) -> None:
+        cfg = ctx.config
+        if cfg.public_url or (cfg.port and cfg.host not in ("0.0.0.0", "::", "")):
+            write_public_url(cfg.data_dir, cfg.base_url)
+
+    app.on_startup.append(record_url)
     app.on_cleanup.append(close)
     r = app.router
     r.add_get("/scheduler", page)

@@ -1,9 +1,12 @@
 """Bell schedules and clock alignment.
 
 Schools ring different bells, so a remote lesson is aligned by clock time, not by period
-number: a point class can take a master lesson when the lesson's clock time lies inside
-one of the point's school-day blocks (a morning or an afternoon run of periods, widened
-by EDGE_SLACK_MIN at both ends) and overlaps none of the class's busy periods.
+number: a point class can take a master lesson when the lesson sits inside one of the
+point's own bell periods, reaching at most a tolerance (default 5 minutes) into the
+breaks around it, and overlaps none of the class's busy periods. With soft bells a lesson
+may instead straddle a break anywhere inside one of the point's school-day blocks (a
+morning or an afternoon run of periods, widened by EDGE_SLACK_MIN at both ends), at a
+cost in the objective.
 """
 
 from __future__ import annotations
@@ -74,3 +77,22 @@ def fits(
     if not any(bs <= start and end <= be for bs, be in blocks):
         return False
     return not any(overlaps(start, end, s, e) for s, e in busy)
+
+
+def bell_spill(start: int, end: int, periods: Iterable[Period]) -> int | None:
+    """Fewest minutes the lesson [start, end) reaches into breaks, over the periods it
+    overlaps (None if it overlaps none): the point's periods are what its pupils follow."""
+    best: int | None = None
+    for p in periods:
+        if not overlaps(start, end, p.start, p.end):
+            continue
+        spill = max(0, p.start - start) + max(0, end - p.end)
+        best = spill if best is None else min(best, spill)
+    return best
+
+
+def fits_bells(start: int, end: int, periods: Iterable[Period], tolerance_min: int) -> bool:
+    """Whether the lesson sits inside one of the periods, reaching at most `tolerance_min`
+    minutes into the breaks around it."""
+    spill = bell_spill(start, end, periods)
+    return spill is not None and spill <= tolerance_min

@@ -12,7 +12,7 @@ import datetime as dt
 import io
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -28,6 +28,7 @@ from scheduler.school import (
     SchoolKind,
     Teacher,
 )
+from scheduler.streams import DEFAULT_PROFILE, PROFILES
 from scheduler.timetable import (
     WEEKDAY_NAMES_ZH,
     WEEKDAYS,
@@ -62,18 +63,26 @@ class RowError:
 
     def __str__(self) -> str:
         where = f"{self.file}.csv line {self.line}"
-        return f"{where}, column {self.column}: {self.message}" if self.column else (
-            f"{where}: {self.message}")
+        return (
+            f"{where}, column {self.column}: {self.message}"
+            if self.column
+            else (f"{where}: {self.message}")
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "column": self.column,
-                "message": self.message}
+        return {
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "message": self.message,
+        }
 
 
 @dataclass
 class ImportReport:
     counts: dict[str, int]
     errors: list[RowError]
+    encodings: dict[str, str] = field(default_factory=dict)  # file kind -> how it was read
 
     @property
     def ok(self) -> bool:
@@ -98,6 +107,46 @@ def parse_weekday(text: str) -> int:
     raise ValueError(f"weekday must be 1-7 (1 = Monday) or Mon..Sun, not {text!r}")
 
 
+# Excel on a Chinese Windows saves "CSV" in the ANSI code page, GBK; GB18030 is its superset.
+ENCODINGS = ("utf-8-sig", "gb18030")
+REPLACEMENT = "\ufffd"
+
+
+def decode_csv(data: bytes) -> tuple[str, str]:
+    """Text and the encoding it was read in: UTF-8 (with or without BOM), else GB18030.
+
+    Raises UnicodeDecodeError when neither reads the bytes."""
+    for encoding in ENCODINGS:
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        name = (
+            "UTF-8 (BOM)"
+            if encoding == "utf-8-sig" and data.startswith(b"\xef\xbb\xbf")
+            else ("UTF-8" if encoding == "utf-8-sig" else "GB18030/GBK")
+        )
+        return text, name
+    data.decode(ENCODINGS[-1])  # raises, naming the first bad byte
+    raise AssertionError("unreachable")
+
+
+def replacement_errors(kind: str, text: str) -> list[RowError]:
+    """One error per line holding U+FFFD: text that was decoded in the wrong encoding."""
+    return [
+        RowError(
+            kind,
+            line,
+            "",
+            "holds characters that could not be read (�): the file "
+            "was decoded in the wrong encoding; save it as UTF-8 or GBK and import "
+            "the file itself",
+        )
+        for line, row in enumerate(text.splitlines(), start=1)
+        if REPLACEMENT in row
+    ]
+
+
 def read_csv(text: str) -> tuple[list[str], list[dict[str, str]]]:
     text = text.lstrip("\ufeff")  # spreadsheets save UTF-8 with a BOM
     reader = csv.DictReader(io.StringIO(text))
@@ -114,18 +163,28 @@ class _State:
         self.counties = {c.id for c in db.scalars(select(County))}
         self.schools = {s.id: s.kind for s in db.scalars(select(School))}
         self.rooms = {r.id: (r.school_id, r.role) for r in db.scalars(select(Classroom))}
-        self.teachers = {t.id: (set(t.subjects), set(t.grades))
-                         for t in db.scalars(select(Teacher))}
-        self.classes = {c.id: (c.school_id, c.grade, c.classroom_id)
-                        for c in db.scalars(select(SchoolClass))}
+        self.teachers = {
+            t.id: (set(t.subjects), set(t.grades)) for t in db.scalars(select(Teacher))
+        }
+        self.classes = {
+            c.id: (c.school_id, c.grade, c.classroom_id) for c in db.scalars(select(SchoolClass))
+        }
         self.bells: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
         for b in db.scalars(select(BellPeriod)):
             self.bells[b.school_id][b.period] = (b.start_min, b.end_min)
         self.busy: set[tuple[str, int, int]] = {
-            (b.class_id, b.weekday, b.period) for b in db.scalars(select(BusyPeriod))}
+            (b.class_id, b.weekday, b.period) for b in db.scalars(select(BusyPeriod))
+        }
+        self.busy_of: dict[str, set[tuple[str, int, int]]] = defaultdict(set)
+        for b in self.busy:
+            self.busy_of[b[0]].add(b)
         self.offers: list[tuple[str, str, int, int, str]] = [
-            (o.class_id, o.teacher_id, o.weekday, o.period, "") for o in
-            db.scalars(select(MasterOffer))]
+            (o.class_id, o.teacher_id, o.weekday, o.period, "")
+            for o in db.scalars(select(MasterOffer))
+        ]
+        self.offers_by_day: dict[int, list[tuple[str, str, int, int, str]]] = defaultdict(list)
+        for o in self.offers:
+            self.offers_by_day[o[2]].append(o)
 
 
 def _num(row: Mapping[str, str], col: str, kind: type, lo: float, hi: float) -> Any:
@@ -159,12 +218,16 @@ def import_csv(db: Session, files: Mapping[str, str], *, replace: bool = False) 
 
     `replace` clears the stored county first (plans and published lessons stay)."""
     unknown = set(files) - set(FORMATS)
-    errors: list[RowError] = [RowError(k, 1, "", f"unknown file kind (expected one of "
-                                       f"{', '.join(ORDER)})") for k in sorted(unknown)]
+    errors: list[RowError] = [
+        RowError(k, 1, "", f"unknown file kind (expected one of {', '.join(ORDER)})")
+        for k in sorted(unknown)
+    ]
     if replace:
         state = _State.__new__(_State)
         state.counties, state.schools, state.rooms, state.teachers = set(), {}, {}, {}
         state.classes, state.bells, state.busy, state.offers = {}, defaultdict(dict), set(), []
+        state.busy_of = defaultdict(set)
+        state.offers_by_day = defaultdict(list)
     else:
         state = _State(db)
     objects: dict[str, list[Any]] = defaultdict(list)
@@ -173,6 +236,10 @@ def import_csv(db: Session, files: Mapping[str, str], *, replace: bool = False) 
     term_rows: list[tuple[int, dict[str, str]]] = []
     for kind in ORDER:
         if kind not in files:
+            continue
+        garbled = replacement_errors(kind, files[kind])
+        if garbled:
+            errors.extend(garbled)
             continue
         header, rows = read_csv(files[kind])
         missing = [c for c in FORMATS[kind] if c not in header]
@@ -205,8 +272,13 @@ def import_csv(db: Session, files: Mapping[str, str], *, replace: bool = False) 
     return ImportReport(counts, [])
 
 
-def _import_row(kind: str, row: Mapping[str, str], st: _State, objects: dict[str, list[Any]],
-                replaced: dict[str, set[str]]) -> None:
+def _import_row(
+    kind: str,
+    row: Mapping[str, str],
+    st: _State,
+    objects: dict[str, list[Any]],
+    replaced: dict[str, set[str]],
+) -> None:
     if kind == "schools":
         sid, county = _need(row, "school_id"), _need(row, "county_id")
         skind = row.get("kind", "")
@@ -216,8 +288,18 @@ def _import_row(kind: str, row: Mapping[str, str], st: _State, objects: dict[str
             st.counties.add(county)
             objects["counties"].append(County(id=county, name=row.get("county_name") or county))
         st.schools[sid] = skind
-        objects["schools"].append(School(id=sid, name=_need(row, "name"), county_id=county,
-                                         kind=skind))
+        down = _num(row, "downlink_mbps", float, 0, 100000) if row.get("downlink_mbps") else None
+        up = _num(row, "uplink_mbps", float, 0, 100000) if row.get("uplink_mbps") else None
+        objects["schools"].append(
+            School(
+                id=sid,
+                name=_need(row, "name"),
+                county_id=county,
+                kind=skind,
+                downlink_mbps=down,
+                uplink_mbps=up,
+            )
+        )
     elif kind == "classrooms":
         rid, school = _need(row, "classroom_id"), _need(row, "school_id")
         if school not in st.schools:
@@ -228,9 +310,17 @@ def _import_row(kind: str, row: Mapping[str, str], st: _State, objects: dict[str
         down = _num(row, "downlink_mbps", float, 0, 10000)
         up = _num(row, "uplink_mbps", float, 0, 10000)
         st.rooms[rid] = (school, role)
-        objects["classrooms"].append(Classroom(
-            id=rid, school_id=school, name=_need(row, "name"), role=role,
-            agent_id=row.get("agent_id", "") or rid, downlink_mbps=down, uplink_mbps=up))
+        objects["classrooms"].append(
+            Classroom(
+                id=rid,
+                school_id=school,
+                name=_need(row, "name"),
+                role=role,
+                agent_id=row.get("agent_id", "") or rid,
+                downlink_mbps=down,
+                uplink_mbps=up,
+            )
+        )
     elif kind == "teachers":
         tid, school = _need(row, "teacher_id"), _need(row, "school_id")
         if school not in st.schools:
@@ -242,8 +332,16 @@ def _import_row(kind: str, row: Mapping[str, str], st: _State, objects: dict[str
             raise _Bad("grades", "grades must be numbers separated by ';'") from None
         cap = _num(row, "weekly_cap", int, 0, 60)
         st.teachers[tid] = (set(subjects), set(grades))
-        objects["teachers"].append(Teacher(id=tid, school_id=school, name=_need(row, "name"),
-                                           subjects=subjects, grades=grades, weekly_cap=cap))
+        objects["teachers"].append(
+            Teacher(
+                id=tid,
+                school_id=school,
+                name=_need(row, "name"),
+                subjects=subjects,
+                grades=grades,
+                weekly_cap=cap,
+            )
+        )
     elif kind == "classes":
         cid, school = _need(row, "class_id"), _need(row, "school_id")
         if school not in st.schools:
@@ -256,9 +354,16 @@ def _import_row(kind: str, row: Mapping[str, str], st: _State, objects: dict[str
         grade = _num(row, "grade", int, 1, 12)
         students = _num(row, "students", int, 0, 200)
         st.classes[cid] = (school, grade, room)
-        objects["classes"].append(SchoolClass(id=cid, school_id=school, grade=grade,
-                                              name=_need(row, "name"), students=students,
-                                              classroom_id=room))
+        objects["classes"].append(
+            SchoolClass(
+                id=cid,
+                school_id=school,
+                grade=grade,
+                name=_need(row, "name"),
+                students=students,
+                classroom_id=room,
+            )
+        )
     elif kind == "bells":
         school = _need(row, "school_id")
         if school not in st.schools:
@@ -283,8 +388,9 @@ def _import_row(kind: str, row: Mapping[str, str], st: _State, objects: dict[str
             if overlaps(start, end, s, e):
                 raise _Bad("start", f"period {period} overlaps period {other}")
         st.bells[school][period] = (start, end)
-        objects["bells"].append(BellPeriod(school_id=school, period=period, start_min=start,
-                                           end_min=end))
+        objects["bells"].append(
+            BellPeriod(school_id=school, period=period, start_min=start, end_min=end)
+        )
     elif kind == "busy":
         cid = _need(row, "class_id")
         if cid not in st.classes:
@@ -295,22 +401,27 @@ def _import_row(kind: str, row: Mapping[str, str], st: _State, objects: dict[str
             raise _Bad("weekday", str(exc)) from None
         period = _num(row, "period", int, 1, 20)
         if period not in st.bells.get(st.classes[cid][0], {}):
-            raise _Bad("period", f"school {st.classes[cid][0]!r} has no period {period} in its "
-                       "bell schedule")
+            raise _Bad(
+                "period",
+                f"school {st.classes[cid][0]!r} has no period {period} in its bell schedule",
+            )
         if cid not in replaced["busy"]:
             replaced["busy"].add(cid)
-            st.busy = {b for b in st.busy if b[0] != cid}
+            st.busy.difference_update([b for b in st.busy_of.pop(cid, ())])
+        st.busy_of[cid].add((cid, wd, period))
         st.busy.add((cid, wd, period))
-        objects["busy"].append(BusyPeriod(class_id=cid, weekday=wd, period=period,
-                                          subject=row.get("subject", "")))
+        objects["busy"].append(
+            BusyPeriod(class_id=cid, weekday=wd, period=period, subject=row.get("subject", ""))
+        )
     elif kind == "needs":
         cid = _need(row, "class_id")
         if cid not in st.classes:
             raise _Bad("class_id", f"unknown class {cid!r}")
         ppw = _num(row, "periods_per_week", int, 1, 20)
         replaced["needs"].add(cid)
-        objects["needs"].append(Need(class_id=cid, subject=_need(row, "subject"),
-                                     periods_per_week=ppw))
+        objects["needs"].append(
+            Need(class_id=cid, subject=_need(row, "subject"), periods_per_week=ppw)
+        )
     elif kind == "offers":
         cid, tid = _need(row, "class_id"), _need(row, "teacher_id")
         if cid not in st.classes:
@@ -325,8 +436,10 @@ def _import_row(kind: str, row: Mapping[str, str], st: _State, objects: dict[str
         if grade not in grades:
             raise _Bad("teacher_id", f"teacher {tid!r} does not teach grade {grade}")
         if st.rooms[room][1] != ClassroomRole.MASTER:
-            raise _Bad("class_id", f"class {cid!r} sits in {room!r}, which is not a master "
-                       "(recording) classroom")
+            raise _Bad(
+                "class_id",
+                f"class {cid!r} sits in {room!r}, which is not a master (recording) classroom",
+            )
         try:
             wd = parse_weekday(row.get("weekday", ""))
         except ValueError as exc:
@@ -336,13 +449,29 @@ def _import_row(kind: str, row: Mapping[str, str], st: _State, objects: dict[str
             raise _Bad("period", f"school {school!r} has no period {period}")
         if (cid, wd, period) in st.busy:
             raise _Bad("period", f"class {cid!r} is busy with another lesson then")
-        stream = _num(row, "stream_mbps", float, 0.1, 100) if row.get("stream_mbps") else 2.0
+        pname = row.get("profile") or DEFAULT_PROFILE
+        if pname not in PROFILES:
+            raise _Bad("profile", f"{pname!r} is not one of {', '.join(PROFILES)}")
+        profile = PROFILES[pname]
+        stream = (
+            _num(row, "stream_mbps", float, 0.1, 100)
+            if row.get("stream_mbps")
+            else profile.down_mbps
+        )
+        point_up = (
+            _num(row, "point_uplink_mbps", float, 0, 100)
+            if row.get("point_uplink_mbps")
+            else profile.up_mbps
+        )
         if cid not in replaced["offers"]:
             replaced["offers"].add(cid)
             st.offers = [o for o in st.offers if o[0] != cid]
+            st.offers_by_day = defaultdict(list)
+            for o in st.offers:
+                st.offers_by_day[o[2]].append(o)
         start, end = st.bells[school][period]
-        for ocid, otid, owd, oper, _room in st.offers:
-            if owd != wd:
+        for ocid, otid, _owd, oper, _room in st.offers_by_day[wd]:
+            if ocid != cid and otid != tid and st.classes[ocid][2] != room:
                 continue
             os_, oe = st.bells[st.classes[ocid][0]][oper]
             if not overlaps(start, end, os_, oe):
@@ -350,13 +479,26 @@ def _import_row(kind: str, row: Mapping[str, str], st: _State, objects: dict[str
             if ocid == cid:
                 raise _Bad("period", f"class {cid!r} already has a master lesson then")
             if otid == tid:
-                raise _Bad("teacher_id", f"teacher {tid!r} already gives a master lesson then "
-                           f"(class {ocid})")
+                raise _Bad(
+                    "teacher_id",
+                    f"teacher {tid!r} already gives a master lesson then (class {ocid})",
+                )
             if st.classes[ocid][2] == room:
                 raise _Bad("class_id", f"classroom {room!r} is already used then by {ocid}")
         st.offers.append((cid, tid, wd, period, room))
-        objects["offers"].append(MasterOffer(class_id=cid, subject=subject, teacher_id=tid,
-                                             weekday=wd, period=period, stream_mbps=stream))
+        st.offers_by_day[wd].append(st.offers[-1])
+        objects["offers"].append(
+            MasterOffer(
+                class_id=cid,
+                subject=subject,
+                teacher_id=tid,
+                weekday=wd,
+                period=period,
+                stream_mbps=stream,
+                point_uplink_mbps=point_up,
+                profile=pname,
+            )
+        )
 
 
 def _check_calendar_row(row: Mapping[str, str]) -> None:
@@ -388,26 +530,52 @@ def _calendar(rows: Iterable[tuple[int, dict[str, str]]]) -> tuple[Term, list[Ca
     if len(terms) != 1:
         raise _Bad("kind", f"the calendar needs exactly one 'term' row, found {len(terms)}")
     t = terms[0]
-    term = Term(name=t.get("name") or "term", start=_date(t, "start"), end=_date(t, "end"),
-                timezone=t.get("timezone") or "Asia/Shanghai")
+    term = Term(
+        name=t.get("name") or "term",
+        start=_date(t, "start"),
+        end=_date(t, "end"),
+        timezone=t.get("timezone") or "Asia/Shanghai",
+    )
     days: dict[dt.date, CalendarDay] = {}
+    rows = list(rows)
     for _, r in rows:
         if r.get("kind") == "holiday":
             d, end = _date(r, "start"), _date(r, "end") if r.get("end") else _date(r, "start")
             while d <= end:
                 days[d] = CalendarDay(date=d, kind="holiday", as_weekday=None)
                 d += dt.timedelta(days=1)
-        elif r.get("kind") == "makeup":
+    for line, r in rows:
+        if r.get("kind") == "makeup":
             d = _date(r, "start")
+            if d in days and days[d].kind == "holiday":
+                raise _Bad("start", f"line {line}: the make-up day {d} is also a holiday")
+            if d in days:
+                raise _Bad("start", f"line {line}: {d} is listed as a make-up day twice")
+            if not term.start <= d <= term.end:
+                raise _Bad(
+                    "start",
+                    f"line {line}: the make-up day {d} lies outside the term "
+                    f"{term.start}..{term.end}",
+                )
             days[d] = CalendarDay(date=d, kind="makeup", as_weekday=parse_weekday(r["weekday"]))
     return term, list(days.values())
 
 
-def _write(db: Session, objects: dict[str, list[Any]], replaced: dict[str, set[str]],
-           replace: bool) -> None:
+def _write(
+    db: Session, objects: dict[str, list[Any]], replaced: dict[str, set[str]], replace: bool
+) -> None:
     if replace:
-        for model in (MasterOffer, Need, BusyPeriod, BellPeriod, SchoolClass, Teacher,
-                      Classroom, School, County):
+        for model in (
+            MasterOffer,
+            Need,
+            BusyPeriod,
+            BellPeriod,
+            SchoolClass,
+            Teacher,
+            Classroom,
+            School,
+            County,
+        ):
             if model is MasterOffer:
                 # Plans keep referring to offers; a replaced county starts with no plans.
                 from scheduler.timetable import Plan, PlanLesson
@@ -427,12 +595,26 @@ def _write(db: Session, objects: dict[str, list[Any]], replaced: dict[str, set[s
 
         old = select(MasterOffer.id).where(MasterOffer.class_id.in_(replaced["offers"]))
         if db.scalars(select(PlanLesson.id).where(PlanLesson.offer_id.in_(old))).first():
-            raise ValueError("these master classes' lessons belong to a stored plan; import "
-                             "with replace to start the county over")
+            raise ValueError(
+                "these master classes' lessons belong to a stored plan; import "
+                "with replace to start the county over"
+            )
         db.execute(delete(MasterOffer).where(MasterOffer.class_id.in_(replaced["offers"])))
     for kind in ("counties", "schools", "classrooms", "teachers", "classes"):
-        for obj in objects.get(kind, []):
-            db.merge(obj)
+        items = objects.get(kind, [])
+        if not items:
+            continue
+        model = type(items[0])
+        ids = [o.id for o in items]
+        existing: set[str] = set()
+        for k in range(0, len(ids), 500):
+            existing.update(db.scalars(select(model.id).where(model.id.in_(ids[k : k + 500]))))
+        with db.no_autoflush:
+            for obj in items:
+                if obj.id in existing:
+                    db.merge(obj)
+                else:
+                    db.add(obj)
         db.flush()
     for kind in ("bells", "busy", "needs", "offers"):
         db.add_all(objects.get(kind, []))
@@ -449,8 +631,31 @@ def _write(db: Session, objects: dict[str, list[Any]], replaced: dict[str, set[s
     db.flush()
 
 
-EXPORT_COLUMNS = ("lesson_id", "weekday", "start", "end", "master_classroom", "teacher",
-                  "subject", "grade", "points", "master_class", "point_classes", "teacher_name")
+EXPORT_COLUMNS = (
+    "lesson_id",
+    "weekday",
+    "start",
+    "end",
+    "master_classroom",
+    "teacher",
+    "subject",
+    "grade",
+    "points",
+    "master_class",
+    "point_classes",
+    "teacher_name",
+)
+
+
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula, quoted so it stays text."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
 
 
 def export_plan_csv(rows: Iterable[Mapping[str, Any]]) -> str:
@@ -458,7 +663,7 @@ def export_plan_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: r.get(k, "") for k in EXPORT_COLUMNS})
+        writer.writerow({k: neutralise(r.get(k, "")) for k in EXPORT_COLUMNS})
     return out.getvalue()
 
 

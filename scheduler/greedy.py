@@ -20,6 +20,7 @@ def greedy(problem: Problem) -> set[int]:
     remote: dict[str, set[int]] = defaultdict(set)  # teacher -> sessions with points
     taken: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
     originals = {sids[0] for sids in problem.offers.values()}
+    lines: dict[tuple[str, int], list[tuple[int, int, float, float]]] = defaultdict(list)
 
     def order(n: int) -> tuple[int, int]:
         return (len(problem.by_need.get(n, [])), n)
@@ -47,15 +48,25 @@ def greedy(problem: Problem) -> set[int]:
                     continue  # prefer the teacher this class already has
                 if load[c.session] >= opts.max_points:
                     continue
-                if (
-                    c.session not in remote[s.teacher_id]
-                    and len(remote[s.teacher_id]) >= problem.teacher_cap.get(s.teacher_id, 0)
+                if c.session not in remote[s.teacher_id] and not _cap_allows(
+                    problem,
+                    remote[s.teacher_id] | {c.session},
+                    problem.teacher_cap.get(s.teacher_id, 0),
                 ):
                     continue
-                keys = [("class:" + need.class_id, s.weekday), ("room:" + need.classroom_id,
-                                                                 s.weekday)]
+                keys = [
+                    ("class:" + need.class_id, s.weekday),
+                    ("room:" + need.classroom_id, s.weekday),
+                ]
                 if any(overlaps(s.start, s.end, a, b) for k in keys for a, b in taken[k]):
                     continue
+                line = lines[(need.school_id, s.weekday)]
+                item = (s.start, s.end, s.stream_mbps, s.point_up_mbps)
+                if not line_allows(
+                    [*line, item], problem.school_link.get(need.school_id, (0.0, 0.0))
+                ):
+                    continue
+                line.append(item)
                 chosen.add(i)
                 got += 1
                 load[c.session] += 1
@@ -64,3 +75,22 @@ def greedy(problem: Problem) -> set[int]:
                 for k in keys:
                     taken[k].append((s.start, s.end))
     return chosen
+
+
+def _cap_allows(problem: Problem, sessions: set[int], cap: int) -> bool:
+    """Whether these remote lessons of one teacher keep the cap in every calendar week."""
+    return all(
+        sum(week.get(problem.sessions[s].weekday, 0) for s in sessions) <= cap
+        for _, week in problem.weeks
+    )
+
+
+def line_allows(items: list[tuple[int, int, float, float]], link: tuple[float, float]) -> bool:
+    """Whether lessons (start, end, down, up) on one school's line fit it at every instant."""
+    for t in {it[0] for it in items}:
+        live = [it for it in items if it[0] <= t < it[1]]
+        if sum(it[2] for it in live) > link[0] + 1e-9 or sum(it[3] for it in live) > (
+            link[1] + 1e-9
+        ):
+            return False
+    return True

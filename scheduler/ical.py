@@ -73,9 +73,13 @@ def ical_feed(db: Session, classroom_ids: list[str], base_url: str, name: str) -
     def at(date: dt.date, minutes: int) -> dt.datetime:
         return dt.datetime.combine(date, dt.time(minutes // 60, minutes % 60), tz)
 
-    series = [s for s in db.scalars(select(LessonSeries).where(
-        LessonSeries.active.is_(True)).order_by(LessonSeries.id))
-        if any(_takes_part(r, s.master_classroom_id, s.points) for r in rooms)]
+    series = [
+        s
+        for s in db.scalars(
+            select(LessonSeries).where(LessonSeries.active.is_(True)).order_by(LessonSeries.id)
+        )
+        if any(_takes_part(r, s.master_classroom_id, s.points) for r in rooms)
+    ]
     covered: set[str] = set()
     for s in series:
         first = term.start + dt.timedelta(days=(s.weekday - term.start.isoweekday()) % 7)
@@ -95,19 +99,25 @@ def ical_feed(db: Session, classroom_ids: list[str], base_url: str, name: str) -
         while d <= term.end:
             pattern.append(d)
             d += dt.timedelta(days=7)
-        exdates = [at(d, s.start_min) for d in pattern if d not in school_days or
-                   dict(days).get(d) != s.weekday]
+        exdates = [
+            at(d, s.start_min)
+            for d in pattern
+            if d not in school_days or dict(days).get(d) != s.weekday
+        ]
         if exdates:
             ev.add("exdate", exdates)
-        rdates = [at(d, s.start_min) for d, wd in days if wd == s.weekday and
-                  d.isoweekday() != s.weekday]
+        rdates = [
+            at(d, s.start_min) for d, wd in days if wd == s.weekday and d.isoweekday() != s.weekday
+        ]
         if rdates:
             ev.add("rdate", rdates)
         cal.add_component(ev)
         covered.add(s.id)
-        for inst in db.scalars(select(LessonInstance).where(
-                LessonInstance.series_id == s.id, LessonInstance.override.is_(True)).order_by(
-                LessonInstance.date)):
+        for inst in db.scalars(
+            select(LessonInstance)
+            .where(LessonInstance.series_id == s.id, LessonInstance.override.is_(True))
+            .order_by(LessonInstance.date)
+        ):
             part = any(_takes_part(r, inst.master_classroom_id, inst.points) for r in rooms)
             ov = Event()
             ov.add("uid", f"{s.id}@{UID_DOMAIN}")
@@ -118,15 +128,18 @@ def ical_feed(db: Session, classroom_ids: list[str], base_url: str, name: str) -
             ov.add("dtstart", inst.start_at.replace(tzinfo=tz))
             ov.add("dtend", inst.end_at.replace(tzinfo=tz))
             ov.add("status", "CONFIRMED" if part and inst.status == "scheduled" else "CANCELLED")
-            ov.add("description", _describe(inst.id, inst.master_classroom_id, inst.points,
-                                            inst.note))
+            ov.add(
+                "description", _describe(inst.id, inst.master_classroom_id, inst.points, inst.note)
+            )
             cal.add_component(ov)
     # One-off lessons a re-plan added for these classrooms outside their weekly series.
-    q = select(LessonInstance).where(LessonInstance.override.is_(True),
-                                     LessonInstance.status == "scheduled")
+    q = select(LessonInstance).where(
+        LessonInstance.override.is_(True), LessonInstance.status == "scheduled"
+    )
     for inst in db.scalars(q.order_by(LessonInstance.start_at, LessonInstance.id)):
         if inst.series_id in covered or not any(
-                _takes_part(r, inst.master_classroom_id, inst.points) for r in rooms):
+            _takes_part(r, inst.master_classroom_id, inst.points) for r in rooms
+        ):
             continue
         ev = Event()
         ev.add("uid", f"{inst.id}@{UID_DOMAIN}")
@@ -137,17 +150,24 @@ def ical_feed(db: Session, classroom_ids: list[str], base_url: str, name: str) -
         ev.add("dtend", inst.end_at.replace(tzinfo=tz))
         ev.add("status", "CONFIRMED")
         ev.add("categories", [inst.subject])
-        ev.add("description", _describe(inst.id, inst.master_classroom_id, inst.points,
-                                        inst.note))
+        ev.add("description", _describe(inst.id, inst.master_classroom_id, inst.points, inst.note))
         cal.add_component(ev)
     cal.add_missing_timezones()
     return cal.to_ical()
 
 
-def json_feed(db: Session, classroom_ids: list[str], secret: str, *, days: int = 14,
-              now: dt.datetime | None = None) -> dict[str, Any]:
+def json_feed(
+    db: Session,
+    classroom_ids: list[str],
+    secret: str,
+    *,
+    days: int = 14,
+    now: dt.datetime | None = None,
+    base_url: str = "",
+) -> dict[str, Any]:
     """Lessons of the classrooms from today on; the next `days` days carry room tokens so an
-    agent can start them even while the scheduler is unreachable."""
+    agent can start them even while the scheduler is unreachable. `server` is the public
+    address the lessons are held at."""
     term = current_term(db)
     tz = ZoneInfo(term.timezone)
     now = (now or dt.datetime.now(dt.UTC)).astimezone(tz)
@@ -159,18 +179,25 @@ def json_feed(db: Session, classroom_ids: list[str], secret: str, *, days: int =
     issued = now.replace(minute=0, second=0, microsecond=0).timestamp()
     lessons = []
     for rid in classroom_ids:
-        for info in lessons_between(db, start, max(end, horizon), classroom_id=rid,
-                                    include_cancelled=True):
+        for info in lessons_between(
+            db, start, max(end, horizon), classroom_id=rid, include_cancelled=True
+        ):
             item = info.as_dict()
             role = role_of(info, rid)
             item["classroom_id"] = rid
             item["role"] = role.value if role else None
             if info.status == "scheduled" and info.start < horizon and info.end > now and role:
-                item["token"] = room_token(secret, db, info, rid, role, now=issued,
-                                           subject=f"{rid}:{info.room_id}")
+                item["token"] = room_token(
+                    secret, db, info, rid, role, now=issued, subject=f"{rid}:{info.room_id}"
+                )
             lessons.append(item)
     lessons.sort(key=lambda x: (x["start"], x["room_id"], x["classroom_id"]))
-    return {"classrooms": classroom_ids, "timezone": term.timezone, "lessons": lessons}
+    return {
+        "classrooms": classroom_ids,
+        "timezone": term.timezone,
+        "server": base_url,
+        "lessons": lessons,
+    }
 
 
 def json_bytes(feed: dict[str, Any]) -> bytes:

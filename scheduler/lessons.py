@@ -85,12 +85,18 @@ class LessonInfo:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "room_id": self.room_id, "title": self.title,
+            "room_id": self.room_id,
+            "title": self.title,
             "master_classroom_id": self.master_classroom_id,
             "point_classroom_ids": list(self.point_classroom_ids),
-            "start": self.start.isoformat(), "end": self.end.isoformat(),
-            "teacher_id": self.teacher_id, "subject": self.subject, "grade": self.grade,
-            "status": self.status, "sequence": self.sequence, "series_id": self.series_id,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "teacher_id": self.teacher_id,
+            "subject": self.subject,
+            "grade": self.grade,
+            "status": self.status,
+            "sequence": self.sequence,
+            "series_id": self.series_id,
         }
 
 
@@ -112,8 +118,9 @@ def current_term(db: Session) -> Term:
 
 def term_days(db: Session, term: Term) -> list[tuple[dt.date, int]]:
     """School days of the term with the weekday whose timetable they follow."""
-    special = {d.date: d for d in db.scalars(select(CalendarDay).where(
-        CalendarDay.term_id == term.id))}
+    special = {
+        d.date: d for d in db.scalars(select(CalendarDay).where(CalendarDay.term_id == term.id))
+    }
     days = []
     d = term.start
     while d <= term.end:
@@ -141,6 +148,35 @@ class PublishReport:
     removed_series: list[str]
 
 
+def _check_weekly_caps(db: Session, term: Term, plan_id: int) -> None:
+    """Refuse a plan whose remote lessons break a teacher's weekly cap in a real week of
+    the term (a make-up day repeats a weekday; the plan may predate the calendar)."""
+    caps = {t.id: (t.name, t.weekly_cap) for t in db.scalars(select(Teacher))}
+    days: dict[str, list[int]] = {}
+    for lesson in db.scalars(select(PlanLesson).where(PlanLesson.plan_id == plan_id)):
+        if lesson.points:
+            days.setdefault(lesson.teacher_id, []).append(lesson.weekday)
+    weeks: dict[dt.date, dict[int, int]] = {}
+    for date, weekday in term_days(db, term):
+        week = weeks.setdefault(date - dt.timedelta(days=date.weekday()), {})
+        week[weekday] = week.get(weekday, 0) + 1
+    broken = []
+    for teacher, wds in sorted(days.items()):
+        name, cap = caps.get(teacher, (teacher, 0))
+        for monday, counts in sorted(weeks.items()):
+            n = sum(counts.get(d, 0) for d in wds)
+            if n > cap:
+                broken.append(f"{name}({teacher}) {n} > {cap} in the week of {monday}")
+                break
+    if broken:
+        raise ValueError(
+            "this plan breaks weekly caps in real calendar weeks (solve again "
+            "with the current calendar): "
+            + "; ".join(broken[:10])
+            + (f" and {len(broken) - 10} more" if len(broken) > 10 else "")
+        )
+
+
 def publish(db: Session, plan_id: int) -> PublishReport:
     """Make a plan the published one: weekly series plus dated instances for the term."""
     plan = db.get(Plan, plan_id)
@@ -150,6 +186,7 @@ def publish(db: Session, plan_id: int) -> PublishReport:
     teachers = {t.id: t.name for t in db.scalars(select(Teacher))}
     classes = {c.id: c for c in db.scalars(select(SchoolClass))}
     schools = {s.id: s.name for s in db.scalars(select(School))}
+    _check_weekly_caps(db, term, plan_id)
     existing = {s.id: s for s in db.scalars(select(LessonSeries))}
     seen: set[str] = set()
     changed: list[str] = []
@@ -159,15 +196,23 @@ def publish(db: Session, plan_id: int) -> PublishReport:
         sid = series_id(lesson.master_class_id, lesson.weekday, lesson.start_min)
         seen.add(sid)
         mclass = classes[lesson.master_class_id]
-        title = (f"{lesson.subject} · {schools[mclass.school_id]} {mclass.name} · "
-                 f"{teachers.get(lesson.teacher_id, lesson.teacher_id)}")
+        title = (
+            f"{lesson.subject} · {schools[mclass.school_id]} {mclass.name} · "
+            f"{teachers.get(lesson.teacher_id, lesson.teacher_id)}"
+        )
         fields = dict(
-            title=title, master_class_id=lesson.master_class_id,
-            master_classroom_id=lesson.master_classroom_id, teacher_id=lesson.teacher_id,
-            subject=lesson.subject, grade=lesson.grade, weekday=lesson.weekday,
-            start_min=lesson.start_min, end_min=lesson.end_min,
+            title=title,
+            master_class_id=lesson.master_class_id,
+            master_classroom_id=lesson.master_classroom_id,
+            teacher_id=lesson.teacher_id,
+            subject=lesson.subject,
+            grade=lesson.grade,
+            weekday=lesson.weekday,
+            start_min=lesson.start_min,
+            end_min=lesson.end_min,
             points=sorted({p["classroom_id"] for p in lesson.points}),
-            point_classes=sorted(p["class_id"] for p in lesson.points), active=True,
+            point_classes=sorted(p["class_id"] for p in lesson.points),
+            active=True,
         )
         old = existing.get(sid)
         if old is None:
@@ -194,13 +239,26 @@ def publish(db: Session, plan_id: int) -> PublishReport:
     count = 0
     for date, weekday in term_days(db, term):
         for s in series_by_day.get(weekday, []):
-            db.add(LessonInstance(
-                id=instance_id(s.id, date), series_id=s.id, date=date,
-                start_at=_at(date, s.start_min), end_at=_at(date, s.end_min), title=s.title,
-                master_class_id=s.master_class_id, master_classroom_id=s.master_classroom_id,
-                teacher_id=s.teacher_id, subject=s.subject, grade=s.grade, points=s.points,
-                point_classes=s.point_classes, status="scheduled", sequence=s.sequence,
-                override=False))
+            db.add(
+                LessonInstance(
+                    id=instance_id(s.id, date),
+                    series_id=s.id,
+                    date=date,
+                    start_at=_at(date, s.start_min),
+                    end_at=_at(date, s.end_min),
+                    title=s.title,
+                    master_class_id=s.master_class_id,
+                    master_classroom_id=s.master_classroom_id,
+                    teacher_id=s.teacher_id,
+                    subject=s.subject,
+                    grade=s.grade,
+                    points=s.points,
+                    point_classes=s.point_classes,
+                    status="scheduled",
+                    sequence=s.sequence,
+                    override=False,
+                )
+            )
             count += 1
     for other in db.scalars(select(Plan).where(Plan.status == "published")):
         other.status = "old"
@@ -215,10 +273,19 @@ def published_plan(db: Session) -> Plan | None:
 
 def _info(inst: LessonInstance, tz: ZoneInfo) -> LessonInfo:
     return LessonInfo(
-        room_id=inst.id, title=inst.title, master_classroom_id=inst.master_classroom_id,
-        point_classroom_ids=tuple(inst.points), start=inst.start_at.replace(tzinfo=tz),
-        end=inst.end_at.replace(tzinfo=tz), teacher_id=inst.teacher_id, subject=inst.subject,
-        grade=inst.grade, status=inst.status, sequence=inst.sequence, series_id=inst.series_id)
+        room_id=inst.id,
+        title=inst.title,
+        master_classroom_id=inst.master_classroom_id,
+        point_classroom_ids=tuple(inst.points),
+        start=inst.start_at.replace(tzinfo=tz),
+        end=inst.end_at.replace(tzinfo=tz),
+        teacher_id=inst.teacher_id,
+        subject=inst.subject,
+        grade=inst.grade,
+        status=inst.status,
+        sequence=inst.sequence,
+        series_id=inst.series_id,
+    )
 
 
 def lessons_between(
@@ -238,14 +305,18 @@ def lessons_between(
     def local(t: dt.datetime) -> dt.datetime:
         return t.astimezone(tz).replace(tzinfo=None) if t.tzinfo else t
 
-    q = select(LessonInstance).where(LessonInstance.start_at >= local(start),
-                                     LessonInstance.start_at < local(end))
+    q = select(LessonInstance).where(
+        LessonInstance.start_at >= local(start), LessonInstance.start_at < local(end)
+    )
     out = []
     for inst in db.scalars(q.order_by(LessonInstance.start_at, LessonInstance.id)):
         if not include_cancelled and inst.status == "cancelled":
             continue
-        if classroom_id is not None and classroom_id != inst.master_classroom_id and (
-                classroom_id not in inst.points):
+        if (
+            classroom_id is not None
+            and classroom_id != inst.master_classroom_id
+            and (classroom_id not in inst.points)
+        ):
             continue
         out.append(_info(inst, tz))
     return out
@@ -267,9 +338,16 @@ def role_of(lesson: LessonInfo, classroom_id: str) -> Role | None:
     return None
 
 
-def room_token(secret: str, db: Session, lesson: LessonInfo, classroom_id: str,
-               role: Role | str, *, now: float | None = None,
-               subject: str | None = None) -> str:
+def room_token(
+    secret: str,
+    db: Session,
+    lesson: LessonInfo,
+    classroom_id: str,
+    role: Role | str,
+    *,
+    now: float | None = None,
+    subject: str | None = None,
+) -> str:
     """A token for one lesson's room, valid until an hour after the lesson ends.
 
     Master and point tokens go only to the lesson's own classrooms; the classroom agent
@@ -277,8 +355,9 @@ def room_token(secret: str, db: Session, lesson: LessonInfo, classroom_id: str,
     role = Role(role)
     own = role_of(lesson, classroom_id)
     if role in (Role.MASTER, Role.POINT) and own != role:
-        raise ValueError(f"classroom {classroom_id!r} is not the {role.value} of "
-                         f"lesson {lesson.room_id}")
+        raise ValueError(
+            f"classroom {classroom_id!r} is not the {role.value} of lesson {lesson.room_id}"
+        )
     if role == Role.AGENT and own is None:
         raise ValueError(f"classroom {classroom_id!r} takes no part in lesson {lesson.room_id}")
     if role in (Role.ADMIN, Role.SCHEDULER):
@@ -288,6 +367,13 @@ def room_token(secret: str, db: Session, lesson: LessonInfo, classroom_id: str,
     ttl = int(lesson.end.timestamp() + 3600 - issued)
     if ttl <= 0:
         raise ValueError(f"lesson {lesson.room_id} is over")
-    return issue_token(secret, room=lesson.room_id, classroom=classroom_id, role=role,
-                       name=room.name if room else classroom_id, ttl_s=ttl, now=issued,
-                       subject=subject)
+    return issue_token(
+        secret,
+        room=lesson.room_id,
+        classroom=classroom_id,
+        role=role,
+        name=room.name if room else classroom_id,
+        ttl_s=ttl,
+        now=issued,
+        subject=subject,
+    )

@@ -24,6 +24,7 @@ W_CROSS_COUNTY = 10  # each point-lesson paired across a county border
 W_MAX_LOAD = 2  # the busiest master teacher's point-lessons
 W_MOVED = 3  # each master lesson moved out of its school's timetable slot
 W_CHANGE = 30  # each point-lesson added to or removed from the previous plan
+W_OFF_BELL = 5  # each point-lesson straddling a break of the point (soft bells only)
 
 
 @dataclass
@@ -53,6 +54,27 @@ def _at_most_one_in_time(
         if len(live) + fixed_on < 2:
             continue
         ct = model.Add(sum(live) <= 1 - fixed_on)
+        if guard is not None:
+            ct.OnlyEnforceIf(guard)
+
+
+def kbps(mbps: float) -> int:
+    return round(mbps * 1000)
+
+
+def _capacity_in_time(
+    model: cp_model.CpModel,
+    items: list[tuple[cp_model.IntVar, int, int, int]],
+    capacity: int,
+    guard: cp_model.IntVar | None,
+) -> None:
+    """At every instant the loads of the intervals that are on add up to at most capacity."""
+    items = [it for it in items if it[3] > 0]
+    for t in sorted({s for _, s, _, _ in items}):
+        live = [(v, load) for v, s, e, load in items if s <= t < e]
+        if sum(load for _, load in live) <= capacity:
+            continue
+        ct = model.Add(sum(load * v for v, load in live) <= capacity)
         if guard is not None:
             ct.OnlyEnforceIf(guard)
 
@@ -88,12 +110,17 @@ def build(
     if opts.mode == Mode.MOVABLE:
         # Offers nobody can join stay in their slots, yet still block their teacher, class
         # and classroom for the lessons that move.
-        keys = {(k, getattr(problem.sessions[s], k)) for s in active
-                for k in ("master_class_id", "teacher_id", "classroom_id")}
+        keys = {
+            (k, getattr(problem.sessions[s], k))
+            for s in active
+            for k in ("master_class_id", "teacher_id", "classroom_id")
+        }
         for sids in problem.offers.values():
             ses = problem.sessions[sids[0]]
-            if sids[0] not in active and any((k, getattr(ses, k)) in keys for k in (
-                    "master_class_id", "teacher_id", "classroom_id")):
+            if sids[0] not in active and any(
+                (k, getattr(ses, k)) in keys
+                for k in ("master_class_id", "teacher_id", "classroom_id")
+            ):
                 active[sids[0]] = 1
 
     by_session: dict[int, list[int]] = defaultdict(list)
@@ -137,8 +164,11 @@ def build(
     # One lesson at a time per master class, teacher and master classroom (only moving
     # lessons can collide: the schools' own timetables are checked at import).
     if opts.mode == Mode.MOVABLE:
-        for attr, kind in (("master_class_id", "mclass"), ("teacher_id", "teacher"),
-                           ("classroom_id", "mroom")):
+        for attr, kind in (
+            ("master_class_id", "mclass"),
+            ("teacher_id", "teacher"),
+            ("classroom_id", "mroom"),
+        ):
             groups: dict[tuple[str, int], list] = defaultdict(list)
             for s, act in active.items():
                 ses = problem.sessions[s]
@@ -146,13 +176,41 @@ def build(
             for (rid, _), items in groups.items():
                 _at_most_one_in_time(model, items, g((kind, rid)))
 
-    # Teacher weekly cap on remote lessons (master lessons that carry at least one point).
+    # A point school's classrooms share its line: at every instant the streams of the
+    # lessons they take add up to at most the line (down; up for two-way lessons).
+    per_school: dict[tuple[str, int], list] = defaultdict(list)
+    for c in cands:
+        s = problem.sessions[c.session]
+        need = problem.needs[c.need_id]
+        per_school[(need.school_id, s.weekday)].append(
+            (x[c.idx], s.start, s.end, kbps(s.stream_mbps), kbps(s.point_up_mbps))
+        )
+    rooms_of: dict[str, set[str]] = defaultdict(set)
+    for c in cands:
+        need = problem.needs[c.need_id]
+        rooms_of[need.school_id].add(need.classroom_id)
+    for (sid, _), items in per_school.items():
+        if len(rooms_of[sid]) < 2:
+            # One classroom takes one lesson at a time, and a candidate's stream fits the
+            # line (build_problem): the line cannot be exceeded, so no constraint.
+            continue
+        down, up = problem.school_link.get(sid, (0.0, 0.0))
+        for k, cap in ((3, kbps(down)), (4, kbps(up))):
+            _capacity_in_time(
+                model, [(it[0], it[1], it[2], it[k]) for it in items], cap, g(("link", sid))
+            )
+
+    # Teacher weekly cap on remote lessons (master lessons that carry at least one point),
+    # in every real calendar week: a make-up day repeats its weekday's lessons.
     per_teacher: dict[str, list[int]] = defaultdict(list)
     for s in by_session:
         per_teacher[problem.sessions[s].teacher_id].append(s)
     for t, sids in per_teacher.items():
         cap = problem.teacher_cap.get(t, 0)
-        if len(sids) <= cap:
+        weights = [
+            [week.get(problem.sessions[s].weekday, 0) for s in sids] for _, week in problem.weeks
+        ]
+        if all(sum(w) <= cap for w in weights):
             continue
         remote = []
         cap_free = g(("cap", sids[0])) is None
@@ -167,10 +225,11 @@ def build(
                 k = min(opts.max_points, len(by_session[s]))
                 model.Add(sum(x[i] for i in by_session[s]) <= k * r)
             remote.append(r)
-        ct = model.Add(sum(remote) <= cap)
         guard_lit = g(("tcap", t))
-        if guard_lit is not None:
-            ct.OnlyEnforceIf(guard_lit)
+        for w in {tuple(w) for w in weights if sum(w) > cap}:
+            ct = model.Add(sum(wi * r for wi, r in zip(w, remote, strict=True) if wi) <= cap)
+            if guard_lit is not None:
+                ct.OnlyEnforceIf(guard_lit)
 
     built = Built(model=model, x=x, active=active)
     if not with_objective:
@@ -215,6 +274,7 @@ def build(
                 change_terms.append(x[c.idx])
         changes = sum(change_terms)
     extra = sum(extra_teachers)
+    off_bell = sum(x[c.idx] for c in cands if c.off_bell)
     built.terms = {
         "served": served,
         "extra_teachers": extra,
@@ -222,6 +282,7 @@ def build(
         "max_load": max_load,
         "moved": moved,
         "changes": changes,
+        "off_bells": off_bell,
     }
     built.objective = (
         W_SERVED * served
@@ -230,6 +291,7 @@ def build(
         - W_MAX_LOAD * max_load
         - W_MOVED * moved
         - W_CHANGE * changes
+        - W_OFF_BELL * off_bell
     )
     model.Maximize(built.objective)
     return built

@@ -27,9 +27,9 @@ from scheduler.lessons import (
     term_days,
 )
 from scheduler.model import build
-from scheduler.problem import Candidate, Mode, Options, Problem, build_problem
+from scheduler.problem import BellRule, Candidate, Mode, Options, Problem, build_problem
 from scheduler.school import Classroom, Teacher
-from scheduler.timetable import PlanLesson
+from scheduler.timetable import WEEKDAY_NAMES_ZH, PlanLesson
 
 REPLAN_TIME_S = 4.0
 
@@ -42,6 +42,7 @@ class Change:
     classroom_id: str
     class_id: str
     text: str
+    text_zh: str = ""
 
     def as_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)
@@ -56,9 +57,13 @@ class ReplanReport:
     solve_s: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
-        return {"dates": self.dates, "served_before": self.served_before,
-                "served_after": self.served_after, "solve_s": round(self.solve_s, 3),
-                "changes": [c.as_dict() for c in self.changes]}
+        return {
+            "dates": self.dates,
+            "served_before": self.served_before,
+            "served_after": self.served_after,
+            "solve_s": round(self.solve_s, 3),
+            "changes": [c.as_dict() for c in self.changes],
+        }
 
 
 def replan(
@@ -87,37 +92,64 @@ def replan(
     bad = [d for d in dates if d not in weekday_of]
     if bad:
         raise ValueError(f"{', '.join(map(str, bad))}: not a school day of the term")
-    opts = Options(**{k: v for k, v in plan.options.items() if k in ("max_points",
-                                                                       "cross_county")})
+    opts = Options(**{k: v for k, v in plan.options.items() if k in ("max_points", "cross_county")})
     opts.mode = Mode(plan.options.get("mode", "fixed"))
+    opts.bells = BellRule(plan.options.get("bells", "hard"))
+    opts.bell_tolerance_min = int(plan.options.get("bell_tolerance_min", 5))
     problem = build_problem(db, opts)
     report = ReplanReport([d.isoformat() for d in dates], 0, 0)
     for date in dates:
-        _replan_day(db, problem, plan.id, date, weekday_of[date], absent_teacher,
-                    classroom_id, downlink_mbps, report)
+        _replan_day(
+            db,
+            problem,
+            plan.id,
+            date,
+            weekday_of[date],
+            absent_teacher,
+            classroom_id,
+            downlink_mbps,
+            report,
+        )
     report.solve_s = time.monotonic() - started
     return report
 
 
-def _replan_day(db: Session, problem: Problem, plan_id: int, date: dt.date, weekday: int,
-                absent: str | None, room: str | None, downlink: float | None,
-                report: ReplanReport) -> None:
-    lessons = [pl for pl in db.scalars(select(PlanLesson).where(
-        PlanLesson.plan_id == plan_id, PlanLesson.weekday == weekday))]
+def _replan_day(
+    db: Session,
+    problem: Problem,
+    plan_id: int,
+    date: dt.date,
+    weekday: int,
+    absent: str | None,
+    room: str | None,
+    downlink: float | None,
+    report: ReplanReport,
+) -> None:
+    lessons = [
+        pl
+        for pl in db.scalars(
+            select(PlanLesson).where(PlanLesson.plan_id == plan_id, PlanLesson.weekday == weekday)
+        )
+    ]
     place = {(s.offer_id, s.weekday, s.start): s.idx for s in problem.sessions}
-    active = {pl.offer_id: place[(pl.offer_id, pl.weekday, pl.start_min)] for pl in lessons
-              if (pl.offer_id, pl.weekday, pl.start_min) in place}
+    active = {
+        pl.offer_id: place[(pl.offer_id, pl.weekday, pl.start_min)]
+        for pl in lessons
+        if (pl.offer_id, pl.weekday, pl.start_min) in place
+    }
     need_of = {(n.class_id, n.subject): n.id for n in problem.needs.values()}
-    instances = {i.id: i for i in db.scalars(select(LessonInstance).where(
-        LessonInstance.date == date))}
+    instances = {
+        i.id: i for i in db.scalars(select(LessonInstance).where(LessonInstance.date == date))
+    }
     # The day as it stands (earlier re-plans of this date included).
     baseline: set[tuple[int, int]] = set()  # (need id, session)
     for pl in lessons:
         sid = active.get(pl.offer_id)
         if sid is None:
             continue
-        inst = instances.get(instance_id(series_id(pl.master_class_id, weekday, pl.start_min),
-                                         date))
+        inst = instances.get(
+            instance_id(series_id(pl.master_class_id, weekday, pl.start_min), date)
+        )
         if inst is not None:
             classes = inst.point_classes if inst.status != "cancelled" else []
             for cid in classes:
@@ -135,20 +167,32 @@ def _replan_day(db: Session, problem: Problem, plan_id: int, date: dt.date, week
         if absent is not None and s.teacher_id == absent:
             continue
         need = problem.needs[c.need_id]
-        if room is not None and need.classroom_id == room and downlink is not None and (
-                s.stream_mbps > downlink):
+        if (
+            room is not None
+            and need.classroom_id == room
+            and downlink is not None
+            and (s.stream_mbps > downlink)
+        ):
             continue
-        cands.append(Candidate(len(cands), c.need_id, c.session, c.cross_county))
-    day_needs = {n: dataclasses.replace(problem.needs[n], periods_per_week=k)
-                 for n, k in per_need.items()}
+        cands.append(Candidate(len(cands), c.need_id, c.session, c.cross_county, c.off_bell))
+    day_needs = {
+        n: dataclasses.replace(problem.needs[n], periods_per_week=k) for n, k in per_need.items()
+    }
     day = Problem(
         options=dataclasses.replace(problem.options, mode=Mode.FIXED),
         sessions=problem.sessions,
         offers={oid: [sid] for oid, sid in active.items()},
-        needs=day_needs, candidates=cands, teacher_cap={}, names=problem.names,
+        needs=day_needs,
+        candidates=cands,
+        teacher_cap={},
+        names=problem.names,
         funnel=problem.funnel,
-        previous={(n, problem.sessions[s].offer_id, weekday, problem.sessions[s].start)
-                  for n, s in baseline},
+        school_link=problem.school_link,
+        school_of_room=problem.school_of_room,
+        previous={
+            (n, problem.sessions[s].offer_id, weekday, problem.sessions[s].start)
+            for n, s in baseline
+        },
     )
     # A teacher's weekly cap does not bind within one re-planned day.
     day.teacher_cap = {t: 10_000 for t in problem.teacher_cap}
@@ -164,19 +208,35 @@ def _replan_day(db: Session, problem: Problem, plan_id: int, date: dt.date, week
         after = {(c.need_id, c.session) for c in cands if solver.Value(built.x[c.idx])}
     report.served_before += len(baseline)
     report.served_after += len(after)
-    _apply(db, problem, date, weekday, baseline, after, absent, room, downlink, instances,
-           report)
+    _apply(db, problem, date, weekday, baseline, after, absent, room, downlink, instances, report)
 
 
-def _apply(db: Session, problem: Problem, date: dt.date, weekday: int,
-           before: set[tuple[int, int]], after: set[tuple[int, int]], absent: str | None,
-           room: str | None, downlink: float | None,
-           instances: dict[str, LessonInstance], report: ReplanReport) -> None:
+def _apply(
+    db: Session,
+    problem: Problem,
+    date: dt.date,
+    weekday: int,
+    before: set[tuple[int, int]],
+    after: set[tuple[int, int]],
+    absent: str | None,
+    room: str | None,
+    downlink: float | None,
+    instances: dict[str, LessonInstance],
+    report: ReplanReport,
+) -> None:
     sessions = {s for _, s in before | after}
     if absent is not None:
         sessions |= {s for s in sessions if problem.sessions[s].teacher_id == absent}
-    why = (f"{problem.names.get(absent, absent)} absent" if absent else
-           f"{problem.names.get(room or '', room)} link down to {downlink:g} Mbit/s")
+    why = (
+        f"{problem.names.get(absent, absent)} absent"
+        if absent
+        else f"{problem.names.get(room or '', room)} link down to {downlink:g} Mbit/s"
+    )
+    why_zh = (
+        f"{problem.names.get(absent, absent)}({absent}) 请假"
+        if absent
+        else f"{problem.names.get(room or '', room)}({room}) 下行降到 {downlink:g} Mbit/s"
+    )
     for s in sorted(sessions):
         ses = problem.sessions[s]
         lid = instance_id(series_id(ses.master_class_id, weekday, ses.start), date)
@@ -186,43 +246,93 @@ def _apply(db: Session, problem: Problem, date: dt.date, weekday: int,
         teacher_out = absent is not None and ses.teacher_id == absent
         if old == new and not (teacher_out and inst is not None and inst.status != "cancelled"):
             continue
-        title = (f"{weekday_name_short(weekday)} {clock(ses.start)} "
-                 f"{problem.names.get(ses.master_class_id)} {ses.subject}")
+        title = (
+            f"{weekday_name_short(weekday)} {clock(ses.start)} "
+            f"{problem.names.get(ses.master_class_id)} {ses.subject}"
+        )
+        title_zh = (
+            f"{WEEKDAY_NAMES_ZH[weekday - 1]} {clock(ses.start)} "
+            f"{problem.names.get(ses.master_class_id)}({ses.master_class_id}) {ses.subject}"
+        )
         if inst is None:
             inst = LessonInstance(
-                id=lid, series_id=series_id(ses.master_class_id, weekday, ses.start),
+                id=lid,
+                series_id=series_id(ses.master_class_id, weekday, ses.start),
                 date=date,
                 start_at=dt.datetime.combine(date, dt.time(ses.start // 60, ses.start % 60)),
                 end_at=dt.datetime.combine(date, dt.time(ses.end // 60, ses.end % 60)),
-                title=(f"{ses.subject} · {problem.names.get(ses.master_class_id)} · "
-                       f"{problem.names.get(ses.teacher_id, ses.teacher_id)}"),
-                master_class_id=ses.master_class_id, master_classroom_id=ses.classroom_id,
-                teacher_id=ses.teacher_id, subject=ses.subject, grade=ses.grade, points=[],
-                point_classes=[], status="scheduled", sequence=0, override=True, note=why)
+                title=(
+                    f"{ses.subject} · {problem.names.get(ses.master_class_id)} · "
+                    f"{problem.names.get(ses.teacher_id, ses.teacher_id)}"
+                ),
+                master_class_id=ses.master_class_id,
+                master_classroom_id=ses.classroom_id,
+                teacher_id=ses.teacher_id,
+                subject=ses.subject,
+                grade=ses.grade,
+                points=[],
+                point_classes=[],
+                status="scheduled",
+                sequence=0,
+                override=True,
+                note=why,
+            )
             db.add(inst)
             instances[lid] = inst
-            report.changes.append(Change(date.isoformat(), lid, "lesson added",
-                                         ses.classroom_id, ses.master_class_id,
-                                         f"{title}: now given as a remote lesson"))
+            report.changes.append(
+                Change(
+                    date.isoformat(),
+                    lid,
+                    "lesson added",
+                    ses.classroom_id,
+                    ses.master_class_id,
+                    f"{title}: now given as a remote lesson",
+                    f"{title_zh}：改为远程课",
+                )
+            )
         removed = [n for n in old if n not in new]
         added = [n for n in new if n not in old]
         for n in removed:
             need = problem.needs[n]
-            report.changes.append(Change(date.isoformat(), lid, "point removed",
-                                         need.classroom_id, need.class_id,
-                                         f"{title}: {need.label} no longer joins ({why})"))
+            report.changes.append(
+                Change(
+                    date.isoformat(),
+                    lid,
+                    "point removed",
+                    need.classroom_id,
+                    need.class_id,
+                    f"{title}: {need.label} no longer joins ({why})",
+                    f"{title_zh}：{need.class_label or need.label} 不再加入（{why_zh}）",
+                )
+            )
         for n in added:
             need = problem.needs[n]
-            report.changes.append(Change(date.isoformat(), lid, "point added",
-                                         need.classroom_id, need.class_id,
-                                         f"{title}: {need.label} joins instead"))
+            report.changes.append(
+                Change(
+                    date.isoformat(),
+                    lid,
+                    "point added",
+                    need.classroom_id,
+                    need.class_id,
+                    f"{title}: {need.label} joins instead",
+                    f"{title_zh}：改由 {need.class_label or need.label} 加入",
+                )
+            )
         inst.point_classes = sorted(problem.needs[n].class_id for n in new)
         inst.points = sorted({problem.needs[n].classroom_id for n in new})
         if teacher_out or not new:
             if inst.status != "cancelled":
-                report.changes.append(Change(date.isoformat(), lid, "lesson cancelled",
-                                             ses.classroom_id, ses.master_class_id,
-                                             f"{title}: no remote lesson ({why})"))
+                report.changes.append(
+                    Change(
+                        date.isoformat(),
+                        lid,
+                        "lesson cancelled",
+                        ses.classroom_id,
+                        ses.master_class_id,
+                        f"{title}: no remote lesson ({why})",
+                        f"{title_zh}：本次不上远程课（{why_zh}）",
+                    )
+                )
             inst.status = "cancelled"
         else:
             inst.status = "scheduled"

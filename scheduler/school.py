@@ -33,6 +33,10 @@ class School(Base):
     name: Mapped[str] = mapped_column(String(200))
     county_id: Mapped[str] = mapped_column(ForeignKey("sch_county.id"))
     kind: Mapped[str] = mapped_column(String(16))
+    # The school's shared line to the county network; its classrooms' streams add up on
+    # it. None: as fast as the school's fastest classroom link.
+    downlink_mbps: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
+    uplink_mbps: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
 
 
 class Classroom(Base):

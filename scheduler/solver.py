@@ -79,6 +79,7 @@ def components(problem: Problem) -> list[list[int]]:
         for other in (
             ("class", need.class_id),
             ("room", need.classroom_id),
+            ("school", need.school_id),  # its classrooms share one line
             ("teacher", s.teacher_id),
             ("mclass", s.master_class_id),
             ("mroom", s.classroom_id),
@@ -179,45 +180,64 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         # Never serve fewer periods than the greedy baseline does on this part.
         if floor:
             model.Add(served_expr >= floor)
-        hint_a = {s: int(problem.sessions[s].original) for s, a in built.active.items()
-                  if not isinstance(a, int)}
+        hint_a = {
+            s: int(problem.sessions[s].original)
+            for s, a in built.active.items()
+            if not isinstance(a, int)
+        }
         hint_x = {i: int(i in base) for i in built.x}
         _hint(built, hint_x, hint_a)
         share = len(cand_ids) / remaining
         part_deadline = time.monotonic() + max(0.3, (deadline - time.monotonic()) * share)
 
-        # Stage 1: served periods.
-        model.Maximize(served_expr)
-        solver = _solver(opts, max(0.1, (part_deadline - time.monotonic()) * 0.6),
-                         STAGE1_SUBSOLVERS)
+        # Each need serves at most min(its candidates, its periods): when the greedy plan
+        # already reaches that, it is proven best on served and stage 1 is skipped.
+        per_need: dict[int, int] = {}
+        for i in cand_ids:
+            n = problem.candidates[i].need_id
+            per_need[n] = per_need.get(n, 0) + 1
+        trivial = sum(min(c, problem.needs[n].periods_per_week) for n, c in per_need.items())
+        solver: cp_model.CpSolver | None = None
+        if floor >= trivial:
+            status1, best1, ub1 = cp_model.OPTIMAL, floor, floor
+        else:
+            # Stage 1: served periods.
+            model.Maximize(served_expr)
+            solver = _solver(
+                opts, max(0.1, (part_deadline - time.monotonic()) * 0.6), STAGE1_SUBSOLVERS
+            )
 
-        def seen1(wall: float, obj: float, bnd: float, k: int = k) -> None:
-            report(k, obj * W_SERVED, bnd * W_SERVED, int(obj))
+            def seen1(wall: float, obj: float, bnd: float, k: int = k) -> None:
+                report(k, obj * W_SERVED, bnd * W_SERVED, int(obj))
 
-        status1 = solver.Solve(model, _Watcher(seen1))
-        if status1 not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            status1 = solver.Solve(model, _Watcher(seen1))
+            if status1 not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                status1 = -1
+            else:
+                best1 = round(solver.ObjectiveValue())
+                ub1 = int(solver.BestObjectiveBound() + 1e-6)
+        if status1 == -1:
             # Time ran out before any solution: keep the greedy plan of this part.
             remaining -= len(cand_ids)
-            served_ub += len(cand_ids)
+            served_ub += trivial
             all_optimal = False
             objective += floor * W_SERVED
-            bound += len(cand_ids) * W_SERVED
+            bound += trivial * W_SERVED
             terms_total["served"] = terms_total.get("served", 0) + floor
             continue
-        best1 = round(solver.ObjectiveValue())
-        ub1 = int(solver.BestObjectiveBound() + 1e-6)
 
         # Stage 2: the soft terms, served held at stage 1's best.
         soft = W_SERVED * served_expr - built.objective  # the penalty, >= 0
         model.Add(served_expr >= best1)
         model.ClearObjective()
         model.Minimize(soft)
-        _full_hint(model, solver)
-        solver2 = _solver(opts, max(0.1, part_deadline - time.monotonic()),
-                          STAGE2_SUBSOLVERS)
+        if solver is not None:
+            _full_hint(model, solver)
+        solver2 = _solver(opts, max(0.1, part_deadline - time.monotonic()), STAGE2_SUBSOLVERS)
 
-        def seen2(wall: float, obj: float, bnd: float, k: int = k, b: int = best1,
-                  u: int = ub1) -> None:
+        def seen2(
+            wall: float, obj: float, bnd: float, k: int = k, b: int = best1, u: int = ub1
+        ) -> None:
             report(k, b * W_SERVED - obj, u * W_SERVED - bnd, b)
 
         status2 = solver2.Solve(model, _Watcher(seen2))
@@ -225,6 +245,14 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         if status2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             final, pen, pen_lb = solver2, solver2.ObjectiveValue(), solver2.BestObjectiveBound()
             all_optimal &= status1 == cp_model.OPTIMAL and status2 == cp_model.OPTIMAL
+        elif solver is None:
+            # Stage 2 found nothing in time and stage 1 was skipped: the greedy plan.
+            served_ub += ub1
+            all_optimal = False
+            objective += floor * W_SERVED
+            bound += ub1 * W_SERVED
+            terms_total["served"] = terms_total.get("served", 0) + floor
+            continue
         else:
             final = solver
             pen = float(W_SERVED * best1 - solver.Value(built.objective))
@@ -254,9 +282,14 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         report(k, 0.0, 0.0, None)
     demand = problem.demand
     served = len(chosen)
-    upper = min(demand, sum(min(len(problem.by_need.get(n, [])), need.periods_per_week)
-                            for n, need in problem.needs.items()),
-                served_ub if parts else 0)
+    upper = min(
+        demand,
+        sum(
+            min(len(problem.by_need.get(n, [])), need.periods_per_week)
+            for n, need in problem.needs.items()
+        ),
+        served_ub if parts else 0,
+    )
     upper = max(upper, served)
     gap = 0.0 if abs(bound) < 1e-9 else max(0.0, (bound - objective) / abs(bound))
     soft_gap = 0.0 if penalty <= 1e-9 else max(0.0, (penalty - penalty_lb) / penalty)

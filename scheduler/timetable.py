@@ -51,6 +51,10 @@ class MasterOffer(Base):
     period: Mapped[int] = mapped_column(Integer)
     # The bit rate of the lesson's stream profile; a point's downlink must carry it.
     stream_mbps: Mapped[float] = mapped_column(Float, default=2.0)
+    # What each joining point sends back up (two-way lessons); 0 for one-way lessons.
+    point_uplink_mbps: Mapped[float | None] = mapped_column(Float, nullable=True, default=0.0)
+    # The stream profile the bit rates came from (see scheduler/streams.py).
+    profile: Mapped[str | None] = mapped_column(String(16), nullable=True, default="")
 
 
 class Term(Base):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ from typing import Any
 
 from classroom_agent.agent import ClassroomAgent
 from classroom_agent.client import LessonClient
-from classroom_agent.config import AgentConfig, SourceConfig, default_sources
+from classroom_agent.config import AgentConfig, RecordingConfig, SourceConfig, default_sources
 from tests.lesson_server import ServerProcess, start_server_process
 from tests.media import first_frames, wait_for
 
@@ -44,7 +45,20 @@ def small_master(
         classroom_id="city-4a",
         synthetic=True,
         sources=sources,
+        recording=RecordingConfig(dir=recordings or Path("data/agent-recordings")),
     )
+
+
+def packet_times(path: Path) -> list[float]:
+    """Presentation times (seconds) of every packet in a one-stream track file."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams[0]
+        times = [
+            float(p.pts * stream.time_base) for p in container.demux(stream) if p.pts is not None
+        ]
+    return sorted(times)
 
 
 @contextlib.asynccontextmanager
@@ -141,9 +155,20 @@ async def test_the_agent_republishes_after_the_server_restarts_and_uploads_its_c
     try:
         async with running(agent):
             await wait_for(lambda: agent.status.connected, 30, "the first connection")
-            server.stop()
+            # Server start and stop block: off this loop, which the agent shares.
+            await asyncio.to_thread(server.stop)
             await wait_for(lambda: not agent.status.connected, 30, "the agent to notice")
-            server = start_server_process(data, port=port)  # same data dir: same rooms
+            # Three seconds of lesson (15 fps) pass with the server down: the camera keeps
+            # being encoded for the safety copy although nobody pulls it.
+            camera = next(p.track for p in agent.tracks if p.source == "teacher_camera")
+            encoded = camera.stats()["frames"]
+            await wait_for(
+                lambda: camera.stats()["frames"] >= encoded + 45 and not agent.status.connected,
+                30,
+                "the camera to be encoded while the server is down",
+            )
+            # The same data directory: the same rooms.
+            server = await asyncio.to_thread(start_server_process, data, port=port)
             await wait_for(lambda: agent.status.connects >= 2, 60, "the agent to reconnect")
             viewer = LessonClient(server.url, room, server.token(room, "ops", "observer"))
             await viewer.connect()
@@ -154,13 +179,21 @@ async def test_the_agent_republishes_after_the_server_restarts_and_uploads_its_c
         # The lesson went on through the outage; the agent's own copy covers it and is
         # on the server once the agent stops.
         assert agent.uploaded is not None
-        manifests = list((data / "recordings").rglob("manifest.json"))
+        manifests = list((data / "recordings").glob("*/parts/*/manifest.json"))
         assert len(manifests) == 1
         manifest = json.loads(manifests[0].read_text())
         assert manifest["lesson"] == room
         sources = {t["source"] for t in manifest["tracks"]}
         assert sources == {"teacher_camera", "classroom_mic"}
+        ends = {}
         for track in manifest["tracks"]:
-            assert (manifests[0].parent / track["file"]).stat().st_size > 0
+            times = packet_times(manifests[0].parent / track["file"])
+            gaps = [b - a for a, b in itertools.pairwise(times)]
+            # No hole where the server was down, in the video or in the audio.
+            big = [(round(times[i], 2), round(g, 2)) for i, g in enumerate(gaps) if g > 0.3]
+            assert max(gaps) < 0.5, f"{track['source']}: holes {big} of {times[-1]:.1f} s"
+            ends[track["kind"]] = track["offset_s"] + times[-1] - times[0]
+        # Audio that stopped while the video went on would end earlier on the lesson clock.
+        assert abs(ends["audio"] - ends["video"]) < 0.5, ends
     finally:
         server.stop()

@@ -16,43 +16,91 @@ from tests.media import wait_for
 
 
 @pytest.mark.parametrize(
-    ("steps", "low", "high"),
+    ("sent", "steps", "low", "high"),
     [
-        # A REMB caps the estimate at once.
-        ([("remb", 1_000_000)], 1_000_000, 1_000_000),
+        # A REMB below what we send: a queue is building, follow it at once.
+        (2_000_000, [("remb", 1_000_000)], 1_000_000, 1_000_000),
+        # A REMB above what we send is Chromium's 1.5x-throughput clamp: no constraint.
+        (300_000, [("remb", 450_000)], 2_500_000, 2_500_000),
         # Heavy loss backs off even when the REMB is generous: 30% loss -> x0.85 per report.
-        ([("remb", 10_000_000), ("loss", 0.3), ("loss", 0.3)], 1_700_000, 1_900_000),
+        (2_000_000, [("remb", 10_000_000), ("loss", 0.3), ("loss", 0.3)], 1_700_000, 1_900_000),
         # Random loss between 2% and 10% is not congestion: hold.
-        ([("remb", 10_000_000), ("loss", 0.05), ("loss", 0.05)], 2_500_000, 2_500_000),
-        # Low loss grows the loss side, but never beyond 1.5x a fresh REMB.
-        ([("remb", 1_000_000)] + [("loss", 0.0)] * 30, 1_000_000, 1_000_000),
+        (2_000_000, [("loss", 0.05), ("loss", 0.05)], 2_500_000, 2_500_000),
+        # Low loss grows the estimate, but only so far above what we send (it never
+        # shrinks for that alone).
+        (500_000, [("loss", 0.0)] * 30, 2_500_000, 2_500_000),
+        (1_200_000, [("loss", 0.0)] * 30, 2_700_000, 2_700_000),
+        (3_000_000, [("loss", 0.0)] * 3, 3_149_000, 3_150_000),
     ],
 )
-def test_estimate_follows_remb_and_loss(steps: list, low: int, high: int) -> None:
-    est = DownlinkEstimator(initial_bps=2_500_000)
+def test_estimate_follows_remb_and_loss(sent: int, steps: list, low: int, high: int) -> None:
+    est = started(DownlinkEstimator(initial_bps=2_500_000), sent)
     for kind, value in steps:
         if kind == "remb":
-            est.on_remb(value, now=1.0)
+            for _ in range(2):  # a low REMB counts when it is repeated
+                est.on_remb(value, [1], now=10.0)
         else:
-            est.on_loss(value, now=1.0)
-    assert low <= est.estimate(1.0).bps <= high
+            est.on_loss(value, now=10.0)
+    assert low <= est.estimate(10.0).bps <= high
 
 
-def test_a_stale_remb_stops_counting_and_the_floor_holds() -> None:
-    est = DownlinkEstimator(initial_bps=2_000_000)
-    est.on_remb(300_000, now=0.0)
-    assert est.estimate(1.0).bps == 300_000
-    assert est.estimate(10.0).bps == 2_000_000  # the REMB is 10 s old
+def started(est: DownlinkEstimator, sent: float) -> DownlinkEstimator:
+    """One stream (SSRC 1) carrying everything, sending since t=0."""
+    est.sent_bps = sent
+    est.stream_bps = {1: sent}
+    est.started_at = 0.0
+    return est
+
+
+def test_a_remb_is_weighed_against_the_streams_it_covers() -> None:
+    """Two streams, a REMB covering both (Chromium): 600k against 1.2M sent halves it.
+    A REMB covering one of several streams (aiortc's per-stream estimator) is ignored."""
+    est = DownlinkEstimator(initial_bps=3_000_000)
+    est.sent_bps = 1_200_000
+    est.stream_bps = {1: 600_000, 2: 600_000}
+    est.started_at = 0.0
+    for t in (10.0, 10.5):
+        est.on_remb(43_000, [1], now=t)
+    assert est.estimate(10.5).bps == 3_000_000
+    est.on_remb(600_000, [1, 2], now=11.0)
+    assert est.estimate(11.0).bps == 3_000_000  # once may be a hiccup
+    est.on_remb(600_000, [1, 2], now=11.5)
+    assert est.estimate(11.5).bps == 600_000
+
+
+def test_the_first_seconds_of_remb_are_not_taken_as_congestion() -> None:
+    est = started(DownlinkEstimator(initial_bps=2_500_000), 2_000_000)
+    est.on_remb(165_000, [1], now=2.0)  # aiortc's start-up value
+    assert est.estimate(2.0).bps == 2_500_000
+
+
+def test_congestion_is_flagged_and_the_floor_holds() -> None:
+    est = started(DownlinkEstimator(initial_bps=2_000_000), 1_000_000)
+    est.on_remb(300_000, [1], now=9.5)
+    est.on_remb(300_000, [1], now=10.0)
+    assert est.estimate(10.5).congested
+    assert est.estimate(10.5).bps == 300_000
+    assert not est.estimate(20.0).congested
     for _ in range(100):
-        est.on_loss(0.9, now=10.0)
-    assert est.estimate(10.0).bps == MIN_BPS
+        est.on_loss(0.9, now=20.0)
+    assert est.estimate(20.0).bps == MIN_BPS
 
 
-def test_a_step_down_in_remb_is_followed_within_one_report() -> None:
-    est = DownlinkEstimator()
-    est.on_remb(5_000_000, now=0.0)
-    est.on_remb(900_000, now=1.0)
-    assert est.estimate(1.0).bps == 900_000
+def test_after_a_step_down_and_back_up_the_estimate_recovers_within_seconds() -> None:
+    """5 -> 1 Mbit/s: the REMB drop is followed at once; back at 5, 2 reports a second of
+    clean delivery lift it again (8% each) as fast as the sending rate follows."""
+    est = started(DownlinkEstimator(initial_bps=5_000_000), 4_500_000)
+    est.on_remb(900_000, [1], now=9.5)  # the link shrank: the receiver sees a queue
+    est.on_remb(900_000, [1], now=10.0)
+    assert est.estimate(10.0).bps == 900_000
+    now, ticks = 10.0, 0
+    while est.estimate(now).bps < 4_000_000:
+        now += 0.5
+        ticks += 1
+        est.sent_bps = est.estimate(now).bps * 0.85  # the allocator fills what it is given
+        est.on_loss(0.0, now)
+        assert ticks < 60
+    assert now - 10.0 <= 12.0
 
 
 # -- allocator ------------------------------------------------------------------------

@@ -24,8 +24,8 @@ class Clock:
         return self.now
 
 
-def out(value: int) -> tuple[int, int] | None:
-    return None if value == DROP else (value >> 32, value & 0xFFFFFFFF)
+def out(value: tuple[int, int] | None) -> tuple[int, int] | None:
+    return value
 
 
 @pytest.mark.parametrize(

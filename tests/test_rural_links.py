@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
 
 from classroom_agent.client import ClientEvents, Publication
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.sink import MemorySink
 from media_server.source import MediaSource
-from tests.lesson_server import ServerProcess
+from tests.lesson_server import ServerProcess, start_server_process
 from tests.media import PatternTrack, ToneTrack, first_frames, wait_for
+from tests.test_datagram_guard import server_ports
 from tests.test_rtp_rewrite import VP8_DELTA, VP8_KEY, make_up, rtp
 from tests.test_sfu_forwarding import join
+from tongke.codecs import enable_opus_fec
 
 
 async def test_publishers_hear_which_layers_nobody_receives_and_their_uplink_estimate(
@@ -91,3 +95,49 @@ def test_a_nack_storm_is_answered_within_the_budget_and_each_packet_once_per_rtt
     assert sum(len(p) for p in resent) <= 12_500 + 1200
     seqs = [int.from_bytes(p[2:4], "big") for p in resent]
     assert len(seqs) == len(set(seqs))  # nothing resent twice within one RTT
+
+
+def test_opus_in_band_fec_is_asked_for_in_the_sdp_we_send() -> None:
+    sdp = "\r\n".join(
+        [
+            "v=0",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 96 0",
+            "a=rtpmap:96 opus/48000/2",
+            "a=rtpmap:0 PCMU/8000",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96 97",
+            "a=rtpmap:96 VP8/90000",
+            "a=rtpmap:97 rtx/90000",
+            "a=fmtp:97 apt=96",
+            "",
+        ]
+    )
+    amended = enable_opus_fec(sdp)
+    assert "a=fmtp:96 minptime=10;useinbandfec=1" in amended.split("\r\n")
+    # Not on PCMU, and not on VP8 although it has the same payload type in its section.
+    assert amended.count("useinbandfec") == 1
+    assert amended.split("m=video")[1] == sdp.split("m=video")[1]
+    assert enable_opus_fec(amended) == amended  # idempotent
+
+
+async def test_a_fixed_udp_port_range_carries_the_lesson(tmp_path: Path) -> None:
+    """A school firewall opens one range of UDP ports to the server: media uses only it."""
+    server = start_server_process(tmp_path / "data", extra=["--ice-port-range", "47100-47119"])
+    try:
+        room = "ported"
+        server.open_room(room)
+        master = await join(server, room, "c-master", "master")
+        await master.publish([Publication(PatternTrack(320, 240), "teacher_camera", codec="vp8")])
+        point = await join(server, room, "p-1", "point")
+        try:
+            await first_frames(point, {"teacher_camera"})
+            assert master.publish_pc is not None and point.subscribe_pc is not None
+            ports = server_ports(master.publish_pc.remoteDescription.sdp)
+            ports |= server_ports(point.subscribe_pc.remoteDescription.sdp)
+            assert ports and all(47100 <= p <= 47119 for p in ports)
+        finally:
+            await point.close()
+            await master.close()
+    finally:
+        server.stop()
+    with pytest.raises(RuntimeError, match="server did not start"):
+        start_server_process(tmp_path / "bad", extra=["--ice-port-range", "9-x"])

@@ -405,3 +405,51 @@ async def test_a_lesson_opened_later_is_joined_with_try_again(server: ServerProc
         assert not await session.page.locator("#error").is_visible()
         assert await session.page.locator("#lesson-title").inner_text() == "四年级数学 · 分数的意义"
         assert await session.page.locator("#empty").is_visible()
+
+
+async def test_a_paused_picture_is_covered_and_labelled_never_left_frozen(
+    server: ServerProcess, room: str, master: LessonClient
+) -> None:
+    """The server's `allocation` reaches the page: a paused source is shown as paused."""
+    viewer = server.token(room, "p-xiaohe", "point", name="小河教学点")
+    async with open_page() as session:
+        await session.page.goto(lesson_url(server.url, room, viewer))
+        await wait_in_page(session, MEDIA_FLOWING, "every track flowing")
+        await wait_in_page(
+            session,
+            "() => (window.tongke?.allocation?.tracks || []).length === 3",
+            "the server's allocation",
+        )
+        track = await session.page.evaluate(
+            """() => window.tongke.allocation.tracks.find((t) =>
+                 t.track.endsWith("/courseware")).track"""
+        )
+        covered = f'#grid .tile[data-track="{track}"].is-paused .tile-paused'
+        assert await session.page.locator(covered).count() == 0
+        await session.page.evaluate(
+            """(track) => window.tongke.signalling.send(
+                 {type: "set_subscription", track, paused: true})""",
+            track,
+        )
+        await wait_in_page(
+            session,
+            "(sel) => document.querySelector(sel)?.textContent === '画面已暂停 / Paused'",
+            "the courseware tile covered as paused",
+            arg=covered,
+        )
+        paused = await session.page.evaluate(
+            "(t) => window.tongke.allocation.tracks.find((x) => x.track === t)", track
+        )
+        assert paused["paused"] and paused["reason"] == "subscriber"
+        # The other pictures still run, and are not covered.
+        assert await session.page.locator("#grid .tile.is-paused").count() == 1
+        await session.page.evaluate(
+            """(track) => window.tongke.signalling.send(
+                 {type: "set_subscription", track, paused: false})""",
+            track,
+        )
+        await wait_in_page(
+            session,
+            "() => document.querySelectorAll('#grid .tile.is-paused').length === 0",
+            "the courseware running again",
+        )

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "tongke.token_cli",
     "recording.cli",
     "scheduler.cli",
+    "tongke.accounts_cli",
 )
 
 

@@ -36,3 +36,43 @@ def codec_capabilities(kind: str, codec: str) -> list[RTCRtpCodecCapability]:
         raise ValueError(f"aiortc cannot send {codec} as {kind}")
     rtx = [c for c in caps if c.mimeType.lower() == f"{kind}/rtx"]
     return chosen[:1] + rtx[:1]
+
+
+def enable_opus_fec(sdp: str) -> str:
+    """Ask the other side for Opus in-band FEC (RFC 7587 `useinbandfec=1`).
+
+    aiortc writes no fmtp line for Opus and refuses modified capabilities, so the SDP we
+    send is amended as text: with it, a browser's Opus encoder adds in-band FEC, and a
+    lost 20 ms packet is rebuilt from the next one instead of concealed. Payload types
+    are per media section (the same number may be VP8 in the next one).
+    """
+    sections: list[list[str]] = [[]]
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    out: list[str] = []
+    for lines in sections:
+        if lines and lines[0].startswith("m=audio"):
+            lines = _opus_fec_in_section(lines)
+        out.extend(lines)
+    return "\r\n".join(out)
+
+
+def _opus_fec_in_section(lines: list[str]) -> list[str]:
+    opus = [
+        line.split()[0].split(":", 1)[1]
+        for line in lines
+        if line.startswith("a=rtpmap:") and " opus/48000" in line.lower()
+    ]
+    out: list[str] = []
+    for line in lines:
+        for pt in opus:
+            if line.startswith(f"a=fmtp:{pt} ") and "useinbandfec" not in line:
+                line += ";useinbandfec=1"
+        out.append(line)
+        if line.startswith("a=rtpmap:"):
+            pt = line.split()[0].split(":", 1)[1]
+            if pt in opus and not any(x.startswith(f"a=fmtp:{pt} ") for x in lines):
+                out.append(f"a=fmtp:{pt} minptime=10;useinbandfec=1")
+    return out

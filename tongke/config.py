@@ -6,6 +6,7 @@ Every setting has a default that works on one machine with nothing else running,
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import tomllib
@@ -26,6 +27,9 @@ class Config:
     # Embedded defaults: SQLite under data_dir and an in-process event bus and job queue.
     database_url: str = ""
     redis_url: str = ""
+    # Replays: how long after the first classroom's copy arrives the archiver waits for
+    # the other expected classrooms before packaging (a late copy repackages the lesson).
+    replay_upload_wait_s: int = 120
     # ICE: host candidates on these addresses only (empty: every interface).
     ice_addresses: list[str] = field(default_factory=list)
     max_message_bytes: int = 256 * 1024
@@ -34,9 +38,19 @@ class Config:
     turn_urls: list[str] = field(default_factory=list)
     turn_secret: str = ""
     turn_ttl: int = 4 * 3600
+    # UDP ports for media, e.g. "50000-50999" (empty: any port): what a firewall opens.
+    ice_port_range: str = ""
     # Per-subscriber bandwidth estimation, layer allocation and pacing (off: forward
     # everything as it comes; only for measuring what they cost).
     adaptive_media: bool = True
+    # How long a lesson link's one-time code may wait to be opened (tongke/lessoncode.py).
+    lesson_code_ttl_s: int = 30 * 60
+    # Feed tokens (a classroom's schedule and lesson tokens): lifetime when minted.
+    feed_token_ttl_s: int = 180 * 24 * 3600
+    # Where the HTTP access log goes ("": data_dir/access.log, "-": nowhere).
+    access_log: str = ""
+    # Overrides of tongke/ratelimit.py DEFAULT_RATES: {"join_token": [burst, per_second]}.
+    rate_limits: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -55,8 +69,10 @@ class Config:
             self.secret = path.read_text().strip()
         else:
             self.secret = secrets.token_urlsafe(32)
-            path.write_text(self.secret)
-            path.chmod(0o600)
+            # Created 0600: a file written first and chmod-ed after is readable in between.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.secret)
         return self.secret
 
 
@@ -88,6 +104,8 @@ def load_config(path: Path | None = None, **overrides: object) -> Config:
             value = str(value).lower() in ("1", "true", "yes", "on")
         elif isinstance(current, int):
             value = int(value)  # type: ignore[call-overload]
+        elif isinstance(current, dict) and isinstance(value, str):
+            value = json.loads(value)
         elif isinstance(current, list) and isinstance(value, str):
             value = [v for v in value.split(",") if v]
         setattr(cfg, name, value)

@@ -14,9 +14,10 @@ import signal
 from pathlib import Path
 
 from classroom_agent.cli import agent_argv
-from media_server.http import SFU, lesson_url
+from media_server.http import SFU
 from media_server.room import LessonInfo
 from tongke.config import load_config
+from tongke.lessoncode import issue_code, lesson_url
 from tongke.server import start_server
 from tongke.tokens import Role, issue_token
 
@@ -75,10 +76,11 @@ async def run_demo(args: argparse.Namespace) -> int:
         agents.append((name, proc))
         pumps.append(asyncio.ensure_future(_pump(name, proc.stdout)))
 
-    viewer = issue_token(
+    # A one-time code: the link opens the lesson once (a reload keeps working).
+    viewer = issue_code(
         secret, room=ROOM, classroom="demo-viewer", role=Role.OBSERVER, name="Viewer"
     )
-    print("\nOpen the lesson in a browser:\n", flush=True)
+    print("\nOpen the lesson in a browser (the link works once):\n", flush=True)
     print(f"  {lesson_url(server.url, ROOM, viewer)}\n", flush=True)
     print(
         "The teaching points print what they receive every 5 s. Press Ctrl-C to stop.\n", flush=True
@@ -101,12 +103,35 @@ async def run_demo(args: argparse.Namespace) -> int:
                 proc.terminate()
         for _, proc in agents:
             try:
-                await asyncio.wait_for(proc.wait(), 10)
+                # A stopping agent uploads its safety copy first.
+                await asyncio.wait_for(proc.wait(), 120)
             except TimeoutError:
                 proc.kill()
         await asyncio.gather(*pumps, return_exceptions=True)
+        if not args.no_replay:
+            watcher = issue_token(
+                secret, room=ROOM, classroom="demo-viewer", role=Role.OBSERVER, name="Viewer"
+            )
+            await _wait_for_replay(config.data_dir, server.url, watcher)
         await server.stop()
     return 0
+
+
+async def _wait_for_replay(data_dir: Path, url: str, token: str, limit_s: float = 600) -> None:
+    """The archiver packages the lesson once every classroom's copy is in: wait for it."""
+    from recording.lesson import LessonRecord
+
+    record = LessonRecord(data_dir / "recordings", ROOM)
+    print("Packaging the lesson's replay...", flush=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while loop.time() < deadline:
+        data = record.load() if record.exists() else {}
+        if data.get("state") == "packaged" and data.get("packaged_parts") == len(data["parts"]):
+            print(f"\nThe replay is in the catalog:\n\n  {url}/replays?token={token}\n", flush=True)
+            return
+        await asyncio.sleep(1)
+    print("The replay is not ready yet; it appears in the catalog when it is.", flush=True)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -126,5 +151,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="do not print the points' quality lines")
     p.add_argument(
         "--seconds", type=float, default=0, help="stop after this long (default: Ctrl-C)"
+    )
+    p.add_argument(
+        "--no-replay", action="store_true", help="stop without waiting for the lesson's replay"
     )
     p.set_defaults(func=demo)

@@ -64,6 +64,7 @@ _CLASS_ATTRS: list[tuple[type, str]] = [
     (aioice.ice.Connection, "query_consent"),
     (aioice.ice.Connection, "build_request"),
     (aioice.ice.Connection, "data_received"),
+    (aioice.ice.Connection, "get_component_candidates"),
 ]
 # (class, attribute): instance attributes its __init__ must set.
 _INSTANCE_ATTRS: list[tuple[type, str]] = [
@@ -74,11 +75,16 @@ _INSTANCE_ATTRS: list[tuple[type, str]] = [
     (aioice.ice.Connection, "_nominated"),
     (aioice.ice.Connection, "_check_list"),
     (aioice.ice.Connection, "_query_consent_task"),
+    (aioice.ice.Connection, "_protocols"),
+    (aioice.ice.Connection, "stun_server"),
+    (aioice.ice.Connection, "turn_server"),
     (aioice.ice.StunProtocol, "receiver"),
 ]
 _MODULE_ATTRS: list[tuple[Any, str]] = [
     (aioice.ice, "get_host_addresses"),
     (aioice.ice, "CONSENT_INTERVAL"),
+    (aioice.ice, "candidate_foundation"),
+    (aioice.ice, "candidate_priority"),
 ]
 
 
@@ -221,6 +227,72 @@ def use_host_addresses(addresses: Sequence[str]) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = fixed
+
+
+# -- a fixed UDP port range -------------------------------------------------------------
+
+_original_component_candidates = aioice.ice.Connection.get_component_candidates
+_port_range: tuple[int, int] | None = None
+_next_port = 0
+
+
+def use_port_range(low: int, high: int) -> None:
+    """Bind every host candidate within [low, high] (a firewall opens just that range).
+
+    aioice binds port 0; for a connection with no STUN or TURN server (the SFU's own)
+    host candidates are gathered here instead, each on the next free port of the range.
+    """
+    global _port_range, _next_port
+    if not 0 < low <= high < 65536:
+        raise ValueError(f"not a UDP port range: {low}-{high}")
+    _port_range = (low, high)
+    _next_port = low
+    aioice.ice.Connection.get_component_candidates = _ranged_component_candidates  # type: ignore[method-assign]
+
+
+async def _bind_in_range(connection: Any, address: str) -> Any:
+    global _next_port
+    assert _port_range is not None
+    low, high = _port_range
+    loop = asyncio.get_running_loop()
+    for _ in range(high - low + 1):
+        port = _next_port
+        _next_port = low if port >= high else port + 1
+        try:
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: aioice.ice.StunProtocol(connection), local_addr=(address, port)
+            )
+            return protocol
+        except OSError:
+            continue
+    raise OSError(f"no free UDP port in {low}-{high} on {address}")
+
+
+async def _ranged_component_candidates(
+    self: Any, component: int, addresses: list[str], timeout: int = 5
+) -> list[Any]:
+    if self.stun_server or self.turn_server:
+        return await _original_component_candidates(self, component, addresses, timeout)
+    candidates = []
+    for address in addresses:
+        try:
+            protocol = await _bind_in_range(self, address)
+        except OSError as exc:
+            log.warning("ICE: %s", exc)
+            continue
+        host, port = protocol.transport.get_extra_info("sockname")[:2]
+        protocol.local_candidate = aioice.Candidate(
+            foundation=aioice.ice.candidate_foundation("host", "udp", host),
+            component=component,
+            transport="udp",
+            priority=aioice.ice.candidate_priority(component, "host"),
+            host=host,
+            port=port,
+            type="host",
+        )
+        self._protocols.append(protocol)
+        candidates.append(protocol.local_candidate)
+    return candidates
 
 
 # -- DTLS / SRTP / ICE ------------------------------------------------------------------

@@ -3,27 +3,50 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 
-from media_server.http import lesson_url
 from media_server.room import LessonInfo, Rooms
+from tongke.audit import AuditLog
 from tongke.config import load_config
+from tongke.lessoncode import CODE_TTL_S, issue_code, lesson_url
 from tongke.tokens import Role, issue_token
+from tongke.untrusted import display_text_problem
 
 
 def token(args: argparse.Namespace) -> int:
     config = load_config(args.config, data_dir=args.data_dir)
-    value = issue_token(
-        config.ensure_secret(),
+    problem = display_text_problem(args.name) if args.name else None
+    if problem is not None:
+        raise ValueError(f"--name {problem}")
+    fields = {
+        "room": args.room,
+        "classroom": args.classroom,
+        "role": Role(args.role),
+        "name": args.name or "",
+    }
+    ttl_s = int(args.hours * 3600)
+    if args.url:
+        # A person's link: a one-time code, never the token itself (docs/security.md).
+        code = issue_code(
+            config.ensure_secret(),
+            **fields,
+            token_ttl_s=ttl_s,
+            code_ttl_s=int(args.code_minutes * 60),
+        )
+        print(lesson_url(config.base_url, args.room, code))
+    else:
+        print(issue_token(config.ensure_secret(), **fields, ttl_s=ttl_s))
+    audit = AuditLog(config.resolved_database_url())
+    audit.record(
+        "token_minted",
+        actor=f"cli:{getpass.getuser()}",
         room=args.room,
         classroom=args.classroom,
-        role=Role(args.role),
-        name=args.name or "",
-        ttl_s=int(args.hours * 3600),
+        minted_role=args.role,
+        ttl_s=ttl_s,
+        link=bool(args.url),
     )
-    if args.url:
-        print(lesson_url(config.base_url, args.room, value))
-    else:
-        print(value)
+    audit.close()
     return 0
 
 
@@ -42,7 +65,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--role", choices=[r.value for r in Role], default="observer")
     p.add_argument("--name")
     p.add_argument("--hours", type=float, default=4.0)
-    p.add_argument("--url", action="store_true", help="print the browser link instead")
+    p.add_argument(
+        "--url", action="store_true", help="print a one-time browser link instead of the token"
+    )
+    p.add_argument(
+        "--code-minutes",
+        type=float,
+        default=CODE_TTL_S / 60,
+        help="how long the link may wait to be opened (default 30)",
+    )
     p.add_argument("--config", type=str, default=None)
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=token)

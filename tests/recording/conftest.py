@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from recording.api import setup
+from recording.lesson import LessonFacts
 from recording.package import PackageResult, build_replay
 from recording.synthetic import SyntheticLesson, make_recording
 from tongke.app import CTX, WEB_ROOT, AppContext
@@ -38,12 +40,38 @@ def packaged(master_recording: Path, tmp_path_factory: pytest.TempPathFactory) -
     return build_replay(master_recording, tmp_path_factory.mktemp("replays"))
 
 
-def make_app(data_dir: Path, *, run_worker: bool = False, redis_url: str = "") -> web.Application:
+# What the scheduler would say about the synthetic lesson (not what its manifest says).
+FACTS = LessonFacts(
+    lesson=LESSON,
+    title="分数的加减",
+    school="s-yizhong",
+    school_name="第一中学",
+    subject="数学",
+    grade="7",
+    teacher="王老师",
+    master="c-master",
+    points={"p-xiaohe": "小河教学点"},
+    schools=["s-yizhong", "s-xiaohe"],
+    date="2025-06-15",
+)
+
+
+def make_app(
+    data_dir: Path,
+    *,
+    run_worker: bool = False,
+    redis_url: str = "",
+    lessons: dict[str, LessonFacts] | None = None,
+    upload_wait_s: int = 120,
+) -> web.Application:
     app = web.Application()
-    config = Config(data_dir=data_dir, secret=SECRET, redis_url=redis_url)
+    config = Config(
+        data_dir=data_dir, secret=SECRET, redis_url=redis_url, replay_upload_wait_s=upload_wait_s
+    )
     ctx = AppContext(config=config, secret=SECRET)
     app[CTX] = ctx
-    setup(app, ctx, run_worker=run_worker)
+    known = {LESSON: FACTS} if lessons is None else lessons
+    setup(app, ctx, run_worker=run_worker, lessons=lambda lesson: copy.deepcopy(known.get(lesson)))
     app.router.add_static("/static/", WEB_ROOT, show_index=False)
     return app
 

@@ -20,6 +20,8 @@ def _add_lesson(data: Path, lesson: str, **changes: object) -> None:
     shutil.copytree(src, dst)
     entry = json.loads((dst / "replay.json").read_text())
     entry.update(lesson=lesson, **changes)
+    if "school" in changes:
+        entry["schools"] = [changes["school"]]
     (dst / "replay.json").write_text(json.dumps(entry))
 
 

@@ -6,6 +6,7 @@ times and counts from the database rows, so a solver bug cannot hide behind itse
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 from collections import defaultdict
@@ -22,19 +23,48 @@ def _rows(db: Session, sql: str) -> list[Any]:
     return list(db.execute(text(sql)))
 
 
+def _week_counts(db: Session) -> dict[str, dict[int, int]]:
+    """Per real week of the term: how often each timetable weekday is taught."""
+    terms = _rows(db, 'select id, start, "end" from sch_term order by id desc')
+    if not terms:
+        return {"any": {d: 1 for d in range(1, 8)}}
+    term = terms[0]
+    start, end = (dt.date.fromisoformat(str(v)) for v in (term.start, term.end))
+    special = {
+        dt.date.fromisoformat(str(r.date)): (r.kind, r.as_weekday)
+        for r in _rows(
+            db, f"select date, kind, as_weekday from sch_calendar_day where term_id = {term.id}"
+        )
+    }
+    weeks: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    d = start
+    while d <= end:
+        kind, as_wd = special.get(d, ("", None))
+        wd = as_wd if kind == "makeup" else (d.isoweekday() if d.isoweekday() <= 5 else None)
+        if kind != "holiday" and wd:
+            weeks[(d - dt.timedelta(days=d.weekday())).isoformat()][wd] += 1
+        d += dt.timedelta(days=1)
+    return weeks
+
+
 def check_plan(db: Session, plan_id: int) -> list[str]:
     bad: list[str] = []
     schools = {r.id: r for r in _rows(db, "select id, county_id from sch_school")}
     classes = {
         r.id: r for r in _rows(db, "select id, school_id, grade, classroom_id from sch_class")
     }
-    rooms = {r.id: r for r in _rows(db, "select id, downlink_mbps from sch_classroom")}
+    rooms = {
+        r.id: r
+        for r in _rows(db, "select id, school_id, downlink_mbps, uplink_mbps from sch_classroom")
+    }
+    lines = {r.id: r for r in _rows(db, "select id, downlink_mbps, uplink_mbps from sch_school")}
     caps = {r.id: r.weekly_cap for r in _rows(db, "select id, weekly_cap from sch_teacher")}
     offers = {
         r.id: r
         for r in _rows(
             db,
-            "select id, class_id, subject, teacher_id, weekday, period, stream_mbps from sch_offer",
+            "select id, class_id, subject, teacher_id, weekday, period, stream_mbps, "
+            "point_uplink_mbps from sch_offer",
         )
     }
     needs = {
@@ -64,6 +94,19 @@ def check_plan(db: Session, plan_id: int) -> list[str]:
                 out.append([s, e])
         return [(s - SLACK, e + SLACK) for s, e in out]
 
+    def line_of(school: str) -> tuple[float, float]:
+        own = [r for r in rooms.values() if r.school_id == school]
+        down = lines[school].downlink_mbps
+        up = lines[school].uplink_mbps
+        return (
+            down if down is not None else max(r.downlink_mbps for r in own),
+            up if up is not None else max(r.uplink_mbps for r in own),
+        )
+
+    tolerance = int(options.get("bell_tolerance_min", 5))
+    soft = options.get("bells", "hard") == "soft"
+    on_line: dict[tuple[str, int], list[tuple[int, int, float, float]]] = defaultdict(list)
+    remote_days: dict[str, list[int]] = defaultdict(list)
     seen_offers: dict[int, int] = defaultdict(int)
     timeline: dict[tuple[str, int], list[tuple[int, int, str]]] = defaultdict(list)
     remote: dict[str, int] = defaultdict(int)
@@ -91,6 +134,7 @@ def check_plan(db: Session, plan_id: int) -> list[str]:
             bad.append(f"{where}: {len(points)} points > {options.get('max_points', 4)}")
         if points:
             remote[o.teacher_id] += 1
+            remote_days[o.teacher_id].append(ls.weekday)
         for key in (
             ("mclass", o.class_id),
             ("teacher", o.teacher_id),
@@ -116,6 +160,22 @@ def check_plan(db: Session, plan_id: int) -> list[str]:
                 bad.append(f"{where}: cross-county pairing while not allowed")
             if not any(bs <= start and end <= be for bs, be in blocks(pclass.school_id)):
                 bad.append(f"{where}: outside the school day of {need.class_id}")
+            in_period = any(
+                max(0, ps - start) + max(0, end - pe) <= tolerance
+                for ps, pe in bells[pclass.school_id].values()
+                if ps < end and start < pe
+            )
+            if not soft and not in_period:
+                bad.append(f"{where}: not inside a bell period of {pclass.school_id}")
+            down, up = (
+                rooms[pclass.classroom_id].downlink_mbps,
+                rooms[pclass.classroom_id].uplink_mbps,
+            )
+            if (o.point_uplink_mbps or 0) > up:
+                bad.append(f"{where}: {pclass.classroom_id} uplink below the point's stream")
+            on_line[(pclass.school_id, ls.weekday)].append(
+                (start, end, o.stream_mbps, o.point_uplink_mbps or 0.0)
+            )
             if any(s < end and start < e for s, e in busy[(need.class_id, ls.weekday)]):
                 bad.append(f"{where}: overlaps a busy period of {need.class_id}")
             timeline[("class:" + need.class_id, ls.weekday)].append((start, end, where))
@@ -129,9 +189,17 @@ def check_plan(db: Session, plan_id: int) -> list[str]:
         for (_s1, e1, w1), (s2, _e2, w2) in itertools.pairwise(items):
             if s2 < e1:
                 bad.append(f"{who} on day {wd}: {w1} overlaps {w2}")
-    for t, n in remote.items():
-        if n > caps[t]:
-            bad.append(f"teacher {t}: {n} remote lessons > cap {caps[t]}")
+    for (school, wd), items in on_line.items():
+        down, up = line_of(school)
+        for t in {it[0] for it in items}:
+            live = [it for it in items if it[0] <= t < it[1]]
+            if sum(it[2] for it in live) > down + 1e-9 or sum(it[3] for it in live) > up + 1e-9:
+                bad.append(f"school {school} on day {wd} at {t}: line over capacity")
+    for t, days in remote_days.items():
+        for week, count in _week_counts(db).items():
+            n = sum(count.get(d, 0) for d in days)
+            if n > caps[t]:
+                bad.append(f"teacher {t}: {n} remote lessons in week {week} > cap {caps[t]}")
     for nid, n in per_need.items():
         if n > needs[nid].periods_per_week:
             bad.append(f"need {nid}: {n} periods > {needs[nid].periods_per_week}")

@@ -55,10 +55,11 @@ def pg_url() -> Iterator[str]:
 
 
 class Server:
-    def __init__(self, url: str, secret: str, db: Database) -> None:
+    def __init__(self, url: str, secret: str, db: Database, config: Config) -> None:
         self.url = url
         self.secret = secret
         self.db = db
+        self.config = config
 
     def token(
         self, role: Role = Role.SCHEDULER, room: str = "*", classroom: str = "", ttl_s: int = 3600
@@ -83,5 +84,5 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     config.public_url = f"http://127.0.0.1:{port}"
-    yield Server(config.public_url, ctx.secret, app[DB])
+    yield Server(config.public_url, ctx.secret, app[DB], config)
     await runner.cleanup()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import aiohttp
 
@@ -148,3 +149,74 @@ async def test_replan_and_unknown_ids_over_http(server: Server) -> None:
         # Only the absent day changed: 王老师 keeps his other days.
         assert not [x for x in lessons if x["start"].startswith(monday)]
         assert any(x["teacher_id"] == "t-wang" for x in lessons)
+
+
+async def test_links_and_feeds_use_the_public_url(server: Server) -> None:
+    async with aiohttp.ClientSession() as session:
+        auth = await _setup(session, server)
+        server.config.public_url = "https://tongke.example.cn/county"
+        async with session.post(f"{server.url}/api/schedule/feeds/xh-r1/token", headers=auth) as r:
+            links = await r.json()
+        assert links["ics"].startswith("https://tongke.example.cn/county/api/schedule/feeds/")
+        path = links["json"].split("/county", 1)[1]
+        async with session.get(f"{server.url}{path}") as r:
+            feed = await r.json()
+        assert feed["server"] == "https://tongke.example.cn/county"
+        async with session.get(f"{server.url}{path.replace('.json', '.ics')}") as r:
+            assert b"https://tongke.example.cn/county/api/schedule/lessons" in await r.read()
+        room = feed["lessons"][0]["room_id"]
+        async with session.post(
+            f"{server.url}/api/schedule/lessons/{room}/tokens",
+            json={"classroom": "xh-r1"},
+            headers=auth,
+        ) as r:
+            assert (await r.json())["url"].startswith(
+                f"https://tongke.example.cn/county/lesson/{room}"
+            )
+        # Without a configured address, links name the address the request came to.
+        server.config.public_url = ""
+        async with session.post(f"{server.url}/api/schedule/feeds/xh-r1/token", headers=auth) as r:
+            assert (await r.json())["ics"].startswith(f"{server.url}/api/schedule/feeds/")
+
+
+async def test_a_city_imports_through_the_api_and_gbk_files_are_read(server: Server) -> None:
+    from scheduler.countygen import generate
+
+    auth = {"Authorization": f"Bearer {server.token()}"}
+    city = generate("L", 1, today=dt.date(2026, 3, 16))
+    payload = json.dumps({"files": city}).encode()
+    assert len(payload) > 1024 * 1024  # 1.1 MB: above the old 1 MiB limit
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{server.url}/api/schedule/import",
+            data=payload,
+            headers=auth | {"Content-Type": "application/json"},
+        ) as r:
+            body = await r.json()
+        assert r.status == 200, body
+        assert body["counts"]["offers"] == city["offers"].count("\n") - 1
+        # The page sends the files' bytes as they are: GBK arrives undecoded.
+        form = aiohttp.FormData()
+        for kind, text in files().items():
+            form.add_field(kind, text.encode("gbk"), filename=f"{kind}.csv")
+        form.add_field("replace", "true")
+        async with session.post(f"{server.url}/api/schedule/import", data=form, headers=auth) as r:
+            body = await r.json()
+        assert r.status == 200, body
+        assert body["encodings"]["schools"] == "GB18030/GBK"
+        async with session.get(f"{server.url}/api/schedule/county", headers=auth) as r:
+            assert (await r.json())["schools"] == 5
+
+
+async def test_an_import_above_the_limit_is_refused(server: Server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import scheduler.api
+
+    monkeypatch.setattr(scheduler.api, "IMPORT_LIMIT_BYTES", 1000)
+    auth = {"Authorization": f"Bearer {server.token()}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{server.url}/api/schedule/import", json={"files": files()}, headers=auth
+        ) as r:
+            assert r.status == 413 and (await r.json())["error"]["code"] == "too_large"
+        async with session.get(f"{server.url}/api/schedule/county", headers=auth) as r:
+            assert (await r.json())["schools"] == 0

@@ -37,3 +37,21 @@ def test_cli_from_demo_data_to_export(tmp_path: Path, capsys: pytest.CaptureFixt
     assert rows and {"lesson_id", "weekday", "start", "end", "points"} <= set(rows[0])
     assert run(*base, "feed", rows[0]["master_classroom"]) == 0
     assert "/api/schedule/feeds/" in capsys.readouterr().out
+
+
+def test_options_after_the_action_and_the_servers_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scheduler.publicurl import write_public_url
+
+    data = str(tmp_path / "data")
+    assert run("schedule", "demo-data", str(tmp_path / "csv"), "--data-dir", data) == 0
+    assert run("schedule", "import", str(tmp_path / "csv"), "--data-dir", data) == 0
+    assert (tmp_path / "data" / "tongke.db").exists()
+    capsys.readouterr()
+    # What `tongke serve --public-url ...` recorded in its data directory.
+    write_public_url(tmp_path / "data", "https://tongke.example.cn")
+    assert run("schedule", "token", "--data-dir", data) == 0
+    assert "https://tongke.example.cn/scheduler#token=" in capsys.readouterr().out
+    assert run("schedule", "--data-dir", data, "token", "--public-url", "http://10.0.0.5:8080") == 0
+    assert "http://10.0.0.5:8080/scheduler#token=" in capsys.readouterr().out

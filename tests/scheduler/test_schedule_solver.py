@@ -10,7 +10,7 @@ from scheduler.service import solve_and_store
 from tests.scheduler.checker import check_plan
 
 
-def _reasons(plan, class_id: str, subject: str) -> list[str]:  # type: ignore[no-untyped-def]
+def _reasons(plan, class_id: str, subject: str) -> list[dict]:  # type: ignore[no-untyped-def]
     for u in plan.unserved:
         if u["class_id"] == class_id and u["subject"] == subject:
             return u["reasons"]
@@ -22,15 +22,23 @@ def test_town_plan_is_valid_and_explains_every_unserved_need(town: Database) -> 
         plan, sol = solve_and_store(s, Options(time_limit_s=5))
         assert check_plan(s, plan.id) == []
     assert sol.optimal and sol.served == 4 and sol.served >= sol.greedy_served
-    assert _reasons(plan, "xh-g4", "Music") == [
-        "no grade 4 Music master lesson overlaps a free period of 小河教学点 grade 4 on any day"
-    ]
-    assert "no grade 4 Art master lesson is offered" in _reasons(plan, "ds-g4", "Art")[0]
-    assert "downlink of 柳林教学点 grade 4 (1 Mbit/s)" in _reasons(plan, "ly-g4", "English")[0]
-    assert "only outside 清水县" in _reasons(plan, "xh-g4", "Science")[0]
+    # 小河 grade 4 is busy all Tuesday morning: only its own period 3 stands in the way.
+    music, move = _reasons(plan, "xh-g4", "Music")
+    assert move["lever"] == "move_lesson" and "周二 10:00-10:40 → 周一 08:50-09:30" in move["zh"]
+    assert music["lever"] == "timetable" and music["gain"] == 1
+    assert "小河教学点(xh) grade 4(xh-g4) 自己的课（周二第3节）调开，可多开 1 节" in music["zh"]
+    assert "moving 小河教学点(xh) grade 4(xh-g4)'s own lesson(s) (Tue period 3)" in music["en"]
+    (art,) = _reasons(plan, "ds-g4", "Art")
+    assert art["code"] == "no_offer" and "4年级Art" in art["zh"]
+    (link,) = _reasons(plan, "ly-g4", "English")
+    assert link["lever"] == "link" and link["relax"]["mbps"] == 2.0
+    assert "把 柳林教学点(ly) 的下行带宽提高到 2 Mbit/s，可多开 1 节" in link["zh"]
+    assert "a 2 Mbit/s downlink at 柳林教学点(ly) would serve 1 more period(s)" in link["en"]
+    (science,) = _reasons(plan, "xh-g4", "Science")
+    assert science["lever"] == "cross_county" and "清水县" in science["zh"]
 
 
-def test_full_lessons_are_named_from_the_infeasible_subset(town: Database) -> None:
+def test_full_lessons_name_the_points_per_lesson_lever(town: Database) -> None:
     with town.session() as s:
         plan, sol = solve_and_store(s, Options(time_limit_s=5, max_points=1))
         assert check_plan(s, plan.id) == []
@@ -42,9 +50,10 @@ def test_full_lessons_are_named_from_the_infeasible_subset(town: Database) -> No
         if u["subject"] == "English" and u["grade"] == 4 and u["class_id"] in ("xh-g4", "ds-g4")
     ]
     assert short
-    text = " ".join(short[0]["reasons"])
-    assert "already takes 1 points" in text and "王老师" in text
-    assert "serving it would take a period away from" in text
+    for u in short:
+        (r,) = u["reasons"]
+        assert r["lever"] == "points_per_lesson" and r["gain"] == 2, r
+        assert "每节课允许 2 个教学点" in r["zh"] and "王老师(t-wang)" in r["zh"]
 
 
 def test_cross_county_when_allowed(town: Database) -> None:

@@ -2,7 +2,9 @@
 // that lost the server at the same moment does not come back at the same moment.
 
 export class Backoff {
-  constructor({ baseMs = 1000, maxMs = 30000, random = Math.random } = {}) {
+  // At most 8 s: a classroom whose line comes back must be in the lesson again within
+  // 10 s. Full jitter still spreads a county's reconnections.
+  constructor({ baseMs = 1000, maxMs = 8000, random = Math.random } = {}) {
     this.baseMs = baseMs;
     this.maxMs = maxMs;
     this.random = random;

@@ -13,10 +13,11 @@ export const FATAL_CODES = new Set([
   "unknown_room",
   "forbidden",
   "replaced",
+  "lesson_ended",
 ]);
 
 // WebSocket close codes the server uses for refused joins (protocol §3.3).
-export const FATAL_CLOSE_CODES = new Set([4401, 4403, 4404, 4409]);
+export const FATAL_CLOSE_CODES = new Set([4401, 4403, 4404, 4409, 4410]);
 
 export class SignallingError extends Error {
   constructor(code, message) {

@@ -38,6 +38,22 @@ const ERRORS = {
     "This link is for a different lesson. Please use the link for this lesson.",
   ],
   token_role: ["该身份不能观看直播", "This role cannot watch a live lesson."],
+  code_used: [
+    "该课堂链接已被使用",
+    "This lesson link was already opened once. Please ask the lesson organiser for a new link.",
+  ],
+  code_expired: [
+    "课堂链接已过期",
+    "This lesson link has expired. Please ask the lesson organiser for a new link.",
+  ],
+  code_invalid: [
+    "课堂链接无效",
+    "This lesson link is not valid. Please open the full link you were sent or ask for a new one.",
+  ],
+  rate_limited: [
+    "请求过于频繁",
+    "Too many attempts in a short time. Please wait a moment and try again.",
+  ],
   forbidden: ["该身份不能观看直播", "This role cannot watch a live lesson."],
   replaced: [
     "已在其他窗口打开",

@@ -24,6 +24,8 @@ import {
 import { TileGrid } from "./tiles.js";
 
 const STATS_INTERVAL_MS = 1000;
+// No packet on any running track for this long while live: the media path is dead.
+const MEDIA_STALL_MS = 5000;
 const CLOSE_CODE_ERRORS = {
   4401: "token_invalid",
   4403: "token_wrong_room",
@@ -33,17 +35,51 @@ const CLOSE_CODE_ERRORS = {
 
 function lessonFromLocation(loc = window.location) {
   const match = loc.pathname.match(/\/lesson\/([^/]+)\/?$/);
+  const query = new URLSearchParams(loc.search);
   return {
     room: match ? decodeURIComponent(match[1]) : "",
-    token: new URLSearchParams(loc.search).get("token") || "",
+    code: query.get("code") || "",
+    token: query.get("token") || "",
   };
+}
+
+// The link's one-time code (or an old link's token) must not stay in the address bar,
+// the history or a bookmark: drop it before anything else happens.
+function forgetCredentialsInAddress(loc = window.location) {
+  const query = new URLSearchParams(loc.search);
+  if (!query.has("code") && !query.has("token")) return;
+  query.delete("code");
+  query.delete("token");
+  const rest = query.toString();
+  history.replaceState(history.state, "", loc.pathname + (rest ? `?${rest}` : "") + loc.hash);
+}
+
+// Trade the link's code for the room token. Without a code (a reload), the server
+// answers from this browser's HttpOnly lesson cookie, set by the first exchange.
+async function exchangeCode(room, code) {
+  const body = code ? { room, code } : { room };
+  const resp = await fetch("/api/lesson/exchange", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    credentials: "same-origin",
+    body: JSON.stringify(body),
+  });
+  const data = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    const err = data.error || {};
+    throw new SignallingError(err.code || "token_missing", err.message || "");
+  }
+  return data.token;
 }
 
 class LessonViewer {
   constructor(dom) {
     this.dom = dom;
-    const { room, token } = lessonFromLocation();
+    const { room, code, token } = lessonFromLocation();
+    forgetCredentialsInAddress();
     this.room = room;
+    this.code = code;
+    // Kept in memory only; a reload asks the server again (see exchangeCode).
     this.token = token;
     this.backoff = new Backoff();
     this.grid = new TileGrid(dom.grid, {
@@ -91,10 +127,20 @@ class LessonViewer {
     });
   }
 
-  start() {
-    if (!this.room || !this.token) {
-      this._fail(this.token ? "unknown_room" : "token_missing", "");
+  async start() {
+    if (!this.room) {
+      this._fail("unknown_room", "");
       return;
+    }
+    if (!this.token) {
+      try {
+        this.token = await exchangeCode(this.room, this.code);
+      } catch (err) {
+        const code = err instanceof SignallingError ? err.code : "token_missing";
+        this._fail(code, err.serverMessage || "");
+        return;
+      }
+      this.code = "";
     }
     this.connect();
   }
@@ -126,6 +172,8 @@ class LessonViewer {
       if (err instanceof SignallingError && FATAL_CODES.has(err.code)) {
         this._fail(err.code, err.serverMessage);
         sig.close();
+      } else if (err instanceof SignallingError && err.code === "rate_limited") {
+        sig.close(); // the close handler retries after its back-off
       }
       return; // Otherwise the socket is gone and the close handler reconnects.
     }
@@ -304,9 +352,36 @@ class LessonViewer {
       return; // The PeerConnection closed under us; the next session samples anew.
     }
     if (sampler !== this.sampler) return;
+    this._watchMedia(stats);
     this.grid.setStats(stats);
     this.state.stats = Object.fromEntries(stats);
     this.state.inbound = sampler.lastInbound;
+  }
+
+  /**
+   * A media path can die without any event (a NAT rebinding, a firewall state timeout):
+   * when nothing the server is sending arrives for MEDIA_STALL_MS, start a new session.
+   */
+  _watchMedia(stats) {
+    let packets = 0;
+    let expected = false;
+    for (const [mid, st] of stats) {
+      const tile = this.grid.tiles.get(mid);
+      if (!tile || (tile.allocation && tile.allocation.paused)) continue;
+      expected = true;
+      packets += st.packetsReceived || 0;
+    }
+    const now = Date.now();
+    if (!expected || packets !== this._mediaPackets) {
+      this._mediaPackets = packets;
+      this._mediaAt = now;
+      return;
+    }
+    if (this.state.phase === "live" && now - this._mediaAt > MEDIA_STALL_MS && this.sig) {
+      console.warn("no media for", now - this._mediaAt, "ms: rejoining");
+      this.state.stalls = (this.state.stalls || 0) + 1;
+      this.sig.close(4000, "media stalled");
+    }
   }
 
   _setPhase(phase) {
