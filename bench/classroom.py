@@ -114,6 +114,9 @@ def percentile(values: list[float], q: float) -> float | None:
 
 async def run(callons: int, link: str) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="tongke-classroom-"))
+    # Made here: with a configured secret, nothing else creates the data directory before
+    # the audit log's SQLite file is opened in it.
+    (workdir / "server").mkdir()
     netlink = None
     if link == "impaired":
         from tests.impair import LinkSpec, NetnsLink, netns_available

@@ -42,6 +42,7 @@ export const STRINGS = {
     err_forbidden: "您的账号没有权限。",
     err_generic: "{message}",
     admin: "账号管理",
+    supervisor: "课堂巡视",
   },
   en: {
     langSwitch: "中文",
@@ -84,5 +85,6 @@ export const STRINGS = {
     err_forbidden: "Your account may not do this.",
     err_generic: "{message}",
     admin: "Accounts",
+    supervisor: "Supervision",
   },
 };

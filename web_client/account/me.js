@@ -8,6 +8,7 @@ import { $, errorText, initPage, t } from "./common.js";
 const who = await initPage();
 if (who) {
   $("admin-link").hidden = who.account.role !== "admin";
+  $("supervisor-link").hidden = !["admin", "scheduler"].includes(who.account.role);
   try {
     const { lessons } = await api("GET", "/api/auth/lessons");
     window.tongkeLessons = lessons;
