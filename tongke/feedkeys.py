@@ -78,14 +78,14 @@ class FeedKeys:
         if not room.startswith(FEED_PREFIXES):
             return
         issued = float(data.get("iat", 0))
-        if issued < self.version(room):
-            raise TokenError(
-                "token_revoked", "this feed token was revoked; ask the county for a new one"
-            )
         clock = now if now is not None else time.time()
         if clock - issued > self.lifetime_s:
             raise TokenError(
                 "token_expired", "this feed token is older than the county allows; get a new one"
+            )
+        if issued < self.version(room):
+            raise TokenError(
+                "token_revoked", "this feed token was revoked; ask the county for a new one"
             )
 
     def close(self) -> None:

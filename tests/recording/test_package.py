@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import struct
 from pathlib import Path
 
 import av
@@ -14,6 +15,17 @@ import numpy as np
 from recording.package import PackageResult, build_replay
 from recording.synthetic import SyntheticLesson
 from tongke.cli import main
+
+
+def _decode_time_s(init: bytes, segment: bytes) -> float:
+    """The fragment's baseMediaDecodeTime (tfdt) in seconds: where MSE places it."""
+    i = init.find(b"mdhd")
+    at = i + 24 if init[i + 4] == 1 else i + 16  # after version, flags and two times
+    timescale = struct.unpack(">I", init[at : at + 4])[0]
+    j = segment.find(b"tfdt")
+    if segment[j + 4] == 1:
+        return struct.unpack(">Q", segment[j + 8 : j + 16])[0] / timescale
+    return struct.unpack(">I", segment[j + 8 : j + 12])[0] / timescale
 
 
 def _segments(view_dir: Path) -> list[Path]:
@@ -41,6 +53,23 @@ def test_each_view_is_hls_cut_on_keyframes_and_starts_at_its_lesson_time(
                 if seg == segs[0]:
                     start = float(first.pts * first.time_base)
                     assert abs(start - offsets[view["source"]]) < 0.04, view["id"]
+                    # Not only an edit list: the fragment's own decode time says it.
+                    tfdt = _decode_time_s(init, seg.read_bytes())
+                    assert abs(tfdt - offsets[view["source"]]) < 0.04, (view["id"], tfdt)
+
+
+def test_the_program_playlist_starts_picture_and_sound_together(
+    packaged: PackageResult,
+) -> None:
+    # Its encoder uses B-frames: the first picture is decoded before it is shown.
+    d = packaged.directory / "program"
+    data = (d / "init.mp4").read_bytes() + _segments(d)[0].read_bytes()
+    first: dict[str, float] = {}
+    with av.open(io.BytesIO(data)) as c:
+        for p in c.demux():
+            if p.pts is not None:
+                first.setdefault(p.stream.type, float(p.pts * p.time_base))
+    assert abs(first["video"] - first["audio"]) < 0.02, first
 
 
 def test_program_shows_courseware_with_the_called_on_point_during_a_call_on(

@@ -75,8 +75,17 @@ async def test_catalog_to_player_plays_in_sync_and_seeks_to_a_chapter(
         )
         == 320
     )
+    # Chinese by default, with the lesson's own facts.
+    meta = await card.first.locator(".meta").first.inner_text()
+    assert meta == "王老师 · math · 7年级 · s-yizhong", meta
+    assert await page.locator("#count").inner_text() == "共 1 节课"
     await card.first.click()
     await page.wait_for_url(lambda url: "/static/player.html?src=" in url)
+    assert (await page.locator("#play").inner_text()).endswith("播放")
+    # The English switch turns the player (and the catalog, remembered) to English.
+    await page.locator("#lang").click()
+    await page.locator("#play", has_text="Play").wait_for()
+    await page.locator("h2", has_text="Chapters").wait_for()
     await page.locator("#chapters button").first.wait_for()
     await page.click("#play")
     await poll(page, "() => window.replayPlayer.master.currentTime > 1.5", "playback")
@@ -111,7 +120,7 @@ async def test_speed_and_resume_where_the_student_stopped(
     base, _ = signed_base(SECRET, LESSON)
     await page.add_init_script(f"localStorage.setItem('tongke:resume:{LESSON}', '6.5')")
     await page.goto(str(server.make_url(f"/static/player.html?src={base}")))
-    await page.locator("#message", has_text="Resumed at 0:06").wait_for()
+    await page.locator("#message", has_text="从 0:06 继续播放").wait_for()
     assert abs(await page.evaluate("() => window.replayPlayer.master.currentTime") - 6.5) < 0.3
     await page.select_option("#speed", "2")
     await page.click("#play")
@@ -146,7 +155,7 @@ async def test_slow_link_switches_to_the_low_rendition(
     await page.locator("#chapters button").first.wait_for()
     await page.click("#play")
     await poll(page, "() => window.replayPlayer.mode === 'low'", "the switch to low", 60)
-    await page.locator("#message", has_text="Slow connection").wait_for()
+    await page.locator("#message", has_text="网络较慢").wait_for()
     await poll(page, "() => window.replayPlayer.master.currentTime > 1.0", "low playback", 60)
 
 

@@ -1,5 +1,15 @@
 // Replay catalog: the lessons this student may watch, with search and filters.
 import { describe } from './hls-mse.js';
+import { applyStatic, currentLang, setLang, translator } from '../common/i18n.js';
+import { STRINGS } from './i18n.js';
+
+const t = translator(STRINGS);
+applyStatic(t);
+document.title = t('catalogTitle');
+document.getElementById('lang').onclick = () => {
+  setLang(currentLang() === 'zh' ? 'en' : 'zh');
+  location.reload();
+};
 
 const $ = (id) => document.getElementById(id);
 const KEY = 'tongke:replay-token';
@@ -11,7 +21,7 @@ if (params.get('token')) {
 let token = localStorage.getItem(KEY);
 let facetsFilled = false;
 
-const fmtMinutes = (s) => `${Math.round(s / 60)} min`;
+const fmtMinutes = (s) => t('minutes', { n: Math.round(s / 60) });
 
 function show(el, on = true) { el.classList.toggle('hidden', !on); }
 
@@ -27,7 +37,7 @@ function fillFacets(facets) {
   const form = $('filters');
   for (const [name, values] of Object.entries(facets)) {
     const select = form.elements[name];
-    for (const v of values) select.append(new Option(name === 'grade' ? `Grade ${v}` : v, v));
+    for (const v of values) select.append(new Option(name === 'grade' ? t('grade', { grade: v }) : v, v));
   }
 }
 
@@ -37,7 +47,7 @@ function card(r) {
   a.href = r.player_url;
   const img = document.createElement('img');
   img.src = r.poster_url;
-  img.alt = `${r.title} (picture from the lesson)`;
+  img.alt = t('posterAlt', { title: r.title });
   img.loading = 'lazy';
   const body = document.createElement('div');
   body.className = 'body';
@@ -46,11 +56,12 @@ function card(r) {
   title.textContent = r.title;
   const meta = document.createElement('div');
   meta.className = 'meta';
-  meta.textContent = `${r.teacher} · ${r.subject} · grade ${r.grade} · ${r.school}`;
+  meta.textContent = [r.teacher, r.subject, r.grade && t('grade', { grade: r.grade }),
+    r.school_name || r.school].filter(Boolean).join(' · ');
   const meta2 = document.createElement('div');
   meta2.className = 'meta';
-  meta2.textContent = `${r.date} · ${fmtMinutes(r.duration_s)} · ${r.chapters} chapters` +
-    (r.public ? ' · public' : '');
+  meta2.textContent = `${r.date} · ${fmtMinutes(r.duration_s)} · ` +
+    t('chaptersCount', { n: r.chapters }) + (r.public ? ` · ${t('public')}` : '');
   body.append(title, meta, meta2);
   a.append(img, body);
   return a;
@@ -65,7 +76,7 @@ async function search() {
     res = await fetch(`/api/replays?${query}`, { headers: { Authorization: `Bearer ${token}` } });
   } catch (err) {
     show($('loading'), false);
-    message(`Cannot reach the server: ${err.message}`, true);
+    message(t('cannotReach', { reason: err.message }), true);
     return;
   }
   show($('loading'), false);
@@ -82,7 +93,7 @@ async function search() {
   fillFacets(body.facets);
   show($('filters'));
   show($('signout'));
-  $('count').textContent = body.count ? `${body.count} lesson(s)` : 'No lessons match.';
+  $('count').textContent = body.count ? t('count', { n: body.count }) : t('noMatch');
   $('results').replaceChildren(...body.replays.map(card));
 }
 

@@ -1,6 +1,15 @@
 // Replay player: every view in sync (one main, the others picture-in-picture), chapters,
 // speed, resume where the student stopped, and the low rendition on a slow link.
 import { HlsSource, describe } from './hls-mse.js';
+import { applyStatic, currentLang, setLang, translator } from '../common/i18n.js';
+import { STRINGS } from './i18n.js';
+
+const t = translator(STRINGS);
+applyStatic(t);
+document.getElementById('lang').onclick = () => {
+  setLang(currentLang() === 'zh' ? 'en' : 'zh');
+  location.reload();
+};
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -68,15 +77,14 @@ function maybeStepDown(stalled = false) {
   const slow = state.samples >= 2 && state.throughput < 1.5 * neededBps(state.mode);
   if (slow || stalled) {
     const kbps = state.throughput ? Math.round(state.throughput / 1000) : '?';
-    message(`Slow connection (about ${kbps} kbit/s): switched to the low-data version ` +
-            `(≤300 kbit/s).`, { actions: [['Try all views again', () => {
+    message(t('slow', { kbps }), { actions: [[t('tryViews'), () => {
               state.choice = 'views'; $('mode').value = 'views'; setMode('views'); }]] });
     setMode('low');
   }
 }
 
 function onError(text) {
-  message(text, { error: true, actions: [['Back to the lessons', () => { location.href = $('back').href; }]] });
+  message(text, { error: true, actions: [[t('backToLessons'), () => { location.href = $('back').href; }]] });
 }
 
 function makeVideo(cls) {
@@ -150,7 +158,7 @@ async function setMode(mode, at = null) {
   try {
     await Promise.all(state.elements.map((i) => i.source.open()));
   } catch (err) {
-    onError(`This replay cannot be played here: ${err.message}`);
+    onError(t('cannotPlay', { reason: err.message }));
   }
   for (const { el, start } of state.elements) {
     el.playbackRate = state.rate;
@@ -227,13 +235,13 @@ function updateTime() {
   let current = 0;
   chapters.forEach((c, i) => { if (c.t <= t + 0.25) current = i; });
   $('chapters').querySelectorAll('button').forEach((b, i) => b.classList.toggle('current', i === current));
-  $('play').textContent = state.wantPlay ? '❚❚ Pause' : '▶ Play';
+  $('play').textContent = state.wantPlay ? t('pause') : t('play');
 }
 
 function buildUi() {
   const e = state.entry;
-  document.title = `${e.title} · 同课 Replay`;
-  $('title').textContent = `${e.title} — ${e.teacher} · ${e.date}`;
+  document.title = t('playerTitle', { title: e.title });
+  $('title').textContent = t('heading', { title: e.title, teacher: e.teacher, date: e.date });
   $('seek').max = e.duration_s;
   const list = $('chapters');
   list.replaceChildren(...e.chapters.map((c) => {
@@ -297,18 +305,18 @@ function buildUi() {
 
 async function start() {
   if (!base) {
-    onError('This link is incomplete: open the lesson from the lesson list.');
+    onError(t('incompleteLink'));
     return;
   }
   let res;
   try {
     res = await fetch(base + 'replay.json');
   } catch (err) {
-    onError(`Cannot reach the server: ${err.message}`);
+    onError(t('cannotReach', { reason: err.message }));
     return;
   }
   if (!res.ok) {
-    $('title').textContent = 'Replay unavailable';
+    $('title').textContent = t('unavailable');
     onError(await describe(res));
     $('buffering').classList.add('hidden');
     return;
@@ -327,8 +335,8 @@ async function start() {
   $('mode').value = state.choice;
   await setMode(mode, resumeAt);
   if (resumeAt) {
-    message(`Resumed at ${fmt(resumeAt)}, where you stopped.`, {
-      actions: [['Start over', () => { seekTo(0); updateTime(); }]],
+    message(t('resumed', { t: fmt(resumeAt) }), {
+      actions: [[t('startOver'), () => { seekTo(0); updateTime(); }]],
     });
   }
   updateTime();
