@@ -164,7 +164,7 @@ class Auth:
 
     async def update_account(self, request: web.Request) -> web.StreamResponse:
         user = await self.require(request, frozenset({AccountRole.ADMIN}))
-        username = request.match_info["name"]
+        username = request.match_info["username"]
         changes = await _json(request)
         if username == user.username and (
             changes.get("disabled") is True or changes.get("role", "admin") != "admin"
@@ -320,7 +320,7 @@ def setup(app: web.Application, ctx: AppContext) -> Auth:
     r.add_get("/api/accounts", auth.list_accounts)
     r.add_post("/api/accounts", auth.create_account)
     r.add_post("/api/accounts/import", auth.import_accounts)
-    r.add_patch("/api/accounts/{name}", auth.update_account)
+    r.add_patch("/api/accounts/{username}", auth.update_account)
     r.add_get("/login", page("login.html"))
     r.add_get("/me", page("me.html"))
     r.add_get("/admin/accounts", page("admin.html"))
