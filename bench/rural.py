@@ -27,7 +27,6 @@ import asyncio
 import itertools
 import json
 import os
-import stat
 import subprocess
 import sys
 import tempfile
@@ -335,12 +334,19 @@ def _longest_zero_run(values: list[float]) -> int:
     return best
 
 
-def _netns_chromium(directory: Path) -> str:
-    """A launcher that starts the system Chromium inside the point's namespace."""
-    path = directory / "chromium-in-netns"
-    path.write_text(f'#!/bin/sh\nexec ip netns exec {NETNS} {CHROMIUM} "$@"\n')
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return str(path)
+SFU_COUNTERS = ("packets_forwarded", "packets_retransmitted", "nacks_received", "keyframe_requests")
+
+
+async def _poll_sfu(server: Any, room: str, totals: dict[str, int]) -> None:
+    """Add up the room's counters every second; a participant that reconnects (or leaves)
+    takes its counters with it, so totals grow by each second's growth only."""
+    last = await asyncio.to_thread(_room_stats, server, room)
+    while True:
+        await asyncio.sleep(1.0)
+        now = await asyncio.to_thread(_room_stats, server, room)
+        for key in totals:
+            totals[key] += int(_grew(last.get(key, 0), now.get(key, 0)))
+        last = now
 
 
 def _room_stats(server: Any, room: str) -> dict[str, Any]:
@@ -389,7 +395,8 @@ async def run_condition(
             log(f"{cond.name}: warming up {warmup:.0f} s")
             await asyncio.sleep(warmup)
             start = await mark()
-            before = _room_stats(server, room)
+            sfu_totals = dict.fromkeys(SFU_COUNTERS, 0)
+            polling = asyncio.ensure_future(_poll_sfu(server, room, sfu_totals))
             assert netlink.down is not None
             down0 = dict(vars(netlink.down.impairment.counters))
             log(f"{cond.name}: measuring {seconds:.0f} s")
@@ -399,17 +406,9 @@ async def run_condition(
                 netlink.set_link(spec)
                 log(f"{cond.name}: link now {spec.down.rate_bps} bit/s")
             await asyncio.sleep(max(0.0, t0 + seconds - time.monotonic()))
-            after = _room_stats(server, room)
+            polling.cancel()
             down1 = dict(vars(netlink.down.impairment.counters))
-            sfu = {
-                key: after.get(key, 0) - before.get(key, 0)
-                for key in (
-                    "packets_forwarded",
-                    "packets_retransmitted",
-                    "nacks_received",
-                    "keyframe_requests",
-                )
-            }
+            sfu = dict(sfu_totals)
             link_down = {
                 "offered_bytes": down1["bytes"] - down0["bytes"],
                 "delivered_bytes": down1["delivered_bytes"] - down0["delivered_bytes"],
@@ -452,7 +451,7 @@ async def run_condition(
             args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={point_url}"]
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(
-                    executable_path=_netns_chromium(workdir), args=args
+                    executable_path=netlink.launcher(workdir, CHROMIUM), args=args
                 )
                 try:
                     page = await browser.new_page(viewport={"width": 1280, "height": 800})

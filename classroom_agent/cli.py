@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from classroom_agent.agent import AgentStopped, ClassroomAgent, summary_line, write_report_path
 from classroom_agent.config import AgentConfig, ConfigError, default_sources, load_config
+from classroom_agent.timetable import FeedFollower, ScheduledLesson, Timetable
 from tongke.ice import use_host_addresses
 
 
@@ -62,12 +65,70 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
     return config
 
 
+def lesson_config(base: AgentConfig, lesson: ScheduledLesson, own_sources: bool) -> AgentConfig:
+    """The agent configuration for one lesson of the timetable: its token and role."""
+    config = dataclasses.replace(base, token=lesson.token, token_file=None, role=lesson.role)
+    if lesson.classroom:
+        config.classroom_id = lesson.classroom
+    if not own_sources or lesson.role != base.role:
+        config.sources = default_sources(lesson.role, base.synthetic, base.synthetic_pattern)
+    return config
+
+
+def run_feed(
+    args: argparse.Namespace, base: AgentConfig, clock: Callable[[], float] = time.time
+) -> int:
+    """`tongke agent --feed URL`: run every lesson of the classroom's timetable on time."""
+    cache = args.feed_cache or base.recording.dir.parent / "feed-cache.json"
+    timetable = Timetable(args.feed, cache)
+    own_sources = bool(args.config)
+
+    async def run_lesson(lesson: ScheduledLesson, stop: asyncio.Event) -> None:
+        config = lesson_config(base, lesson, own_sources)
+        agent = ClassroomAgent(config, record=not args.no_recording, upload=not args.no_recording)
+        if not args.quiet:
+            print(
+                f"Tongke agent: lesson {lesson.room} ({lesson.title}) as {lesson.role}", flush=True
+            )
+        try:
+            await agent.run(stop)
+        except AgentStopped as exc:
+            # The lesson was ended or refused: wait for the next one.
+            print(f"tongke agent: lesson {lesson.room}: {exc}", file=sys.stderr, flush=True)
+
+    follower = FeedFollower(
+        timetable, run_lesson, lead_s=args.lead_time, poll_s=args.feed_poll, clock=clock
+    )
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"Tongke agent following {args.feed} (cache {cache})", flush=True)
+        await follower.run(stop)
+        return 0
+
+    return asyncio.run(main())
+
+
 def run_agent(args: argparse.Namespace) -> int:
+    if args.feed and (args.token or args.token_file):
+        print("tongke agent: give --feed or a token, not both", file=sys.stderr)
+        return 2
+    if args.feed:
+        # No token yet: each lesson of the feed brings its own.
+        args.token = "feed"
     try:
         config = agent_config(args)
     except ConfigError as exc:
         print(f"tongke agent: {exc}", file=sys.stderr)
         return 2
+    if args.feed:
+        if args.ice_address:
+            use_host_addresses(args.ice_address)
+        config.token = ""
+        return run_feed(args, config)
     if args.report_interval <= 0:
         print("tongke agent: --report-interval must be positive", file=sys.stderr)
         return 2
@@ -133,6 +194,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", help="server URL, e.g. http://sfu.county.example:8080")
     p.add_argument("--token", help="the room token for this classroom and lesson")
     p.add_argument("--token-file", help="read the room token from this file")
+    p.add_argument(
+        "--feed",
+        help="follow this classroom's JSON timetable feed (URL with its feed token) instead "
+        "of one lesson's token: join each lesson at its start, leave at its end",
+    )
+    p.add_argument(
+        "--feed-cache", type=Path, help="where the feed is cached (default: beside recordings)"
+    )
+    p.add_argument(
+        "--lead-time", type=float, default=120.0, help="join this many seconds early (120)"
+    )
+    p.add_argument(
+        "--feed-poll", type=float, default=300.0, help="seconds between feed fetches (300)"
+    )
     p.add_argument("--classroom", help="this classroom's id (shown to others)")
     p.add_argument("--role", choices=["master", "point"], help="master classroom or teaching point")
     p.add_argument(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from media_server.allocator import Candidate, Decision, allocate, rank
+from media_server.allocator import Candidate, Decision, allocate, layer_bps, rank
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import DownlinkEstimator
 from media_server.pacer import Pacer
@@ -26,6 +26,14 @@ ALLOCATION_SHARE = 0.85
 HOLD_S = 4.0
 HOLD_MAX_S = 16.0
 CALM_S = 60.0
+
+
+def _top_cost(c: Candidate) -> int:
+    """What a source costs at the best layer the subscriber allows (0 when paused by it)."""
+    if c.user_paused or not c.layers:
+        return 0
+    usable = [x for x in c.layers if c.pinned is None or rank(x) <= rank(c.pinned)]
+    return layer_bps(c, max(usable or list(c.layers), key=rank))
 
 
 class PriorityLane:
@@ -76,6 +84,7 @@ class SubscriberBandwidth:
         if not self.adaptive:
             return None
         candidates = [self._candidate(d, now) for d in active]
+        self.estimator.demand_bps = sum(_top_cost(c) for c in candidates) / ALLOCATION_SHARE
         if now - max(self._last_down, self._last_up) > CALM_S:
             self._hold_s = HOLD_S
         hold = now - self._last_down < self._hold_s or estimate.congested

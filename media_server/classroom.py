@@ -618,3 +618,61 @@ HANDLERS: dict[str, Handler] = {
     "chat": Classroom.send_chat,
     "classroom_state": Classroom.get_state,
 }
+
+
+def supervision(room: Room) -> dict[str, Any]:
+    """One lesson as a county supervisor sees it: phase, points present, each link's quality.
+
+    Uplink loss is what the SFU lost of a point's published media (before repair); the
+    downlink figures are from the point's receiver reports (RTT, fraction lost).
+    """
+    classroom = room.classroom
+    now = classroom.clock()
+    points = []
+    for entry in classroom.state(_SUPERVISOR)["points"]:
+        members = [
+            p for p in room.participants.values() if p.claims.classroom == entry["classroom"]
+        ]
+        packets = lost = 0
+        rtts: list[float] = []
+        down_loss: list[float] = []
+        for p in members:
+            for source in p.sources.values():
+                for up in source.layers.values():
+                    packets += up.stats.packets
+                    lost += up.stats.lost
+            for slot in p.subscriber.slots:
+                down = slot.downtrack
+                if down is None:
+                    continue
+                if down.stats.rtt_ms is not None:
+                    rtts.append(down.stats.rtt_ms)
+                if down.stats.fraction_lost is not None:
+                    down_loss.append(down.stats.fraction_lost)
+        points.append(
+            {
+                **entry,
+                "uplink_loss_pct": round(100 * lost / (packets + lost), 2) if packets else None,
+                "rtt_ms": round(max(rtts), 1) if rtts else None,
+                "downlink_loss_pct": round(100 * max(down_loss), 2) if down_loss else None,
+                "sources": sorted({s for p in members for s in p.sources}),
+            }
+        )
+    return {
+        "room": room.id,
+        "title": room.info.title,
+        "master": room.info.master,
+        "phase": classroom.phase.value,
+        "started_at": classroom.started_at,
+        "starts_at": classroom.starts_at,
+        "ends_at": classroom.ends_at,
+        "participants": len(room.participants),
+        "master_present": any(p.claims.role is Role.MASTER for p in room.participants.values()),
+        "points": points,
+        "now": now,
+    }
+
+
+_SUPERVISOR = Claims(
+    room="*", classroom="", role=Role.ADMIN, subject="supervisor", name="", expires_at=0
+)

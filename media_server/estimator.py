@@ -53,6 +53,10 @@ class DownlinkEstimator:
         self._bps = float(initial_bps)
         self._remb: tuple[int, float] | None = None  # (bps, when)
         self.sent_bps = 0.0  # what we sent this subscriber lately (set by the caller)
+        # What the subscriber would receive with every source at its top layer (set by
+        # the caller): growth on a clean line may reach it, so a picture paused on a
+        # line that has since recovered comes back without waiting for evidence.
+        self.demand_bps = 0.0
         self.stream_bps: dict[int, float] = {}  # per outgoing SSRC (set by the caller)
         self.started_at: float | None = None  # when media first went out
         self._low_rembs: dict[tuple[int, ...], int] = {}
@@ -94,7 +98,9 @@ class DownlinkEstimator:
             self._bps *= 1 - 0.5 * fraction
             self.congested_at = now
         elif fraction < LOSS_LOW:
-            ceiling = max(self.sent_bps * HEADROOM_FACTOR, self.sent_bps + HEADROOM_BPS)
+            ceiling = max(
+                self.sent_bps * HEADROOM_FACTOR, self.sent_bps + HEADROOM_BPS, self.demand_bps
+            )
             self._bps = min(self._bps * GROWTH, max(ceiling, self._bps))
         self._clamp()
 

@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 
 SOURCE_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 LAYERS = ("h", "m", "l")
-# Where a publisher's uplink estimate starts: high enough that a browser's encoder does
-# not sit at its start bitrate; loss on the uplink brings it down (publish_feedback).
-PUBLISH_START_BPS = 6_000_000
-PUBLISH_MAX_BPS = 10_000_000
+# Where a publisher's uplink estimate starts, and its ceiling (sent as REMB, which is
+# what a browser's encoder obeys): enough for a 720p camera at full quality, not so much
+# that one camera outgrows what a rural point can receive; loss brings it down.
+PUBLISH_START_BPS = 2_500_000
+PUBLISH_MAX_BPS = 4_000_000
 RTCP_INTERVAL_S = 1.0
 
 

@@ -81,7 +81,7 @@ async def _run(request: web.Request, fn: Callable[..., Any], *args: Any, **kw: A
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
+    if not request.body_exists:  # the body may already be read (and checked) upstream
         return {}
     try:
         body = await request.json()

@@ -185,7 +185,15 @@ def build(
         per_school[(need.school_id, s.weekday)].append(
             (x[c.idx], s.start, s.end, kbps(s.stream_mbps), kbps(s.point_up_mbps))
         )
+    rooms_of: dict[str, set[str]] = defaultdict(set)
+    for c in cands:
+        need = problem.needs[c.need_id]
+        rooms_of[need.school_id].add(need.classroom_id)
     for (sid, _), items in per_school.items():
+        if len(rooms_of[sid]) < 2:
+            # One classroom takes one lesson at a time, and a candidate's stream fits the
+            # line (build_problem): the line cannot be exceeded, so no constraint.
+            continue
         down, up = problem.school_link.get(sid, (0.0, 0.0))
         for k, cap in ((3, kbps(down)), (4, kbps(up))):
             _capacity_in_time(

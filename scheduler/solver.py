@@ -8,6 +8,7 @@ time limit in proportion to its size, so a city solves county by county.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,16 @@ from typing import Any
 from ortools.sat.python import cp_model
 
 from scheduler.greedy import greedy
-from scheduler.model import W_SERVED, Built, build
+from scheduler.model import (
+    W_CHANGE,
+    W_CROSS_COUNTY,
+    W_EXTRA_TEACHER,
+    W_MAX_LOAD,
+    W_OFF_BELL,
+    W_SERVED,
+    Built,
+    build,
+)
 from scheduler.problem import Options, Problem
 
 # Full-problem subsolvers per stage when there are at least two workers (LNS helpers run
@@ -131,6 +141,66 @@ def _full_hint(model: cp_model.CpModel, solver: cp_model.CpSolver) -> None:
         model.Proto().solution_hint.values.append(v)
 
 
+def _keep_greedy(
+    problem: Problem, cand_ids: list[int], base: set[int], totals: dict[str, int]
+) -> float:
+    """Add the soft terms of the greedy plan on one part (its lessons stay in place) to
+    the totals, counted from the plan itself; returns its penalty."""
+    chosen = [i for i in cand_ids if i in base]
+    teachers: dict[int, set[str]] = defaultdict(set)
+    load: dict[str, int] = defaultdict(int)
+    for i in chosen:
+        c = problem.candidates[i]
+        t = problem.sessions[c.session].teacher_id
+        teachers[c.need_id].add(t)
+        load[t] += 1
+    terms = {
+        "served": len(chosen),
+        "extra_teachers": sum(len(ts) - 1 for ts in teachers.values()),
+        "cross_county": sum(1 for i in chosen if problem.candidates[i].cross_county),
+        "max_load": max(load.values(), default=0),
+        "moved": 0,
+        "changes": sum(
+            (problem.key(problem.candidates[i]) in problem.previous) != (i in base)
+            for i in cand_ids
+        )
+        if problem.previous
+        else 0,
+        "off_bells": sum(1 for i in chosen if problem.candidates[i].off_bell),
+    }
+    for name, value in terms.items():
+        totals[name] = (
+            max(totals.get(name, 0), value) if name == "max_load" else totals.get(name, 0) + value
+        )
+    return float(
+        W_EXTRA_TEACHER * terms["extra_teachers"]
+        + W_CROSS_COUNTY * terms["cross_county"]
+        + W_MAX_LOAD * terms["max_load"]
+        + W_CHANGE * terms["changes"]
+        + W_OFF_BELL * terms["off_bells"]
+    )
+
+
+def _complete_hint(model: cp_model.CpModel, seconds: float) -> bool:
+    """Hint every variable (the aux ones too) from the plan hinted on x and placements.
+
+    CP-SAT may drop a partial hint it cannot complete quickly; stage 2 without stage 1
+    starts from the greedy plan, so the plan it returns is never worse than greedy's."""
+    probe = model.clone()
+    hint = model.Proto().solution_hint
+    for k, v in zip(hint.vars, hint.values, strict=True):
+        probe.Add(probe.get_int_var_from_proto_index(k) == v)
+    probe.ClearObjective()
+    probe.ClearHints()
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(0.1, seconds)
+    solver.parameters.num_workers = 1
+    if solver.Solve(probe) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return False
+    _full_hint(model, solver)
+    return True
+
+
 def solve(problem: Problem, progress: Progress | None = None) -> Solution:
     """Lexicographic solve, part by part.
 
@@ -190,34 +260,52 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         share = len(cand_ids) / remaining
         part_deadline = time.monotonic() + max(0.3, (deadline - time.monotonic()) * share)
 
-        # Stage 1: served periods.
-        model.Maximize(served_expr)
-        solver = _solver(
-            opts, max(0.1, (part_deadline - time.monotonic()) * 0.6), STAGE1_SUBSOLVERS
-        )
+        # Each need serves at most min(its candidates, its periods): when the greedy plan
+        # already reaches that, it is proven best on served and stage 1 is skipped.
+        per_need: dict[int, int] = {}
+        for i in cand_ids:
+            n = problem.candidates[i].need_id
+            per_need[n] = per_need.get(n, 0) + 1
+        trivial = sum(min(c, problem.needs[n].periods_per_week) for n, c in per_need.items())
+        solver: cp_model.CpSolver | None = None
+        if floor >= trivial:
+            status1, best1, ub1 = cp_model.OPTIMAL, floor, floor
+        else:
+            # Stage 1: served periods.
+            model.Maximize(served_expr)
+            solver = _solver(
+                opts, max(0.1, (part_deadline - time.monotonic()) * 0.6), STAGE1_SUBSOLVERS
+            )
 
-        def seen1(wall: float, obj: float, bnd: float, k: int = k) -> None:
-            report(k, obj * W_SERVED, bnd * W_SERVED, int(obj))
+            def seen1(wall: float, obj: float, bnd: float, k: int = k) -> None:
+                report(k, obj * W_SERVED, bnd * W_SERVED, int(obj))
 
-        status1 = solver.Solve(model, _Watcher(seen1))
-        if status1 not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            status1 = solver.Solve(model, _Watcher(seen1))
+            if status1 not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                status1 = -1
+            else:
+                best1 = round(solver.ObjectiveValue())
+                ub1 = int(solver.BestObjectiveBound() + 1e-6)
+        if status1 == -1:
             # Time ran out before any solution: keep the greedy plan of this part.
             remaining -= len(cand_ids)
-            served_ub += len(cand_ids)
+            served_ub += trivial
             all_optimal = False
-            objective += floor * W_SERVED
-            bound += len(cand_ids) * W_SERVED
-            terms_total["served"] = terms_total.get("served", 0) + floor
+            pen = _keep_greedy(problem, cand_ids, base, terms_total)
+            penalty += pen
+            objective += floor * W_SERVED - pen
+            bound += trivial * W_SERVED
             continue
-        best1 = round(solver.ObjectiveValue())
-        ub1 = int(solver.BestObjectiveBound() + 1e-6)
 
         # Stage 2: the soft terms, served held at stage 1's best.
         soft = W_SERVED * served_expr - built.objective  # the penalty, >= 0
         model.Add(served_expr >= best1)
         model.ClearObjective()
         model.Minimize(soft)
-        _full_hint(model, solver)
+        if solver is not None:
+            _full_hint(model, solver)
+        else:
+            _complete_hint(model, 0.2 * (part_deadline - time.monotonic()))
         solver2 = _solver(opts, max(0.1, part_deadline - time.monotonic()), STAGE2_SUBSOLVERS)
 
         def seen2(
@@ -230,6 +318,15 @@ def solve(problem: Problem, progress: Progress | None = None) -> Solution:
         if status2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             final, pen, pen_lb = solver2, solver2.ObjectiveValue(), solver2.BestObjectiveBound()
             all_optimal &= status1 == cp_model.OPTIMAL and status2 == cp_model.OPTIMAL
+        elif solver is None:
+            # Stage 2 found nothing in time and stage 1 was skipped: the greedy plan.
+            served_ub += ub1
+            all_optimal = False
+            pen = _keep_greedy(problem, cand_ids, base, terms_total)
+            penalty += pen
+            objective += floor * W_SERVED - pen
+            bound += ub1 * W_SERVED
+            continue
         else:
             final = solver
             pen = float(W_SERVED * best1 - solver.Value(built.objective))

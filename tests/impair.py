@@ -29,6 +29,7 @@ import struct
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 # A queue of ~200 ms at 2 Mbit/s: what a DSL or 4G modem buffers in front of its uplink.
 DEFAULT_QUEUE_BYTES = 50_000
@@ -407,6 +408,14 @@ class NetnsLink:
             if direction is self.up and len(packet) > 9 and packet[0] >> 4 == 4:
                 self.protocols_up[packet[9]] += 1
             direction.send(packet)
+
+    def launcher(self, directory: Path, program: str) -> str:
+        """An executable that runs ``program`` inside the namespace (for Playwright's
+        ``executable_path``: Chromium behind the link)."""
+        path = directory / f"{Path(program).name}-in-{self.name}"
+        path.write_text(f'#!/bin/sh\nexec ip netns exec {self.name} {program} "$@"\n')
+        path.chmod(0o755)
+        return str(path)
 
     def set_link(self, link: LinkSpec) -> None:
         self.link = link

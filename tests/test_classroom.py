@@ -105,6 +105,14 @@ async def test_lesson_phase_hands_and_wrong_roles(lesson: Lesson) -> None:
     assert "master" in message
     await a.refused("mute", "forbidden", classroom="p-shanbei")
     await observer.refused("chat", "forbidden", text="hello")
+    # A student (replays only) cannot even join, so cannot chat into the lesson.
+    student = LessonClient(
+        lesson.server.url, lesson.room, lesson.server.token(lesson.room, "s-1", "student")
+    )
+    with pytest.raises(LessonError) as err:
+        await student.connect()
+    assert err.value.code == "forbidden"
+    await student.close()
     await observer.refused("hand_raise", "forbidden")
     await master.refused("call_on", "unknown_point", classroom="p-nowhere")
     await master.refused("call_on", "bad_request")

@@ -195,3 +195,72 @@ async def screenshots(m: Page, a: Page, b: Page, tag: str) -> None:
     await m.set_viewport_size({"width": 1366, "height": 768})
     await a.set_viewport_size({"width": 390, "height": 844})
     await a.screenshot(path=str(SHOTS / f"point-{tag}-phone.png"), full_page=True)
+    # Kiosk / TV mode: the lesson fills the screen, no controls.
+    await a.set_viewport_size({"width": 1366, "height": 768})
+    await a.click("#kiosk")
+    await a.screenshot(path=str(SHOTS / f"point-{tag}-kiosk.png"))
+    await a.keyboard.press("Escape")
+
+
+async def test_a_signed_in_teacher_opens_the_console_without_a_token(
+    server: ServerProcess, room: str
+) -> None:
+    from tests.test_classroom_accounts import cli
+
+    run = cli(
+        server,
+        "add",
+        "chen",
+        "--role",
+        "admin",
+        "--name",
+        "陈老师",
+        "--classroom",
+        "c-master",
+        "--password-stdin",
+        stdin="chen-pass-1\n",
+    )
+    assert run.returncode == 0, run.stderr
+    server.api("POST", "/api/rooms", {"room": f"{room}-s", "master": "c-master"})
+    async with chromium(FAKE_MEDIA) as browser:
+        async with open_page(browser, viewport={"width": 1366, "height": 768}) as session:
+            page = session.page
+            # The console sends a teacher who is not signed in to the sign-in page and back.
+            await page.goto(f"{server.url}/console/{room}-s")
+            await page.wait_for_url("**/login?next=*")
+            await page.fill("#username", "chen")
+            await page.fill("#password", "wrong-password")
+            await page.click("#login button")
+            await until(page, "() => document.querySelector('#error').textContent !== ''", "err")
+            assert "错误" in await page.locator("#error").inner_text()
+            await page.fill("#password", "chen-pass-1")
+            await page.click("#login button")
+            await page.wait_for_url(f"**/console/{room}-s")
+            await until(page, "() => window.tongke.conn.joined !== null", "the console to join")
+            joined = await page.evaluate("() => window.tongke.conn.joined")
+            assert joined["role"] == "master" and joined["classroom"] == "c-master"
+            await page.click("#start")
+            # The supervisor (an admin) sees the live lesson in another tab.
+            watcher = await page.context.new_page()
+            await watcher.goto(f"{server.url}/supervisor")
+            await until(
+                watcher,
+                f"() => !!document.querySelector('[data-room=\"{room}-s\"] .badge.live')",
+                "the supervisor to list the live lesson",
+            )
+            if os.environ.get("TONGKE_SCREENSHOTS"):
+                SHOTS.mkdir(parents=True, exist_ok=True)
+                for path, name in (
+                    ("/admin/accounts", "admin"),
+                    ("/me", "me"),
+                    ("/supervisor", "supervisor"),
+                    ("/login", "login"),
+                    ("/login?lang=en", "login-en"),
+                ):
+                    await page.goto(server.url + path)
+                    await page.wait_for_load_state("networkidle")
+                    await page.screenshot(path=str(SHOTS / f"{name}-1366.png"))
+                    await page.set_viewport_size({"width": 390, "height": 844})
+                    await page.screenshot(path=str(SHOTS / f"{name}-phone.png"), full_page=True)
+                    await page.set_viewport_size({"width": 1366, "height": 768})
+            assert not session.errors, session.diagnostics()

@@ -38,9 +38,16 @@ def noise(name: str, kbps: int, seed: int) -> SourceConfig:
 
 
 def reports(path: Path) -> list[dict[str, Any]]:
+    """The point agent's quality reports so far (its last line may be half written)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            break
+    return out
 
 
 def track(report: dict[str, Any], source: str) -> dict[str, Any] | None:

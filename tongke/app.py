@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from tongke.audit import AUDIT, AuditLog, audit_middleware
 from tongke.audit import setup_routes as setup_audit_routes
 from tongke.config import Config
+from tongke.feedkeys import FEED_KEYS, FeedKeys, feed_key_middleware
+from tongke.feedkeys import setup_routes as setup_feed_routes
 from tongke.ratelimit import RATE_LIMITS, RateLimits, rate_limit_middleware, rates_from_config
+from tongke.untrusted import json_body_guard
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web_client"
 
@@ -32,28 +37,45 @@ def create_app(config: Config) -> web.Application:
     from scheduler.api import DB as SCHEDULER_DB
     from scheduler.api import setup as setup_scheduler
     from tongke.lessons import lesson_facts_resolver, scheduled_lesson_resolver
+    from tongke.session_auth import setup as setup_accounts
 
+    # Everything embedded (SQLite databases, rooms, recordings) lives under data_dir.
+    config.data_dir.mkdir(parents=True, exist_ok=True)
     secret = config.ensure_secret()
     app = web.Application(
         client_max_size=config.max_message_bytes * 4,
         # aiohttp types middlewares as a Protocol that plain async functions only match
         # structurally; mypy does not see it.
-        middlewares=[rate_limit_middleware, audit_middleware(secret)],  # type: ignore[list-item]
+        middlewares=cast(
+            list[Middleware],
+            [
+                rate_limit_middleware,
+                json_body_guard,
+                feed_key_middleware(secret),
+                audit_middleware(secret),
+            ],
+        ),
     )
     ctx = AppContext(config=config, secret=secret)
     app[CTX] = ctx
     app[RATE_LIMITS] = RateLimits(rates_from_config(config.rate_limits))
     audit = app[AUDIT] = AuditLog(config.resolved_database_url())
+    feed_keys = app[FEED_KEYS] = FeedKeys(
+        config.resolved_database_url(), lifetime_s=config.feed_token_ttl_s
+    )
 
     async def close_audit(app: web.Application) -> None:
         await audit.flush()
         audit.close()
+        feed_keys.close()
 
     app.on_cleanup.append(close_audit)
     setup_audit_routes(app, secret)
+    setup_feed_routes(app, secret)
     sfu = setup_media(app, ctx)
     setup_scheduler(app, ctx)
     setup_recording(app, ctx, lessons=lesson_facts_resolver(app[SCHEDULER_DB], sfu.rooms))
+    setup_accounts(app, ctx)
     sfu.rooms.resolvers.append(scheduled_lesson_resolver(app[SCHEDULER_DB]))
     if WEB_ROOT.is_dir():
         app.router.add_static("/static/", WEB_ROOT, show_index=False)

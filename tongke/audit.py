@@ -33,6 +33,7 @@ ACTIONS = (
     "room_opened",
     "room_closed",
     "token_minted",
+    "token_revoked",
     "code_exchanged",
     "published",
     "unpublished",
@@ -224,12 +225,26 @@ def _claims(request: web.Request, secret: str) -> Claims | None:
         return None
 
 
+async def _sign_in(request: web.Request, response: web.StreamResponse) -> None:
+    """Sign-ins and failed sign-ins, with the username tried (never the password)."""
+    try:
+        body = await request.json()  # aiohttp keeps the body the handler already read
+        username = str(body.get("username", ""))[:100] if isinstance(body, dict) else ""
+    except (ValueError, UnicodeDecodeError):
+        username = ""
+    action = "sign_in" if response.status < 400 else "sign_in_failed"
+    request.app[AUDIT].record(action, actor=username, ip=request.remote, status=response.status)
+
+
 def audit_middleware(
     secret: str,
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
+        if request.method == "POST" and request.path == "/api/auth/login":
+            await _sign_in(request, response)
+            return response
         if response.status >= 400 or request.method in ("HEAD", "OPTIONS"):
             return response
         for method, pattern, action in _ROUTE_ACTIONS:

@@ -15,8 +15,10 @@ COMMAND_MODULES = (
     "classroom_agent.cli",
     "tongke.demo",
     "tongke.token_cli",
+    "tongke.audit_cli",
     "recording.cli",
     "scheduler.cli",
+    "tongke.accounts_cli",
 )
 
 

@@ -91,7 +91,7 @@ def lesson_facts_resolver(db: Database, rooms: Rooms) -> Callable[[str], LessonF
         room = rooms.rooms.get(lesson_id)
         if room is None:
             return None
-        names = {p.classroom: p.name for p in room.participants.values()}
+        names = {p.claims.classroom: p.name for p in room.participants.values()}
         info = room.info
         return LessonFacts(
             lesson=info.room,

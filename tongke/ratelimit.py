@@ -122,7 +122,7 @@ def classify(request: web.Request) -> str | None:
         return "exchange"
     if path.startswith("/api/recordings/"):
         return "upload"
-    if path.startswith("/api/schedule/"):
+    if path.startswith(("/api/schedule/", "/api/feeds/")):
         return "scheduler"
     return None
 

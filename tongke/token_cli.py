@@ -36,6 +36,7 @@ def token(args: argparse.Namespace) -> int:
         print(lesson_url(config.base_url, args.room, code))
     else:
         print(issue_token(config.ensure_secret(), **fields, ttl_s=ttl_s))
+    config.data_dir.mkdir(parents=True, exist_ok=True)
     audit = AuditLog(config.resolved_database_url())
     audit.record(
         "token_minted",

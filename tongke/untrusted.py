@@ -13,7 +13,10 @@ import json
 import math
 import re
 import unicodedata
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from aiohttp import web
 
 from tongke.errors import CodedError
 
@@ -146,3 +149,29 @@ def safe_dumps(message: object) -> str:
     except UnicodeEncodeError:
         return json.dumps(message, ensure_ascii=True)
     return text
+
+
+@web.middleware
+async def json_body_guard(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every JSON request body, for every package's routes, passes `loads` first.
+
+    A handler that then calls `request.json()` gets the same (cached) body, now known to
+    be shallow, finite and encodable; one that would have recursed or stored a lone
+    surrogate never sees it.
+    """
+    if (
+        request.method in ("POST", "PUT", "PATCH")
+        and request.content_type == "application/json"
+        and request.body_exists
+    ):
+        raw = await request.read()
+        if raw:
+            try:
+                loads(raw)
+            except BadInput as exc:
+                return web.json_response(
+                    {"error": {"code": exc.code, "message": exc.message}}, status=400
+                )
+    return await handler(request)

@@ -12,6 +12,7 @@ import {
   openScreen,
   videoElement,
 } from "../common/media.js";
+import { roomToken } from "../common/session.js";
 import { STRINGS } from "./i18n.js";
 
 const t = translator(STRINGS);
@@ -45,7 +46,7 @@ class MasterConsole {
     };
   }
 
-  start() {
+  async start() {
     applyStatic(t);
     $("lang").textContent = t("langSwitch");
     $("lang").onclick = () => {
@@ -90,9 +91,19 @@ class MasterConsole {
       this.renderQuality();
     });
     window.addEventListener("pagehide", () => c.close());
-    if (!c.room || !c.token) {
-      this.showFailure({ code: "token_missing", message: "" });
+    if (!c.room) {
+      this.showFailure({ code: "unknown_room", message: "" });
       return;
+    }
+    if (!c.token) {
+      // Signed-in teachers get their token from the session (or are sent to sign in).
+      try {
+        c.token = await roomToken(c.room);
+      } catch (err) {
+        this.showFailure({ code: err.code, message: err.message });
+        return;
+      }
+      if (!c.token) return;
     }
     c.connect();
   }
@@ -212,6 +223,9 @@ class MasterConsole {
     $("end").hidden = s.phase === "ended";
     if (s.phase === "ended") {
       $("camera").disabled = $("share").disabled = true;
+      // Nothing is forwarded after the end: free the camera, microphone and screen.
+      for (const stream of [this.camera, this.screen]) stream?.getTracks().forEach((tr) => tr.stop());
+      this.camera = this.screen = null;
       this.notice(t("err_lesson_ended"));
     }
     this.renderHands();

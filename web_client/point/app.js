@@ -6,6 +6,7 @@
 import { ClassroomConnection } from "../common/classroom.js";
 import { applyStatic, clock, currentLang, setLang, translator } from "../common/i18n.js";
 import { attach, audioElement, errorReason, openCamera, videoElement } from "../common/media.js";
+import { api, loginUrl, roomToken } from "../common/session.js";
 import { STRINGS } from "./i18n.js";
 
 const t = translator(STRINGS);
@@ -57,7 +58,7 @@ class PointConsole {
     document.addEventListener("keydown", (e) => e.key === "Escape" && this.setKiosk(false));
     document.addEventListener("dblclick", () => document.body.classList.contains("kiosk") && this.setKiosk(false));
     window.addEventListener("pagehide", () => this.conn?.close());
-    if (this.params.room && this.params.token) {
+    if (this.params.room) {
       this.join(this.params.room, this.params.token);
     } else {
       this.showLessons();
@@ -83,7 +84,7 @@ class PointConsole {
     $("lesson-view").hidden = true;
     $("controls").hidden = true;
     const { classroom, feed } = this.params;
-    if (!classroom || !feed) {
+    if (!classroom) {
       this.notice(t("noFeed"), true);
       return;
     }
@@ -96,12 +97,24 @@ class PointConsole {
     const { classroom, feed } = this.params;
     const url = `/api/schedule/feeds/${encodeURIComponent(classroom)}.json?token=${encodeURIComponent(feed)}`;
     try {
-      const resp = await fetch(url, { cache: "no-cache" });
-      const body = await resp.json();
-      if (!resp.ok) throw new Error(body.error ? body.error.message : resp.statusText);
-      this.lessons.splice(0, this.lessons.length, ...body.lessons.filter((l) => l.classroom_id === classroom));
+      let lessons;
+      if (feed) {
+        // A classroom PC opened with its feed link: the feed carries each lesson's token.
+        const resp = await fetch(url, { cache: "no-cache" });
+        const body = await resp.json();
+        if (!resp.ok) throw new Error(body.error ? body.error.message : resp.statusText);
+        lessons = body.lessons;
+      } else {
+        // A signed-in teacher: tokens come from the session when joining.
+        lessons = (await api("GET", "/api/auth/lessons")).lessons.map((l) => ({ ...l, token: "session" }));
+      }
+      this.lessons.splice(0, this.lessons.length, ...lessons.filter((l) => l.classroom_id === classroom));
       this.notice("");
     } catch (err) {
+      if (err.status === 401) {
+        window.location.href = loginUrl();
+        return;
+      }
       this.notice(t("feedError", { message: err.message }), true);
     }
     this.renderLessons();
@@ -153,6 +166,15 @@ class PointConsole {
 
   async join(room, token) {
     clearInterval(this._feedTimer);
+    if (!token || token === "session") {
+      try {
+        token = await roomToken(room);
+      } catch (err) {
+        this.notice(t("failed", { message: this.errorText(err.code, err.message) }), true);
+        return;
+      }
+      if (!token) return;
+    }
     $("lessons-view").hidden = true;
     $("lesson-view").hidden = false;
     $("controls").hidden = false;
@@ -287,6 +309,13 @@ class PointConsole {
     banner.classList.remove("muted");
     if (s.phase === "ended") {
       banner.textContent = t("lessonEnded");
+      // Nothing is forwarded after the end: free the camera and microphone.
+      if (this.camera) {
+        this.camera.getTracks().forEach((tr) => tr.stop());
+        this.camera = null;
+        attach($("preview"), null);
+        this.renderMic();
+      }
     } else if (s.muted.includes(mine)) {
       banner.textContent = t("mutedByMaster");
       banner.classList.add("muted");

@@ -1,0 +1,230 @@
+"""Call-on time: the master's call-on to another point's first decoded frame and audio.
+
+    python bench/classroom.py [--callons 20] [--link clean|impaired] [--json]
+
+A real server; the master and the called-on point A are aiortc clients in this process
+(A publishes a VP8 camera and an Opus microphone); point B is an aiortc client in its
+own process, decoding everything it receives and printing when the first video frame
+and the first audio frame of A arrive after each call-on. With `--link impaired`, B
+runs in a network namespace behind a user-space link of 1 Mbit/s each way and 300 ms
+RTT (tests/impair.py; root needed). All on one machine: one wall clock.
+
+The live director (issue 9 item 7) is not built: `director_switch_p50_ms` is null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from classroom_agent.client import ClientEvents, LessonClient, Publication, RemoteTrack
+from tests.lesson_server import ROOT, start_server_process
+from tests.media import PatternTrack, ToneTrack
+from tongke.ice import use_host_addresses
+
+NETNS = "tkclassroom"
+SUBNET = 79
+ROUND_TIMEOUT_S = 20.0
+
+
+# -- point B, in its own process -------------------------------------------------------
+
+
+async def child(server: str, room: str, token: str, watched: str) -> None:
+    """Decode every received track; print the first frame of `watched` after each gap."""
+    seen: dict[str, bool] = {}
+    consumers: dict[str, asyncio.Task[None]] = {}
+
+    def emit(event: dict[str, Any]) -> None:
+        print(json.dumps(event), flush=True)
+
+    async def consume(remote: RemoteTrack) -> None:
+        assert remote.track is not None
+        while True:
+            try:
+                await remote.track.recv()
+            except Exception:
+                return
+            info = remote.info
+            if info.get("active") and info.get("classroom") == watched and not seen.get(remote.mid):
+                seen[remote.mid] = True
+                emit({"event": info.get("kind"), "t": time.time()})
+
+    def changed(tracks: dict[str, RemoteTrack]) -> None:
+        for mid, remote in tracks.items():
+            if not (remote.active and remote.info.get("classroom") == watched):
+                seen[mid] = False
+            if remote.track is not None and mid not in consumers:
+                consumers[mid] = asyncio.ensure_future(consume(remote))
+        if not any(r.active and r.info.get("classroom") == watched for r in tracks.values()):
+            emit({"event": "gone", "t": time.time()})
+
+    client = LessonClient(server, room, token, events=ClientEvents(on_tracks_changed=changed))
+    await client.connect()
+    emit({"event": "joined", "t": time.time()})
+    await asyncio.Event().wait()
+
+
+# -- the benchmark ---------------------------------------------------------------------
+
+
+class ChildReader:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            try:
+                await self.events.put(json.loads(line))
+            except ValueError:
+                continue
+
+    async def until(self, kinds: set[str], after: float) -> dict[str, float]:
+        got: dict[str, float] = {}
+        deadline = time.monotonic() + ROUND_TIMEOUT_S
+        while not kinds <= set(got):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"point B never reported {kinds - set(got)}")
+            event = await asyncio.wait_for(self.events.get(), left)
+            if event["event"] in kinds and event["t"] >= after:
+                got.setdefault(event["event"], event["t"])
+        return got
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+async def run(callons: int, link: str) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="tongke-classroom-"))
+    # Made here: with a configured secret, nothing else creates the data directory before
+    # the audit log's SQLite file is opened in it.
+    (workdir / "server").mkdir()
+    netlink = None
+    if link == "impaired":
+        from tests.impair import LinkSpec, NetnsLink, netns_available
+
+        why = netns_available()
+        if why is not None:
+            raise SystemExit(f"--link impaired needs network namespaces: {why}")
+        spec = LinkSpec.symmetric(rate_bps=1_000_000, rtt_ms=300)
+        netlink = await NetnsLink(NETNS, spec, subnet=SUBNET, seed=3).start()
+        server = start_server_process(
+            workdir / "server", extra=["--host", "0.0.0.0", "--ice-address", netlink.host_address]
+        )
+        port = server.url.rsplit(":", 1)[1]
+        local_url = f"http://127.0.0.1:{port}"
+        b_url = f"http://{netlink.host_address}:{port}"
+    else:
+        server = start_server_process(workdir / "server")
+        local_url = b_url = server.url
+    use_host_addresses(["127.0.0.1"])
+    room = "callon"
+    server.open_room(room)
+    master = LessonClient(local_url, room, server.token(room, "c-master", "master"))
+    point_a = LessonClient(local_url, room, server.token(room, "p-a", "point", name="A"))
+    proc = None
+    video_ms: list[float] = []
+    audio_ms: list[float] = []
+    try:
+        await master.connect()
+        await master.request({"type": "lesson_start"})
+        await point_a.connect()
+        await point_a.publish(
+            [
+                Publication(PatternTrack(640, 360), "point_camera", codec="vp8"),
+                Publication(ToneTrack(), "point_mic"),
+            ]
+        )
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            b_url,
+            room,
+            server.token(room, "p-b", "point", name="B"),
+            "p-a",
+            "" if netlink is not None else "127.0.0.1",
+        ]
+        if netlink is not None:
+            argv = [*netlink.exec_prefix, *argv]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        reader = ChildReader(proc)
+        await reader.until({"joined"}, 0)
+        await asyncio.sleep(2.0)  # A's encoder and B's subscription settle
+        for _ in range(callons):
+            t0 = time.time()
+            await master.request({"type": "call_on", "classroom": "p-a"})
+            got = await reader.until({"video", "audio"}, t0)
+            video_ms.append((got["video"] - t0) * 1000)
+            audio_ms.append((got["audio"] - t0) * 1000)
+            t1 = time.time()
+            await master.request({"type": "call_off"})
+            await reader.until({"gone"}, t1)
+            await asyncio.sleep(0.5)
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await point_a.close()
+        await master.close()
+        server.stop()
+        if netlink is not None:
+            netlink.close()
+    return {
+        "link": link,
+        "callons": len(video_ms),
+        "callon_video_p50_ms": percentile(video_ms, 0.5),
+        "callon_video_p95_ms": percentile(video_ms, 0.95),
+        "callon_audio_p50_ms": percentile(audio_ms, 0.5),
+        "callon_audio_p95_ms": percentile(audio_ms, 0.95),
+        "callon_video_mean_ms": round(statistics.mean(video_ms), 1) if video_ms else None,
+        "director_switch_p50_ms": None,
+    }
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _, _, server, room, token, watched, address = sys.argv
+        # On loopback aioice needs telling to offer 127.0.0.1; in the namespace it must not.
+        use_host_addresses([address] if address else [])
+        asyncio.run(child(server, room, token, watched))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--callons", type=int, default=20)
+    parser.add_argument("--link", choices=["clean", "impaired"], default="clean")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.callons, args.link))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:24} {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""Fuzz a live server while a lesson runs; the lesson must not notice.
+
+    python -m bench.fuzz --target signalling --cases 100000 [--json]
+
+A real server (its own process) runs a lesson: one master publishing video and audio,
+three observers receiving. Then `--cases` generated inputs go to one target:
+
+- `signalling`: JSON messages (and non-JSON frames) on WebSockets, before and after
+  `join`: random types and fields, lone surrogates, deep nesting, huge numbers, NaN,
+  binary frames, control characters in names and labels;
+- `http`: random bodies, query strings and tokens to the JSON API routes (rooms, tokens,
+  lesson-code exchange, recording uploads, scheduler).
+
+Afterwards it checks the server is alive, every observer still receives packets, memory
+(RSS) grew less than 5 % and no `internal` error (a traceback) was counted. Inputs come
+from a seeded generator, so a failing run can be repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.fanout import proc_rss_mb
+from classroom_agent.client import LessonClient, Publication, ws_url
+from tests.lesson_server import start_server_process
+from tests.media import PatternTrack
+from tongke.ice import use_host_addresses
+
+TYPES = ["join", "publish", "unpublish", "subscribe_answer", "set_subscription",
+         "request_keyframe", "ping", "hello", "", "__init__"]  # fmt: skip
+FIELDS = ["room", "token", "name", "sdp", "tracks", "mids", "track", "paused", "layer", "id"]
+NASTY_TEXT = ["\\ud800", "\\udfff", "\\u0000", "\\u202e", "\\n", "中文", "𝕏", "'", '\\"', "%s"]
+
+
+class Generator:
+    def __init__(self, seed: int, room: str, tokens: list[str]) -> None:
+        self.rng = random.Random(seed)
+        self.room = room
+        self.tokens = tokens
+
+    def text(self) -> str:
+        """A JSON string literal (escapes written by hand so lone surrogates survive)."""
+        r = self.rng
+        parts = [r.choice(NASTY_TEXT) if r.random() < 0.3 else r.choice("abcxyz09 _-")
+                 for _ in range(r.randint(0, 12))]  # fmt: skip
+        if r.random() < 0.02:
+            parts.append("x" * r.randint(60, 400))
+        return '"' + "".join(parts) + '"'
+
+    def number(self) -> str:
+        r = self.rng
+        return r.choice(
+            [
+                str(r.randint(-5, 5)),
+                str(r.randint(-(2**80), 2**80)),
+                "1e999",
+                "-1e999",
+                "NaN",
+                "Infinity",
+                "9" * r.randint(20, 5000),
+                repr(r.random()),
+            ]
+        )
+
+    def value(self, depth: int = 0) -> str:
+        r = self.rng
+        roll = r.random()
+        if depth > 3 or roll < 0.45:
+            return r.choice([self.text, self.number, lambda: r.choice(["true", "false", "null"])])()
+        if roll < 0.7:
+            return "[" + ",".join(self.value(depth + 1) for _ in range(r.randint(0, 4))) + "]"
+        if roll < 0.72:
+            n = r.randint(10, 3000)
+            return "[" * n + "]" * n
+        items = [f"{self.text()}:{self.value(depth + 1)}" for _ in range(r.randint(0, 4))]
+        return "{" + ",".join(items) + "}"
+
+    def message(self) -> str | bytes:
+        r = self.rng
+        roll = r.random()
+        if roll < 0.03:
+            return bytes(r.getrandbits(8) for _ in range(r.randint(0, 64)))
+        if roll < 0.06:
+            return self.value()
+        fields = {"type": json.dumps(r.choice(TYPES)) if r.random() < 0.9 else self.value()}
+        for name in r.sample(FIELDS, r.randint(0, 5)):
+            fields[name] = self.value()
+        if fields["type"] == '"join"' and r.random() < 0.5:
+            fields["room"] = json.dumps(self.room)
+            fields["token"] = json.dumps(r.choice(self.tokens))
+        if fields["type"] == '"publish"' and r.random() < 0.5:
+            track = {"mid": "0", "source": "point_camera", "kind": "video"}
+            fields["tracks"] = json.dumps([track])[:-2] + f', "label": {self.text()}' + "}]"
+            fields["sdp"] = json.dumps("v=0\r\n" + "a=x\r\n" * r.randint(0, 3))
+        return "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
+
+
+async def fuzz_signalling(url: str, gen: Generator, cases: int, sockets: int = 8) -> dict[str, int]:
+    outcomes: dict[str, int] = {}
+    per_socket = cases // sockets
+
+    async def worker(session: aiohttp.ClientSession, n: int) -> None:
+        ws = await session.ws_connect(ws_url(url), max_msg_size=0)
+        sent = 0
+        while sent < n:
+            if ws.closed:
+                ws = await session.ws_connect(ws_url(url), max_msg_size=0)
+            batch = min(50, n - sent)
+            for _ in range(batch):
+                msg = gen.message()
+                try:
+                    if isinstance(msg, bytes):
+                        await ws.send_bytes(msg)
+                    else:
+                        await ws.send_str(msg)
+                except ConnectionError:
+                    break
+            sent += batch
+            # One ping per batch: wait for its pong so the server is never flooded blind.
+            try:
+                await ws.send_str('{"type": "ping", "id": "sync"}')
+                while True:
+                    reply = await ws.receive(timeout=30)
+                    if reply.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    data = json.loads(reply.data)
+                    key = data.get("code") or data.get("type", "?")
+                    outcomes[key] = outcomes.get(key, 0) + 1
+                    if data.get("id") == "sync":
+                        break
+            except (ConnectionError, TimeoutError):
+                pass
+        await ws.close()
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        await asyncio.gather(*(worker(session, per_socket) for _ in range(sockets)))
+    return outcomes
+
+
+HTTP_ROUTES = [
+    ("POST", "/api/rooms"),
+    ("POST", "/api/rooms/{room}/tokens"),
+    ("GET", "/api/rooms/{room}"),
+    ("POST", "/api/lesson/exchange"),
+    ("POST", "/api/recordings/{room}/uploads"),
+    ("GET", "/api/replays"),
+    ("POST", "/api/schedule/lessons/{room}/tokens"),
+    ("GET", "/api/schedule/lessons"),
+]
+
+
+async def fuzz_http(
+    url: str, gen: Generator, cases: int, admin: str, concurrency: int = 16
+) -> dict[str, int]:
+    outcomes: dict[str, int] = {}
+    r = gen.rng
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(cases):
+        queue.put_nowait(i)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            queue.get_nowait()
+            method, path = r.choice(HTTP_ROUTES)
+            room = r.choice([gen.room, "x", "a" * 200, "%00", "..", "lesson-1"])
+            target = url + path.replace("{room}", room)
+            headers = {"Content-Type": "application/json"}
+            roll = r.random()
+            if roll < 0.4:
+                headers["Authorization"] = f"Bearer {admin}"
+            elif roll < 0.7:
+                headers["Authorization"] = f"Bearer {r.choice(gen.tokens)}"
+            elif roll < 0.8:
+                headers["Authorization"] = "Bearer " + "x" * r.randint(0, 300)
+            body = gen.value() if r.random() < 0.8 else "{" + gen.text()
+            try:
+                async with session.request(method, target, data=body.encode("utf-8", "surrogatepass"),
+                                           headers=headers) as resp:  # fmt: skip
+                    await resp.read()
+                    outcomes[str(resp.status)] = outcomes.get(str(resp.status), 0) + 1
+            except aiohttp.ClientError as exc:
+                outcomes[type(exc).__name__] = outcomes.get(type(exc).__name__, 0) + 1
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return outcomes
+
+
+async def run(target: str, cases: int, seed: int, quiet: bool) -> dict[str, Any]:
+    use_host_addresses(["127.0.0.1"])
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    data_dir = Path(tempfile.mkdtemp(prefix="tongke-fuzz-"))
+    # Generous limits: the fuzzer is one address and a handful of tokens by design.
+    limits = {k: [1e9, 1e9] for k in ("join_ip", "join_token", "mint_ip", "mint_token",
+              "exchange_ip", "upload_ip", "upload_token", "scheduler_ip", "scheduler_token")}  # fmt: skip
+    import os
+
+    os.environ["TONGKE_RATE_LIMITS"] = json.dumps(limits)
+    server = start_server_process(data_dir)
+    pid = server.proc.pid
+    room = "fuzz-lesson"
+    server.open_room(room)
+    clients: list[LessonClient] = []
+    try:
+        master = LessonClient(server.url, room, server.token(room, "c-master", "master"))
+        await master.connect()
+        clients.append(master)
+        await master.publish([Publication(PatternTrack(), "teacher_camera", codec="vp8")])
+        for i in range(3):
+            viewer = LessonClient(server.url, room, server.token(room, f"v-{i}", "observer"))
+            await viewer.connect()
+            clients.append(viewer)
+
+        def forwarding() -> list[int]:
+            """Packets sent so far to each of our three viewers (not the fuzzer's joins)."""
+            stats = server.stats()["rooms"][room]["receiving"]
+            return [
+                sum(t["packets"] or 0 for t in p["tracks"])
+                for p in sorted(stats, key=lambda p: p["classroom"])
+                if p["classroom"].startswith("v-")
+            ]
+
+        await asyncio.sleep(3)
+        rss_before = proc_rss_mb(pid)
+        tokens = [server.token(room, "p-x", r) for r in ("point", "observer", "master")]
+        tokens += [server.token("other", "p-y", "point"), "garbage"]
+        gen = Generator(seed, room, tokens)
+        log(f"fuzzing {target} with {cases} cases")
+        t0 = time.monotonic()
+        if target == "signalling":
+            outcomes = await fuzz_signalling(server.url, gen, cases)
+        else:
+            outcomes = await fuzz_http(server.url, gen, cases, server.admin_token)
+        elapsed = time.monotonic() - t0
+        before = forwarding()
+        await asyncio.sleep(3)
+        after = forwarding()
+        rss_after = proc_rss_mb(pid)
+        stats = server.stats()
+        alive = server.proc.poll() is None and server.api("GET", "/healthz")["status"] == "ok"
+        all_forwarding = len(after) == 3 and all(a > b for a, b in zip(after, before, strict=True))
+        growth = (rss_after - rss_before) / rss_before
+        internal = stats.get("signalling_errors", {}).get("internal", 0)
+        result = {
+            "target": target,
+            "cases": cases,
+            "seed": seed,
+            "seconds": round(elapsed, 1),
+            "cases_per_s": round(cases / elapsed),
+            "outcomes": dict(sorted(outcomes.items(), key=lambda kv: -kv[1])[:12]),
+            "server_alive": alive,
+            "lesson_forwards_to_every_subscriber": all_forwarding,
+            "participants": stats["rooms"][room]["participants"],
+            "viewer_packets_before_after": [before, after],
+            "publisher_packets": [t["packets"] for t in stats["rooms"][room]["tracks"]],
+            "receiving": [(p["classroom"], p["role"]) for p in stats["rooms"][room]["receiving"]],
+            "rss_before_mb": round(rss_before, 1),
+            "rss_after_mb": round(rss_after, 1),
+            "rss_growth": round(growth, 4),
+            "internal_errors": internal,
+        }
+        result["ok"] = alive and all_forwarding and growth < 0.05 and internal == 0
+        return result
+    finally:
+        for client in reversed(clients):
+            await client.close()
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", choices=["signalling", "http"], default="signalling")
+    parser.add_argument("--cases", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.target, args.cases, args.seed, quiet=args.json))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>36}: {value}")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

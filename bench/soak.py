@@ -1,0 +1,168 @@
+"""Soak: one publishing master and N subscribers for M minutes; nothing may creep.
+
+    python -m bench.soak --minutes 30 --subscribers 100 [--json]
+
+The master publishes the pre-encoded 720p H.264 stream and Opus of bench/fanout.py;
+subscribers count packets without decoding. The server's RSS is sampled every 10 s;
+growth is measured from the end of the warm-up (the first fifth of the run, at least one
+minute when the run is long enough) to the end. Targets (issue 7): RSS growth < 5 %,
+0 loss, 0 server errors (`internal` signalling errors: each is a logged traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.fanout import Counter, counting_hooks, proc_rss_mb
+from bench.media import PacketLoopTrack, encoded_h264, encoded_opus
+from classroom_agent.client import LessonClient, Publication
+from tests.lesson_server import start_server_process
+from tongke.ice import use_host_addresses
+
+SAMPLE_S = 10.0
+
+
+@dataclass
+class StreamCounter(Counter):
+    """Counts packets and the sequence span per SSRC in constant memory."""
+
+    count: dict[int, int] = field(default_factory=dict)
+    first: dict[int, int] = field(default_factory=dict)
+    top: dict[int, int] = field(default_factory=dict)
+
+    def on_datagram(self, data: bytes) -> None:
+        if not self.counting or not 127 < data[0] < 192 or 192 <= data[1] <= 208:
+            return
+        ssrc = int.from_bytes(data[8:12], "big")
+        seq = int.from_bytes(data[2:4], "big")
+        last = self.last.get(ssrc)
+        wraps = self.wraps.get(ssrc, 0)
+        if last is not None and seq < 0x1000 and last > 0xF000:
+            wraps += 1
+            self.wraps[ssrc] = wraps
+        self.last[ssrc] = seq
+        ext = seq + (wraps << 16)
+        self.count[ssrc] = self.count.get(ssrc, 0) + 1
+        self.first.setdefault(ssrc, ext)
+        self.top[ssrc] = max(self.top.get(ssrc, ext), ext)
+
+    def received_expected(self) -> tuple[int, int]:
+        received = sum(self.count.values())
+        expected = sum(self.top[s] - self.first[s] + 1 for s in self.count)
+        return received, expected
+
+
+async def run(minutes: float, subscribers: int, quiet: bool) -> dict[str, object]:
+    use_host_addresses(["127.0.0.1"])
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    video, audio = encoded_h264(), encoded_opus()
+    multi_cpu = (os.cpu_count() or 1) > 1
+    if multi_cpu:
+        os.sched_setaffinity(0, {1})
+    server = start_server_process(
+        Path(tempfile.mkdtemp(prefix="tongke-soak-")), cpu=0 if multi_cpu else None
+    )
+    pid = server.proc.pid
+    room = "soak"
+    server.open_room(room)
+    clients: list[LessonClient] = []
+    counters: list[StreamCounter] = []
+    try:
+        master = LessonClient(server.url, room, server.token(room, "c-master", "master"))
+        await master.connect()
+        clients.append(master)
+        await master.publish(
+            [
+                Publication(PacketLoopTrack(video, "video"), "teacher_camera", codec="h264"),
+                Publication(PacketLoopTrack(audio, "audio"), "classroom_mic", codec="opus"),
+            ]
+        )
+        for i in range(subscribers):
+            counter = StreamCounter()
+            client = LessonClient(
+                server.url,
+                room,
+                server.token(room, f"s-{i}", "observer"),
+                events=counting_hooks(counter),
+            )
+            await client.connect()
+            clients.append(client)
+            counters.append(counter)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            subs = [t["subscribers"] for t in server.stats()["rooms"][room]["tracks"]]
+            if subs and min(subs) == subscribers:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(3)  # every subscriber past its first keyframe
+        for c in counters:
+            c.counting = True
+        total_s = minutes * 60
+        warmup_s = min(max(total_s / 5, min(60.0, total_s / 2)), total_s / 2)
+        samples: list[tuple[float, float]] = []
+        t0 = time.monotonic()
+        log(f"soaking {subscribers} subscribers for {minutes} min (warm-up {warmup_s:.0f} s)")
+        while (elapsed := time.monotonic() - t0) < total_s:
+            samples.append((round(elapsed, 1), round(proc_rss_mb(pid), 2)))
+            await asyncio.sleep(min(SAMPLE_S, total_s - elapsed))
+        for c in counters:
+            c.counting = False
+        samples.append((round(time.monotonic() - t0, 1), round(proc_rss_mb(pid), 2)))
+        after_warmup = next(rss for at, rss in samples if at >= warmup_s)
+        final = samples[-1][1]
+        received = expected = 0
+        for c in counters:
+            r, e = c.received_expected()
+            received, expected = received + r, expected + e
+        stats = server.stats()
+        internal = stats.get("signalling_errors", {}).get("internal", 0)
+        growth = (final - after_warmup) / after_warmup
+        loss = 1 - received / expected if expected else None
+        return {
+            "minutes": minutes,
+            "subscribers": subscribers,
+            "warmup_s": round(warmup_s),
+            "rss_after_warmup_mb": after_warmup,
+            "rss_final_mb": final,
+            "rss_growth": round(growth, 4),
+            "packets_received": received,
+            "packets_expected": expected,
+            "loss": round(loss, 6) if loss is not None else None,
+            "internal_errors": internal,
+            "server_alive": server.proc.poll() is None,
+            "rss_samples_mb": [rss for _, rss in samples],
+            "ok": growth < 0.05 and loss == 0 and internal == 0 and server.proc.poll() is None,
+        }
+    finally:
+        for client in reversed(clients):
+            await client.close()
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--subscribers", type=int, default=100)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.minutes, args.subscribers, quiet=args.json))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>22}: {value}")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
