@@ -152,6 +152,9 @@ class ClassroomAgent:
             await self._stop_consumers()
             for published in self.tracks:
                 published.track.stop()
+            # Let encodes in flight finish before their sources stop under them.
+            for published in self.tracks:
+                await published.track.drained()
             sources = {id(p.media_source): p.media_source for p in self.tracks}
             for source in sources.values():
                 await asyncio.to_thread(source.stop)

@@ -47,6 +47,7 @@ class VideoEncoder:
         self.keyframe_interval_s = keyframe_interval_s
         self.content = content
         self._ctx: av.VideoCodecContext | None = None
+        self._scaler = av.video.reformatter.VideoReformatter()
         self._index = 0
 
     def _open(self) -> av.VideoCodecContext:
@@ -119,7 +120,11 @@ class VideoEncoder:
             force_keyframe = True
         size = (frame.width, frame.height)
         if size != (self.width, self.height) or frame.format.name != "yuv420p":
-            frame = frame.reformat(width=self.width, height=self.height, format="yuv420p")
+            # Our own scaler: the layers of one source scale the same frame in parallel
+            # threads, and a frame's cached scaler shared between them deadlocks.
+            frame = self._scaler.reformat(
+                frame, width=self.width, height=self.height, format="yuv420p"
+            )
         frame.pts = self._index
         frame.time_base = self._ctx.time_base
         self._index += 1

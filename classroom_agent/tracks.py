@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -103,6 +104,11 @@ class _EncodedTrack(MediaStreamTrack):
         finally:
             for feed in list(self._feeds):
                 feed._end()
+
+    async def drained(self, timeout_s: float = 5.0) -> None:
+        """After ``stop()``: wait (bounded) until no encode is running in its thread."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(self._executor.shutdown, True), timeout_s)
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
         if self._pump is not None:
