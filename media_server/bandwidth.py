@@ -14,7 +14,7 @@ from typing import Any
 
 from media_server.allocator import Candidate, Decision, allocate, layer_bps, rank
 from media_server.downtrack import DownTrack, RepairBudget
-from media_server.estimator import DownlinkEstimator
+from media_server.estimator import INITIAL_BPS, DownlinkEstimator
 from media_server.pacer import Pacer
 from media_server.sink import PacketSink
 
@@ -50,9 +50,11 @@ class PriorityLane:
 
 
 class SubscriberBandwidth:
-    def __init__(self, wire: PacketSink, *, adaptive: bool = True) -> None:
+    def __init__(
+        self, wire: PacketSink, *, adaptive: bool = True, initial_bps: int = INITIAL_BPS
+    ) -> None:
         self.adaptive = adaptive
-        self.estimator = DownlinkEstimator()
+        self.estimator = DownlinkEstimator(initial_bps=initial_bps)
         start = self.estimator.estimate(0.0).bps
         self.pacer = Pacer(wire, start)
         self.audio_lane = PriorityLane(self.pacer)

@@ -12,9 +12,20 @@ from media_server.publisher import Publisher
 from media_server.source import MediaSource
 from media_server.subscriber import Subscriber
 from media_server.uptrack import UpTrack
-from tongke.tokens import Claims
+from tongke.tokens import Claims, Role
 
 log = logging.getLogger(__name__)
+
+
+# Where a downlink estimate starts, by who is receiving (the provincial policy floors):
+# a teaching point has 2-5 Mbit/s, the master classroom and the county's offices an
+# urban line of 10 Mbit/s. The estimate then follows what the receiver reports.
+POINT_START_BPS = 2_500_000
+URBAN_START_BPS = 8_000_000
+
+
+def initial_downlink_bps(role: Role) -> int:
+    return POINT_START_BPS if role is Role.POINT else URBAN_START_BPS
 
 
 class Participant:
@@ -46,6 +57,7 @@ class Participant:
             send_json=send_json,
             pc_factory=self._watched_pc,
             adaptive=adaptive,
+            initial_bps=initial_downlink_bps(claims.role),
         )
         self.closed = False
         # Set by the signalling session: tells the client it was replaced, closes it.

@@ -21,6 +21,7 @@ from aiortc.rtp import RtcpSdesPacket, RtcpSourceInfo
 
 from media_server.bandwidth import SubscriberBandwidth
 from media_server.downtrack import DownTrack
+from media_server.estimator import INITIAL_BPS
 from media_server.publisher import SignallingError, parse_sdp
 from media_server.source import MediaSource
 from media_server.wire import Wire
@@ -62,9 +63,11 @@ class Subscriber:
         send_json: SendJson,
         pc_factory: Callable[[], RTCPeerConnection],
         adaptive: bool = True,
+        initial_bps: int = INITIAL_BPS,
     ) -> None:
         self.participant = participant
         self.adaptive = adaptive
+        self.initial_bps = initial_bps
         self.bandwidth: SubscriberBandwidth | None = None
         self._send_json = send_json
         self._pc_factory = pc_factory
@@ -154,7 +157,9 @@ class Subscriber:
             self.wire = Wire(dtls)
             if self.bandwidth is not None:
                 self.bandwidth.close()
-            self.bandwidth = SubscriberBandwidth(self.wire, adaptive=self.adaptive)
+            self.bandwidth = SubscriberBandwidth(
+                self.wire, adaptive=self.adaptive, initial_bps=self.initial_bps
+            )
         bandwidth = self.bandwidth
         assert bandwidth is not None
         ext = {e.uri: e.id for e in parameters.headerExtensions}

@@ -404,14 +404,16 @@ class LessonRecorder:
         self.manifest.stopped = reason
         self.event("recording_stopped", reason=reason)
         self._save()
-        self.stopped = reason
-        with self._lock:
-            self._drained.notify_all()  # a waiting producer must not wait for ever
+        # The callback runs before `stopped` is visible: whoever sees the recording
+        # stopped also sees that it was told.
         if self.on_stop is not None:
             try:
                 self.on_stop(reason)
             except Exception:
                 log.exception("on_stop callback failed")
+        self.stopped = reason
+        with self._lock:
+            self._drained.notify_all()  # a waiting producer must not wait for ever
 
 
 def _mib(n: int) -> str:

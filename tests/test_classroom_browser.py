@@ -45,7 +45,7 @@ async def track_ids(page: Page) -> set[str]:
     return set(ids)
 
 
-async def until(page: Page, js: str, what: str, timeout: float = 15.0) -> None:
+async def until(page: Page, js: str, what: str, timeout: float = 30.0) -> None:
     await wait_for(lambda: page.evaluate(js), timeout=timeout, what=what)
 
 
