@@ -1,6 +1,6 @@
 """A subscriber's bandwidth control: estimate, allocate, pace. Runs beside the hot path.
 
-Twice a second the subscriber's control loop calls `tick`: the receiver reports that
+Once a second the subscriber's control loop calls `tick`: the receiver reports that
 arrived since the last tick feed the loss side of the estimate, the estimate sets the
 pacer's rate and the repair budget, and the allocator shares it among the subscribed
 sources. What changed goes to the subscriber as an `allocation` message

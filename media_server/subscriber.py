@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AST_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 ANSWER_TIMEOUT_S = 20.0
-CONTROL_INTERVAL_S = 0.5
-SR_EVERY_TICKS = 2  # a sender report per DownTrack every second
+CONTROL_INTERVAL_S = 1.0  # a tick costs about as much as forwarding a few hundred packets
+SR_EVERY_TICKS = 1  # a sender report per DownTrack every second
 
 SendJson = Callable[[dict[str, Any]], Awaitable[None]]
 
