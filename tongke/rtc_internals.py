@@ -131,11 +131,18 @@ def _drop(reason: str) -> None:
 
 
 def _expected_source(protocol: Any, addr: tuple[Any, ...]) -> bool:
-    """Media and DTLS come only from the selected pair (or, before nomination, a pair)."""
+    """DTLS and media come only from an address ICE knows.
+
+    That is the selected pair, or any pair on the connection's check list: a remote
+    candidate from the peer's SDP or a peer-reflexive one learnt from an authenticated
+    check. Chromium may keep sending on another valid pair than the one we nominated
+    (dropping those packets stalled a master console's media), while a stranger's
+    address is on no list at all.
+    """
     connection = protocol.receiver
     pair = connection._nominated.get(protocol.local_candidate.component)
-    if pair is not None:
-        return pair.protocol is protocol and pair.remote_addr == addr
+    if pair is not None and pair.protocol is protocol and pair.remote_addr == addr:
+        return True
     return any(p.protocol is protocol and p.remote_addr == addr for p in connection._check_list)
 
 
