@@ -39,13 +39,16 @@ def test_ppm_keeps_aspect_ratio() -> None:
 def xvfb(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if shutil.which("Xvfb") is None:
         pytest.skip("Xvfb is not installed (apt-get install -y xvfb)")
-    number = next(n for n in range(90 + os.getpid() % 50, 400)
-                  if not os.path.exists(f"/tmp/.X{n}-lock")
-                  and not os.path.exists(f"/tmp/.X11-unix/X{n}"))
+    number = next(
+        n
+        for n in range(90 + os.getpid() % 50, 400)
+        if not os.path.exists(f"/tmp/.X{n}-lock") and not os.path.exists(f"/tmp/.X11-unix/X{n}")
+    )
     display = f":{number}"
     proc = subprocess.Popen(
         ["Xvfb", display, "-screen", "0", "1280x720x24", "-nolisten", "tcp", "-noreset"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     # Tk gives up at once when the server is not ready yet: wait until the
     # server answers (-noreset: the probe disconnecting must not make it reset).
