@@ -63,8 +63,8 @@ class SubscriberBandwidth:
         self._last_down = float("-inf")
         self._last_up = float("-inf")
         self._hold_s = HOLD_S
-        self._sent_mark: tuple[float, int] | None = None
-        self._octets: dict[int, int] = {}
+        self._last_tick: float | None = None
+        self._octets: dict[int, int] = {}  # out SSRC -> octets sent at the last tick
         self._started: set[str] = set()
         self._announced: Any = None
         self.estimate_bps = start
@@ -108,8 +108,8 @@ class SubscriberBandwidth:
 
     def _measure_sent(self, downtracks: Sequence[DownTrack], now: float) -> None:
         est = self.estimator
-        if self._sent_mark is not None and now > self._sent_mark[0]:
-            elapsed = now - self._sent_mark[0]
+        if self._last_tick is not None and now > self._last_tick:
+            elapsed = now - self._last_tick
             total = 0.0
             for d in downtracks:
                 before = self._octets.get(d.ssrc, d.stats.octets)
@@ -120,7 +120,7 @@ class SubscriberBandwidth:
             if total > 0 and est.started_at is None:
                 est.started_at = now
         self._octets = {d.ssrc: d.stats.octets for d in downtracks}
-        self._sent_mark = (now, 0)
+        self._last_tick = now
 
     def _feed_loss(self, downtracks: Sequence[DownTrack], now: float) -> None:
         weight = lost = 0.0
@@ -192,7 +192,7 @@ class SubscriberBandwidth:
         est = self.estimator
         return {
             "estimate_bps": self.estimate_bps,
-            "remb_bps": est.remb(self._sent_mark[0]) if self._sent_mark else None,
+            "remb_bps": est.remb(self._last_tick) if self._last_tick is not None else None,
             "sent_bps": int(est.sent_bps),
             "loss": round(est.loss, 4),
             "rtt_ms": round(est.rtt_ms, 1) if est.rtt_ms is not None else None,

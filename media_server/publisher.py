@@ -445,7 +445,7 @@ class Publisher:
         if self._feedback_soon:
             return
         self._feedback_soon = True
-        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._feedback()))
+        asyncio.get_running_loop().create_task(self._feedback())
 
     async def _feedback(self) -> None:
         self._feedback_soon = False

@@ -31,7 +31,7 @@ from typing import Any
 
 import aioice.ice
 import aioice.stun
-from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
+from aiortc import RTCDtlsTransport, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RtpRouter
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
@@ -414,12 +414,3 @@ def hook_sender_rtcp(sender: RTCRtpSender, on_packet: Callable[[Any], None]) -> 
         await original(packet)
 
     sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
-
-
-def connection_of(pc: RTCPeerConnection) -> Any:
-    """aioice's Connection under a PeerConnection's (bundled) ICE transport, or None."""
-    for transceiver in pc.getTransceivers():
-        transport = transceiver.receiver.transport
-        if transport is not None:
-            return transport.transport._connection
-    return None
