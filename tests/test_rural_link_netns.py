@@ -19,7 +19,7 @@ from classroom_agent.agent import ClassroomAgent
 from classroom_agent.cli import agent_argv
 from classroom_agent.config import SourceConfig
 from tests.impair import LinkSpec, NetnsLink, netns_available
-from tests.lesson_server import ROOT, start_server_process
+from tests.lesson_server import ROOT, start_server_process, stop_process
 from tests.media import wait_for
 from tests.test_agent import running, small_master
 
@@ -148,11 +148,7 @@ async def test_a_satellite_point_stays_connected_a_thin_line_pauses_video_and_a_
             assert point_ids() != first  # it rejoined (a new session), by itself
     finally:
         if point is not None:
-            point.terminate()
-            try:
-                point.wait(10)
-            except subprocess.TimeoutExpired:
-                point.kill()
+            stop_process(point)
         server.stop()
         link.close()
 

@@ -21,7 +21,7 @@ from classroom_agent.client import LessonClient, rtc_configuration
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
 from tests.coturn import Coturn, start_coturn
 from tests.impair import NetnsLink, netns_available
-from tests.lesson_server import ROOT, ServerProcess, start_server_process
+from tests.lesson_server import ROOT, ServerProcess, start_server_process, stop_process
 from tests.media import wait_for
 from tests.test_agent import running, small_master
 from tongke.turn import TurnConfigError, TurnSettings, credential, order_for_aiortc
@@ -218,11 +218,7 @@ async def test_a_school_whose_firewall_drops_udp_gets_the_lesson_through_turn_tc
         assert link.protocols_up.get(6, 0) > 0
     finally:
         if point is not None:
-            point.terminate()
-            try:
-                point.wait(10)
-            except subprocess.TimeoutExpired:
-                point.kill()
+            stop_process(point)
         server.stop()
         coturn.stop()
         link.close()
