@@ -210,10 +210,13 @@ function tick() {
       continue;
     }
     const d = el.currentTime - t;
-    if (Math.abs(d) > 0.5) {
+    if (Math.abs(d) > 0.4) {
       el.currentTime = t;
-    } else if (Math.abs(d) > 0.03) {
-      el.playbackRate = state.rate * (d > 0 ? 0.92 : 1.08);
+    } else if (Math.abs(d) > 0.02) {
+      // Proportional: a view 0.1 s off runs at 80% or 120% and is back within about half
+      // a second (a fixed small nudge took seconds on a busy machine); followers are
+      // muted video, so the rate change is not heard.
+      el.playbackRate = state.rate * (1 - Math.max(-0.3, Math.min(0.3, d * 2)));
     } else if (el.playbackRate !== state.rate) {
       el.playbackRate = state.rate;
     }
