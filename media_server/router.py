@@ -53,11 +53,15 @@ class Router:
         self.policy: Policy = default_policy
         self._taps: list[RouterTap] = []
         self._sinks: list[DownTrack] = []
+        # Sources no local participant publishes: the director's program, sources relayed
+        # from another node. Their owner adds, re-layers and removes them here.
+        self._detached: list[MediaSource] = []
 
     # -- sources ------------------------------------------------------------------------
 
     def sources(self) -> list[MediaSource]:
-        return [s for p in self.participants.values() for s in p.sources.values()]
+        own = [s for p in self.participants.values() for s in p.sources.values()]
+        return own + self._detached if self._detached else own
 
     def sources_for(self, viewer: Participant) -> list[MediaSource]:
         return [s for s in self.policy(viewer, self.sources()) if s.participant != viewer.id]
@@ -120,6 +124,32 @@ class Router:
             tap.source_removed(source)
         for down in [d for d in self._sinks if d.source is source]:
             self.detach_sink(down)
+
+    # -- sources without a local publisher -----------------------------------------------
+
+    def add_source(self, source: MediaSource) -> None:
+        """Route a source that no participant here publishes (`source.participant` names
+        its owner, e.g. "director" or a relay); taps see it like any other."""
+        if source in self._detached:
+            return
+        self._detached.append(source)
+        for tap in list(self._taps):
+            tap.source_added(source)
+        self.resubscribe()
+
+    def set_layers(self, source: MediaSource, layers: dict[str, UpTrack]) -> None:
+        """Give a detached source other layers (the director cutting to another camera,
+        a relay's layer arriving): every subscription moves at the new layer's next
+        keyframe, and the outgoing stream stays continuous."""
+        source.layers = dict(layers)
+        self._reselect({source})
+
+    def remove_source(self, source: MediaSource) -> None:
+        if source not in self._detached:
+            return
+        self._detached.remove(source)
+        self._source_gone(source)
+        self.resubscribe()
 
     # -- participants ---------------------------------------------------------------------
 

@@ -90,3 +90,46 @@ async def test_a_late_tap_is_told_of_existing_sources_and_points_see_only_the_ma
     assert sorted(s.track_id for s in router.sources_for(master)) == ["p2/point_camera"]
     for p in (master, point_a, point_b):
         await p.close()
+
+
+async def test_a_detached_source_cuts_between_cameras_at_a_keyframe_in_one_stream() -> None:
+    """The director's program: a source no participant publishes, whose layers the owner
+    points at one camera and then another."""
+    router = Router()
+    master = participant(router, "p1", Role.MASTER)
+    teacher = make_up("h", 1111, [])
+    board = make_up("h", 2222, [])
+    board.source = "board_camera"
+    router.publish(master, [teacher, board], [])
+    program = MediaSource(
+        participant="director",
+        classroom="class-p1",
+        name="导播",
+        source="program",
+        kind="video",
+        codec="vp8",
+        label="Program",
+    )
+    tap = RecorderTap(router)
+    router.add_tap(tap)
+    router.add_source(program)
+    assert "director/program" in tap.sinks
+    router.set_layers(program, {"h": teacher})
+    teacher.on_rtp(rtp(100, 9000, 1111, VP8_KEY), 0)
+    teacher.on_rtp(rtp(101, 12000, 1111, VP8_DELTA), 0)
+    # Cut to the board: the program keeps the teacher until the board's keyframe.
+    router.set_layers(program, {"h": board})
+    teacher.on_rtp(rtp(102, 15000, 1111, VP8_DELTA), 0)
+    board.on_rtp(rtp(7, 500, 2222, VP8_DELTA), 0)
+    board.on_rtp(rtp(8, 3500, 2222, VP8_KEY), 0)
+    teacher.on_rtp(rtp(103, 18000, 1111, VP8_DELTA), 0)
+    board.on_rtp(rtp(9, 6500, 2222, VP8_DELTA), 0)
+    got = [RtpPacket.parse(p, HeaderExtensionsMap()) for p in tap.sinks["director/program"].rtp]
+    assert [p.payload for p in got] == [VP8_KEY, VP8_DELTA, VP8_DELTA, VP8_KEY, VP8_DELTA]
+    seqs = [p.sequence_number for p in got]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(5)]  # one gap-free stream
+    stamps = [p.timestamp for p in got]
+    assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
+    router.remove_source(program)
+    assert "director/program" in tap.removed
+    await master.close()
