@@ -357,18 +357,9 @@ def make_source(cfg: SourceConfig, on_state: StateCallback | None = None) -> Med
         if cfg.type == "alsa":
             return AlsaMicrophone(cfg.name, cfg.device or "default", **common)
         return PulseMicrophone(cfg.name, cfg.device or "default", **common)
-    if cfg.type == "synthetic":
-        return SyntheticVideo(
-            cfg.width,
-            cfg.height,
-            cfg.fps,
-            cfg.display_label,
-            cfg.seed,
-            name=cfg.name,
-            on_state=on_state,
-        )
-    if cfg.type == "noise":
-        return NoiseVideo(
+    if cfg.type in ("synthetic", "noise"):
+        card = SyntheticVideo if cfg.type == "synthetic" else NoiseVideo
+        return card(
             cfg.width,
             cfg.height,
             cfg.fps,

@@ -13,15 +13,12 @@ frame before encoding.
 
 from __future__ import annotations
 
-import time
-
 import av
 import cv2
 import numpy as np
 
 from . import pixelclock
-from .sources import MediaSource
-from .testcard import SourceStopped, _plane
+from .testcard import PacedVideo, _plane
 
 # Low bits of luma flipped by the grain (3: up to +-7 levels, a cheap webcam's noise).
 LUMA_GRAIN_BITS = 3
@@ -43,36 +40,13 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return (out + 28.0).astype(np.uint8)
 
 
-class NoiseVideo(MediaSource):
+class NoiseVideo(PacedVideo):
     """Panning textured scene with per-frame grain, ``label`` and the pixel clock."""
 
-    kind = "video"
+    default_label = "Noise"
 
-    def __init__(
-        self,
-        width: int = 1280,
-        height: int = 720,
-        fps: float = 30.0,
-        label: str = "Noise",
-        seed: int = 0,
-        *,
-        name: str | None = None,
-        **kwargs: object,
-    ) -> None:
-        if width % 2 or height % 2:
-            raise ValueError(f"synthetic video needs even dimensions, got {width}x{height}")
-        super().__init__(
-            name or label.lower().replace(" ", "_"),
-            label=label,
-            width=width,
-            height=height,
-            fps=fps,
-            **kwargs,
-        )  # type: ignore[arg-type]
-        self.seed = seed
-        self.frames = 0
-        self._t0 = 0.0
-        rng = np.random.default_rng(seed)
+    def setup(self, rng: np.random.Generator) -> None:
+        width, height = self.width, self.height
         self._pan = (int(width * PAN_SHARE) & ~1, int(height * PAN_SHARE) & ~1)
         sh, sw = height + self._pan[1], width + self._pan[0]
         self._y = _scene(rng, sh, sw)
@@ -82,18 +56,9 @@ class NoiseVideo(MediaSource):
         self._grain_y = rng.integers(0, 1 << LUMA_GRAIN_BITS, (gh, gw), dtype=np.uint8)
         self._grain_c = rng.integers(0, 1 << CHROMA_GRAIN_BITS, (gh // 2, gw // 2), dtype=np.uint8)
         self._phase = rng.uniform(0, 2 * np.pi, 2)
-        self._rng = np.random.default_rng(seed + 1)
-
-    def open(self) -> None:
-        self._t0 = time.monotonic() - self.frames / self.fps
-
-    def read(self) -> av.VideoFrame:
-        if not self.wait_until(self._t0 + self.frames / self.fps):
-            raise SourceStopped(self.name)
-        return self.render(self.frames, pixelclock.now_ms())
+        self._rng = np.random.default_rng(self.seed + 1)
 
     def render(self, index: int, ms: int) -> av.VideoFrame:
-        """Frame number ``index`` stamped with clock ``ms`` (no pacing; tests use this)."""
         self.frames = index + 1
         w, h = self.width, self.height
         t = index / self.fps

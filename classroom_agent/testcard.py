@@ -37,17 +37,19 @@ def _plane(frame: av.VideoFrame, index: int) -> np.ndarray:
     return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:h, :w]
 
 
-class SyntheticVideo(MediaSource):
-    """A moving test card with ``label`` and the pixel clock, paced at ``fps``."""
+class PacedVideo(MediaSource):
+    """A synthetic camera paced at ``fps``: subclasses prepare their pictures in `setup`
+    and draw frame ``index`` in `render`."""
 
     kind = "video"
+    default_label = "Test card"
 
     def __init__(
         self,
         width: int = 1280,
         height: int = 720,
         fps: float = 30.0,
-        label: str = "Test card",
+        label: str | None = None,
         seed: int = 0,
         *,
         name: str | None = None,
@@ -55,6 +57,7 @@ class SyntheticVideo(MediaSource):
     ) -> None:
         if width % 2 or height % 2:
             raise ValueError(f"synthetic video needs even dimensions, got {width}x{height}")
+        label = label or self.default_label
         super().__init__(
             name or label.lower().replace(" ", "_"),
             label=label,
@@ -65,12 +68,33 @@ class SyntheticVideo(MediaSource):
         )  # type: ignore[arg-type]
         self.seed = seed
         self.frames = 0
+        self._t0 = 0.0
+        self.setup(np.random.default_rng(seed))
+
+    def setup(self, rng: np.random.Generator) -> None:
+        """Render what every frame reuses (called once, at construction)."""
+
+    def open(self) -> None:
+        self._t0 = time.monotonic() - self.frames / self.fps
+
+    def read(self) -> av.VideoFrame:
+        if not self.wait_until(self._t0 + self.frames / self.fps):
+            raise SourceStopped(self.name)
+        return self.render(self.frames, pixelclock.now_ms())
+
+    def render(self, index: int, ms: int) -> av.VideoFrame:
+        """Frame number ``index`` stamped with clock ``ms`` (no pacing; tests use this)."""
+        raise NotImplementedError
+
+
+class SyntheticVideo(PacedVideo):
+    """A moving test card with ``label`` and the pixel clock, paced at ``fps``."""
+
+    def setup(self, rng: np.random.Generator) -> None:
         self._static = self._render_static()
-        rng = np.random.default_rng(seed)
-        self._box = max(8, (height // 6) & ~1)
+        self._box = max(8, (self.height // 6) & ~1)
         self._pos = rng.uniform(0, 1, 2)
         self._vel = rng.uniform(0.004, 0.012, 2) * rng.choice([-1, 1], 2)
-        self._t0 = 0.0
 
     def _render_static(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         w, h = self.width, self.height
@@ -103,16 +127,7 @@ class SyntheticVideo(MediaSource):
         chroma = i420[h:].reshape(2, h // 2, w // 2)  # U then V, each (h/2, w/2)
         return y.copy(), chroma[0].copy(), chroma[1].copy()
 
-    def open(self) -> None:
-        self._t0 = time.monotonic() - self.frames / self.fps
-
-    def read(self) -> av.VideoFrame:
-        if not self.wait_until(self._t0 + self.frames / self.fps):
-            raise SourceStopped(self.name)
-        return self.render(self.frames, pixelclock.now_ms())
-
     def render(self, index: int, ms: int) -> av.VideoFrame:
-        """Frame number ``index`` stamped with clock ``ms`` (no pacing; tests use this)."""
         self.frames = index + 1
         w, h = self.width, self.height
         frame = av.VideoFrame(w, h, "yuv420p")
