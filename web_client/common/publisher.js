@@ -3,23 +3,7 @@
 // carries. Every change (a camera on, courseware shared or stopped) renegotiates with the
 // whole list, which is how the server learns that a source went away.
 
-const GATHER_TIMEOUT_MS = 5000;
-
-function gathered(pc) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, GATHER_TIMEOUT_MS);
-    function done() {
-      clearTimeout(timer);
-      pc.removeEventListener("icegatheringstatechange", check);
-      resolve();
-    }
-    function check() {
-      if (pc.iceGatheringState === "complete") done();
-    }
-    pc.addEventListener("icegatheringstatechange", check);
-  });
-}
+import { gathered } from "./ice.js";
 
 export class PublishSession {
   /** `request(message)` sends a signalling request and resolves with its reply. */

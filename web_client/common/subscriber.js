@@ -2,25 +2,7 @@
 // gathering is complete (no trickle), and the latest `tracks` list says what each mid
 // carries. A transceiver can be re-used for another source, so everything is keyed by mid.
 
-const GATHER_TIMEOUT_MS = 5000;
-
-function waitForGathering(pc) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    // Without STUN/TURN servers gathering ends in milliseconds; the timeout only guards
-    // against a stuck interface, and an answer with the host candidates so far still works.
-    const timer = setTimeout(done, GATHER_TIMEOUT_MS);
-    function done() {
-      clearTimeout(timer);
-      pc.removeEventListener("icegatheringstatechange", check);
-      resolve();
-    }
-    function check() {
-      if (pc.iceGatheringState === "complete") done();
-    }
-    pc.addEventListener("icegatheringstatechange", check);
-  });
-}
+import { gathered } from "./ice.js";
 
 /**
  * Events (EventTarget):
@@ -61,7 +43,7 @@ export class SubscribeSession extends EventTarget {
     await this.pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
     const answer = await this.pc.createAnswer();
     await this.pc.setLocalDescription(answer);
-    await waitForGathering(this.pc);
+    await gathered(this.pc);
     if (this._closed) return;
     this._send({ type: "subscribe_answer", sdp: this.pc.localDescription.sdp });
     this.negotiations += 1;
