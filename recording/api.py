@@ -22,11 +22,15 @@ import logging
 import os
 import re
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aiohttp import web
 
+from media_server.recorder import ServerRecorder
+from media_server.room import Rooms
 from recording.archiver import Archiver
 from recording.catalog import (
     FILES_PREFIX,
@@ -41,7 +45,7 @@ from recording.errors import RecordingError
 from recording.jobs import make_queue
 from recording.lesson import LessonFacts, LessonRecord, LessonResolver
 from recording.manifest import check_id, write_json_atomic
-from recording.source import open_recording
+from recording.source import drop_unusable_tracks, open_recording
 from tongke.app import CTX, AppContext
 from tongke.tokens import Claims, Role, TokenError, verify_token
 
@@ -366,6 +370,51 @@ async def complete_upload(request: web.Request) -> web.Response:
     return web.json_response(_status_body(storage, state))
 
 
+def server_recording_handler(
+    app: web.Application,
+) -> Callable[[str, list[tuple[str, Path]]], Awaitable[None]]:
+    """What the media server's recorder calls when a lesson's own recording is finished:
+    each classroom's recording joins the lesson recording as a part, and the archiver
+    waits (bounded) for the classrooms' safety copies, then packages."""
+
+    async def finished(lesson: str, recordings: list[tuple[str, Path]]) -> None:
+        archiver = app[ARCHIVER]
+        record = archiver.record(lesson)
+        stored = (await asyncio.to_thread(record.load)).get("facts")
+        facts = await asyncio.to_thread(app[LESSONS], lesson)
+        if facts is None:
+            # The room went before its recording was handed over (a server that was
+            # down when the lesson ended): what lesson.json knew, else the bare lesson.
+            facts = LessonFacts.from_json(stored) if stored else LessonFacts(lesson=lesson)
+        added = 0
+        for classroom, directory in recordings:
+            dropped = await asyncio.to_thread(drop_unusable_tracks, directory)
+            if dropped:
+                log.warning(
+                    "lesson %s: server recording %s: left out %s", lesson, directory, dropped
+                )
+            try:
+                await asyncio.to_thread(open_recording, directory)
+            except RecordingError as exc:
+                log.error("lesson %s: server recording %s unusable: %s", lesson, directory, exc)
+                continue
+            part_id = "srv" + uuid.uuid4().hex
+            await asyncio.to_thread(
+                record.add_part, directory, classroom, part_id, facts, origin="server"
+            )
+            added += 1
+        if added:
+            data = await archiver.part_added(lesson)
+            log.info(
+                "lesson %s: server recording added (%d classrooms), waiting for %s",
+                lesson,
+                added,
+                data.get("waiting_for"),
+            )
+
+    return finished
+
+
 def _claims_any(request: web.Request) -> Claims:
     ctx = request.app[CTX]
     return verify_token(ctx.secret, _bearer(request))
@@ -508,5 +557,24 @@ def setup(
 
 
 WORKER = web.AppKey("recording_worker", asyncio.Task)
+SERVER_RECORDER = web.AppKey("server_recorder", object)
+
+
+def setup_server_recorder(app: web.Application, rooms: Rooms) -> ServerRecorder:
+    """Record every lesson room on this server; a finished recording joins the lesson
+    recording like an upload (call after `setup`)."""
+    recorder = ServerRecorder(app[STORAGE].recordings, on_finished=server_recording_handler(app))
+    app[SERVER_RECORDER] = recorder
+
+    async def start(app: web.Application) -> None:
+        recorder.start(rooms)
+
+    async def stop(app: web.Application) -> None:
+        await recorder.close()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+    return recorder
+
 
 __all__ = ["setup", "signed_base"]

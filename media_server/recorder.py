@@ -1,0 +1,459 @@
+"""The server's own recording of every lesson, from the room router's packet tap.
+
+A `RoomRecording` is a tap on a lesson room's router: every source a participant of the
+room publishes gets a DownTrack into a `TrackSink` (top layer, from its next keyframe).
+The sink is on the forwarding hot path, so it only stamps the packet's arrival and puts
+it on a queue; one recorder thread for the whole server depacketizes
+(`media_server/depacketizer.py`) and hands frames to the project's recording writer
+(`recording/writer.py`), whose own thread muxes and writes. Nothing here blocks the
+event loop, and nothing is decoded or encoded.
+
+The layout is the agent's (docs/recording-format.md), one recording per classroom so
+that `recording/merge.py` joins each track with that classroom's safety copy:
+
+    recordings/<lesson>/server/<classroom>/<lesson>[~n]/   origin "server"
+
+Each track's place on the lesson clock comes from the publisher's sender reports (the
+same wall clock the agent's copy is placed by), from the packet's arrival until the
+first report is in. When the lesson ends (or its room is closed) the recording is
+finished and handed to `on_finished`, which adds it to the lesson recording for the
+archiver. A server killed mid-lesson leaves playable files; the restarted server writes
+a new recording beside them (`~2`) and both are handed over at the lesson's end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import random
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from media_server.classroom import Phase
+from media_server.depacketizer import Depacketizer, Frame
+from media_server.downtrack import DownTrack
+from media_server.room import Room, Rooms
+from media_server.source import MediaSource
+from recording.errors import RecordingError
+from recording.manifest import LessonMeta, check_id
+from recording.writer import DiskBudgetExceeded, LessonRecorder, TrackWriter
+
+log = logging.getLogger(__name__)
+
+SERVER_DIR = "server"
+CODECS = ("h264", "vp8", "opus")
+PAYLOAD_TYPES = {"h264": 102, "vp8": 96, "opus": 111}
+# Packets waiting for the recorder thread: about 30 s of ten 720p lessons. Past this
+# the thread cannot keep up, and dropping (counted) keeps the lessons themselves going.
+MAX_QUEUED = 100_000
+SENDER_REPORT_INTERVAL_S = 1.0
+# A sender report that places a track further than this from where its packets arrived
+# comes from a clock we do not trust (an unsynchronised classroom box).
+CLOCK_TRUST_S = 2.0
+# A stream whose timestamps run this far from its arrival times has jumped (a publisher
+# that restarted its clock): it continues as a new track file.
+DRIFT_S = 2.0
+_NTP_EPOCH = 2208988800
+
+# (lesson, [(classroom, recording directory)]): the finished server recording.
+Finished = Callable[[str, list[tuple[str, Path]]], Awaitable[None]]
+
+_RTP, _RTCP, _END, _BARRIER, _STOP = range(5)
+
+
+def _dir_name(classroom: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", classroom).lstrip("._-") or "x"
+
+
+def server_recordings(lesson_dir: Path) -> list[tuple[str, Path]]:
+    """Every server recording left for a lesson: (classroom directory name, path)."""
+    root = lesson_dir / SERVER_DIR
+    if not root.is_dir():
+        return []
+    return [
+        (c.name, r)
+        for c in sorted(root.iterdir())
+        if c.is_dir()
+        for r in sorted(c.iterdir())
+        if (r / "manifest.json").exists()
+    ]
+
+
+class ServerRecorder:
+    """Records every lesson room of one server; see the module docstring."""
+
+    def __init__(self, recordings: Path, *, on_finished: Finished | None = None) -> None:
+        self.recordings = recordings
+        self.on_finished = on_finished
+        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._rooms: dict[str, RoomRecording] = {}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reports: asyncio.Task[None] | None = None
+        self._live: set[TrackSink] = set()  # the thread's own
+        self.dropped = 0  # packets the thread could not take (counted, never blocking)
+
+    # -- lifecycle (event loop) -------------------------------------------------------
+
+    def start(self, rooms: Rooms) -> None:
+        """Record every open and future room; hand over what a stopped server left."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="server-recorder", daemon=True)
+        self._thread.start()
+        self._reports = asyncio.ensure_future(self._send_reports())
+        rooms.opened.append(self.room_opened)
+        rooms.closing.append(self.room_closing)
+        for room in list(rooms.rooms.values()):
+            self.room_opened(room)
+        self._spawn(self._hand_over_leftovers(rooms))
+
+    def room_opened(self, room: Room) -> None:
+        if room.id in self._rooms or room.classroom.phase is Phase.ENDED:
+            return
+        try:
+            check_id(room.id, "lesson")
+        except RecordingError:
+            log.warning("room %r: its id cannot name a recording; not recorded", room.id)
+            return
+        recording = RoomRecording(self, room)
+        self._rooms[room.id] = recording
+        room.classroom.listeners.append(recording.on_event)
+        room.router.add_tap(recording)
+
+    async def room_closing(self, room: Room) -> None:
+        await self.finish(room.id)
+
+    async def finish(self, lesson: str) -> None:
+        """The lesson is over: close its files and hand them to `on_finished` (once)."""
+        recording = self._rooms.pop(lesson, None)
+        if recording is not None:
+            await recording.stop()
+        parts = await asyncio.to_thread(server_recordings, self.recordings / lesson)
+        if parts and self.on_finished is not None:
+            await self.on_finished(lesson, parts)
+
+    async def close(self) -> None:
+        """The server stops: close every file cleanly, hand nothing over (the lessons go
+        on after a restart)."""
+        for recording in list(self._rooms.values()):
+            await recording.stop()
+        self._rooms.clear()
+        if self._reports is not None:
+            self._reports.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._thread is not None:
+            self._queue.put((_STOP,))
+            await asyncio.to_thread(self._thread.join, 10)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _hand_over_leftovers(self, rooms: Rooms) -> None:
+        """Recordings a killed server left for lessons that ended (or whose room went)
+        while it was down are handed over now."""
+        dirs = await asyncio.to_thread(
+            lambda: (
+                [d for d in self.recordings.iterdir() if (d / SERVER_DIR).is_dir()]
+                if self.recordings.is_dir()
+                else []
+            )
+        )
+        for lesson_dir in dirs:
+            room = rooms.rooms.get(lesson_dir.name)
+            if room is None or room.classroom.phase is Phase.ENDED:
+                try:
+                    await self.finish(lesson_dir.name)
+                except Exception:
+                    log.exception("lesson %s: handing over its recording failed", lesson_dir.name)
+
+    async def _send_reports(self) -> None:
+        """Once a second, every sink hears its stream's sender report (the publisher's
+        NTP/RTP mapping in the sink's timestamps), as a subscriber would."""
+        while True:
+            await asyncio.sleep(SENDER_REPORT_INTERVAL_S)
+            for recording in list(self._rooms.values()):
+                for sink in list(recording.sinks.values()):
+                    report = sink.down.sender_report() if sink.down is not None else None
+                    if report is not None:
+                        sink.send_rtcp(report)
+
+    def _put(self, item: tuple[Any, ...]) -> None:
+        self._queue.put(item)
+
+    # -- the recorder thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        next_flush = 0.0
+        while True:
+            try:
+                item: tuple[Any, ...] | None = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                if item[0] == _STOP:
+                    break
+                try:
+                    self._handle(item)
+                except Exception:
+                    log.exception("server recorder: an item failed")
+            now = time.time()
+            if now >= next_flush:
+                next_flush = now + 0.1
+                for sink in list(self._live):
+                    try:
+                        sink.flush(now)
+                    except Exception:
+                        log.exception("server recorder: flushing %s failed", sink.name)
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == _RTP:
+            sink = item[1]
+            if sink not in self._live:
+                self._live.add(sink)
+            sink.on_packet(item[3], item[2])
+        elif kind == _RTCP:
+            item[1].on_report(item[2])
+        elif kind == _END:
+            self._live.discard(item[1])
+            item[1].end()
+        elif kind == _BARRIER:
+            done: asyncio.Future[None] = item[1]
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_resolve, done)
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
+class RoomRecording:
+    """The tap on one room's router (RouterTap); its per-classroom recordings."""
+
+    def __init__(self, recorder: ServerRecorder, room: Room) -> None:
+        self.recorder = recorder
+        self.room = room
+        self.root = recorder.recordings / room.id / SERVER_DIR
+        self.sinks: dict[MediaSource, TrackSink] = {}
+        # Written by the recorder thread only, read by the loop after a barrier.
+        self.recorders: dict[str, LessonRecorder] = {}
+        self._refused: set[str] = set()
+        self.stopped = False
+
+    # RouterTap
+    def source_added(self, source: MediaSource) -> None:
+        # Only what is published here: a relayed source is recorded on its own node,
+        # the director's program is made of sources recorded already.
+        if self.stopped or source.participant not in self.room.router.participants:
+            return
+        if source.codec not in CODECS or source in self.sinks:
+            return
+        sink = TrackSink(self, source)
+        self.sinks[source] = sink
+        sink.down = self.room.router.attach_sink(
+            source,
+            sink,
+            ssrc=random.getrandbits(32) | 1,
+            payload_type=PAYLOAD_TYPES[source.codec],
+            layer="h",
+        )
+
+    def source_removed(self, source: MediaSource) -> None:
+        sink = self.sinks.pop(source, None)
+        if sink is not None:
+            sink.closed = True
+            self.recorder._put((_END, sink))
+
+    def on_event(self, kind: str, fields: dict[str, Any]) -> None:
+        if kind == "lesson_ended":
+            self.recorder._spawn(self.recorder.finish(self.room.id))
+
+    async def stop(self) -> None:
+        """No more packets; every file closed and its manifest final."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.room.router.remove_tap(self)
+        with contextlib.suppress(ValueError):
+            self.room.classroom.listeners.remove(self.on_event)
+        for source, sink in list(self.sinks.items()):
+            if sink.down is not None:
+                self.room.router.detach_sink(sink.down)
+            self.source_removed(source)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.recorder._put((_BARRIER, done))
+        await done
+        for rec in list(self.recorders.values()):
+            await asyncio.to_thread(rec.close)
+
+    # -- recorder thread ----------------------------------------------------------------
+
+    def recorder_for(self, classroom: str) -> LessonRecorder | None:
+        rec = self.recorders.get(classroom)
+        if rec is not None:
+            return None if rec.stopped else rec  # a disk budget stop is for the lesson
+        if classroom in self._refused:
+            return None
+        info = self.room.info
+        try:
+            rec = LessonRecorder(
+                self.root / _dir_name(classroom),
+                LessonMeta(
+                    lesson=self.room.id,
+                    school="",
+                    subject="",
+                    grade="",
+                    teacher="",
+                    title=info.title or info.room,
+                ),
+                origin="server",
+            )
+        except (DiskBudgetExceeded, OSError) as exc:
+            log.error("lesson %s: not recording %s: %s", self.room.id, classroom, exc)
+            self._refused.add(classroom)
+            return None
+        self.recorders[classroom] = rec
+        return rec
+
+
+class TrackSink:
+    """One source's packets into track files (PacketSink; the hot path side is two
+    methods that only queue)."""
+
+    def __init__(self, room: RoomRecording, source: MediaSource) -> None:
+        self.room = room
+        self.source = source
+        self.name = source.track_id
+        self.down: DownTrack | None = None
+        self.closed = False
+        self._put = room.recorder._queue.put
+        self._queue = room.recorder._queue
+        # Recorder thread state.
+        self.depacketizer = Depacketizer(source.codec)
+        self.video = source.kind == "video"
+        self.rate = 90000 if self.video else 48000
+        self.writer: TrackWriter | None = None
+        self._ts0 = 0
+        self._wall0 = 0.0
+        self._size: tuple[int, int] | None = None
+        self._provisional = True  # _wall0 is the arrival time, not yet the sender's clock
+        self._report: tuple[float, int] | None = None  # (wall, unwrapped rtp) of the last SR
+
+    # -- PacketSink: the forwarding hot path ----------------------------------------------
+
+    def send_rtp(self, packet: bytes) -> None:
+        if self._queue.qsize() > MAX_QUEUED:
+            self.room.recorder.dropped += 1
+            return
+        self._put((_RTP, self, time.time(), packet))
+
+    def send_rtcp(self, packet: bytes) -> None:
+        self._put((_RTCP, self, packet))
+
+    # -- recorder thread ----------------------------------------------------------------
+
+    def on_packet(self, data: bytes, arrival: float) -> None:
+        self._frames(self.depacketizer.push(data, arrival))
+
+    def flush(self, now: float) -> None:
+        self._frames(self.depacketizer.flush(now))
+
+    def end(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def on_report(self, data: bytes) -> None:
+        """A sender report (RFC 3550 6.4.1) in this stream's timestamps."""
+        if len(data) < 20 or data[1] != 200 or self.depacketizer.timestamp_ref is None:
+            return
+        ntp = int.from_bytes(data[8:16], "big")
+        wall = (ntp >> 32) - _NTP_EPOCH + (ntp & 0xFFFFFFFF) / 2**32
+        rtp = self.depacketizer.extend_timestamp(int.from_bytes(data[16:20], "big"))
+        self._report = (wall, rtp)
+        if self.writer is not None and self._provisional:
+            wall0 = wall + (self._ts0 - rtp) / self.rate
+            if abs(wall0 - self._wall0) < CLOCK_TRUST_S:
+                self.writer.correct_start(wall0)
+                self._wall0 = wall0
+            self._provisional = False
+
+    def _frames(self, frames: list[Frame]) -> None:
+        if self.depacketizer.keyframe_wanted:
+            self.depacketizer.keyframe_wanted = False
+            self._ask_keyframe()
+        for frame in frames:
+            self._frame(frame)
+
+    def _frame(self, frame: Frame) -> None:
+        if self.video:
+            if frame.keyframe and frame.size is not None:
+                if self.writer is None or frame.size != self._size or self._drifted(frame):
+                    self._start(frame)
+            if self.writer is None:
+                return
+        elif self.writer is None or self._drifted(frame):
+            self._start(frame)
+            if self.writer is None:
+                return
+        assert self.writer is not None
+        if not self.writer.write_frame(frame.data, frame.timestamp - self._ts0, frame.keyframe):
+            self.writer = None  # the recording stopped (disk budget); the lesson goes on
+
+    def _drifted(self, frame: Frame) -> bool:
+        if self.writer is None:
+            return False
+        expected = self._wall0 + (frame.timestamp - self._ts0) / self.rate
+        return abs(expected - frame.arrival) > DRIFT_S
+
+    def _start(self, frame: Frame) -> None:
+        """A new track file from this frame on (the first, or after a size change)."""
+        self.end()
+        rec = self.room.recorder_for(self.source.classroom)
+        if rec is None:
+            return
+        wall, provisional = frame.arrival, True
+        if self._report is not None:
+            sender = self._report[0] + (frame.timestamp - self._report[1]) / self.rate
+            if abs(sender - frame.arrival) < CLOCK_TRUST_S:
+                wall, provisional = sender, False
+        width, height = frame.size or (0, 0)
+        try:
+            self.writer = rec.add_track(
+                self.source.source,
+                self.source.kind,
+                self.source.codec,
+                width=width,
+                height=height,
+                rate=self.rate,
+                wall_at_pts0=wall,
+            )
+        except (RecordingError, ValueError, DiskBudgetExceeded) as exc:
+            log.error("lesson %s: cannot record %s: %s", self.room.room.id, self.name, exc)
+            return
+        self._ts0, self._wall0, self._size, self._provisional = (
+            frame.timestamp,
+            wall,
+            frame.size,
+            provisional,
+        )
+
+    def _ask_keyframe(self) -> None:
+        loop = self.room.recorder._loop
+        down = self.down
+        if loop is not None and down is not None and not self.closed:
+            loop.call_soon_threadsafe(down.request_keyframe)
+
+
+__all__ = ["ServerRecorder", "server_recordings"]

@@ -1,0 +1,173 @@
+"""The server records every lesson itself: a replay with no manual step, even when a
+classroom's agent dies and never uploads, or its uplink is cut for a while."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+from classroom_agent.cli import agent_argv
+from classroom_agent.client import LessonClient
+from recording.catalog import Catalog
+from recording.lesson import MERGED_DIR, LessonRecord
+from recording.manifest import load_manifest
+from tests.lesson_server import ROOT, ServerProcess, start_server_process, stop_process
+from tests.media import wait_for
+
+MASTER, POINT = "rec-master", "rec-point"
+
+
+def agent_toml(path: Path, role: str, camera: str, mic: str, recordings: Path) -> Path:
+    """A small classroom (320x180 at 15 fps and a microphone) so the test stays light."""
+    path.write_text(
+        f"""
+[agent]
+role = "{role}"
+synthetic = true
+
+[recording]
+dir = "{recordings}"
+
+[[source]]
+name = "{camera}"
+codec = "h264"
+width = 320
+height = 180
+fps = 15
+bitrate_kbps = 250
+
+[[source]]
+name = "{mic}"
+kind = "audio"
+codec = "opus"
+bitrate_kbps = 32
+"""
+    )
+    return path
+
+
+def start_agent(
+    server: ServerProcess,
+    tmp: Path,
+    room: str,
+    classroom: str,
+    role: str,
+    name: str,
+    *,
+    url: str | None = None,
+    prefix: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    camera, mic = (
+        ("teacher_camera", "classroom_mic") if role == "master" else ("point_camera", "point_mic")
+    )
+    config = agent_toml(tmp / f"{classroom}.toml", role, camera, mic, tmp / f"agent-{classroom}")
+    argv = agent_argv(
+        url or server.url,
+        server.token(room, classroom, role, name=name),
+        role,
+        classroom=classroom,
+        options=["--no-window", "--quiet", "--config", str(config)],
+    )
+    return subprocess.Popen(
+        [*(prefix or []), *argv],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def packet_times(path: Path) -> list[float]:
+    with av.open(str(path)) as c:
+        s = c.streams[0]
+        return sorted(float(p.pts * s.time_base) for p in c.demux(s) if p.pts is not None)
+
+
+def tracks_published(server: ServerProcess, room: str, classroom: str) -> int:
+    rooms = server.stats()["rooms"]
+    tracks = rooms.get(room, {}).get("tracks", [])
+    return sum(1 for t in tracks if t["packets"] > 0 and classroom in t["track"])
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ServerProcess:
+    # A killed agent never uploads: the archiver gives up waiting for it after 8 s.
+    monkeypatch.setenv("TONGKE_REPLAY_UPLOAD_WAIT_S", "8")
+    proc = start_server_process(tmp_path / "server")
+    yield proc
+    proc.stop()
+
+
+async def test_a_lesson_whose_master_agent_dies_still_becomes_one_whole_replay(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    room = "server-recorded"
+    server.api(
+        "POST",
+        "/api/rooms",
+        {"room": room, "title": "分数的加减", "master": MASTER, "points": [POINT]},
+    )
+    master = start_agent(server, tmp_path, room, MASTER, "master", "城关小学")
+    point = start_agent(server, tmp_path, room, POINT, "point", "小河教学点")
+    console = LessonClient(server.url, room, server.token(room, MASTER, "master", name="王老师"))
+    try:
+        await console.connect()
+        await console.request({"type": "lesson_start"})
+        await wait_for(
+            lambda: tracks_published(server, room, "p") >= 4, 60, "both classrooms publishing"
+        )
+        await asyncio.sleep(4)  # lesson time with both classrooms
+        master.send_signal(signal.SIGKILL)  # its safety copy never reaches the server
+        master.wait()
+        await asyncio.sleep(3)  # the point goes on alone
+        await console.request({"type": "lesson_end"})
+        # The point's agent uploads when the lesson ends; the master's never does.
+        await asyncio.to_thread(point.wait, 60)
+    finally:
+        await console.close()
+        for proc in (master, point):
+            stop_process(proc)
+
+    record = LessonRecord(server.data_dir / "recordings", room)
+
+    def packaged() -> bool:
+        data = record.load() if record.exists() else {}
+        return data.get("state") == "packaged" and data.get("packaged_parts") == len(
+            data.get("parts", [])
+        )
+
+    await wait_for(packaged, 120, "the lesson packaged with no manual step")
+    lesson = record.load()
+    origins = sorted((p["classroom"], p.get("origin", "agent")) for p in lesson["parts"])
+    # The server's own recording of both classrooms, and the point's upload.
+    assert origins == [(MASTER, "server"), (POINT, "agent"), (POINT, "server")]
+    replays = [e for e in Catalog(server.data_dir / "replays").entries() if e["lesson"] == room]
+    assert len(replays) == 1
+    assert replays[0]["title"] == "分数的加减"
+
+    merged = record.directory / MERGED_DIR
+    manifest = load_manifest(merged)
+    sources = {t.source for t in manifest.tracks}
+    assert {"teacher_camera", "classroom_mic", f"point:{POINT}"} <= sources
+    for track in manifest.tracks:
+        times = packet_times(merged / track.file)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        # The master's camera and microphone exist only in the server's copy: whole,
+        # at least the 4 s before its agent died, without holes.
+        assert times[-1] - times[0] > 3.5, (track.id, times[-1] - times[0])
+        assert max(gaps) < 0.5, (track.id, max(gaps))
+    views = json.loads((server.data_dir / "replays" / room / "replay.json").read_text())
+    assert views["title"] == "分数的加减"
+
+
+if sys.platform != "linux":  # pragma: no cover
+    pytestmark = pytest.mark.skip("Linux only")
