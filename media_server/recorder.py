@@ -56,8 +56,8 @@ SENDER_REPORT_INTERVAL_S = 1.0
 # A sender report that places a track further than this from where its packets arrived
 # comes from a clock we do not trust (an unsynchronised classroom box).
 CLOCK_TRUST_S = 2.0
-# A stream whose timestamps run this far from its arrival times has jumped (a publisher
-# that restarted its clock): it continues as a new track file.
+# A stream whose timestamps move this far against the publisher's clock has jumped (a
+# publisher that restarted them): it continues as a new track file.
 DRIFT_S = 2.0
 _NTP_EPOCH = 2208988800
 
@@ -223,7 +223,7 @@ class ServerRecorder:
                 self._live.add(sink)
             sink.on_packet(item[3], item[2])
         elif kind == _RTCP:
-            item[1].on_report(item[2])
+            item[1].on_report(item[2], item[3])
         elif kind == _END:
             self._live.discard(item[1])
             item[1].end()
@@ -349,6 +349,8 @@ class TrackSink:
         self._size: tuple[int, int] | None = None
         self._provisional = True  # _wall0 is the arrival time, not yet the sender's clock
         self._report: tuple[float, int] | None = None  # (wall, unwrapped rtp) of the last SR
+        self._clock_warned = False
+        self._jumped = False
 
     # -- PacketSink: the forwarding hot path ----------------------------------------------
 
@@ -359,7 +361,7 @@ class TrackSink:
         self._put((_RTP, self, time.time(), packet))
 
     def send_rtcp(self, packet: bytes) -> None:
-        self._put((_RTCP, self, packet))
+        self._put((_RTCP, self, packet, time.time()))
 
     # -- recorder thread ----------------------------------------------------------------
 
@@ -374,20 +376,40 @@ class TrackSink:
             self.writer.close()
             self.writer = None
 
-    def on_report(self, data: bytes) -> None:
-        """A sender report (RFC 3550 6.4.1) in this stream's timestamps."""
+    def on_report(self, data: bytes, made_at: float) -> None:
+        """A sender report (RFC 3550 6.4.1) in this stream's timestamps, made at `made_at`
+        (our clock): where the publisher's clock stands against the stream."""
         if len(data) < 20 or data[1] != 200 or self.depacketizer.timestamp_ref is None:
             return
         ntp = int.from_bytes(data[8:16], "big")
         wall = (ntp >> 32) - _NTP_EPOCH + (ntp & 0xFFFFFFFF) / 2**32
-        rtp = self.depacketizer.extend_timestamp(int.from_bytes(data[16:20], "big"))
-        self._report = (wall, rtp)
-        if self.writer is not None and self._provisional:
-            wall0 = wall + (self._ts0 - rtp) / self.rate
-            if abs(wall0 - self._wall0) < CLOCK_TRUST_S:
-                self.writer.correct_start(wall0)
-                self._wall0 = wall0
-            self._provisional = False
+        if abs(wall - made_at) > CLOCK_TRUST_S:
+            # The publisher's clock is off: its packets are placed by their arrival.
+            if self._report is not None or not self._clock_warned:
+                log.warning(
+                    "%s: the publisher's clock is %.1f s off ours", self.name, wall - made_at
+                )
+                self._clock_warned = True
+            self._report = None
+            return
+        self._report = (
+            wall,
+            self.depacketizer.extend_timestamp(int.from_bytes(data[16:20], "big")),
+        )
+        if self.writer is None:
+            return
+        sender = self._sender_wall(self._ts0)
+        if self._provisional:
+            self.writer.correct_start(sender)
+            self._wall0, self._provisional = sender, False
+        elif abs(sender - self._wall0) > DRIFT_S:
+            # The stream's timestamps no longer run with the publisher's clock (it
+            # restarted them): continue in a new file, placed by the new mapping.
+            self._jumped = True
+
+    def _sender_wall(self, timestamp: int) -> float:
+        assert self._report is not None
+        return self._report[0] + (timestamp - self._report[1]) / self.rate
 
     def _frames(self, frames: list[Frame]) -> None:
         if self.depacketizer.keyframe_wanted:
@@ -399,11 +421,11 @@ class TrackSink:
     def _frame(self, frame: Frame) -> None:
         if self.video:
             if frame.keyframe and frame.size is not None:
-                if self.writer is None or frame.size != self._size or self._drifted(frame):
+                if self.writer is None or frame.size != self._size or self._jumped:
                     self._start(frame)
             if self.writer is None:
                 return
-        elif self.writer is None or self._drifted(frame):
+        elif self.writer is None or self._jumped:
             self._start(frame)
             if self.writer is None:
                 return
@@ -411,23 +433,21 @@ class TrackSink:
         if not self.writer.write_frame(frame.data, frame.timestamp - self._ts0, frame.keyframe):
             self.writer = None  # the recording stopped (disk budget); the lesson goes on
 
-    def _drifted(self, frame: Frame) -> bool:
-        if self.writer is None:
-            return False
-        expected = self._wall0 + (frame.timestamp - self._ts0) / self.rate
-        return abs(expected - frame.arrival) > DRIFT_S
-
     def _start(self, frame: Frame) -> None:
-        """A new track file from this frame on (the first, or after a size change)."""
+        """A new track file from this frame on (the first, after a picture size change or
+        a jump of the stream's timestamps).
+
+        A frame is placed by the publisher's clock (its sender reports), not by when it
+        arrived: a frame the server recovered seconds late belongs where it was taken.
+        Until the first report, the arrival stands in and is corrected then.
+        """
         self.end()
+        self._jumped = False
         rec = self.room.recorder_for(self.source.classroom)
         if rec is None:
             return
-        wall, provisional = frame.arrival, True
-        if self._report is not None:
-            sender = self._report[0] + (frame.timestamp - self._report[1]) / self.rate
-            if abs(sender - frame.arrival) < CLOCK_TRUST_S:
-                wall, provisional = sender, False
+        provisional = self._report is None
+        wall = frame.arrival if provisional else self._sender_wall(frame.timestamp)
         width, height = frame.size or (0, 0)
         try:
             self.writer = rec.add_track(

@@ -20,6 +20,7 @@ from classroom_agent.client import LessonClient
 from recording.catalog import Catalog
 from recording.lesson import MERGED_DIR, LessonRecord
 from recording.manifest import load_manifest
+from tests.impair import Conditions, LinkSpec, NetnsLink, netns_available
 from tests.lesson_server import ROOT, ServerProcess, start_server_process, stop_process
 from tests.media import wait_for
 
@@ -167,6 +168,85 @@ async def test_a_lesson_whose_master_agent_dies_still_becomes_one_whole_replay(
         assert max(gaps) < 0.5, (track.id, max(gaps))
     views = json.loads((server.data_dir / "replays" / room / "replay.json").read_text())
     assert views["title"] == "分数的加减"
+
+
+def gaps_over(times: list[float], limit: float) -> list[tuple[float, float]]:
+    return [(round(a, 2), round(b - a, 2)) for a, b in itertools.pairwise(times) if b - a > limit]
+
+
+async def test_a_points_cut_uplink_leaves_a_hole_in_the_server_copy_its_own_copy_fills(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reason = netns_available()
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.setenv("TONGKE_REPLAY_UPLOAD_WAIT_S", "30")
+    link = await NetnsLink("recorder-uplink", LinkSpec(), subnet=161).start()
+    server = start_server_process(
+        tmp_path / "server", extra=["--host", "0.0.0.0", "--ice-address", link.host_address]
+    )
+    port = server.url.rsplit(":", 1)[1]
+    room = "uplink-cut"
+    server.api("POST", "/api/rooms", {"room": room, "master": MASTER, "points": [POINT]})
+    master = start_agent(server, tmp_path, room, MASTER, "master", "城关小学")
+    point = start_agent(
+        server,
+        tmp_path,
+        room,
+        POINT,
+        "point",
+        "小河教学点",
+        url=f"http://{link.host_address}:{port}",
+        prefix=link.exec_prefix,
+    )
+    console = LessonClient(server.url, room, server.token(room, MASTER, "master"))
+    try:
+        await console.connect()
+        await wait_for(
+            lambda: tracks_published(server, room, "p") >= 4, 60, "both classrooms publishing"
+        )
+        await asyncio.sleep(3)
+        # The point's uplink dies for 12 s (its downlink still works), then comes back.
+        link.set_link(LinkSpec(up=Conditions(loss=1.0)))
+        await asyncio.sleep(12)
+        link.set_link(LinkSpec())
+        await asyncio.sleep(4)
+        await console.request({"type": "lesson_end"})
+        await asyncio.to_thread(point.wait, 60)
+        await asyncio.to_thread(master.wait, 60)
+    finally:
+        await console.close()
+        for proc in (master, point):
+            stop_process(proc)
+        link.close()
+
+    record = LessonRecord(server.data_dir / "recordings", room)
+
+    def packaged() -> bool:
+        data = record.load() if record.exists() else {}
+        return data.get("state") == "packaged" and data.get("packaged_parts") == 4
+
+    try:
+        await wait_for(packaged, 120, "the lesson packaged with every copy")
+    finally:
+        server.stop()
+    parts = {(p["classroom"], p.get("origin", "agent")): p["name"] for p in record.load()["parts"]}
+    server_copy = record.directory / "parts" / parts[(POINT, "server")]
+    camera: list[float] = []
+    for track in load_manifest(server_copy).tracks:
+        if track.source == "point_camera":
+            times = packet_times(server_copy / track.file)
+            camera += [(track.offset_s or 0) + t - times[0] for t in times]
+    # What the server never received (aiortc resends only its last 128 packets) is a
+    # hole in its copy...
+    assert gaps_over(sorted(camera), 1.0), "the cut should leave a hole in the server's copy"
+    merged = record.directory / MERGED_DIR
+    for track in load_manifest(merged).tracks:
+        times = packet_times(merged / track.file)
+        # Every agent-published track is whole after the merge: the point's own copy
+        # filled the server copy's hole.
+        assert not gaps_over(times, 0.5), (track.id, gaps_over(times, 0.5))
+        assert times[-1] - times[0] > 16, (track.id, times[-1] - times[0])
 
 
 if sys.platform != "linux":  # pragma: no cover
