@@ -34,10 +34,12 @@ from media_server.room import Rooms
 from recording.archiver import Archiver
 from recording.catalog import (
     FILES_PREFIX,
+    VISIBILITIES,
     Catalog,
     check_signature,
     matches,
     may_see,
+    set_visibility,
     signed_base,
     summary,
 )
@@ -67,10 +69,12 @@ def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
 
 
 def _bearer(request: web.Request) -> str | None:
+    """The token, from the Authorization header only: a token in a URL ends up in
+    histories, proxies' logs and Referer headers (`_wrap` refuses `?token=`)."""
     auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
+    if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    return request.query.get("token")
+    return None
 
 
 class Storage:
@@ -155,6 +159,12 @@ def _status_body(storage: Storage, state: dict[str, Any]) -> dict[str, Any]:
 
 def _wrap(handler):  # type: ignore[no-untyped-def]
     async def wrapped(request: web.Request) -> web.StreamResponse:
+        if "token" in request.query:
+            return _error(
+                400,
+                "token_in_url",
+                "send the token in the Authorization header (Bearer), not in the URL",
+            )
         try:
             return await handler(request)
         except TokenError as exc:
@@ -415,9 +425,12 @@ def server_recording_handler(
     return finished
 
 
-def _claims_any(request: web.Request) -> Claims:
-    ctx = request.app[CTX]
-    return verify_token(ctx.secret, _bearer(request))
+def _claims_any(request: web.Request) -> Claims | None:
+    """Any valid token's claims; None without one (public replays only)."""
+    token = _bearer(request)
+    if token is None:
+        return None
+    return verify_token(request.app[CTX].secret, token)
 
 
 @_wrap
@@ -425,7 +438,7 @@ async def list_replays(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     claims = _claims_any(request)
     catalog = Catalog(request.app[STORAGE].replays)
-    filters = {k: v for k, v in request.query.items() if k != "token"}
+    filters = dict(request.query)
     visible = [e for e in catalog.entries() if may_see(e, claims)]
     facets = {
         k: sorted({str(e.get(k, "")) for e in visible if e.get(k)})
@@ -444,6 +457,46 @@ async def get_replay(request: web.Request) -> web.Response:
     if entry is None or not may_see(entry, claims):
         return _error(404, "not_found", f"no replay {lesson!r} that you may watch")
     return web.json_response(summary(entry, ctx.secret))
+
+
+# Who may change who watches a replay: the lesson's teacher (its master classroom's
+# token) and admins (global, or scoped to the lesson).
+VISIBILITY_ROLES = frozenset({Role.ADMIN, Role.MASTER})
+
+
+@_wrap
+async def put_visibility(request: web.Request) -> web.Response:
+    lesson = check_id(request.match_info["lesson"], "lesson")
+    claims = verify_token(
+        request.app[CTX].secret, _bearer(request), room=lesson, roles=VISIBILITY_ROLES
+    )
+    try:
+        body = await request.json()
+        value = body.get("visibility") if isinstance(body, dict) else None
+    except ValueError:
+        value = None
+    if value not in VISIBILITIES:
+        return _error(400, "bad_request", f"'visibility' must be one of {', '.join(VISIBILITIES)}")
+    storage = request.app[STORAGE]
+    entry = await asyncio.to_thread(Catalog(storage.replays).entry, lesson)
+    if entry is None:
+        return _error(404, "not_found", f"no replay {lesson!r}")
+    if claims.role == Role.MASTER and claims.classroom != entry.get("master"):
+        raise TokenError(
+            "forbidden", f"only the teacher of lesson {lesson!r} (or an admin) may change this"
+        )
+    record = LessonRecord(storage.recordings, lesson)
+
+    def remember(data: dict[str, Any]) -> None:
+        if data.get("facts"):
+            data["facts"]["visibility"] = value
+
+    # lesson.json first: a packaging that is under way re-applies it when it finishes.
+    if await asyncio.to_thread(record.exists):
+        await asyncio.to_thread(record.update, remember)
+    await asyncio.to_thread(set_visibility, storage.replays, lesson, value)
+    log.info("replay %s: visibility %s (by %s %s)", lesson, value, claims.role, claims.classroom)
+    return web.json_response({"lesson": lesson, "visibility": value})
 
 
 async def replay_file(request: web.Request) -> web.StreamResponse:
@@ -534,6 +587,7 @@ def setup(
     r.add_post(base + "/{upload}/complete", complete_upload)
     r.add_get("/api/replays", list_replays)
     r.add_get("/api/replays/{lesson}", get_replay)
+    r.add_put("/api/replays/{lesson}/visibility", put_visibility)
     r.add_get(FILES_PREFIX + "/{expires}/{sig}/{lesson}/{path:.*}", replay_file)
     r.add_get("/replays", catalog_page)
 

@@ -71,6 +71,9 @@ class LessonFacts:
     schools: list[str] = field(default_factory=list)
     date: str = ""  # scheduled date, YYYY-MM-DD
     public: bool = False
+    # Who may watch (recording/catalog.py VISIBILITIES), as the lesson's teacher or an
+    # admin set it; "" until someone does.
+    visibility: str = ""
 
     def classrooms(self) -> list[str]:
         return [c for c in [self.master, *self.points] if c]
@@ -152,7 +155,11 @@ class LessonRecord:
             os.rename(source_dir, target)
 
         def change(data: dict[str, Any]) -> None:
+            # Who may watch was set on the server (teacher or admin), not by the resolver.
+            visibility = (data.get("facts") or {}).get("visibility", "")
             data["facts"] = asdict(facts)
+            if visibility and not facts.visibility:
+                data["facts"]["visibility"] = visibility
             if not any(p["name"] == name for p in data["parts"]):
                 data["parts"].append(
                     {
@@ -291,6 +298,7 @@ def assemble(lesson_dir: Path) -> Path:
             schools=list(facts.schools),
             master=facts.master,
             date=facts.date,
+            visibility=facts.visibility,
         )
         stopped = [r.manifest.stopped for _, r in parts if r.manifest.stopped]
         Manifest(

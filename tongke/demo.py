@@ -128,7 +128,7 @@ async def _wait_for_replay(data_dir: Path, url: str, token: str, limit_s: float 
     while loop.time() < deadline:
         data = record.load() if record.exists() else {}
         if data.get("state") == "packaged" and data.get("packaged_parts") == len(data["parts"]):
-            print(f"\nThe replay is in the catalog:\n\n  {url}/replays?token={token}\n", flush=True)
+            print(f"\nThe replay is in the catalog:\n\n  {url}/replays#token={token}\n", flush=True)
             return
         await asyncio.sleep(1)
     print("The replay is not ready yet; it appears in the catalog when it is.", flush=True)
