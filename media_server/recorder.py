@@ -88,9 +88,19 @@ def server_recordings(lesson_dir: Path) -> list[tuple[str, Path]]:
 class ServerRecorder:
     """Records every lesson room of one server; see the module docstring."""
 
-    def __init__(self, recordings: Path, *, on_finished: Finished | None = None) -> None:
+    def __init__(
+        self,
+        recordings: Path,
+        *,
+        on_finished: Finished | None = None,
+        idle_s: float = 300.0,
+    ) -> None:
         self.recordings = recordings
         self.on_finished = on_finished
+        # A room nobody has published in for this long is over as far as the recording
+        # goes (a lesson nobody ended): what was recorded is handed over, and recording
+        # starts again if someone publishes later (the replay is then rebuilt).
+        self.idle_s = idle_s
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._rooms: dict[str, RoomRecording] = {}
         self._thread: threading.Thread | None = None
@@ -153,6 +163,16 @@ class ServerRecorder:
             self._queue.put((_STOP,))
             await asyncio.to_thread(self._thread.join, 10)
 
+    async def _hand_over_idle(self, room: Room) -> None:
+        log.info(
+            "room %s: nobody has published for %.0f s; handing its recording over",
+            room.id,
+            self.idle_s,
+        )
+        await self.finish(room.id)
+        if room.classroom.phase is not Phase.ENDED:
+            self.room_opened(room)  # ready for whoever publishes next
+
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -178,10 +198,16 @@ class ServerRecorder:
 
     async def _send_reports(self) -> None:
         """Once a second, every sink hears its stream's sender report (the publisher's
-        NTP/RTP mapping in the sink's timestamps), as a subscriber would."""
+        NTP/RTP mapping in the sink's timestamps), as a subscriber would; rooms left
+        without publishers for `idle_s` are handed over."""
         while True:
             await asyncio.sleep(SENDER_REPORT_INTERVAL_S)
+            now = time.monotonic()
             for recording in list(self._rooms.values()):
+                if recording.sinks or not recording.recorded:
+                    recording.idle_since = now
+                elif now - recording.idle_since >= self.idle_s and not recording.stopped:
+                    self._spawn(self._hand_over_idle(recording.room))
                 for sink in list(recording.sinks.values()):
                     report = sink.down.sender_report() if sink.down is not None else None
                     if report is not None:
@@ -250,6 +276,8 @@ class RoomRecording:
         self.recorders: dict[str, LessonRecorder] = {}
         self._refused: set[str] = set()
         self.stopped = False
+        self.recorded = False  # some source was recorded
+        self.idle_since = time.monotonic()
 
     # RouterTap
     def source_added(self, source: MediaSource) -> None:
@@ -261,6 +289,7 @@ class RoomRecording:
             return
         sink = TrackSink(self, source)
         self.sinks[source] = sink
+        self.recorded = True
         sink.down = self.room.router.attach_sink(
             source,
             sink,

@@ -617,7 +617,11 @@ SERVER_RECORDER = web.AppKey("server_recorder", object)
 def setup_server_recorder(app: web.Application, rooms: Rooms) -> ServerRecorder:
     """Record every lesson room on this server; a finished recording joins the lesson
     recording like an upload (call after `setup`)."""
-    recorder = ServerRecorder(app[STORAGE].recordings, on_finished=server_recording_handler(app))
+    recorder = ServerRecorder(
+        app[STORAGE].recordings,
+        on_finished=server_recording_handler(app),
+        idle_s=app[CTX].config.server_recording_idle_s,
+    )
     app[SERVER_RECORDER] = recorder
 
     async def start(app: web.Application) -> None:

@@ -170,6 +170,36 @@ async def test_a_lesson_whose_master_agent_dies_still_becomes_one_whole_replay(
     assert views["title"] == "分数的加减"
 
 
+async def test_a_lesson_nobody_ends_is_handed_over_when_its_publishers_are_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TONGKE_SERVER_RECORDING_IDLE_S", "3")
+    server = start_server_process(tmp_path / "server")
+    room = "never-ended"
+    try:
+        server.api("POST", "/api/rooms", {"room": room, "master": MASTER})
+        master = start_agent(server, tmp_path, room, MASTER, "master", "城关小学")
+        try:
+            await wait_for(lambda: tracks_published(server, room, "p") >= 2, 60, "publishing")
+            await asyncio.sleep(3)
+        finally:
+            # The teacher closes the agent (it uploads its copy); nobody ends the lesson.
+            master.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(master.wait, 60)
+        record = LessonRecord(server.data_dir / "recordings", room)
+
+        def packaged() -> bool:
+            data = record.load() if record.exists() else {}
+            return data.get("state") == "packaged" and data.get("packaged_parts") == 2
+
+        await wait_for(packaged, 90, "the recording handed over and packaged")
+        origins = sorted(p.get("origin", "agent") for p in record.load()["parts"])
+        assert origins == ["agent", "server"]
+        assert [e["lesson"] for e in Catalog(server.data_dir / "replays").entries()] == [room]
+    finally:
+        server.stop()
+
+
 def gaps_over(times: list[float], limit: float) -> list[tuple[float, float]]:
     return [(round(a, 2), round(b - a, 2)) for a, b in itertools.pairwise(times) if b - a > limit]
 
