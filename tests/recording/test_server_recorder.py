@@ -200,6 +200,59 @@ async def test_a_lesson_nobody_ends_is_handed_over_when_its_publishers_are_gone(
         server.stop()
 
 
+async def test_a_server_killed_mid_lesson_keeps_what_it_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TONGKE_REPLAY_UPLOAD_WAIT_S", "10")
+    data = tmp_path / "server"
+    server = start_server_process(data)
+    port = int(server.url.rsplit(":", 1)[1])
+    room = "server-killed"
+    server.api("POST", "/api/rooms", {"room": room, "master": MASTER})
+    # An agent that does not upload: the replay can only come from the server's copies.
+    config = agent_toml(tmp_path / "m.toml", "master", "teacher_camera", "classroom_mic", tmp_path)
+    argv = agent_argv(
+        server.url,
+        server.token(room, MASTER, "master"),
+        "master",
+        classroom=MASTER,
+        options=["--no-window", "--quiet", "--no-recording", "--config", str(config)],
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    master = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    try:
+        await wait_for(lambda: tracks_published(server, room, "p") >= 2, 60, "publishing")
+        await asyncio.sleep(3)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait()
+        server = await asyncio.to_thread(start_server_process, data, port=port)
+        await wait_for(lambda: tracks_published(server, room, "p") >= 2, 60, "publishing again")
+        await asyncio.sleep(3)
+        console = LessonClient(server.url, room, server.token(room, MASTER, "master"))
+        await console.connect()
+        await console.request({"type": "lesson_end"})
+        await console.close()
+        record = LessonRecord(data / "recordings", room)
+
+        def packaged() -> bool:
+            d = record.load() if record.exists() else {}
+            return d.get("state") == "packaged" and d.get("packaged_parts") == len(d["parts"])
+
+        await wait_for(packaged, 90, "the lesson packaged")
+    finally:
+        stop_process(master)
+        server.stop()
+    # Both runs of the server are in the replay: the one killed mid-lesson left files
+    # that are playable up to where it died.
+    assert [p["origin"] for p in record.load()["parts"]] == ["server", "server"]
+    merged = record.directory / MERGED_DIR
+    for track in load_manifest(merged).tracks:
+        times = packet_times(merged / track.file)
+        holes = gaps_over(times, 1.0)
+        assert len(holes) == 1, (track.id, holes)  # the server's outage, nothing else
+        assert times[-1] - times[0] - holes[0][1] > 4.5, (track.id, times[-1] - times[0])
+
+
 def gaps_over(times: list[float], limit: float) -> list[tuple[float, float]]:
     return [(round(a, 2), round(b - a, 2)) for a, b in itertools.pairwise(times) if b - a > limit]
 
