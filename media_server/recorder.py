@@ -147,7 +147,11 @@ class ServerRecorder:
             await recording.stop()
         parts = await asyncio.to_thread(server_recordings, self.recordings / lesson)
         if parts and self.on_finished is not None:
-            await self.on_finished(lesson, parts)
+            try:
+                await self.on_finished(lesson, parts)
+            except Exception:
+                # The files stay under server/: the next start hands them over again.
+                log.exception("lesson %s: handing the server's recording over failed", lesson)
 
     async def close(self) -> None:
         """The server stops: close every file cleanly, hand nothing over (the lessons go
