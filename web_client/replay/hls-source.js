@@ -1,7 +1,7 @@
 // One HLS playlist into one media element: the browser's own HLS where it has it (Safari,
 // iOS), else hls.js on Media Source Extensions (Chromium and Firefox have no native HLS).
 // hls.js is vendored (vendor/README.md): nothing is loaded from the internet.
-import Hls from './vendor/hls.light.min.mjs';
+import Hls from './vendor/hls.light.min.js';
 
 const AHEAD_S = 20;   // buffer this far ahead of the playhead
 const BEHIND_S = 30;  // keep this much behind it (seeking back a little stays instant)
