@@ -444,7 +444,11 @@ async def list_replays(request: web.Request) -> web.Response:
         k: sorted({str(e.get(k, "")) for e in visible if e.get(k)})
         for k in ("school", "subject", "grade", "teacher")
     }
-    found = [summary(e, ctx.secret) for e in visible if matches(e, filters)]
+    found = [
+        {**summary(e, ctx.secret), "may_set_visibility": _may_set_visibility(e, claims)}
+        for e in visible
+        if matches(e, filters)
+    ]
     return web.json_response({"replays": found, "facets": facets, "count": len(found)})
 
 
@@ -464,6 +468,14 @@ async def get_replay(request: web.Request) -> web.Response:
 VISIBILITY_ROLES = frozenset({Role.ADMIN, Role.MASTER})
 
 
+def _may_set_visibility(entry: dict[str, Any], claims: Claims | None) -> bool:
+    if claims is None or claims.role not in VISIBILITY_ROLES:
+        return False
+    if not claims.allows_room(entry["lesson"]):
+        return False
+    return claims.role == Role.ADMIN or claims.classroom == entry.get("master")
+
+
 @_wrap
 async def put_visibility(request: web.Request) -> web.Response:
     lesson = check_id(request.match_info["lesson"], "lesson")
@@ -481,7 +493,7 @@ async def put_visibility(request: web.Request) -> web.Response:
     entry = await asyncio.to_thread(Catalog(storage.replays).entry, lesson)
     if entry is None:
         return _error(404, "not_found", f"no replay {lesson!r}")
-    if claims.role == Role.MASTER and claims.classroom != entry.get("master"):
+    if not _may_set_visibility(entry, claims):
         raise TokenError(
             "forbidden", f"only the teacher of lesson {lesson!r} (or an admin) may change this"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -196,6 +197,32 @@ async def test_seeking_back_after_the_end_plays_again_through_hls_js(
         "playback after seeking back",
     )
     await assert_in_sync(page, samples=4)
+
+
+async def test_the_teacher_opens_the_replay_to_the_county_from_the_catalog(
+    browser: Browser, server: TestServer, published_replay: Path
+) -> None:
+    entry_path = published_replay / "replays" / LESSON / "replay.json"
+    entry = json.loads(entry_path.read_text())
+    entry["master"] = "c-master"
+    entry_path.write_text(json.dumps(entry))
+    page = await browser.new_page()
+    teacher = token(Role.MASTER, room=LESSON, classroom="c-master")
+    await page.goto(str(server.make_url(f"/static/replay.html#token={teacher}")))
+    # The pass left the address bar at once.
+    await page.locator("a.card").first.wait_for()
+    assert "token" not in page.url
+    select = page.locator("select[name=visibility]")
+    assert await select.input_value() == "schools"
+    await select.select_option("county")
+    await page.locator("#message", has_text="全县学生可以看").wait_for()
+    assert json.loads(entry_path.read_text())["visibility"] == "county"
+    # A student of another school now finds it.
+    other = token(Role.STUDENT, room="replays", classroom="s-erzhong")
+    page2 = await browser.new_page()
+    await page2.goto(str(server.make_url(f"/static/replay.html#token={other}")))
+    await page2.locator("a.card").first.wait_for()
+    assert await page2.locator("select[name=visibility]").count() == 0
 
 
 async def test_expired_link_says_so(browser: Browser, server: TestServer) -> None:

@@ -68,7 +68,30 @@ function card(r) {
     t('chaptersCount', { n: r.chapters }) + (r.public ? ` · ${t('public')}` : '');
   body.append(title, meta, meta2);
   a.append(img, body);
-  return a;
+  if (!r.may_set_visibility) return a;
+  // The lesson's teacher (or an admin) decides who may watch it.
+  const wrap = document.createElement('div');
+  wrap.className = 'cardwrap';
+  const label = document.createElement('label');
+  label.className = 'visibility';
+  label.textContent = t('whoMayWatch') + ' ';
+  const select = document.createElement('select');
+  select.name = 'visibility';
+  for (const v of ['schools', 'county', 'public']) select.append(new Option(t(`visibility_${v}`), v));
+  select.value = r.visibility;
+  select.onchange = async () => {
+    const res = await fetch(`/api/replays/${encodeURIComponent(r.lesson)}/visibility`, {
+      method: 'PUT',
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ visibility: select.value }),
+    });
+    if (res.ok) message(t('visibilitySaved', { title: r.title, who: t(`visibility_${select.value}`) }));
+    else { message(await describe(res), true); select.value = r.visibility; return; }
+    r.visibility = select.value;
+  };
+  label.append(select);
+  wrap.append(a, label);
+  return wrap;
 }
 
 async function search() {
