@@ -166,8 +166,12 @@ async def test_a_lesson_whose_master_agent_dies_still_becomes_one_whole_replay(
         # at least the 4 s before its agent died, without holes.
         assert times[-1] - times[0] > 3.5, (track.id, times[-1] - times[0])
         assert max(gaps) < 0.5, (track.id, max(gaps))
-    views = json.loads((server.data_dir / "replays" / room / "replay.json").read_text())
-    assert views["title"] == "分数的加减"
+    entry = json.loads((server.data_dir / "replays" / room / "replay.json").read_text())
+    # The lesson's facts come from the server (the room), not from any uploader.
+    assert entry["title"] == "分数的加减"
+    assert entry["master"] == MASTER
+    assert entry["points"] == {POINT: "小河教学点"}
+    assert entry["schools"] == [MASTER, POINT]
 
 
 async def test_a_lesson_nobody_ends_is_handed_over_when_its_publishers_are_gone(
