@@ -257,6 +257,62 @@ async def test_a_server_killed_mid_lesson_keeps_what_it_recorded(
         assert times[-1] - times[0] - holes[0][1] > 4.5, (track.id, times[-1] - times[0])
 
 
+async def test_a_browser_publishers_vp8_and_h264_are_recorded_when_the_room_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publisher without an agent (aiortc encodes and packs like a browser: VP8, H.264
+    with FU-A fragments for its 640x360 keyframes, Opus) has no safety copy: the
+    server's recording is all there is."""
+    from classroom_agent.client import Publication
+    from tests.media import PatternTrack, ToneTrack
+
+    monkeypatch.setenv("TONGKE_REPLAY_UPLOAD_WAIT_S", "3")
+    server = start_server_process(tmp_path / "server")
+    room = "browser-only"
+    server.api("POST", "/api/rooms", {"room": room, "master": "c-browser"})
+    console = LessonClient(server.url, room, server.token(room, "c-browser", "master"))
+    try:
+        await console.connect()
+        await console.publish(
+            [
+                Publication(PatternTrack(640, 360), "teacher_camera", codec="vp8"),
+                Publication(PatternTrack(640, 360), "board_camera", codec="h264"),
+                Publication(ToneTrack(), "classroom_mic"),
+            ]
+        )
+        await wait_for(lambda: tracks_published(server, room, "p") >= 3, 30, "publishing")
+        await asyncio.sleep(4)
+        # The room is closed by hand (no lesson end): that finishes its recording too.
+        server.api("DELETE", f"/api/rooms/{room}")
+        record = LessonRecord(server.data_dir / "recordings", room)
+
+        def packaged() -> bool:
+            d = record.load() if record.exists() else {}
+            return d.get("state") == "packaged" and d.get("packaged_parts") == 1
+
+        await wait_for(packaged, 60, "the room's recording packaged")
+    finally:
+        await console.close()
+        server.stop()
+    part = record.directory / "parts" / record.load()["parts"][0]["name"]
+    tracks = {t.source: t for t in load_manifest(part).tracks}
+    assert set(tracks) == {"teacher_camera", "board_camera", "classroom_mic"}
+    assert tracks["teacher_camera"].file.endswith(".webm")
+    for source in ("teacher_camera", "board_camera"):
+        track = tracks[source]
+        assert (track.codec, track.width, track.height) == (
+            "vp8" if source == "teacher_camera" else "h264",
+            640,
+            360,
+        )
+        # Every frame written decodes: nothing half-assembled reached the file.
+        with av.open(str(part / track.file)) as c:
+            decoded = sum(1 for _ in c.decode(video=0))
+        assert decoded == track.packets and decoded > 3 * 25, (source, decoded, track.packets)
+    entry = json.loads((server.data_dir / "replays" / room / "replay.json").read_text())
+    assert entry["duration_s"] > 3.5
+
+
 def gaps_over(times: list[float], limit: float) -> list[tuple[float, float]]:
     return [(round(a, 2), round(b - a, 2)) for a, b in itertools.pairwise(times) if b - a > limit]
 
