@@ -60,6 +60,9 @@ CLOCK_TRUST_S = 2.0
 # publisher that restarted them): it continues as a new track file.
 DRIFT_S = 2.0
 _NTP_EPOCH = 2208988800
+# A recording left from before this server started is handed over once nothing has been
+# written to it for this long.
+LEFTOVER_QUIET_S = 30.0
 
 # (lesson, [(classroom, recording directory)]): the finished server recording.
 Finished = Callable[[str, list[tuple[str, Path]]], Awaitable[None]]
@@ -71,17 +74,22 @@ def _dir_name(classroom: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", classroom).lstrip("._-") or "x"
 
 
-def server_recordings(lesson_dir: Path) -> list[tuple[str, Path]]:
-    """Every server recording left for a lesson: (classroom directory name, path)."""
+def server_recordings(lesson_dir: Path, *, quiet_s: float = 0.0) -> list[tuple[str, Path]]:
+    """Every server recording left for a lesson: (classroom directory name, path).
+
+    `quiet_s`: only recordings nothing was written to for that long (another server
+    process on the same data directory may still be recording the others)."""
     root = lesson_dir / SERVER_DIR
     if not root.is_dir():
         return []
+    now = time.time()
     return [
         (c.name, r)
         for c in sorted(root.iterdir())
         if c.is_dir()
         for r in sorted(c.iterdir())
         if (r / "manifest.json").exists()
+        and (quiet_s <= 0 or now - max(f.stat().st_mtime for f in r.rglob("*")) >= quiet_s)
     ]
 
 
@@ -140,12 +148,14 @@ class ServerRecorder:
     async def room_closing(self, room: Room) -> None:
         await self.finish(room.id)
 
-    async def finish(self, lesson: str) -> None:
+    async def finish(self, lesson: str, *, quiet_s: float = 0.0) -> None:
         """The lesson is over: close its files and hand them to `on_finished` (once)."""
         recording = self._rooms.pop(lesson, None)
         if recording is not None:
             await recording.stop()
-        parts = await asyncio.to_thread(server_recordings, self.recordings / lesson)
+        parts = await asyncio.to_thread(
+            server_recordings, self.recordings / lesson, quiet_s=quiet_s
+        )
         if parts and self.on_finished is not None:
             try:
                 await self.on_finished(lesson, parts)
@@ -184,21 +194,28 @@ class ServerRecorder:
 
     async def _hand_over_leftovers(self, rooms: Rooms) -> None:
         """Recordings a killed server left for lessons that ended (or whose room went)
-        while it was down are handed over now."""
-        dirs = await asyncio.to_thread(
-            lambda: (
-                [d for d in self.recordings.iterdir() if (d / SERVER_DIR).is_dir()]
-                if self.recordings.is_dir()
-                else []
+        while it was down are handed over, once nothing writes to them any more (another
+        server process on this data directory may be recording them): checked at start
+        and twice more, LEFTOVER_QUIET_S apart."""
+        for attempt in range(3):
+            if attempt:
+                await asyncio.sleep(LEFTOVER_QUIET_S)
+            dirs = await asyncio.to_thread(
+                lambda: (
+                    [d for d in self.recordings.iterdir() if (d / SERVER_DIR).is_dir()]
+                    if self.recordings.is_dir()
+                    else []
+                )
             )
-        )
-        for lesson_dir in dirs:
-            room = rooms.rooms.get(lesson_dir.name)
-            if room is None or room.classroom.phase is Phase.ENDED:
-                try:
-                    await self.finish(lesson_dir.name)
-                except Exception:
-                    log.exception("lesson %s: handing over its recording failed", lesson_dir.name)
+            for lesson_dir in dirs:
+                room = rooms.rooms.get(lesson_dir.name)
+                if room is None or room.classroom.phase is Phase.ENDED:
+                    try:
+                        await self.finish(lesson_dir.name, quiet_s=LEFTOVER_QUIET_S)
+                    except Exception:
+                        log.exception(
+                            "lesson %s: handing its recording over failed", lesson_dir.name
+                        )
 
     async def _send_reports(self) -> None:
         """Once a second, every sink hears its stream's sender report (the publisher's
