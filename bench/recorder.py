@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -110,11 +111,7 @@ async def run(args: argparse.Namespace) -> dict:
     point = [packetize(f) for f in encode(640, 360, 30, 800, 60)]
     opus = [[bytes([0xFC]) + bytes(80)]]
     recorder = ServerRecorder(work)
-    recorder._loop = asyncio.get_running_loop()
-    import threading
-
-    recorder._thread = threading.Thread(target=recorder._run, daemon=True)
-    recorder._thread.start()
+    recorder.start(None)
     streams: list[Stream] = []
     rooms = []
     for n in range(args.lessons):
@@ -156,16 +153,17 @@ async def run(args: argparse.Namespace) -> dict:
                 packets += s.frame()
                 in_sink += time.perf_counter() - t
                 due[id(s)] += 1 / s.fps
-        max_queue = max(max_queue, recorder._queue.qsize())
+        max_queue = max(max_queue, recorder.queued())
         await asyncio.sleep(0.005)
     expected = sum(s.index for s in streams)
     for rec in rooms:
         await rec.stop()
     cpu = time.process_time() - cpu0
-    recorder._put((5,))  # stop the thread
+    await recorder.close()
     written = 0
     for manifest in work.glob("*/server/*/*/manifest.json"):
         written += sum(t.packets or 0 for t in load_manifest(manifest.parent).tracks)
+    shutil.rmtree(work, ignore_errors=True)
     return {
         "lessons": args.lessons,
         "seconds": args.seconds,
@@ -178,7 +176,6 @@ async def run(args: argparse.Namespace) -> dict:
         "written_frames": written,
         "cpu_s": round(cpu, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "workdir": str(work),
     }
 
 

@@ -53,8 +53,8 @@ PAYLOAD_TYPES = {"h264": 102, "vp8": 96, "opus": 111}
 # the thread cannot keep up, and dropping (counted) keeps the lessons themselves going.
 MAX_QUEUED = 100_000
 SENDER_REPORT_INTERVAL_S = 1.0
-# A sender report that places a track further than this from where its packets arrived
-# comes from a clock we do not trust (an unsynchronised classroom box).
+# A publisher whose clock (its sender reports) is further than this from ours is not
+# trusted (an unsynchronised classroom box): its packets are placed by arrival.
 CLOCK_TRUST_S = 2.0
 # A stream whose timestamps move this far against the publisher's clock has jumped (a
 # publisher that restarted them): it continues as a new track file.
@@ -120,12 +120,15 @@ class ServerRecorder:
 
     # -- lifecycle (event loop) -------------------------------------------------------
 
-    def start(self, rooms: Rooms) -> None:
-        """Record every open and future room; hand over what a stopped server left."""
+    def start(self, rooms: Rooms | None) -> None:
+        """Record every open and future room; hand over what a stopped server left.
+        (`None`: only start the recorder thread, for rooms recorded by hand.)"""
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="server-recorder", daemon=True)
         self._thread.start()
         self._reports = asyncio.ensure_future(self._send_reports())
+        if rooms is None:
+            return
         rooms.opened.append(self.room_opened)
         rooms.closing.append(self.room_closing)
         for room in list(rooms.rooms.values()):
@@ -233,6 +236,10 @@ class ServerRecorder:
                     report = sink.down.sender_report() if sink.down is not None else None
                     if report is not None:
                         sink.send_rtcp(report)
+
+    def queued(self) -> int:
+        """Packets (and control items) waiting for the recorder thread."""
+        return self._queue.qsize()
 
     def _put(self, item: tuple[Any, ...]) -> None:
         self._queue.put(item)
