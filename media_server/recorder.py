@@ -116,6 +116,7 @@ class ServerRecorder:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reports: asyncio.Task[None] | None = None
         self._live: set[TrackSink] = set()  # the thread's own
+        self._open_rooms: Rooms | None = None
         self.dropped = 0  # packets the thread could not take (counted, never blocking)
 
     # -- lifecycle (event loop) -------------------------------------------------------
@@ -129,6 +130,7 @@ class ServerRecorder:
         self._reports = asyncio.ensure_future(self._send_reports())
         if rooms is None:
             return
+        self._open_rooms = rooms
         rooms.opened.append(self.room_opened)
         rooms.closing.append(self.room_closing)
         for room in list(rooms.rooms.values()):
@@ -187,7 +189,8 @@ class ServerRecorder:
             self.idle_s,
         )
         await self.finish(room.id)
-        if room.classroom.phase is not Phase.ENDED:
+        still_open = self._open_rooms is not None and self._open_rooms.rooms.get(room.id) is room
+        if still_open and room.classroom.phase is not Phase.ENDED:
             self.room_opened(room)  # ready for whoever publishes next
 
     def _spawn(self, coro: Awaitable[None]) -> None:
