@@ -60,6 +60,10 @@ CLOCK_TRUST_S = 2.0
 # publisher that restarted them): it continues as a new track file.
 DRIFT_S = 2.0
 _NTP_EPOCH = 2208988800
+# The recorder asks a publisher for a keyframe after a loss at most this often: on a thin
+# rural uplink every keyframe costs, the encoder sends one every couple of seconds
+# anyway, and the classroom's own copy fills such holes.
+KEYFRAME_REQUEST_INTERVAL_S = 2.0
 # A recording left from before this server started is handed over once nothing has been
 # written to it for this long.
 LEFTOVER_QUIET_S = 30.0
@@ -411,6 +415,7 @@ class TrackSink:
         self._report: tuple[float, int] | None = None  # (wall, unwrapped rtp) of the last SR
         self._clock_warned = False
         self._jumped = False
+        self._asked_at = -KEYFRAME_REQUEST_INTERVAL_S
 
     # -- PacketSink: the forwarding hot path ----------------------------------------------
 
@@ -532,6 +537,10 @@ class TrackSink:
     def _ask_keyframe(self) -> None:
         loop = self.room.recorder._loop
         down = self.down
+        now = time.monotonic()
+        if now - self._asked_at < KEYFRAME_REQUEST_INTERVAL_S:
+            return
+        self._asked_at = now
         if loop is not None and down is not None and not self.closed:
             loop.call_soon_threadsafe(down.request_keyframe)
 
