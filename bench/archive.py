@@ -16,12 +16,12 @@ What it prints (JSON with --json):
                        its microphone end on the lesson clock: audio that lost time
                        across the outage without a gap in its timestamps would end early
                        (target <= 40)
-  catalog_after_end_s  from stopping the agents to the lesson's replay, with every
-                       classroom's copy, in the catalog (target <= 60 for 10 minutes)
+  catalog_after_end_s  from the lesson's end to its replay, with every classroom's copy
+                       and the server's recording, in the catalog (target <= 60 for 10
+                       minutes)
   replays              replays in the catalog for the lesson (must be 1)
-
-Server-side recording (issue 10, item 1) does not exist yet: the replay is built from
-the agents' safety copies only.
+  server_parts         server recordings joined into the lesson (one per classroom and
+                       server run: 4 with the restart)
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import itertools
 import av
 
 from classroom_agent.cli import agent_argv
+from classroom_agent.client import LessonClient
 from recording.catalog import Catalog
 from recording.lesson import MERGED_DIR, LessonRecord
 from recording.manifest import load_manifest
@@ -110,18 +111,27 @@ async def run(args: argparse.Namespace) -> dict:
         server = await asyncio.to_thread(start_server_process, data, port=port)
         outage_s = time.monotonic() - killed_at
         await asyncio.sleep(args.seconds / 2)
+        # The teacher ends the lesson: the agents upload, the server hands its copy over.
+        console = LessonClient(server.url, ROOM, server.token(ROOM, MASTER, "master"))
+        await console.connect()
+        try:
+            await console.request({"type": "lesson_end"})
+        finally:
+            await console.close()
         ended = time.monotonic()
-        for proc in agents:
-            proc.send_signal(signal.SIGTERM)
         for proc in agents:
             await asyncio.wait_for(proc.wait(), 300)
         record = LessonRecord(data / "recordings", ROOM)
         catalog_s = None
         while time.monotonic() - ended < args.limit:
             lesson = record.load() if record.exists() else {}
+            parts = lesson.get("parts", [])
+            uploads = [p for p in parts if p.get("origin", "agent") == "agent"]
             if (
                 lesson.get("state") == "packaged"
-                and lesson.get("packaged_parts") == len(lesson["parts"]) == 2
+                and lesson.get("packaged_parts") == len(parts)
+                and len(uploads) == 2
+                and len(parts) > 2
             ):
                 catalog_s = time.monotonic() - ended
                 break
@@ -156,6 +166,7 @@ async def run(args: argparse.Namespace) -> dict:
         "av_offset_ms": round(av_offset * 1000, 1),
         "catalog_after_end_s": round(catalog_s, 1) if catalog_s is not None else None,
         "replays": len(replays),
+        "server_parts": len([p for p in record.load()["parts"] if p.get("origin") == "server"]),
         "tracks": len(manifest.tracks),
         "workdir": str(work),
     }

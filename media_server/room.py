@@ -7,7 +7,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,10 @@ class Rooms:
         self.rooms: dict[str, Room] = {}
         # Other packages (the scheduler) can tell us about lessons we were not told of.
         self.resolvers: list[Callable[[str], LessonInfo | None]] = []
+        # Told of every room opened from now on (the server recorder), and awaited before
+        # a room is closed for good (not when the server merely shuts down).
+        self.opened: list[Callable[[Room], None]] = []
+        self.closing: list[Callable[[Room], Awaitable[None]]] = []
         if state_file is not None and state_file.exists():
             for raw in json.loads(state_file.read_text()):
                 info = LessonInfo(**raw)
@@ -147,11 +151,20 @@ class Rooms:
         if room is None:
             room = self.rooms[info.room] = Room(info, timeline_dir=self._timeline_dir)
             self._save()
+            for opened in list(self.opened):
+                opened(room)
         return room
 
     async def close(self, room_id: str) -> bool:
-        room = self.rooms.pop(room_id, None)
+        room = self.rooms.get(room_id)
         if room is None:
+            return False
+        for closing in list(self.closing):
+            try:
+                await closing(room)
+            except Exception:
+                log.exception("closing room %s: a listener failed", room_id)
+        if self.rooms.pop(room_id, None) is None:
             return False
         self._save()
         await room.close()

@@ -202,6 +202,11 @@ class Router:
         down.bind(source)
         return down
 
+    @property
+    def tap_downtracks(self) -> list[DownTrack]:
+        """The DownTracks into taps' sinks (a recorder, a relay), not to participants."""
+        return list(self._sinks)
+
     def detach_sink(self, down: DownTrack) -> None:
         if down in self._sinks:
             self._sinks.remove(down)

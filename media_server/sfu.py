@@ -61,6 +61,7 @@ class Sfu:
         forwarded = 0
         for room in self.rooms.rooms.values():
             tracks = []
+            taps = room.router.tap_downtracks
             for source in room.sources():
                 for up in source.layers.values():
                     tracks.append(
@@ -71,7 +72,9 @@ class Sfu:
                             "lost": up.stats.lost,
                             "recovered": up.stats.recovered,
                             "keyframes": up.stats.keyframes,
-                            "subscribers": len(up.downtracks),
+                            # Participants receiving it; a recorder or relay is a tap.
+                            "subscribers": sum(1 for d in up.downtracks if d not in taps),
+                            "taps": sum(1 for d in up.downtracks if d in taps),
                         }
                     )
             down = nacks = retransmitted = kf_requests = 0

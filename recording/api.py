@@ -22,18 +22,24 @@ import logging
 import os
 import re
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aiohttp import web
 
+from media_server.recorder import ServerRecorder
+from media_server.room import Rooms
 from recording.archiver import Archiver
 from recording.catalog import (
     FILES_PREFIX,
+    VISIBILITIES,
     Catalog,
     check_signature,
     matches,
     may_see,
+    set_visibility,
     signed_base,
     summary,
 )
@@ -41,7 +47,7 @@ from recording.errors import RecordingError
 from recording.jobs import make_queue
 from recording.lesson import LessonFacts, LessonRecord, LessonResolver
 from recording.manifest import check_id, write_json_atomic
-from recording.source import open_recording
+from recording.source import drop_unusable_tracks, open_recording
 from tongke.app import CTX, AppContext
 from tongke.tokens import Claims, Role, TokenError, verify_token
 
@@ -63,10 +69,12 @@ def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
 
 
 def _bearer(request: web.Request) -> str | None:
+    """The token, from the Authorization header only: a token in a URL ends up in
+    histories, proxies' logs and Referer headers (`_wrap` refuses `?token=`)."""
     auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
+    if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    return request.query.get("token")
+    return None
 
 
 class Storage:
@@ -151,6 +159,12 @@ def _status_body(storage: Storage, state: dict[str, Any]) -> dict[str, Any]:
 
 def _wrap(handler):  # type: ignore[no-untyped-def]
     async def wrapped(request: web.Request) -> web.StreamResponse:
+        if "token" in request.query:
+            return _error(
+                400,
+                "token_in_url",
+                "send the token in the Authorization header (Bearer), not in the URL",
+            )
         try:
             return await handler(request)
         except TokenError as exc:
@@ -366,9 +380,57 @@ async def complete_upload(request: web.Request) -> web.Response:
     return web.json_response(_status_body(storage, state))
 
 
-def _claims_any(request: web.Request) -> Claims:
-    ctx = request.app[CTX]
-    return verify_token(ctx.secret, _bearer(request))
+def server_recording_handler(
+    app: web.Application,
+) -> Callable[[str, list[tuple[str, Path]]], Awaitable[None]]:
+    """What the media server's recorder calls when a lesson's own recording is finished:
+    each classroom's recording joins the lesson recording as a part, and the archiver
+    waits (bounded) for the classrooms' safety copies, then packages."""
+
+    async def finished(lesson: str, recordings: list[tuple[str, Path]]) -> None:
+        archiver = app[ARCHIVER]
+        record = archiver.record(lesson)
+        stored = (await asyncio.to_thread(record.load)).get("facts")
+        facts = await asyncio.to_thread(app[LESSONS], lesson)
+        if facts is None:
+            # The room went before its recording was handed over (a server that was
+            # down when the lesson ended): what lesson.json knew, else the bare lesson.
+            facts = LessonFacts.from_json(stored) if stored else LessonFacts(lesson=lesson)
+        added = 0
+        for classroom, directory in recordings:
+            dropped = await asyncio.to_thread(drop_unusable_tracks, directory)
+            if dropped:
+                log.warning(
+                    "lesson %s: server recording %s: left out %s", lesson, directory, dropped
+                )
+            try:
+                await asyncio.to_thread(open_recording, directory)
+            except RecordingError as exc:
+                log.error("lesson %s: server recording %s unusable: %s", lesson, directory, exc)
+                continue
+            part_id = "srv" + uuid.uuid4().hex
+            await asyncio.to_thread(
+                record.add_part, directory, classroom, part_id, facts, origin="server"
+            )
+            added += 1
+        if added:
+            data = await archiver.part_added(lesson)
+            log.info(
+                "lesson %s: server recording added (%d classrooms), waiting for %s",
+                lesson,
+                added,
+                data.get("waiting_for"),
+            )
+
+    return finished
+
+
+def _claims_any(request: web.Request) -> Claims | None:
+    """Any valid token's claims; None without one (public replays only)."""
+    token = _bearer(request)
+    if token is None:
+        return None
+    return verify_token(request.app[CTX].secret, token)
 
 
 @_wrap
@@ -376,13 +438,17 @@ async def list_replays(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     claims = _claims_any(request)
     catalog = Catalog(request.app[STORAGE].replays)
-    filters = {k: v for k, v in request.query.items() if k != "token"}
+    filters = dict(request.query)
     visible = [e for e in catalog.entries() if may_see(e, claims)]
     facets = {
         k: sorted({str(e.get(k, "")) for e in visible if e.get(k)})
         for k in ("school", "subject", "grade", "teacher")
     }
-    found = [summary(e, ctx.secret) for e in visible if matches(e, filters)]
+    found = [
+        {**summary(e, ctx.secret), "may_set_visibility": _may_set_visibility(e, claims)}
+        for e in visible
+        if matches(e, filters)
+    ]
     return web.json_response({"replays": found, "facets": facets, "count": len(found)})
 
 
@@ -395,6 +461,54 @@ async def get_replay(request: web.Request) -> web.Response:
     if entry is None or not may_see(entry, claims):
         return _error(404, "not_found", f"no replay {lesson!r} that you may watch")
     return web.json_response(summary(entry, ctx.secret))
+
+
+# Who may change who watches a replay: the lesson's teacher (its master classroom's
+# token) and admins (global, or scoped to the lesson).
+VISIBILITY_ROLES = frozenset({Role.ADMIN, Role.MASTER})
+
+
+def _may_set_visibility(entry: dict[str, Any], claims: Claims | None) -> bool:
+    if claims is None or claims.role not in VISIBILITY_ROLES:
+        return False
+    if not claims.allows_room(entry["lesson"]):
+        return False
+    return claims.role == Role.ADMIN or claims.classroom == entry.get("master")
+
+
+@_wrap
+async def put_visibility(request: web.Request) -> web.Response:
+    lesson = check_id(request.match_info["lesson"], "lesson")
+    claims = verify_token(
+        request.app[CTX].secret, _bearer(request), room=lesson, roles=VISIBILITY_ROLES
+    )
+    try:
+        body = await request.json()
+        value = body.get("visibility") if isinstance(body, dict) else None
+    except ValueError:
+        value = None
+    if value not in VISIBILITIES:
+        return _error(400, "bad_request", f"'visibility' must be one of {', '.join(VISIBILITIES)}")
+    storage = request.app[STORAGE]
+    entry = await asyncio.to_thread(Catalog(storage.replays).entry, lesson)
+    if entry is None:
+        return _error(404, "not_found", f"no replay {lesson!r}")
+    if not _may_set_visibility(entry, claims):
+        raise TokenError(
+            "forbidden", f"only the teacher of lesson {lesson!r} (or an admin) may change this"
+        )
+    record = LessonRecord(storage.recordings, lesson)
+
+    def remember(data: dict[str, Any]) -> None:
+        if data.get("facts"):
+            data["facts"]["visibility"] = value
+
+    # lesson.json first: a packaging that is under way re-applies it when it finishes.
+    if await asyncio.to_thread(record.exists):
+        await asyncio.to_thread(record.update, remember)
+    await asyncio.to_thread(set_visibility, storage.replays, lesson, value)
+    log.info("replay %s: visibility %s (by %s %s)", lesson, value, claims.role, claims.classroom)
+    return web.json_response({"lesson": lesson, "visibility": value})
 
 
 async def replay_file(request: web.Request) -> web.StreamResponse:
@@ -485,6 +599,7 @@ def setup(
     r.add_post(base + "/{upload}/complete", complete_upload)
     r.add_get("/api/replays", list_replays)
     r.add_get("/api/replays/{lesson}", get_replay)
+    r.add_put("/api/replays/{lesson}/visibility", put_visibility)
     r.add_get(FILES_PREFIX + "/{expires}/{sig}/{lesson}/{path:.*}", replay_file)
     r.add_get("/replays", catalog_page)
 
@@ -508,5 +623,28 @@ def setup(
 
 
 WORKER = web.AppKey("recording_worker", asyncio.Task)
+SERVER_RECORDER = web.AppKey("server_recorder", object)
+
+
+def setup_server_recorder(app: web.Application, rooms: Rooms) -> ServerRecorder:
+    """Record every lesson room on this server; a finished recording joins the lesson
+    recording like an upload (call after `setup`)."""
+    recorder = ServerRecorder(
+        app[STORAGE].recordings,
+        on_finished=server_recording_handler(app),
+        idle_s=app[CTX].config.server_recording_idle_s,
+    )
+    app[SERVER_RECORDER] = recorder
+
+    async def start(app: web.Application) -> None:
+        recorder.start(rooms)
+
+    async def stop(app: web.Application) -> None:
+        await recorder.close()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+    return recorder
+
 
 __all__ = ["setup", "signed_base"]

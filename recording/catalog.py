@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recording.manifest import write_json_atomic
 from recording.package import REPLAY_JSON
 from tongke.tokens import Claims, Role
 
@@ -71,17 +72,52 @@ class Catalog:
         return next((e for e in self.entries() if e["lesson"] == lesson), None)
 
 
-def may_see(entry: dict[str, Any], claims: Claims) -> bool:
-    """Students see their own school's lessons and public ones; admins see all; a room
-    token sees its own lesson."""
+# Who may watch a replay, set by the lesson's teacher or an admin:
+#   schools  students of the lesson's schools (the master's and the points'); the default
+#   county   every student of this server's schools
+#   public   anyone, also without signing in
+VISIBILITIES = ("schools", "county", "public")
+
+
+def visibility(entry: dict[str, Any]) -> str:
+    # `public` (older replays have only that) and `visibility` are kept in step.
+    if entry.get("public"):
+        return "public"
+    value = entry.get("visibility")
+    return str(value) if value in VISIBILITIES else "schools"
+
+
+def set_visibility(replays_root: Path, lesson: str, value: str) -> bool:
+    """Change who may watch a published replay (replay.json rewritten atomically);
+    False when there is no such replay."""
+    path = replays_root / lesson / REPLAY_JSON
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    entry["visibility"] = value
+    entry["public"] = value == "public"
+    write_json_atomic(path, entry)
+    return True
+
+
+def may_see(entry: dict[str, Any], claims: Claims | None) -> bool:
+    """Admins see all; a room token sees its own lesson; students what the replay's
+    visibility allows them; without a token, public replays only."""
+    vis = visibility(entry)
+    if vis == "public":
+        return True
+    if claims is None:
+        return False
     if claims.role in (Role.ADMIN, Role.SCHEDULER) and claims.room == "*":
         return True
-    if entry.get("public"):
+    if entry.get("lesson") == claims.room:
         return True
-    if claims.role == Role.STUDENT:
-        # The master's school and the teaching points' schools.
-        return claims.classroom in (entry.get("schools") or [entry.get("school")])
-    return entry.get("lesson") == claims.room
+    if claims.role != Role.STUDENT:
+        return False
+    if vis == "county":
+        return True
+    return claims.classroom in (entry.get("schools") or [entry.get("school")])
 
 
 def matches(entry: dict[str, Any], filters: dict[str, str]) -> bool:
@@ -125,6 +161,7 @@ def summary(entry: dict[str, Any], secret: str, ttl_s: int = LINK_TTL_S) -> dict
                 "started_at",
             )
         },
+        "visibility": visibility(entry),
         "chapters": len(entry.get("chapters", [])),
         "views": [v["label"] for v in entry.get("views", []) if v["kind"] == "video"],
         "poster_url": base + entry.get("poster", "poster.jpg"),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recording.catalog import set_visibility
 from recording.errors import RecordingError
 from recording.lesson import LESSON_JSON, LessonRecord, assemble
 from recording.package import build_replay, clean_stale_work
@@ -76,7 +77,11 @@ def package_job(job: Job, progress: Progress) -> dict[str, Any]:
             replay=str(result.directory),
         )
 
-    record.update(packaged)
+    data = record.update(packaged)
+    # Who may watch may have changed while this replay was being built.
+    chosen = (data.get("facts") or {}).get("visibility")
+    if chosen:
+        set_visibility(replays, source.name, chosen)
     return {
         "replay": str(result.directory),
         "reused": result.reused,

@@ -71,6 +71,9 @@ class LessonFacts:
     schools: list[str] = field(default_factory=list)
     date: str = ""  # scheduled date, YYYY-MM-DD
     public: bool = False
+    # Who may watch (recording/catalog.py VISIBILITIES), as the lesson's teacher or an
+    # admin set it; "" until someone does.
+    visibility: str = ""
 
     def classrooms(self) -> list[str]:
         return [c for c in [self.master, *self.points] if c]
@@ -131,26 +134,44 @@ class LessonRecord:
         with _flock(self.directory / ".package.lock"):
             yield
 
-    def add_part(self, source_dir: Path, classroom: str, upload_id: str, facts: LessonFacts) -> str:
-        """Move an uploaded recording in as a part (one rename); returns the part's name."""
+    def add_part(
+        self,
+        source_dir: Path,
+        classroom: str,
+        upload_id: str,
+        facts: LessonFacts,
+        *,
+        origin: str = "agent",
+    ) -> str:
+        """Move a recording in as a part (one rename); returns the part's name.
+
+        `origin` "agent" for a classroom's uploaded safety copy, "server" for the
+        server's own recording of that classroom's tracks."""
         name = f"{_safe(classroom)}--{upload_id[:8]}"
         parts = self.directory / PARTS_DIR
         parts.mkdir(parents=True, exist_ok=True)
         target = parts / name
         if not target.exists():
             os.rename(source_dir, target)
-        data = self.load()
-        data["facts"] = asdict(facts)
-        if not any(p["name"] == name for p in data["parts"]):
-            data["parts"].append(
-                {
-                    "name": name,
-                    "classroom": classroom,
-                    "upload_id": upload_id,
-                    "received_at": time.time(),
-                }
-            )
-        self.save(data)
+
+        def change(data: dict[str, Any]) -> None:
+            # Who may watch was set on the server (teacher or admin), not by the resolver.
+            visibility = (data.get("facts") or {}).get("visibility", "")
+            data["facts"] = asdict(facts)
+            if visibility and not facts.visibility:
+                data["facts"]["visibility"] = visibility
+            if not any(p["name"] == name for p in data["parts"]):
+                data["parts"].append(
+                    {
+                        "name": name,
+                        "classroom": classroom,
+                        "upload_id": upload_id,
+                        "origin": origin,
+                        "received_at": time.time(),
+                    }
+                )
+
+        self.update(change)
         return name
 
 
@@ -242,7 +263,9 @@ def assemble(lesson_dir: Path) -> Path:
                 os.link(copies[0].path, work / rel)
                 tracks.append(replace(named, offset_s=round(copies[0].offset_s, 6)))
             else:
-                copies = [replace(c, info=named) for c in copies]
+                kept = _same_picture(copies)
+                named = replace(kept[0].info, id=track_id, source=source, file=rel)
+                copies = [replace(c, info=named) for c in kept]
                 result = merge_track(copies, work / rel)
                 log.info(
                     "lesson %s: %s joined from %d copies (%s packets each)",
@@ -275,6 +298,7 @@ def assemble(lesson_dir: Path) -> Path:
             schools=list(facts.schools),
             master=facts.master,
             date=facts.date,
+            visibility=facts.visibility,
         )
         stopped = [r.manifest.stopped for _, r in parts if r.manifest.stopped]
         Manifest(
@@ -296,6 +320,28 @@ def assemble(lesson_dir: Path) -> Path:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return final
+
+
+def _same_picture(copies: list[TrackCopy]) -> list[TrackCopy]:
+    """Copies of one camera that can be joined without re-encoding: those at the picture
+    size most of its bytes have (a browser that scaled its camera down for a while
+    leaves a stretch at another size, which is left out, not transcoded)."""
+    if copies[0].info.kind != "video":
+        return copies
+    weight: dict[tuple[int, int], int] = {}
+    for c in copies:
+        size = (c.info.width, c.info.height)
+        weight[size] = weight.get(size, 0) + (c.path.stat().st_size if c.path.exists() else 0)
+    best = max(weight, key=lambda k: weight[k])
+    kept = [c for c in copies if (c.info.width, c.info.height) == best]
+    if len(kept) < len(copies):
+        log.warning(
+            "track %s: %d stretch(es) at another picture size than %dx%d left out",
+            copies[0].info.id,
+            len(copies) - len(kept),
+            *best,
+        )
+    return kept
 
 
 def _joined_timeline(

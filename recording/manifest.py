@@ -65,6 +65,9 @@ class LessonMeta:
     schools: list[str] = field(default_factory=list)
     master: str = ""
     date: str = ""
+    # Who may watch the replay (recording/catalog.py VISIBILITIES); "" means the lesson's
+    # schools, or everyone when `public`.
+    visibility: str = ""
 
     def __post_init__(self) -> None:
         check_id(self.lesson, "lesson")
@@ -148,6 +151,7 @@ class Manifest:
                 schools=[str(x) for x in data.get("schools") or []],
                 master=str(data.get("master", "")),
                 date=str(data.get("date", "")),
+                visibility=str(data.get("visibility", "")),
             )
             tracks = [TrackInfo(**t) for t in data.get("tracks", [])]
             manifest = cls(

@@ -170,6 +170,7 @@ def build_replay(
             "teacher": m.meta.teacher,
             "title": m.meta.title or f"{m.meta.subject} {m.meta.grade}",
             "public": m.meta.public,
+            "visibility": m.meta.visibility or ("public" if m.meta.public else "schools"),
             "points": m.meta.points,
             "started_at": m.started_at,
             "date": m.meta.date or time.strftime("%Y-%m-%d", time.localtime(m.started_at)),

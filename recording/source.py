@@ -55,6 +55,24 @@ def open_recording(directory: Path) -> Recording:
     return Recording(directory=directory, manifest=manifest, timeline=timeline)
 
 
+def drop_unusable_tracks(directory: Path) -> list[str]:
+    """Leave out of the manifest the tracks whose file a crash left missing or empty (a
+    writer killed between starting a track and its first packet), so that one such
+    track does not cost the recording its other tracks. Returns what was left out."""
+    manifest = load_manifest(directory)
+    kept, dropped = [], []
+    for track in manifest.tracks:
+        try:
+            _check_track(directory, track)
+            kept.append(track)
+        except RecordingError as exc:
+            dropped.append(f"{track.id} ({exc.message})")
+    if dropped:
+        manifest.tracks = kept
+        manifest.save(directory)
+    return dropped
+
+
 def _check_track(directory: Path, track: TrackInfo) -> None:
     path = directory / track.file
     if not path.is_file():

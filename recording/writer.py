@@ -90,12 +90,26 @@ class TrackWriter:
         copy.time_base = packet.time_base or self._time_base
         copy.duration = packet.duration or 0
         copy.is_keyframe = packet.is_keyframe
+        return self._enqueue(copy)
+
+    def write_frame(self, data: bytes, pts: int, keyframe: bool) -> bool:
+        """Queue one frame's bytes at `pts` (in the track's time base); the caller gives
+        up `data`. For writers that build frames themselves (the server recorder)."""
+        if self.closed or self._recorder.stopped:
+            return False
+        packet = av.Packet(data)
+        packet.pts = packet.dts = pts
+        packet.time_base = self._time_base
+        packet.is_keyframe = keyframe
+        return self._enqueue(packet)
+
+    def _enqueue(self, copy: av.Packet) -> bool:
         if not self._first_seen:
             self._first_seen = True
-            pts_s = float(packet.pts * copy.time_base)
+            pts_s = float(copy.pts * copy.time_base)
             wall = self._wall_at_pts0 + pts_s if self._wall_at_pts0 is not None else time.time()
             self._recorder._first_packet(
-                self, int(packet.pts * copy.time_base / self._time_base), wall
+                self, int(copy.pts * copy.time_base / self._time_base), wall
             )
         rec = self._recorder
         if rec.wait_when_full and rec._queued_bytes > rec.max_queue_bytes:
@@ -118,6 +132,15 @@ class TrackWriter:
         if not self.closed:
             self.closed = True
             self._recorder._queue.put(_Item(self, None))
+
+    def correct_start(self, wall: float) -> None:
+        """The first packet was captured at `wall` (Unix seconds), better known now than
+        when it was written (the server learns a publisher's clock from its first sender
+        report, a second or so after its first packet)."""
+        rec = self._recorder
+        with rec._lock:
+            self.info.offset_s = round(wall - rec.manifest.started_at, 4)
+        rec._queue.put(None)  # save the manifest
 
     # --- writer thread side ---
 

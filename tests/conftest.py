@@ -17,7 +17,11 @@ _rooms = itertools.count(1)
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server_process(tmp_path_factory.mktemp("server-data"))
+    # The forwarding and signalling tests share this server for the whole session: it
+    # does not record (its rooms never end, so their recordings would be packaged in the
+    # background while other tests run). tests/recording/test_server_recorder.py starts
+    # recording servers of its own.
+    proc = start_server_process(tmp_path_factory.mktemp("server-data"), recording=False)
     yield proc
     proc.stop()
 

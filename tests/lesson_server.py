@@ -66,9 +66,17 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 
 
 def start_server_process(
-    data_dir: Path, *, port: int = 0, extra: list[str] | None = None, cpu: int | None = None
+    data_dir: Path,
+    *,
+    port: int = 0,
+    extra: list[str] | None = None,
+    cpu: int | None = None,
+    recording: bool = True,
 ) -> ServerProcess:
+    """`recording=False`: the server does not record its lessons (`server_recording`)."""
     env = {**os.environ, "TONGKE_SECRET": TEST_SECRET, "PYTHONPATH": str(ROOT)}
+    if not recording:
+        env["TONGKE_SERVER_RECORDING"] = "false"
     cmd = [
         sys.executable,
         "-m",

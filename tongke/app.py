@@ -34,6 +34,7 @@ def create_app(config: Config) -> web.Application:
     # to the others at import time.
     from media_server.http import setup as setup_media
     from recording.api import setup as setup_recording
+    from recording.api import setup_server_recorder
     from scheduler.api import DB as SCHEDULER_DB
     from scheduler.api import setup as setup_scheduler
     from tongke.lessons import lesson_facts_resolver, scheduled_lesson_resolver
@@ -75,6 +76,8 @@ def create_app(config: Config) -> web.Application:
     sfu = setup_media(app, ctx)
     setup_scheduler(app, ctx)
     setup_recording(app, ctx, lessons=lesson_facts_resolver(app[SCHEDULER_DB], sfu.rooms))
+    if config.server_recording:
+        setup_server_recorder(app, sfu.rooms)
     setup_accounts(app, ctx)
     sfu.rooms.resolvers.append(scheduled_lesson_resolver(app[SCHEDULER_DB]))
     if WEB_ROOT.is_dir():

@@ -30,6 +30,12 @@ class Config:
     # Replays: how long after the first classroom's copy arrives the archiver waits for
     # the other expected classrooms before packaging (a late copy repackages the lesson).
     replay_upload_wait_s: int = 120
+    # The server records every lesson room itself (media_server/recorder.py), so that
+    # browser publishers and a classroom whose agent failed are in the replay too.
+    server_recording: bool = True
+    # A room nobody has published in for this long hands its recording over as if the
+    # lesson had ended (for lessons nobody ends); recording resumes if someone publishes.
+    server_recording_idle_s: int = 300
     # ICE: host candidates on these addresses only (empty: every interface).
     ice_addresses: list[str] = field(default_factory=list)
     max_message_bytes: int = 256 * 1024

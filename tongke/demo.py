@@ -98,6 +98,12 @@ async def run_demo(args: argparse.Namespace) -> int:
             await stop.wait()
     finally:
         print("Stopping the demo...", flush=True)
+        # The teacher ends the lesson: the agents stop and upload their copies, and the
+        # server hands its own recording of the lesson to the archiver.
+        with contextlib.suppress(Exception):
+            await _end_lesson(
+                server.url, issue_token(secret, room=ROOM, classroom=MASTER[0], role=Role.MASTER)
+            )
         for _, proc in agents:
             if proc.returncode is None:
                 proc.terminate()
@@ -117,6 +123,17 @@ async def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _end_lesson(url: str, token: str) -> None:
+    from classroom_agent.client import LessonClient
+
+    console = LessonClient(url, ROOM, token)
+    await console.connect()
+    try:
+        await console.request({"type": "lesson_end"})
+    finally:
+        await console.close()
+
+
 async def _wait_for_replay(data_dir: Path, url: str, token: str, limit_s: float = 600) -> None:
     """The archiver packages the lesson once every classroom's copy is in: wait for it."""
     from recording.lesson import LessonRecord
@@ -128,7 +145,7 @@ async def _wait_for_replay(data_dir: Path, url: str, token: str, limit_s: float 
     while loop.time() < deadline:
         data = record.load() if record.exists() else {}
         if data.get("state") == "packaged" and data.get("packaged_parts") == len(data["parts"]):
-            print(f"\nThe replay is in the catalog:\n\n  {url}/replays?token={token}\n", flush=True)
+            print(f"\nThe replay is in the catalog:\n\n  {url}/replays#token={token}\n", flush=True)
             return
         await asyncio.sleep(1)
     print("The replay is not ready yet; it appears in the catalog when it is.", flush=True)

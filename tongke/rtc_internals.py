@@ -25,12 +25,15 @@ import asyncio
 import inspect
 import logging
 import random
+import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aioice.ice
 import aioice.stun
+import aiortc.codecs.h264
+import aiortc.codecs.vpx
 from aiortc import RTCDtlsTransport, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RtpRouter
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
@@ -85,6 +88,8 @@ _MODULE_ATTRS: list[tuple[Any, str]] = [
     (aioice.ice, "CONSENT_INTERVAL"),
     (aioice.ice, "candidate_foundation"),
     (aioice.ice, "candidate_priority"),
+    (aiortc.codecs.h264, "h264_depayload"),
+    (aiortc.codecs.vpx, "vp8_depayload"),
 ]
 
 
@@ -414,3 +419,24 @@ def hook_sender_rtcp(sender: RTCRtpSender, on_packet: Callable[[Any], None]) -> 
         await original(packet)
 
     sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+
+
+# -- depacketizing (the server recorder) -------------------------------------------------
+
+_DEPAYLOADERS: dict[str, Callable[[bytes], bytes]] = {
+    "h264": aiortc.codecs.h264.h264_depayload,
+    "vp8": aiortc.codecs.vpx.vp8_depayload,
+}
+
+
+def depayload(codec: str, payload: bytes) -> bytes:
+    """One RTP payload as codec bytes: H.264 single NAL, STAP-A or FU-A to Annex B (a
+    fragment that starts a NAL gets its start code and header), VP8 without its payload
+    descriptor; Opus (and anything else) as it is. Raises ValueError on a malformed one."""
+    depay = _DEPAYLOADERS.get(codec)
+    if depay is None:
+        return payload
+    try:
+        return depay(payload)
+    except (IndexError, struct.error) as exc:
+        raise ValueError(f"malformed {codec} payload: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +23,8 @@ pytestmark = pytest.mark.browser
 # Every media element that is on screen (or audible) at the current time.
 TIMES_JS = """() => {
   const s = window.replayPlayer;
-  const t = s.master.currentTime;
-  return s.elements.filter(e => t >= e.start + 0.2).map(e => e.el.currentTime);
+  const t = s.masterItem.source.lessonTime();
+  return s.elements.filter(e => t >= e.start + 0.2).map(e => e.source.lessonTime());
 }"""
 
 
@@ -70,7 +71,7 @@ async def test_catalog_to_player_plays_in_sync_and_seeks_to_a_chapter(
 ) -> None:
     page = await browser.new_page()
     student = token(Role.STUDENT, room="replays", classroom="s-yizhong")
-    await page.goto(str(server.make_url(f"/static/replay.html?token={student}")))
+    await page.goto(str(server.make_url(f"/static/replay.html#token={student}")))
     card = page.locator("a.card")
     await card.first.wait_for()
     # The thumbnail is a real picture.
@@ -94,20 +95,20 @@ async def test_catalog_to_player_plays_in_sync_and_seeks_to_a_chapter(
     await page.locator("h2", has_text="Chapters").wait_for()
     await page.locator("#chapters button").first.wait_for()
     await page.click("#play")
-    await poll(page, "() => window.replayPlayer.master.currentTime > 1.5", "playback")
+    await poll(page, "() => window.replayPlayer.masterItem.source.lessonTime() > 1.5", "playback")
     await assert_in_sync(page)
 
     await page.get_by_role("button", name="Question: 小河教学点").click()
     await poll(
         page,
-        "() => { const t = window.replayPlayer.master.currentTime; return t > 5.3 && t < 8 }",
+        "() => { const t = window.replayPlayer.masterItem.source.lessonTime(); return t > 5.3 && t < 8 }",
         "the chapter to play",
     )
     await assert_in_sync(page)
     # The called-on point's view is playing too, not stuck at its start.
     point_time = await page.evaluate(
         "() => window.replayPlayer.elements.find(e => e.view && "
-        "e.view.id === 'point-p-xiaohe').el.currentTime"
+        "e.view.id === 'point-p-xiaohe').source.lessonTime()"
     )
     assert point_time > 5.0
     # Choosing another main view keeps everything playing in sync.
@@ -127,10 +128,15 @@ async def test_speed_and_resume_where_the_student_stopped(
     await page.add_init_script(f"localStorage.setItem('tongke:resume:{LESSON}', '6.5')")
     await page.goto(str(server.make_url(f"/static/player.html?src={base}")))
     await page.locator("#message", has_text="从 0:06 继续播放").wait_for()
-    assert abs(await page.evaluate("() => window.replayPlayer.master.currentTime") - 6.5) < 0.3
+    assert (
+        abs(await page.evaluate("() => window.replayPlayer.masterItem.source.lessonTime()") - 6.5)
+        < 0.3
+    )
     await page.select_option("#speed", "2")
     await page.click("#play")
-    await poll(page, "() => window.replayPlayer.master.currentTime > 8", "playback at 2x")
+    await poll(
+        page, "() => window.replayPlayer.masterItem.source.lessonTime() > 8", "playback at 2x"
+    )
     assert await page.evaluate("() => window.replayPlayer.master.playbackRate") == 2
     # The position is remembered while playing, for the next visit.
     await poll(
@@ -162,7 +168,61 @@ async def test_slow_link_switches_to_the_low_rendition(
     await page.click("#play")
     await poll(page, "() => window.replayPlayer.mode === 'low'", "the switch to low", 60)
     await page.locator("#message", has_text="网络较慢").wait_for()
-    await poll(page, "() => window.replayPlayer.master.currentTime > 1.0", "low playback", 60)
+    await poll(
+        page, "() => window.replayPlayer.masterItem.source.lessonTime() > 1.0", "low playback", 60
+    )
+
+
+async def test_seeking_back_after_the_end_plays_again_through_hls_js(
+    browser: Browser, server: TestServer
+) -> None:
+    page = await browser.new_page()
+    base, _ = signed_base(SECRET, LESSON)
+    await page.add_init_script(f"localStorage.setItem('tongke:resume:{LESSON}', '7')")
+    await page.goto(str(server.make_url(f"/static/player.html?src={base}")))
+    await page.locator("#chapters button").first.wait_for()
+    # Chromium has no native HLS: every view is played by the vendored hls.js.
+    assert await page.evaluate(
+        "() => window.replayPlayer.elements.every(e => e.source.hls !== null)"
+    )
+    await page.select_option("#speed", "2")
+    await page.click("#play")
+    await poll(page, "() => window.replayPlayer.master.ended", "the end of the lesson", 30)
+    # Back to the first chapter: everything plays again (the hand-written MSE loader
+    # had ended its stream and stalled here for good).
+    await page.locator("#chapters button").first.click()
+    await poll(
+        page,
+        "() => { const t = window.replayPlayer.masterItem.source.lessonTime(); return t > 2 && t < 9 }",
+        "playback after seeking back",
+    )
+    await assert_in_sync(page, samples=4)
+
+
+async def test_the_teacher_opens_the_replay_to_the_county_from_the_catalog(
+    browser: Browser, server: TestServer, published_replay: Path
+) -> None:
+    entry_path = published_replay / "replays" / LESSON / "replay.json"
+    entry = json.loads(entry_path.read_text())
+    entry["master"] = "c-master"
+    entry_path.write_text(json.dumps(entry))
+    page = await browser.new_page()
+    teacher = token(Role.MASTER, room=LESSON, classroom="c-master")
+    await page.goto(str(server.make_url(f"/static/replay.html#token={teacher}")))
+    # The pass left the address bar at once.
+    await page.locator("a.card").first.wait_for()
+    assert "token" not in page.url
+    select = page.locator("select[name=visibility]")
+    assert await select.input_value() == "schools"
+    await select.select_option("county")
+    await page.locator("#message", has_text="全县学生可以看").wait_for()
+    assert json.loads(entry_path.read_text())["visibility"] == "county"
+    # A student of another school now finds it.
+    other = token(Role.STUDENT, room="replays", classroom="s-erzhong")
+    page2 = await browser.new_page()
+    await page2.goto(str(server.make_url(f"/static/replay.html#token={other}")))
+    await page2.locator("a.card").first.wait_for()
+    assert await page2.locator("select[name=visibility]").count() == 0
 
 
 async def test_expired_link_says_so(browser: Browser, server: TestServer) -> None:

@@ -1,5 +1,5 @@
 // Replay catalog: the lessons this student may watch, with search and filters.
-import { describe } from './hls-mse.js';
+import { describe } from './describe.js';
 import { applyStatic, currentLang, setLang, translator } from '../common/i18n.js';
 import { STRINGS } from './i18n.js';
 
@@ -13,10 +13,14 @@ document.getElementById('lang').onclick = () => {
 
 const $ = (id) => document.getElementById(id);
 const KEY = 'tongke:replay-token';
-const params = new URLSearchParams(location.search);
-if (params.get('token')) {
-  localStorage.setItem(KEY, params.get('token'));
-  history.replaceState(null, '', location.pathname);  // keep the token out of history
+// A school's link carries the pass after '#' (never sent to the server, so it is in no
+// log); old links had '?token='. Either way it is kept on this device and taken out of
+// the address bar and the history at once.
+const given = new URLSearchParams(location.hash.slice(1)).get('token')
+  || new URLSearchParams(location.search).get('token');
+if (given) {
+  localStorage.setItem(KEY, given);
+  history.replaceState(null, '', location.pathname);
 }
 let token = localStorage.getItem(KEY);
 let facetsFilled = false;
@@ -64,7 +68,30 @@ function card(r) {
     t('chaptersCount', { n: r.chapters }) + (r.public ? ` · ${t('public')}` : '');
   body.append(title, meta, meta2);
   a.append(img, body);
-  return a;
+  if (!r.may_set_visibility) return a;
+  // The lesson's teacher (or an admin) decides who may watch it.
+  const wrap = document.createElement('div');
+  wrap.className = 'cardwrap';
+  const label = document.createElement('label');
+  label.className = 'visibility';
+  label.textContent = t('whoMayWatch') + ' ';
+  const select = document.createElement('select');
+  select.name = 'visibility';
+  for (const v of ['schools', 'county', 'public']) select.append(new Option(t(`visibility_${v}`), v));
+  select.value = r.visibility;
+  select.onchange = async () => {
+    const res = await fetch(`/api/replays/${encodeURIComponent(r.lesson)}/visibility`, {
+      method: 'PUT',
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ visibility: select.value }),
+    });
+    if (res.ok) message(t('visibilitySaved', { title: r.title, who: t(`visibility_${select.value}`) }));
+    else { message(await describe(res), true); select.value = r.visibility; return; }
+    r.visibility = select.value;
+  };
+  label.append(select);
+  wrap.append(a, label);
+  return wrap;
 }
 
 async function search() {
@@ -73,7 +100,9 @@ async function search() {
   for (const [k, v] of new FormData($('filters'))) if (v) query.set(k, v);
   let res;
   try {
-    res = await fetch(`/api/replays?${query}`, { headers: { Authorization: `Bearer ${token}` } });
+    // Without a pass: the public lessons only.
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    res = await fetch(`/api/replays?${query}`, { headers });
   } catch (err) {
     show($('loading'), false);
     message(t('cannotReach', { reason: err.message }), true);
@@ -92,7 +121,8 @@ async function search() {
   message('');
   fillFacets(body.facets);
   show($('filters'));
-  show($('signout'));
+  show($('signout'), !!token);
+  show($('signin'), !token);
   $('count').textContent = body.count ? t('count', { n: body.count }) : t('noMatch');
   $('results').replaceChildren(...body.replays.map(card));
 }
@@ -118,4 +148,4 @@ let pending;
 $('filters').addEventListener('input', () => { clearTimeout(pending); pending = setTimeout(search, 250); });
 $('filters').addEventListener('submit', (ev) => { ev.preventDefault(); search(); });
 
-if (token) search(); else signin();
+search();

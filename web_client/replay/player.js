@@ -1,6 +1,7 @@
 // Replay player: every view in sync (one main, the others picture-in-picture), chapters,
 // speed, resume where the student stopped, and the low rendition on a slow link.
-import { HlsSource, describe } from './hls-mse.js';
+import { describe } from './describe.js';
+import { HlsSource } from './hls-source.js';
 import { applyStatic, currentLang, setLang, translator } from '../common/i18n.js';
 import { STRINGS } from './i18n.js';
 
@@ -20,8 +21,9 @@ const state = {
   mode: null,          // views | program | low | audio
   choice: params.get('mode') || 'auto',
   mainView: null,
-  elements: [],        // [{el, source, start}]
-  master: null,
+  elements: [],        // [{el, source, start, view}]; source.lessonTime() is where el is
+  master: null,        // the element that leads (the sound, or the only picture)
+  masterItem: null,
   wantPlay: false,
   rate: 1,
   throughput: null,    // bits per second, smoothed
@@ -53,7 +55,7 @@ function message(text, { error = false, actions = [] } = {}) {
 const resumeKey = () => `tongke:resume:${state.entry.lesson}`;
 const videoViews = () => state.entry.views.filter((v) => v.kind === 'video');
 const audioView = () => state.entry.views.find((v) => v.kind === 'audio');
-const now = () => (state.master ? state.master.currentTime : 0);
+const now = () => (state.masterItem ? state.masterItem.source.lessonTime() : 0);
 
 function neededBps(mode) {
   const e = state.entry;
@@ -125,12 +127,13 @@ async function setMode(mode, at = null) {
   const t = at ?? now();
   const e = state.entry;
   teardown();
+  state.masterItem = null;
   state.mode = mode;
   state.samples = 0;
   state.throughput = null;
   const opts = (start) => ({ start, onThroughput, onError });
-  const add = (el, url, mime, start, view = null) => {
-    const source = new HlsSource(el, base + url, mime, opts(start));
+  const add = (el, url, start, view = null) => {
+    const source = new HlsSource(el, base + url, opts(start));
     state.elements.push({ el, source, start, view });
   };
   $('audio-only').classList.toggle('hidden', mode !== 'audio');
@@ -141,28 +144,27 @@ async function setMode(mode, at = null) {
       state.mainView = (videos.find((v) => v.source === 'courseware') || videos[0]).id;
     }
     const a = audioView();
-    if (a) add($('audio'), a.playlist, `audio/mp4; codecs="${a.codecs}"`, a.start_s);
-    for (const v of videos) {
-      add(makeVideo('pip'), v.playlist, `video/mp4; codecs="${v.codecs}"`, v.start_s, v);
-    }
+    if (a) add($('audio'), a.playlist, a.start_s);
+    for (const v of videos) add(makeVideo('pip'), v.playlist, v.start_s, v);
   } else if (mode === 'audio') {
-    add($('audio'), e.audio.playlist, `audio/mp4; codecs="${e.audio.codecs}"`, 0);
+    add($('audio'), e.audio.playlist, 0);
   } else {
     const r = e[mode];
     const el = makeVideo('main');
     el.muted = false;
-    add(el, r.playlist, `video/mp4; codecs="${r.codecs}"`, r.start_s);
+    add(el, r.playlist, r.start_s);
   }
-  state.master = state.elements[0].el;
+  state.masterItem = state.elements[0];
+  state.master = state.masterItem.el;
   layoutViews();
   try {
     await Promise.all(state.elements.map((i) => i.source.open()));
   } catch (err) {
     onError(t('cannotPlay', { reason: err.message }));
   }
-  for (const { el, start } of state.elements) {
+  for (const { el, source, start } of state.elements) {
     el.playbackRate = state.rate;
-    el.currentTime = Math.max(t, start);
+    source.seekLesson(Math.max(t, start));
   }
   state.switching = false;
   if (state.wantPlay) playAll();
@@ -180,7 +182,7 @@ function pauseAll() {
 
 function seekTo(t) {
   t = Math.min(Math.max(0, t), state.entry.duration_s - 0.1);
-  for (const { el, start } of state.elements) el.currentTime = Math.max(t, start);
+  for (const { source, start } of state.elements) source.seekLesson(Math.max(t, start));
 }
 
 // Keep the views together: the master (the audio, or the only element) leads; the others
@@ -189,7 +191,7 @@ function seekTo(t) {
 function tick() {
   const m = state.master;
   if (!m || state.switching) return;
-  const t = m.currentTime;
+  const t = now();
   const active = state.elements.filter(({ start }) => t >= start - 0.05);
   const starving = active.some(({ el }) => el.readyState < 3 && !el.ended);
   $('buffering').classList.toggle('hidden', !(starving && state.wantPlay) && m.readyState >= 2);
@@ -203,15 +205,15 @@ function tick() {
     state.stalledSince = null;
   }
   for (const item of state.elements) {
-    const { el, start } = item;
+    const { el, source, start } = item;
     if (el === m) continue;
     if (t < start - 0.05) {
       if (!el.paused) el.pause();
       continue;
     }
-    const d = el.currentTime - t;
+    const d = source.lessonTime() - t;
     if (Math.abs(d) > 0.4) {
-      el.currentTime = t;
+      source.seekLesson(t);
     } else if (Math.abs(d) > 0.02) {
       // Proportional: a view 0.1 s off runs at 80% or 120% and is back within about half
       // a second (a fixed small nudge took seconds on a busy machine); followers are
