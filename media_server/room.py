@@ -122,12 +122,17 @@ class Room:
 class Rooms:
     """Open rooms, persisted so that a restarted server still knows today's lessons."""
 
-    def __init__(self, state_file: Path | None = None) -> None:
+    def __init__(self, state_file: Path | None = None, *, timeline_dir: Path | None = None) -> None:
         self._state_file = state_file
-        self._timeline_dir = state_file.parent / "timelines" if state_file is not None else None
+        if timeline_dir is None and state_file is not None:
+            timeline_dir = state_file.parent / "timelines"
+        self._timeline_dir = timeline_dir
         self.rooms: dict[str, Room] = {}
         # Other packages (the scheduler) can tell us about lessons we were not told of.
         self.resolvers: list[Callable[[str], LessonInfo | None]] = []
+        # Told of every room opened and closed here (tongke/cluster shares room facts).
+        self.on_opened: list[Callable[[LessonInfo], None]] = []
+        self.on_closed: list[Callable[[str], None]] = []
         if state_file is not None and state_file.exists():
             for raw in json.loads(state_file.read_text()):
                 info = LessonInfo(**raw)
@@ -147,6 +152,8 @@ class Rooms:
         if room is None:
             room = self.rooms[info.room] = Room(info, timeline_dir=self._timeline_dir)
             self._save()
+            for opened in self.on_opened:
+                opened(info)
         return room
 
     async def close(self, room_id: str) -> bool:
@@ -155,6 +162,8 @@ class Rooms:
             return False
         self._save()
         await room.close()
+        for closed in self.on_closed:
+            closed(room_id)
         return True
 
     async def close_all(self) -> None:

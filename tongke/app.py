@@ -36,6 +36,7 @@ def create_app(config: Config) -> web.Application:
     from recording.api import setup as setup_recording
     from scheduler.api import DB as SCHEDULER_DB
     from scheduler.api import setup as setup_scheduler
+    from tongke.cluster.front import setup_routes as setup_cluster_routes
     from tongke.lessons import lesson_facts_resolver, scheduled_lesson_resolver
     from tongke.session_auth import setup as setup_accounts
 
@@ -77,6 +78,7 @@ def create_app(config: Config) -> web.Application:
     setup_recording(app, ctx, lessons=lesson_facts_resolver(app[SCHEDULER_DB], sfu.rooms))
     setup_accounts(app, ctx)
     sfu.rooms.resolvers.append(scheduled_lesson_resolver(app[SCHEDULER_DB]))
+    setup_cluster_routes(app)
     if WEB_ROOT.is_dir():
         app.router.add_static("/static/", WEB_ROOT, show_index=False)
     return app

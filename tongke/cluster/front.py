@@ -1,0 +1,331 @@
+"""The front: pages and APIs here, each room's signalling proxied to its media node.
+
+A participant's first `join` names the room; the front places the room (or finds where
+it is), hands that node the lesson's facts, and from then on pipes the socket both ways.
+Everything before the join is answered here exactly as a node would (same Session code),
+so a client cannot tell a front from a single-process server. When the node goes away,
+the client's socket closes with 1012 (service restart) and the client's reconnection
+lands on the room's new node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from dataclasses import asdict
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from aiohttp.typedefs import Handler
+
+from media_server.http import ROOM_RE, SFU
+from media_server.room import LessonInfo, Rooms
+from media_server.sfu import Sfu
+from media_server.signalling import Session
+from tongke.audit import AUDIT
+from tongke.cluster.auth import client_headers, internal_headers
+from tongke.cluster.nodes import NodeInfo
+from tongke.cluster.placement import Placement
+from tongke.cluster.registry import Registry, RegistryUnavailable
+from tongke.ratelimit import RATE_LIMITS
+from tongke.tokens import Role, TokenError, verify_token
+
+log = logging.getLogger(__name__)
+
+# Close code when the node behind a socket went away: "service restart, come back".
+NODE_LOST = 1012
+TRY_AGAIN = 1013
+ROOM_PATH = re.compile(r"^/api/rooms/(?P<room>[^/]+)(?P<rest>/attendance)?$")
+CONNECT_TRIES = 3
+
+
+class _Join(Exception):
+    def __init__(self, room: str) -> None:
+        self.room = room
+
+
+class _PreJoin(Session):
+    """A Session whose join is not handled here but handed to the room's node."""
+
+    async def on_join(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        room = message.get("room")
+        if not isinstance(room, str) or not room:
+            return await super().on_join(message)  # the same error a node sends
+        raise _Join(room)
+
+
+class Front:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        secret: str,
+        placement: Placement,
+        registry: Registry | None = None,
+    ) -> None:
+        self.secret = secret
+        self.sfu: Sfu = app[SFU]
+        self.rooms: Rooms = self.sfu.rooms
+        self.placement = placement
+        self.registry = registry
+        self.client: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        if registry is not None:
+            self.rooms.on_opened.append(self._share_facts)
+
+    async def start(self) -> None:
+        self.client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0, connect=1.0))
+        if self.registry is not None:
+            # Rooms this front opened before (rooms.json) are known to the whole service.
+            for room in list(self.rooms.rooms.values()):
+                self._share_facts(room.info)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self.client is not None:
+            await self.client.close()
+
+    def _share_facts(self, info: LessonInfo) -> None:
+        assert self.registry is not None
+        registry = self.registry
+
+        async def put() -> None:
+            with contextlib.suppress(RegistryUnavailable):
+                await registry.put_facts(info)
+
+        self._spawn(put())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def facts(self, room: str) -> LessonInfo | None:
+        local = self.rooms.get(room)  # this host's rooms.json and the scheduler
+        if local is not None:
+            return local.info
+        if self.registry is None:
+            return None
+        try:
+            info = await self.registry.facts(room)
+        except RegistryUnavailable:
+            return None
+        if info is not None:
+            self.rooms.open(info)
+        return info
+
+    async def _open_on(self, node: NodeInfo, info: LessonInfo) -> None:
+        assert self.client is not None
+        async with self.client.post(
+            node.url + "/_cluster/rooms",
+            json=asdict(info),
+            headers=internal_headers(self.secret),
+        ) as resp:
+            if resp.status != 200:
+                raise aiohttp.ClientResponseError(
+                    resp.request_info, (), status=resp.status, message=await resp.text()
+                )
+
+    async def connect(
+        self, room: str, remote: str | None
+    ) -> tuple[aiohttp.ClientWebSocketResponse, NodeInfo] | None:
+        """A socket to the node hosting `room`, placing or re-placing the room as needed."""
+        assert self.client is not None
+        info = await self.facts(room)
+        for _ in range(CONNECT_TRIES):
+            route = await self.placement.route(room)
+            if route is None:
+                log.error("no live media node to place room %s on", room)
+                return None
+            node = route.node
+            try:
+                if info is not None:
+                    await self._open_on(node, info)
+                ws = await self.client.ws_connect(
+                    node.url + "/_cluster/ws",
+                    headers=client_headers(self.secret, remote),
+                    heartbeat=10.0,
+                    max_msg_size=self.sfu.max_message_bytes * 4,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                )
+                return ws, node
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "media node %s (%s) unreachable for room %s: %s; placing the room elsewhere",
+                    node.id,
+                    node.url,
+                    room,
+                    exc or type(exc).__name__,
+                )
+                await self.placement.failed(room, node)
+        return None
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=self.sfu.max_message_bytes * 4)
+        await ws.prepare(request)
+        session = _PreJoin(
+            ws,
+            self.sfu,
+            remote=request.remote,
+            limits=request.app.get(RATE_LIMITS),
+            audit=request.app.get(AUDIT),
+        )
+        upstream: aiohttp.ClientWebSocketResponse | None = None
+        pump: asyncio.Task[None] | None = None
+        try:
+            async for msg in ws:
+                if upstream is not None:
+                    if msg.type == WSMsgType.TEXT:
+                        await upstream.send_str(msg.data)
+                    elif msg.type == WSMsgType.BINARY:
+                        await upstream.send_bytes(msg.data)
+                    elif msg.type == WSMsgType.ERROR:
+                        break
+                    continue
+                if msg.type == WSMsgType.TEXT:
+                    try:
+                        await session.handle_text(msg.data)
+                    except _Join as join:
+                        connected = await self.connect(join.room, request.remote)
+                        if connected is None:
+                            await session.error(
+                                "unavailable", "no media server can take this lesson right now"
+                            )
+                            await ws.close(code=TRY_AGAIN, message=b"unavailable")
+                            break
+                        upstream, node = connected
+                        await upstream.send_str(msg.data)
+                        pump = asyncio.ensure_future(self._pump(upstream, ws, join.room, node))
+                elif msg.type == WSMsgType.BINARY:
+                    await session.error("bad_json", "send JSON text frames, not binary")
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            log.info("signalling proxy ended: %s", exc)
+        finally:
+            if upstream is not None:
+                await upstream.close()
+            if pump is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _pump(
+        self,
+        upstream: aiohttp.ClientWebSocketResponse,
+        ws: web.WebSocketResponse,
+        room: str,
+        node: NodeInfo,
+    ) -> None:
+        reason = b""
+        try:
+            while True:
+                msg = await upstream.receive()
+                if msg.type == WSMsgType.TEXT:
+                    await ws.send_str(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await ws.send_bytes(msg.data)
+                elif msg.type == WSMsgType.CLOSE:
+                    reason = str(msg.extra or "").encode()[:120]
+                    break
+                else:  # CLOSING, CLOSED, ERROR
+                    break
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("signalling proxy to the client ended: %s", exc)
+        if ws.closed:
+            return
+        code = upstream.close_code
+        if code is None or code in (1006, 1011, NODE_LOST):
+            # The node died or dropped the room: come back, the room is re-placed.
+            log.warning(
+                "media node %s lost a participant of room %s (close %s)", node.id, room, code
+            )
+            await ws.close(code=NODE_LOST, message=b"node_lost")
+        else:
+            await ws.close(code=code, message=reason)
+
+    async def proxy_get(self, request: web.Request, room: str) -> web.StreamResponse | None:
+        """A room-scoped GET answered by the room's node (participants, attendance)."""
+        assert self.client is not None
+        node = await self.placement.owner(room)
+        if node is None:
+            return None
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+        headers.update(client_headers(self.secret, request.remote))
+        try:
+            async with self.client.get(node.url + request.path_qs, headers=headers) as resp:
+                body = await resp.read()
+                return web.Response(body=body, status=resp.status, content_type=resp.content_type)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("media node %s unreachable for %s: %s", node.id, request.path, exc)
+            return None
+
+    async def room_closed(self, room: str) -> None:
+        node = await self.placement.closed(room)
+        if node is None or self.client is None:
+            return
+        try:
+            async with self.client.delete(
+                f"{node.url}/_cluster/rooms/{room}", headers=internal_headers(self.secret)
+            ):
+                pass
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("could not tell media node %s that room %s closed: %s", node.id, room, exc)
+
+    async def describe(self) -> dict[str, Any]:
+        return {"mode": "cluster", **(await self.placement.describe())}
+
+
+def _bearer(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else None
+
+
+FRONT = web.AppKey("cluster_front", Front)
+
+
+@web.middleware
+async def front_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    front = request.app.get(FRONT)
+    if front is None:
+        return await handler(request)
+    if request.path == "/ws" and request.method == "GET":
+        return await front.websocket(request)
+    match = ROOM_PATH.match(request.path)
+    if match is None or not ROOM_RE.match(match["room"]):
+        return await handler(request)
+    room = match["room"]
+    if request.method == "GET":
+        response = await front.proxy_get(request, room)
+        return response if response is not None else await handler(request)
+    response = await handler(request)
+    if request.method == "DELETE" and match["rest"] is None and response.status == 200:
+        await front.room_closed(room)
+    return response
+
+
+def setup_routes(app: web.Application) -> None:
+    """`GET /api/cluster` (admin): nodes, their load, where each room is."""
+
+    async def cluster(request: web.Request) -> web.Response:
+        try:
+            verify_token(
+                request.app[SFU].secret, _bearer(request), room="*", roles=frozenset({Role.ADMIN})
+            )
+        except TokenError as exc:
+            status = 401 if exc.code in ("token_missing", "token_invalid", "token_expired") else 403
+            return web.json_response(
+                {"error": {"code": exc.code, "message": exc.message}}, status=status
+            )
+        front = request.app.get(FRONT)
+        if front is None:
+            return web.json_response({"mode": "single", "nodes": [], "rooms": {}})
+        return web.json_response(await front.describe())
+
+    app.router.add_get("/api/cluster", cluster)
