@@ -203,6 +203,13 @@ async def test_a_node_killed_mid_lesson_moves_its_room_and_redis_may_restart(
         master = ClassroomAgent(master_cfg, record=False)
         async with running(master), running(point):
             await wait_for(lambda: camera_of(reports) > 15, 40, "the point to see the lesson")
+            # Host 2's front knows the lesson opened on host 1: it mints its tokens.
+            assert "token" in nodes[1].api(
+                "POST", f"/api/rooms/{room}/tokens", {"role": "observer"}
+            )
+            assert master._client is not None
+            await master._client.request({"type": "lesson_start"})
+            assert nodes[1].api("GET", f"/api/rooms/{room}/attendance")["phase"] == "live"
             cluster = nodes[1].api("GET", "/api/cluster")
             owner = cluster["rooms"][room]
             assert {n["id"] for n in cluster["nodes"]} == {"host1", "host2"}
@@ -241,6 +248,9 @@ async def test_a_node_killed_mid_lesson_moves_its_room_and_redis_may_restart(
             )
             recovered = time.monotonic() - killed
             assert survivor.api("GET", "/api/cluster")["rooms"][room] != owner
+            # The lesson goes on where it was: live, with both classrooms present.
+            report = survivor.api("GET", f"/api/rooms/{room}/attendance")
+            assert report["phase"] == "live"
             assert recovered < 15, recovered
     finally:
         use_host_addresses(["127.0.0.1"])

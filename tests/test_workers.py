@@ -77,6 +77,13 @@ async def test_rooms_are_spread_over_workers_and_reached_through_the_front(
             server.api("GET", "/api/cluster")["rooms"]["lesson-a"] == cluster["rooms"]["lesson-a"]
         )
         assert len(server.api("GET", "/api/rooms/lesson-a")["participants"]) == 2
+        # The front's lists and statistics add up its workers'.
+        listed = {r["room"]: r["participants"] for r in server.api("GET", "/api/rooms")}
+        assert listed == {"lesson-a": 2, "lesson-b": 1}
+        stats = server.stats()
+        assert stats["sessions"] == 3 + 0 and len(stats["nodes"]) == 2
+        assert set(stats["rooms"]) >= {"lesson-a", "lesson-b"}
+        assert stats["decoders"] == 0 and stats["encoders"] == 0
         # Before the join the front answers like a node; a bad token is refused as before.
         with_bad_token = LessonClient(server.url, "lesson-a", "not-a-token")
         try:

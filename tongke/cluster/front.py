@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -64,15 +66,23 @@ class Front:
         *,
         secret: str,
         placement: Placement,
+        local: Callable[[], list[NodeInfo]],
         registry: Registry | None = None,
+        own_node: str | None = None,
     ) -> None:
         self.secret = secret
+        # With --workers 1 and Redis this process is a node too: its rooms are served here.
+        self.own_node = own_node
+        # This host's media nodes: what /api/stats and /api/rooms add up.
+        self.local = local
         self.sfu: Sfu = app[SFU]
         self.rooms: Rooms = self.sfu.rooms
         self.placement = placement
         self.registry = registry
         self.client: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Rooms being opened because another front said so: not announced back.
+        self._from_cluster: set[str] = set()
         if registry is not None:
             self.rooms.on_opened.append(self._share_facts)
 
@@ -82,6 +92,24 @@ class Front:
             # Rooms this front opened before (rooms.json) are known to the whole service.
             for room in list(self.rooms.rooms.values()):
                 self._share_facts(room.info)
+            self._spawn(self.registry.listen(self._on_event))
+
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        """Every host keeps every lesson's facts (tokens, lists, facts for recordings)."""
+        room = event.get("room")
+        if not isinstance(room, str) or not ROOM_RE.match(room) or self.registry is None:
+            return
+        if event["type"] == "room_opened" and room not in self.rooms.rooms:
+            with contextlib.suppress(RegistryUnavailable):
+                info = await self.registry.facts(room)
+                if info is not None and info.room == room:
+                    self._from_cluster.add(room)
+                    try:
+                        self.rooms.open(info)
+                    finally:
+                        self._from_cluster.discard(room)
+        elif event["type"] == "room_closed" and room in self.rooms.rooms:
+            await self.rooms.close(room)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -92,6 +120,8 @@ class Front:
     def _share_facts(self, info: LessonInfo) -> None:
         assert self.registry is not None
         registry = self.registry
+        if info.room in self._from_cluster:
+            return
 
         async def put() -> None:
             with contextlib.suppress(RegistryUnavailable):
@@ -254,7 +284,7 @@ class Front:
         """A room-scoped GET answered by the room's node (participants, attendance)."""
         assert self.client is not None
         node = await self.placement.owner(room)
-        if node is None:
+        if node is None or node.id == self.own_node:
             return None
         headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
         headers.update(client_headers(self.secret, request.remote))
@@ -265,6 +295,63 @@ class Front:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("media node %s unreachable for %s: %s", node.id, request.path, exc)
             return None
+
+    async def _from_nodes(self, request: web.Request) -> list[Any] | web.Response:
+        """The same admin GET answered by each of this host's nodes (or the first refusal)."""
+        assert self.client is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+        answers = []
+        for node in self.local():
+            try:
+                async with self.client.get(node.url + request.path, headers=headers) as resp:
+                    if resp.status != 200:
+                        return web.Response(
+                            body=await resp.read(),
+                            status=resp.status,
+                            content_type=resp.content_type,
+                        )
+                    answers.append(await resp.json())
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                log.warning("media node %s did not answer %s: %s", node.id, request.path, exc)
+        return answers
+
+    async def stats(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """/api/stats of the front plus every node of this host, added up."""
+        own = await handler(request)
+        if own.status != 200 or not isinstance(own, web.Response) or own.body is None:
+            return own
+        answers = await self._from_nodes(request)
+        if isinstance(answers, web.Response):
+            return answers
+        merged = merge_stats([json.loads(bytes(own.body)), *answers])  # type: ignore[arg-type]
+        merged["nodes"] = [
+            {
+                "id": n.id,
+                "url": n.url,
+                "pid": n.pid,
+                "rooms": n.rooms,
+                "participants": n.participants,
+            }
+            for n in self.local()
+        ]
+        return web.json_response(merged)
+
+    async def list_rooms(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """/api/rooms with each room's participants counted where they are."""
+        own = await handler(request)
+        if own.status != 200 or not isinstance(own, web.Response) or own.body is None:
+            return own
+        answers = await self._from_nodes(request)
+        if isinstance(answers, web.Response):
+            return answers
+        counts: dict[str, int] = {}
+        for answer in answers:
+            for room in answer:
+                counts[room["room"]] = counts.get(room["room"], 0) + int(room["participants"])
+        rooms = json.loads(bytes(own.body))  # type: ignore[arg-type]
+        for room in rooms:
+            room["participants"] = counts.get(room["room"], room["participants"])
+        return web.json_response(rooms)
 
     async def room_closed(self, room: str) -> None:
         node = await self.placement.closed(room)
@@ -297,6 +384,10 @@ async def front_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     if request.path == "/ws" and request.method == "GET":
         return await front.websocket(request)
+    if request.path == "/api/stats" and request.method == "GET":
+        return await front.stats(request, handler)
+    if request.path == "/api/rooms" and request.method == "GET":
+        return await front.list_rooms(request, handler)
     match = ROOM_PATH.match(request.path)
     if match is None or not ROOM_RE.match(match["room"]):
         return await handler(request)
@@ -329,3 +420,28 @@ def setup_routes(app: web.Application) -> None:
         return web.json_response(await front.describe())
 
     app.router.add_get("/api/cluster", cluster)
+
+
+def merge_stats(parts: list[Any]) -> Any:
+    """Add up /api/stats answers: counts summed, rooms united, latencies the worst."""
+    first = parts[0]
+    if isinstance(first, bool) or first is None or isinstance(first, str):
+        return first
+    if isinstance(first, int | float):
+        return sum(p for p in parts if isinstance(p, int | float) and not isinstance(p, bool))
+    if isinstance(first, list):
+        return [item for p in parts if isinstance(p, list) for item in p]
+    if isinstance(first, dict):
+        keys = {k for p in parts if isinstance(p, dict) for k in p}
+        merged = {}
+        for key in keys:
+            values = [p[key] for p in parts if isinstance(p, dict) and key in p]
+            if key == "latency_ms":
+                merged[key] = {
+                    q: max((v.get(q) or 0 for v in values if isinstance(v, dict)), default=None)
+                    for q in ("p50", "p99")
+                }
+            else:
+                merged[key] = merge_stats(values)
+        return merged
+    return first

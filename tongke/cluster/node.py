@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import uuid
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from media_server.classroom import Classroom, Phase
 from media_server.room import LessonInfo, Rooms
 from media_server.sfu import Sfu
 from media_server.signalling import websocket_handler
@@ -40,6 +42,7 @@ from tongke.untrusted import json_body_guard
 
 log = logging.getLogger(__name__)
 
+PHASE_EVENTS = ("lesson_started", "lesson_ended")
 # Close code for participants of a room that moved to another node: reconnect at once.
 ROOM_MOVED = 1012
 
@@ -67,6 +70,8 @@ class MediaNode:
         self.sfu = sfu
         self.registry = registry
         self.registered = False
+        # Rooms whose phase changes we share through Redis.
+        self._sharing: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     def snapshot(self) -> NodeInfo:
@@ -79,8 +84,27 @@ class MediaNode:
         """Rooms with someone in them: the ones this node must keep placed on itself."""
         return [r.id for r in self.sfu.rooms.rooms.values() if r.participants]
 
-    def open(self, info: LessonInfo) -> None:
-        self.sfu.rooms.open(info)
+    async def open(self, info: LessonInfo) -> None:
+        """Host a lesson; its phase comes from the timeline here, or from Redis."""
+        room = self.sfu.rooms.open(info)
+        if self.registry is None:
+            return
+        registry = self.registry
+        if room.id not in self._sharing:
+            self._sharing.add(room.id)
+
+            def share_phase(kind: str, fields: dict[str, Any]) -> None:
+                if kind in PHASE_EVENTS:
+                    task = asyncio.ensure_future(registry.put_phase(room.id, kind, fields["wall"]))
+                    task.add_done_callback(_logged)
+
+            room.classroom.listeners.append(share_phase)
+        if not room.participants:
+            # Taken over from a node that died (maybe on another host): as it was there.
+            with contextlib.suppress(RegistryUnavailable):
+                phase = await registry.phase(room.id)
+                if phase is not None:
+                    restore_phase(room.classroom, *phase)
 
     async def evict(self, room_id: str, reason: str) -> bool:
         """Close a room here; its participants' sockets close so they reconnect elsewhere."""
@@ -91,6 +115,7 @@ class MediaNode:
             if session.room is not None and session.room.id == room_id:
                 await session.ws.close(code=ROOM_MOVED, message=reason.encode()[:120])
         await self.sfu.rooms.close(room_id)
+        self._sharing.discard(room_id)
         return True
 
     # -- with Redis ---------------------------------------------------------------------
@@ -133,6 +158,11 @@ class MediaNode:
             return
         live: set[str] | None = None
         for room_id in self.hosted():
+            classroom = self.sfu.rooms.rooms[room_id].classroom
+            if classroom.phase is not Phase.WAITING:
+                kind = "lesson_started" if classroom.phase is Phase.LIVE else "lesson_ended"
+                wall = classroom.started_at if classroom.phase is Phase.LIVE else classroom.ended_at
+                await self.registry.keep_phase(room_id, kind, wall or time.time())
             owner = await self.registry.claim(room_id, self.info.id)
             if owner == self.info.id:
                 continue
@@ -156,6 +186,20 @@ class MediaNode:
 NODE = web.AppKey("cluster_node", MediaNode)
 
 
+def restore_phase(classroom: Classroom, kind: str, wall: float) -> None:
+    """A lesson taken over from another host is live (or over) as it was there."""
+    if kind == "lesson_started" and classroom.phase is Phase.WAITING:
+        classroom.phase, classroom.started_at = Phase.LIVE, wall
+    elif kind == "lesson_ended" and classroom.phase is not Phase.ENDED:
+        classroom.phase, classroom.ended_at = Phase.ENDED, wall
+
+
+def _logged(task: asyncio.Task[None]) -> None:
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None:
+        log.warning("lesson phase not shared with the cluster: %s", exc)
+
+
 def setup_node_routes(app: web.Application, node: MediaNode, secret: str) -> None:
     """The routes a front uses: the raw signalling socket and the internal room calls."""
     app[NODE] = node
@@ -175,7 +219,7 @@ def setup_node_routes(app: web.Application, node: MediaNode, secret: str) -> Non
             return web.json_response(
                 {"error": {"code": "bad_request", "message": f"lesson facts: {exc}"}}, status=400
             )
-        node.open(info)
+        await node.open(info)
         return web.json_response({"room": info.room, "node": node.info.id})
 
     async def close_room(request: web.Request) -> web.Response:

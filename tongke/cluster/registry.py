@@ -22,7 +22,10 @@ from dataclasses import asdict, fields
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from media_server.room import LessonInfo
 from tongke.cluster.nodes import BadNode, NodeInfo
@@ -117,8 +120,14 @@ class Registry:
         self.prefix = prefix
         self.ttl_s = ttl_s
         # Short timeouts: a Redis that does not answer must not hold up a join for long.
+        # One quick retry: after Redis restarts, each pooled connection fails once.
         self.redis = aioredis.from_url(
-            url, decode_responses=True, socket_timeout=1.0, socket_connect_timeout=1.0
+            url,
+            decode_responses=True,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+            retry_on_error=[RedisConnectionError],
         )
         self.outage = Outage(f"Redis at {_safe_url(url)}")
         self._claim = self.redis.register_script(_CLAIM)
@@ -277,10 +286,37 @@ class Registry:
             log.error("lesson %r: unreadable facts in Redis ignored (%s)", room, exc)
             return None
 
+    async def put_phase(self, room: str, kind: str, wall: float) -> None:
+        """The lesson's last phase event, for a node on another host that takes it over."""
+        await self._call(
+            self.redis.hset(self.key("phase"), room, json.dumps({"kind": kind, "wall": wall}))
+        )
+
+    async def keep_phase(self, room: str, kind: str, wall: float) -> None:
+        """Heartbeat: put the phase back if Redis lost it (restarted empty)."""
+        await self._call(
+            self.redis.hsetnx(self.key("phase"), room, json.dumps({"kind": kind, "wall": wall}))
+        )
+
+    async def phase(self, room: str) -> tuple[str, float] | None:
+        raw = await self._call(self.redis.hget(self.key("phase"), room))
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            kind, wall = data["kind"], data["wall"]
+            if kind not in ("lesson_started", "lesson_ended") or isinstance(wall, bool):
+                raise ValueError(kind)
+            return kind, float(wall)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("lesson %r: unreadable phase in Redis ignored (%s)", room, exc)
+            return None
+
     async def forget_room(self, room: str) -> None:
         pipe = self.redis.pipeline()
         pipe.hdel(self.key("rooms"), room)
         pipe.hdel(self.key("facts"), room)
+        pipe.hdel(self.key("phase"), room)
         await self._call(pipe.execute())
         await self.publish({"type": "room_closed", "room": room})
 

@@ -91,7 +91,13 @@ async def start_service(config: Config) -> Service:
     def prepare(app: web.Application) -> None:
         nonlocal node
         front = app[FRONT] = Front(
-            app, secret=config.secret, placement=placement, registry=registry
+            app,
+            secret=config.secret,
+            placement=placement,
+            # With --workers 1 the front is the node: its own stats are the host's.
+            local=pool.live if pool is not None else list,
+            registry=registry,
+            own_node=host_id if pool is None else None,
         )
         fronts.append(front)
         app.middlewares.append(front_middleware)
