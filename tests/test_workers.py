@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from classroom_agent.agent import ClassroomAgent
 from classroom_agent.client import LessonClient, LessonError, ws_url
@@ -147,4 +148,39 @@ async def test_a_worker_killed_mid_lesson_is_replaced_and_agents_are_back_within
             # Generous for a loaded 2-core CI box; bench/failover.py measures the real figure.
             assert recovered < 10, recovered
     finally:
+        server.stop()
+
+
+async def test_newcomers_to_a_busy_lesson_are_offered_to_an_edge_or_proxied_to_the_origin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cascade from the first participant on: a viewer arriving when the origin already
+    # holds one is served by an edge on the other worker if the relay (media_server/
+    # relay.py) is there, and by the origin itself if it is not.
+    monkeypatch.setenv("TONGKE_EDGE_PARTICIPANTS", "1")
+    server = start_server_process(tmp_path / "data", extra=["--workers", "2"])
+    room = "busy-lesson"
+    clients: list[LessonClient] = []
+    try:
+        server.open_room(room)
+        master = LessonClient(server.url, room, server.token(room, "city-4a", "master"))
+        await master.connect()
+        clients.append(master)
+        origin = owner_of(server, room)
+
+        def origin_busy() -> bool:
+            return owner_of(server, room)["participants"] >= 1
+
+        await wait_for(origin_busy, 10, "the origin's load report")
+        viewer = LessonClient(server.url, room, server.token(room, "county", "observer"))
+        joined = await viewer.connect()
+        clients.append(viewer)
+        assert joined["room"] == room
+        # Either way the lesson counts both, and the room's origin has not moved.
+        listed = {r["room"]: r["participants"] for r in server.api("GET", "/api/rooms")}
+        assert listed[room] == 2
+        assert owner_of(server, room)["id"] == origin["id"]
+    finally:
+        for client in clients:
+            await client.close()
         server.stop()

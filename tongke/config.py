@@ -62,6 +62,10 @@ class Config:
     node_address: str = ""
     cluster_name: str = "tongke"
     heartbeat_ttl_s: int = 3
+    # Cascade: once a lesson's origin node holds this many participants, newcomers at
+    # another node (worker or host) are served by an edge there (media_server/relay.py);
+    # 0 = never, every participant is proxied to the origin.
+    edge_participants: int = 0
 
     @property
     def base_url(self) -> str:

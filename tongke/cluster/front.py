@@ -30,10 +30,10 @@ from media_server.signalling import Session
 from tongke.audit import AUDIT
 from tongke.cluster.auth import client_headers, internal_headers
 from tongke.cluster.nodes import NodeInfo
-from tongke.cluster.placement import Placement
+from tongke.cluster.placement import EDGE_POLICY, Placement
 from tongke.cluster.registry import Registry, RegistryUnavailable
 from tongke.ratelimit import RATE_LIMITS
-from tongke.tokens import Role, TokenError, verify_token
+from tongke.tokens import Role, TokenError, issue_token, verify_token
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ CONNECT_TRIES = 3
 
 
 class _Join(Exception):
-    def __init__(self, room: str) -> None:
+    def __init__(self, room: str, token: object) -> None:
         self.room = room
+        self.token = token
 
 
 class _PreJoin(Session):
@@ -56,7 +57,7 @@ class _PreJoin(Session):
         room = message.get("room")
         if not isinstance(room, str) or not room:
             return await super().on_join(message)  # the same error a node sends
-        raise _Join(room)
+        raise _Join(room, message.get("token"))
 
 
 class Front:
@@ -81,6 +82,8 @@ class Front:
         self.registry = registry
         self.client: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # room -> (edge node, origin node) this front has asked the cascade for.
+        self._edges: dict[str, tuple[str, str]] = {}
         # Rooms being opened because another front said so: not announced back.
         self._from_cluster: set[str] = set()
         if registry is not None:
@@ -160,18 +163,62 @@ class Front:
                     resp.request_info, (), status=resp.status, message=await resp.text()
                 )
 
+    def _may_edge(self, info: LessonInfo | None, token: object) -> bool:
+        """Whether this participant may be served by an edge: not the master classroom."""
+        if info is None or not isinstance(token, str):
+            return False
+        try:
+            claims = verify_token(self.secret, token, room=info.room)
+        except TokenError:
+            return False  # the node refuses it with the right error
+        if claims.role is Role.MASTER or claims.classroom == info.master:
+            return False
+        return claims.role in (Role.POINT, Role.AGENT, Role.OBSERVER, Role.STUDENT)
+
+    async def _make_edge(self, room: str, edge: NodeInfo, origin: NodeInfo) -> bool:
+        """Ask `edge` to relay `room` from `origin` (media_server/relay.py's API)."""
+        assert self.client is not None
+        if self._edges.get(room) == (edge.id, origin.id):
+            return True
+        token = issue_token(self.secret, room="*", classroom="cluster", role=Role.ADMIN, ttl_s=60)
+        try:
+            async with self.client.post(
+                edge.url + "/api/relay/edges",
+                json={"room": room, "origin": origin.url},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp:
+                if resp.status in (200, 201):
+                    self._edges[room] = (edge.id, origin.id)
+                    log.info("room %s: node %s serves as an edge of %s", room, edge.id, origin.id)
+                    return True
+                log.warning(
+                    "room %s: node %s cannot be an edge of %s (HTTP %d); proxying to the origin",
+                    room,
+                    edge.id,
+                    origin.id,
+                    resp.status,
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning(
+                "room %s: edge %s unreachable (%s); proxying to the origin", room, edge.id, exc
+            )
+        return False
+
     async def connect(
-        self, room: str, remote: str | None
+        self, room: str, remote: str | None, token: object = None
     ) -> tuple[aiohttp.ClientWebSocketResponse, NodeInfo] | None:
         """A socket to the node hosting `room`, placing or re-placing the room as needed."""
         assert self.client is not None
         info = await self.facts(room)
+        may_edge = bool(EDGE_POLICY) and self._may_edge(info, token)
         for _ in range(CONNECT_TRIES):
-            route = await self.placement.route(room)
+            route = await self.placement.route(room, may_edge=may_edge)
             if route is None:
                 log.error("no live media node to place room %s on", room)
                 return None
-            node = route.node
+            node = route.origin
+            if route.edge is not None and await self._make_edge(room, route.edge, route.origin):
+                node = route.edge
             try:
                 if info is not None:
                     await self._open_on(node, info)
@@ -220,7 +267,7 @@ class Front:
                     try:
                         await session.handle_text(msg.data)
                     except _Join as join:
-                        connected = await self.connect(join.room, request.remote)
+                        connected = await self.connect(join.room, request.remote, join.token)
                         if connected is None:
                             await session.error(
                                 "unavailable", "no media server can take this lesson right now"

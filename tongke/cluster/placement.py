@@ -43,8 +43,21 @@ EdgePolicy = Callable[[str, NodeInfo, list[NodeInfo]], NodeInfo | None]
 EDGE_POLICY: list[EdgePolicy] = []
 
 
+def load_threshold_policy(participants: int) -> EdgePolicy:
+    """An edge on this host once the origin holds `participants` or more (config
+    `edge_participants`); the least loaded of this host's other nodes serves it."""
+
+    def policy(room: str, origin: NodeInfo, local: list[NodeInfo]) -> NodeInfo | None:
+        if origin.participants < participants:
+            return None
+        others = [n for n in local if n.id != origin.id]
+        return least_loaded(others) if others else None
+
+    return policy
+
+
 class Placement(Protocol):
-    async def route(self, room: str) -> Route | None: ...
+    async def route(self, room: str, *, may_edge: bool = False) -> Route | None: ...
 
     async def owner(self, room: str) -> NodeInfo | None: ...
 
@@ -55,7 +68,9 @@ class Placement(Protocol):
     async def describe(self) -> dict[str, Any]: ...
 
 
-def with_edge(room: str, origin: NodeInfo, local: list[NodeInfo]) -> Route:
+def with_edge(room: str, origin: NodeInfo, local: list[NodeInfo], may_edge: bool) -> Route:
+    if not may_edge:
+        return Route(origin=origin)
     for policy in EDGE_POLICY:
         edge = policy(room, origin, local)
         if edge is not None and edge.id != origin.id:
@@ -72,11 +87,11 @@ class LocalPlacement:
         # Placed since the last load report: so that a burst does not all land on one.
         self.pending: Counter[str] = Counter()
 
-    async def route(self, room: str) -> Route | None:
+    async def route(self, room: str, *, may_edge: bool = False) -> Route | None:
         live = {n.id: n for n in self.local()}
         current = self.owners.get(room)
         if current in live:
-            return with_edge(room, live[current], list(live.values()))
+            return with_edge(room, live[current], list(live.values()), may_edge)
         if not live:
             return None
         node = least_loaded(list(live.values()), self.pending)
@@ -143,13 +158,13 @@ class RedisPlacement:
         self.suspects = {k: t for k, t in self.suspects.items() if now - t < ttl}
         return {k: n for k, n in self.known_nodes.items() if k not in self.suspects}
 
-    async def route(self, room: str) -> Route | None:
+    async def route(self, room: str, *, may_edge: bool = False) -> Route | None:
         try:
             live = await self._live()
             current = await self.registry.owner(room)
             if current in live:
                 self.owners[room] = current
-                return with_edge(room, live[current], self._local_live(live))
+                return with_edge(room, live[current], self._local_live(live), may_edge)
             if not live:
                 return None
             candidate = least_loaded(list(live.values()), self.pending)

@@ -21,7 +21,12 @@ from media_server.http import SFU
 from tongke.cluster.front import FRONT, Front, front_middleware
 from tongke.cluster.node import MediaNode, advertised_host, default_node_id, setup_node_routes
 from tongke.cluster.nodes import NodeInfo
-from tongke.cluster.placement import LocalPlacement, RedisPlacement
+from tongke.cluster.placement import (
+    EDGE_POLICY,
+    LocalPlacement,
+    RedisPlacement,
+    load_threshold_policy,
+)
 from tongke.cluster.registry import Registry
 from tongke.cluster.workers import WorkerPool
 from tongke.config import Config
@@ -71,6 +76,9 @@ async def start_service(config: Config) -> Service:
         if config.redis_url
         else None
     )
+    if config.edge_participants > 0:
+        # Cascade (media_server/relay.py): newcomers to a busy lesson go to an edge here.
+        EDGE_POLICY.append(load_threshold_policy(config.edge_participants))
     pool: WorkerPool | None = None
     node: MediaNode | None = None
     if count > 1:
