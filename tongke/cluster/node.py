@@ -321,7 +321,11 @@ async def run_worker(config: Config, node_id: str) -> None:
     port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
     node = app[NODE]
     node.info.url = f"http://{_url_host(host)}:{port}"
-    print("node ready " + node.info.to_json(), flush=True)
+    try:
+        print("node ready " + node.info.to_json(), flush=True)
+    except BrokenPipeError:  # the front is gone before we were ready
+        await runner.cleanup()
+        return
     loop = asyncio.get_running_loop()
     eof = asyncio.Event()
     # The front holds our stdin open; when it goes (even killed), so do we.
