@@ -14,6 +14,9 @@ has new camera frames:
 - `worker_failover_s`: one host, `tongke serve --workers 2`; the worker hosting the
   lesson is killed and the front re-places the room on the other worker.
 
+Per node (`--workers 1` vs `--workers 2`, one host): time until listening, 30 sequential
+observer joins (p50, through the front for workers), idle RSS of the front and workers.
+
 Prints the figures (median and every trial) and, with --json, one JSON object.
 Target (issue 12): failover_s <= 5.
 """
@@ -36,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from classroom_agent.agent import ClassroomAgent
+from classroom_agent.client import LessonClient
 from tests.cluster_hosts import Hosts, kill
 from tests.impair import netns_available
 from tests.lesson_server import ServerProcess, start_server_process
@@ -111,9 +115,49 @@ async def node_trials(trials: int, tmp: Path) -> list[float]:
     return out
 
 
+def rss_mb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+async def per_node(tmp: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for workers in (1, 2):
+        started = time.monotonic()
+        server = start_server_process(tmp / f"p{workers}", extra=["--workers", str(workers)])
+        out[f"start_s_workers{workers}"] = round(time.monotonic() - started, 2)
+        try:
+            server.open_room("per-node")
+            joins = []
+            for i in range(30):
+                client = LessonClient(
+                    server.url, "per-node", server.token("per-node", f"v{i}", "observer")
+                )
+                t = time.perf_counter()
+                await client.connect()
+                joins.append((time.perf_counter() - t) * 1000)
+                await client.close()
+            out[f"join_ms_p50_workers{workers}"] = round(statistics.median(joins), 1)
+            children = [
+                int(p)
+                for p in Path(f"/proc/{server.proc.pid}/task").glob("*/children")
+                for p in p.read_text().split()
+            ]
+            out[f"rss_mb_workers{workers}"] = {
+                "front": rss_mb(server.proc.pid),
+                "workers": [rss_mb(c) for c in children],
+            }
+        finally:
+            server.stop()
+    return out
+
+
 async def run(trials: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tongke-failover-") as tmp:
         use_host_addresses(["127.0.0.1"])
+        node = await per_node(Path(tmp))
         workers = await worker_trials(trials, Path(tmp))
         reason = netns_available()
         nodes = await node_trials(trials, Path(tmp)) if reason is None else []
@@ -124,6 +168,7 @@ async def run(trials: int) -> dict[str, Any]:
         "worker_failover_trials_s": [round(x, 2) for x in workers],
         "netns": reason or "yes",
         "target_s": 5.0,
+        **node,
     }
 
 
