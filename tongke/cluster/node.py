@@ -70,6 +70,8 @@ class MediaNode:
         self.sfu = sfu
         self.registry = registry
         self.registered = False
+        # Redis says another live process announced our id: we take no new rooms.
+        self.duplicate = False
         # Rooms whose phase changes we share through Redis.
         self._sharing: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -154,6 +156,7 @@ class MediaNode:
         """Announce ourselves and keep our rooms placed here (rebuilds a restarted Redis)."""
         assert self.registry is not None
         self.registered = await self.registry.announce(self.snapshot())
+        self.duplicate = not self.registered
         if not self.registered:
             return
         live: set[str] | None = None

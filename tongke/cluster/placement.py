@@ -41,6 +41,8 @@ class Route:
 # (room, origin, this host's live nodes) -> a local node to serve as an edge, or None.
 EdgePolicy = Callable[[str, NodeInfo, list[NodeInfo]], NodeInfo | None]
 EDGE_POLICY: list[EdgePolicy] = []
+# How long a node this front could not reach is passed over.
+SUSPECT_S = 2.0
 
 
 def load_threshold_policy(participants: int) -> EdgePolicy:
@@ -86,9 +88,17 @@ class LocalPlacement:
         self.owners: dict[str, str] = {}
         # Placed since the last load report: so that a burst does not all land on one.
         self.pending: Counter[str] = Counter()
+        # Workers the front could not reach, and since when: skipped for a moment, until
+        # the pool has seen them exit (or answer again).
+        self.suspects: dict[str, float] = {}
+
+    def _live(self) -> dict[str, NodeInfo]:
+        now = time.monotonic()
+        self.suspects = {k: t for k, t in self.suspects.items() if now - t < SUSPECT_S}
+        return {n.id: n for n in self.local() if n.id not in self.suspects}
 
     async def route(self, room: str, *, may_edge: bool = False) -> Route | None:
-        live = {n.id: n for n in self.local()}
+        live = self._live()
         current = self.owners.get(room)
         if current in live:
             return with_edge(room, live[current], list(live.values()), may_edge)
@@ -102,11 +112,12 @@ class LocalPlacement:
         return Route(origin=node)
 
     async def owner(self, room: str) -> NodeInfo | None:
-        live = {n.id: n for n in self.local()}
+        live = self._live()
         current = self.owners.get(room)
         return live.get(current) if current else None
 
     async def failed(self, room: str, node: NodeInfo) -> None:
+        self.suspects[node.id] = time.monotonic()
         if self.owners.get(room) == node.id:
             del self.owners[room]
 
@@ -154,7 +165,7 @@ class RedisPlacement:
             self.known_nodes = {n.id: n for n in nodes}
             self.pending.clear()
             self._nodes_at = now
-        ttl = max(self.registry.ttl_s, 2.0)
+        ttl = max(self.registry.ttl_s, SUSPECT_S)
         self.suspects = {k: t for k, t in self.suspects.items() if now - t < ttl}
         return {k: n for k, n in self.known_nodes.items() if k not in self.suspects}
 
@@ -166,7 +177,9 @@ class RedisPlacement:
                 self.owners[room] = current
                 return with_edge(room, live[current], self._local_live(live), may_edge)
             if not live:
-                return None
+                # Redis restarted empty and no heartbeat has come back yet, or every node
+                # is suspect: this host's own nodes still serve.
+                return self._without_redis(room)
             candidate = least_loaded(list(live.values()), self.pending)
             if current is None:
                 got = await self.registry.claim(room, candidate.id)
@@ -199,7 +212,11 @@ class RedisPlacement:
         node = least_loaded(local, self.pending)
         self.pending[node.id] += 1
         self.owners[room] = node.id
-        log.warning("Redis unavailable: room %s placed on this host's node %s", room, node.id)
+        log.warning(
+            "no answer or no live node from Redis: room %s placed on this host's node %s",
+            room,
+            node.id,
+        )
         return Route(origin=node)
 
     async def owner(self, room: str) -> NodeInfo | None:

@@ -87,7 +87,8 @@ async def start_service(config: Config) -> Service:
     else:
 
         def local() -> list[NodeInfo]:
-            return [node.info] if node is not None and node.registered else []
+            # Until Redis says our id is another live process's, this host's node serves.
+            return [node.info] if node is not None and not node.duplicate else []
 
     placement = RedisPlacement(registry, local) if registry is not None else LocalPlacement(local)
     if pool is not None:
