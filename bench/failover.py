@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -160,6 +161,8 @@ async def run(trials: int) -> dict[str, Any]:
         node = await per_node(Path(tmp))
         workers = await worker_trials(trials, Path(tmp))
         reason = netns_available()
+        if reason is None and shutil.which("redis-server") is None:
+            reason = "redis-server is not installed"
         nodes = await node_trials(trials, Path(tmp)) if reason is None else []
     return {
         "failover_s": round(statistics.median(nodes), 2) if nodes else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import socket
 import time
 import uuid
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from classroom_agent.agent import ClassroomAgent
+from classroom_agent.client import LessonClient
 from tests.cluster_hosts import Hosts, kill
 from tests.impair import netns_available
 from tests.media import wait_for
@@ -184,6 +186,8 @@ async def test_a_node_killed_mid_lesson_moves_its_room_and_redis_may_restart(
     reason = netns_available()
     if reason:
         pytest.skip(reason)
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
     hosts = Hosts("t", 2, subnet=231).start()
     nodes = []
     # The agents (in this process) must offer an address the namespaces can reach.
@@ -213,6 +217,18 @@ async def test_a_node_killed_mid_lesson_moves_its_room_and_redis_may_restart(
             cluster = nodes[1].api("GET", "/api/cluster")
             owner = cluster["rooms"][room]
             assert {n["id"] for n in cluster["nodes"]} == {"host1", "host2"}
+
+            # Another lesson, its viewer on whichever host; closed from the other host's
+            # front: the room event reaches the node that holds it.
+            nodes[0].open_room("side-lesson")
+            side = LessonClient(
+                nodes[1].url, "side-lesson", nodes[1].token("side-lesson", "v", "observer")
+            )
+            await side.connect()
+            nodes[0].api("DELETE", "/api/rooms/side-lesson")
+            await wait_for(side.closed.is_set, 10, "the side lesson's viewer to be closed")
+            await side.close()
+            assert "side-lesson" not in nodes[1].api("GET", "/api/cluster")["rooms"]
 
             # Redis restarts (empty): media keeps flowing, the registry rebuilds itself.
             before = camera_of(reports)
