@@ -45,19 +45,32 @@ CONNECT_TRIES = 3
 
 
 class _Join(Exception):
-    def __init__(self, room: str, token: object) -> None:
+    def __init__(self, room: str, message: dict[str, Any]) -> None:
         self.room = room
-        self.token = token
+        self.message = message
 
 
 class _PreJoin(Session):
-    """A Session whose join is not handled here but handed to the room's node."""
+    """A Session whose join is not handled here but handed to the room's node.
+
+    What a node would refuse without looking at the room (no room, a bad token) is
+    refused here by the node's own code, rate limit included, so that nothing is placed
+    for it.
+    """
 
     async def on_join(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        room = message.get("room")
+        room, token = message.get("room"), message.get("token")
         if not isinstance(room, str) or not room:
-            return await super().on_join(message)  # the same error a node sends
-        raise _Join(room, message.get("token"))
+            return await super().on_join(message)
+        try:
+            verify_token(self.sfu.secret, token if isinstance(token, str) else None, room=room)
+        except TokenError:
+            return await super().on_join(message)
+        raise _Join(room, message)
+
+    async def refuse(self, message: dict[str, Any]) -> None:
+        """The single server's answer to a join for a lesson nobody knows."""
+        await Session.on_join(self, message)
 
 
 class Front:
@@ -111,7 +124,9 @@ class Front:
                         self.rooms.open(info)
                     finally:
                         self._from_cluster.discard(room)
-        elif event["type"] == "room_closed" and room in self.rooms.rooms:
+        elif event["type"] == "room_closed" and room in self.rooms.rooms and not self.own_node:
+            # (With a node in this process the node evicts the room: it also closes the
+            # participants' sockets.)
             await self.rooms.close(room)
 
     async def stop(self) -> None:
@@ -148,7 +163,11 @@ class Front:
         except RegistryUnavailable:
             return None
         if info is not None:
-            self.rooms.open(info)
+            self._from_cluster.add(room)
+            try:
+                self.rooms.open(info)
+            finally:
+                self._from_cluster.discard(room)
         return info
 
     async def _open_on(self, node: NodeInfo, info: LessonInfo) -> None:
@@ -163,9 +182,9 @@ class Front:
                     resp.request_info, (), status=resp.status, message=await resp.text()
                 )
 
-    def _may_edge(self, info: LessonInfo | None, token: object) -> bool:
+    def _may_edge(self, info: LessonInfo, token: object) -> bool:
         """Whether this participant may be served by an edge: not the master classroom."""
-        if info is None or not isinstance(token, str):
+        if not isinstance(token, str):
             return False
         try:
             claims = verify_token(self.secret, token, room=info.room)
@@ -205,11 +224,11 @@ class Front:
         return False
 
     async def connect(
-        self, room: str, remote: str | None, token: object = None
+        self, info: LessonInfo, remote: str | None, token: object = None
     ) -> tuple[aiohttp.ClientWebSocketResponse, NodeInfo] | None:
-        """A socket to the node hosting `room`, placing or re-placing the room as needed."""
+        """A socket to the node hosting the lesson, placing or re-placing it as needed."""
         assert self.client is not None
-        info = await self.facts(room)
+        room = info.room
         may_edge = bool(EDGE_POLICY) and self._may_edge(info, token)
         for _ in range(CONNECT_TRIES):
             route = await self.placement.route(room, may_edge=may_edge)
@@ -220,8 +239,7 @@ class Front:
             if route.edge is not None and await self._make_edge(room, route.edge, route.origin):
                 node = route.edge
             try:
-                if info is not None:
-                    await self._open_on(node, info)
+                await self._open_on(node, info)
                 ws = await self.client.ws_connect(
                     node.url + "/_cluster/ws",
                     headers=client_headers(self.secret, remote),
@@ -267,7 +285,13 @@ class Front:
                     try:
                         await session.handle_text(msg.data)
                     except _Join as join:
-                        connected = await self.connect(join.room, request.remote, join.token)
+                        info = await self.facts(join.room)
+                        if info is None:
+                            await session.refuse(join.message)
+                            break
+                        connected = await self.connect(
+                            info, request.remote, join.message.get("token")
+                        )
                         if connected is None:
                             await session.error(
                                 "unavailable", "no media server can take this lesson right now"
@@ -284,6 +308,7 @@ class Front:
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             log.info("signalling proxy ended: %s", exc)
         finally:
+            await session.close()  # (never joined here; nothing to remove but in a race)
             if upstream is not None:
                 await upstream.close()
             if pump is not None:

@@ -103,19 +103,34 @@ class MediaNode:
             room.classroom.listeners.append(share_phase)
         if not room.participants:
             # Taken over from a node that died (maybe on another host): as it was there.
-            with contextlib.suppress(RegistryUnavailable):
-                phase = await registry.phase(room.id)
-                if phase is not None:
-                    restore_phase(room.classroom, *phase)
+            phase = None
+            for attempt in range(2):
+                try:
+                    phase = await registry.phase(room.id)
+                    break
+                except RegistryUnavailable as exc:
+                    log.warning(
+                        "lesson %s: phase not read from Redis (%s)%s",
+                        room.id,
+                        exc,
+                        "; trying once more" if attempt == 0 else "",
+                    )
+                    await asyncio.sleep(0.2)
+            if phase is not None:
+                restore_phase(room.classroom, *phase)
 
     async def evict(self, room_id: str, reason: str) -> bool:
-        """Close a room here; its participants' sockets close so they reconnect elsewhere."""
-        if room_id not in self.sfu.rooms.rooms:
+        """Close a room here; its participants' sockets close so they reconnect elsewhere.
+
+        Also when the room is already closed (a DELETE on this process's own front closes
+        the room, not the sockets).
+        """
+        sessions = [s for s in self.sfu.sessions if s.room is not None and s.room.id == room_id]
+        if room_id not in self.sfu.rooms.rooms and not sessions:
             return False
         log.warning("node %s: closing its copy of room %s (%s)", self.info.id, room_id, reason)
-        for session in list(self.sfu.sessions):
-            if session.room is not None and session.room.id == room_id:
-                await session.ws.close(code=ROOM_MOVED, message=reason.encode()[:120])
+        for session in sessions:
+            await session.ws.close(code=ROOM_MOVED, message=reason.encode()[:120])
         await self.sfu.rooms.close(room_id)
         self._sharing.discard(room_id)
         return True
