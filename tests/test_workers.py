@@ -6,6 +6,8 @@ the worker hosting the lesson is killed (SIGKILL) and the lesson must go on.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import signal
 import time
@@ -20,7 +22,7 @@ from classroom_agent.client import LessonClient, LessonError, ws_url
 from classroom_agent.config import AgentConfig, default_sources
 from tests.lesson_server import ServerProcess, start_server_process
 from tests.media import wait_for
-from tests.test_agent import running, small_master
+from tests.test_agent import packet_times, running, small_master
 
 CAMERA = "城关小学 · Teacher camera"
 
@@ -117,7 +119,8 @@ async def test_a_worker_killed_mid_lesson_is_replaced_and_agents_are_back_within
     room = "workers-failover"
     server.open_room(room)
     reports: list[dict[str, Any]] = []
-    master = ClassroomAgent(small_master(server, room), record=False)
+    # The master keeps its safety copy and uploads it through the front at the end.
+    master = ClassroomAgent(small_master(server, room, recordings=tmp_path / "agent"))
     point = point_agent(server, room, reports)
     try:
         async with running(master), running(point):
@@ -147,6 +150,15 @@ async def test_a_worker_killed_mid_lesson_is_replaced_and_agents_are_back_within
             await wait_for(replaced, 20, "the dead worker to be replaced")
             # Generous for a loaded 2-core CI box; bench/failover.py measures the real figure.
             assert recovered < 10, recovered
+        # The recording of the agent-published tracks has no gap over a second where
+        # the worker died (issue 12 item 4): the copy was recorded connected or not.
+        assert master.uploaded is not None
+        manifests = list((server.data_dir / "recordings").glob("*/parts/*/manifest.json"))
+        assert len(manifests) == 1
+        for track in json.loads(manifests[0].read_text())["tracks"]:
+            times = packet_times(manifests[0].parent / track["file"])
+            gaps = [b - a for a, b in itertools.pairwise(times)]
+            assert max(gaps) < 1.0, (track["source"], max(gaps))
     finally:
         server.stop()
 
