@@ -131,6 +131,8 @@ async def start_service(config: Config) -> Service:
     service = Service(server=server, workers=count, pool=pool, node=node)
     front = fronts[0]
     await front.start()
+    if registry is not None:
+        service._stops.append(registry.close)  # (stops run in reverse: this one last)
     service._stops.append(front.stop)
     if pool is not None:
         service._stops.append(pool.stop)
@@ -138,6 +140,4 @@ async def start_service(config: Config) -> Service:
         node.info.url = f"http://{advertised_host(config)}:{server.port}"
         node.start()
         service._stops.append(node.stop)
-    if registry is not None:
-        service._stops.append(registry.close)
     return service
