@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 FATAL_CODES = frozenset(
     {"token_missing", "token_invalid", "token_expired", "token_wrong_room", "forbidden"}
 )
-BACKOFF_START_S = 1.0
-# At most 8 s between attempts: back in the lesson within 10 s of the line returning;
-# the jitter spreads a county's agents.
+# The first retries are quick (a media node that died is replaced at once, and the
+# lesson must go on within 5 s); at most 8 s between attempts: back in the lesson within
+# 10 s of the line returning; the jitter spreads a county's agents.
+BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 8.0
 # Nothing for this long on a track the SFU is sending: the media path is dead, rejoin.
 MEDIA_STALL_S = 5.0
@@ -99,6 +100,13 @@ class ClassroomAgent:
         self.uploaded: dict[str, Any] | None = None
         self.lesson_ended = False
         self._stop: asyncio.Event | None = None
+        # Several servers (one service's nodes): the one we use, the next after a failure.
+        self._servers = config.server_urls or [config.server_url]
+        self._server = 0
+
+    @property
+    def server_url(self) -> str:
+        return self._servers[self._server]
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -116,6 +124,7 @@ class ClassroomAgent:
         backoff = BACKOFF_START_S
         try:
             while not stop.is_set():
+                connects = self.status.connects
                 try:
                     await self._session(stop)
                     backoff = BACKOFF_START_S
@@ -130,18 +139,23 @@ class ClassroomAgent:
                             f"the server refused this agent: {exc.message}"
                         ) from None
                     log.warning(
-                        "lesson %s: %s; retrying in %.0f s", self.room, exc.message, backoff
+                        "lesson %s: %s; retrying in %.1f s", self.room, exc.message, backoff
                     )
                 except (OSError, ConnectionError, TimeoutError) as exc:
                     self.status.last_error = str(exc) or type(exc).__name__
                     log.warning(
-                        "cannot reach %s (%s); retrying in %.0f s",
-                        self.config.server_url,
+                        "cannot reach %s (%s); retrying in %.1f s",
+                        self.server_url,
                         self.status.last_error,
                         backoff,
                     )
+                    # Another node of the service may be up while this one is not.
+                    self._server = (self._server + 1) % len(self._servers)
                 if stop.is_set():
                     break
+                if self.status.connects > connects:
+                    # We were in the lesson: this is a new outage, start with quick retries.
+                    backoff = BACKOFF_START_S
                 # Jitter keeps a county's agents from reconnecting in lockstep after a
                 # server restart.
                 with contextlib.suppress(TimeoutError):
@@ -165,7 +179,7 @@ class ClassroomAgent:
 
     async def _session(self, stop: asyncio.Event) -> None:
         client = LessonClient(
-            self.config.server_url,
+            self.server_url,
             self.room,
             self.token,
             events=ClientEvents(on_track=self._on_remote_track, on_message=self._on_message),
@@ -259,7 +273,7 @@ class ClassroomAgent:
             return
         try:
             self.uploaded = await upload_recording(
-                recorder.directory, self.config.server_url, self.token
+                recorder.directory, self.server_url, self.token
             )
             log.info("safety copy %s uploaded", recorder.directory)
         except (UploadError, OSError, aiohttp.ClientError) as exc:

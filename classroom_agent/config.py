@@ -102,6 +102,8 @@ class RecordingConfig:
 
 @dataclass
 class AgentConfig:
+    # One server, or several separated by commas (the nodes of one Tongke service): the
+    # agent moves to the next when one cannot be reached.
     server_url: str = "http://127.0.0.1:8080"
     token: str = ""
     token_file: Path | None = None
@@ -111,6 +113,10 @@ class AgentConfig:
     synthetic_pattern: str = "card"
     sources: list[SourceConfig] = field(default_factory=list)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
+
+    @property
+    def server_urls(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.server_url.split(",") if u.strip()]
 
     def resolved_token(self) -> str:
         """The room/agent token, read from ``token_file`` when it is not inline."""

@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from tongke.cluster.serve import start_service
 from tongke.config import Config, load_config
-from tongke.server import start_server
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +29,20 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         metavar="LOW-HIGH",
         help="bind media (ICE host candidates) only to UDP ports in this range, e.g. 50000-50999",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="media worker processes on this host (default 0: one per core; 1: one process)",
+    )
+    parser.add_argument(
+        "--redis-url", help="join the nodes sharing this Redis as one service (tongke/cluster)"
+    )
+    parser.add_argument(
+        "--node-id", help="this host's name in the node registry (default: hostname)"
+    )
+    parser.add_argument(
+        "--node-address", help="the address other nodes reach this host's media nodes at"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -40,6 +54,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ice_addresses=args.ice_addresses,
         public_url=args.public_url,
         ice_port_range=args.ice_port_range,
+        workers=getattr(args, "workers", None),
+        redis_url=getattr(args, "redis_url", None),
+        node_id=getattr(args, "node_id", None),
+        node_address=getattr(args, "node_address", None),
     )
 
 
@@ -55,8 +73,13 @@ def serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
 
     async def run() -> None:
-        server = await start_server(config)
-        print(f"Tongke server listening on {server.url} (data in {config.data_dir})", flush=True)
+        server = await start_service(config)
+        workers = f"; {server.workers} media workers" if server.workers > 1 else ""
+        cluster = f"; cluster {config.cluster_name} via Redis" if config.redis_url else ""
+        print(
+            f"Tongke server listening on {server.url} (data in {config.data_dir}{workers}{cluster})",
+            flush=True,
+        )
         try:
             await wait_for_stop()
         finally:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from media_server.room import LessonInfo
+from media_server.room import LessonInfo, Rooms
 from media_server.sfu import Sfu
 from media_server.signalling import ERRORS_SENT, websocket_handler
 from media_server.uptrack import SFU_LATENCY
@@ -58,13 +58,14 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def setup(app: web.Application, ctx: AppContext) -> Sfu:
+def setup(app: web.Application, ctx: AppContext, *, rooms: Rooms | None = None) -> Sfu:
     config = ctx.config
     sfu = Sfu(
         secret=ctx.secret,
         state_dir=config.data_dir,
         max_message_bytes=config.max_message_bytes,
         adaptive=config.adaptive_media,
+        rooms=rooms,
     )
     app[SFU] = sfu
     # TURN (issue 8 item 8): credentials minted per join by tongke/turn.py.

@@ -122,14 +122,17 @@ class Room:
 class Rooms:
     """Open rooms, persisted so that a restarted server still knows today's lessons."""
 
-    def __init__(self, state_file: Path | None = None) -> None:
+    def __init__(self, state_file: Path | None = None, *, timeline_dir: Path | None = None) -> None:
         self._state_file = state_file
-        self._timeline_dir = state_file.parent / "timelines" if state_file is not None else None
+        if timeline_dir is None and state_file is not None:
+            timeline_dir = state_file.parent / "timelines"
+        self._timeline_dir = timeline_dir
         self.rooms: dict[str, Room] = {}
         # Other packages (the scheduler) can tell us about lessons we were not told of.
         self.resolvers: list[Callable[[str], LessonInfo | None]] = []
-        # Told of every room opened from now on (the server recorder), and awaited before
-        # a room is closed for good (not when the server merely shuts down).
+        # Told of every room opened from now on (the server recorder, the cluster sharing
+        # its facts), and awaited before a room is closed for good (not when the server
+        # merely shuts down).
         self.opened: list[Callable[[Room], None]] = []
         self.closing: list[Callable[[Room], Awaitable[None]]] = []
         if state_file is not None and state_file.exists():

@@ -26,6 +26,7 @@ class Sfu:
         state_dir: Path | None,
         max_message_bytes: int,
         adaptive: bool = True,
+        rooms: Rooms | None = None,
     ) -> None:
         guard.install()
         # Estimation, allocation and pacing per subscriber; off only to measure their cost.
@@ -33,7 +34,9 @@ class Sfu:
         rtc_internals.install()
         self.secret = secret
         self.max_message_bytes = max_message_bytes
-        self.rooms = Rooms(state_dir / "rooms.json" if state_dir is not None else None)
+        # A media worker (tongke/cluster) brings its own, not persisted: the front keeps
+        # the room facts.
+        self.rooms = rooms or Rooms(state_dir / "rooms.json" if state_dir is not None else None)
         self.sessions: set[Session] = set()
         self.peer_connections: set[RTCPeerConnection] = set()
         # TURN for clients behind UDP-blocking firewalls (issue 8 item 8, tongke/turn.py).

@@ -90,6 +90,9 @@ def start_server_process(
         "127.0.0.1",
         *(extra or []),
     ]
+    if "--workers" not in cmd:
+        # The suite tests the one-process server; tests/test_workers.py the workers.
+        cmd += ["--workers", "1"]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)

@@ -37,6 +37,7 @@ def create_app(config: Config) -> web.Application:
     from recording.api import setup_server_recorder
     from scheduler.api import DB as SCHEDULER_DB
     from scheduler.api import setup as setup_scheduler
+    from tongke.cluster.front import setup_routes as setup_cluster_routes
     from tongke.lessons import lesson_facts_resolver, scheduled_lesson_resolver
     from tongke.session_auth import setup as setup_accounts
 
@@ -80,6 +81,7 @@ def create_app(config: Config) -> web.Application:
         setup_server_recorder(app, sfu.rooms)
     setup_accounts(app, ctx)
     sfu.rooms.resolvers.append(scheduled_lesson_resolver(app[SCHEDULER_DB]))
+    setup_cluster_routes(app)
     if WEB_ROOT.is_dir():
         app.router.add_static("/static/", WEB_ROOT, show_index=False)
     return app

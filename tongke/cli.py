@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "recording.cli",
     "scheduler.cli",
     "tongke.accounts_cli",
+    "tongke.cluster.cli",
 )
 
 

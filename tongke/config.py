@@ -57,6 +57,21 @@ class Config:
     access_log: str = ""
     # Overrides of tongke/ratelimit.py DEFAULT_RATES: {"join_token": [burst, per_second]}.
     rate_limits: dict[str, list[float]] = field(default_factory=dict)
+    # Media workers on this host (tongke/cluster): 0 = one per core, 1 = one process
+    # that does everything (as before clustering).
+    workers: int = 0
+    # With redis_url: this host's name in the node registry ("": hostname), the address
+    # other nodes reach its media nodes at ("": http://<host or first ICE address>), the
+    # Redis key prefix (several services may share one Redis) and how long a node's
+    # heartbeat stays valid.
+    node_id: str = ""
+    node_address: str = ""
+    cluster_name: str = "tongke"
+    heartbeat_ttl_s: int = 3
+    # Cascade: once a lesson's origin node holds this many participants, newcomers at
+    # another node (worker or host) are served by an edge there (media_server/relay.py);
+    # 0 = never, every participant is proxied to the origin.
+    edge_participants: int = 0
 
     @property
     def base_url(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +47,17 @@ def parse_port_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-async def start_server(config: Config) -> RunningServer:
+async def start_server(
+    config: Config, *, prepare: Callable[[web.Application], None] | None = None
+) -> RunningServer:
+    """Serve `create_app(config)`; `prepare` may add to the app before it starts."""
     if config.ice_addresses:
         use_host_addresses(config.ice_addresses)
     if config.ice_port_range:
         rtc_internals.use_port_range(*parse_port_range(config.ice_port_range))
     app = create_app(config)
+    if prepare is not None:
+        prepare(app)
     if config.access_log == "-":
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
     else:
