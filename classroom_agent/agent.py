@@ -29,6 +29,7 @@ from classroom_agent.quality import TrackQuality, receiver_loss
 from recording import LessonMeta, LessonRecorder
 from recording.upload import UploadError, upload_recording
 from recording.writer import enforce_retention
+from tongke import rtc_internals
 from tongke.tokens import peek_claims
 
 log = logging.getLogger(__name__)
@@ -272,9 +273,7 @@ class ClassroomAgent:
         if not self.upload:
             return
         try:
-            self.uploaded = await upload_recording(
-                recorder.directory, self.server_url, self.token
-            )
+            self.uploaded = await upload_recording(recorder.directory, self.server_url, self.token)
             log.info("safety copy %s uploaded", recorder.directory)
         except (UploadError, OSError, aiohttp.ClientError) as exc:
             log.warning(
@@ -315,6 +314,13 @@ class ClassroomAgent:
                 if r.track is not None
                 and not self.allocation.get(str(r.info.get("track")), {}).get("paused")
             ]
+            # The SFU's sender reports keep arriving while a publisher is merely quiet (a
+            # point whose uplink dropped): only a path that carries nothing is dead.
+            pc = client.subscribe_pc
+            heard = rtc_internals.last_received_at(pc) if pc is not None else None
+            if heard is not None:
+                heard_at = loop.time() - (time.monotonic() - heard)
+                self._last_media_at = max(self._last_media_at, heard_at)
             if not running:
                 self._last_media_at = loop.time()
             elif loop.time() - self._last_media_at > MEDIA_STALL_S:

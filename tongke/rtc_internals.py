@@ -26,6 +26,8 @@ import inspect
 import logging
 import random
 import struct
+import time
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -34,7 +36,13 @@ import aioice.ice
 import aioice.stun
 import aiortc.codecs.h264
 import aiortc.codecs.vpx
-from aiortc import RTCDtlsTransport, RTCRtpSender, RTCRtpTransceiver
+from aiortc import (
+    RTCDtlsTransport,
+    RTCIceTransport,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc.rtcdtlstransport import RtpRouter
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
@@ -54,6 +62,9 @@ CONSENT_RETRANSMISSIONS = 3  # 0.5 + 1 + 2 + 4 s: answers at 600 ms RTT and beyo
 DATAGRAM_DROPS: Counter[str] = Counter()
 # Exceptions from RTP/RTCP handlers that would otherwise have ended a DTLS transport.
 HANDLER_ERRORS: Counter[str] = Counter()
+# When each ICE connection last accepted an RTP or RTCP datagram (ICE checks alone do
+# not prove that media can flow).
+_LAST_RECEIVED: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
 # (owner, attribute): class attributes that must exist.
 _CLASS_ATTRS: list[tuple[type, str]] = [
@@ -82,6 +93,7 @@ _INSTANCE_ATTRS: list[tuple[type, str]] = [
     (aioice.ice.Connection, "stun_server"),
     (aioice.ice.Connection, "turn_server"),
     (aioice.ice.StunProtocol, "receiver"),
+    (RTCIceTransport, "_connection"),
 ]
 _MODULE_ATTRS: list[tuple[Any, str]] = [
     (aioice.ice, "get_host_addresses"),
@@ -179,6 +191,7 @@ def _guarded_datagram_received(self: Any, data: bytes | str, addr: tuple[Any, ..
         if not _expected_source(self, addr2):
             _drop("wrong_source")
             return
+        _LAST_RECEIVED[self.receiver] = time.monotonic()
     else:
         _drop("unknown")
         return
@@ -312,6 +325,21 @@ async def _ranged_component_candidates(
 
 def dtls_of(transceiver: RTCRtpTransceiver) -> RTCDtlsTransport:
     return transceiver.receiver.transport
+
+
+def last_received_at(pc: RTCPeerConnection) -> float | None:
+    """When `pc` last received anything from its peer (time.monotonic()), or None.
+
+    A peer that keeps sending RTCP sender reports is reachable even when no media
+    arrives (its publisher went quiet); only a path that carries nothing is dead.
+    """
+    stamps = [
+        _LAST_RECEIVED.get(dtls_of(t).transport._connection)
+        for t in pc.getTransceivers()
+        if dtls_of(t) is not None
+    ]
+    known = [t for t in stamps if t is not None]
+    return max(known) if known else None
 
 
 def srtp_sessions(dtls: RTCDtlsTransport) -> tuple[Any, Any]:

@@ -13,6 +13,9 @@ export class StatsSampler {
     this.pc = pc;
     this._previous = new Map(); // mid -> {timestamp, bytes, received, lost}
     this.lastInbound = {}; // the raw reports of the last sample, for tests and operators
+    // Everything the connection received (media, the server's sender reports, ICE):
+    // while it grows the path is alive, even when a publisher has gone quiet.
+    this.transportBytes = 0;
   }
 
   /** Raw inbound-rtp reports by mid, plus the codec name: what tests assert on. */
@@ -23,13 +26,16 @@ export class StatsSampler {
       if (t.mid != null && t.receiver.track) trackMids.set(t.receiver.track.id, t.mid);
     }
     const byMid = {};
+    let transportBytes = 0;
     report.forEach((s) => {
+      if (s.type === "transport") transportBytes += s.bytesReceived || 0;
       if (s.type !== "inbound-rtp") return;
       const mid = midOf(s, trackMids);
       if (mid == null) return;
       const codec = s.codecId ? report.get(s.codecId) : undefined;
       byMid[mid] = { ...s, codecMimeType: codec ? codec.mimeType : "" };
     });
+    this.transportBytes = transportBytes;
     return byMid;
   }
 

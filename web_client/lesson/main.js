@@ -361,9 +361,11 @@ class LessonViewer {
   /**
    * A media path can die without any event (a NAT rebinding, a firewall state timeout):
    * when nothing the server is sending arrives for MEDIA_STALL_MS, start a new session.
+   * The server's sender reports keep coming while a publisher is merely quiet (a point
+   * whose own uplink dropped), so a connection that still receives them is alive.
    */
   _watchMedia(stats) {
-    let packets = 0;
+    let packets = this.sampler ? this.sampler.transportBytes : 0;
     let expected = false;
     for (const [mid, st] of stats) {
       const tile = this.grid.tiles.get(mid);
