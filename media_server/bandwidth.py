@@ -9,14 +9,17 @@ sources. What changed goes to the subscriber as an `allocation` message
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from media_server.allocator import Candidate, Decision, allocate, layer_bps, rank
+from media_server.delay_estimate import DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import INITIAL_BPS, DownlinkEstimator
 from media_server.pacer import Pacer
 from media_server.sink import PacketSink
+from media_server.twcc import SendHistory, feedback_in
 
 # Leave room for retransmissions, RTCP and header overhead.
 ALLOCATION_SHARE = 0.85
@@ -37,16 +40,14 @@ def _top_cost(c: Candidate) -> int:
 
 
 class PriorityLane:
-    """The pacer's front door for audio: straight out, ahead of any queued video."""
+    """The pacer's front door for audio: straight out, ahead of any queued video.
+
+    Its methods are the pacer's own, bound once: no extra call per audio packet.
+    """
 
     def __init__(self, pacer: Pacer) -> None:
-        self._pacer = pacer
-
-    def send_rtp(self, packet: bytes) -> None:
-        self._pacer.send_rtp_now(packet)
-
-    def send_rtcp(self, packet: bytes) -> None:
-        self._pacer.send_rtcp(packet)
+        self.send_rtp = pacer.send_rtp_now
+        self.send_rtcp = pacer.send_rtcp
 
 
 class SubscriberBandwidth:
@@ -68,6 +69,30 @@ class SubscriberBandwidth:
         self._started: set[str] = set()
         self._announced: Any = None
         self.estimate_bps = start
+        self.transport_seq: Iterator[int] | None = None  # set once transport-cc is on
+        self._history: SendHistory | None = None
+        self._delay: DelayEstimate | None = None
+        self.feedback_reports = 0
+
+    def use_transport_cc(self, ext_id: int) -> None:
+        """The subscriber negotiated transport-cc: stamp, record, estimate from feedback."""
+        if self._history is not None or not self.adaptive:
+            return
+        self._history = SendHistory()
+        self._delay = DelayEstimate(self.estimate_bps)
+        self.transport_seq = itertools.count()
+        self.pacer.note_transport_cc(self._history, ext_id)
+
+    def on_rtcp(self, data: bytes, now: float) -> None:
+        """Raw RTCP from the subscriber (plaintext): transport-cc feedback is read here."""
+        history, delay = self._history, self._delay
+        if history is None or delay is None:
+            return
+        for feedback in feedback_in(data):
+            self.feedback_reports += 1
+            rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
+            delay.on_feedback(history.match(feedback, now), now, rtt_s)
+            self.estimator.on_delay(delay.bps, delay.overusing, now)
 
     def sink_for(self, kind: str) -> PacketSink:
         if not self.adaptive:
@@ -199,6 +224,10 @@ class SubscriberBandwidth:
             "hold_s": self._hold_s,
             "paced_dropped": self.pacer.dropped,
             "repair_refused": self.repair.refused,
+            "transport_cc": self._delay is not None,
+            "delay_bps": int(self._delay.bps) if self._delay is not None else None,
+            "delay_usage": self._delay.usage.value if self._delay is not None else None,
+            "feedback_reports": self.feedback_reports,
         }
 
     def close(self) -> None:

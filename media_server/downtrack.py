@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aiortc.rtp import (
@@ -88,21 +89,29 @@ class DownTrackStats:
     remb_bps: int | None = None
 
 
-def _extension_block(mid: str, mid_id: int | None, ast_id: int | None) -> tuple[bytes, bytes]:
-    """Split our one-byte-header extension block around the 3 abs-send-time bytes."""
+def _extension_block(
+    mid: str, mid_id: int | None, ast_id: int | None, tcc_id: int | None = None
+) -> tuple[bytes, bytes, bytes]:
+    """Our one-byte-header extension block, split around the variable bytes.
+
+    Returns (head, middle, pad): head ends where the 2 transport-wide sequence bytes go
+    (when `tcc_id` is set, its element comes first, at a fixed offset the pacer reads),
+    middle ends where the 3 abs-send-time bytes go, pad closes the block.
+    """
     elems = b""
     if mid_id:
         raw = mid.encode()
         elems += bytes([(mid_id << 4) | (len(raw) - 1)]) + raw
     if ast_id:
         elems += bytes([(ast_id << 4) | 2])
-    if not elems:
-        return b"", b""
-    body_len = len(elems) + (3 if ast_id else 0)
+    tcc = bytes([(tcc_id << 4) | 1]) if tcc_id else b""
+    if not elems and not tcc:
+        return b"", b"", b""
+    body_len = len(tcc) + (2 if tcc else 0) + len(elems) + (3 if ast_id else 0)
     pad = (-body_len) % 4
     words = (body_len + pad) // 4
-    prefix = b"\xbe\xde" + words.to_bytes(2, "big") + elems
-    return prefix, b"\x00" * pad
+    head = b"\xbe\xde" + words.to_bytes(2, "big") + tcc
+    return head, elems, b"\x00" * pad
 
 
 class DownTrack:
@@ -117,6 +126,8 @@ class DownTrack:
         ast_ext_id: int | None = None,
         estimator: DownlinkEstimator | None = None,
         repair: RepairBudget | None = None,
+        tcc_ext_id: int | None = None,
+        transport_seq: Iterator[int] | None = None,
     ) -> None:
         self.sink = sink
         self.estimator = estimator
@@ -126,7 +137,12 @@ class DownTrack:
         self.mid = mid
         self.ssrc = ssrc
         self.payload_type = payload_type
-        self._ext_prefix, self._ext_pad = _extension_block(mid, mid_ext_id, ast_ext_id)
+        # Transport-wide sequence numbers are counted across the subscriber's streams.
+        self._tcc = transport_seq if tcc_ext_id and transport_seq is not None else None
+        self._ext_head, self._ext_mid, self._ext_pad = _extension_block(
+            mid, mid_ext_id, ast_ext_id, tcc_ext_id if self._tcc is not None else None
+        )
+        self._ext_prefix = self._ext_head + self._ext_mid
         self._has_ast = ast_ext_id is not None
         self._b0 = 0x90 if self._ext_prefix else 0x80
         self.forwarder = Forwarder(seed=ssrc)
@@ -222,6 +238,21 @@ class DownTrack:
 
     def _write(self, marker: int, oseq: int, ots: int, ast: bytes, payload: bytes) -> None:
         """Our header, our extension block (abs-send-time `ast`), the publisher's payload."""
+        if self._tcc is not None:
+            self.sink.send_rtp(
+                b"".join(
+                    (
+                        HEADER.pack(self._b0, marker | self.payload_type, oseq, ots, self.ssrc),
+                        self._ext_head,
+                        (next(self._tcc) & 0xFFFF).to_bytes(2, "big"),
+                        self._ext_mid,
+                        ast if self._has_ast else b"",
+                        self._ext_pad,
+                        payload,
+                    )
+                )
+            )
+            return
         self.sink.send_rtp(
             b"".join(
                 (

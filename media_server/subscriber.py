@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,12 @@ from media_server.publisher import SignallingError, parse_sdp
 from media_server.source import MediaSource
 from media_server.wire import Wire
 from tongke import rtc_internals
-from tongke.codecs import codec_capabilities, enable_opus_fec
+from tongke.codecs import (
+    answered_transport_cc,
+    codec_capabilities,
+    enable_opus_fec,
+    offer_transport_cc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,7 @@ class Subscriber:
         self.adaptive = adaptive
         self.initial_bps = initial_bps
         self.bandwidth: SubscriberBandwidth | None = None
+        self.transport_cc_id: int | None = None  # the answer accepted transport-cc
         self._send_json = send_json
         self._pc_factory = pc_factory
         self.pc: RTCPeerConnection | None = None
@@ -160,6 +167,10 @@ class Subscriber:
             self.bandwidth = SubscriberBandwidth(
                 self.wire, adaptive=self.adaptive, initial_bps=self.initial_bps
             )
+            if self.transport_cc_id is not None and self.adaptive:
+                self.bandwidth.use_transport_cc(self.transport_cc_id)
+                on_rtcp = self.bandwidth.on_rtcp
+                rtc_internals.tap_rtcp(dtls, lambda data: on_rtcp(data, time.monotonic()))
         bandwidth = self.bandwidth
         assert bandwidth is not None
         ext = {e.uri: e.id for e in parameters.headerExtensions}
@@ -172,6 +183,8 @@ class Subscriber:
             payload_type=parameters.codecs[0].payloadType or 0,
             mid_ext_id=ext.get(MID_URI),
             ast_ext_id=ext.get(AST_URI) if slot.kind == "video" else None,
+            tcc_ext_id=self.transport_cc_id,
+            transport_seq=bandwidth.transport_seq,
         )
         # RTCP from the subscriber about this SSRC (NACK, PLI, REMB, RR) comes to us.
         rtc_internals.register_rtcp_recipient(dtls, downtrack, downtrack.ssrc)
@@ -191,7 +204,7 @@ class Subscriber:
         await self._send_json(
             {
                 "type": "subscribe_offer",
-                "sdp": enable_opus_fec(self.pc.localDescription.sdp),
+                "sdp": offer_transport_cc(enable_opus_fec(self.pc.localDescription.sdp)),
                 "tracks": self.describe(),
             }
         )
@@ -210,6 +223,7 @@ class Subscriber:
         assert isinstance(sdp, str)
         if "a=fingerprint" not in sdp:
             raise SignallingError("bad_sdp", "the answer has no DTLS fingerprint")
+        self.transport_cc_id = answered_transport_cc(sdp)
         self._answer.set_result(sdp)
 
     def describe(self) -> list[dict[str, Any]]:

@@ -76,3 +76,44 @@ def _opus_fec_in_section(lines: list[str]) -> list[str]:
             if pt in opus and not any(x.startswith(f"a=fmtp:{pt} ") for x in lines):
                 out.append(f"a=fmtp:{pt} minptime=10;useinbandfec=1")
     return out
+
+
+TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+# aiortc numbers its own extensions 1-3 (mid, audio level, abs-send-time).
+TRANSPORT_CC_ID = 5
+
+
+def offer_transport_cc(sdp: str) -> str:
+    """Offer transport-wide congestion control (the extension and its feedback) on every
+    audio and video section of an SDP aiortc wrote (it knows neither).
+
+    A browser that answers with the extension stamps nothing itself: it reports, every
+    50-250 ms, when each of our packets arrived (media_server/twcc.py), and the SFU's
+    send-side estimate learns from that. An aiortc peer answers without it and keeps
+    sending REMB.
+    """
+    out: list[str] = []
+    kind = ""
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            kind = line[2:].split(" ", 1)[0]
+        out.append(line)
+        if kind not in ("audio", "video"):
+            continue
+        if line.startswith("a=rtpmap:"):
+            pt = line.split()[0].split(":", 1)[1]
+            if not line.lower().split()[1].startswith("rtx/"):
+                out.append(f"a=rtcp-fb:{pt} transport-cc")
+        elif line.startswith("a=mid:"):
+            out.append(f"a=extmap:{TRANSPORT_CC_ID} {TRANSPORT_CC_URI}")
+    return "\r\n".join(out)
+
+
+def answered_transport_cc(sdp: str) -> int | None:
+    """The transport-cc extension id the answer accepted (None: not negotiated)."""
+    for line in sdp.splitlines():
+        if line.startswith("a=extmap:") and line.rstrip().endswith(" " + TRANSPORT_CC_URI):
+            ext_id = line[len("a=extmap:") :].split()[0].split("/", 1)[0]
+            if ext_id.isdigit() and 1 <= int(ext_id) <= 14:
+                return int(ext_id)
+    return None
