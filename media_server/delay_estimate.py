@@ -8,7 +8,8 @@ to send, accumulate and smooth that, and fit a line through the last 20 points: 
 slope is the queue's growth. A slope above an adaptive threshold (it follows the slope's
 usual size, so a jittery radio link does not read as congestion) for more than one
 report is overuse: the estimate drops to 85% of what the receiver actually got over the
-last half second. Below the negative threshold the queue is draining: hold. Otherwise
+last half second (again only while what arrives is near the estimate: after we cut our
+own rate, the queue draining is no news about the link). Below the negative threshold the queue is draining: hold. Otherwise
 the estimate grows 8% a second, at most to 1.5 times what arrives plus a packet.
 
 Written from the draft's description; the subscriber's control loop combines it with
@@ -30,7 +31,16 @@ THRESHOLD_START_MS = 12.5
 THRESHOLD_MIN_MS, THRESHOLD_MAX_MS = 6.0, 600.0
 K_UP, K_DOWN = 0.0087, 0.039
 OVERUSE_MS = 10.0
+# A rising trend is overuse only once a standing queue has formed: the smoothed delay
+# this far above its recent floor. A keyframe burst that crosses a busy machine's event
+# loop bends the trend for a moment but leaves no queue behind.
+QUEUE_MS = 25.0
+# The first seconds of a subscription are its first keyframes, sent in a burst, and a
+# trend fitted through few points: no reading yet.
+WARMUP_SAMPLES = 200
+FLOOR_RISE_MS_PER_S = 1.0  # the floor follows clock drift slowly upwards
 DECREASE = 0.85
+EVIDENCE = 0.6  # what arrived, as a share of the estimate, to lower it again
 GROWTH_PER_S = 1.08
 ACKED_WINDOW_US = 500_000
 MIN_BPS = 64_000
@@ -64,6 +74,7 @@ class DelayEstimate:
         self._smoothed = 0.0
         self._points: deque[tuple[float, float]] = deque(maxlen=WINDOW)
         self._first_arrival_us: int | None = None
+        self._floor: float | None = None  # the smoothed delay's recent minimum
         self._samples = 0
         self._threshold = THRESHOLD_START_MS
         self._last_arrival_ms: float | None = None
@@ -73,6 +84,7 @@ class DelayEstimate:
         self._acked: deque[tuple[int, int]] = deque()  # (arrival us, size)
         self._acked_bytes = 0
         self._last_decrease = float("-inf")
+        self._decreased_this_episode = False
         self._last_update: float | None = None
 
     # -- input ------------------------------------------------------------------------
@@ -125,6 +137,10 @@ class DelayEstimate:
         self._accumulated += delta_ms
         self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * self._accumulated
         at_ms = (arrival_us - self._first_arrival_us) / 1000
+        if self._floor is None or self._smoothed < self._floor:
+            self._floor = self._smoothed
+        elif self._points:
+            self._floor += FLOOR_RISE_MS_PER_S * max(0.0, at_ms - self._points[-1][0]) / 1000
         self._points.append((at_ms, self._smoothed))
         if len(self._points) < WINDOW:
             return
@@ -135,11 +151,18 @@ class DelayEstimate:
     def _detect(self, trend: float, at_ms: float) -> None:
         step_ms = 0.0 if self._last_arrival_ms is None else min(at_ms - self._last_arrival_ms, 100)
         self._last_arrival_ms = at_ms
-        if trend > self._threshold:
+        queued = (
+            self._samples >= WARMUP_SAMPLES
+            and self._floor is not None
+            and self._smoothed - self._floor >= QUEUE_MS
+        )
+        if trend > self._threshold and queued:
             self._overuse_ms += step_ms
             self._overuse_count += 1
             if self._overuse_ms > OVERUSE_MS and self._overuse_count > 1 and trend >= self._trend:
                 self.usage = Usage.OVERUSE
+        elif trend > self._threshold:
+            pass  # rising, but no queue yet: keep the current reading
         elif trend < -self._threshold:
             self._overuse_ms, self._overuse_count = 0.0, 0
             self.usage = Usage.UNDERUSE
@@ -173,10 +196,21 @@ class DelayEstimate:
         elapsed = 0.0 if self._last_update is None else min(now - self._last_update, 1.0)
         self._last_update = now
         if self.usage is Usage.OVERUSE:
-            if acked is not None and now - self._last_decrease > max(0.2, rtt_s):
+            # The first decrease of an overuse episode follows what arrives; later ones
+            # only while that is near the estimate (a queue still draining after we cut
+            # our own rate is no news about the link).
+            first = not self._decreased_this_episode
+            if (
+                acked is not None
+                and (first or acked >= EVIDENCE * self.bps)
+                and now - self._last_decrease > max(0.2, rtt_s)
+            ):
                 self.bps = min(self.bps, DECREASE * acked)
                 self._last_decrease = now
-        elif self.usage is Usage.NORMAL:
+                self._decreased_this_episode = True
+        else:
+            self._decreased_this_episode = False
+        if self.usage is Usage.NORMAL:
             grown = self.bps * GROWTH_PER_S**elapsed
             if acked is not None:
                 grown = min(grown, max(self.bps, 1.5 * acked + 10_000))

@@ -20,6 +20,8 @@ FMT = 15
 SEQ_OFFSET = 17  # 12-byte header, 0xBEDE + length, then our element's id/len byte
 DELTA_UNIT_US = 250
 REFERENCE_UNIT_US = 64_000
+# What the link carries besides our RTP bytes: IPv4 and UDP headers, the SRTP tag.
+WIRE_OVERHEAD = 20 + 8 + 10
 HISTORY = 1 << 13  # packets remembered: several seconds at a subscriber's rates
 HISTORY_MASK = HISTORY - 1
 
@@ -125,7 +127,7 @@ class SendHistory:
         """The pacer's call as a packet leaves (only for subscribers with transport-cc)."""
         i = (packet[SEQ_OFFSET] << 8 | packet[SEQ_OFFSET + 1]) & HISTORY_MASK
         self.sent_at[i] = now
-        self.sizes[i] = len(packet)
+        self.sizes[i] = len(packet) + WIRE_OVERHEAD
 
     def match(self, feedback: Feedback, now: float) -> list[PacketResult]:
         """Our send time and size for each reported packet we still remember.
