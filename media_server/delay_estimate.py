@@ -85,6 +85,8 @@ class DelayEstimate:
         self._acked_bytes = 0
         self._last_decrease = float("-inf")
         self._decreased_this_episode = False
+        self.peak_acked_bps = 0.0  # highest acked rate since the caller last reset it
+        self.overused_at = float("-inf")
         self._last_update: float | None = None
 
     # -- input ------------------------------------------------------------------------
@@ -193,9 +195,12 @@ class DelayEstimate:
 
     def _control(self, now: float, rtt_s: float) -> None:
         acked = self.acked_bps()
+        if acked is not None:
+            self.peak_acked_bps = max(self.peak_acked_bps, acked)
         elapsed = 0.0 if self._last_update is None else min(now - self._last_update, 1.0)
         self._last_update = now
         if self.usage is Usage.OVERUSE:
+            self.overused_at = now
             # The first decrease of an overuse episode follows what arrives; later ones
             # only while that is near the estimate (a queue still draining after we cut
             # our own rate is no news about the link).
@@ -216,6 +221,11 @@ class DelayEstimate:
                 grown = min(grown, max(self.bps, 1.5 * acked + 10_000))
             self.bps = grown
         self.bps = max(self.bps, MIN_BPS)
+
+    @property
+    def ready(self) -> bool:
+        """Past the start-up readings: overuse can be told from noise."""
+        return self._samples >= WARMUP_SAMPLES
 
     @property
     def overusing(self) -> bool:

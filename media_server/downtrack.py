@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 NTP_FRACTION = float(1 << 32)
 DEFAULT_RTT_S = 0.1
 RESENT_MEMORY = 1024
+# A padding-only payload (RFC 3550 5.1): its last byte says how many bytes to drop.
+PADDING = bytes(239) + bytes([240])
 
 
 class RepairBudget:
@@ -82,6 +84,7 @@ class DownTrackStats:
     nacks: int = 0
     retransmitted: int = 0
     retransmit_refused: int = 0  # not cached, too soon after the last resend, or over budget
+    probes: int = 0  # packets sent only to probe the link's headroom
     keyframe_requests: int = 0
     fraction_lost: float = 0.0
     jitter: int = 0
@@ -236,13 +239,16 @@ class DownTrack:
         self.stats.packets += 1
         self.stats.octets += len(payload)
 
-    def _write(self, marker: int, oseq: int, ots: int, ast: bytes, payload: bytes) -> None:
+    def _write(
+        self, marker: int, oseq: int, ots: int, ast: bytes, payload: bytes, padded: bool = False
+    ) -> None:
         """Our header, our extension block (abs-send-time `ast`), the publisher's payload."""
+        b0 = self._b0 | 0x20 if padded else self._b0
         if self._tcc is not None:
             self.sink.send_rtp(
                 b"".join(
                     (
-                        HEADER.pack(self._b0, marker | self.payload_type, oseq, ots, self.ssrc),
+                        HEADER.pack(b0, marker | self.payload_type, oseq, ots, self.ssrc),
                         self._ext_head,
                         (next(self._tcc) & 0xFFFF).to_bytes(2, "big"),
                         self._ext_mid,
@@ -256,7 +262,7 @@ class DownTrack:
         self.sink.send_rtp(
             b"".join(
                 (
-                    HEADER.pack(self._b0, marker | self.payload_type, oseq, ots, self.ssrc),
+                    HEADER.pack(b0, marker | self.payload_type, oseq, ots, self.ssrc),
                     self._ext_prefix,
                     ast if self._has_ast else b"",
                     self._ext_pad,
@@ -351,6 +357,39 @@ class DownTrack:
         )
         self.stats.retransmitted += 1
         return True
+
+    # -- probes -----------------------------------------------------------------------------
+
+    def probe(self) -> int:
+        """Fill the link a little, for a bandwidth probe; returns the bytes sent (0: none).
+
+        While forwarding, the last packet goes again (the receiver drops the duplicate);
+        while paused, a padding-only packet takes the next sequence number.
+        """
+        fwd = self.forwarder
+        up = self.current
+        if up is not None:
+            seq = fwd.source_seq(fwd.last_seq) if fwd.last_seq >= 0 else DROP
+            data = up.packet(seq) if seq != DROP else None
+            if data is None:
+                return 0
+            try:
+                start, end = payload_bounds(data)
+            except ValueError:
+                return 0
+            ts = (int.from_bytes(data[4:8], "big") + fwd.timestamp_offset()) & 0xFFFFFFFF
+            payload = data[start:end]
+            self._write(data[1] & 0x80, fwd.last_seq, ts, abs_send_time(time.time()), payload)
+        else:
+            if self.source is None or self.source.kind != "video":
+                return 0
+            out = fwd.pad()
+            if out is None:
+                return 0
+            payload = PADDING
+            self._write(0, out[0], out[1], abs_send_time(time.time()), payload, padded=True)
+        self.stats.probes += 1
+        return len(payload) + 40
 
     # -- sender reports -------------------------------------------------------------------
 

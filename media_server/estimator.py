@@ -110,6 +110,12 @@ class DownlinkEstimator:
             self.congested_at = now
         self._clamp()
 
+    def on_probe(self, bps: float, now: float) -> None:
+        """A probe showed the link carries `bps` without a queue building."""
+        if bps > self._bps:
+            self._bps = bps
+        self._clamp()
+
     def on_loss(self, fraction: float, now: float) -> None:
         """One interval's loss fraction (0..1), over every stream the subscriber receives."""
         self.loss = fraction

@@ -13,6 +13,7 @@ from media_server.delay_estimate import DelayEstimate, Usage
 from media_server.downtrack import DownTrack
 from media_server.estimator import DownlinkEstimator
 from media_server.pacer import Pacer
+from media_server.probe import INTERVAL_S, RETRY_S, ProbeController
 from media_server.sink import MemorySink
 from media_server.twcc import SEQ_OFFSET, SendHistory, feedback_in, parse_feedback
 from tongke.codecs import TRANSPORT_CC_URI, answered_transport_cc, offer_transport_cc
@@ -276,3 +277,75 @@ def test_repeated_reordered_or_foreign_feedback_changes_nothing_it_should_not(
     expected = {"duplicate": 40, "reorder": 20, "unknown": 20}[mangle]
     assert delay.received == expected
     assert delay.bps >= 2_000_000
+
+
+# -- probing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("now", "estimate", "demand", "last_change", "target"),
+    [
+        (10.0, 1_000_000, 5_000_000, 0.0, 2_000_000),  # quiet, wanting more: double
+        (10.0, 3_000_000, 4_000_000, 0.0, 4_000_000),  # never above what the sources want
+        (10.0, 1_000_000, 1_100_000, 0.0, None),  # they want little more: not worth it
+        (10.0, 1_000_000, 5_000_000, 9.0, None),  # a queue or a layer change just now
+    ],
+)
+def test_a_probe_starts_only_on_a_quiet_link_that_sources_want_more_of(
+    now: float, estimate: int, demand: int, last_change: float, target: int | None
+) -> None:
+    probe = ProbeController().start(now, estimate, demand, last_change)
+    assert (probe.target_bps if probe else None) == target
+
+
+@pytest.mark.parametrize(
+    ("peak", "overused", "proven", "next_probe_after"),
+    [
+        (1_900_000, False, 1_900_000, INTERVAL_S),  # arrived without a queue: proven
+        (1_900_000, True, None, RETRY_S),  # a queue built: the link is full
+        (1_200_000, False, None, RETRY_S),  # most of it never arrived
+    ],
+)
+def test_a_probe_proves_what_arrived_without_a_queue(
+    peak: int, overused: bool, proven: int | None, next_probe_after: float
+) -> None:
+    prober = ProbeController()
+    assert prober.start(10.0, 1_000_000, 5_000_000, 0.0) is not None
+    assert prober.finish(11.0, peak, overused) == proven
+    assert prober.start(11.0 + next_probe_after - 0.01, 1_000_000, 5_000_000, 0.0) is None
+    assert prober.start(11.0 + next_probe_after, 1_000_000, 5_000_000, 0.0) is not None
+
+
+def test_probe_packets_duplicate_while_forwarding_and_pad_while_paused() -> None:
+    from media_server.source import MediaSource
+    from media_server.uptrack import UpTrack
+
+    up = UpTrack(
+        track_id="m/teacher_camera",
+        source="teacher_camera",
+        layer="h",
+        kind="video",
+        codec="vp8",
+        clock_rate=90000,
+        ssrc=5,
+        payload_type=96,
+        rtx_ssrc=None,
+        rtx_payload_type=None,
+        request_keyframe=lambda up: None,
+        request_nack=lambda up: None,
+    )
+    source = MediaSource("m", "c", "M", "teacher_camera", "video", "vp8", "", layers={"h": up})
+    sink = MemorySink()
+    down = DownTrack(sink=sink, ssrc=77, payload_type=96)
+    down.bind(source)
+    key = bytes([0x90, 0x00, 0x00]) + b"frame"  # VP8: start of partition 0, key frame
+    up.on_rtp(bytes([0x80, 96, 0, 10, 0, 0, 0, 9, 0, 0, 0, 5]) + key, 0)
+    assert len(sink.rtp) == 1
+    assert down.probe() > 0
+    assert sink.rtp[1] == sink.rtp[0]  # the same packet again (abs-send-time aside: none)
+    down.allocate(None, paused=True)
+    assert down.probe() > 0
+    padding = sink.rtp[2]
+    assert padding[0] & 0x20 and len(padding) - 12 == padding[-1]  # padding only
+    assert int.from_bytes(padding[2:4], "big") == int.from_bytes(sink.rtp[0][2:4], "big") + 1
+    assert down.retransmit(int.from_bytes(padding[2:4], "big")) is False  # nothing to resend

@@ -1,10 +1,11 @@
-"""Chromium behind a rate-capped link: transport-cc negotiated, and the SFU's send-side
-estimate follows the link when it steps from 5 to 1 Mbit/s.
+"""Chromium behind a rate-capped link: transport-cc negotiated, the SFU's send-side
+estimate follows the link when it steps from 5 to 1 Mbit/s, and probing finds the
+headroom again when it steps back.
 
 The lesson page runs in Chromium inside a network namespace whose only way out is the
-user-space link of tests/impair.py; the master publishes two pre-encoded 720p cameras
+user-space link of tests/impair.py; the master publishes three pre-encoded 720p videos
 (1.5 Mbit/s each) and its microphone from this process, so the point is offered more
-than 1 Mbit/s and the link's queue grows after the step.
+than either link carries.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ async def test_the_send_side_estimate_follows_a_browser_link_stepping_from_5_to_
             [
                 Publication(PacketLoopTrack(video, "video"), "teacher_camera", codec="h264"),
                 Publication(PacketLoopTrack(video, "video"), "board_camera", codec="h264"),
+                Publication(PacketLoopTrack(video, "video"), "courseware", codec="h264"),
                 Publication(PacketLoopTrack(audio, "audio"), "classroom_mic", codec="opus"),
             ]
         )
@@ -107,6 +109,27 @@ async def test_the_send_side_estimate_follows_a_browser_link_stepping_from_5_to_
                     f"estimate within 25% of the link {followed_after[0]:.1f} s after the step:",
                     trace[-1][1],
                     "bit/s",
+                )
+
+                # Back to 5 Mbit/s: probes find the headroom (the estimate alone would
+                # grow 8% a second).
+                link.set_link(LinkSpec.symmetric(rtt_ms=40, rate_bps=LINK_BEFORE))
+                recovered = time.monotonic()
+                recovered_after: list[float] = []
+
+                def back() -> bool:
+                    down = point_downlink(server, room)
+                    if down and down["estimate_bps"] >= 0.75 * LINK_BEFORE:
+                        recovered_after.append(time.monotonic() - recovered)
+                        return True
+                    return False
+
+                await wait_for(back, 45, "the estimate back within 25% of the 5 Mbit/s link")
+                down = point_downlink(server, room)
+                assert down is not None and down["probes"]["succeeded"] >= 1
+                print(
+                    f"estimate back within 25% of the link {recovered_after[0]:.1f} s after"
+                    f" the link recovered: {down['estimate_bps']} bit/s, probes {down['probes']}"
                 )
             finally:
                 await browser.close()
