@@ -131,6 +131,7 @@ class DownTrack:
         repair: RepairBudget | None = None,
         tcc_ext_id: int | None = None,
         transport_seq: Iterator[int] | None = None,
+        red: tuple[int, int] | None = None,
     ) -> None:
         self.sink = sink
         self.estimator = estimator
@@ -140,6 +141,11 @@ class DownTrack:
         self.mid = mid
         self.ssrc = ssrc
         self.payload_type = payload_type
+        # RED (RFC 2198) towards a browser that accepted it: (RED PT, Opus PT inside).
+        self._red_pt = red[1] if red is not None else -1
+        if red is not None:
+            self.payload_type = red[0]
+        self._red_prev: tuple[int, bytes] | None = None  # (out timestamp, payload)
         # Transport-wide sequence numbers are counted across the subscriber's streams.
         self._tcc = transport_seq if tcc_ext_id and transport_seq is not None else None
         self._ext_head, self._ext_mid, self._ext_pad = _extension_block(
@@ -235,9 +241,27 @@ class DownTrack:
             oseq, ots = out
             if previous is not None:
                 previous.detach(self)  # type: ignore[attr-defined]  # switched at this keyframe
+        if self._red_pt >= 0:
+            payload = self._red_wrap(ots, payload)
         self._write(marker, oseq, ots, ast, payload)
         self.stats.packets += 1
         self.stats.octets += len(payload)
+
+    def _red_wrap(self, ots: int, payload: bytes) -> bytes:
+        """This Opus payload, after a copy of the previous one (RFC 2198, 4-byte header)."""
+        prev, self._red_prev = self._red_prev, (ots, payload)
+        pt = self._red_pt
+        if prev is not None:
+            offset = (ots - prev[0]) & 0xFFFFFFFF
+            size = len(prev[1])
+            # The format carries 14 bits of offset and 10 of length; a gap (pause,
+            # publisher change) or a large packet goes without its copy.
+            if 0 < offset < 0x4000 and size < 0x400:
+                header = bytes(
+                    (0x80 | pt, offset >> 6, ((offset & 0x3F) << 2) | (size >> 8), size & 0xFF, pt)
+                )
+                return b"".join((header, prev[1], payload))
+        return bytes((pt,)) + payload
 
     def _write(
         self, marker: int, oseq: int, ots: int, ast: bytes, payload: bytes, padded: bool = False
@@ -348,12 +372,15 @@ class DownTrack:
         except ValueError:
             return False
         ts = int.from_bytes(data[4:8], "big")
+        payload = data[start:end]
+        if self._red_pt >= 0:
+            payload = bytes((self._red_pt,)) + payload
         self._write(
             data[1] & 0x80,
             oseq,
             (ts + self.forwarder.timestamp_offset()) & 0xFFFFFFFF,
             abs_send_time(time.time()),
-            data[start:end],
+            payload,
         )
         self.stats.retransmitted += 1
         return True

@@ -65,6 +65,7 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
         state_dir=config.data_dir,
         max_message_bytes=config.max_message_bytes,
         adaptive=config.adaptive_media,
+        audio_red=config.audio_red,
     )
     app[SFU] = sfu
     # TURN (issue 8 item 8): credentials minted per join by tongke/turn.py.
