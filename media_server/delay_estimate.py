@@ -93,16 +93,18 @@ class DelayEstimate:
 
     def on_feedback(self, results: list[PacketResult], now: float, rtt_s: float = 0.1) -> None:
         """One feedback report's packets (send times matched); updates `bps` and `usage`."""
-        fresh = [r for r in results if r.seq > self._highest]
+        highest = self._highest
+        fresh = [r for r in results if r[0] > highest]
         if not fresh:
             return
-        self._highest = max(r.seq for r in fresh)
-        arrived = sorted((r for r in fresh if r.arrival_us is not None), key=lambda r: r.sent_s)
+        self._highest = max(r[0] for r in fresh)
+        arrived = [r for r in fresh if r[3] is not None]
+        arrived.sort(key=_sent)
         self.lost += len(fresh) - len(arrived)
         self.received += len(arrived)
-        for r in arrived:
-            assert r.arrival_us is not None
-            self._take(r.sent_s, r.arrival_us, r.size)
+        for _, sent, size, arrival in arrived:
+            assert arrival is not None
+            self._take(sent, arrival, size)
         self._control(now, rtt_s)
 
     def _take(self, sent: float, arrival_us: int, size: int) -> None:
@@ -232,10 +234,18 @@ class DelayEstimate:
         return self.usage is Usage.OVERUSE
 
 
+def _sent(result: PacketResult) -> float:
+    return result[1]
+
+
 def _slope(points: deque[tuple[float, float]]) -> float:
+    """Least-squares slope of the points, in one pass."""
     n = len(points)
-    mean_x = sum(p[0] for p in points) / n
-    mean_y = sum(p[1] for p in points) / n
-    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
-    den = sum((x - mean_x) ** 2 for x, _ in points)
-    return num / den if den else 0.0
+    sx = sy = sxx = sxy = 0.0
+    for x, y in points:
+        sx += x
+        sy += y
+        sxx += x * x
+        sxy += x * y
+    den = n * sxx - sx * sx
+    return (n * sxy - sx * sy) / den if den else 0.0
