@@ -102,7 +102,7 @@ async def test_the_send_side_estimate_follows_a_browser_link_stepping_from_5_to_
                         return True
                     return False
 
-                await wait_for(follows, 20, "the estimate within 25% of the 1 Mbit/s link")
+                await wait_for(follows, 30, "the estimate within 25% of the 1 Mbit/s link")
                 after = point_downlink(server, room)
                 assert after is not None and after["delay_bps"] is not None
                 print(
