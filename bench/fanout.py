@@ -1,10 +1,15 @@
 """Fan-out benchmark: one publisher, N subscribers, the SFU pinned to one CPU.
 
     python bench/fanout.py --subscribers 50 --seconds 30 [--json]
+    python bench/fanout.py --subscribers 50 --seconds 20 --compare-adaptive --rounds 2 --json
 
 The publisher sends a pre-encoded 1280x720 30 fps H.264 stream (~1.5 Mbit/s) plus Opus;
 nothing is encoded at run time. Subscribers count packets (no decoding). The server
 runs in its own process on CPU 0 (taskset), this load generator on CPU 1.
+
+`--compare-adaptive` alternates servers with adaptive media off and on
+(TONGKE_ADAPTIVE_MEDIA), `--rounds` times each, and reports the median of each and
+their ratio: on a shared machine one run of each is not a comparison.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +33,8 @@ from bench.media import PacketLoopTrack, encoded_h264, encoded_opus
 from classroom_agent.client import ClientEvents, LessonClient, Publication
 from tests.lesson_server import start_server_process
 from tongke.ice import use_host_addresses
+
+JOIN_BATCH = 10
 
 
 @dataclass
@@ -120,19 +128,22 @@ async def run(subscribers: int, seconds: float, quiet: bool) -> dict:
         )
         await asyncio.sleep(2)
         rss_before = proc_rss_mb(pid)
-        for i in range(subscribers):
-            counter = Counter()
-            client = LessonClient(
-                server.url,
-                room,
-                server.token(room, f"p-{i}", "observer"),
-                events=counting_hooks(counter),
-            )
-            await client.connect()
-            clients.append(client)
-            counters.append(counter)
-            if (i + 1) % 10 == 0:
-                log(f"{i + 1}/{subscribers} subscribers joined")
+        # Ten join at a time: one after another, 150 joins took minutes on a busy machine.
+        for first in range(0, subscribers, JOIN_BATCH):
+            batch = []
+            for i in range(first, min(first + JOIN_BATCH, subscribers)):
+                counter = Counter()
+                client = LessonClient(
+                    server.url,
+                    room,
+                    server.token(room, f"p-{i}", "observer"),
+                    events=counting_hooks(counter),
+                )
+                batch.append(client)
+                clients.append(client)
+                counters.append(counter)
+            await asyncio.gather(*(c.connect() for c in batch))
+            log(f"{len(clients) - 1}/{subscribers} subscribers joined")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             stats = server.stats()
@@ -182,13 +193,46 @@ async def run(subscribers: int, seconds: float, quiet: bool) -> dict:
         server.stop()
 
 
+def compare_adaptive(subscribers: int, seconds: float, rounds: int, quiet: bool) -> dict:
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for mode in ("off", "on"):
+            os.environ["TONGKE_ADAPTIVE_MEDIA"] = "1" if mode == "on" else "0"
+            runs[mode].append(asyncio.run(run(subscribers, seconds, quiet)))
+    os.environ.pop("TONGKE_ADAPTIVE_MEDIA", None)
+
+    def median_us(mode: str) -> float:
+        return statistics.median(r["us_per_packet"] or 0.0 for r in runs[mode])
+
+    off, on = median_us("off"), median_us("on")
+    return {
+        "subscribers": subscribers,
+        "seconds": seconds,
+        "rounds": rounds,
+        "us_per_packet_off": round(off, 2),
+        "us_per_packet_on": round(on, 2),
+        "ratio_on_off": round(on / off, 3) if off else None,
+        "off_runs": [r["us_per_packet"] for r in runs["off"]],
+        "on_runs": [r["us_per_packet"] for r in runs["on"]],
+        "loss_off": max(r["loss"] or 0.0 for r in runs["off"]),
+        "loss_on": max(r["loss"] or 0.0 for r in runs["on"]),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--compare-adaptive", action="store_true", help="alternate adaptive media off and on"
+    )
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    result = asyncio.run(run(args.subscribers, args.seconds, quiet=args.json))
+    if args.compare_adaptive:
+        result = compare_adaptive(args.subscribers, args.seconds, args.rounds, quiet=args.json)
+    else:
+        result = asyncio.run(run(args.subscribers, args.seconds, quiet=args.json))
     if args.json:
         print(json.dumps(result))
     else:

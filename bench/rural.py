@@ -366,6 +366,8 @@ async def run_condition(
     )
     port = server.url.rsplit(":", 1)[1]
     local_url = f"http://127.0.0.1:{port}"
+    # The master agent's own account, kept for a run whose point got no media.
+    master_log = (workdir / "master.log").open("w")
     point_url = f"http://{netlink.host_address}:{port}"
     room = "rural"
     server.open_room(room)
@@ -375,12 +377,12 @@ async def run_condition(
             server.token(room, "city-school", "master", name="Master"),
             "master",
             ice_addresses=["127.0.0.1"],
-            options=["--synthetic", "noise", "--no-window", "--quiet", "--no-recording"],
+            options=["--synthetic", "noise", "--no-window", "--no-recording"],
         ),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=master_log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 60
@@ -488,6 +490,11 @@ async def run_condition(
                 "link_down": link_down,
             }
         )
+        if not sfu.get("packets_forwarded"):
+            result["room_at_end"] = _room_stats(server, room)
+            master_log.flush()
+            lines = (workdir / "master.log").read_text(errors="replace").splitlines()
+            result["master_log_tail"] = lines[-30:]
         return result
     finally:
         agent.terminate()
@@ -495,6 +502,7 @@ async def run_condition(
             agent.wait(10)
         except subprocess.TimeoutExpired:
             agent.kill()
+        master_log.close()
         server.stop()
         netlink.close()
 

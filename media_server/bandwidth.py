@@ -9,14 +9,19 @@ sources. What changed goes to the subscriber as an `allocation` message
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import itertools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from media_server.allocator import Candidate, Decision, allocate, layer_bps, rank
+from media_server.delay_estimate import DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import INITIAL_BPS, DownlinkEstimator
 from media_server.pacer import Pacer
+from media_server.probe import ProbeController
 from media_server.sink import PacketSink
+from media_server.twcc import SendHistory, feedback_in
 
 # Leave room for retransmissions, RTCP and header overhead.
 ALLOCATION_SHARE = 0.85
@@ -25,6 +30,8 @@ ALLOCATION_SHARE = 0.85
 # is not asked every few seconds), and a long calm period resets it.
 HOLD_S = 4.0
 HOLD_MAX_S = 16.0
+PROBE_STEP_S = 0.01
+PROBE_MAX_PACKETS = 64  # per step: 64 x ~1.2 kB in 10 ms is ~60 Mbit/s, far above any target
 CALM_S = 60.0
 
 
@@ -37,16 +44,14 @@ def _top_cost(c: Candidate) -> int:
 
 
 class PriorityLane:
-    """The pacer's front door for audio: straight out, ahead of any queued video."""
+    """The pacer's front door for audio: straight out, ahead of any queued video.
+
+    Its methods are the pacer's own, bound once: no extra call per audio packet.
+    """
 
     def __init__(self, pacer: Pacer) -> None:
-        self._pacer = pacer
-
-    def send_rtp(self, packet: bytes) -> None:
-        self._pacer.send_rtp_now(packet)
-
-    def send_rtcp(self, packet: bytes) -> None:
-        self._pacer.send_rtcp(packet)
+        self.send_rtp = pacer.send_rtp_now
+        self.send_rtcp = pacer.send_rtcp
 
 
 class SubscriberBandwidth:
@@ -68,6 +73,35 @@ class SubscriberBandwidth:
         self._started: set[str] = set()
         self._announced: Any = None
         self.estimate_bps = start
+        self.transport_seq: Iterator[int] | None = None  # set once transport-cc is on
+        self.prober = ProbeController()
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self._downtracks: list[DownTrack] = []
+        self._probe_from_bps = 0
+        self._probe_last_step = 0.0
+        self._history: SendHistory | None = None
+        self._delay: DelayEstimate | None = None
+        self.feedback_reports = 0
+
+    def use_transport_cc(self, ext_id: int) -> None:
+        """The subscriber negotiated transport-cc: stamp, record, estimate from feedback."""
+        if self._history is not None or not self.adaptive:
+            return
+        self._history = SendHistory()
+        self._delay = DelayEstimate(self.estimate_bps)
+        self.transport_seq = itertools.count()
+        self.pacer.note_transport_cc(self._history, ext_id)
+
+    def on_rtcp(self, data: bytes, now: float) -> None:
+        """Raw RTCP from the subscriber (plaintext): transport-cc feedback is read here."""
+        history, delay = self._history, self._delay
+        if history is None or delay is None:
+            return
+        for feedback in feedback_in(data):
+            self.feedback_reports += 1
+            rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
+            delay.on_feedback(history.match(feedback, now), now, rtt_s)
+            self.estimator.on_delay(delay.bps, delay.overusing, now)
 
     def sink_for(self, kind: str) -> PacketSink:
         if not self.adaptive:
@@ -81,12 +115,15 @@ class SubscriberBandwidth:
         self._feed_loss(active, now)
         estimate = self.estimator.estimate(now)
         self.estimate_bps = estimate.bps
-        self.pacer.set_rate(estimate.bps)
+        probe = self.prober.active
+        self.pacer.set_rate(max(estimate.bps, int(probe.target_bps)) if probe else estimate.bps)
         self.repair.set_rate(estimate.bps)
         if not self.adaptive:
             return None
         candidates = [self._candidate(d, now) for d in active]
         self.estimator.demand_bps = sum(_top_cost(c) for c in candidates) / ALLOCATION_SHARE
+        self._downtracks = active
+        self._maybe_probe(estimate.bps, now)
         if now - max(self._last_down, self._last_up) > CALM_S:
             self._hold_s = HOLD_S
         hold = now - self._last_down < self._hold_s or estimate.congested
@@ -105,6 +142,70 @@ class SubscriberBandwidth:
         elif raised:
             self._last_up = now
         return self._message(active, estimate.bps)
+
+    # -- probing ----------------------------------------------------------------------------
+
+    def _maybe_probe(self, estimate_bps: int, now: float) -> None:
+        delay = self._delay
+        if delay is None or not delay.ready or self._probe_timer is not None:
+            return
+        # Quiet means no queue and no layer change (a rise's keyframes) for a while.
+        last_change = max(delay.overused_at, self._last_down, self._last_up)
+        probe = self.prober.start(now, estimate_bps, self.estimator.demand_bps, last_change)
+        if probe is None:
+            return
+        self.pacer.set_rate(int(probe.target_bps))
+        delay.peak_acked_bps = 0.0
+        self._probe_from_bps = estimate_bps
+        self._probe_last_step = now
+        self._probe_step()
+
+    def _probe_step(self) -> None:
+        """Every PROBE_STEP_S while a probe runs: top what we send up to its target."""
+        probe, delay = self.prober.active, self._delay
+        if probe is None or delay is None:
+            self._probe_timer = None
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now >= probe.ends:
+            rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
+            self._probe_timer = loop.call_later(max(0.3, rtt_s + 0.2), self._probe_done)
+            return
+        # A busy loop fires the timer late: fill the time that really passed.
+        elapsed = min(now - self._probe_last_step, 0.05)
+        self._probe_last_step = now
+        want = (probe.target_bps - self.estimator.sent_bps) / 8 * elapsed
+        videos = [d for d in self._downtracks if d.source is not None and d.source.kind == "video"]
+        sent = 0
+        for _ in range(PROBE_MAX_PACKETS):
+            if sent >= want or not videos:
+                break
+            d = videos[0]
+            size = d.probe()
+            if size == 0:
+                videos.pop(0)
+                continue
+            sent += size
+            videos.append(videos.pop(0))  # spread over the subscriber's videos
+        self._probe_timer = loop.call_later(PROBE_STEP_S, self._probe_step)
+
+    def _probe_done(self) -> None:
+        self._probe_timer = None
+        probe, delay = self.prober.active, self._delay
+        if probe is None or delay is None:
+            return
+        now = asyncio.get_running_loop().time()
+        proven = self.prober.finish(now, delay.peak_acked_bps, delay.overused_at >= probe.started)
+        if proven is not None:
+            self.estimator.on_probe(proven, now)
+            self._last_down = float("-inf")  # the link proved it: layers may rise now
+            self._hold_s = HOLD_S
+        else:
+            # The probe itself overfilled the link: that says nothing against the
+            # estimate from before it.
+            self.estimator.on_probe(min(self._probe_from_bps, delay.peak_acked_bps), now)
+        self.pacer.set_rate(self.estimator.estimate(now).bps)
 
     def _measure_sent(self, downtracks: Sequence[DownTrack], now: float) -> None:
         est = self.estimator
@@ -199,7 +300,15 @@ class SubscriberBandwidth:
             "hold_s": self._hold_s,
             "paced_dropped": self.pacer.dropped,
             "repair_refused": self.repair.refused,
+            "transport_cc": self._delay is not None,
+            "delay_bps": int(self._delay.bps) if self._delay is not None else None,
+            "delay_usage": self._delay.usage.value if self._delay is not None else None,
+            "feedback_reports": self.feedback_reports,
+            "probes": {"succeeded": self.prober.succeeded, "failed": self.prober.failed},
         }
 
     def close(self) -> None:
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
         self.pacer.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aiortc.rtp import (
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 NTP_FRACTION = float(1 << 32)
 DEFAULT_RTT_S = 0.1
 RESENT_MEMORY = 1024
+# A padding-only payload (RFC 3550 5.1): its last byte says how many bytes to drop.
+PADDING = bytes(239) + bytes([240])
 
 
 class RepairBudget:
@@ -81,6 +84,7 @@ class DownTrackStats:
     nacks: int = 0
     retransmitted: int = 0
     retransmit_refused: int = 0  # not cached, too soon after the last resend, or over budget
+    probes: int = 0  # packets sent only to probe the link's headroom
     keyframe_requests: int = 0
     fraction_lost: float = 0.0
     jitter: int = 0
@@ -88,21 +92,29 @@ class DownTrackStats:
     remb_bps: int | None = None
 
 
-def _extension_block(mid: str, mid_id: int | None, ast_id: int | None) -> tuple[bytes, bytes]:
-    """Split our one-byte-header extension block around the 3 abs-send-time bytes."""
+def _extension_block(
+    mid: str, mid_id: int | None, ast_id: int | None, tcc_id: int | None = None
+) -> tuple[bytes, bytes, bytes]:
+    """Our one-byte-header extension block, split around the variable bytes.
+
+    Returns (head, middle, pad): head ends where the 2 transport-wide sequence bytes go
+    (when `tcc_id` is set, its element comes first, at a fixed offset the pacer reads),
+    middle ends where the 3 abs-send-time bytes go, pad closes the block.
+    """
     elems = b""
     if mid_id:
         raw = mid.encode()
         elems += bytes([(mid_id << 4) | (len(raw) - 1)]) + raw
     if ast_id:
         elems += bytes([(ast_id << 4) | 2])
-    if not elems:
-        return b"", b""
-    body_len = len(elems) + (3 if ast_id else 0)
+    tcc = bytes([(tcc_id << 4) | 1]) if tcc_id else b""
+    if not elems and not tcc:
+        return b"", b"", b""
+    body_len = len(tcc) + (2 if tcc else 0) + len(elems) + (3 if ast_id else 0)
     pad = (-body_len) % 4
     words = (body_len + pad) // 4
-    prefix = b"\xbe\xde" + words.to_bytes(2, "big") + elems
-    return prefix, b"\x00" * pad
+    head = b"\xbe\xde" + words.to_bytes(2, "big") + tcc
+    return head, elems, b"\x00" * pad
 
 
 class DownTrack:
@@ -117,6 +129,9 @@ class DownTrack:
         ast_ext_id: int | None = None,
         estimator: DownlinkEstimator | None = None,
         repair: RepairBudget | None = None,
+        tcc_ext_id: int | None = None,
+        transport_seq: Iterator[int] | None = None,
+        red: tuple[int, int] | None = None,
     ) -> None:
         self.sink = sink
         self.estimator = estimator
@@ -126,7 +141,17 @@ class DownTrack:
         self.mid = mid
         self.ssrc = ssrc
         self.payload_type = payload_type
-        self._ext_prefix, self._ext_pad = _extension_block(mid, mid_ext_id, ast_ext_id)
+        # RED (RFC 2198) towards a browser that accepted it: (RED PT, Opus PT inside).
+        self._red_pt = red[1] if red is not None else -1
+        if red is not None:
+            self.payload_type = red[0]
+        self._red_prev: tuple[int, bytes] | None = None  # (out timestamp, payload)
+        # Transport-wide sequence numbers are counted across the subscriber's streams.
+        self._tcc = transport_seq if tcc_ext_id and transport_seq is not None else None
+        self._ext_head, self._ext_mid, self._ext_pad = _extension_block(
+            mid, mid_ext_id, ast_ext_id, tcc_ext_id if self._tcc is not None else None
+        )
+        self._ext_prefix = self._ext_head + self._ext_mid
         self._has_ast = ast_ext_id is not None
         self._b0 = 0x90 if self._ext_prefix else 0x80
         self.forwarder = Forwarder(seed=ssrc)
@@ -216,16 +241,52 @@ class DownTrack:
             oseq, ots = out
             if previous is not None:
                 previous.detach(self)  # type: ignore[attr-defined]  # switched at this keyframe
+        if self._red_pt >= 0:
+            payload = self._red_wrap(ots, payload)
         self._write(marker, oseq, ots, ast, payload)
         self.stats.packets += 1
         self.stats.octets += len(payload)
 
-    def _write(self, marker: int, oseq: int, ots: int, ast: bytes, payload: bytes) -> None:
+    def _red_wrap(self, ots: int, payload: bytes) -> bytes:
+        """This Opus payload, after a copy of the previous one (RFC 2198, 4-byte header)."""
+        prev, self._red_prev = self._red_prev, (ots, payload)
+        pt = self._red_pt
+        if prev is not None:
+            offset = (ots - prev[0]) & 0xFFFFFFFF
+            size = len(prev[1])
+            # The format carries 14 bits of offset and 10 of length; a gap (pause,
+            # publisher change) or a large packet goes without its copy.
+            if 0 < offset < 0x4000 and size < 0x400:
+                header = bytes(
+                    (0x80 | pt, offset >> 6, ((offset & 0x3F) << 2) | (size >> 8), size & 0xFF, pt)
+                )
+                return b"".join((header, prev[1], payload))
+        return bytes((pt,)) + payload
+
+    def _write(
+        self, marker: int, oseq: int, ots: int, ast: bytes, payload: bytes, padded: bool = False
+    ) -> None:
         """Our header, our extension block (abs-send-time `ast`), the publisher's payload."""
+        b0 = self._b0 | 0x20 if padded else self._b0
+        if self._tcc is not None:
+            self.sink.send_rtp(
+                b"".join(
+                    (
+                        HEADER.pack(b0, marker | self.payload_type, oseq, ots, self.ssrc),
+                        self._ext_head,
+                        (next(self._tcc) & 0xFFFF).to_bytes(2, "big"),
+                        self._ext_mid,
+                        ast if self._has_ast else b"",
+                        self._ext_pad,
+                        payload,
+                    )
+                )
+            )
+            return
         self.sink.send_rtp(
             b"".join(
                 (
-                    HEADER.pack(self._b0, marker | self.payload_type, oseq, ots, self.ssrc),
+                    HEADER.pack(b0, marker | self.payload_type, oseq, ots, self.ssrc),
                     self._ext_prefix,
                     ast if self._has_ast else b"",
                     self._ext_pad,
@@ -311,15 +372,51 @@ class DownTrack:
         except ValueError:
             return False
         ts = int.from_bytes(data[4:8], "big")
+        payload = data[start:end]
+        if self._red_pt >= 0:
+            payload = bytes((self._red_pt,)) + payload
         self._write(
             data[1] & 0x80,
             oseq,
             (ts + self.forwarder.timestamp_offset()) & 0xFFFFFFFF,
             abs_send_time(time.time()),
-            data[start:end],
+            payload,
         )
         self.stats.retransmitted += 1
         return True
+
+    # -- probes -----------------------------------------------------------------------------
+
+    def probe(self) -> int:
+        """Fill the link a little, for a bandwidth probe; returns the bytes sent (0: none).
+
+        While forwarding, the last packet goes again (the receiver drops the duplicate);
+        while paused, a padding-only packet takes the next sequence number.
+        """
+        fwd = self.forwarder
+        up = self.current
+        if up is not None:
+            seq = fwd.source_seq(fwd.last_seq) if fwd.last_seq >= 0 else DROP
+            data = up.packet(seq) if seq != DROP else None
+            if data is None:
+                return 0
+            try:
+                start, end = payload_bounds(data)
+            except ValueError:
+                return 0
+            ts = (int.from_bytes(data[4:8], "big") + fwd.timestamp_offset()) & 0xFFFFFFFF
+            payload = data[start:end]
+            self._write(data[1] & 0x80, fwd.last_seq, ts, abs_send_time(time.time()), payload)
+        else:
+            if self.source is None or self.source.kind != "video":
+                return 0
+            out = fwd.pad()
+            if out is None:
+                return 0
+            payload = PADDING
+            self._write(0, out[0], out[1], abs_send_time(time.time()), payload, padded=True)
+        self.stats.probes += 1
+        return len(payload) + 40
 
     # -- sender reports -------------------------------------------------------------------
 

@@ -17,6 +17,11 @@ Two signals, as in Google Congestion Control (the estimator Chromium and aiortc 
   per report. Growth is bounded by a multiple of what we send, so an idle subscriber's
   estimate does not run away from anything measured.
 
+- Transport-wide feedback (browsers that negotiate transport-cc, which then send no
+  REMB): our own delay-based estimate (media_server/delay_estimate.py). When it detects
+  a queue building on the subscriber's link, the estimate drops to it at once, and
+  loss-free reports do not grow the estimate for `DELAY_HOLD_S` after that.
+
 No I/O: the subscriber's control loop feeds it (`sent_bps` each tick) and reads it.
 """
 
@@ -36,6 +41,7 @@ REMB_WARMUP_S = 6.0
 # How far above what we send the estimate may grow without evidence.
 HEADROOM_FACTOR = 2.0
 HEADROOM_BPS = 1_500_000
+DELAY_HOLD_S = 2.0
 
 
 @dataclass
@@ -63,6 +69,8 @@ class DownlinkEstimator:
         self.loss = 0.0
         self.rtt_ms: float | None = None
         self.congested_at = float("-inf")
+        self.delay_bps: int | None = None  # the transport-cc estimate, when there is one
+        self._delay_overuse_at = float("-inf")
 
     def on_remb(self, bps: int, ssrcs: list[int], now: float) -> None:
         if bps <= 0:
@@ -91,13 +99,30 @@ class DownlinkEstimator:
             self.congested_at = now
         self._clamp()
 
+    def on_delay(self, bps: float, overusing: bool, now: float) -> None:
+        """The send-side delay-based estimate after one transport-cc feedback."""
+        self.delay_bps = int(bps)
+        if not overusing:
+            return
+        self._delay_overuse_at = now
+        if bps < self._bps:
+            self._bps = bps
+            self.congested_at = now
+        self._clamp()
+
+    def on_probe(self, bps: float, now: float) -> None:
+        """A probe showed the link carries `bps` without a queue building."""
+        if bps > self._bps:
+            self._bps = bps
+        self._clamp()
+
     def on_loss(self, fraction: float, now: float) -> None:
         """One interval's loss fraction (0..1), over every stream the subscriber receives."""
         self.loss = fraction
         if fraction > LOSS_HIGH:
             self._bps *= 1 - 0.5 * fraction
             self.congested_at = now
-        elif fraction < LOSS_LOW:
+        elif fraction < LOSS_LOW and now - self._delay_overuse_at >= DELAY_HOLD_S:
             ceiling = max(
                 self.sent_bps * HEADROOM_FACTOR, self.sent_bps + HEADROOM_BPS, self.demand_bps
             )

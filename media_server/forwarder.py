@@ -135,6 +135,19 @@ class Forwarder:
         self.current = up
         self._last_at = now
 
+    def pad(self) -> tuple[int, int] | None:
+        """(out seq, out timestamp) for a padding packet, or None while forwarding.
+
+        Only while nothing is forwarded (paused, or waiting for a keyframe): the number
+        is the next one, and the resume continues after it; a NACK for it finds nothing.
+        """
+        if self.current is not None or self._last_seq < 0:
+            return None
+        oseq = (self._last_seq + 1) & 0xFFFF
+        self._seq_map[oseq & SEQ_MAP_MASK] = DROP
+        self._last_seq = oseq
+        return oseq, self._last_ts
+
     # -- repair -----------------------------------------------------------------------
 
     def source_seq(self, oseq: int) -> int:

@@ -66,6 +66,7 @@ def setup(app: web.Application, ctx: AppContext, *, rooms: Rooms | None = None) 
         max_message_bytes=config.max_message_bytes,
         adaptive=config.adaptive_media,
         rooms=rooms,
+        audio_red=config.audio_red,
     )
     app[SFU] = sfu
     # TURN (issue 8 item 8): credentials minted per join by tongke/turn.py.

@@ -3,12 +3,17 @@
 A keyframe or a burst of retransmissions is tens of packets at once; on a 1 Mbit/s line
 they fill the modem's queue, delay everything behind them (audio too) and are lost at
 its tail. The pacer is a PacketSink in front of the wire: while the token bucket has
-room, packets go straight out (the common case costs one clock read); a burst beyond
-it is queued and drained every few milliseconds at `PACING_FACTOR` times the estimate
+room, packets go straight out (the common case reads no clock: the bucket is refilled
+only when a packet finds it short, crediting the whole time since the last refill, so a
+burst can reach twice `BURST_S` at worst); a burst beyond it is queued and drained every few milliseconds at `PACING_FACTOR` times the estimate
 (one timer drains every subscriber's queue).
 Audio goes through `send_rtp_now`, ahead of any queue. A queue that would hold more
 than `MAX_QUEUE_S` of sending is cut at its tail: late video is worth less than a
 keyframe request.
+
+For a subscriber with transport-wide congestion control, the pacer notes when each
+stamped packet really leaves (`history`, media_server/twcc.py): the delay-based estimate
+must see the link's queue, not ours.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from collections import deque
 
 from media_server.sink import PacketSink
+from media_server.twcc import SEQ_OFFSET, SendHistory
 
 PACING_FACTOR = 1.5
 # A video frame (not a keyframe) fits in the burst and goes straight out.
@@ -40,6 +46,17 @@ class Pacer:
         self._last = time.monotonic()
         self.set_rate(rate_bps)
         self._tokens = self._burst
+        self.history: SendHistory | None = None
+        self._tcc_byte = -1  # the first extension element's id/len byte when stamped
+
+    def note_transport_cc(self, history: SendHistory, ext_id: int) -> None:
+        """From now on, record when each packet stamped with `ext_id` leaves."""
+        self.history = history
+        self._tcc_byte = (ext_id << 4) | 1
+
+    def _note(self, packet: bytes) -> None:
+        if len(packet) > SEQ_OFFSET + 1 and packet[SEQ_OFFSET - 1] == self._tcc_byte:
+            self.history.record(packet, time.monotonic())  # type: ignore[union-attr]
 
     def set_rate(self, estimate_bps: int) -> None:
         self._rate = estimate_bps * PACING_FACTOR / 8
@@ -53,14 +70,14 @@ class Pacer:
     def send_rtp(self, packet: bytes) -> None:
         size = len(packet)
         if not self.queue:
-            # The refill, inline: this runs once per packet per subscriber.
-            now = time.monotonic()
-            tokens = self._tokens + (now - self._last) * self._rate
-            self._tokens = tokens if tokens < self._burst else self._burst
-            self._last = now
+            # This runs once per packet per subscriber: no clock while tokens last.
+            if self._tokens < size:
+                self._refill()
             if self._tokens >= size:
                 self._tokens -= size
                 self.sent_bytes += size
+                if self.history is not None:
+                    self._note(packet)
                 self.sink.send_rtp(packet)
                 return
         if self.queued_bytes + size > self._rate * MAX_QUEUE_S:
@@ -74,6 +91,8 @@ class Pacer:
         """Audio: out at once; it still spends tokens so video makes room for it."""
         self._tokens -= len(packet)
         self.sent_bytes += len(packet)
+        if self.history is not None:
+            self._note(packet)
         self.sink.send_rtp(packet)
 
     def send_rtcp(self, packet: bytes) -> None:
@@ -89,6 +108,8 @@ class Pacer:
             self._tokens -= size
             self.queued_bytes -= size
             self.sent_bytes += size
+            if self.history is not None:
+                self._note(packet)
             self.sink.send_rtp(packet)
         return bool(queue)
 

@@ -39,6 +39,7 @@ class Participant:
         pc_factory: Callable[[], RTCPeerConnection],
         on_tracks: Callable[[Participant, list[UpTrack], list[UpTrack]], None],
         adaptive: bool = True,
+        audio_red: bool = True,
     ) -> None:
         self.id = participant_id
         self.claims = claims
@@ -57,6 +58,7 @@ class Participant:
             send_json=send_json,
             pc_factory=self._watched_pc,
             adaptive=adaptive,
+            audio_red=audio_red,
             initial_bps=initial_downlink_bps(claims.role),
         )
         self.closed = False

@@ -27,10 +27,12 @@ class Sfu:
         max_message_bytes: int,
         adaptive: bool = True,
         rooms: Rooms | None = None,
+        audio_red: bool = True,
     ) -> None:
         guard.install()
         # Estimation, allocation and pacing per subscriber; off only to measure their cost.
         self.adaptive = adaptive
+        self.audio_red = audio_red
         rtc_internals.install()
         self.secret = secret
         self.max_message_bytes = max_message_bytes

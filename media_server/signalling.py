@@ -197,6 +197,7 @@ class Session:
             pc_factory=self.sfu.new_peer_connection,
             on_tracks=room.on_tracks,
             adaptive=self.sfu.adaptive,
+            audio_red=self.sfu.audio_red,
         )
         self.room, self.participant = room, participant
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,14 @@ from media_server.publisher import SignallingError, parse_sdp
 from media_server.source import MediaSource
 from media_server.wire import Wire
 from tongke import rtc_internals
-from tongke.codecs import codec_capabilities, enable_opus_fec
+from tongke.codecs import (
+    answered_audio_red,
+    answered_transport_cc,
+    codec_capabilities,
+    enable_opus_fec,
+    offer_audio_red,
+    offer_transport_cc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +71,16 @@ class Subscriber:
         send_json: SendJson,
         pc_factory: Callable[[], RTCPeerConnection],
         adaptive: bool = True,
+        audio_red: bool = True,
         initial_bps: int = INITIAL_BPS,
     ) -> None:
         self.participant = participant
         self.adaptive = adaptive
+        self.audio_red = audio_red
+        self.red: tuple[int, int] | None = None  # the answer accepted RED: (RED PT, Opus PT)
         self.initial_bps = initial_bps
         self.bandwidth: SubscriberBandwidth | None = None
+        self.transport_cc_id: int | None = None  # the answer accepted transport-cc
         self._send_json = send_json
         self._pc_factory = pc_factory
         self.pc: RTCPeerConnection | None = None
@@ -160,6 +172,10 @@ class Subscriber:
             self.bandwidth = SubscriberBandwidth(
                 self.wire, adaptive=self.adaptive, initial_bps=self.initial_bps
             )
+            if self.transport_cc_id is not None and self.adaptive:
+                self.bandwidth.use_transport_cc(self.transport_cc_id)
+                on_rtcp = self.bandwidth.on_rtcp
+                rtc_internals.tap_rtcp(dtls, lambda data: on_rtcp(data, time.monotonic()))
         bandwidth = self.bandwidth
         assert bandwidth is not None
         ext = {e.uri: e.id for e in parameters.headerExtensions}
@@ -172,6 +188,9 @@ class Subscriber:
             payload_type=parameters.codecs[0].payloadType or 0,
             mid_ext_id=ext.get(MID_URI),
             ast_ext_id=ext.get(AST_URI) if slot.kind == "video" else None,
+            tcc_ext_id=self.transport_cc_id,
+            transport_seq=bandwidth.transport_seq,
+            red=self._red_for(slot, parameters),
         )
         # RTCP from the subscriber about this SSRC (NACK, PLI, REMB, RR) comes to us.
         rtc_internals.register_rtcp_recipient(dtls, downtrack, downtrack.ssrc)
@@ -179,6 +198,13 @@ class Subscriber:
         downtrack.bind(slot.source)
         if self._sr_task is None:
             self._sr_task = asyncio.ensure_future(self._control(parameters.rtcp.cname or ""))
+
+    def _red_for(self, slot: Slot, parameters: RTCRtpSendParameters) -> tuple[int, int] | None:
+        """RED for an Opus slot whose Opus payload type is the one RED was agreed around."""
+        red = self.red
+        if red is None or slot.kind != "audio" or slot.codec != "opus":
+            return None
+        return red if parameters.codecs and parameters.codecs[0].payloadType == red[1] else None
 
     # -- negotiation -------------------------------------------------------------------
 
@@ -191,7 +217,7 @@ class Subscriber:
         await self._send_json(
             {
                 "type": "subscribe_offer",
-                "sdp": enable_opus_fec(self.pc.localDescription.sdp),
+                "sdp": self._amend_offer(self.pc.localDescription.sdp),
                 "tracks": self.describe(),
             }
         )
@@ -203,6 +229,11 @@ class Subscriber:
             self._answer = None
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
+    def _amend_offer(self, sdp: str) -> str:
+        """What aiortc cannot offer itself: Opus FEC, transport-cc, RED."""
+        sdp = offer_transport_cc(enable_opus_fec(sdp))
+        return offer_audio_red(sdp) if self.audio_red else sdp
+
     def on_answer(self, sdp: object) -> None:
         if self._answer is None or self._answer.done():
             raise SignallingError("bad_request", "no subscribe_offer is waiting for an answer")
@@ -210,6 +241,8 @@ class Subscriber:
         assert isinstance(sdp, str)
         if "a=fingerprint" not in sdp:
             raise SignallingError("bad_sdp", "the answer has no DTLS fingerprint")
+        self.transport_cc_id = answered_transport_cc(sdp)
+        self.red = answered_audio_red(sdp) if self.audio_red else None
         self._answer.set_result(sdp)
 
     def describe(self) -> list[dict[str, Any]]:

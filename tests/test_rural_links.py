@@ -17,7 +17,7 @@ from tests.media import PatternTrack, ToneTrack, first_frames, wait_for
 from tests.test_datagram_guard import server_ports
 from tests.test_rtp_rewrite import VP8_DELTA, VP8_KEY, make_up, rtp
 from tests.test_sfu_forwarding import join
-from tongke.codecs import enable_opus_fec
+from tongke.codecs import answered_audio_red, enable_opus_fec, offer_audio_red
 
 
 async def test_publishers_hear_which_layers_nobody_receives_and_their_uplink_estimate(
@@ -141,3 +141,82 @@ async def test_a_fixed_udp_port_range_carries_the_lesson(tmp_path: Path) -> None
         server.stop()
     with pytest.raises(RuntimeError, match="server did not start"):
         start_server_process(tmp_path / "bad", extra=["--ice-port-range", "9-x"])
+
+
+def test_red_is_offered_around_opus_and_read_back_from_the_answer() -> None:
+    sdp = "\r\n".join(
+        [
+            "v=0",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 96",
+            "a=mid:0",
+            "a=rtpmap:96 opus/48000/2",
+            "m=video 9 UDP/TLS/RTP/SAVPF 97",
+            "a=rtpmap:97 VP8/90000",
+            "",
+        ]
+    )
+    offered = offer_audio_red(sdp)
+    assert "m=audio 9 UDP/TLS/RTP/SAVPF 63 96" in offered
+    assert "a=rtpmap:63 red/48000/2\r\na=fmtp:63 96/96" in offered
+    assert offered.split("m=video")[1] == sdp.split("m=video")[1]
+    assert answered_audio_red(offered) == (63, 96)
+    assert answered_audio_red(sdp) is None  # a peer that did not accept it
+
+
+def audio_up() -> Any:
+    from media_server.uptrack import UpTrack
+
+    return UpTrack(
+        track_id="p1/classroom_mic",
+        source="classroom_mic",
+        layer="h",
+        kind="audio",
+        codec="opus",
+        clock_rate=48000,
+        ssrc=7,
+        payload_type=111,
+        rtx_ssrc=None,
+        rtx_payload_type=None,
+        request_keyframe=lambda up: None,
+        request_nack=lambda up: None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("packets", "expected"),
+    [
+        # The first packet has nothing before it: primary only (1-byte header, F=0).
+        ([(0, b"a" * 5)], [bytes([96]) + b"a" * 5]),
+        # Each next one carries the previous one: F=1, PT, 14-bit offset 960, length 5.
+        (
+            [(0, b"a" * 5), (960, b"bb")],
+            [
+                bytes([96]) + b"a" * 5,
+                bytes([0x80 | 96, 960 >> 6, (960 & 0x3F) << 2, 5, 96]) + b"a" * 5 + b"bb",
+            ],
+        ),
+        # A gap longer than 14 bits of timestamp (a pause): no copy.
+        ([(0, b"a"), (20_000, b"b")], [bytes([96]) + b"a", bytes([96]) + b"b"]),
+        # A previous packet too long for 10 bits of length: no copy.
+        ([(0, b"x" * 1100), (960, b"b")], [bytes([96]) + b"x" * 1100, bytes([96]) + b"b"]),
+    ],
+)
+def test_red_wraps_each_opus_packet_with_the_previous_one(
+    packets: list[tuple[int, bytes]], expected: list[bytes]
+) -> None:
+    up = audio_up()
+    source = MediaSource("p1", "c", "P", "classroom_mic", "audio", "opus", "", layers={"h": up})
+    sink = MemorySink()
+    down = DownTrack(sink=sink, ssrc=9, payload_type=96, red=(63, 96))
+    down.bind(source)
+    for i, (ts, payload) in enumerate(packets):
+        up.on_rtp(
+            bytes([0x80, 111])
+            + (100 + i).to_bytes(2, "big")
+            + ts.to_bytes(4, "big")
+            + (7).to_bytes(4, "big")
+            + payload,
+            0,
+        )
+    assert [p[1] & 0x7F for p in sink.rtp] == [63] * len(packets)
+    assert [p[12:] for p in sink.rtp] == expected

@@ -76,3 +76,100 @@ def _opus_fec_in_section(lines: list[str]) -> list[str]:
             if pt in opus and not any(x.startswith(f"a=fmtp:{pt} ") for x in lines):
                 out.append(f"a=fmtp:{pt} minptime=10;useinbandfec=1")
     return out
+
+
+TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+# aiortc numbers its own extensions 1-3 (mid, audio level, abs-send-time).
+TRANSPORT_CC_ID = 5
+
+
+def offer_transport_cc(sdp: str) -> str:
+    """Offer transport-wide congestion control (the extension and its feedback) on every
+    audio and video section of an SDP aiortc wrote (it knows neither).
+
+    A browser that answers with the extension stamps nothing itself: it reports, every
+    50-250 ms, when each of our packets arrived (media_server/twcc.py), and the SFU's
+    send-side estimate learns from that. An aiortc peer answers without it and keeps
+    sending REMB.
+    """
+    out: list[str] = []
+    kind = ""
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            kind = line[2:].split(" ", 1)[0]
+        out.append(line)
+        if kind not in ("audio", "video"):
+            continue
+        if line.startswith("a=rtpmap:"):
+            pt = line.split()[0].split(":", 1)[1]
+            if not line.lower().split()[1].startswith("rtx/"):
+                out.append(f"a=rtcp-fb:{pt} transport-cc")
+        elif line.startswith("a=mid:"):
+            out.append(f"a=extmap:{TRANSPORT_CC_ID} {TRANSPORT_CC_URI}")
+    return "\r\n".join(out)
+
+
+def answered_transport_cc(sdp: str) -> int | None:
+    """The transport-cc extension id the answer accepted (None: not negotiated)."""
+    for line in sdp.splitlines():
+        if line.startswith("a=extmap:") and line.rstrip().endswith(" " + TRANSPORT_CC_URI):
+            ext_id = line[len("a=extmap:") :].split()[0].split("/", 1)[0]
+            if ext_id.isdigit() and 1 <= int(ext_id) <= 14:
+                return int(ext_id)
+    return None
+
+
+RED_PAYLOAD_TYPE = 63  # Chromium's own choice; unused by aiortc's audio codecs
+
+
+def offer_audio_red(sdp: str) -> str:
+    """Offer RED (RFC 2198, `red/48000/2`) around Opus in every audio section.
+
+    A browser that answers with it receives each Opus packet together with the one
+    before it: a single lost packet is rebuilt from the next one's copy instead of
+    concealed. aiortc neither offers nor understands it; the DownTrack writes the bytes.
+    """
+    out: list[str] = []
+    opus: str | None = None
+    lines = sdp.split("\r\n")
+    for i, line in enumerate(lines):
+        if line.startswith("m="):
+            opus = None
+            if line.startswith("m=audio"):
+                section = lines[
+                    i + 1 : next(
+                        (j for j in range(i + 1, len(lines)) if lines[j].startswith("m=")),
+                        len(lines),
+                    )
+                ]
+                opus = next(
+                    (
+                        x.split()[0].split(":", 1)[1]
+                        for x in section
+                        if x.startswith("a=rtpmap:") and " opus/48000" in x.lower()
+                    ),
+                    None,
+                )
+                if opus is not None:
+                    head, pts = line.split(" ", 3)[:3], line.split(" ", 3)[3:]
+                    line = " ".join([*head, str(RED_PAYLOAD_TYPE), *pts])
+        out.append(line)
+        if opus is not None and line.startswith(f"a=rtpmap:{opus} "):
+            out.append(f"a=rtpmap:{RED_PAYLOAD_TYPE} red/48000/2")
+            out.append(f"a=fmtp:{RED_PAYLOAD_TYPE} {opus}/{opus}")
+    return "\r\n".join(out)
+
+
+def answered_audio_red(sdp: str) -> tuple[int, int] | None:
+    """(RED payload type, Opus payload type inside it) when the answer accepted RED."""
+    red = opus = None
+    for line in sdp.splitlines():
+        if line.startswith("a=rtpmap:") and " red/48000" in line.lower():
+            red = line.split()[0].split(":", 1)[1]
+        elif line.startswith("a=rtpmap:") and " opus/48000" in line.lower():
+            opus = line.split()[0].split(":", 1)[1]
+    if red is None or opus is None or not red.isdigit() or not opus.isdigit():
+        return None
+    if not 0 <= int(red) < 128 or not 0 <= int(opus) < 128:
+        return None
+    return int(red), int(opus)

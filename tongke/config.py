@@ -49,6 +49,8 @@ class Config:
     # Per-subscriber bandwidth estimation, layer allocation and pacing (off: forward
     # everything as it comes; only for measuring what they cost).
     adaptive_media: bool = True
+    # RED (RFC 2198) around Opus towards browsers that accept it (off: to compare).
+    audio_red: bool = True
     # How long a lesson link's one-time code may wait to be opened (tongke/lessoncode.py).
     lesson_code_ttl_s: int = 30 * 60
     # Feed tokens (a classroom's schedule and lesson tokens): lifetime when minted.

@@ -412,6 +412,27 @@ def harden_rtcp(dtls: RTCDtlsTransport) -> None:
     dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
 
 
+def tap_rtcp(dtls: RTCDtlsTransport, on_data: Callable[[bytes], None]) -> None:
+    """Show `on_data` every decrypted compound RTCP packet before aiortc parses it.
+
+    aiortc's parser reads transport-cc feedback (RTPFB FMT 15) as if it were a NACK and
+    keeps none of its bytes; the SFU's send-side estimate reads them here instead.
+    """
+    harden_rtcp(dtls)
+    original = dtls._handle_rtcp_data
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        try:
+            on_data(data)
+        except Exception:
+            HANDLER_ERRORS["rtcp"] += 1
+            log.exception("RTCP tap failed; aiortc still handles the packet")
+        await original(data)
+
+    handle_rtcp_data._tongke_hardened = True  # type: ignore[attr-defined]
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
 def disable_receiver(transceiver: RTCRtpTransceiver) -> None:
     """Never start aiortc's receiver: no jitter buffer, no decoder thread."""
     transceiver.receiver.receive = _no_receive  # type: ignore[method-assign]

@@ -1,0 +1,251 @@
+"""A send-side, delay-based downlink estimate from transport-cc feedback. No I/O.
+
+The idea is Google Congestion Control's (draft-ietf-rmcat-gcc): when we send faster
+than the subscriber's link carries, the modem's queue grows, and packets sent at an even
+pace arrive ever further apart. We group the packets the receiver reports by when we
+sent them (bursts of 5 ms), take for each group how much longer it took to arrive than
+to send, accumulate and smooth that, and fit a line through the last 20 points: its
+slope is the queue's growth. A slope above an adaptive threshold (it follows the slope's
+usual size, so a jittery radio link does not read as congestion) for more than one
+report is overuse: the estimate drops to 85% of what the receiver actually got over the
+last half second (again only while what arrives is near the estimate: after we cut our
+own rate, the queue draining is no news about the link). Below the negative threshold the queue is draining: hold. Otherwise
+the estimate grows 8% a second, at most to 1.5 times what arrives plus a packet.
+
+Written from the draft's description; the subscriber's control loop combines it with
+REMB and receiver-report loss (media_server/estimator.py).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+
+from media_server.twcc import PacketResult
+
+GROUP_S = 0.005
+WINDOW = 20
+SMOOTHING = 0.9
+TREND_GAIN = 4.0
+THRESHOLD_START_MS = 12.5
+THRESHOLD_MIN_MS, THRESHOLD_MAX_MS = 6.0, 600.0
+K_UP, K_DOWN = 0.0087, 0.039
+OVERUSE_MS = 10.0
+# A rising trend is overuse only once a standing queue has formed: the smoothed delay
+# this far above its recent floor. A keyframe burst that crosses a busy machine's event
+# loop bends the trend for a moment but leaves no queue behind.
+QUEUE_MS = 25.0
+# The first seconds of a subscription are its first keyframes, sent in a burst, and a
+# trend fitted through few points: no reading yet.
+WARMUP_SAMPLES = 200
+FLOOR_RISE_MS_PER_S = 1.0  # the floor follows clock drift slowly upwards
+DECREASE = 0.85
+EVIDENCE = 0.6  # what arrived, as a share of the estimate, to lower it again
+GROWTH_PER_S = 1.08
+ACKED_WINDOW_US = 500_000
+MIN_BPS = 64_000
+
+
+class Usage(Enum):
+    NORMAL = "normal"
+    OVERUSE = "overuse"
+    UNDERUSE = "underuse"
+
+
+class _Group:
+    __slots__ = ("arrival_us", "first_sent", "last_sent", "size")
+
+    def __init__(self, sent: float, arrival_us: int, size: int) -> None:
+        self.first_sent = self.last_sent = sent
+        self.arrival_us = arrival_us
+        self.size = size
+
+
+class DelayEstimate:
+    def __init__(self, initial_bps: float) -> None:
+        self.bps = float(initial_bps)
+        self.usage = Usage.NORMAL
+        self.lost = 0  # reported as not received
+        self.received = 0
+        self._highest = -1  # highest transport seq taken in (duplicates are skipped)
+        self._group: _Group | None = None
+        self._previous: _Group | None = None
+        self._accumulated = 0.0
+        self._smoothed = 0.0
+        self._points: deque[tuple[float, float]] = deque(maxlen=WINDOW)
+        self._first_arrival_us: int | None = None
+        self._floor: float | None = None  # the smoothed delay's recent minimum
+        self._samples = 0
+        self._threshold = THRESHOLD_START_MS
+        self._last_arrival_ms: float | None = None
+        self._overuse_ms = 0.0
+        self._overuse_count = 0
+        self._trend = 0.0
+        self._acked: deque[tuple[int, int]] = deque()  # (arrival us, size)
+        self._acked_bytes = 0
+        self._last_decrease = float("-inf")
+        self._decreased_this_episode = False
+        self.peak_acked_bps = 0.0  # highest acked rate since the caller last reset it
+        self.overused_at = float("-inf")
+        self._last_update: float | None = None
+
+    # -- input ------------------------------------------------------------------------
+
+    def on_feedback(self, results: list[PacketResult], now: float, rtt_s: float = 0.1) -> None:
+        """One feedback report's packets (send times matched); updates `bps` and `usage`."""
+        highest = self._highest
+        fresh = [r for r in results if r[0] > highest]
+        if not fresh:
+            return
+        self._highest = max(r[0] for r in fresh)
+        arrived = [r for r in fresh if r[3] is not None]
+        arrived.sort(key=_sent)
+        self.lost += len(fresh) - len(arrived)
+        self.received += len(arrived)
+        for _, sent, size, arrival in arrived:
+            assert arrival is not None
+            self._take(sent, arrival, size)
+        self._control(now, rtt_s)
+
+    def _take(self, sent: float, arrival_us: int, size: int) -> None:
+        self._acked.append((arrival_us, size))
+        self._acked_bytes += size
+        group = self._group
+        if group is None:
+            self._group = _Group(sent, arrival_us, size)
+            return
+        if sent - group.first_sent <= GROUP_S:
+            group.last_sent = max(group.last_sent, sent)
+            group.arrival_us = max(group.arrival_us, arrival_us)
+            group.size += size
+            return
+        self._close_group(group)
+        self._group = _Group(sent, arrival_us, size)
+
+    def _close_group(self, group: _Group) -> None:
+        previous, self._previous = self._previous, group
+        if previous is None:
+            return
+        arrival_ms = (group.arrival_us - previous.arrival_us) / 1000
+        if arrival_ms < 0:
+            return  # reordered across groups: no reading from this pair
+        sent_ms = (group.last_sent - previous.last_sent) * 1000
+        self._trendline(group.arrival_us, arrival_ms - sent_ms)
+
+    # -- detection ----------------------------------------------------------------------
+
+    def _trendline(self, arrival_us: int, delta_ms: float) -> None:
+        if self._first_arrival_us is None:
+            self._first_arrival_us = arrival_us
+        self._samples += 1
+        self._accumulated += delta_ms
+        self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * self._accumulated
+        at_ms = (arrival_us - self._first_arrival_us) / 1000
+        if self._floor is None or self._smoothed < self._floor:
+            self._floor = self._smoothed
+        elif self._points:
+            self._floor += FLOOR_RISE_MS_PER_S * max(0.0, at_ms - self._points[-1][0]) / 1000
+        self._points.append((at_ms, self._smoothed))
+        if len(self._points) < WINDOW:
+            return
+        slope = _slope(self._points)
+        trend = slope * min(self._samples, 60) * TREND_GAIN
+        self._detect(trend, at_ms)
+
+    def _detect(self, trend: float, at_ms: float) -> None:
+        step_ms = 0.0 if self._last_arrival_ms is None else min(at_ms - self._last_arrival_ms, 100)
+        self._last_arrival_ms = at_ms
+        queued = (
+            self._samples >= WARMUP_SAMPLES
+            and self._floor is not None
+            and self._smoothed - self._floor >= QUEUE_MS
+        )
+        if trend > self._threshold and queued:
+            self._overuse_ms += step_ms
+            self._overuse_count += 1
+            if self._overuse_ms > OVERUSE_MS and self._overuse_count > 1 and trend >= self._trend:
+                self.usage = Usage.OVERUSE
+        elif trend > self._threshold:
+            pass  # rising, but no queue yet: keep the current reading
+        elif trend < -self._threshold:
+            self._overuse_ms, self._overuse_count = 0.0, 0
+            self.usage = Usage.UNDERUSE
+        else:
+            self._overuse_ms, self._overuse_count = 0.0, 0
+            self.usage = Usage.NORMAL
+        self._trend = trend
+        # The threshold follows the trend's usual size, slowly up and faster down; a spike
+        # far above it (a route change, a stall) does not drag it along.
+        excess = abs(trend) - self._threshold
+        if excess <= 15:
+            k = K_DOWN if abs(trend) < self._threshold else K_UP
+            self._threshold += k * excess * max(step_ms, 0.0)
+            self._threshold = min(max(self._threshold, THRESHOLD_MIN_MS), THRESHOLD_MAX_MS)
+
+    # -- rate -------------------------------------------------------------------------
+
+    def acked_bps(self) -> float | None:
+        """What the receiver got over the last half second of its own clock."""
+        acked = self._acked
+        if len(acked) < 2:
+            return None
+        newest = acked[-1][0]
+        while acked and acked[0][0] < newest - ACKED_WINDOW_US:
+            self._acked_bytes -= acked.popleft()[1]
+        span_us = max(newest - acked[0][0], 100_000)
+        return self._acked_bytes * 8 * 1e6 / span_us
+
+    def _control(self, now: float, rtt_s: float) -> None:
+        acked = self.acked_bps()
+        if acked is not None:
+            self.peak_acked_bps = max(self.peak_acked_bps, acked)
+        elapsed = 0.0 if self._last_update is None else min(now - self._last_update, 1.0)
+        self._last_update = now
+        if self.usage is Usage.OVERUSE:
+            self.overused_at = now
+            # The first decrease of an overuse episode follows what arrives; later ones
+            # only while that is near the estimate (a queue still draining after we cut
+            # our own rate is no news about the link).
+            first = not self._decreased_this_episode
+            if (
+                acked is not None
+                and (first or acked >= EVIDENCE * self.bps)
+                and now - self._last_decrease > max(0.2, rtt_s)
+            ):
+                self.bps = min(self.bps, DECREASE * acked)
+                self._last_decrease = now
+                self._decreased_this_episode = True
+        else:
+            self._decreased_this_episode = False
+        if self.usage is Usage.NORMAL:
+            grown = self.bps * GROWTH_PER_S**elapsed
+            if acked is not None:
+                grown = min(grown, max(self.bps, 1.5 * acked + 10_000))
+            self.bps = grown
+        self.bps = max(self.bps, MIN_BPS)
+
+    @property
+    def ready(self) -> bool:
+        """Past the start-up readings: overuse can be told from noise."""
+        return self._samples >= WARMUP_SAMPLES
+
+    @property
+    def overusing(self) -> bool:
+        return self.usage is Usage.OVERUSE
+
+
+def _sent(result: PacketResult) -> float:
+    return result[1]
+
+
+def _slope(points: deque[tuple[float, float]]) -> float:
+    """Least-squares slope of the points, in one pass."""
+    n = len(points)
+    sx = sy = sxx = sxy = 0.0
+    for x, y in points:
+        sx += x
+        sy += y
+        sxx += x * x
+        sxy += x * y
+    den = n * sxx - sx * sx
+    return (n * sxy - sx * sy) / den if den else 0.0

@@ -1,0 +1,158 @@
+"""Transport-wide congestion control: what we stamp, what we remember, what comes back.
+
+Where a browser offers the transport-cc header extension (draft-holmer-rmcat-transport-
+wide-cc-extensions-01), every packet we send a subscriber carries one 16-bit sequence
+number counted across all its streams, the first element of our extension block so that
+it sits at a fixed offset (bytes 17-18 of the packet). The pacer notes when each one
+really left (`SendHistory.record`, two list stores), and the receiver reports back, every
+50-250 ms, which of them arrived and when (RTCP RTPFB, FMT 15). `parse_feedback` reads
+that report at the byte level; `SendHistory.match` pairs it with our send times for the
+delay-based estimate (media_server/delay_estimate.py). Nothing here runs per packet
+except `record`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+RTPFB = 205
+FMT = 15
+SEQ_OFFSET = 17  # 12-byte header, 0xBEDE + length, then our element's id/len byte
+DELTA_UNIT_US = 250
+REFERENCE_UNIT_US = 64_000
+# What the link carries besides our RTP bytes: IPv4 and UDP headers, the SRTP tag.
+WIRE_OVERHEAD = 20 + 8 + 10
+HISTORY = 1 << 13  # packets remembered: several seconds at a subscriber's rates
+HISTORY_MASK = HISTORY - 1
+
+
+@dataclass(frozen=True)
+class Feedback:
+    base_seq: int
+    reference_us: int  # the receiver's clock, in microseconds (wraps every ~12 days)
+    count: int  # fb packet count: consecutive reports, to spot a lost one
+    # (transport seq, arrival in the receiver's microseconds or None if not received)
+    packets: list[tuple[int, int | None]]
+
+
+def parse_feedback(data: bytes, offset: int = 0, end: int | None = None) -> Feedback:
+    """One transport-cc feedback packet (RTCP header included); ValueError if malformed."""
+    end = len(data) if end is None else end
+    if end - offset < 20 or data[offset] >> 6 != 2 or data[offset + 1] != RTPFB:
+        raise ValueError("not an RTPFB packet")
+    if data[offset] & 0x1F != FMT:
+        raise ValueError("not transport-cc feedback")
+    pos = offset + 12
+    base_seq = data[pos] << 8 | data[pos + 1]
+    status_count = data[pos + 2] << 8 | data[pos + 3]
+    reference = int.from_bytes(data[pos + 4 : pos + 7], "big", signed=True)
+    count = data[pos + 7]
+    pos += 8
+    symbols: list[int] = []
+    while len(symbols) < status_count:
+        if pos + 2 > end:
+            raise ValueError("truncated status chunks")
+        chunk = data[pos] << 8 | data[pos + 1]
+        pos += 2
+        if not chunk & 0x8000:  # run length: 2-bit symbol, 13-bit length
+            symbol, run = (chunk >> 13) & 0x3, chunk & 0x1FFF
+            symbols.extend([symbol] * min(run, status_count - len(symbols)))
+        elif chunk & 0x4000:  # status vector, seven 2-bit symbols
+            symbols.extend((chunk >> shift) & 0x3 for shift in range(12, -1, -2))
+        else:  # status vector, fourteen 1-bit symbols
+            symbols.extend((chunk >> shift) & 0x1 for shift in range(13, -1, -1))
+    del symbols[status_count:]
+    arrival = reference * REFERENCE_UNIT_US
+    packets: list[tuple[int, int | None]] = []
+    for i, symbol in enumerate(symbols):
+        seq = (base_seq + i) & 0xFFFF
+        if symbol == 0:
+            packets.append((seq, None))
+            continue
+        if symbol == 1:
+            if pos + 1 > end:
+                raise ValueError("truncated receive deltas")
+            delta = data[pos]
+            pos += 1
+        elif symbol == 2:
+            if pos + 2 > end:
+                raise ValueError("truncated receive deltas")
+            delta = int.from_bytes(data[pos : pos + 2], "big", signed=True)
+            pos += 2
+        else:
+            raise ValueError("reserved status symbol")
+        arrival += delta * DELTA_UNIT_US
+        packets.append((seq, arrival))
+    return Feedback(
+        base_seq=base_seq, reference_us=reference * REFERENCE_UNIT_US, count=count, packets=packets
+    )
+
+
+def feedback_in(compound: bytes) -> list[Feedback]:
+    """Every well-formed transport-cc feedback in a compound RTCP packet."""
+    found: list[Feedback] = []
+    pos = 0
+    size = len(compound)
+    while pos + 4 <= size:
+        length = ((compound[pos + 2] << 8 | compound[pos + 3]) + 1) * 4
+        end = pos + length
+        if end > size:
+            break
+        if compound[pos + 1] == RTPFB and compound[pos] & 0x1F == FMT:
+            try:
+                found.append(parse_feedback(compound, pos, end))
+            except ValueError:
+                pass  # a malformed report costs that report only
+        pos = end
+    return found
+
+
+class PacketResult(NamedTuple):
+    """One reported packet with our side of it (a tuple: thousands a second per browser)."""
+
+    seq: int  # unwrapped
+    sent_s: float
+    size: int
+    arrival_us: int | None
+
+
+class SendHistory:
+    """When and how big each transport-wide sequence number went out (ring buffer)."""
+
+    def __init__(self) -> None:
+        self.sent_at: list[float] = [-1.0] * HISTORY
+        self.sizes: list[int] = [0] * HISTORY
+        self._highest = -1  # unwrapped highest seq reported on so far
+
+    def record(self, packet: bytes, now: float) -> None:
+        """The pacer's call as a packet leaves (only for subscribers with transport-cc)."""
+        i = (packet[SEQ_OFFSET] << 8 | packet[SEQ_OFFSET + 1]) & HISTORY_MASK
+        self.sent_at[i] = now
+        self.sizes[i] = len(packet) + WIRE_OVERHEAD
+
+    def match(self, feedback: Feedback, now: float) -> list[PacketResult]:
+        """Our send time and size for each reported packet we still remember.
+
+        Reports of packets older than the history (or sent longer ago than it covers),
+        duplicates of earlier reports, and reports of packets never sent are skipped.
+        """
+        out: list[PacketResult] = []
+        for seq, arrival in feedback.packets:
+            unwrapped = self._unwrap(seq)
+            i = seq & HISTORY_MASK
+            sent = self.sent_at[i]
+            if sent < 0 or now - sent > 5.0:
+                continue
+            out.append(PacketResult(unwrapped, sent, self.sizes[i], arrival))
+        return out
+
+    def _unwrap(self, seq: int) -> int:
+        if self._highest < 0:
+            self._highest = seq
+            return seq
+        diff = (seq - self._highest) & 0xFFFF
+        if diff < 0x8000:
+            self._highest += diff
+            return self._highest
+        return self._highest - (0x10000 - diff)

@@ -1,0 +1,351 @@
+"""Transport-wide congestion control: the feedback format, the stamps, and the send-side
+delay-based estimate against a simulated bottleneck. Table-driven, no network, no clock."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from media_server.delay_estimate import DelayEstimate, Usage
+from media_server.downtrack import DownTrack
+from media_server.estimator import DownlinkEstimator
+from media_server.pacer import Pacer
+from media_server.probe import INTERVAL_S, RETRY_S, ProbeController
+from media_server.sink import MemorySink
+from media_server.twcc import SEQ_OFFSET, SendHistory, feedback_in, parse_feedback
+from tongke.codecs import TRANSPORT_CC_URI, answered_transport_cc, offer_transport_cc
+
+
+def build_feedback(base_seq: int, arrivals: list[int | None], count: int = 0) -> bytes:
+    """A transport-cc feedback packet as a browser writes it (2-bit status vectors)."""
+    received = [a for a in arrivals if a is not None]
+    reference = (received[0] // 64_000) if received else 0
+    symbols: list[int] = []
+    deltas = b""
+    last = reference * 64_000
+    for arrival in arrivals:
+        if arrival is None:
+            symbols.append(0)
+            continue
+        delta = (arrival - last) // 250
+        last += delta * 250
+        if 0 <= delta <= 255:
+            symbols.append(1)
+            deltas += bytes([delta])
+        else:
+            symbols.append(2)
+            deltas += delta.to_bytes(2, "big", signed=True)
+    chunks = b""
+    for i in range(0, len(symbols), 7):
+        part = (symbols[i : i + 7] + [0] * 7)[:7]
+        word = 0xC000
+        for j, s in enumerate(part):
+            word |= s << (12 - 2 * j)
+        chunks += word.to_bytes(2, "big")
+    body = (
+        (1).to_bytes(4, "big")
+        + (2).to_bytes(4, "big")
+        + base_seq.to_bytes(2, "big")
+        + len(arrivals).to_bytes(2, "big")
+        + reference.to_bytes(3, "big", signed=True)
+        + bytes([count & 0xFF])
+        + chunks
+        + deltas
+    )
+    body += b"\x00" * ((-len(body)) % 4)
+    return bytes([0x80 | 15, 205]) + (len(body) // 4).to_bytes(2, "big") + body
+
+
+# -- the feedback format ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arrivals",
+    [
+        [1_000_000, 1_000_250, None, 1_010_000],  # small deltas and a loss
+        [5_000_000, 4_990_000, 5_200_000],  # reordered (negative) and large deltas
+        [None, None, 64_000],  # the first packets lost
+        [2_000_000 + 250 * i for i in range(20)],  # several chunks
+    ],
+)
+def test_feedback_round_trips(arrivals: list[int | None]) -> None:
+    fb = parse_feedback(build_feedback(65_530, arrivals, count=7))
+    assert fb.count == 7
+    assert [s for s, _ in fb.packets] == [(65_530 + i) & 0xFFFF for i in range(len(arrivals))]
+    assert [a for _, a in fb.packets] == arrivals
+
+
+@pytest.mark.parametrize(
+    ("chunk", "symbols"),
+    [
+        (0x2000 | 5, [1] * 5),  # run length: five received, small delta
+        (0x0000 | 3, [0] * 3),  # run length: three lost
+        (0x8000 | 0b10100000000000, [1, 0, 1] + [0] * 11),  # 1-bit status vector
+    ],
+)
+def test_every_chunk_kind_is_read(chunk: int, symbols: list[int]) -> None:
+    count = len(symbols)
+    deltas = bytes([4]) * sum(symbols)
+    body = (
+        bytes(8) + (100).to_bytes(2, "big") + count.to_bytes(2, "big") + bytes([0, 0, 1, 0])
+    ) + chunk.to_bytes(2, "big")
+    body += deltas + b"\x00" * ((-len(body + deltas)) % 4)
+    packet = bytes([0x8F, 205]) + (len(body) // 4).to_bytes(2, "big") + body
+    fb = parse_feedback(packet)
+    got = [1 if a is not None else 0 for _, a in fb.packets]
+    assert got == symbols
+    assert fb.packets[0][1] == (64_000 + 1000 if symbols[0] else None)
+
+
+def test_malformed_feedback_costs_only_itself() -> None:
+    good = build_feedback(10, [1_000_000, 1_000_500])
+    truncated = good[:-4]
+    truncated = truncated[:2] + ((len(truncated) // 4) - 1).to_bytes(2, "big") + truncated[4:]
+    with pytest.raises(ValueError):
+        parse_feedback(truncated)
+    with pytest.raises(ValueError):
+        parse_feedback(good[:12])
+    nack = bytes([0x81, 205, 0, 3]) + bytes(12)
+    receiver_report = bytes([0x80, 201, 0, 1]) + bytes(4)
+    found = feedback_in(receiver_report + truncated + nack + good + b"\x80")
+    assert [f.base_seq for f in found] == [10]
+
+
+# -- negotiation -------------------------------------------------------------------------
+
+OFFER = "\r\n".join(
+    [
+        "v=0",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 96",
+        "a=mid:0",
+        "a=rtpmap:96 opus/48000/2",
+        "m=video 9 UDP/TLS/RTP/SAVPF 97 98",
+        "a=mid:1",
+        "a=rtpmap:97 H264/90000",
+        "a=rtpmap:98 rtx/90000",
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+        "a=mid:2",
+        "",
+    ]
+)
+
+
+def test_transport_cc_is_offered_on_media_sections_and_read_back_from_the_answer() -> None:
+    sdp = offer_transport_cc(OFFER)
+    assert sdp.count(f"a=extmap:5 {TRANSPORT_CC_URI}") == 2
+    assert "a=rtcp-fb:96 transport-cc" in sdp and "a=rtcp-fb:97 transport-cc" in sdp
+    assert "a=rtcp-fb:98" not in sdp  # not on RTX
+    assert answered_transport_cc(sdp) == 5
+    assert answered_transport_cc(OFFER) is None
+    assert answered_transport_cc(f"a=extmap:15 {TRANSPORT_CC_URI}\r\n") is None
+
+
+# -- stamping and recording ------------------------------------------------------------
+
+
+def test_packets_carry_one_sequence_across_streams_and_the_pacer_records_them() -> None:
+    wire = MemorySink()
+    pacer = Pacer(wire, 10_000_000)
+    history = SendHistory()
+    pacer.note_transport_cc(history, 5)
+    counter = itertools.count(65_534)
+    tracks = [
+        DownTrack(
+            sink=pacer,
+            ssrc=ssrc,
+            payload_type=96,
+            mid=mid,
+            mid_ext_id=1,
+            ast_ext_id=3,
+            tcc_ext_id=5,
+            transport_seq=counter,
+        )
+        for ssrc, mid in ((11, "0"), (12, "12"))
+    ]
+    for i in range(4):
+        tracks[i % 2]._write(0, i, i * 10, b"\x00\x00\x01", b"payload")
+    seqs = [int.from_bytes(p[SEQ_OFFSET : SEQ_OFFSET + 2], "big") for p in wire.rtp]
+    assert seqs == [65_534, 65_535, 0, 1]
+    for p in wire.rtp:
+        words = int.from_bytes(p[14:16], "big")
+        assert p[12:14] == b"\xbe\xde" and p[16] == (5 << 4) | 1
+        assert p[16 + 4 * words :] == b"payload"  # the block's length is right
+    assert all(history.sent_at[s] >= 0 for s in (65_534 & 0x1FFF, 65_535 & 0x1FFF, 0, 1))
+    plain = DownTrack(sink=MemorySink(), ssrc=13, payload_type=96, mid="0", mid_ext_id=1)
+    plain._write(0, 1, 1, b"", b"x")
+    assert plain.sink.rtp[0][16] == (1 << 4) | 0  # no transport-cc: mid comes first
+
+
+# -- the delay-based estimate against a bottleneck -------------------------------------
+
+
+@dataclass
+class Link:
+    """A rate-capped link with a drop-tail queue, one-way delay and a little jitter."""
+
+    rate_bps: float
+    queue_s: float = 0.4
+    delay_s: float = 0.05
+    free_at: float = 0.0
+
+    def arrival(self, sent: float, size: int, rng: random.Random) -> float | None:
+        start = max(sent, self.free_at)
+        if start - sent > self.queue_s:
+            return None  # the queue is full: dropped at its tail
+        self.free_at = start + size * 8 / self.rate_bps
+        return self.free_at + self.delay_s + rng.uniform(0, 0.001)
+
+
+def simulate(
+    steps: list[tuple[float, float]], seconds: float, demand_bps: float = 3_000_000
+) -> list[tuple[float, float, Usage]]:
+    """Send at min(demand, estimate) through the link; feedback every 100 ms.
+
+    Returns (time, estimate, usage) after each feedback.
+    """
+    rng = random.Random(8)
+    link = Link(steps[0][1])
+    history = SendHistory()
+    delay = DelayEstimate(2_500_000)
+    est = DownlinkEstimator(initial_bps=2_500_000)
+    size = 1200
+    t, seq, next_feedback = 0.0, 0, 0.1
+    pending: list[tuple[int, float | None]] = []
+    trace = []
+    receiver_clock_us = 7_000_000_000  # the receiver's clock is not ours
+    while t < seconds:
+        for at, rate in steps:
+            if t >= at:
+                link.rate_bps = rate
+        history.record(bytes(SEQ_OFFSET) + (seq & 0xFFFF).to_bytes(2, "big") + bytes(size - 19), t)
+        pending.append((seq, link.arrival(t, size, rng)))
+        seq += 1
+        t += size * 8 / min(demand_bps, est.estimate(t).bps)
+        if t >= next_feedback:
+            arrived = [i for i, (_, a) in enumerate(pending) if a is not None and a <= t]
+            if arrived:
+                upto = arrived[-1] + 1
+                report, pending = pending[:upto], pending[upto:]
+                arrivals = [
+                    None if a is None else receiver_clock_us + int(a * 1e6) for _, a in report
+                ]
+                data = build_feedback(report[0][0] & 0xFFFF, arrivals)
+                for fb in feedback_in(data):
+                    delay.on_feedback(history.match(fb, t), t)
+                    est.on_delay(delay.bps, delay.overusing, t)
+                trace.append((t, est.estimate(t).bps, delay.usage))
+            next_feedback += 0.1
+    return trace
+
+
+def test_a_step_from_5_to_1_mbit_is_followed_within_3_s() -> None:
+    trace = simulate([(0.0, 5_000_000), (10.0, 1_000_000)], seconds=16)
+    before = [bps for t, bps, _ in trace if 8 <= t < 10]
+    assert min(before) >= 2_400_000  # the clean 5 Mbit/s link is not taken for congestion
+    after = [bps for t, bps, _ in trace if 13 <= t < 13.2]
+    assert after and all(750_000 <= bps <= 1_250_000 for bps in after)
+    assert any(usage is Usage.OVERUSE for t, _, usage in trace if 10 <= t < 13)
+
+
+def test_a_clean_link_never_reads_as_congestion() -> None:
+    trace = simulate([(0.0, 5_000_000)], seconds=8, demand_bps=2_000_000)
+    assert all(usage is not Usage.OVERUSE for _, _, usage in trace)
+    assert trace[-1][1] >= 2_400_000
+
+
+@pytest.mark.parametrize("mangle", ["duplicate", "reorder", "unknown"])
+def test_repeated_reordered_or_foreign_feedback_changes_nothing_it_should_not(
+    mangle: str,
+) -> None:
+    history = SendHistory()
+    for seq in range(40):
+        history.record(bytes(SEQ_OFFSET) + seq.to_bytes(2, "big") + bytes(10), seq * 0.005)
+    first = build_feedback(0, [1_000_000 + 5_000 * i for i in range(20)])
+    second = build_feedback(20, [1_100_000 + 5_000 * i for i in range(20)])
+    reports = {
+        "duplicate": [first, first, second, second],
+        "reorder": [second, first],
+        "unknown": [build_feedback(30_000, [1_000_000] * 5), first],
+    }[mangle]
+    delay = DelayEstimate(2_000_000)
+    for data in reports:
+        for fb in feedback_in(data):
+            delay.on_feedback(history.match(fb, 1.0), 1.0)
+    expected = {"duplicate": 40, "reorder": 20, "unknown": 20}[mangle]
+    assert delay.received == expected
+    assert delay.bps >= 2_000_000
+
+
+# -- probing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("now", "estimate", "demand", "last_change", "target"),
+    [
+        (10.0, 1_000_000, 5_000_000, 0.0, 2_000_000),  # quiet, wanting more: double
+        (10.0, 3_000_000, 4_000_000, 0.0, 4_000_000),  # never above what the sources want
+        (10.0, 1_000_000, 1_100_000, 0.0, None),  # they want little more: not worth it
+        (10.0, 1_000_000, 5_000_000, 9.0, None),  # a queue or a layer change just now
+    ],
+)
+def test_a_probe_starts_only_on_a_quiet_link_that_sources_want_more_of(
+    now: float, estimate: int, demand: int, last_change: float, target: int | None
+) -> None:
+    probe = ProbeController().start(now, estimate, demand, last_change)
+    assert (probe.target_bps if probe else None) == target
+
+
+@pytest.mark.parametrize(
+    ("peak", "overused", "proven", "next_probe_after"),
+    [
+        (1_900_000, False, 1_900_000, INTERVAL_S),  # arrived without a queue: proven
+        (1_900_000, True, None, RETRY_S),  # a queue built: the link is full
+        (1_200_000, False, None, RETRY_S),  # most of it never arrived
+    ],
+)
+def test_a_probe_proves_what_arrived_without_a_queue(
+    peak: int, overused: bool, proven: int | None, next_probe_after: float
+) -> None:
+    prober = ProbeController()
+    assert prober.start(10.0, 1_000_000, 5_000_000, 0.0) is not None
+    assert prober.finish(11.0, peak, overused) == proven
+    assert prober.start(11.0 + next_probe_after - 0.01, 1_000_000, 5_000_000, 0.0) is None
+    assert prober.start(11.0 + next_probe_after, 1_000_000, 5_000_000, 0.0) is not None
+
+
+def test_probe_packets_duplicate_while_forwarding_and_pad_while_paused() -> None:
+    from media_server.source import MediaSource
+    from media_server.uptrack import UpTrack
+
+    up = UpTrack(
+        track_id="m/teacher_camera",
+        source="teacher_camera",
+        layer="h",
+        kind="video",
+        codec="vp8",
+        clock_rate=90000,
+        ssrc=5,
+        payload_type=96,
+        rtx_ssrc=None,
+        rtx_payload_type=None,
+        request_keyframe=lambda up: None,
+        request_nack=lambda up: None,
+    )
+    source = MediaSource("m", "c", "M", "teacher_camera", "video", "vp8", "", layers={"h": up})
+    sink = MemorySink()
+    down = DownTrack(sink=sink, ssrc=77, payload_type=96)
+    down.bind(source)
+    key = bytes([0x90, 0x00, 0x00]) + b"frame"  # VP8: start of partition 0, key frame
+    up.on_rtp(bytes([0x80, 96, 0, 10, 0, 0, 0, 9, 0, 0, 0, 5]) + key, 0)
+    assert len(sink.rtp) == 1
+    assert down.probe() > 0
+    assert sink.rtp[1] == sink.rtp[0]  # the same packet again (abs-send-time aside: none)
+    down.allocate(None, paused=True)
+    assert down.probe() > 0
+    padding = sink.rtp[2]
+    assert padding[0] & 0x20 and len(padding) - 12 == padding[-1]  # padding only
+    assert int.from_bytes(padding[2:4], "big") == int.from_bytes(sink.rtp[0][2:4], "big") + 1
+    assert down.retransmit(int.from_bytes(padding[2:4], "big")) is False  # nothing to resend
