@@ -32,6 +32,24 @@ from tongke.ice import use_host_addresses
 SAMPLE_S = 10.0
 
 
+def udp_counters() -> dict[str, int]:
+    """The kernel's UDP counters (whole machine): a receive buffer that overflowed means
+    a receiver did not read in time, which is the load generator's loss, not the SFU's."""
+    lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()]
+    names, values = [ln for ln in lines if ln[0] == "Udp:"][:2]
+    return {n: int(v) for n, v in zip(names[1:], values[1:], strict=True)}
+
+
+def server_sent(stats: dict, room: str) -> tuple[int, int]:
+    """Packets the server sent to the subscribers so far, and what its pacers dropped."""
+    sent = dropped = 0
+    for p in stats["rooms"][room]["receiving"]:
+        if p["classroom"].startswith("s-"):
+            sent += sum(t["packets"] or 0 for t in p["tracks"])
+            dropped += (p["downlink"] or {}).get("paced_dropped", 0)
+    return sent, dropped
+
+
 @dataclass
 class StreamCounter(Counter):
     """Counts packets and the sequence span per SSRC in constant memory."""
@@ -107,6 +125,8 @@ async def run(minutes: float, subscribers: int, quiet: bool) -> dict[str, object
         await asyncio.sleep(3)  # every subscriber past its first keyframe
         for c in counters:
             c.counting = True
+        udp_before = udp_counters()
+        sent_before, paced_before = server_sent(server.stats(), room)
         total_s = minutes * 60
         warmup_s = min(max(total_s / 5, min(60.0, total_s / 2)), total_s / 2)
         samples: list[tuple[float, float]] = []
@@ -117,6 +137,8 @@ async def run(minutes: float, subscribers: int, quiet: bool) -> dict[str, object
             await asyncio.sleep(min(SAMPLE_S, total_s - elapsed))
         for c in counters:
             c.counting = False
+        sent_after, paced_after = server_sent(server.stats(), room)
+        udp_after = udp_counters()
         samples.append((round(time.monotonic() - t0, 1), round(proc_rss_mb(pid), 2)))
         after_warmup = next(rss for at, rss in samples if at >= warmup_s)
         final = samples[-1][1]
@@ -138,6 +160,12 @@ async def run(minutes: float, subscribers: int, quiet: bool) -> dict[str, object
             "packets_received": received,
             "packets_expected": expected,
             "loss": round(loss, 6) if loss is not None else None,
+            # Where lost packets went: the server's pacers (deliberate, on its side), or
+            # the kernel's receive buffers (receivers that could not keep up).
+            "server_sent": sent_after - sent_before,
+            "server_paced_dropped": paced_after - paced_before,
+            "udp_rcvbuf_errors_machine": udp_after["RcvbufErrors"] - udp_before["RcvbufErrors"],
+            "udp_sndbuf_errors_machine": udp_after["SndbufErrors"] - udp_before["SndbufErrors"],
             "internal_errors": internal,
             "server_alive": server.proc.poll() is None,
             "rss_samples_mb": [rss for _, rss in samples],
