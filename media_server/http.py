@@ -261,8 +261,9 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     async def lesson_page(request: web.Request) -> web.StreamResponse:
         from tongke.app import WEB_ROOT
 
-        if "token" in request.query:
-            return _strip_lesson_token(request, request.match_info["room"])
+        moved = _move_lesson_token(request, request.match_info["room"])
+        if moved is not None:
+            return moved
         response = web.FileResponse(WEB_ROOT / "lesson.html")
         # The page's address may still hold a code (or an old link's token): never send
         # it to other sites as a Referer.
@@ -308,17 +309,20 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
             secure=config.base_url.startswith("https://"),
         )
 
-    def _strip_lesson_token(request: web.Request, room_id: str) -> web.StreamResponse:
-        """An old lesson link (`?token=`): the token moves into this browser's HttpOnly
-        lesson cookie and out of the address bar before the page is shown; the page then
-        gets it from `POST /api/lesson/exchange` like a reload does."""
-        response = web.HTTPSeeOther(_stripped(request, "token"))
-        response.headers["Referrer-Policy"] = "no-referrer"
-        token = request.query["token"]
+    def _move_lesson_token(request: web.Request, room_id: str) -> web.StreamResponse | None:
+        """An old lesson link (`?token=`) with a token for this lesson: the token moves
+        into this browser's HttpOnly lesson cookie and out of the address bar before the
+        page is shown; the page then gets it from `POST /api/lesson/exchange` like a
+        reload does. A token that opens nothing here (expired, forged, another lesson's)
+        is left to the page, which drops it from the address at once and says what is
+        wrong with the link."""
+        token = request.query.get("token", "")
         try:
             claims = verify_token(sfu.secret, token, room=room_id)
         except TokenError:
-            return response  # the page reports the missing token; nothing is stored
+            return None
+        response = web.HTTPSeeOther(_stripped(request, "token"))
+        response.headers["Referrer-Policy"] = "no-referrer"
         _credential_cookie(response, cookie_name(room_id), token, claims, "/api/lesson/")
         audit.record("link_token_moved", claims=claims, room=room_id, ip=request.remote)
         return response
