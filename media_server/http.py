@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -72,7 +73,8 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     app[SFU] = sfu
     # TURN (issue 8 item 8): credentials minted per join by tongke/turn.py.
     sfu.turn = TurnSettings.from_config(config.turn_urls, config.turn_secret, config.turn_ttl)
-    codes = CodeBook(ctx.secret)
+    # Spent codes in the server's database: a restart never makes a used link work again.
+    codes = CodeBook(ctx.secret, config.resolved_database_url())
     audit = app[AUDIT]
 
     def require(
@@ -223,14 +225,14 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
             return json_error(400, "bad_request", "room must be a lesson id")
         code = body.get("code")
         if code is None:
-            token = request.cookies.get(cookie_name(room_id))
+            saved = request.cookies.get(cookie_name(room_id))
             try:
-                claims = verify_token(sfu.secret, token, room=room_id)
+                claims = verify_token(sfu.secret, saved, room=room_id)
             except TokenError as exc:
                 return json_error(401, exc.code, exc.message)
-            return web.json_response({"token": token, "room": room_id, "role": claims.role})
+            return web.json_response({"token": saved, "room": room_id, "role": claims.role})
         try:
-            token, data = codes.redeem(code)
+            token, data = await asyncio.to_thread(codes.redeem, code)
             claims = verify_token(sfu.secret, token, room=room_id)
         except TokenError as exc:
             status = 401 if exc.code != "token_wrong_room" else 403
@@ -343,6 +345,7 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
 
     async def on_shutdown(app: web.Application) -> None:
         await sfu.close()
+        codes.close()
 
     app.router.add_get("/ws", ws)
     app.router.add_get("/healthz", healthz)
