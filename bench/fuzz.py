@@ -38,6 +38,7 @@ from typing import Any
 import aiohttp
 
 from bench.fanout import proc_rss_mb
+from bench.soak import tracebacks
 from classroom_agent.client import LessonClient, Publication, ws_url
 from tests.lesson_server import start_server_process
 from tests.media import PatternTrack, ToneTrack
@@ -232,7 +233,8 @@ async def run(
     import os
 
     os.environ["TONGKE_RATE_LIMITS"] = json.dumps(limits)
-    server = start_server_process(data_dir)
+    server_log = data_dir / "server.log"
+    server = start_server_process(data_dir, stderr=server_log)
     pid = server.proc.pid
     room = "fuzz-lesson"
     server.open_room(room)
@@ -322,8 +324,16 @@ async def run(
             "rss_growth": round(growth, 4),
             "rss_growth_incl_warmup": round((rss_after - rss_start) / rss_start, 4),
             "internal_errors": internal,
+            "server_tracebacks": tracebacks(server_log),
+            "server_log": str(server_log),
         }
-        result["ok"] = alive and all_forwarding and growth < 0.05 and internal == 0
+        result["ok"] = (
+            alive
+            and all_forwarding
+            and growth < 0.05
+            and internal == 0
+            and result["server_tracebacks"] == 0
+        )
         return result
     finally:
         parent_end.send("stop")

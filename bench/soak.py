@@ -40,6 +40,13 @@ def udp_counters() -> dict[str, int]:
     return {n: int(v) for n, v in zip(names[1:], values[1:], strict=True)}
 
 
+def tracebacks(log: Path) -> int:
+    """Tracebacks the server logged (any: signalling, media callbacks, tasks)."""
+    if not log.exists():
+        return 0
+    return log.read_text(errors="replace").count("Traceback (most recent call last)")
+
+
 def server_sent(stats: dict, room: str) -> tuple[int, int]:
     """Packets the server sent to the subscribers so far, and what its pacers dropped."""
     sent = dropped = 0
@@ -87,9 +94,9 @@ async def run(minutes: float, subscribers: int, quiet: bool) -> dict[str, object
     multi_cpu = (os.cpu_count() or 1) > 1
     if multi_cpu:
         os.sched_setaffinity(0, {1})
-    server = start_server_process(
-        Path(tempfile.mkdtemp(prefix="tongke-soak-")), cpu=0 if multi_cpu else None
-    )
+    data_dir = Path(tempfile.mkdtemp(prefix="tongke-soak-"))
+    server_log = data_dir / "server.log"
+    server = start_server_process(data_dir, cpu=0 if multi_cpu else None, stderr=server_log)
     pid = server.proc.pid
     room = "soak"
     server.open_room(room)
@@ -167,9 +174,15 @@ async def run(minutes: float, subscribers: int, quiet: bool) -> dict[str, object
             "udp_rcvbuf_errors_machine": udp_after["RcvbufErrors"] - udp_before["RcvbufErrors"],
             "udp_sndbuf_errors_machine": udp_after["SndbufErrors"] - udp_before["SndbufErrors"],
             "internal_errors": internal,
+            "server_tracebacks": tracebacks(server_log),
+            "server_log": str(server_log),
             "server_alive": server.proc.poll() is None,
             "rss_samples_mb": [rss for _, rss in samples],
-            "ok": growth < 0.05 and loss == 0 and internal == 0 and server.proc.poll() is None,
+            "ok": growth < 0.05
+            and loss == 0
+            and internal == 0
+            and tracebacks(server_log) == 0
+            and server.proc.poll() is None,
         }
     finally:
         for client in reversed(clients):

@@ -66,8 +66,14 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 
 
 def start_server_process(
-    data_dir: Path, *, port: int = 0, extra: list[str] | None = None, cpu: int | None = None
+    data_dir: Path,
+    *,
+    port: int = 0,
+    extra: list[str] | None = None,
+    cpu: int | None = None,
+    stderr: Path | None = None,
 ) -> ServerProcess:
+    """`stderr`: a file for the server's log (benchmarks count its tracebacks)."""
     env = {**os.environ, "TONGKE_SECRET": TEST_SECRET, "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable,
@@ -84,7 +90,10 @@ def start_server_process(
     ]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    err = open(stderr, "a") if stderr is not None else None
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
+    if err is not None:
+        err.close()
     assert proc.stdout is not None
     line = proc.stdout.readline()
     match = re.search(r"listening on (http://\S+)", line)
