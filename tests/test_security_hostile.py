@@ -117,8 +117,11 @@ async def test_a_viewer_keeps_receiving_while_hostile_messages_arrive(
         await wait_for(lambda: clock.frames >= after + 30, what="the picture to go on")
     finally:
         watcher.cancel()
-    # A picture that freezes for seconds is what a pupil would notice.
-    assert clock.longest_gap < 3.0, f"the viewer's picture froze for {clock.longest_gap:.1f} s"
+    # A picture that freezes for seconds is what a pupil would notice. (The bound leaves
+    # room for this test's own process, which decodes and attacks at once, being starved
+    # on a loaded machine: the paused-and-never-back failure this guards against is
+    # tens of seconds.)
+    assert clock.longest_gap < 5.0, f"the viewer's picture froze for {clock.longest_gap:.1f} s"
     assert internal_errors(server) == internal_before
     present = {p["classroom"] for p in server.stats()["rooms"][room]["receiving"]}
     assert {"c-master", "v-1"} <= present, present
