@@ -70,16 +70,18 @@ class StreamCounter(Counter):
             return
         ssrc = int.from_bytes(data[8:12], "big")
         seq = int.from_bytes(data[2:4], "big")
-        last = self.last.get(ssrc)
-        wraps = self.wraps.get(ssrc, 0)
-        if last is not None and seq < 0x1000 and last > 0xF000:
-            wraps += 1
-            self.wraps[ssrc] = wraps
-        self.last[ssrc] = seq
-        ext = seq + (wraps << 16)
+        top = self.top.get(ssrc)
+        if top is None:
+            ext = seq
+            self.first[ssrc] = ext
+        else:
+            # Unwrapped against the highest number seen, by the signed 16-bit distance:
+            # a late packet (a repaired loss) from before a wrap is an old number, not a
+            # new wrap (counting it as one made 65,536 packets "lost" at once).
+            ext = top + ((seq - top + 0x8000) & 0xFFFF) - 0x8000
+            self.first[ssrc] = min(self.first[ssrc], ext)
         self.count[ssrc] = self.count.get(ssrc, 0) + 1
-        self.first.setdefault(ssrc, ext)
-        self.top[ssrc] = max(self.top.get(ssrc, ext), ext)
+        self.top[ssrc] = ext if top is None else max(top, ext)
 
     def received_expected(self) -> tuple[int, int]:
         received = sum(self.count.values())
