@@ -32,6 +32,31 @@ from tongke.ice import use_host_addresses
 SAMPLE_S = 10.0
 
 
+def udp_counters() -> dict[str, int]:
+    """The kernel's UDP counters (whole machine): a receive buffer that overflowed means
+    a receiver did not read in time, which is the load generator's loss, not the SFU's."""
+    lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()]
+    names, values = [ln for ln in lines if ln[0] == "Udp:"][:2]
+    return {n: int(v) for n, v in zip(names[1:], values[1:], strict=True)}
+
+
+def tracebacks(log: Path) -> int:
+    """Tracebacks the server logged (any: signalling, media callbacks, tasks)."""
+    if not log.exists():
+        return 0
+    return log.read_text(errors="replace").count("Traceback (most recent call last)")
+
+
+def server_sent(stats: dict, room: str) -> tuple[int, int]:
+    """Packets the server sent to the subscribers so far, and what its pacers dropped."""
+    sent = dropped = 0
+    for p in stats["rooms"][room]["receiving"]:
+        if p["classroom"].startswith("s-"):
+            sent += sum(t["packets"] or 0 for t in p["tracks"])
+            dropped += (p["downlink"] or {}).get("paced_dropped", 0)
+    return sent, dropped
+
+
 @dataclass
 class StreamCounter(Counter):
     """Counts packets and the sequence span per SSRC in constant memory."""
@@ -45,16 +70,18 @@ class StreamCounter(Counter):
             return
         ssrc = int.from_bytes(data[8:12], "big")
         seq = int.from_bytes(data[2:4], "big")
-        last = self.last.get(ssrc)
-        wraps = self.wraps.get(ssrc, 0)
-        if last is not None and seq < 0x1000 and last > 0xF000:
-            wraps += 1
-            self.wraps[ssrc] = wraps
-        self.last[ssrc] = seq
-        ext = seq + (wraps << 16)
+        top = self.top.get(ssrc)
+        if top is None:
+            ext = seq
+            self.first[ssrc] = ext
+        else:
+            # Unwrapped against the highest number seen, by the signed 16-bit distance:
+            # a late packet (a repaired loss) from before a wrap is an old number, not a
+            # new wrap (counting it as one made 65,536 packets "lost" at once).
+            ext = top + ((seq - top + 0x8000) & 0xFFFF) - 0x8000
+            self.first[ssrc] = min(self.first[ssrc], ext)
         self.count[ssrc] = self.count.get(ssrc, 0) + 1
-        self.first.setdefault(ssrc, ext)
-        self.top[ssrc] = max(self.top.get(ssrc, ext), ext)
+        self.top[ssrc] = ext if top is None else max(top, ext)
 
     def received_expected(self) -> tuple[int, int]:
         received = sum(self.count.values())
@@ -69,9 +96,9 @@ async def run(minutes: float, subscribers: int, quiet: bool) -> dict[str, object
     multi_cpu = (os.cpu_count() or 1) > 1
     if multi_cpu:
         os.sched_setaffinity(0, {1})
-    server = start_server_process(
-        Path(tempfile.mkdtemp(prefix="tongke-soak-")), cpu=0 if multi_cpu else None
-    )
+    data_dir = Path(tempfile.mkdtemp(prefix="tongke-soak-"))
+    server_log = data_dir / "server.log"
+    server = start_server_process(data_dir, cpu=0 if multi_cpu else None, stderr=server_log)
     pid = server.proc.pid
     room = "soak"
     server.open_room(room)
@@ -107,6 +134,8 @@ async def run(minutes: float, subscribers: int, quiet: bool) -> dict[str, object
         await asyncio.sleep(3)  # every subscriber past its first keyframe
         for c in counters:
             c.counting = True
+        udp_before = udp_counters()
+        sent_before, paced_before = server_sent(server.stats(), room)
         total_s = minutes * 60
         warmup_s = min(max(total_s / 5, min(60.0, total_s / 2)), total_s / 2)
         samples: list[tuple[float, float]] = []
@@ -117,6 +146,8 @@ async def run(minutes: float, subscribers: int, quiet: bool) -> dict[str, object
             await asyncio.sleep(min(SAMPLE_S, total_s - elapsed))
         for c in counters:
             c.counting = False
+        sent_after, paced_after = server_sent(server.stats(), room)
+        udp_after = udp_counters()
         samples.append((round(time.monotonic() - t0, 1), round(proc_rss_mb(pid), 2)))
         after_warmup = next(rss for at, rss in samples if at >= warmup_s)
         final = samples[-1][1]
@@ -138,10 +169,22 @@ async def run(minutes: float, subscribers: int, quiet: bool) -> dict[str, object
             "packets_received": received,
             "packets_expected": expected,
             "loss": round(loss, 6) if loss is not None else None,
+            # Where lost packets went: the server's pacers (deliberate, on its side), or
+            # the kernel's receive buffers (receivers that could not keep up).
+            "server_sent": sent_after - sent_before,
+            "server_paced_dropped": paced_after - paced_before,
+            "udp_rcvbuf_errors_machine": udp_after["RcvbufErrors"] - udp_before["RcvbufErrors"],
+            "udp_sndbuf_errors_machine": udp_after["SndbufErrors"] - udp_before["SndbufErrors"],
             "internal_errors": internal,
+            "server_tracebacks": tracebacks(server_log),
+            "server_log": str(server_log),
             "server_alive": server.proc.poll() is None,
             "rss_samples_mb": [rss for _, rss in samples],
-            "ok": growth < 0.05 and loss == 0 and internal == 0 and server.proc.poll() is None,
+            "ok": growth < 0.05
+            and loss == 0
+            and internal == 0
+            and tracebacks(server_log) == 0
+            and server.proc.poll() is None,
         }
     finally:
         for client in reversed(clients):

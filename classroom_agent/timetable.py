@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,11 @@ class Timetable:
     """The feed, fetched with its ETag and cached on disk."""
 
     def __init__(self, url: str, cache_path: Path) -> None:
-        self.url = url
+        # The scheduler hands out feed URLs with `?token=` (calendar apps need it there);
+        # we send the token as a header instead, and never log or cache it.
+        parsed = URL(url)
+        self._token = parsed.query.get("token", "")
+        self.url = str(parsed.with_query({k: v for k, v in parsed.query.items() if k != "token"}))
         self.cache_path = cache_path
         self.lessons: list[ScheduledLesson] = []
         self.etag = ""
@@ -114,6 +119,8 @@ class Timetable:
     async def refresh(self) -> bool:
         """Fetch the feed; on any failure keep (and say we keep) the cached lessons."""
         headers = {"If-None-Match": self.etag} if self.etag else {}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
         try:
             timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
             async with (

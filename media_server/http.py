@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from multidict import MultiDict
 
 from media_server.room import LessonInfo, Rooms
 from media_server.sfu import Sfu
@@ -17,7 +19,17 @@ from tongke.audit import AUDIT
 from tongke.lessoncode import CodeBook, cookie_name, issue_code
 from tongke.lessoncode import lesson_url as code_url
 from tongke.ratelimit import RATE_LIMITS
-from tongke.tokens import GLOBAL_ROLES, Claims, Role, TokenError, issue_token, verify_token
+from tongke.tokens import (
+    FEEDS_PREFIX,
+    GLOBAL_ROLES,
+    Claims,
+    Role,
+    TokenError,
+    feed_cookie_name,
+    issue_token,
+    request_token,
+    verify_token,
+)
 from tongke.turn import TurnSettings
 from tongke.untrusted import BadInput, display_text_problem, loads
 
@@ -32,14 +44,6 @@ MAX_TTL_S = 30 * 24 * 3600
 
 def json_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
-def _bearer(request: web.Request) -> str | None:
-    # Header only: a token in a query string ends up in logs and browser history.
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return None
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -71,7 +75,8 @@ def setup(app: web.Application, ctx: AppContext, *, rooms: Rooms | None = None) 
     app[SFU] = sfu
     # TURN (issue 8 item 8): credentials minted per join by tongke/turn.py.
     sfu.turn = TurnSettings.from_config(config.turn_urls, config.turn_secret, config.turn_ttl)
-    codes = CodeBook(ctx.secret)
+    # Spent codes in the server's database: a restart never makes a used link work again.
+    codes = CodeBook(ctx.secret, config.resolved_database_url())
     audit = app[AUDIT]
 
     def require(
@@ -83,7 +88,7 @@ def setup(app: web.Application, ctx: AppContext, *, rooms: Rooms | None = None) 
         all rooms ask for room "*", which only global (admin/scheduler) tokens hold.
         """
         try:
-            return verify_token(sfu.secret, _bearer(request), room=room, roles=roles)
+            return verify_token(sfu.secret, request_token(request), room=room, roles=roles)
         except TokenError as exc:
             status = 401 if exc.code in ("token_missing", "token_invalid", "token_expired") else 403
             raise _http_error(status, exc.code, exc.message) from None
@@ -222,14 +227,14 @@ def setup(app: web.Application, ctx: AppContext, *, rooms: Rooms | None = None) 
             return json_error(400, "bad_request", "room must be a lesson id")
         code = body.get("code")
         if code is None:
-            token = request.cookies.get(cookie_name(room_id))
+            saved = request.cookies.get(cookie_name(room_id))
             try:
-                claims = verify_token(sfu.secret, token, room=room_id)
+                claims = verify_token(sfu.secret, saved, room=room_id)
             except TokenError as exc:
                 return json_error(401, exc.code, exc.message)
-            return web.json_response({"token": token, "room": room_id, "role": claims.role})
+            return web.json_response({"token": saved, "room": room_id, "role": claims.role})
         try:
-            token, data = codes.redeem(code)
+            token, data = await asyncio.to_thread(codes.redeem, code)
             claims = verify_token(sfu.secret, token, room=room_id)
         except TokenError as exc:
             status = 401 if exc.code != "token_wrong_room" else 403
@@ -238,15 +243,7 @@ def setup(app: web.Application, ctx: AppContext, *, rooms: Rooms | None = None) 
             "code_exchanged", claims=claims, room=room_id, ip=request.remote, code=data["jti"][:8]
         )
         response = web.json_response({"token": token, "room": room_id, "role": claims.role})
-        response.set_cookie(
-            cookie_name(room_id),
-            token,
-            max_age=max(0, claims.expires_at - int(time.time())),
-            path="/api/lesson/",
-            httponly=True,
-            samesite="Strict",
-            secure=config.base_url.startswith("https://"),
-        )
+        _credential_cookie(response, cookie_name(room_id), token, claims, "/api/lesson/")
         return response
 
     async def stats(request: web.Request) -> web.Response:
@@ -268,6 +265,9 @@ def setup(app: web.Application, ctx: AppContext, *, rooms: Rooms | None = None) 
     async def lesson_page(request: web.Request) -> web.StreamResponse:
         from tongke.app import WEB_ROOT
 
+        moved = _move_lesson_token(request, request.match_info["room"])
+        if moved is not None:
+            return moved
         response = web.FileResponse(WEB_ROOT / "lesson.html")
         # The page's address may still hold a code (or an old link's token): never send
         # it to other sites as a Referer.
@@ -282,6 +282,9 @@ def setup(app: web.Application, ctx: AppContext, *, rooms: Rooms | None = None) 
     async def point_page(request: web.Request) -> web.StreamResponse:
         from tongke.app import WEB_ROOT
 
+        if request.query.get("feed", "1") != "1":
+            return _strip_feed_token(request, request.match_info["classroom"])
+
         return web.FileResponse(WEB_ROOT / "point" / "index.html")
 
     async def home(request: web.Request) -> web.StreamResponse:
@@ -289,8 +292,62 @@ def setup(app: web.Application, ctx: AppContext, *, rooms: Rooms | None = None) 
 
         return web.FileResponse(WEB_ROOT / "index.html")
 
+    def _stripped(request: web.Request, name: str, marker: str | None = None) -> str:
+        """This request's address without the credential `name` (`marker` in its place)."""
+        query = MultiDict(request.query)
+        query.popall(name, None)
+        if marker is not None:
+            query[name] = marker
+        return str(request.rel_url.with_query(query))
+
+    def _credential_cookie(
+        response: web.StreamResponse, name: str, token: str, claims: Claims, path: str
+    ) -> None:
+        response.set_cookie(
+            name,
+            token,
+            max_age=max(0, claims.expires_at - int(time.time())),
+            path=path,
+            httponly=True,
+            samesite="Strict",
+            secure=config.base_url.startswith("https://"),
+        )
+
+    def _move_lesson_token(request: web.Request, room_id: str) -> web.StreamResponse | None:
+        """An old lesson link (`?token=`) with a token for this lesson: the token moves
+        into this browser's HttpOnly lesson cookie and out of the address bar before the
+        page is shown; the page then gets it from `POST /api/lesson/exchange` like a
+        reload does. A token that opens nothing here (expired, forged, another lesson's)
+        is left to the page, which drops it from the address at once and says what is
+        wrong with the link."""
+        token = request.query.get("token", "")
+        try:
+            claims = verify_token(sfu.secret, token, room=room_id)
+        except TokenError:
+            return None
+        response = web.HTTPSeeOther(_stripped(request, "token"))
+        response.headers["Referrer-Policy"] = "no-referrer"
+        _credential_cookie(response, cookie_name(room_id), token, claims, "/api/lesson/")
+        audit.record("link_token_moved", claims=claims, room=room_id, ip=request.remote)
+        return response
+
+    def _strip_feed_token(request: web.Request, classroom: str) -> web.StreamResponse:
+        """A point console's feed link (`?feed=TOKEN`): the token moves into an HttpOnly
+        cookie the console's feed requests carry, and the address keeps only `feed=1`."""
+        response = web.HTTPSeeOther(_stripped(request, "feed", "1"))
+        response.headers["Referrer-Policy"] = "no-referrer"
+        token = request.query["feed"]
+        try:
+            claims = verify_token(sfu.secret, token)
+        except TokenError:
+            return response  # the console shows the feed's refusal
+        if claims.classroom == classroom:
+            _credential_cookie(response, feed_cookie_name(classroom), token, claims, FEEDS_PREFIX)
+        return response
+
     async def on_shutdown(app: web.Application) -> None:
         await sfu.close()
+        codes.close()
 
     app.router.add_get("/ws", ws)
     app.router.add_get("/healthz", healthz)

@@ -120,6 +120,18 @@ class PublisherStats:
     srtp_errors: int = 0  # datagrams that failed SRTP authentication or decryption
 
 
+def nack_packet(ssrc: int, media_ssrc: int, seqs: list[int]) -> bytes:
+    """A generic NACK (RFC 4585) for `seqs`, in any order.
+
+    aiortc's packer subtracts each sequence number from the previous one: given losses
+    across the 16-bit wrap in arrival order (65534, 65535, 0, 1) it raised ValueError,
+    once per wrap of every lossy stream (a 720p camera wraps every few minutes). Sorted,
+    every difference is positive; the order of FCI entries means nothing to the sender.
+    """
+    lost = sorted(set(seqs))
+    return bytes(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=ssrc, media_ssrc=media_ssrc, lost=lost))
+
+
 class Publisher:
     def __init__(
         self,
@@ -356,13 +368,7 @@ class Publisher:
         seqs = up.take_nacks()
         if seqs and self.wire is not None:
             up.stats.nacks_sent += 1
-            self.wire.send_rtcp(
-                bytes(
-                    RtcpRtpfbPacket(
-                        fmt=RTCP_RTPFB_NACK, ssrc=self._rtcp_ssrc, media_ssrc=up.ssrc, lost=seqs
-                    )
-                )
-            )
+            self.wire.send_rtcp(nack_packet(self._rtcp_ssrc, up.ssrc, seqs))
 
     async def _rtcp_loop(self) -> None:
         """Receiver reports, REMB, and NACK retries for losses not yet repaired."""

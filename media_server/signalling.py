@@ -123,7 +123,10 @@ class Session:
         if reply is not None:
             if ref is not None:
                 reply["id"] = ref
-            await self.send(reply)
+            try:
+                await self.send(reply)
+            except ConnectionError:
+                pass  # the socket closed while we worked (replaced, media failed, gone)
 
     def _classroom_handler(self, action: ClassroomHandler) -> Any:
         """Interaction messages (hands, chat, call-on...) live in media_server/classroom.py."""
@@ -219,20 +222,24 @@ class Session:
             await self.ws.close(code=4408, message=b"media_failed")
 
         participant.on_media_failed = media_failed
-        await self.send(
-            {
-                "type": "joined",
-                "id": message.get("id"),
-                "participant": participant.id,
-                "room": room.id,
-                "title": room.info.title,
-                "role": claims.role.value,
-                "classroom": claims.classroom,
-                "participants": [p.describe() for p in room.participants.values()],
-                # TURN (issue 8 item 8): time-limited credentials, tongke/turn.py.
-                "ice_servers": ice_servers_for(self.sfu.turn, claims.classroom),
-            }
-        )
+        try:
+            await self.send(
+                {
+                    "type": "joined",
+                    "id": message.get("id"),
+                    "participant": participant.id,
+                    "room": room.id,
+                    "title": room.info.title,
+                    "role": claims.role.value,
+                    "classroom": claims.classroom,
+                    "participants": [p.describe() for p in room.participants.values()],
+                    # TURN (issue 8 item 8): time-limited credentials, tongke/turn.py.
+                    "ice_servers": ice_servers_for(self.sfu.turn, claims.classroom),
+                }
+            )
+        except ConnectionError:
+            self.room = self.participant = None  # gone before it joined: nothing to undo
+            return None
         await room.add(participant)
         return None
 

@@ -21,7 +21,8 @@ from aiohttp import BodyPartReader, web
 from scheduler.db import Database
 from scheduler.publicurl import write_public_url
 from tongke.app import CTX, AppContext
-from tongke.tokens import Claims, Role, TokenError, verify_token
+from tongke.lessoncode import CODE_TTL_S, issue_code, lesson_url
+from tongke.tokens import Claims, Role, TokenError, request_token, verify_token
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web_client"
 WRITERS = frozenset({Role.SCHEDULER, Role.ADMIN})
@@ -33,13 +34,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
-
-
-def _token(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.query.get("token")
 
 
 def base_url(request: web.Request) -> str:
@@ -58,7 +52,7 @@ def writer(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         ctx = request.app[CTX]
         try:
-            verify_token(ctx.secret, _token(request), room="*", roles=WRITERS)
+            verify_token(ctx.secret, request_token(request), room="*", roles=WRITERS)
         except TokenError as err:
             return _error(_status_of(err), err.code, err.message)
         try:
@@ -369,7 +363,7 @@ async def lesson_token(request: web.Request) -> web.StreamResponse:
         return _error(400, "bad_request", str(exc))
     classroom = str(body.get("classroom", ""))
     try:
-        claims: Claims = verify_token(ctx.secret, _token(request))
+        claims: Claims = verify_token(ctx.secret, request_token(request))
     except TokenError as err:
         return _error(_status_of(err), err.code, err.message)
     if claims.role in WRITERS and claims.room == "*":
@@ -390,12 +384,23 @@ async def lesson_token(request: web.Request) -> web.StreamResponse:
         if claims.role not in WRITERS and Role(role) is not role_of(info, classroom):
             raise ValueError(f"a classroom may not ask for a {role} token in this lesson")
         token = room_token(ctx.secret, session, info, classroom, role)
+        minted = verify_token(ctx.secret, token)
+        # The link a person opens carries a one-time code, never the token (issue 7).
+        code = issue_code(
+            ctx.secret,
+            room=room_id,
+            classroom=classroom,
+            role=role,
+            name=minted.name,
+            token_ttl_s=minted.expires_at - int(time.time()),
+        )
         return {
             "token": token,
             "room": room_id,
             "role": role,
             "classroom": classroom,
-            "url": f"{base}/lesson/{room_id}?token={token}",
+            "url": lesson_url(base, room_id, code),
+            "url_expires_in_s": CODE_TTL_S,
         }
 
     try:
@@ -437,9 +442,9 @@ async def feed(request: web.Request) -> web.StreamResponse:
     if fmt not in ("ics", "json") or not ident:
         return _error(404, "not_found", "feeds end in .ics or .json")
     try:
-        claims = verify_token(ctx.secret, _token(request))
+        claims = verify_token(ctx.secret, request_token(request))
         if not (claims.role in WRITERS and claims.room == "*"):
-            verify_token(ctx.secret, _token(request), room=feed_room(ident, agent=agent))
+            verify_token(ctx.secret, request_token(request), room=feed_room(ident, agent=agent))
     except TokenError as err:
         return _error(_status_of(err), err.code, err.message)
 

@@ -72,8 +72,10 @@ def start_server_process(
     extra: list[str] | None = None,
     cpu: int | None = None,
     recording: bool = True,
+    stderr: Path | None = None,
 ) -> ServerProcess:
-    """`recording=False`: the server does not record its lessons (`server_recording`)."""
+    """`recording=False`: the server does not record its lessons (`server_recording`).
+    `stderr`: a file for the server's log (benchmarks count its tracebacks)."""
     env = {**os.environ, "TONGKE_SECRET": TEST_SECRET, "PYTHONPATH": str(ROOT)}
     if not recording:
         env["TONGKE_SERVER_RECORDING"] = "false"
@@ -95,7 +97,10 @@ def start_server_process(
         cmd += ["--workers", "1"]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    err = open(stderr, "a") if stderr is not None else None
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
+    if err is not None:
+        err.close()
     assert proc.stdout is not None
     line = proc.stdout.readline()
     match = re.search(r"listening on (http://\S+)", line)

@@ -9,6 +9,7 @@ import pytest
 from aiortc import VideoStreamTrack
 
 from classroom_agent.client import LessonClient, Publication
+from media_server.http import lesson_url
 from tests.browser import open_page
 from tests.lesson_server import ServerProcess
 from tests.test_viewer_browser import wait_in_page
@@ -56,3 +57,23 @@ async def test_a_code_link_joins_leaves_no_credential_in_the_address_and_survive
             await wait_in_page(other, "() => window.tongke?.phase === 'error'", "the refusal")
             text = await other.page.text_content("body")
             assert text is not None and "已被使用" in text
+
+
+async def test_an_old_token_link_still_joins_with_the_token_gone_from_the_address(
+    server: ServerProcess, room: str, master: LessonClient
+) -> None:
+    token = server.token(room, "class-6", "observer")
+    async with open_page() as session:
+        page = session.page
+        response = await page.goto(lesson_url(server.url, room, token))
+        assert response is not None
+        # The server moved the token into the HttpOnly cookie before the page loaded.
+        first = response.request.redirected_from
+        assert first is not None and "token=" in first.url
+        assert "token=" not in page.url
+        await wait_in_page(session, "() => window.tongke?.joined?.role === 'observer'", "joined")
+        assert token not in await page.evaluate("() => document.cookie + location.href")
+        await page.reload()
+        await wait_in_page(
+            session, "() => window.tongke?.joined?.role === 'observer'", "joined after reload"
+        )

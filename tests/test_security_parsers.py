@@ -12,10 +12,11 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from aiortc.rtp import RtcpPacket, RtcpRtpfbPacket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from media_server.publisher import SignallingError, parse_sdp
+from media_server.publisher import SignallingError, nack_packet, parse_sdp
 from media_server.rtpbytes import is_keyframe_start, payload_bounds
 from tests.lesson_server import ServerProcess
 from tongke.untrusted import BadInput, display_text_problem, loads
@@ -194,3 +195,20 @@ def test_deeply_nested_bodies_get_400_on_every_packages_routes(
             except urllib.error.HTTPError as err:
                 status, code = err.code, json.loads(err.read())["error"]["code"]
             assert (status, code) == (400, "bad_json"), (path, body[:10])
+
+
+def test_nacks_across_the_sequence_wrap_are_packed() -> None:
+    """Found by the soak: losses at 65534, 65535, 0, 1 (arrival order) raised ValueError
+    in aiortc's packer, so no NACK went out for them and they stayed lost."""
+    (packet,) = RtcpPacket.parse(nack_packet(1, 2, [65534, 65535, 0, 1]))
+    assert isinstance(packet, RtcpRtpfbPacket)
+    assert (packet.ssrc, packet.media_ssrc) == (1, 2)
+    assert sorted(packet.lost) == [0, 1, 65534, 65535]
+
+
+@FAST
+@given(st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=200))
+def test_any_nack_list_is_packed_and_parses_back(seqs: list[int]) -> None:
+    (packet,) = RtcpPacket.parse(nack_packet(7, 9, seqs))
+    assert isinstance(packet, RtcpRtpfbPacket)
+    assert set(packet.lost) == set(seqs)

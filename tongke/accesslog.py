@@ -15,7 +15,7 @@ from aiohttp.web import BaseRequest, StreamResponse
 
 log = logging.getLogger("tongke.access")
 
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|code|access_token|sig)=)[^&#\s]*")
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|code|access_token|sig|feed)=)[^&#\s]*")
 # /replay-files/{expires}/{signature}/...
 _SIGNED_PATH = re.compile(r"^(/replay-files/\d+/)[^/]+")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+")

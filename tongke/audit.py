@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from aiohttp import web
 
-from tongke.tokens import Claims, TokenError, verify_token
+from tongke.tokens import Claims, TokenError, request_token, verify_token
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ ACTIONS = (
     "replay_visibility_changed",
     "sign_in",
     "sign_in_failed",
+    "link_token_moved",
 )
 CSV_COLUMNS = ("at", "action", "actor", "role", "room", "ip", "detail")
 
@@ -217,10 +218,8 @@ _ROUTE_ACTIONS: list[tuple[str, re.Pattern[str], str]] = [
 
 
 def _claims(request: web.Request, secret: str) -> Claims | None:
-    auth = request.headers.get("Authorization", "")
-    token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.query.get("token")
     try:
-        return verify_token(secret, token)
+        return verify_token(secret, request_token(request))
     except TokenError:
         return None
 

@@ -23,7 +23,7 @@ import jwt
 import sqlalchemy as sa
 from aiohttp import web
 
-from tongke.tokens import ALGORITHM, Role, TokenError, verify_token
+from tongke.tokens import ALGORITHM, Role, TokenError, request_token, verify_token
 
 FEED_PREFIXES = ("feed:", "feed-agent:")
 
@@ -96,18 +96,11 @@ FEED_KEYS = web.AppKey("feed_keys", FeedKeys)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _token(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return request.query.get("token") or None
-
-
 def feed_key_middleware(secret: str) -> Callable[[web.Request, Handler], Awaitable[Any]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api/schedule/"):
-            token = _token(request)
+            token = request_token(request)
             if token:
                 try:
                     request.app[FEED_KEYS].check(token, secret=secret)

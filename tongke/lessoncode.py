@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 
 import jwt
+import sqlalchemy as sa
 
 from tongke.tokens import ALGORITHM, Role, TokenError, issue_token
 
@@ -51,15 +52,37 @@ def issue_code(
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
 
-class CodeBook:
-    """Redeems codes once. Spent codes are remembered until they would have expired."""
+_metadata = sa.MetaData()
+spent_codes = sa.Table(
+    "spent_lesson_codes",
+    _metadata,
+    sa.Column("jti", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
 
-    def __init__(self, secret: str) -> None:
+
+class CodeBook:
+    """Redeems codes once. Spent codes are remembered until they would have expired.
+
+    With a database URL (the server's: SQLite in the data directory, or PostgreSQL) the
+    spent codes are rows with the code's id as primary key, so a restarted server, or
+    another server process on the same database, never honours a code twice: the insert
+    of a second redemption fails. Without one they live in memory (tests, scripts).
+    """
+
+    def __init__(self, secret: str, database_url: str | None = None) -> None:
         self._secret = secret
         self._spent: dict[str, float] = {}
+        self._engine: sa.engine.Engine | None = None
+        if database_url:
+            connect_args = {"timeout": 30} if database_url.startswith("sqlite") else {}
+            self._engine = sa.create_engine(database_url, connect_args=connect_args)
+            _metadata.create_all(self._engine)
 
     def redeem(self, code: object, *, now: float | None = None) -> tuple[str, dict[str, Any]]:
-        """The room token a code yields and the code's claims; TokenError when it cannot."""
+        """The room token a code yields and the code's claims; TokenError when it cannot.
+
+        Blocking when a database is used: call it from a thread in a server."""
         if not isinstance(code, str) or not code:
             raise TokenError("code_missing", "the lesson link has no code")
         try:
@@ -78,14 +101,11 @@ class CodeBook:
         if data.get("typ") != _TYPE:
             raise TokenError("code_invalid", "this lesson link is not valid")
         clock = now if now is not None else time.time()
-        self._forget_expired(clock)
-        jti = str(data["jti"])
-        if jti in self._spent:
+        if not self._spend(str(data["jti"])[:64], float(data["exp"]), clock):
             raise TokenError(
                 "code_used",
                 "this lesson link was already opened once; ask for a new link",
             )
-        self._spent[jti] = float(data["exp"])
         token = issue_token(
             self._secret,
             room=str(data["room"]),
@@ -97,10 +117,27 @@ class CodeBook:
         )
         return token, data
 
-    def _forget_expired(self, now: float) -> None:
-        for jti, exp in list(self._spent.items()):
-            if exp < now:
-                del self._spent[jti]
+    def _spend(self, jti: str, expires_at: float, now: float) -> bool:
+        """Mark a code spent; False when it already was."""
+        if self._engine is None:
+            for old, exp in list(self._spent.items()):
+                if exp < now:
+                    del self._spent[old]
+            if jti in self._spent:
+                return False
+            self._spent[jti] = expires_at
+            return True
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(spent_codes.delete().where(spent_codes.c.expires_at < now))
+                conn.execute(spent_codes.insert().values(jti=jti, expires_at=expires_at))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
 
 
 def cookie_name(room: str) -> str:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from tongke.tokens import request_token
+
 
 @dataclass(frozen=True)
 class Rate:
@@ -104,13 +106,6 @@ def rates_from_config(raw: Mapping[str, object]) -> dict[str, Rate]:
             raise ValueError(f"rate limit {kind} must be [burst, per_second]")
         rates[kind] = Rate(burst=float(value[0]), per_s=float(value[1]))
     return rates
-
-
-def request_token(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return request.query.get("token") or None
 
 
 def classify(request: web.Request) -> str | None:

@@ -5,10 +5,13 @@ A token for one lesson opens no other: every check names the room it is for.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 import jwt
 
@@ -121,3 +124,50 @@ def peek_claims(token: str) -> dict[str, object]:
         return dict(jwt.decode(token, options={"verify_signature": False, "verify_exp": False}))
     except jwt.PyJWTError as exc:
         raise TokenError("token_invalid", f"the token is not a JWT: {exc}") from None
+
+
+# -- where a request's token may travel -------------------------------------------------
+
+FEEDS_PREFIX = "/api/schedule/feeds/"
+
+
+class _Request(Protocol):
+    """The parts of an aiohttp request `request_token` reads (tokens.py stays aiohttp-free)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
+
+    @property
+    def cookies(self) -> Mapping[str, str]: ...
+
+
+def feed_cookie_name(classroom: str) -> str:
+    """The point console's HttpOnly cookie holding its classroom's feed token."""
+    return "tkf_" + hashlib.sha256(classroom.encode()).hexdigest()[:16]
+
+
+def request_token(request: _Request) -> str | None:
+    """A request's token: the `Authorization: Bearer` header, nowhere else.
+
+    Two exceptions, both on the timetable feeds: `?token=` (a calendar app can only
+    subscribe to a URL; the access log redacts it, and feed tokens are revocable), and
+    the point console's HttpOnly feed cookie (set when an old `?feed=` link is opened).
+    Everywhere else a token in a query string is ignored: it would end up in browser
+    history, proxies' logs and Referer headers.
+    """
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    path = request.path
+    if not path.startswith(FEEDS_PREFIX):
+        return None
+    if request.query.get("token"):
+        return request.query["token"]
+    name = path[len(FEEDS_PREFIX) :].rsplit(".", 1)[0]
+    return request.cookies.get(feed_cookie_name(name)) or None

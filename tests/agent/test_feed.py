@@ -47,12 +47,16 @@ class FeedServer:
     def __init__(self) -> None:
         self.feed: dict[str, Any] = {"lessons": []}
         self.requests = 0
+        self.credentials: list[tuple[str | None, str | None]] = []  # (header, query)
         self.runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self, port: int = 0) -> None:
         async def handler(request: web.Request) -> web.Response:
             self.requests += 1
+            self.credentials.append(
+                (request.headers.get("Authorization"), request.query.get("token"))
+            )
             tag = f'"{hash(str(self.feed)) & 0xFFFFFF}"'
             if request.headers.get("If-None-Match") == tag:
                 return web.Response(status=304, headers={"ETag": tag})
@@ -112,6 +116,9 @@ async def test_the_timetable_is_cached_and_used_when_the_scheduler_is_down(
     assert cache.exists()
     assert await timetable.refresh()  # unchanged: a 304 with the ETag
     assert feed_server.requests == 2
+    # The link's `?token=` travels as a header, and stays out of the cache file.
+    assert feed_server.credentials == [("Bearer f", None)] * 2
+    assert "token=f" not in cache.read_text()
     await feed_server.stop()
     assert not await timetable.refresh()
     assert timetable.source == "cache" and timetable.last_error

@@ -95,12 +95,14 @@ class PointConsole {
 
   async loadFeed() {
     const { classroom, feed } = this.params;
-    const url = `/api/schedule/feeds/${encodeURIComponent(classroom)}.json?token=${encodeURIComponent(feed)}`;
+    // The feed token is in an HttpOnly cookie (the server moved it there from the old
+    // `?feed=TOKEN` link); the address only says `feed=1`.
+    const url = `/api/schedule/feeds/${encodeURIComponent(classroom)}.json`;
     try {
       let lessons;
       if (feed) {
         // A classroom PC opened with its feed link: the feed carries each lesson's token.
-        const resp = await fetch(url, { cache: "no-cache" });
+        const resp = await fetch(url, { cache: "no-cache", credentials: "same-origin" });
         const body = await resp.json();
         if (!resp.ok) throw new Error(body.error ? body.error.message : resp.statusText);
         lessons = body.lessons;
