@@ -33,10 +33,13 @@ def create_app(config: Config) -> web.Application:
     # Imported here so that `tongke --help` stays fast and each package stays optional
     # to the others at import time.
     from media_server.http import setup as setup_media
+    from media_server.ops_http import setup as setup_ops
     from recording.api import setup as setup_recording
     from scheduler.api import DB as SCHEDULER_DB
     from scheduler.api import setup as setup_scheduler
+    from tongke.health import setup as setup_health
     from tongke.lessons import lesson_facts_resolver, scheduled_lesson_resolver
+    from tongke.metrics import setup as setup_metrics
     from tongke.session_auth import setup as setup_accounts
 
     # Everything embedded (SQLite databases, rooms, recordings) lives under data_dir.
@@ -76,6 +79,9 @@ def create_app(config: Config) -> web.Application:
     setup_scheduler(app, ctx)
     setup_recording(app, ctx, lessons=lesson_facts_resolver(app[SCHEDULER_DB], sfu.rooms))
     setup_accounts(app, ctx)
+    setup_health(app, ctx)
+    setup_ops(app, ctx, sfu)
+    setup_metrics(app, ctx, sfu)
     sfu.rooms.resolvers.append(scheduled_lesson_resolver(app[SCHEDULER_DB]))
     if WEB_ROOT.is_dir():
         app.router.add_static("/static/", WEB_ROOT, show_index=False)

@@ -51,6 +51,14 @@ class Config:
     access_log: str = ""
     # Overrides of tongke/ratelimit.py DEFAULT_RATES: {"join_token": [burst, per_second]}.
     rate_limits: dict[str, list[float]] = field(default_factory=dict)
+    # GET /metrics (Prometheus): a scraper sends `Authorization: Bearer <metrics_token>`
+    # (a global admin token works too); addresses or networks in metrics_allow, e.g.
+    # "10.0.0.0/8", may scrape without one. Both empty: global admin tokens only.
+    metrics_token: str = ""
+    metrics_allow: list[str] = field(default_factory=list)
+    # The ops page's quality history: one sample per teaching point this often (seconds),
+    # kept for an hour.
+    ops_sample_s: float = 10.0
 
     @property
     def base_url(self) -> str:
@@ -102,6 +110,8 @@ def load_config(path: Path | None = None, **overrides: object) -> Config:
             value = Path(str(value))
         elif isinstance(current, bool):
             value = str(value).lower() in ("1", "true", "yes", "on")
+        elif isinstance(current, float):
+            value = float(value)  # type: ignore[arg-type]
         elif isinstance(current, int):
             value = int(value)  # type: ignore[call-overload]
         elif isinstance(current, dict) and isinstance(value, str):
