@@ -1,0 +1,163 @@
+"""GET /metrics from a real server while a real lesson runs: who may scrape, what moves."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from classroom_agent.client import Publication
+from tests.lesson_server import ServerProcess, start_server_process
+from tests.media import PatternTrack, ToneTrack, first_frames, wait_for
+from tests.test_datagram_guard import attack, server_ports
+from tests.test_sfu_forwarding import join
+from tongke.tokens import Role
+
+METRICS_TOKEN = "scrape-me-0123456789"
+FAMILIES = {
+    "tongke_rooms",
+    "tongke_participants",
+    "tongke_forwarded_packets",
+    "tongke_forwarded_bytes",
+    "tongke_retransmitted_packets",
+    "tongke_paused_sources",
+    "tongke_classroom_downlink_estimate_bps",
+    "tongke_classroom_downlink_loss_ratio",
+    "tongke_classroom_rtt_seconds",
+    "tongke_classroom_received_fps",
+    "tongke_classroom_paused_sources",
+    "tongke_classroom_uplink_packets",
+    "tongke_classroom_uplink_lost",
+    "tongke_server_decoders",
+    "tongke_server_encoders",
+    "tongke_event_loop_lag_seconds",
+    "tongke_event_loop_lag_max_seconds",
+    "tongke_replay_jobs",
+    "tongke_recording_disk_bytes",
+    "tongke_datagrams_dropped",
+    "process_cpu_seconds",
+}
+
+
+@pytest.fixture(scope="module")
+def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    data = tmp_path_factory.mktemp("metrics-data")
+    # An old recording on disk: the disk-use gauge must count it.
+    (data / "recordings" / "old-lesson").mkdir(parents=True)
+    (data / "recordings" / "old-lesson" / "teacher.ts").write_bytes(b"\x47" * 188_000)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TONGKE_METRICS_TOKEN", METRICS_TOKEN)
+        env.setenv("TONGKE_OPS_SAMPLE_S", "1")
+        server = start_server_process(data)
+    yield server
+    server.stop()
+
+
+def fetch(server: ServerProcess, token: str | None) -> tuple[int, str]:
+    req = urllib.request.Request(server.url + "/metrics")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+
+
+def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value, and each family's name under ("family:", ())."""
+    status, text = fetch(server, METRICS_TOKEN)
+    assert status == 200
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        out[("family:" + family.name, ())] = 1.0
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def test_only_the_metrics_token_and_global_admins_may_scrape(metered: ServerProcess) -> None:
+    assert fetch(metered, None)[0] == 401
+    assert fetch(metered, "not-the-token")[0] == 403
+    assert fetch(metered, metered.token("some-lesson", "ops", Role.ADMIN))[0] == 403
+    assert fetch(metered, metered.token("some-lesson", "p-1", Role.POINT))[0] == 403
+    assert fetch(metered, METRICS_TOKEN)[0] == 200
+    assert fetch(metered, metered.admin_token)[0] == 200
+
+
+async def test_a_running_lesson_shows_and_moves_in_the_metrics(metered: ServerProcess) -> None:
+    room = "metrics-lesson"
+    metered.open_room(room)
+    before = scrape(metered)
+    assert {"family:" + f for f in FAMILIES} <= {k[0] for k in before}, "families missing"
+    assert value(before, "tongke_recording_disk_bytes", area="recordings") == 188_000
+    assert value(before, "tongke_replay_jobs", state="queued") == 0
+
+    master = await join(metered, room, "c-master", "master")
+    await master.publish(
+        [
+            Publication(PatternTrack(320, 240), "teacher_camera", codec="vp8"),
+            Publication(ToneTrack(), "classroom_mic"),
+        ]
+    )
+    points = [await join(metered, room, f"p-{i}", "point") for i in range(2)]
+    try:
+        for point in points:
+            await first_frames(point, {"teacher_camera", "classroom_mic"})
+        now = scrape(metered)
+        assert value(now, "tongke_participants", role="master") == 1
+        assert value(now, "tongke_participants", role="point") == 2
+        assert value(now, "tongke_server_decoders") == 0
+        assert value(now, "tongke_server_encoders") == 0
+        first = value(now, "tongke_forwarded_packets_total") or 0
+        assert first > 0
+        assert (value(now, "tongke_forwarded_bytes_total") or 0) > first * 100
+
+        point_labels = {"room": room, "classroom": "p-0", "role": "point"}
+        state: dict = {}
+
+        def classroom_figures_arrive() -> bool:
+            state["s"] = s = scrape(metered)
+            return (
+                (value(s, "tongke_forwarded_packets_total") or 0) > first
+                and (value(s, "tongke_classroom_rtt_seconds", **point_labels) or 0) > 0
+                and (value(s, "tongke_classroom_received_fps", **point_labels) or 0) > 5
+                and (value(s, "tongke_classroom_uplink_packets_total", room=room, classroom="c-master", role="master") or 0) > 0
+            )  # fmt: skip
+
+        await wait_for(classroom_figures_arrive, 20, "RTT, frame rate and counters moving")
+        s = state["s"]
+        assert (value(s, "tongke_classroom_downlink_estimate_bps", **point_labels) or 0) > 0
+        assert value(s, "tongke_classroom_paused_sources", **point_labels) == 0
+        assert 0 <= (value(s, "tongke_classroom_downlink_loss_ratio", **point_labels) or 0) < 0.05
+        assert 0 <= (value(s, "tongke_event_loop_lag_max_seconds") or 0) < 5
+
+        # Stray datagrams at the media ports are counted per reason.
+        assert master.publish_pc is not None
+        attack(server_ports(master.publish_pc.remoteDescription.sdp))
+
+        def drops_counted() -> bool:
+            s = scrape(metered)
+            return sum(v for (n, _), v in s.items() if n == "tongke_datagrams_dropped_total") > 0
+
+        await wait_for(drops_counted, 10, "dropped datagrams in the metrics")
+        moving = value(scrape(metered), "tongke_forwarded_packets_total") or 0
+    finally:
+        for c in [*points, master]:
+            await c.close()
+
+    def everyone_gone() -> bool:
+        state["s"] = s = scrape(metered)
+        return value(s, "tongke_participants", role="point") == 0
+
+    await wait_for(everyone_gone, 15, "participants leaving")
+    # The subscribers are gone, their packets are still counted: a counter never falls.
+    assert (value(state["s"], "tongke_forwarded_packets_total") or 0) >= moving
+    assert ("tongke_classroom_rtt_seconds", tuple(sorted(point_labels.items()))) not in state["s"]
