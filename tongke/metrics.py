@@ -31,11 +31,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from media_server import guard
+from media_server.ops import classroom_quality, classrooms_of
+from media_server.signalling import ERRORS_SENT
 from tongke import rtc_internals
+from tongke.ratelimit import RATE_LIMITS
 from tongke.tokens import Role, TokenError, verify_token
 
 if TYPE_CHECKING:
     from media_server.downtrack import DownTrack
+    from media_server.room import Room
     from media_server.sfu import Sfu
     from tongke.app import AppContext
 
@@ -165,11 +170,6 @@ class TongkeCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
-        from media_server import guard
-        from media_server.ops import classroom_quality, classrooms_of
-        from media_server.signalling import ERRORS_SENT
-        from tongke.ratelimit import RATE_LIMITS
-
         rooms = list(self.sfu.rooms.rooms.values())
         phases: dict[str, int] = {}
         roles: dict[str, int] = {r.value: 0 for r in Role}
@@ -219,7 +219,7 @@ class TongkeCollector(Collector):
         paused.add_metric(["user"], by_user)
         yield paused
 
-        yield from self._classrooms(rooms, classroom_quality, classrooms_of)
+        yield from self._classrooms(rooms)
 
         codecs = guard.snapshot()
         yield GaugeMetricFamily(
@@ -284,7 +284,7 @@ class TongkeCollector(Collector):
             self.app[RATE_LIMITS].refused,
         )
 
-    def _classrooms(self, rooms: list[Any], quality: Any, classrooms_of: Any) -> Iterator[Metric]:
+    def _classrooms(self, rooms: list[Room]) -> Iterator[Metric]:
         labels = ["room", "classroom", "role"]
         est = GaugeMetricFamily(
             "tongke_classroom_downlink_estimate_bps",
@@ -328,7 +328,7 @@ class TongkeCollector(Collector):
         frame_rates: dict[int, float] = {}
         for room in rooms:
             for classroom, (role, members) in classrooms_of(room).items():
-                q = quality(members, now, frame_rates)
+                q = classroom_quality(members, now, frame_rates)
                 key = [room.id, classroom, role]
                 if q.estimate_bps is not None:
                     est.add_metric(key, q.estimate_bps)
