@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -161,3 +162,39 @@ async def test_a_running_lesson_shows_and_moves_in_the_metrics(metered: ServerPr
     # The subscribers are gone, their packets are still counted: a counter never falls.
     assert (value(state["s"], "tongke_forwarded_packets_total") or 0) >= moving
     assert ("tongke_classroom_rtt_seconds", tuple(sorted(point_labels.items()))) not in state["s"]
+
+
+async def test_the_replay_queue_depth_counts_waiting_and_held_jobs(tmp_path: Path) -> None:
+    from recording.jobs import SqliteJobQueue
+
+    queue = SqliteJobQueue(tmp_path / "jobs.sqlite3")
+    assert await queue.depth() == {"queued": 0, "running": 0}
+    for i in range(3):
+        await queue.submit(tmp_path / f"rec-{i}", tmp_path / "replays")
+    assert queue._claim() is not None  # a worker holds one
+    assert await queue.depth() == {"queued": 2, "running": 1}
+
+
+@pytest.mark.redis
+async def test_the_redis_queue_depth_counts_unread_and_pending_entries(tmp_path: Path) -> None:
+    import uuid
+
+    from recording.jobs import RedisJobQueue
+
+    stream = f"tongke:test-depth:{uuid.uuid4().hex[:8]}"
+    queue = RedisJobQueue("redis://127.0.0.1:6379/15", stream=stream, outbox=tmp_path / "o.db")
+    try:
+        try:
+            await queue.redis.ping()
+        except Exception:
+            pytest.skip("no Redis on 127.0.0.1:6379")
+        assert await queue.depth() == {"queued": 0, "running": 0, "waiting_for_redis": 0}
+        for i in range(3):
+            await queue.submit(tmp_path / f"rec-{i}", tmp_path / "replays")
+        assert await queue._next() is not None  # a worker read one and holds it
+        assert await queue.depth() == {"queued": 2, "running": 1, "waiting_for_redis": 0}
+    finally:
+        keys = [k async for k in queue.redis.scan_iter(f"{stream}*")]
+        if keys:
+            await queue.redis.delete(*keys)
+        await queue.close()
