@@ -265,7 +265,14 @@ def test_health_checks_ask_real_routes(compose: dict[str, Any], tmp_path: Path) 
             assert urlsplit(url).path in routes, f"{name}: {url} is not a route"
     for name, service in compose["services"].items():
         assert "healthcheck" in service, f"{name} has no health check"
+    for name, service in compose["services"].items():
+        test = service["healthcheck"]["test"]
+        if isinstance(test, list) and test[1:3] == ["python", "-c"]:
+            compile(test[3], f"{name} health check", "exec")  # the snippet is Python
     check = next(r for w, r in dockerfile() if w == "HEALTHCHECK")
+    exec_form = json.loads(check.split(" CMD ", 1)[1])
+    assert exec_form[:2] == ["python", "-c"]
+    compile(exec_form[2], "the image's health check", "exec")
     paths = re.findall(r"http://127\.0\.0\.1:\{[^}]*\}(/\w+)", check)
     assert paths and all(p in routes for p in paths), check
     assert f"'TONGKE_PORT', '{dockerfile_env()['TONGKE_PORT']}'" in check
