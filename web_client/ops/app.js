@@ -133,8 +133,17 @@ function chart(spec, samples, now, span, step) {
   return box;
 }
 
+/** "bad", "warn" or "" from the newest sample: what a supervisor should look at first. */
+function health(latest) {
+  if (!latest) return "";
+  const loss = Math.max(latest.down_loss ?? 0, latest.up_loss ?? 0);
+  if (loss > 0.05 || (latest.rtt_ms ?? 0) > 800 || latest.fps === 0) return "bad";
+  if (loss > 0.01 || (latest.rtt_ms ?? 0) > 300 || latest.paused > 0) return "warn";
+  return "";
+}
+
 function classroomRow(c, samples, now, span, step) {
-  const row = el("div", "ops-classroom");
+  const row = el("div", `ops-classroom ${c.present ? health(c.latest) : "gone"}`.trim());
   row.dataset.classroom = c.classroom;
   const who = el("div", c.present ? "who" : "who gone");
   who.append(el("strong", "", c.name || c.classroom), el("span", "hint", t(`role_${c.role}`)));
