@@ -198,3 +198,54 @@ async def test_the_redis_queue_depth_counts_unread_and_pending_entries(tmp_path:
         if keys:
             await queue.redis.delete(*keys)
         await queue.close()
+
+
+async def test_a_front_includes_its_workers_metrics_labelled_by_process(tmp_path: Path) -> None:
+    """The seam for `tongke serve --workers N`: workers listen on ports Prometheus does not
+    know, so the front's /metrics reads theirs and labels every sample by process."""
+    import socket
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from tongke.app import create_app
+    from tongke.config import Config
+    from tongke.metrics import METRICS_PEERS
+    from tongke.tokens import issue_token
+
+    secret = "front-secret-0123456789abcdef-0123"
+    admin = issue_token(secret, room="*", classroom="ops", role=Role.ADMIN)
+    clients = []
+    for name in ("front", "w1", "w2"):
+        config = Config(data_dir=tmp_path / name, secret=secret, metrics_token="prom")
+        clients.append(TestClient(TestServer(create_app(config))))
+    front, w1, w2 = clients
+    with socket.socket() as s:  # a worker that died: nothing listens here
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    try:
+        for client in (w1, w2):
+            await client.start_server()
+        peers = [("w1", str(w1.make_url("/"))), ("w2", str(w2.make_url("/"))), ("w3", dead)]
+        front.app[METRICS_PEERS] = lambda: peers  # type: ignore[index]
+        await front.start_server()
+        headers = {"Authorization": f"Bearer {admin}"}
+        opened = await w1.post("/api/rooms", json={"room": "on-w1"}, headers=headers)
+        assert opened.status == 201
+        resp = await front.get("/metrics", headers={"Authorization": "Bearer prom"})
+        assert resp.status == 200
+        text = await resp.text()
+    finally:
+        for client in clients:
+            await client.close()
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(types) == len(set(types)), "a family twice in one exposition"
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    assert value(samples, "tongke_rooms", phase="waiting", process="w1") == 1
+    assert value(samples, "tongke_rooms", phase="waiting", process="w2") == 0
+    assert value(samples, "tongke_rooms", phase="waiting", process="front") == 0
+    assert value(samples, "tongke_metrics_peer_up", peer="w2", process="front") == 1
+    assert value(samples, "tongke_metrics_peer_up", peer="w3", process="front") == 0
+    assert value(samples, "tongke_forwarded_packets_total", process="w1") == 0

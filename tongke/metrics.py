@@ -21,13 +21,14 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -36,7 +37,7 @@ from media_server.ops import classroom_quality, classrooms_of
 from media_server.signalling import ERRORS_SENT
 from tongke import rtc_internals
 from tongke.ratelimit import RATE_LIMITS
-from tongke.tokens import Role, TokenError, verify_token
+from tongke.tokens import Role, TokenError, issue_token, verify_token
 
 if TYPE_CHECKING:
     from media_server.downtrack import DownTrack
@@ -51,6 +52,14 @@ LAG_WINDOW_S = 60.0  # the "max" lag gauge covers this long
 REFRESH_S = 10.0  # replay queue depth
 DISK_REFRESH_S = 60.0  # recordings' disk use: a directory walk, so not often
 RECORDING_AREAS = ("recordings", "uploads", "replays")
+PEER_TIMEOUT_S = 3.0
+
+# Other processes whose metrics this process's /metrics includes: a front's media workers
+# (tongke/cluster), which listen on ports Prometheus cannot know. The function returns
+# (name, base URL) pairs; each peer's /metrics is read with a short-lived global admin
+# token, and with peers every sample carries a `process` label ("front" for our own).
+MetricsPeers = Callable[[], list[tuple[str, str]]]
+METRICS_PEERS: web.AppKey[MetricsPeers] = web.AppKey("metrics_peers")
 _DOWN_FIELDS = ("packets", "octets", "retransmitted", "nacks", "keyframe_requests")
 
 
@@ -345,6 +354,65 @@ class TongkeCollector(Collector):
         yield from (est, down_loss, rtt, fps, paused, received, up_packets, up_lost)
 
 
+class _Families:
+    """Already-collected families, in the shape `generate_latest` reads."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def merge(parts: list[tuple[str, Iterable[Metric]]]) -> list[Metric]:
+    """One family per name over several processes' families, samples labelled by process."""
+    out: dict[str, Metric] = {}
+    for process, families in parts:
+        for family in families:
+            merged = out.get(family.name)
+            if merged is None:
+                merged = out[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+            elif merged.type != family.type:
+                log.warning("%s: %s is a %s elsewhere", process, family.name, merged.type)
+                continue
+            merged.samples.extend(
+                s._replace(labels={**s.labels, "process": process}) for s in family.samples
+            )
+    return list(out.values())
+
+
+async def scrape_peers(
+    peers: list[tuple[str, str]], token: str
+) -> tuple[list[tuple[str, list[Metric]]], dict[str, bool]]:
+    """Each peer's families, and which peers answered."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def one(session: aiohttp.ClientSession, url: str) -> list[Metric]:
+        async with session.get(url.rstrip("/") + "/metrics", headers=headers) as resp:
+            resp.raise_for_status()
+            text = await resp.text()
+        return list(text_string_to_metric_families(text))
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        results = await asyncio.gather(
+            *(one(session, url) for _, url in peers), return_exceptions=True
+        )
+    parts: list[tuple[str, list[Metric]]] = []
+    up: dict[str, bool] = {}
+    for (name, _), result in zip(peers, results, strict=True):
+        up[name] = not isinstance(result, BaseException)
+        if isinstance(result, BaseException):
+            log.warning("metrics of %s unavailable: %s", name, result)
+        else:
+            parts.append((name, result))
+    return parts, up
+
+
 def _labelled_counter(name: str, text: str, label: str, counts: dict[str, int]) -> Metric:
     family = CounterMetricFamily(name, text, labels=[label])
     for key, n in sorted(counts.items()):
@@ -398,7 +466,21 @@ def setup(app: web.Application, ctx: AppContext, sfu: Sfu) -> None:
                 {"error": {"code": "forbidden", "message": "metrics need the metrics token"}},
                 status=401 if "Authorization" not in request.headers else 403,
             )
-        body = generate_latest(registry)
+        peers = request.app[METRICS_PEERS]() if METRICS_PEERS in request.app else []
+        if not peers:
+            body = generate_latest(registry)
+        else:
+            token = issue_token(
+                ctx.secret, room="*", classroom="metrics", role=Role.ADMIN, ttl_s=60
+            )
+            parts, up = await scrape_peers(peers, token)
+            reachable = GaugeMetricFamily(
+                "tongke_metrics_peer_up", "1 when a media worker answered", labels=["peer"]
+            )
+            for name, ok in sorted(up.items()):
+                reachable.add_metric([name], int(ok))
+            own = [*registry.collect(), reachable]
+            body = generate_latest(_Families(merge([("front", own), *parts])))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     tasks: list[asyncio.Task[None]] = []
