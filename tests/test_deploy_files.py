@@ -68,7 +68,7 @@ def compose() -> dict[str, Any]:
 
 
 def tongke_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    image = compose["services"]["node1"]["image"]
+    image = compose["services"]["node"]["image"]
     return {n: s for n, s in compose["services"].items() if s.get("image") == image}
 
 
@@ -171,7 +171,7 @@ def test_every_variable_of_the_compose_file_is_in_the_example_env() -> None:
 def test_every_tongke_command_and_flag_exists_in_the_cli(compose: dict[str, Any]) -> None:
     parser = build_parser()
     services = tongke_services(compose)
-    assert {"node1", "node2", "packager"} <= set(services)
+    assert {"node", "packager"} <= set(services)
     for name, service in services.items():
         try:
             parser.parse_args(argv(service))
