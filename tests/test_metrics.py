@@ -209,7 +209,7 @@ async def test_a_front_includes_its_workers_metrics_labelled_by_process(tmp_path
 
     from tongke.app import create_app
     from tongke.config import Config
-    from tongke.metrics import METRICS_PEERS
+    from tongke.metrics import PEERS
     from tongke.tokens import issue_token
 
     secret = "front-secret-0123456789abcdef-0123"
@@ -226,7 +226,7 @@ async def test_a_front_includes_its_workers_metrics_labelled_by_process(tmp_path
         for client in (w1, w2):
             await client.start_server()
         peers = [("w1", str(w1.make_url("/"))), ("w2", str(w2.make_url("/"))), ("w3", dead)]
-        front.app[METRICS_PEERS] = lambda: peers  # type: ignore[index]
+        front.app[PEERS] = lambda: peers  # type: ignore[index]
         await front.start_server()
         headers = {"Authorization": f"Bearer {admin}"}
         opened = await w1.post("/api/rooms", json={"room": "on-w1"}, headers=headers)

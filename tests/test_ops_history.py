@@ -3,6 +3,7 @@ one-hour ring, uplink loss per interval, who is sampled."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -99,3 +100,58 @@ def test_the_ring_holds_an_hour_and_a_classroom_gone_for_an_hour_is_forgotten() 
     assert ("r1", "p-1") in history.samples
     history.sample(now=3990 + 3601)
     assert history.samples == {} and history.lesson("r1") == []
+
+
+async def test_a_front_shows_the_lessons_its_media_workers_hold(tmp_path: Path) -> None:
+    """`tongke serve --workers N`: each worker samples its own lessons; the front's ops
+    API asks the processes it names in PEERS (a global admin token between them)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from tests.media import wait_for
+    from tongke.app import create_app
+    from tongke.config import Config
+    from tongke.metrics import PEERS
+    from tongke.tokens import issue_token
+
+    secret = "ops-front-secret-0123456789abcdef"
+    admin = {
+        "Authorization": f"Bearer {issue_token(secret, room='*', classroom='o', role=Role.ADMIN)}"
+    }
+    point = issue_token(secret, room="*", classroom="p", role=Role.POINT)
+    point_here = issue_token(secret, room="on-worker", classroom="p-1", role=Role.POINT)
+    front, worker = (
+        TestClient(TestServer(create_app(Config(data_dir=tmp_path / n, secret=secret))))
+        for n in ("front", "worker")
+    )
+    try:
+        await worker.start_server()
+        front.app[PEERS] = lambda: [("w1", str(worker.make_url("/")))]  # type: ignore[index]
+        await front.start_server()
+        body = {"room": "on-worker", "title": "Live on w1"}
+        assert (await worker.post("/api/rooms", json=body, headers=admin)).status == 201
+        # A classroom in the lesson (signalling only) is what makes it worth showing.
+        ws = await worker.ws_connect("/ws")
+        join = {"type": "join", "room": "on-worker", "token": point_here, "id": 1}
+        await ws.send_json(join)
+        assert (await ws.receive_json(timeout=10))["type"] == "joined"
+        listed: dict = {}
+
+        async def listed_at_front() -> bool:
+            resp = await front.get("/api/ops", headers=admin)
+            listed.update(await resp.json())
+            return [x["room"] for x in listed["lessons"]] == ["on-worker"]
+
+        await wait_for(listed_at_front, 10, "the worker's live lesson at the front")
+        assert listed["lessons"][0]["participants"] == 1
+        resp = await front.get("/api/ops/on-worker?since=0", headers=admin)
+        assert resp.status == 200 and (await resp.json())["room"] == "on-worker"
+        assert (await front.get("/api/ops/nowhere", headers=admin)).status == 404
+        # A room token is no way in, at the front or at a worker.
+        bearer = {"Authorization": f"Bearer {point}"}
+        assert (await front.get("/api/ops", headers=bearer)).status == 403
+        assert (await worker.get("/api/ops", headers=bearer)).status == 403
+        assert (await worker.get("/api/ops")).status == 401
+        await ws.close()
+    finally:
+        await front.close()
+        await worker.close()

@@ -54,12 +54,13 @@ DISK_REFRESH_S = 60.0  # recordings' disk use: a directory walk, so not often
 RECORDING_AREAS = ("recordings", "uploads", "replays")
 PEER_TIMEOUT_S = 3.0
 
-# Other processes whose metrics this process's /metrics includes: a front's media workers
-# (tongke/cluster), which listen on ports Prometheus cannot know. The function returns
-# (name, base URL) pairs; each peer's /metrics is read with a short-lived global admin
-# token, and with peers every sample carries a `process` label ("front" for our own).
-MetricsPeers = Callable[[], list[tuple[str, str]]]
-METRICS_PEERS: web.AppKey[MetricsPeers] = web.AppKey("metrics_peers")
+# The other processes serving this host's lessons: a front's media workers
+# (tongke/cluster), which listen on ports Prometheus and the ops page cannot know. The
+# front sets a function returning (name, base URL) pairs; its /metrics and /api/ops read
+# theirs with a short-lived global admin token. With peers every metric sample carries a
+# `process` label ("front" for the front's own).
+Peers = Callable[[], list[tuple[str, str]]]
+PEERS: web.AppKey[Peers] = web.AppKey("tongke_peers")
 _DOWN_FIELDS = ("packets", "octets", "retransmitted", "nacks", "keyframe_requests")
 
 
@@ -466,7 +467,7 @@ def setup(app: web.Application, ctx: AppContext, sfu: Sfu) -> None:
                 {"error": {"code": "forbidden", "message": "metrics need the metrics token"}},
                 status=401 if "Authorization" not in request.headers else 403,
             )
-        peers = request.app[METRICS_PEERS]() if METRICS_PEERS in request.app else []
+        peers = request.app[PEERS]() if PEERS in request.app else []
         if not peers:
             body = generate_latest(registry)
         else:
