@@ -155,6 +155,36 @@ class UpTrack:
             self._rate_mark = (now, self.stats.bytes)
         return int(self._bitrate)
 
+    def frame_rate(self, window_s: float = 1.0) -> float:
+        """Frames per second over the newest `window_s` of media in the packet cache.
+
+        For the ops page and metrics, never per packet: every frame's packets share one
+        RTP timestamp, so distinct timestamps within the newest window are its frames.
+        0 when the layer is not flowing (nothing arrived for two windows).
+        """
+        newest = self.highest_seq
+        if not self.video or newest is None or time.time() - self.last_packet_at > 2 * window_s:
+            return 0.0
+        head = self._cache[newest & CACHE_MASK]
+        if head is None:
+            return 0.0
+        top = SEQ_TS.unpack_from(head, 2)[1]
+        span = int(window_s * self.clock_rate)
+        stamps = set()
+        oldest = 0
+        for back in range(CACHE_SIZE):
+            packet = self._cache[(newest - back) & CACHE_MASK]
+            if packet is None or len(packet) < 8:
+                break
+            age = (top - SEQ_TS.unpack_from(packet, 2)[1]) & 0xFFFFFFFF
+            if age > span:
+                break
+            stamps.add(age)
+            oldest = max(oldest, age)
+        if len(stamps) < 2 or oldest == 0:
+            return 0.0
+        return round((len(stamps) - 1) * self.clock_rate / oldest, 1)
+
     # -- hot path -------------------------------------------------------------------
 
     def on_rtp(self, data: bytes, arrival_ns: int) -> None:

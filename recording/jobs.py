@@ -155,6 +155,14 @@ class SqliteJobQueue:
         rows = await asyncio.to_thread(self._run, "SELECT status FROM jobs WHERE id = ?", job_id)
         return json.loads(rows[0][0]) if rows else None
 
+    async def depth(self) -> dict[str, int]:
+        """How many jobs wait and how many are being packaged (for /metrics)."""
+        rows = await asyncio.to_thread(
+            self._run,
+            "SELECT state, COUNT(*) FROM jobs WHERE state IN ('queued', 'running') GROUP BY state",
+        )
+        return {"queued": 0, "running": 0, **{state: int(n) for state, n in rows}}
+
     def _update(self, job_id: str, **fields: Any) -> None:
         db = self._db()
         try:
@@ -406,6 +414,23 @@ class RedisJobQueue:
             job_id = forwarded
         raw = await self.redis.hgetall(self._status_key(job_id))
         return {k: json.loads(v) for k, v in raw.items()} if raw else None
+
+    async def depth(self) -> dict[str, int]:
+        """Entries no worker has read yet, entries a worker holds, jobs waiting for Redis."""
+        from redis.exceptions import ResponseError
+
+        queued = running = 0
+        try:
+            groups = await self.redis.xinfo_groups(self.stream)
+        except ResponseError:  # no job was ever queued: the stream does not exist yet
+            groups = []
+        for group in groups:
+            if group.get("name") == self.group:
+                running = int(group.get("pending") or 0)
+                lag = group.get("lag")
+                queued = int(lag) if lag is not None else 0
+        waiting = len(await asyncio.to_thread(self._outbox.waiting)) if self._outbox else 0
+        return {"queued": queued, "running": running, "waiting_for_redis": waiting}
 
     async def _set_status(self, job_id: str, **fields: Any) -> None:
         # One hash field per key: progress reports from the job's thread and the final

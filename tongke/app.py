@@ -33,12 +33,15 @@ def create_app(config: Config) -> web.Application:
     # Imported here so that `tongke --help` stays fast and each package stays optional
     # to the others at import time.
     from media_server.http import setup as setup_media
+    from media_server.ops_http import setup as setup_ops
     from recording.api import setup as setup_recording
     from recording.api import setup_server_recorder
     from scheduler.api import DB as SCHEDULER_DB
     from scheduler.api import setup as setup_scheduler
     from tongke.cluster.front import setup_routes as setup_cluster_routes
+    from tongke.health import setup as setup_health
     from tongke.lessons import lesson_facts_resolver, scheduled_lesson_resolver
+    from tongke.metrics import setup as setup_metrics
     from tongke.session_auth import setup as setup_accounts
 
     # Everything embedded (SQLite databases, rooms, recordings) lives under data_dir.
@@ -80,6 +83,9 @@ def create_app(config: Config) -> web.Application:
     if config.server_recording:
         setup_server_recorder(app, sfu.rooms)
     setup_accounts(app, ctx)
+    setup_health(app, ctx)
+    setup_ops(app, ctx, sfu)
+    setup_metrics(app, ctx, sfu)
     sfu.rooms.resolvers.append(scheduled_lesson_resolver(app[SCHEDULER_DB]))
     setup_cluster_routes(app)
     if WEB_ROOT.is_dir():

@@ -74,6 +74,14 @@ class Config:
     # another node (worker or host) are served by an edge there (media_server/relay.py);
     # 0 = never, every participant is proxied to the origin.
     edge_participants: int = 0
+    # GET /metrics (Prometheus): a scraper sends `Authorization: Bearer <metrics_token>`
+    # (a global admin token works too); addresses or networks in metrics_allow, e.g.
+    # "10.0.0.0/8", may scrape without one. Both empty: global admin tokens only.
+    metrics_token: str = ""
+    metrics_allow: list[str] = field(default_factory=list)
+    # The ops page's quality history: one sample per teaching point this often (seconds),
+    # kept for an hour.
+    ops_sample_s: float = 10.0
 
     @property
     def base_url(self) -> str:
@@ -125,6 +133,8 @@ def load_config(path: Path | None = None, **overrides: object) -> Config:
             value = Path(str(value))
         elif isinstance(current, bool):
             value = str(value).lower() in ("1", "true", "yes", "on")
+        elif isinstance(current, float):
+            value = float(value)  # type: ignore[arg-type]
         elif isinstance(current, int):
             value = int(value)  # type: ignore[call-overload]
         elif isinstance(current, dict) and isinstance(value, str):

@@ -280,6 +280,10 @@ class Auth:
         return web.json_response({"lessons": await asyncio.to_thread(work)})
 
 
+# Other packages' pages for signed-in people (the ops page) check sessions through it.
+AUTH = web.AppKey("auth", Auth)
+
+
 @web.middleware
 async def _account_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -298,6 +302,7 @@ def setup(app: web.Application, ctx: AppContext) -> Auth:
     accounts = Accounts(ctx.config.resolved_database_url())
     app[ACCOUNTS] = accounts
     auth = Auth(accounts, ctx)
+    app[AUTH] = auth
     app.middlewares.append(_account_errors)
 
     def page(name: str) -> Handler:
