@@ -99,11 +99,15 @@ def tracks_published(server: ServerProcess, room: str, classroom: str) -> int:
     return sum(1 for t in tracks if t["packets"] > 0 and classroom in t["track"])
 
 
-@pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ServerProcess:
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
+def server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> ServerProcess:
     # A killed agent never uploads: the archiver gives up waiting for it after 8 s.
     monkeypatch.setenv("TONGKE_REPLAY_UPLOAD_WAIT_S", "8")
-    proc = start_server_process(tmp_path / "server")
+    # With media workers (the default on a multi-core server) the worker hosting the
+    # lesson records it; uploads and packaging stay with the front.
+    proc = start_server_process(tmp_path / "server", extra=["--workers", str(request.param)])
     yield proc
     proc.stop()
 

@@ -288,6 +288,23 @@ def create_node_app(config: Config, node_id: str, instance: str, url: str) -> we
     )
     node = MediaNode(info, sfu, registry)
     setup_node_routes(app, node, secret)
+    # The worker hosts the lessons, so it records them and is where their figures are
+    # measured; the archiver's packaging jobs go to the host's shared queue, which the
+    # front's packaging worker runs.
+    if config.server_recording:
+        from recording.api import setup as setup_recording
+        from recording.api import setup_server_recorder
+        from scheduler.db import Database
+        from tongke.lessons import lesson_facts_resolver
+
+        lessons = lesson_facts_resolver(Database(config.resolved_database_url()), rooms)
+        setup_recording(app, app[CTX], run_worker=False, lessons=lessons)
+        setup_server_recorder(app, rooms)
+    from media_server.ops_http import setup as setup_ops
+    from tongke.metrics import setup as setup_metrics
+
+    setup_ops(app, app[CTX], sfu)
+    setup_metrics(app, app[CTX], sfu)
 
     async def started(app: web.Application) -> None:
         node.start()

@@ -30,6 +30,7 @@ from tongke.cluster.placement import (
 from tongke.cluster.registry import Registry
 from tongke.cluster.workers import WorkerPool
 from tongke.config import Config
+from tongke.metrics import PEERS
 from tongke.server import RunningServer, start_server
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,9 @@ async def start_service(config: Config) -> Service:
             own_node=host_id if pool is None else None,
         )
         fronts.append(front)
+        if pool is not None:
+            # /metrics and the ops page on the front gather what its workers measure.
+            app[PEERS] = lambda: [(w.id, w.url) for w in pool.live()]
         app.middlewares.append(front_middleware)
         if pool is None:
             assert registry is not None
