@@ -306,6 +306,10 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     app.router.add_get("/point/{classroom}", point_page)
     app.router.add_get("/", home)
     app.on_shutdown.append(on_shutdown)
+    # Cascaded lessons: this node as an edge of another, and the links between them.
+    from media_server.relay import setup as setup_relay
+
+    setup_relay(app, ctx, sfu, require, json_error, _body)
     return sfu
 
 

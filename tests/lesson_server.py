@@ -66,8 +66,14 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 
 
 def start_server_process(
-    data_dir: Path, *, port: int = 0, extra: list[str] | None = None, cpu: int | None = None
+    data_dir: Path,
+    *,
+    port: int = 0,
+    extra: list[str] | None = None,
+    cpu: int | None = None,
+    prefix: list[str] | None = None,
 ) -> ServerProcess:
+    """`prefix` runs the server under another command, e.g. `ip netns exec NAME`."""
     env = {**os.environ, "TONGKE_SECRET": TEST_SECRET, "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable,
@@ -84,6 +90,7 @@ def start_server_process(
     ]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
+    cmd = [*(prefix or []), *cmd]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
     line = proc.stdout.readline()

@@ -43,6 +43,8 @@ ACTIONS = (
     "replay_visibility_changed",
     "sign_in",
     "sign_in_failed",
+    "relay_edge_added",
+    "relay_edge_removed",
 )
 CSV_COLUMNS = ("at", "action", "actor", "role", "room", "ip", "detail")
 

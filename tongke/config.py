@@ -51,6 +51,8 @@ class Config:
     access_log: str = ""
     # Overrides of tongke/ratelimit.py DEFAULT_RATES: {"join_token": [burst, per_second]}.
     rate_limits: dict[str, list[float]] = field(default_factory=dict)
+    # The UDP port of this node's relay to other nodes (cascaded lessons; 0: any port).
+    relay_port: int = 0
 
     @property
     def base_url(self) -> str:
