@@ -261,6 +261,10 @@ def setup(app: web.Application, ctx: AppContext) -> Sfu:
     async def reset_latency(request: web.Request) -> web.Response:
         require(request)
         SFU_LATENCY.reset()
+        from media_server.relay import RELAY
+
+        for link in request.app[RELAY].links.values():
+            link.stats.delay.reset()
         return web.json_response({"reset": True})
 
     async def lesson_page(request: web.Request) -> web.StreamResponse:

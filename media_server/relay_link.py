@@ -166,8 +166,11 @@ class RelayLink:
                     message = json.loads(text)
                     if not isinstance(message, dict):
                         raise BadRelayMessage("a control message must be a JSON object")
-                    if not self._handle(message) and on_message is not None:
-                        await on_message(message)
+                    if self._handle(message):
+                        continue
+                    if on_message is None:
+                        raise BadRelayMessage(f"unknown message type {message.get('type')!r}")
+                    await on_message(message)
                 except (BadRelayMessage, ValueError) as exc:
                     self.stats.bad_messages += 1
                     log.warning("relay %s from %s: refused %.200s (%s)", self.link_id,
