@@ -204,6 +204,41 @@ async def test_a_teaching_point_on_the_edge_is_seen_on_the_origin_and_nothing_lo
         )
 
 
+async def test_the_edge_carries_only_the_layers_its_viewers_receive(nodes: NodePair) -> None:
+    async with cascaded(nodes) as (room, origin, edge):
+        master = await client(origin, room, "c-master", "master")
+        viewer = await client(edge, room, "o-edge", "observer")
+        try:
+            await master.publish(
+                [
+                    Publication(PatternTrack(320, 240), "teacher_camera", layer="h", codec="vp8"),
+                    Publication(PatternTrack(160, 120), "teacher_camera", layer="l", codec="vp8"),
+                ]
+            )
+            await first_frames(viewer, {"teacher_camera"}, timeout=30)
+
+            def exported() -> dict[str, bool]:
+                link = link_of(origin, room)
+                return link["exported"][0]["layers"] if link and link["exported"] else {}
+
+            await wait_for(lambda: exported() == {"h": True, "l": False}, 10, "h alone relayed")
+            track = next(r for r in viewer.active_tracks() if r.source == "teacher_camera")
+            await viewer.send(
+                {"type": "set_subscription", "track": track.info["track"], "layer": "l"}
+            )
+            await wait_for(lambda: exported() == {"h": False, "l": True}, 10, "l alone relayed")
+            assert track.track is not None
+
+            async def small_picture() -> bool:
+                frame = await asyncio.wait_for(track.track.recv(), 10)  # type: ignore[union-attr]
+                return bool(frame.width == 160)
+
+            await wait_for(small_picture, 15, "the low layer's pictures at the viewer")
+        finally:
+            await viewer.close()
+            await master.close()
+
+
 def send_udp(data: bytes, address: tuple[str, int], netns: list[str] | None = None) -> None:
     """One datagram to `address`, from this host or from inside a namespace."""
     if netns is None:
