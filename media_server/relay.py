@@ -30,7 +30,7 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +90,7 @@ class EdgeDialer:
     async def _run(self) -> None:
         async with aiohttp.ClientSession() as session:
             while True:
+                last = self.error
                 try:
                     await self._dial(session)
                     self.error = None
@@ -97,7 +98,7 @@ class EdgeDialer:
                     self.error = f"{exc.code}: {exc.message}"
                 except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                     self.error = f"unreachable: {exc!r}"
-                if self.error:
+                if self.error and self.error != last:  # once per new reason, not per second
                     log.warning("relay edge of %s for %s: %s", self.origin, self.room, self.error)
                 self.state = "connecting"
                 await asyncio.sleep(REDIAL_S)
@@ -158,7 +159,7 @@ class EdgeDialer:
             self.links_opened += 1
             service.links[link.link_id] = link
             try:
-                await link.serve(_ws_receive(ws), ws.send_str, lambda m: apply_classroom(room, m))
+                await serve_while_open(service, link, ws, lambda m: apply_classroom(room, m))
             finally:
                 service.links.pop(link.link_id, None)
                 self.link = None
@@ -189,6 +190,26 @@ def _ws_receive(ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> 
         return ""  # binary or ping: not a control message; refused and counted
 
     return receive
+
+
+async def serve_while_open(
+    service: RelayService,
+    link: RelayLink,
+    ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    on_message: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+) -> None:
+    """Serve `link` until its control socket closes or its room is closed on this node."""
+    serving = asyncio.ensure_future(link.serve(_ws_receive(ws), ws.send_str, on_message))
+    try:
+        while not serving.done():
+            if service.sfu.rooms.rooms.get(link.room.id) is not link.room:
+                log.info("relay link %s: lesson %s closed here", link.link_id, link.room.id)
+                await ws.close()
+                break
+            await asyncio.wait([serving], timeout=1.0)
+        await serving
+    finally:
+        serving.cancel()
 
 
 # -- classroom state the edge's receive policy needs --------------------------------------
@@ -304,7 +325,7 @@ class RelayService:
         room.classroom.listeners.append(mirror)
         link.post(classroom_state(room))
         try:
-            await link.serve(_ws_receive(ws), ws.send_str)
+            await serve_while_open(self, link, ws)
         finally:
             with contextlib.suppress(ValueError):
                 room.classroom.listeners.remove(mirror)
