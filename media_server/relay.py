@@ -63,15 +63,65 @@ class RelayRefused(Exception):
         self.message = message
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, service: RelayService) -> None:
-        self._service = service
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # a few hundred ms of a node's relayed lessons
+READS_PER_WAKEUP = 64
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._service.on_datagram(data, addr)
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("relay socket: %s", exc)  # an ICMP unreachable from a peer that left
+class RelaySocket:
+    """The node's one relay UDP socket, read in batches.
+
+    asyncio's datagram transport reads one datagram per loop turn; one socket carrying
+    every relayed stream of a node must drain what has arrived each time it is ready.
+    Sending never blocks: a full send buffer drops the datagram (NACK repairs it).
+    """
+
+    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self._on_datagram = on_datagram
+        self._sock: socket.socket | None = None
+        self.send_dropped = 0
+
+    def open(self, host: str, port: int) -> int:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        sock.setblocking(False)
+        sock.bind((host, port))
+        self._sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._read_ready)
+        return int(sock.getsockname()[1])
+
+    def _read_ready(self) -> None:
+        sock, deliver = self._sock, self._on_datagram
+        if sock is None:
+            return
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP unreachable from a peer that left
+                log.debug("relay socket: %s", exc)
+                return
+            deliver(data, addr)
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.send_dropped += 1
+        except OSError as exc:
+            self.send_dropped += 1
+            log.debug("relay socket: %s", exc)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
 
 
 class EdgeDialer:
@@ -261,21 +311,18 @@ class RelayService:
         self.edges: dict[str, EdgeDialer] = {}
         self.dropped: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
-        self._transport: asyncio.DatagramTransport | None = None
+        self.socket = RelaySocket(self.on_datagram)
+        self._open = False
 
     @property
-    def transport(self) -> asyncio.DatagramTransport:
-        if self._transport is None:
+    def transport(self) -> RelaySocket:
+        if not self._open:
             raise RuntimeError("the relay socket is not open (RelayService.start)")
-        return self._transport
+        return self.socket
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Endpoint(self), local_addr=(self.host, self.port)
-        )
-        self._transport = transport
-        self.port = transport.get_extra_info("sockname")[1]
+        self.port = self.socket.open(self.host, self.port)
+        self._open = True
 
     # -- datagrams: the hot path ------------------------------------------------------------
 
@@ -417,6 +464,7 @@ class RelayService:
             "edges": [d.describe() for d in self.edges.values()],
             "links": [link.describe() for link in self.links.values()],
             "dropped": dict(self.dropped),
+            "send_dropped": self.socket.send_dropped,
             "refused": dict(self.refused),
         }
 
@@ -426,8 +474,8 @@ class RelayService:
         for link in list(self.links.values()):
             link.close()
         self.links.clear()
-        if self._transport is not None:
-            self._transport.close()
+        self.socket.close()
+        self._open = False
 
 
 RELAY = web.AppKey("relay", RelayService)

@@ -25,7 +25,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from media_server import relay_wire as wire
 from media_server.downtrack import DownTrack
@@ -107,6 +107,10 @@ def _as_int(raw: dict[str, Any], key: str, low: int, high: int) -> int:
     return value
 
 
+class DatagramOut(Protocol):
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None: ...
+
+
 class RelayLink:
     def __init__(
         self,
@@ -116,7 +120,7 @@ class RelayLink:
         key: bytes,
         peer_node: str,
         peer_addr: tuple[str, int],
-        transport: asyncio.DatagramTransport,
+        transport: DatagramOut,
         role: str,
     ) -> None:
         self.room = room
