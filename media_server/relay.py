@@ -351,7 +351,7 @@ class RelayService:
         await ws.prepare(request)
         try:
             hello = await ws.receive_json(timeout=HANDSHAKE_TIMEOUT_S)
-            room, link = self._open_link(hello, request.remote or "", ws)
+            room, link = self._open_link(hello, request.remote or "")
         except RelayRefused as exc:
             self.refused[exc.code] += 1
             log.warning("relay link from %s refused: %s", request.remote, exc.message)
@@ -380,9 +380,7 @@ class RelayService:
             await ws.close()
         return ws
 
-    def _open_link(
-        self, hello: Any, remote: str, ws: web.WebSocketResponse
-    ) -> tuple[Room, RelayLink]:
+    def _open_link(self, hello: Any, remote: str) -> tuple[Room, RelayLink]:
         if not isinstance(hello, dict) or hello.get("type") != "hello":
             raise RelayRefused("bad_hello", "the first message must be a hello")
         node, room_id, nonce = hello.get("node"), hello.get("room"), hello.get("nonce")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
 
 from media_server import relay_wire as wire
-from media_server.relay import RelayService
+from media_server.relay import RelayRefused, RelayService
 from media_server.relay_link import RelayLink
 from media_server.room import LessonInfo, Room
 
@@ -195,3 +196,56 @@ async def test_the_service_drops_and_counts_what_is_not_from_a_link_peer() -> No
     service.on_datagram(good, PEER)
     assert link.stats.plis_in == 1 and link.stats.datagrams_in == 1
     link.close()
+
+
+class Rooms:
+    def __init__(self, *rooms: Room) -> None:
+        self.rooms = {r.id: r for r in rooms}
+
+    def get(self, room_id: str) -> Room | None:
+        return self.rooms.get(room_id)
+
+
+class Sfu:
+    def __init__(self, *rooms: Room) -> None:
+        self.rooms = Rooms(*rooms)
+
+
+def hello(secret: str, node: str, room: str, **overrides: Any) -> dict[str, Any]:
+    sent_at, nonce, port = time.time(), "ab" * 16, 4000
+    message = {
+        "type": "hello",
+        "node": node,
+        "room": room,
+        "sent_at": sent_at,
+        "nonce": nonce,
+        "port": port,
+        "mac": wire.hello_mac(secret, node, room, sent_at, nonce, port),
+    }
+    message.update(overrides)
+    return message
+
+
+async def test_an_edge_announcing_itself_twice_keeps_one_link_and_bad_hellos_open_none() -> None:
+    room = Room(LessonInfo(room="r5"))
+    secret = "s" * 32
+    service = RelayService(Sfu(room), secret=secret, host="127.0.0.1")  # type: ignore[arg-type]
+    await service.start()
+    try:
+        _, first = service._open_link(hello(secret, "edge-b", "r5"), "10.0.0.3")
+        _, second = service._open_link(hello(secret, "edge-b", "r5"), "10.0.0.3")
+        assert first.closed and not second.closed
+        assert list(service.links.values()) == [second]
+        refusals = {
+            "relay_refused": hello("another-secret-0123456789abcdef", "edge-c", "r5"),
+            "stale_hello": hello(secret, "edge-c", "r5", sent_at=time.time() - 3600),
+            "unknown_room": hello(secret, "edge-c", "no-such-lesson"),
+            "bad_hello": hello(secret, "edge c/../", "r5"),
+        }
+        for code, message in refusals.items():
+            with pytest.raises(RelayRefused) as refused:
+                service._open_link(message, "10.0.0.4")
+            assert refused.value.code == code
+        assert list(service.links.values()) == [second]
+    finally:
+        await service.close()
