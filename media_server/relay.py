@@ -42,7 +42,7 @@ from media_server import relay_wire as wire
 from media_server.classroom import Phase
 from media_server.relay_link import RelayLink
 from media_server.room import LessonInfo, Room
-from tongke.tokens import Claims, Role
+from tongke.tokens import Claims
 
 if TYPE_CHECKING:
     from media_server.sfu import Sfu
@@ -366,11 +366,18 @@ class RelayService:
             return ws
         log.info("relay link %s: %s is an edge of %s", link.link_id, link.peer_node, room.id)
 
+        sent = classroom_state(room)
+
         def mirror(kind: str, fields: dict[str, Any]) -> None:
-            link.post(classroom_state(room))
+            # Every timeline event calls this (joins, chat...); only a change is news.
+            nonlocal sent
+            state = classroom_state(room)
+            if state != sent:
+                sent = state
+                link.post(state)
 
         room.classroom.listeners.append(mirror)
-        link.post(classroom_state(room))
+        link.post(sent)
         try:
             await serve_while_open(self, link, ws)
         finally:
@@ -540,4 +547,4 @@ def setup(
     return relay
 
 
-__all__ = ["RELAY", "RelayService", "Role", "setup"]
+__all__ = ["RELAY", "RelayService", "setup"]
