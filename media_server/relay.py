@@ -201,6 +201,7 @@ class EdgeDialer:
                 link_id=link_id,
                 key=wire.link_key(service.secret, link_id, nonce, origin_nonce),
                 peer_node=origin_node,
+                own_node=service.node,
                 peer_addr=(peer[0], port),
                 transport=service.transport,
                 role="edge",
@@ -408,6 +409,8 @@ class RelayService:
             raise RelayRefused(
                 "relay_refused", "the hello is not signed with this service's secret"
             )
+        if node == self.node:
+            raise RelayRefused("self_link", "a node cannot be an edge of itself")
         room = self.sfu.rooms.get(room_id)
         if room is None:
             raise RelayRefused("unknown_room", f"lesson {room_id!r} is not open on this node")
@@ -424,6 +427,7 @@ class RelayService:
             link_id=link_id,
             key=wire.link_key(self.secret, link_id, nonce, ours),
             peer_node=node,
+            own_node=self.node,
             peer_addr=(remote, port),
             transport=self.transport,
             role="origin",

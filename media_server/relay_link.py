@@ -119,6 +119,7 @@ class RelayLink:
         link_id: int,
         key: bytes,
         peer_node: str,
+        own_node: str,
         peer_addr: tuple[str, int],
         transport: DatagramOut,
         role: str,
@@ -127,6 +128,7 @@ class RelayLink:
         self.link_id = link_id
         self.key = key
         self.peer_node = peer_node
+        self.own_node = own_node
         self.peer_addr = peer_addr
         self.role = role  # "origin" (we accepted the link) or "edge" (we opened it)
         self.stats = LinkStats()
@@ -385,6 +387,10 @@ class RelayLink:
             if owner is not None and (sid not in self._imports or owner not in
                                       self._imports[sid].streams.values()):  # fmt: skip
                 raise BadRelayMessage(f"stream {stream} belongs to another source")
+        if self.own_node in str(raw.get("participant", "")).split("~")[:-1]:
+            # Our own source, come back round a cycle of links (A edge of B, B of A):
+            # an imported source's participant names every node it crossed.
+            raise BadRelayMessage("a source of this node came back over another link")
         imp = self._imports.get(sid)
         if imp is None:
             source = MediaSource(

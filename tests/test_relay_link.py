@@ -32,6 +32,7 @@ def make_link(room: Room, transport: Transport, link_id: int = 7) -> RelayLink:
         link_id=link_id,
         key=KEY,
         peer_node="origin-a",
+        own_node="edge-b",
         peer_addr=PEER,
         transport=transport,  # type: ignore[arg-type]
         role="edge",
@@ -141,6 +142,8 @@ async def test_an_announced_source_becomes_a_routed_source_fed_by_the_link() -> 
         announce(layers={"h": {"stream": 5, "ssrc": 1, "payload_type": 300, "clock_rate": 1}}),
         announce(name="a\u202eb"),
         announce(name="x" * 500),
+        announce(participant="edge-b~p1"),  # our own source, back round a cycle
+        announce(participant="node-c~edge-b~p1"),  # ... a longer one
         {"type": "want", "streams": "all"},
         {"type": "source_removed", "sid": "one"},
         {"type": "classroom"},
@@ -241,6 +244,7 @@ async def test_an_edge_announcing_itself_twice_keeps_one_link_and_bad_hellos_ope
             "stale_hello": hello(secret, "edge-c", "r5", sent_at=time.time() - 3600),
             "unknown_room": hello(secret, "edge-c", "no-such-lesson"),
             "bad_hello": hello(secret, "edge c/../", "r5"),
+            "self_link": hello(secret, service.node, "r5"),
         }
         for code, message in refusals.items():
             with pytest.raises(RelayRefused) as refused:
