@@ -181,6 +181,9 @@ class RelayLink:
                     self.stats.bad_messages += 1
                     log.warning("relay %s from %s: refused %.200s (%s)", self.link_id,
                                 self.peer_node, text, exc)  # fmt: skip
+                except Exception:  # a bug here must not take the lesson's relay down
+                    self.stats.bad_messages += 1
+                    log.exception("relay %s: handling %.200s failed", self.link_id, text)
         finally:
             writer.cancel()
             ticker.cancel()
@@ -220,17 +223,23 @@ class RelayLink:
         """Sender reports, layers added to exported sources, what we want, NACK retries."""
         while True:
             await asyncio.sleep(TICK_S)
-            for es in self._export_streams.values():
-                report = es.down.sender_report() if es.down is not None else None
-                if report is not None:
-                    self.send_datagram(wire.SR, es.stream, report[8:20])
-            for export in list(self._exports.values()):
-                if set(export.source.layers) != set(export.streams):
-                    self._announce(export)
-            self._send_wanted()
-            for up in self._by_stream.values():
-                if up.missing:
-                    self._send_nacks(up)
+            try:
+                self._tick_once()
+            except Exception:  # the next tick tries again; the media keeps flowing
+                log.exception("relay %s: tick failed", self.link_id)
+
+    def _tick_once(self) -> None:
+        for es in self._export_streams.values():
+            report = es.down.sender_report() if es.down is not None else None
+            if report is not None:
+                self.send_datagram(wire.SR, es.stream, report[8:20])
+        for export in list(self._exports.values()):
+            if set(export.source.layers) != set(export.streams):
+                self._announce(export)
+        self._send_wanted()
+        for up in self._by_stream.values():
+            if up.missing:
+                self._send_nacks(up)
 
     # -- datagrams ---------------------------------------------------------------------
 
