@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from classroom_agent.client import ClientEvents, LessonClient, Publication
+from media_server import relay_wire as wire
 from tests.lesson_server import ServerProcess
 from tests.media import PatternTrack, ToneTrack, first_frames, wait_for
 from tests.node_netns import NodePair, netns_available
@@ -281,8 +282,6 @@ def send_udp(data: bytes, address: tuple[str, int], netns: list[str] | None = No
 async def test_spoofed_relay_packets_and_unsigned_links_are_dropped_and_counted(
     nodes: NodePair,
 ) -> None:
-    from media_server import relay_wire as wire
-
     async with cascaded(nodes) as (room, origin, edge):
         master = await client(origin, room, "c-master", "master")
         viewer = await client(edge, room, "o-edge", "observer")
