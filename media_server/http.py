@@ -260,6 +260,10 @@ def setup(app: web.Application, ctx: AppContext, *, rooms: Rooms | None = None) 
     async def reset_latency(request: web.Request) -> web.Response:
         require(request)
         SFU_LATENCY.reset()
+        from media_server.relay import RELAY
+
+        for link in request.app[RELAY].links.values():
+            link.stats.delay.reset()
         return web.json_response({"reset": True})
 
     async def lesson_page(request: web.Request) -> web.StreamResponse:
@@ -365,6 +369,10 @@ def setup(app: web.Application, ctx: AppContext, *, rooms: Rooms | None = None) 
     app.router.add_get("/point/{classroom}", point_page)
     app.router.add_get("/", home)
     app.on_shutdown.append(on_shutdown)
+    # Cascaded lessons: this node as an edge of another, and the links between them.
+    from media_server.relay import setup as setup_relay
+
+    setup_relay(app, ctx, sfu, require, json_error, _body)
     return sfu
 
 

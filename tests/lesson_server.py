@@ -73,9 +73,11 @@ def start_server_process(
     cpu: int | None = None,
     recording: bool = True,
     stderr: Path | None = None,
+    prefix: list[str] | None = None,
 ) -> ServerProcess:
     """`recording=False`: the server does not record its lessons (`server_recording`).
-    `stderr`: a file for the server's log (benchmarks count its tracebacks)."""
+    `stderr`: a file for the server's log (benchmarks count its tracebacks).
+    `prefix` runs the server under another command, e.g. `ip netns exec NAME`."""
     env = {**os.environ, "TONGKE_SECRET": TEST_SECRET, "PYTHONPATH": str(ROOT)}
     if not recording:
         env["TONGKE_SERVER_RECORDING"] = "false"
@@ -97,6 +99,7 @@ def start_server_process(
         cmd += ["--workers", "1"]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
+    cmd = [*(prefix or []), *cmd]
     err = open(stderr, "a") if stderr is not None else None
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
     if err is not None:

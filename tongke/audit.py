@@ -44,6 +44,8 @@ ACTIONS = (
     "sign_in",
     "sign_in_failed",
     "link_token_moved",
+    "relay_edge_added",
+    "relay_edge_removed",
 )
 CSV_COLUMNS = ("at", "action", "actor", "role", "room", "ip", "detail")
 

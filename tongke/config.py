@@ -82,6 +82,8 @@ class Config:
     # The ops page's quality history: one sample per teaching point this often (seconds),
     # kept for an hour.
     ops_sample_s: float = 10.0
+    # The UDP port of this node's relay to other nodes (cascaded lessons; 0: any port).
+    relay_port: int = 0
 
     @property
     def base_url(self) -> str:
