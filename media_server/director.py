@@ -161,6 +161,7 @@ class Director:
         self.cuts: deque[Cut] = deque(maxlen=RECENT_CUTS)
         self._last_cut = float("-inf")
         self._urgent = False  # the next cut need not wait for MIN_SHOT_S
+        self._live: frozenset[str] = frozenset()  # cameras sending pictures, last tick
         self._courseware_until = float("-inf")
         self._slides = 0
         self._watches: dict[MediaSource, SlideWatch] = {}
@@ -193,6 +194,7 @@ class Director:
         if source.participant == DIRECTOR or source.kind != "video":
             return
         self._ensure_running()
+        self.classroom.announce_soon({"kind": "cameras"})
         if source.source == "courseware" and source.role is Role.MASTER:
             self._courseware_until = self.clock() + COURSEWARE_HOLD_S
             self._watch(source)
@@ -201,8 +203,9 @@ class Director:
         self.decide()
 
     def source_removed(self, source: MediaSource) -> None:
-        if source.participant == DIRECTOR:
+        if source.participant == DIRECTOR or source.kind != "video":
             return
+        self.classroom.announce_soon({"kind": "cameras"})
         watch = self._watches.pop(source, None)
         if watch is not None and watch.down is not None:
             self.router.detach_sink(watch.down)
@@ -435,6 +438,19 @@ class Director:
             "cuts": [c.describe() for c in self.cuts][-5:],
             "program_only": sorted(self.program_only),
             "receive_modes": dict(self.receive_modes),
+            # What the master's console offers to cut to.
+            "cameras": [
+                {
+                    "track": s.track_id,
+                    "classroom": s.classroom,
+                    "name": s.name,
+                    "source": s.source,
+                    "label": s.label,
+                    "usable": self._usable(s),
+                }
+                for s in self.router.sources()
+                if s.kind == "video" and s.participant != DIRECTOR
+            ],
         }
 
     def _ensure_running(self) -> None:
@@ -456,6 +472,10 @@ class Director:
         """Expire the courseware hold, skip frozen cameras, follow thin links."""
         self.decide()
         self._follow_links()
+        live = frozenset(s.track_id for s in self.router.sources() if self._usable(s))
+        if live != self._live:
+            self._live = live
+            self.classroom.announce_soon({"kind": "cameras"})  # the console's buttons
 
     def close(self) -> None:
         self._closed = True

@@ -89,7 +89,10 @@ export class ClassroomConnection extends EventTarget {
     this.joined = joined;
     this._emit("joined", joined);
     this._emit("status", "joined");
-    this.pub = new PublishSession({ request: (m) => sig.request(m) });
+    this.pub = new PublishSession({
+      request: (m) => sig.request(m),
+      videoCodec: () => this.state?.program_codec || null,
+    });
     for (const [source, { track, label }] of this.published) {
       if (track.readyState === "live") {
         this.pub.set(source, track, label).catch((err) => console.warn("republish", err));

@@ -58,6 +58,7 @@ class MasterConsole {
       if (window.confirm(t("confirmEnd"))) this.act("lesson_end");
     };
     $("camera").onclick = () => this.toggleCamera();
+    $("director-auto").onclick = () => this.act("director", { mode: "auto" });
     $("share").onclick = () => this.toggleShare();
     $("chat-form").onsubmit = (e) => {
       e.preventDefault();
@@ -232,6 +233,39 @@ class MasterConsole {
     this.renderAttendance();
     this.renderChatTargets();
     this.renderMedia();
+    this.renderDirector();
+  }
+
+  /** The program monitor and the director's buttons: automatic, or one per camera. */
+  renderDirector() {
+    const d = this.state.director;
+    if (!d) return;
+    const label = (c) => `${c.name} · ${t(`source_${c.source}`) || c.label}`;
+    const onAir = d.cameras.find((c) => c.track === d.on_air);
+    const shot = onAir ? label(onAir) : "—";
+    $("on-air").textContent =
+      d.mode === "manual"
+        ? t("onAirManual", { shot })
+        : t("onAirAuto", { shot, reason: t(`reason_${d.reason || "teacher"}`) });
+    const auto = $("director-auto");
+    auto.classList.toggle("on", d.mode === "auto");
+    auto.disabled = this.state.phase === "ended";
+    const box = $("director-cameras");
+    box.replaceChildren(
+      ...d.cameras.map((c) => {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.dataset.track = c.track;
+        b.textContent = c.usable ? label(c) : `${label(c)}（${t("noSignal")}）`;
+        b.classList.toggle("on-air", c.track === d.on_air);
+        b.disabled = this.state.phase === "ended";
+        b.onclick = () => this.act("director", { track: c.track });
+        return b;
+      }),
+    );
+    const names = new Map(this.state.points.map((p) => [p.classroom, p.name]));
+    const thin = (d.program_only || []).map((c) => names.get(c) || c);
+    $("program-points").textContent = thin.length ? t("programPoints", { list: thin.join("、") }) : "";
   }
 
   renderHands() {
@@ -330,8 +364,11 @@ class MasterConsole {
     const points = this.pointIds();
     const byClassroom = new Map();
     const stage = [];
+    let program = null;
     for (const [mid, { info, track }] of this.tracks) {
-      if (points.has(info.classroom)) {
+      if (info.source === "program") {
+        program = track;
+      } else if (points.has(info.classroom)) {
         const entry = byClassroom.get(info.classroom) || {};
         entry[info.kind] = { mid, info, track };
         byClassroom.set(info.classroom, entry);
@@ -340,6 +377,8 @@ class MasterConsole {
       }
     }
     this.renderStage(stage);
+    attach($("program-video"), program);
+    $("program-empty").hidden = !!program;
     const grid = $("points");
     const wanted = new Set();
     const pointList = this.state ? this.state.points : [];
