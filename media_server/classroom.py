@@ -22,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from media_server import agent_state
 from media_server.publisher import SignallingError
 from recording.timeline import KINDS, TimelineWriter, read_timeline
 from tongke.tokens import POINT_ROLES, Claims, Role
@@ -47,6 +48,8 @@ SPEAKING_ROLES = frozenset({Role.MASTER, Role.POINT, Role.TUTOR})
 # Roles whose attendance is counted (a recorder or an observer is not a class).
 ATTENDING_ROLES = frozenset({Role.MASTER, Role.POINT, Role.AGENT})
 PRIVATE_TO_MASTER = "master"
+# Who sees the classroom devices' reports (agent_state): the master and the county's staff.
+DEVICE_VIEWERS = frozenset({Role.MASTER, Role.OBSERVER, Role.ADMIN})
 ROOM_CLOSED = "room_closed"
 
 
@@ -175,6 +178,8 @@ class Classroom:
         self.called_on_since: float | None = None
         self.muted: set[str] = set()
         self.attendance: dict[str, Attendance] = {}
+        # Each classroom device's latest report (media_server/agent_state.py).
+        self.devices: dict[str, dict[str, Any]] = {}
         # Told of every timeline event (the director, the server recorder).
         self.listeners: list[Listener] = []
         # Told once when the lesson is over, however it ended (`LessonEnd`).
@@ -455,6 +460,29 @@ class Classroom:
                 await _send(p, out)
         return self._done("chat")
 
+    async def report_device(self, who: Participant, message: dict[str, Any]) -> dict[str, Any]:
+        """`agent_state`: a classroom's device (agent or console PC) reports itself."""
+        if who.claims.role not in (Role.MASTER, Role.POINT, Role.AGENT):
+            raise SignallingError(
+                "forbidden", f"a {who.claims.role.value} has no classroom device to report"
+            )
+        state = agent_state.clean(message, self.clock())
+        classroom = who.claims.classroom
+        self.devices[classroom] = state
+        out = {
+            "type": "agent_state",
+            "classroom": classroom,
+            "state": agent_state.summary(state, self.clock()),
+        }
+        for p in list(self.room.participants.values()):
+            if p.claims.role in DEVICE_VIEWERS:
+                await _send(p, out)
+        return self._done("agent_state")
+
+    def device_summaries(self) -> dict[str, Any]:
+        now = self.clock()
+        return {c: agent_state.summary(s, now) for c, s in self.devices.items()}
+
     async def get_state(self, who: Participant, message: dict[str, Any]) -> dict[str, Any]:
         return {"type": "classroom", "event": None, "state": self.state(who.claims, history=True)}
 
@@ -490,6 +518,8 @@ class Classroom:
             "attendance": [a.describe(now) for a in self.attendance.values()],
             "now": now,
         }
+        if viewer.role in DEVICE_VIEWERS:
+            out["devices"] = self.device_summaries()
         director = getattr(self.room, "director", None)  # made after the classroom
         if director is not None:
             out["director"] = self.director().describe()
@@ -708,6 +738,7 @@ HANDLERS: dict[str, Handler] = {
     "unmute": Classroom.unmute,
     "chat": Classroom.send_chat,
     "classroom_state": Classroom.get_state,
+    "agent_state": Classroom.report_device,
     # The live director (media_server/director.py).
     "director": lambda c, who, m: c.director().command(who, m),
     "receive_mode": lambda c, who, m: c.director().set_receive_mode(who, m),
@@ -750,6 +781,7 @@ def supervision(room: Room) -> dict[str, Any]:
                 "rtt_ms": round(max(rtts), 1) if rtts else None,
                 "downlink_loss_pct": round(100 * max(down_loss), 2) if down_loss else None,
                 "sources": sorted({s for p in members for s in p.sources}),
+                "device": agent_state.summary(classroom.devices.get(entry["classroom"]), now),
             }
         )
     return {
@@ -763,6 +795,7 @@ def supervision(room: Room) -> dict[str, Any]:
         "participants": len(room.participants),
         "master_present": any(p.claims.role is Role.MASTER for p in room.participants.values()),
         "points": points,
+        "master_device": agent_state.summary(classroom.devices.get(room.info.master), now),
         "now": now,
     }
 

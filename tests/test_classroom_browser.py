@@ -13,6 +13,7 @@ from typing import Any
 
 from playwright.async_api import Page
 
+from classroom_agent.client import LessonClient
 from tests.browser import PageSession, chromium, open_page
 from tests.lesson_server import ServerProcess
 from tests.media import wait_for
@@ -61,7 +62,6 @@ async def participant_of(page: Page, classroom: str) -> str:
 async def test_master_calls_on_a_point_and_every_class_hears_it(
     server: ServerProcess, room: str
 ) -> None:
-    url = server.url
     master_token = server.token(room, "c-master", "master", name="城关小学")
     a_token = server.token(room, "p-xiaohe", "point", name="小河教学点")
     b_token = server.token(room, "p-shanbei", "point", name="山背教学点")
@@ -288,6 +288,28 @@ async def test_a_signed_in_teacher_opens_the_console_without_a_token(
             joined = await page.evaluate("() => window.tongke.conn.joined")
             assert joined["role"] == "master" and joined["classroom"] == "c-master"
             await page.click("#start")
+            # The classroom's agent reports its devices: its board camera has no signal.
+            agent = LessonClient(
+                server.url, f"{room}-s", server.token(f"{room}-s", "c-master", "agent")
+            )
+            await agent.connect()
+            await agent.request(
+                {
+                    "type": "agent_state",
+                    "devices": [
+                        {"source": "teacher_camera", "kind": "video", "state": "ok"},
+                        {"source": "board_camera", "kind": "video", "state": "no_signal"},
+                    ],
+                    "uplink_estimate_bps": 2_400_000,
+                    "cpu": {"process_pct": 35, "load1": 0.5, "cores": 4},
+                    "safety_copy": {"state": "recording", "bytes": 5_000_000},
+                }
+            )
+            await until(
+                page,
+                "() => document.querySelector('#my-device').textContent.includes('板书摄像头无信号')",
+                "the master console to show its device's problem",
+            )
             # The supervisor (an admin) sees the live lesson in another tab.
             watcher = await page.context.new_page()
             await watcher.goto(f"{server.url}/supervisor")
@@ -296,6 +318,11 @@ async def test_a_signed_in_teacher_opens_the_console_without_a_token(
                 f"() => !!document.querySelector('[data-room=\"{room}-s\"] .badge.live')",
                 "the supervisor to list the live lesson",
             )
+            text = await watcher.locator(
+                f'[data-room="{room}-s"] [data-device="master"]'
+            ).inner_text()
+            assert "2.4 Mbit/s" in text and "板书摄像头无信号" in text
+            await agent.close()
             if os.environ.get("TONGKE_SCREENSHOTS"):
                 SHOTS.mkdir(parents=True, exist_ok=True)
                 for path, name in (

@@ -137,6 +137,9 @@ export class ClassroomConnection extends EventTarget {
       case "chat":
         this._emit("chat", message.message);
         break;
+      case "agent_state":
+        this._emit("device", { classroom: message.classroom, state: message.state });
+        break;
       case "error":
         if (FATAL_CODES.has(message.code)) this._fail(message.code, message.message);
         break;

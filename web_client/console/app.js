@@ -12,6 +12,7 @@ import {
   openScreen,
   videoElement,
 } from "../common/media.js";
+import { deviceText } from "../common/device.js";
 import { roomToken } from "../common/session.js";
 import { STRINGS } from "./i18n.js";
 
@@ -33,6 +34,7 @@ class MasterConsole {
     this.quality = new Map();
     this.tiles = new Map(); // key -> tile record
     this.chat = [];
+    this.devices = {}; // classroom -> its device's latest report (agent_state)
     this.camera = null; // MediaStream from getUserMedia
     this.screen = null;
     window.tongke = {
@@ -73,7 +75,12 @@ class MasterConsole {
     });
     c.addEventListener("state", (e) => {
       this.state = e.detail.state;
+      if (this.state.devices) this.devices = { ...this.state.devices };
       this.render();
+    });
+    c.addEventListener("device", (e) => {
+      this.devices[e.detail.classroom] = e.detail.state;
+      this.renderDevices();
     });
     c.addEventListener("history", (e) => {
       this.chat.splice(0, this.chat.length, ...e.detail);
@@ -234,6 +241,21 @@ class MasterConsole {
     this.renderChatTargets();
     this.renderMedia();
     this.renderDirector();
+    this.renderDevices();
+  }
+
+  /** Each classroom device's report: on its tile, and this classroom's under "本教室". */
+  renderDevices() {
+    for (const tile of this.tiles.values()) {
+      if (!tile.point) continue;
+      const d = deviceText(this.devices[tile.point.classroom], t);
+      tile.device.textContent = d.text;
+      tile.device.classList.toggle("bad", d.bad);
+    }
+    const mine = this.conn.joined?.classroom;
+    const d = deviceText(mine ? this.devices[mine] : null, t);
+    $("my-device").textContent = d.text;
+    $("my-device").classList.toggle("bad", d.bad);
   }
 
   /** The program monitor and the director's buttons: automatic, or one per camera. */
@@ -476,6 +498,8 @@ class MasterConsole {
     name.className = "name";
     const quality = document.createElement("span");
     quality.className = "quality";
+    const device = document.createElement("span");
+    device.className = "quality device";
     const buttons = document.createElement("div");
     buttons.className = "row";
     const call = document.createElement("button");
@@ -483,10 +507,10 @@ class MasterConsole {
     const mute = document.createElement("button");
     mute.dataset.action = "mute";
     buttons.append(call, mute);
-    meta.append(name, quality, buttons);
+    meta.append(name, quality, device, buttons);
     el.append(box, meta);
     grid.append(el);
-    tile = { el, video, audio, flags, name, quality, placeholder, call, mute, media: {}, point: null };
+    tile = { el, video, audio, flags, name, quality, device, placeholder, call, mute, media: {}, point: null };
     call.onclick = () =>
       tile.point.called_on ? this.act("call_off") : this.act("call_on", { classroom });
     mute.onclick = () => this.act(tile.point.muted ? "unmute" : "mute", { classroom });
