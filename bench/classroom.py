@@ -3,13 +3,17 @@
     python bench/classroom.py [--callons 20] [--link clean|impaired] [--json]
 
 A real server; the master and the called-on point A are aiortc clients in this process
-(A publishes a VP8 camera and an Opus microphone); point B is an aiortc client in its
-own process, decoding everything it receives and printing when the first video frame
-and the first audio frame of A arrive after each call-on. With `--link impaired`, B
-runs in a network namespace behind a user-space link of 1 Mbit/s each way and 300 ms
-RTT (tests/impair.py; root needed). All on one machine: one wall clock.
+(the master publishes a 320x240 VP8 teacher camera, A a 640x360 VP8 camera and an Opus
+microphone); point B is an aiortc client in its own process, decoding everything it
+receives and printing when the first video frame and the first audio frame of A arrive
+after each call-on. With `--link impaired`, B runs in a network namespace behind a
+user-space link of 1 Mbit/s each way and 300 ms RTT (tests/impair.py; root needed).
+All on one machine: one wall clock.
 
-The live director (issue 9 item 7) is not built: `director_switch_p50_ms` is null.
+Then the live director: B switches to receiving the program alone (what a point on a
+thin link gets), and each call-on is timed from the master's request to B's first
+decoded program frame of A's size (the cut happens at A's keyframe, which the director
+asks for at once): `director_switch_p50_ms`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from tests.media import PatternTrack, ToneTrack
 from tongke.ice import use_host_addresses
 
 NETNS = "tkclassroom"
+TEACHER_SIZE = (320, 240)
+POINT_SIZE = (640, 360)
 SUBNET = 79
 ROUND_TIMEOUT_S = 20.0
 
@@ -44,6 +50,7 @@ async def child(server: str, room: str, token: str, watched: str) -> None:
     """Decode every received track; print the first frame of `watched` after each gap."""
     seen: dict[str, bool] = {}
     consumers: dict[str, asyncio.Task[None]] = {}
+    program_width = [0]
 
     def emit(event: dict[str, Any]) -> None:
         print(json.dumps(event), flush=True)
@@ -52,10 +59,17 @@ async def child(server: str, room: str, token: str, watched: str) -> None:
         assert remote.track is not None
         while True:
             try:
-                await remote.track.recv()
+                frame = await remote.track.recv()
             except Exception:
                 return
             info = remote.info
+            if info.get("source") == "program":
+                width = getattr(frame, "width", 0)
+                if width != program_width[0]:
+                    program_width[0] = width
+                    on_a = width == POINT_SIZE[0]
+                    emit({"event": "program_a" if on_a else "program_other", "t": time.time()})
+                continue
             if info.get("active") and info.get("classroom") == watched and not seen.get(remote.mid):
                 seen[remote.mid] = True
                 emit({"event": info.get("kind"), "t": time.time()})
@@ -143,13 +157,17 @@ async def run(callons: int, link: str) -> dict[str, Any]:
     proc = None
     video_ms: list[float] = []
     audio_ms: list[float] = []
+    switch_ms: list[float] = []
     try:
         await master.connect()
+        await master.publish(
+            [Publication(PatternTrack(*TEACHER_SIZE), "teacher_camera", codec="vp8")]
+        )
         await master.request({"type": "lesson_start"})
         await point_a.connect()
         await point_a.publish(
             [
-                Publication(PatternTrack(640, 360), "point_camera", codec="vp8"),
+                Publication(PatternTrack(*POINT_SIZE), "point_camera", codec="vp8"),
                 Publication(ToneTrack(), "point_mic"),
             ]
         )
@@ -185,6 +203,18 @@ async def run(callons: int, link: str) -> dict[str, Any]:
             await master.request({"type": "call_off"})
             await reader.until({"gone"}, t1)
             await asyncio.sleep(0.5)
+        # The director: B takes the program alone; each call-on is a cut to A.
+        await master.request({"type": "receive_mode", "mode": "program", "classroom": "p-b"})
+        await reader.until({"program_other"}, 0)
+        for _ in range(callons):
+            t0 = time.time()
+            await master.request({"type": "call_on", "classroom": "p-a"})
+            got = await reader.until({"program_a"}, t0)
+            switch_ms.append((got["program_a"] - t0) * 1000)
+            t1 = time.time()
+            await master.request({"type": "call_off"})
+            await reader.until({"program_other"}, t1)
+            await asyncio.sleep(0.5)
     finally:
         if proc is not None and proc.returncode is None:
             proc.kill()
@@ -202,7 +232,9 @@ async def run(callons: int, link: str) -> dict[str, Any]:
         "callon_audio_p50_ms": percentile(audio_ms, 0.5),
         "callon_audio_p95_ms": percentile(audio_ms, 0.95),
         "callon_video_mean_ms": round(statistics.mean(video_ms), 1) if video_ms else None,
-        "director_switch_p50_ms": None,
+        "director_switch_p50_ms": percentile(switch_ms, 0.5),
+        "director_switch_p95_ms": percentile(switch_ms, 0.95),
+        "director_switches": len(switch_ms),
     }
 
 
