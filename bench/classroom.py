@@ -36,7 +36,7 @@ from tests.lesson_server import ROOT, start_server_process
 from tests.media import PatternTrack, ToneTrack
 from tongke.ice import use_host_addresses
 
-NETNS = "tkclassroom"
+NETNS = "classroom-bench"
 TEACHER_SIZE = (320, 240)
 POINT_SIZE = (640, 360)
 SUBNET = 79
@@ -75,6 +75,8 @@ async def child(server: str, room: str, token: str, watched: str) -> None:
                 emit({"event": info.get("kind"), "t": time.time()})
 
     def changed(tracks: dict[str, RemoteTrack]) -> None:
+        active = sorted(str(r.info.get("track")) for r in tracks.values() if r.active)
+        emit({"event": "tracks", "active": active, "t": time.time()})
         for mid, remote in tracks.items():
             if not (remote.active and remote.info.get("classroom") == watched):
                 seen[mid] = False
@@ -96,13 +98,16 @@ class ChildReader:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.seen: list[dict[str, Any]] = []  # every event, for a timeout's message
         self._task = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
         assert self.proc.stdout is not None
         async for line in self.proc.stdout:
             try:
-                await self.events.put(json.loads(line))
+                event = json.loads(line)
+                self.seen.append(event)
+                await self.events.put(event)
             except ValueError:
                 continue
 
@@ -112,8 +117,11 @@ class ChildReader:
         while not kinds <= set(got):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"point B never reported {kinds - set(got)}")
-            event = await asyncio.wait_for(self.events.get(), left)
+                raise TimeoutError(f"point B never reported {kinds - set(got)}: {self.seen[-6:]}")
+            try:
+                event = await asyncio.wait_for(self.events.get(), left)
+            except TimeoutError:
+                continue
             if event["event"] in kinds and event["t"] >= after:
                 got.setdefault(event["event"], event["t"])
         return got
@@ -188,7 +196,8 @@ async def run(callons: int, link: str) -> dict[str, Any]:
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+            # Kept with the run's files: why point B saw nothing, when it did not.
+            stderr=(workdir / "point-b.log").open("wb"),
         )
         reader = ChildReader(proc)
         await reader.until({"joined"}, 0)
