@@ -742,6 +742,7 @@ HANDLERS: dict[str, Handler] = {
     # The live director (media_server/director.py).
     "director": lambda c, who, m: c.director().command(who, m),
     "receive_mode": lambda c, who, m: c.director().set_receive_mode(who, m),
+    "watch_program": lambda c, who, m: c.director().watch_program(who, m),
 }
 
 

@@ -21,10 +21,11 @@ one continuous stream. Only sources of the program's codec can be cut in (a deco
 follows a resolution change at a keyframe, not a codec change): the program takes the
 codec of the first camera it shows, and publishers are told it (`program_codec`).
 
-Who receives the program: the master classroom (its console's program monitor),
-observers and the recorder's tap (so it is recorded like any source). A teaching point
-receives it *instead of* the master's cameras and the courseware when its link is thin:
-chosen by the point (`receive_mode`), or automatically from its downlink estimate.
+Who receives the program: the recorder's tap (so it is recorded like any source), the
+master console's program monitor and any observer that asks (`watch_program`), and a
+teaching point *instead of* the master's cameras and the courseware when its link is
+thin: chosen by the point (`receive_mode`), or automatically from its downlink estimate.
+Nobody else pays for a second copy of a camera they already receive.
 
 A slide change is seen without decoding: screen content costs almost nothing while it
 stands still, so a delta frame many times the size of the recent ones is a new slide
@@ -168,6 +169,8 @@ class Director:
         # Points' receive modes (by classroom) and who takes the program alone now.
         self.receive_modes: dict[str, str] = {}
         self.program_only: set[str] = set()
+        # Participants (not points) that asked to watch the program (`watch_program`).
+        self.watchers: set[str] = set()
         self._thin_since: dict[str, float] = {}
         self._wide_since: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -181,7 +184,9 @@ class Director:
         """The classroom's policy, plus who receives the program instead of the cameras."""
         allowed = self.classroom.policy(viewer, sources)
         if viewer.claims.role not in POINT_ROLES:
-            return allowed
+            if viewer.id in self.watchers:
+                return allowed
+            return [s for s in allowed if s is not self.program]
         if viewer.claims.classroom in self.program_only and self.program in allowed:
             # A thin link: the program alone, with every voice (audio is cheap and the
             # program carries the picture of whoever speaks).
@@ -355,6 +360,24 @@ class Director:
             )
         self.classroom.announce_soon({"kind": "director", "mode": self.mode})
         return {"type": "done", "action": "director"}
+
+    async def watch_program(self, who: Participant, message: dict[str, Any]) -> dict[str, Any]:
+        """`watch_program`: the master console's monitor (or an observer) receives the
+        program too (`on`: true) or not; points choose with `receive_mode` instead."""
+        if who.claims.role in POINT_ROLES:
+            raise SignallingError(
+                "forbidden", "a teaching point chooses the program with receive_mode"
+            )
+        on = message.get("on")
+        if not isinstance(on, bool):
+            raise SignallingError("bad_request", "watch_program needs 'on': true or false")
+        if (who.id in self.watchers) != on:
+            if on:
+                self.watchers.add(who.id)
+            else:
+                self.watchers.discard(who.id)
+            self.router.resubscribe()
+        return {"type": "done", "action": "watch_program"}
 
     async def set_receive_mode(self, who: Participant, message: dict[str, Any]) -> dict[str, Any]:
         """`receive_mode`: a point (or its tutor) chooses the program alone, everything, or

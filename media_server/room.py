@@ -77,7 +77,9 @@ class Room:
         return {
             **asdict(self.info),
             "participants": [p.describe() for p in self.participants.values()],
-            "tracks": [s.describe() for s in self.sources()],
+            # What participants publish; the director's program is described on its own.
+            "tracks": [s.describe() for s in self.sources() if s is not self.director.program],
+            "director": self.director.describe(),
         }
 
     async def broadcast(self, message: dict[str, Any], *, skip: Participant | None = None) -> None:

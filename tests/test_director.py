@@ -275,7 +275,17 @@ async def test_who_receives_the_program(lesson: Lesson) -> None:
     mic.kind, mic.video = "audio", False
     lesson.room.on_tracks(master, [mic], [])
     lesson.director.tick()
+    # Nobody pays for a second copy of a camera unless they ask: the master's monitor does.
+    assert "program" not in lesson.received(master) | lesson.received(observer)
+    await lesson.director.watch_program(master, {"on": True})
+    await lesson.director.watch_program(observer, {"on": True})
     assert "program" in lesson.received(master) and "program" in lesson.received(observer)
+    await lesson.director.watch_program(observer, {"on": False})
+    assert "program" not in lesson.received(observer)
+    for who, message, code in ((a, {"on": True}, "forbidden"), (master, {"on": 1}, "bad_request")):
+        with pytest.raises(SignallingError) as err:
+            await lesson.director.watch_program(who, message)
+        assert err.value.code == code
     assert lesson.received(a) == {"teacher_camera", "courseware", "classroom_mic"}
 
     # A point chooses the program alone (a thin link); its tutor may choose for it.

@@ -186,7 +186,7 @@ async def test_the_master_directs_by_hand_and_a_thin_point_is_refused_nothing(
         await wait_for(lambda: director()["on_air"] is not None, what="a first shot")
         board = f"{master.joined['participant']}/board_camera"
         await master.request({"type": "director", "track": board})
-        assert director()["mode"] == "manual"
+        await wait_for(lambda: director()["mode"] == "manual", what="manual mode announced")
         await wait_for(lambda: director()["on_air"] == board, what="the board on air")
         # A point may not direct; a bad track is refused; the shot stays.
         for client, message, code in (

@@ -70,6 +70,8 @@ class MasterConsole {
     c.addEventListener("status", (e) => this.showStatus(e.detail));
     c.addEventListener("failed", (e) => this.showFailure(e.detail));
     c.addEventListener("joined", (e) => {
+      // The program monitor: this console receives the director's program too.
+      this.act("watch_program", { on: true });
       $("title").textContent = e.detail.title || e.detail.room;
       document.title = `同课 · ${e.detail.title || e.detail.room}`;
     });
