@@ -252,7 +252,11 @@ class Director:
         else:
             shot, reason = self._automatic()
         if shot is None:
-            return  # nothing to show: keep the last picture's subscriptions as they are
+            if self.on_air is None and self.program is not None and self.program.layers:
+                # The shot left and nothing can stand in: the program holds no camera
+                # (its subscribers idle) until one comes back.
+                self.router.set_layers(self.program, {})
+            return
         if shot is self.on_air:
             self.reason = reason
             self._sync_layers()
@@ -484,7 +488,8 @@ class Director:
             self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        while not self._closed:
+        # An empty room needs no director: the next camera that comes starts it again.
+        while not self._closed and self.router.participants:
             await asyncio.sleep(TICK_S)
             try:
                 self.tick()

@@ -380,5 +380,8 @@ async def test_a_recorder_tap_sees_the_program_come_and_go(lesson: Lesson) -> No
     lesson.publish(master, "teacher_camera", 1111)
     lesson.director.tick()
     assert "director/program" in [s.track_id for s in added]
+    # The camera leaves and nothing stands in: the program holds no camera.
+    await lesson.room.remove(master)
+    assert lesson.director.program is not None and lesson.director.program.layers == {}
     lesson.director.close()
     assert "director/program" in [s.track_id for s in removed]
