@@ -201,6 +201,8 @@ async def run(callons: int, link: str) -> dict[str, Any]:
         )
         reader = ChildReader(proc)
         await reader.until({"joined"}, 0)
+        # First every camera (the allocator fits them to B's link), then the program.
+        await master.request({"type": "receive_mode", "mode": "all", "classroom": "p-b"})
         await asyncio.sleep(2.0)  # A's encoder and B's subscription settle
         for _ in range(callons):
             t0 = time.time()

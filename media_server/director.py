@@ -70,6 +70,9 @@ ALL_ABOVE_BPS = 1_800_000
 PROGRAM_HOLD_S = 3.0
 ALL_HOLD_S = 10.0
 RECEIVE_MODES = ("auto", "program", "all")
+# Until a point chooses, it receives every source and the rural allocator pauses what
+# does not fit (media_server/allocator.py); "auto" hands the choice to the estimate here.
+DEFAULT_RECEIVE_MODE = "all"
 # Slide change: a delta frame this many times the median of the recent ones, and big.
 SLIDE_RATIO = 6.0
 SLIDE_MIN_BYTES = 4000
@@ -434,7 +437,7 @@ class Director:
             bandwidth = p.subscriber.bandwidth
             if p.claims.role is not Role.POINT or bandwidth is None:
                 continue
-            if self.receive_modes.get(classroom, "auto") != "auto":
+            if self.receive_modes.get(classroom, DEFAULT_RECEIVE_MODE) != "auto":
                 continue
             estimate = bandwidth.estimate_bps
             thin = estimate < PROGRAM_BELOW_BPS

@@ -376,7 +376,7 @@ class PointConsole {
     const d = s.director;
     if (d) {
       const select = $("receive");
-      if (document.activeElement !== select) select.value = d.receive_modes[mine] || "auto";
+      if (document.activeElement !== select) select.value = d.receive_modes[mine] || "all";
       const only = d.program_only.includes(mine);
       select.classList.toggle("on", only);
       select.title = only ? t("programOnly") : "";
