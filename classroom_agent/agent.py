@@ -26,6 +26,7 @@ from classroom_agent.adapt import FeedbackError, Layer, parse_feedback, plan
 from classroom_agent.client import ClientEvents, LessonClient, LessonError, Publication, RemoteTrack
 from classroom_agent.config import AgentConfig, PublishedTrack, build_tracks
 from classroom_agent.quality import TrackQuality, receiver_loss
+from classroom_agent.state import StateReporter
 from recording import LessonMeta, LessonRecorder
 from recording.upload import UploadError, upload_recording
 from recording.writer import enforce_retention
@@ -104,6 +105,8 @@ class ClassroomAgent:
         # Several servers (one service's nodes): the one we use, the next after a failure.
         self._servers = config.server_urls or [config.server_url]
         self._server = 0
+        # Devices, encoders, uplink, CPU, safety copy: told to the server (agent_state).
+        self.state_reporter = StateReporter(config)
 
     @property
     def server_url(self) -> str:
@@ -202,6 +205,7 @@ class ClassroomAgent:
             self.status.connected = True
             self.status.connects += 1
             log.info("publishing %d tracks to lesson %s", len(self.tracks), self.room)
+            await self.send_state()
             closed = asyncio.ensure_future(client.closed.wait())
             stopping = asyncio.ensure_future(stop.wait())
             stalled = asyncio.ensure_future(self._media_watchdog(client))
@@ -469,9 +473,30 @@ class ClassroomAgent:
             ],
         }
 
+    def state_message(self) -> dict[str, Any]:
+        return self.state_reporter.message(
+            self.tracks,
+            source_states=self.status.source_states,
+            uplink_bps=self.status.uplink_estimate_bps,
+            recorder=self.recorder,
+            reconnects=self.status.connects,
+        )
+
+    async def send_state(self) -> None:
+        """Tell the server how this classroom's device is (shown to the master and the
+        county's supervisors); a report that cannot be sent waits for the next one."""
+        client = self._client
+        if client is None:
+            return
+        try:
+            await client.send(await asyncio.to_thread(self.state_message))
+        except ConnectionError:
+            pass
+
     async def _report_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.report_interval_s)
+            await self.send_state()
             snapshot = await self.quality_snapshot()
             if self.on_quality is not None:
                 self.on_quality(snapshot)

@@ -22,11 +22,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from media_server import agent_state
 from media_server.publisher import SignallingError
 from recording.timeline import KINDS, TimelineWriter, read_timeline
-from tongke.tokens import Claims, Role
+from tongke.tokens import POINT_ROLES, Claims, Role
 
 if TYPE_CHECKING:
+    from media_server.director import Director
     from media_server.participant import Participant
     from media_server.room import Room
     from media_server.source import MediaSource
@@ -42,10 +44,13 @@ CHAT_WINDOW_S = 10.0
 GRACE_S = 600.0
 CLOCK_TICK_S = 1.0
 # Roles that take part in the conversation; observers, recorders and students only watch.
-SPEAKING_ROLES = frozenset({Role.MASTER, Role.POINT})
+SPEAKING_ROLES = frozenset({Role.MASTER, Role.POINT, Role.TUTOR})
 # Roles whose attendance is counted (a recorder or an observer is not a class).
 ATTENDING_ROLES = frozenset({Role.MASTER, Role.POINT, Role.AGENT})
 PRIVATE_TO_MASTER = "master"
+# Who sees the classroom devices' reports (agent_state): the master and the county's staff.
+DEVICE_VIEWERS = frozenset({Role.MASTER, Role.OBSERVER, Role.ADMIN})
+ROOM_CLOSED = "room_closed"
 
 
 class Phase(StrEnum):
@@ -125,6 +130,35 @@ Clock = Callable[[], float]
 Listener = Callable[[str, dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class LessonEnd:
+    """The one event that says a lesson is over (docs/ARCHITECTURE.md, "Lesson end").
+
+    `reason`: "master" (ended from the console), "timetable" (end time plus grace) or
+    "closed" (the room was closed before the lesson ended).
+    """
+
+    room: str
+    title: str
+    reason: str
+    by: str
+    started_at: float | None
+    ended_at: float
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "room": self.room,
+            "title": self.title,
+            "reason": self.reason,
+            "by": self.by,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }
+
+
+LessonEndListener = Callable[[LessonEnd], None]
+
+
 class Classroom:
     """The interaction state of one room's lesson."""
 
@@ -144,8 +178,13 @@ class Classroom:
         self.called_on_since: float | None = None
         self.muted: set[str] = set()
         self.attendance: dict[str, Attendance] = {}
-        # Told of every timeline event (the server recorder; finalisation on lesson_ended).
+        # Each classroom device's latest report (media_server/agent_state.py).
+        self.devices: dict[str, dict[str, Any]] = {}
+        # Told of every timeline event (the director, the server recorder).
         self.listeners: list[Listener] = []
+        # Told once when the lesson is over, however it ended (`LessonEnd`).
+        self.end_listeners: list[LessonEndListener] = []
+        self._end_told = False
         self._clock_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._timeline: TimelineWriter | None = None
@@ -208,14 +247,14 @@ class Classroom:
         is_point = source.role is Role.POINT
         if is_point and source.kind == "audio" and source.classroom in self.muted:
             return False
-        if viewer.role is not Role.POINT or not is_point:
+        if viewer.role not in POINT_ROLES or not is_point:
             return True
         return source.classroom == self.called_on
 
     # -- participants ----------------------------------------------------------------
 
     def check_join(self, claims: Claims) -> None:
-        if self.phase is Phase.ENDED and claims.role in (Role.POINT, Role.AGENT):
+        if self.phase is Phase.ENDED and claims.role in (Role.POINT, Role.AGENT, Role.TUTOR):
             raise SignallingError("lesson_ended", "this lesson has ended; it cannot be joined")
 
     def check_publish(self) -> None:
@@ -238,7 +277,7 @@ class Classroom:
                 entry.first_join = now
             if entry.since is None:
                 entry.since = now
-                self._record(
+                self.record(
                     "join",
                     classroom=claims.classroom,
                     name=participant.name,
@@ -262,11 +301,11 @@ class Classroom:
         entry.present_s += now - (entry.since or now)
         entry.since = None
         entry.last_leave = now
-        self._record("leave", classroom=claims.classroom, name=entry.name)
+        self.record("leave", classroom=claims.classroom, name=entry.name)
         events: list[dict[str, Any]] = [{"kind": "attendance"}]
         if claims.role is Role.POINT:
             if self._drop_hand(claims.classroom):
-                self._record("hand_lowered", classroom=claims.classroom, reason="left")
+                self.record("hand_lowered", classroom=claims.classroom, reason="left")
             if self.called_on == claims.classroom:
                 self._release(reason="left")
                 events.append({"kind": "call_off", "classroom": claims.classroom, "reason": "left"})
@@ -292,19 +331,20 @@ class Classroom:
         return self._done("lesson_end")
 
     async def raise_hand(self, who: Participant, message: dict[str, Any]) -> dict[str, Any]:
-        self._require(who, Role.POINT, "raise a hand")
+        self._require_point(who, "raise a hand")
         self._require_live()
         classroom = who.claims.classroom
         if not any(h.classroom == classroom for h in self.hands):
-            self.hands.append(Hand(classroom, who.name, self.clock()))
-            self._record("hand_raised", classroom=classroom, name=who.name)
+            name = self.known_points().get(classroom) or who.name
+            self.hands.append(Hand(classroom, name, self.clock()))
+            self.record("hand_raised", classroom=classroom, name=name, by=who.claims.role.value)
             await self._announce({"kind": "hand_raised", "classroom": classroom})
         return self._done("hand_raise")
 
     async def lower_hand(self, who: Participant, message: dict[str, Any]) -> dict[str, Any]:
-        """A point lowers its own hand; the master lowers any ('answered')."""
+        """A point (or its tutor) lowers its own hand; the master lowers any ('answered')."""
         role = who.claims.role
-        if role is Role.POINT:
+        if role in POINT_ROLES:
             classroom = who.claims.classroom
         elif role is Role.MASTER:
             classroom = self._point_field(message)
@@ -313,7 +353,7 @@ class Classroom:
         self._require_live()
         if not self._drop_hand(classroom):
             raise SignallingError("bad_request", f"{classroom!r} has no raised hand")
-        self._record("hand_lowered", classroom=classroom, by=who.claims.classroom)
+        self.record("hand_lowered", classroom=classroom, by=who.claims.classroom)
         await self._announce({"kind": "hand_lowered", "classroom": classroom})
         return self._done("hand_lower")
 
@@ -333,13 +373,13 @@ class Classroom:
             await self._announce({"kind": "call_off", "classroom": previous})
         name = self._present_points()[classroom]
         self.called_on, self.called_on_since = classroom, self.clock()
-        self._record("call_on", classroom=classroom, name=name)
+        self.record("call_on", classroom=classroom, name=name)
         if self._drop_hand(classroom):
-            self._record("hand_lowered", classroom=classroom, reason="called_on")
+            self.record("hand_lowered", classroom=classroom, reason="called_on")
         if classroom in self.muted:
             # Calling on a point is asking it to speak: its microphone must reach everyone.
             self.muted.discard(classroom)
-            self._record("unmuted", classroom=classroom, reason="called_on")
+            self.record("unmuted", classroom=classroom, reason="called_on")
         self.room.router.resubscribe()
         await self._announce({"kind": "call_on", "classroom": classroom, "name": name})
         return self._done("call_on")
@@ -379,14 +419,14 @@ class Classroom:
             private_with = None
         elif not isinstance(to, str):
             raise SignallingError("bad_request", "'to' must be a classroom id or 'master'")
-        elif role is Role.POINT:
+        elif role in POINT_ROLES:
             if to != PRIVATE_TO_MASTER:
                 raise SignallingError(
                     "forbidden", "a teaching point may talk privately with the master only"
                 )
             private_with = who.claims.classroom
         else:
-            if to not in self._known_points():
+            if to not in self.known_points():
                 raise SignallingError("unknown_point", f"{to!r} is not a point of this lesson")
             private_with = to
         now = self.clock()
@@ -413,12 +453,35 @@ class Classroom:
         fields: dict[str, Any] = {"classroom": chat.classroom, "sender": chat.name, "text": text}
         if private_with is not None:
             fields["private_with"] = private_with
-        self._record("chat", **fields)
+        self.record("chat", **fields)
         out = {"type": "chat", "message": chat.describe()}
         for p in list(self.room.participants.values()):
             if chat.visible_to(p.claims):
                 await _send(p, out)
         return self._done("chat")
+
+    async def report_device(self, who: Participant, message: dict[str, Any]) -> dict[str, Any]:
+        """`agent_state`: a classroom's device (agent or console PC) reports itself."""
+        if who.claims.role not in (Role.MASTER, Role.POINT, Role.AGENT):
+            raise SignallingError(
+                "forbidden", f"a {who.claims.role.value} has no classroom device to report"
+            )
+        state = agent_state.clean(message, self.clock())
+        classroom = who.claims.classroom
+        self.devices[classroom] = state
+        out = {
+            "type": "agent_state",
+            "classroom": classroom,
+            "state": agent_state.summary(state, self.clock()),
+        }
+        for p in list(self.room.participants.values()):
+            if p.claims.role in DEVICE_VIEWERS:
+                await _send(p, out)
+        return self._done("agent_state")
+
+    def device_summaries(self) -> dict[str, Any]:
+        now = self.clock()
+        return {c: agent_state.summary(s, now) for c, s in self.devices.items()}
 
     async def get_state(self, who: Participant, message: dict[str, Any]) -> dict[str, Any]:
         return {"type": "classroom", "event": None, "state": self.state(who.claims, history=True)}
@@ -429,7 +492,7 @@ class Classroom:
         now = self.clock()
         present = self._present_points()
         points = []
-        for classroom, name in self._known_points().items():
+        for classroom, name in self.known_points().items():
             points.append(
                 {
                     "classroom": classroom,
@@ -455,6 +518,12 @@ class Classroom:
             "attendance": [a.describe(now) for a in self.attendance.values()],
             "now": now,
         }
+        if viewer.role in DEVICE_VIEWERS:
+            out["devices"] = self.device_summaries()
+        director = getattr(self.room, "director", None)  # made after the classroom
+        if director is not None:
+            out["director"] = self.director().describe()
+            out["program_codec"] = out["director"]["codec"]
         if history:
             out["chat"] = [m.describe() for m in self.chat if m.visible_to(viewer)]
         return out
@@ -472,6 +541,14 @@ class Classroom:
             "attendance": [a.describe(now) for a in self.attendance.values()],
         }
 
+    def room_closed(self) -> None:
+        """The room was closed (by hand or by the API): a lesson not yet over ends here."""
+        if self.phase is not Phase.ENDED:
+            self._set_phase(Phase.ENDED, by=ROOM_CLOSED)
+
+    def director(self) -> Director:
+        return self.room.director
+
     def close(self) -> None:
         if self._clock_task is not None:
             self._clock_task.cancel()
@@ -484,6 +561,13 @@ class Classroom:
         if who.claims.role is not role:
             raise SignallingError(
                 "forbidden", f"only the {role.value} may {what}, not a {who.claims.role.value}"
+            )
+
+    def _require_point(self, who: Participant, what: str) -> None:
+        if who.claims.role not in POINT_ROLES:
+            raise SignallingError(
+                "forbidden",
+                f"only a teaching point or its tutor may {what}, not a {who.claims.role.value}",
             )
 
     def _require_live(self) -> None:
@@ -505,7 +589,7 @@ class Classroom:
             if p.claims.role is Role.POINT
         }
 
-    def _known_points(self) -> dict[str, str]:
+    def known_points(self) -> dict[str, str]:
         """The lesson's points: timetabled ones, then any other point that came."""
         known = {c: c for c in self.room.info.points}
         for classroom, entry in self.attendance.items():
@@ -522,17 +606,23 @@ class Classroom:
     def _release(self, *, reason: str) -> None:
         classroom = self.called_on
         self.called_on = self.called_on_since = None
-        self._record("call_off", classroom=classroom, reason=reason)
+        self.record("call_off", classroom=classroom, reason=reason)
         self.room.router.resubscribe()
 
     async def _set_muted(
         self, who: Participant, message: dict[str, Any], muted: bool
     ) -> dict[str, Any]:
-        self._require(who, Role.MASTER, "mute or unmute a teaching point")
+        if who.claims.role is Role.TUTOR:
+            # The point's own teacher silences (or opens) its own classroom only.
+            classroom = who.claims.classroom
+            if message.get("classroom") not in (None, classroom):
+                raise SignallingError("forbidden", "a tutor mutes its own classroom only")
+        else:
+            self._require(who, Role.MASTER, "mute or unmute a teaching point")
+            classroom = self._point_field(message)
         if self.phase is Phase.ENDED:
             raise SignallingError("lesson_ended", "this lesson has ended")
-        classroom = self._point_field(message)
-        if classroom not in self._known_points():
+        if classroom not in self.known_points():
             raise SignallingError("unknown_point", f"{classroom!r} is not a point of this lesson")
         action = "mute" if muted else "unmute"
         if (classroom in self.muted) == muted:
@@ -541,7 +631,7 @@ class Classroom:
             self.muted.add(classroom)
         else:
             self.muted.discard(classroom)
-        self._record("muted" if muted else "unmuted", classroom=classroom)
+        self.record("muted" if muted else "unmuted", classroom=classroom, by=who.claims.role.value)
         self.room.router.resubscribe()
         await self._announce({"kind": "muted" if muted else "unmuted", "classroom": classroom})
         return self._done(action)
@@ -551,20 +641,50 @@ class Classroom:
         self.phase = phase
         if phase is Phase.LIVE:
             self.started_at = now
-            self._record("lesson_started", by=by)
+            self.record("lesson_started", by=by)
         else:
             self.ended_at = now
             if self.called_on is not None:
                 self._release(reason="ended")
             self.hands = []
-            self._record("lesson_ended", by=by)
+            self.record("lesson_ended", by=by)
         self.room.router.resubscribe()
         # The timetable changes the phase from a synchronous tick: announce in the background.
-        task = asyncio.ensure_future(self._announce({"kind": f"lesson_{phase.value}", "by": by}))
+        self.announce_soon({"kind": f"lesson_{phase.value}", "by": by})
+        if phase is Phase.ENDED:
+            reason = {"timetable": "timetable", ROOM_CLOSED: "closed"}.get(by, "master")
+            self._tell_end(reason, by)
+
+    def announce_soon(self, event: dict[str, Any]) -> None:
+        """Announce from synchronous code (a tick, a router callback) in the background."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop: nobody is connected to tell
+        task = asyncio.ensure_future(self._announce(event))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _record(self, kind: str, **fields: Any) -> None:
+    def _tell_end(self, reason: str, by: str) -> None:
+        """Tell the end listeners once per lesson (the archiver finalises the recording)."""
+        if self._end_told:
+            return
+        self._end_told = True
+        end = LessonEnd(
+            room=self.room.id,
+            title=self.room.info.title,
+            reason=reason,
+            by=by,
+            started_at=self.started_at,
+            ended_at=self.ended_at if self.ended_at is not None else self.clock(),
+        )
+        for listener in list(self.end_listeners):
+            try:
+                listener(end)
+            except Exception:
+                log.exception("lesson-end listener failed for %s", self.room.id)
+
+    def record(self, kind: str, **fields: Any) -> None:
         if kind not in KINDS:
             raise ValueError(f"{kind!r} is not a timeline event kind")
         now = self.clock()
@@ -584,7 +704,8 @@ class Classroom:
             if event.kind == "lesson_started":
                 self.phase, self.started_at = Phase.LIVE, wall
             elif event.kind == "lesson_ended":
-                self.phase, self.ended_at = Phase.ENDED, wall
+                # Told before the restart: the end is not told twice.
+                self.phase, self.ended_at, self._end_told = Phase.ENDED, wall, True
 
     async def _announce(self, event: dict[str, Any]) -> None:
         for p in list(self.room.participants.values()):
@@ -617,6 +738,11 @@ HANDLERS: dict[str, Handler] = {
     "unmute": Classroom.unmute,
     "chat": Classroom.send_chat,
     "classroom_state": Classroom.get_state,
+    "agent_state": Classroom.report_device,
+    # The live director (media_server/director.py).
+    "director": lambda c, who, m: c.director().command(who, m),
+    "receive_mode": lambda c, who, m: c.director().set_receive_mode(who, m),
+    "watch_program": lambda c, who, m: c.director().watch_program(who, m),
 }
 
 
@@ -656,6 +782,7 @@ def supervision(room: Room) -> dict[str, Any]:
                 "rtt_ms": round(max(rtts), 1) if rtts else None,
                 "downlink_loss_pct": round(100 * max(down_loss), 2) if down_loss else None,
                 "sources": sorted({s for p in members for s in p.sources}),
+                "device": agent_state.summary(classroom.devices.get(entry["classroom"]), now),
             }
         )
     return {
@@ -669,6 +796,7 @@ def supervision(room: Room) -> dict[str, Any]:
         "participants": len(room.participants),
         "master_present": any(p.claims.role is Role.MASTER for p in room.participants.values()),
         "points": points,
+        "master_device": agent_state.summary(classroom.devices.get(room.info.master), now),
         "now": now,
     }
 

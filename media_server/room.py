@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from media_server.classroom import Classroom
+from media_server.classroom import Classroom, LessonEndListener
+from media_server.director import Director
 from media_server.participant import Participant
 from media_server.router import Router
 from media_server.source import MediaSource
@@ -39,13 +40,24 @@ class LessonInfo:
 class Room:
     """A lesson's room: its participants' lifecycle and its router (media wiring)."""
 
-    def __init__(self, info: LessonInfo, *, timeline_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        info: LessonInfo,
+        *,
+        timeline_dir: Path | None = None,
+        end_listeners: list[LessonEndListener] | None = None,
+    ) -> None:
         self.info = info
         self.router = Router()
         self._ids = itertools.count(1)
         # Phase, hands, chat, call-on, mute, attendance; its policy says who receives what.
         self.classroom = Classroom(self, timeline_dir=timeline_dir)
-        self.router.policy = self.classroom.policy
+        if end_listeners is not None:
+            # Shared with Rooms: a listener added there later hears this room's end too.
+            self.classroom.end_listeners = end_listeners
+        # The program video, and which points receive it instead of the cameras.
+        self.director = Director(self)
+        self.router.policy = self.director.policy
 
     @property
     def id(self) -> str:
@@ -65,7 +77,9 @@ class Room:
         return {
             **asdict(self.info),
             "participants": [p.describe() for p in self.participants.values()],
-            "tracks": [s.describe() for s in self.sources()],
+            # What participants publish; the director's program is described on its own.
+            "tracks": [s.describe() for s in self.sources() if s is not self.director.program],
+            "director": self.director.describe(),
         }
 
     async def broadcast(self, message: dict[str, Any], *, skip: Participant | None = None) -> None:
@@ -112,9 +126,14 @@ class Room:
     ) -> None:
         self.router.publish(participant, added, removed)
 
-    async def close(self) -> None:
+    async def close(self, *, end_lesson: bool = True) -> None:
+        """Close the room; `end_lesson=False` when the server only shuts down (a restarted
+        server picks the lesson up again, so it has not ended)."""
+        if end_lesson:
+            self.classroom.room_closed()
         for p in list(self.participants.values()):
             await self.remove(p)
+        self.director.close()
         self.router.close()
         self.classroom.close()
 
@@ -135,10 +154,15 @@ class Rooms:
         # merely shuts down).
         self.opened: list[Callable[[Room], None]] = []
         self.closing: list[Callable[[Room], Awaitable[None]]] = []
+        # Told once per lesson when it ends, however it ends (the archiver subscribes;
+        # media_server/classroom.LessonEnd). Append to it; it is shared by every room.
+        self.lesson_end_listeners: list[LessonEndListener] = []
         if state_file is not None and state_file.exists():
             for raw in json.loads(state_file.read_text()):
                 info = LessonInfo(**raw)
-                self.rooms[info.room] = Room(info, timeline_dir=self._timeline_dir)
+                self.rooms[info.room] = Room(
+                    info, timeline_dir=self._timeline_dir, end_listeners=self.lesson_end_listeners
+                )
 
     def get(self, room_id: str) -> Room | None:
         room = self.rooms.get(room_id)
@@ -152,7 +176,9 @@ class Rooms:
     def open(self, info: LessonInfo) -> Room:
         room = self.rooms.get(info.room)
         if room is None:
-            room = self.rooms[info.room] = Room(info, timeline_dir=self._timeline_dir)
+            room = self.rooms[info.room] = Room(
+                info, timeline_dir=self._timeline_dir, end_listeners=self.lesson_end_listeners
+            )
             self._save()
             for opened in list(self.opened):
                 opened(room)
@@ -174,7 +200,7 @@ class Rooms:
         return True
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(room.close() for room in self.rooms.values()))
+        await asyncio.gather(*(room.close(end_lesson=False) for room in self.rooms.values()))
 
     def _save(self) -> None:
         if self._state_file is None:

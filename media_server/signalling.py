@@ -40,7 +40,7 @@ TOKEN_CLOSE_CODES = {
     "token_role": 4403,
 }
 JOIN_ROLES = frozenset(
-    {Role.MASTER, Role.POINT, Role.AGENT, Role.OBSERVER, Role.RECORDER, Role.ADMIN}
+    {Role.MASTER, Role.POINT, Role.AGENT, Role.OBSERVER, Role.RECORDER, Role.ADMIN, Role.TUTOR}
 )
 
 

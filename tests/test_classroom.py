@@ -284,3 +284,47 @@ async def test_timetable_drives_the_phase_with_an_injected_clock(tmp_path: Any) 
     assert again.classroom.phase is Phase.ENDED
     assert again.classroom.started_at == 1100.0
     again.classroom.close()
+
+
+async def test_a_tutor_has_its_classrooms_controls_and_the_private_line(lesson: Lesson) -> None:
+    master = await lesson.join("c-master", "master", "城关小学")
+    a = await lesson.join("p-xiaohe", "point", "小河教学点")
+    b = await lesson.join("p-shanbei", "point", "山背教学点")
+    tutor = await lesson.join("p-xiaohe", "tutor", "小河教学点 · 王老师")
+    await master.do("lesson_start")
+    await wait_for(lambda: tutor.state.get("phase") == "live", what="the tutor sees the lesson")
+
+    # The tutor raises its classroom's hand: the master's queue shows the classroom.
+    await tutor.do("hand_raise")
+    await wait_for(lambda: len(master.state["hands"]) == 1, what="the tutor's hand")
+    assert master.state["hands"][0]["classroom"] == "p-xiaohe"
+    assert master.state["hands"][0]["name"] == "小河教学点"
+    await tutor.do("hand_lower")
+    await wait_for(lambda: not master.state["hands"], what="the hand lowered by the tutor")
+
+    # Mutes its own classroom (the server stops forwarding it), never another.
+    await tutor.do("mute")
+    await wait_for(lambda: "p-xiaohe" in a.state["muted"], what="the point is told")
+    await tutor.refused("mute", "forbidden", classroom="p-shanbei")
+    await tutor.do("unmute", classroom="p-xiaohe")
+    await wait_for(lambda: not master.state["muted"], what="unmuted by the tutor")
+
+    # The private line: the master reads it, the point's own console too, b nothing.
+    await tutor.do("chat", text="王老师：信号有点卡", to="master")
+    await wait_for(lambda: len(master.chats()) == 1, what="the master gets the tutor's line")
+    assert master.chats()[0]["private_with"] == "p-xiaohe"
+    await wait_for(lambda: len(a.chats()) == 1, what="the point's console sees it too")
+    await master.do("chat", text="收到", to="p-xiaohe")
+    await wait_for(lambda: len(tutor.chats()) == 2, what="the master's answer at the tutor")
+    assert b.chats() == []
+    await tutor.refused("chat", "forbidden", text="hi", to="p-shanbei")
+
+    # What the master alone may do stays the master's; the tutor publishes nothing.
+    for kind, fields in (("call_on", {"classroom": "p-xiaohe"}), ("lesson_end", {})):
+        await tutor.refused(kind, "forbidden", **fields)
+    with pytest.raises(LessonError) as err:
+        await tutor.client.publish([Publication(PatternTrack(), "point_camera", codec="vp8")])
+    assert err.value.code == "forbidden"
+    # It is no second class: attendance counts the point once.
+    points = [e for e in master.state["attendance"] if e["classroom"] == "p-xiaohe"]
+    assert len(points) == 1 and points[0]["joins"] == 1

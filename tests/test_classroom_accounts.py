@@ -174,6 +174,14 @@ def test_sign_in_csrf_admin_and_room_tokens(server: ServerProcess) -> None:
     assert li.login("li", "teach-pass-2") == 200
     status, body = li.call("POST", "/api/auth/room-token", {"room": "math-1"})
     assert status == 200 and body["role"] == "point" and body["classroom"] == "p-xiaohe"
+    # The point's own teacher asks for the tutor role: its classroom, no camera.
+    status, body = li.call("POST", "/api/auth/room-token", {"room": "math-1", "as": "tutor"})
+    assert status == 200 and body["role"] == "tutor" and body["classroom"] == "p-xiaohe"
+    assert verify_token(server.secret, body["token"], room="math-1").role is Role.TUTOR
+    status, body = zhang.call("POST", "/api/auth/room-token", {"room": "math-1", "as": "tutor"})
+    assert status == 403 and body["error"]["code"] == "not_your_lesson"  # a master, not a point
+    status, body = li.call("POST", "/api/auth/room-token", {"room": "math-1", "as": "master"})
+    assert status == 400 and body["error"]["code"] == "bad_request"
 
     # The supervisor view is for admins and schedulers only.
     status, _ = li.call("GET", "/api/supervisor")

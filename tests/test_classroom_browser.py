@@ -13,6 +13,7 @@ from typing import Any
 
 from playwright.async_api import Page
 
+from classroom_agent.client import LessonClient
 from tests.browser import PageSession, chromium, open_page
 from tests.lesson_server import ServerProcess
 from tests.media import wait_for
@@ -61,17 +62,20 @@ async def participant_of(page: Page, classroom: str) -> str:
 async def test_master_calls_on_a_point_and_every_class_hears_it(
     server: ServerProcess, room: str
 ) -> None:
-    url = server.url
     master_token = server.token(room, "c-master", "master", name="城关小学")
     a_token = server.token(room, "p-xiaohe", "point", name="小河教学点")
     b_token = server.token(room, "p-shanbei", "point", name="山背教学点")
+    tutor_token = server.token(room, "p-shanbei", "tutor", name="山背教学点 · 李老师")
     async with chromium(FAKE_MEDIA) as browser:
         async with (
             open_page(browser, viewport={"width": 1366, "height": 768}) as master,
             open_page(browser) as a,
             open_page(browser) as b,
+            open_page(browser) as tutor,
         ):
-            await run_lesson(server, room, master, a, b, master_token, a_token, b_token, url)
+            await run_lesson(
+                server, room, master, a, b, tutor, (master_token, a_token, b_token, tutor_token)
+            )
 
 
 async def run_lesson(
@@ -80,12 +84,12 @@ async def run_lesson(
     ms: PageSession,
     as_: PageSession,
     bs: PageSession,
-    master_token: str,
-    a_token: str,
-    b_token: str,
-    url: str,
+    ts: PageSession,
+    tokens: tuple[str, str, str, str],
 ) -> None:
-    m, a, b = ms.page, as_.page, bs.page
+    url = server.url
+    master_token, a_token, b_token, tutor_token = tokens
+    m, a, b, t = ms.page, as_.page, bs.page, ts.page
     m.on("dialog", lambda d: d.accept())
     await m.goto(f"{url}/console/{room}?token={master_token}")
     await until(m, "() => window.tongke.state && window.tongke.state.phase === 'waiting'", "master")
@@ -137,6 +141,26 @@ async def run_lesson(
     video = await inbound_of(b, f"{pa}/point_camera")
     assert video and video["framesDecoded"] > 0
 
+    # The director put A on the program: the master's program monitor shows it, and the
+    # master takes the teacher back by hand, then hands back to the automatic rules.
+    await until(
+        m,
+        f"() => {{ const b = document.querySelector('#director-cameras button.on-air');"
+        f" return b && b.dataset.track === '{pa}/point_camera'"
+        f" && document.querySelector('#program-video').videoWidth > 0; }}",
+        "the master's program monitor to show point A",
+    )
+    assert "点名发言" in await m.locator("#on-air").inner_text()
+    await m.click("#director-cameras button:not(.on-air)")
+    await until(m, "() => window.tongke.state.director.mode === 'manual'", "manual director")
+    await m.click("#director-auto")
+    await until(
+        m,
+        f"() => window.tongke.state.director.mode === 'auto'"
+        f" && window.tongke.state.director.on_air === '{pa}/point_camera'",
+        "automatic again: A on air",
+    )
+
     # Release: B no longer receives A.
     await m.click('.tile[data-classroom="p-xiaohe"] button[data-action="call"]')
     await wait_for(
@@ -166,7 +190,31 @@ async def run_lesson(
     )
     assert code == "forbidden"
 
+    # B's teacher opens the tutor page: no camera, the class's controls; it asks for the
+    # program alone for its classroom, and the master's console lists B as program-only.
+    await t.goto(f"{url}/point/p-shanbei?room={room}&token={tutor_token}&as=tutor")
+    await until(t, "() => window.tongke.console.state && window.tongke.conn.joined", "tutor")
+    assert await t.evaluate("() => window.tongke.conn.published.size") == 0
+    assert await t.locator("#mic").inner_text() == "本班静音"
+    await t.select_option("#receive", "program")
+    await until(
+        m,
+        "() => window.tongke.state.director.program_only.includes('p-shanbei')",
+        "the master to see B on the program alone",
+    )
+    assert "山背" in await m.locator("#program-points").inner_text()
+    await until(
+        b,
+        "() => { const v = document.querySelector('#focus video');"
+        " return v && v.dataset.source === 'director/program' && v.videoWidth > 0; }",
+        "B's big picture to be the program",
+    )
+    await t.select_option("#receive", "all")
+
     await screenshots(m, a, b, "live")
+    if os.environ.get("TONGKE_SCREENSHOTS"):
+        await t.set_viewport_size({"width": 390, "height": 844})
+        await t.screenshot(path=str(SHOTS / "tutor-live-phone.png"), full_page=True)
 
     # End: every console shows it; attendance lists the three classrooms.
     await m.click("#end")
@@ -175,7 +223,7 @@ async def run_lesson(
     assert rows == 3
     report = server.api("GET", f"/api/rooms/{room}/attendance")
     assert {e["classroom"] for e in report["attendance"]} == {"c-master", "p-xiaohe", "p-shanbei"}
-    for session in (ms, as_, bs):
+    for session in (ms, as_, bs, ts):
         assert not session.errors, session.diagnostics()
 
 
@@ -240,6 +288,28 @@ async def test_a_signed_in_teacher_opens_the_console_without_a_token(
             joined = await page.evaluate("() => window.tongke.conn.joined")
             assert joined["role"] == "master" and joined["classroom"] == "c-master"
             await page.click("#start")
+            # The classroom's agent reports its devices: its board camera has no signal.
+            agent = LessonClient(
+                server.url, f"{room}-s", server.token(f"{room}-s", "c-master", "agent")
+            )
+            await agent.connect()
+            await agent.request(
+                {
+                    "type": "agent_state",
+                    "devices": [
+                        {"source": "teacher_camera", "kind": "video", "state": "ok"},
+                        {"source": "board_camera", "kind": "video", "state": "no_signal"},
+                    ],
+                    "uplink_estimate_bps": 2_400_000,
+                    "cpu": {"process_pct": 35, "load1": 0.5, "cores": 4},
+                    "safety_copy": {"state": "recording", "bytes": 5_000_000},
+                }
+            )
+            await until(
+                page,
+                "() => document.querySelector('#my-device').textContent.includes('板书摄像头无信号')",
+                "the master console to show its device's problem",
+            )
             # The supervisor (an admin) sees the live lesson in another tab.
             watcher = await page.context.new_page()
             await watcher.goto(f"{server.url}/supervisor")
@@ -248,6 +318,11 @@ async def test_a_signed_in_teacher_opens_the_console_without_a_token(
                 f"() => !!document.querySelector('[data-room=\"{room}-s\"] .badge.live')",
                 "the supervisor to list the live lesson",
             )
+            text = await watcher.locator(
+                f'[data-room="{room}-s"] [data-device="master"]'
+            ).inner_text()
+            assert "2.4 Mbit/s" in text and "板书摄像头无信号" in text
+            await agent.close()
             if os.environ.get("TONGKE_SCREENSHOTS"):
                 SHOTS.mkdir(parents=True, exist_ok=True)
                 for path, name in (

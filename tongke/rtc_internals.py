@@ -74,6 +74,7 @@ _CLASS_ATTRS: list[tuple[type, str]] = [
     (RTCRtpSender, "_handle_rtcp_packet"),
     (RTCRtpSender, "send"),
     (RTCRtpReceiver, "receive"),
+    (RTCRtpReceiver, "_handle_rtp_packet"),
     (aioice.ice.StunProtocol, "datagram_received"),
     (aioice.ice.Connection, "query_consent"),
     (aioice.ice.Connection, "build_request"),
@@ -489,3 +490,15 @@ def depayload(codec: str, payload: bytes) -> bytes:
         return depay(payload)
     except (IndexError, struct.error) as exc:
         raise ValueError(f"malformed {codec} payload: {exc}") from None
+
+
+def hook_receiver_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[Any], None]) -> None:
+    """See every RTP packet (an `aiortc.rtp.RtpPacket`) aiortc routes to `receiver`,
+    before its jitter buffer: what tests and benchmarks check of a received stream."""
+    original = receiver._handle_rtp_packet
+
+    async def handle_rtp(packet: Any, arrival_time_ms: int) -> None:
+        on_packet(packet)
+        await original(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = handle_rtp  # type: ignore[method-assign]

@@ -193,7 +193,16 @@ class Auth:
             return _error(404, "unknown_room", f"lesson {room_id!r} is not open")
         info = room.info
         mine = set(user.classrooms)
-        if info.master in mine:
+        wanted = body.get("as")
+        if wanted not in (None, "tutor"):
+            raise AccountError("bad_request", "'as' may only be 'tutor'")
+        if wanted == "tutor":
+            # The point's own teacher, on a phone or a second screen: controls for its
+            # classroom and the private line to the master, no camera of its own.
+            if not mine & set(info.points):
+                return _error(403, "not_your_lesson", "none of your classrooms is a point here")
+            role, classroom = Role.TUTOR, sorted(mine & set(info.points))[0]
+        elif info.master in mine:
             role, classroom = Role.MASTER, info.master
         elif mine & set(info.points):
             role, classroom = Role.POINT, sorted(mine & set(info.points))[0]
@@ -204,6 +213,8 @@ class Auth:
         ends = info.ends_at or time.time() + 3 * 3600
         ttl = max(600, int(ends + 3600 - time.time()))
         name = self._classroom_name(request, classroom) or user.account["display_name"]
+        if role is Role.TUTOR:
+            name = f"{name} · {user.account['display_name']}"[:60]
         token = issue_token(
             self.ctx.secret,
             room=room_id,
@@ -271,6 +282,8 @@ class Auth:
                                 if role is Role.MASTER
                                 else f"/point/{classroom}?room={info.room_id}"
                             )
+                            if role is Role.POINT:
+                                item["tutor_url"] = f"{item['url']}&as=tutor"
                             out.append(item)
             except ValueError:
                 return []  # no published term yet

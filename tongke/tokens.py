@@ -29,12 +29,17 @@ class Role(StrEnum):
     ADMIN = "admin"
     SCHEDULER = "scheduler"
     STUDENT = "student"
+    # A teaching point's own teacher: local controls for that classroom (hand, mute,
+    # what it receives) and the private line to the master; publishes nothing.
+    TUTOR = "tutor"
 
 
 # Roles that may publish media into a room.
 PUBLISHING_ROLES = frozenset({Role.MASTER, Role.POINT, Role.AGENT})
 # Roles whose tokens are not bound to one room ("*").
 GLOBAL_ROLES = frozenset({Role.ADMIN, Role.SCHEDULER})
+# Roles that receive as a teaching point does (the point's device and its teacher).
+POINT_ROLES = frozenset({Role.POINT, Role.TUTOR})
 
 
 class TokenError(CodedError):

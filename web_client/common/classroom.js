@@ -89,7 +89,10 @@ export class ClassroomConnection extends EventTarget {
     this.joined = joined;
     this._emit("joined", joined);
     this._emit("status", "joined");
-    this.pub = new PublishSession({ request: (m) => sig.request(m) });
+    this.pub = new PublishSession({
+      request: (m) => sig.request(m),
+      videoCodec: () => this.state?.program_codec || null,
+    });
     for (const [source, { track, label }] of this.published) {
       if (track.readyState === "live") {
         this.pub.set(source, track, label).catch((err) => console.warn("republish", err));
@@ -133,6 +136,9 @@ export class ClassroomConnection extends EventTarget {
         break;
       case "chat":
         this._emit("chat", message.message);
+        break;
+      case "agent_state":
+        this._emit("device", { classroom: message.classroom, state: message.state });
         break;
       case "error":
         if (FATAL_CODES.has(message.code)) this._fail(message.code, message.message);

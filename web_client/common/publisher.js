@@ -5,10 +5,37 @@
 
 import { gathered } from "./ice.js";
 
+/**
+ * Put `codec` ("h264" or "vp8") first in a video transceiver's preferences: the live
+ * director cuts only between cameras of the program's codec (no re-encoding), so a
+ * browser camera sends what the lesson's program uses when the browser can.
+ */
+function preferCodec(transceiver, codec) {
+  if (!codec || !transceiver.setCodecPreferences || !RTCRtpSender.getCapabilities) return;
+  const caps = RTCRtpSender.getCapabilities("video")?.codecs || [];
+  const mime = `video/${codec}`.toLowerCase();
+  const fits = (c) =>
+    c.mimeType.toLowerCase() === mime &&
+    (codec !== "h264" ||
+      (/packetization-mode=1/.test(c.sdpFmtpLine || "") &&
+        /profile-level-id=42e01f/i.test(c.sdpFmtpLine || "")));
+  const first = caps.filter(fits);
+  if (!first.length) return; // this browser cannot: the director leaves the camera out
+  try {
+    transceiver.setCodecPreferences([...first, ...caps.filter((c) => !fits(c))]);
+  } catch (err) {
+    console.warn("codec preference", err);
+  }
+}
+
 export class PublishSession {
-  /** `request(message)` sends a signalling request and resolves with its reply. */
-  constructor({ request, rtcConfig = { iceServers: [] } }) {
+  /**
+   * `request(message)` sends a signalling request and resolves with its reply;
+   * `videoCodec()` names the codec video should prefer (the lesson's program codec).
+   */
+  constructor({ request, rtcConfig = { iceServers: [] }, videoCodec = () => null }) {
     this._request = request;
+    this._videoCodec = videoCodec;
     this.pc = new RTCPeerConnection({ ...rtcConfig, bundlePolicy: "max-bundle" });
     this.sources = new Map(); // source -> {transceiver, track, kind, label}
     this._chain = Promise.resolve();
@@ -24,6 +51,7 @@ export class PublishSession {
         entry.transceiver.direction = "sendonly";
       } else {
         const transceiver = this.pc.addTransceiver(track, { direction: "sendonly" });
+        if (track.kind === "video") preferCodec(transceiver, this._videoCodec());
         this.sources.set(source, { transceiver, track, kind: track.kind, label });
       }
       await this._negotiate();

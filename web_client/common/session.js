@@ -50,13 +50,16 @@ export async function api(method, path, body, { raw = false } = {}) {
   return data;
 }
 
-/** A room token for `room` from the session; sends the person to sign in when needed. */
-export async function roomToken(room) {
+/**
+ * A room token for `room` from the session; sends the person to sign in when needed.
+ * `as: "tutor"` asks for the tutor role (a point's own teacher: controls, no camera).
+ */
+export async function roomToken(room, { as = null } = {}) {
   const who = await me();
   if (!who) {
     window.location.href = loginUrl();
     return null;
   }
-  const reply = await api("POST", "/api/auth/room-token", { room });
+  const reply = await api("POST", "/api/auth/room-token", as ? { room, as } : { room });
   return reply.token;
 }

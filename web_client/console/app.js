@@ -12,6 +12,7 @@ import {
   openScreen,
   videoElement,
 } from "../common/media.js";
+import { deviceText } from "../common/device.js";
 import { roomToken } from "../common/session.js";
 import { STRINGS } from "./i18n.js";
 
@@ -33,6 +34,7 @@ class MasterConsole {
     this.quality = new Map();
     this.tiles = new Map(); // key -> tile record
     this.chat = [];
+    this.devices = {}; // classroom -> its device's latest report (agent_state)
     this.camera = null; // MediaStream from getUserMedia
     this.screen = null;
     window.tongke = {
@@ -58,6 +60,7 @@ class MasterConsole {
       if (window.confirm(t("confirmEnd"))) this.act("lesson_end");
     };
     $("camera").onclick = () => this.toggleCamera();
+    $("director-auto").onclick = () => this.act("director", { mode: "auto" });
     $("share").onclick = () => this.toggleShare();
     $("chat-form").onsubmit = (e) => {
       e.preventDefault();
@@ -67,12 +70,19 @@ class MasterConsole {
     c.addEventListener("status", (e) => this.showStatus(e.detail));
     c.addEventListener("failed", (e) => this.showFailure(e.detail));
     c.addEventListener("joined", (e) => {
+      // The program monitor: this console receives the director's program too.
+      this.act("watch_program", { on: true });
       $("title").textContent = e.detail.title || e.detail.room;
       document.title = `同课 · ${e.detail.title || e.detail.room}`;
     });
     c.addEventListener("state", (e) => {
       this.state = e.detail.state;
+      if (this.state.devices) this.devices = { ...this.state.devices };
       this.render();
+    });
+    c.addEventListener("device", (e) => {
+      this.devices[e.detail.classroom] = e.detail.state;
+      this.renderDevices();
     });
     c.addEventListener("history", (e) => {
       this.chat.splice(0, this.chat.length, ...e.detail);
@@ -232,6 +242,54 @@ class MasterConsole {
     this.renderAttendance();
     this.renderChatTargets();
     this.renderMedia();
+    this.renderDirector();
+    this.renderDevices();
+  }
+
+  /** Each classroom device's report: on its tile, and this classroom's under "本教室". */
+  renderDevices() {
+    for (const tile of this.tiles.values()) {
+      if (!tile.point) continue;
+      const d = deviceText(this.devices[tile.point.classroom], t);
+      tile.device.textContent = d.text;
+      tile.device.classList.toggle("bad", d.bad);
+    }
+    const mine = this.conn.joined?.classroom;
+    const d = deviceText(mine ? this.devices[mine] : null, t);
+    $("my-device").textContent = d.text;
+    $("my-device").classList.toggle("bad", d.bad);
+  }
+
+  /** The program monitor and the director's buttons: automatic, or one per camera. */
+  renderDirector() {
+    const d = this.state.director;
+    if (!d) return;
+    const label = (c) => `${c.name} · ${t(`source_${c.source}`) || c.label}`;
+    const onAir = d.cameras.find((c) => c.track === d.on_air);
+    const shot = onAir ? label(onAir) : "—";
+    $("on-air").textContent =
+      d.mode === "manual"
+        ? t("onAirManual", { shot })
+        : t("onAirAuto", { shot, reason: t(`reason_${d.reason || "teacher"}`) });
+    const auto = $("director-auto");
+    auto.classList.toggle("on", d.mode === "auto");
+    auto.disabled = this.state.phase === "ended";
+    const box = $("director-cameras");
+    box.replaceChildren(
+      ...d.cameras.map((c) => {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.dataset.track = c.track;
+        b.textContent = c.usable ? label(c) : `${label(c)}（${t("noSignal")}）`;
+        b.classList.toggle("on-air", c.track === d.on_air);
+        b.disabled = this.state.phase === "ended";
+        b.onclick = () => this.act("director", { track: c.track });
+        return b;
+      }),
+    );
+    const names = new Map(this.state.points.map((p) => [p.classroom, p.name]));
+    const thin = (d.program_only || []).map((c) => names.get(c) || c);
+    $("program-points").textContent = thin.length ? t("programPoints", { list: thin.join("、") }) : "";
   }
 
   renderHands() {
@@ -330,8 +388,11 @@ class MasterConsole {
     const points = this.pointIds();
     const byClassroom = new Map();
     const stage = [];
+    let program = null;
     for (const [mid, { info, track }] of this.tracks) {
-      if (points.has(info.classroom)) {
+      if (info.source === "program") {
+        program = track;
+      } else if (points.has(info.classroom)) {
         const entry = byClassroom.get(info.classroom) || {};
         entry[info.kind] = { mid, info, track };
         byClassroom.set(info.classroom, entry);
@@ -340,6 +401,8 @@ class MasterConsole {
       }
     }
     this.renderStage(stage);
+    attach($("program-video"), program);
+    $("program-empty").hidden = !!program;
     const grid = $("points");
     const wanted = new Set();
     const pointList = this.state ? this.state.points : [];
@@ -437,6 +500,8 @@ class MasterConsole {
     name.className = "name";
     const quality = document.createElement("span");
     quality.className = "quality";
+    const device = document.createElement("span");
+    device.className = "quality device";
     const buttons = document.createElement("div");
     buttons.className = "row";
     const call = document.createElement("button");
@@ -444,10 +509,10 @@ class MasterConsole {
     const mute = document.createElement("button");
     mute.dataset.action = "mute";
     buttons.append(call, mute);
-    meta.append(name, quality, buttons);
+    meta.append(name, quality, device, buttons);
     el.append(box, meta);
     grid.append(el);
-    tile = { el, video, audio, flags, name, quality, placeholder, call, mute, media: {}, point: null };
+    tile = { el, video, audio, flags, name, quality, device, placeholder, call, mute, media: {}, point: null };
     call.onclick = () =>
       tile.point.called_on ? this.act("call_off") : this.act("call_on", { classroom });
     mute.onclick = () => this.act(tile.point.muted ? "unmute" : "mute", { classroom });

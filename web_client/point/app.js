@@ -23,6 +23,8 @@ function fromLocation(loc = window.location) {
     room: q.get("room") || "",
     token: q.get("token") || "",
     kiosk: q.get("kiosk") === "1",
+    // The point's own teacher on a phone or second screen: controls only, no camera.
+    tutor: q.get("as") === "tutor",
   };
 }
 
@@ -48,6 +50,7 @@ class PointConsole {
     };
     $("hand").onclick = () => this.toggleHand();
     $("mic").onclick = () => this.toggleMic();
+    $("receive").onchange = () => this.setReceive($("receive").value);
     $("kiosk").onclick = () => this.setKiosk(true);
     $("leave").onclick = () => this.leave();
     $("chat-form").onsubmit = (e) => {
@@ -160,6 +163,13 @@ class PointConsole {
       }
       button.onclick = () => this.join(l.room_id, l.token);
       li.append(when, what, button);
+      if (l.tutor_url && !button.disabled) {
+        const tutor = document.createElement("a");
+        tutor.href = l.tutor_url;
+        tutor.className = "tutor-link";
+        tutor.textContent = t("tutorJoin");
+        li.append(tutor);
+      }
       list.append(li);
     }
   }
@@ -168,9 +178,10 @@ class PointConsole {
 
   async join(room, token) {
     clearInterval(this._feedTimer);
+    const tutor = this.params.tutor;
     if (!token || token === "session") {
       try {
-        token = await roomToken(room);
+        token = await roomToken(room, { as: tutor ? "tutor" : null });
       } catch (err) {
         this.notice(t("failed", { message: this.errorText(err.code, err.message) }), true);
         return;
@@ -213,10 +224,29 @@ class PointConsole {
     });
     this.renderChatTargets();
     if (this.params.kiosk) this.setKiosk(true);
+    if (tutor) {
+      // The classroom's device publishes; the tutor's page only controls.
+      document.body.classList.add("tutor");
+      $("preview-title").textContent = t("tutorTitle");
+      $("publish-error").textContent = t("tutorHint");
+      $("publish-error").className = "hint";
+      await conn.connect();
+      this.renderMic();
+      return;
+    }
     // The camera opens while the socket connects; it is published once joined.
     const camera = this.openCamera();
     await conn.connect();
     await camera;
+  }
+
+  async setReceive(mode) {
+    try {
+      await this.conn.action("receive_mode", { mode });
+    } catch (err) {
+      window.tongke.errors.push({ code: err.code, message: err.serverMessage });
+      this.notice(this.errorText(err.code, err.serverMessage), true);
+    }
   }
 
   async openCamera() {
@@ -253,6 +283,14 @@ class PointConsole {
   }
 
   toggleMic() {
+    if (this.params.tutor) {
+      // The tutor silences its classroom on the server (everyone stops hearing it).
+      const muted = this.state?.muted.includes(this.mine());
+      this.conn?.action(muted ? "unmute" : "mute").catch((err) => {
+        this.notice(this.errorText(err.code, err.serverMessage), true);
+      });
+      return;
+    }
     const audio = this.camera?.getAudioTracks()[0];
     if (!audio) return;
     // Local mute: the track sends silence; the master's mute is separate and server-side.
@@ -261,6 +299,13 @@ class PointConsole {
   }
 
   renderMic() {
+    if (this.params.tutor) {
+      const muted = !!this.state?.muted.includes(this.mine());
+      $("mic").disabled = !this.state || this.state.phase === "ended";
+      $("mic").textContent = t(muted ? "classUnmute" : "classMute");
+      $("mic").classList.toggle("danger", muted);
+      return;
+    }
     const audio = this.camera?.getAudioTracks()[0];
     $("mic").disabled = !audio;
     $("mic").textContent = t(audio && !audio.enabled ? "micOn" : "micOff");
@@ -330,6 +375,15 @@ class PointConsole {
       banner.textContent = "";
     }
     banner.hidden = !banner.textContent;
+    const d = s.director;
+    if (d) {
+      const select = $("receive");
+      if (document.activeElement !== select) select.value = d.receive_modes[mine] || "all";
+      const only = d.program_only.includes(mine);
+      select.classList.toggle("on", only);
+      select.title = only ? t("programOnly") : "";
+    }
+    if (this.params.tutor) this.renderMic();
     this.renderMedia();
   }
 
@@ -353,8 +407,9 @@ class PointConsole {
     }
     for (const el of [...audio.children]) if (!audioKeep.has(el.dataset.mid)) el.remove();
     const called = this.state?.called_on;
+    // The program (a thin link receives it alone) already follows the lesson.
     const rank = (v) =>
-      v.info.classroom === called && called ? 0 : v.info.source === "courseware" ? 1 : v.info.source === "teacher_camera" ? 2 : 3;
+      v.info.source === "program" ? -1 : v.info.classroom === called && called ? 0 : v.info.source === "courseware" ? 1 : v.info.source === "teacher_camera" ? 2 : 3;
     videos.sort((a, b) => rank(a) - rank(b));
     const [main, ...rest] = videos;
     const focus = $("focus");

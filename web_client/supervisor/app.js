@@ -3,6 +3,7 @@
 // the session, opened in the lesson viewer).
 
 import { applyStatic, clock, currentLang, setLang, translator } from "../common/i18n.js";
+import { deviceText } from "../common/device.js";
 import { api, loginUrl, me } from "../common/session.js";
 
 const STRINGS = {
@@ -23,6 +24,23 @@ const STRINGS = {
     hand: "举手",
     muted: "静音",
     error: "无法读取：{message}",
+    masterDevice: "主讲教室",
+    source_teacher_camera: "教师摄像头",
+    source_board_camera: "板书摄像头",
+    source_courseware: "课件",
+    source_classroom_mic: "教室麦克风",
+    source_point_camera: "教学点摄像头",
+    source_point_mic: "教学点麦克风",
+    device_line: "终端：CPU {cpu}% · 上行估计 {up} · 安全副本{copy}",
+    device_stale: "终端 {age} 秒没有报告状态",
+    copy_recording: "录制中（{mb} MB）",
+    copy_stopped: "已停止",
+    copy_off: "未开启",
+    problem_no_signal: "{source}无信号",
+    problem_starting: "{source}正在启动",
+    problem_stopped: "{source}已停止",
+    problem_safety_copy_stopped: "安全副本停止：{reason}",
+    problem_cpu_busy: "CPU 繁忙",
   },
   en: {
     title: "Lesson supervision",
@@ -41,6 +59,23 @@ const STRINGS = {
     hand: "hand",
     muted: "muted",
     error: "Cannot load: {message}",
+    masterDevice: "Master classroom",
+    source_teacher_camera: "Teacher camera",
+    source_board_camera: "Board camera",
+    source_courseware: "Courseware",
+    source_classroom_mic: "Classroom mic",
+    source_point_camera: "Point camera",
+    source_point_mic: "Point mic",
+    device_line: "Device: CPU {cpu}% · uplink est. {up} · safety copy {copy}",
+    device_stale: "No device report for {age} s",
+    copy_recording: "recording ({mb} MB)",
+    copy_stopped: "stopped",
+    copy_off: "off",
+    problem_no_signal: "{source}: no signal",
+    problem_starting: "{source}: starting",
+    problem_stopped: "{source}: stopped",
+    problem_safety_copy_stopped: "safety copy stopped: {reason}",
+    problem_cpu_busy: "CPU busy",
   },
 };
 const t = translator(STRINGS);
@@ -65,6 +100,13 @@ function pointRow(p) {
     ? t("quality", { up: fmt(p.uplink_loss_pct), rtt: fmt(p.rtt_ms), down: fmt(p.downlink_loss_pct) })
     : t("absent");
   li.append(name, q);
+  const device = deviceText(p.device, t);
+  if (device.text) {
+    const d = document.createElement("span");
+    d.className = device.bad ? "q device bad" : "q device";
+    d.textContent = device.text;
+    li.append(d);
+  }
   return li;
 }
 
@@ -113,6 +155,14 @@ async function refresh() {
       warn.className = "error-text";
       warn.textContent = t("masterAbsent");
       card.append(warn);
+    }
+    const masterDevice = deviceText(l.master_device, t);
+    if (masterDevice.text) {
+      const p = document.createElement("p");
+      p.className = masterDevice.bad ? "q device bad" : "q device";
+      p.dataset.device = "master";
+      p.textContent = `${t("masterDevice")} · ${masterDevice.text}`;
+      card.append(p);
     }
     const list = document.createElement("ul");
     list.className = "point-list";
