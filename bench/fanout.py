@@ -1,15 +1,17 @@
 """Fan-out benchmark: one publisher, N subscribers, the SFU pinned to one CPU.
 
     python bench/fanout.py --subscribers 50 --seconds 30 [--json]
-    python bench/fanout.py --subscribers 50 --seconds 20 --compare-adaptive --rounds 2 --json
+    python bench/fanout.py --subscribers 50 --seconds 20 --compare adaptive|recording --rounds 2 --json
 
 The publisher sends a pre-encoded 1280x720 30 fps H.264 stream (~1.5 Mbit/s) plus Opus;
 nothing is encoded at run time. Subscribers count packets (no decoding). The server
 runs in its own process on CPU 0 (taskset), this load generator on CPU 1.
 
-`--compare-adaptive` alternates servers with adaptive media off and on
-(TONGKE_ADAPTIVE_MEDIA), `--rounds` times each, and reports the median of each and
-their ratio: on a shared machine one run of each is not a comparison.
+`--compare adaptive` alternates servers with adaptive media off and on
+(TONGKE_ADAPTIVE_MEDIA; `--compare-adaptive` says the same), `--compare recording` with
+the server recorder off and on (TONGKE_SERVER_RECORDING), `--rounds` times each, and
+reports the median of each and their ratio: on a shared machine one run of each is not a
+comparison. Without `--compare` the server records (its default).
 """
 
 from __future__ import annotations
@@ -193,19 +195,25 @@ async def run(subscribers: int, seconds: float, quiet: bool) -> dict:
         server.stop()
 
 
-def compare_adaptive(subscribers: int, seconds: float, rounds: int, quiet: bool) -> dict:
+# What `--compare` can switch off and on (the server reads them from its environment).
+SETTINGS = {"adaptive": "TONGKE_ADAPTIVE_MEDIA", "recording": "TONGKE_SERVER_RECORDING"}
+
+
+def compare(setting: str, subscribers: int, seconds: float, rounds: int, quiet: bool) -> dict:
+    variable = SETTINGS[setting]
     runs: dict[str, list[dict]] = {"off": [], "on": []}
     for _ in range(rounds):
         for mode in ("off", "on"):
-            os.environ["TONGKE_ADAPTIVE_MEDIA"] = "1" if mode == "on" else "0"
+            os.environ[variable] = "1" if mode == "on" else "0"
             runs[mode].append(asyncio.run(run(subscribers, seconds, quiet)))
-    os.environ.pop("TONGKE_ADAPTIVE_MEDIA", None)
+    os.environ.pop(variable, None)
 
     def median_us(mode: str) -> float:
         return statistics.median(r["us_per_packet"] or 0.0 for r in runs[mode])
 
     off, on = median_us("off"), median_us("on")
     return {
+        "compared": setting,
         "subscribers": subscribers,
         "seconds": seconds,
         "rounds": rounds,
@@ -225,12 +233,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
-        "--compare-adaptive", action="store_true", help="alternate adaptive media off and on"
+        "--compare",
+        choices=sorted(SETTINGS),
+        help="alternate servers with this setting off and on (medians and their ratio)",
+    )
+    parser.add_argument(
+        "--compare-adaptive", action="store_true", help="the same as --compare adaptive"
     )
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    if args.compare_adaptive:
-        result = compare_adaptive(args.subscribers, args.seconds, args.rounds, quiet=args.json)
+    setting = "adaptive" if args.compare_adaptive else args.compare
+    if setting:
+        result = compare(setting, args.subscribers, args.seconds, args.rounds, quiet=args.json)
     else:
         result = asyncio.run(run(args.subscribers, args.seconds, quiet=args.json))
     if args.json:
