@@ -1,8 +1,9 @@
 """Share one subscriber's downlink estimate among its sources. Pure: no I/O, no clock.
 
 Order of need, from the lesson's point of view: audio always (a lesson without sound is
-no lesson; a lesson without a picture still is); then the teacher camera, the
-courseware, the board camera, then other classrooms' cameras. Every video gets
+no lesson; a lesson without a picture still is); then the teacher camera and the
+called-on classroom's camera (the lesson's focus), the courseware, the board camera,
+then other classrooms' cameras. Every video gets
 the best layer that fits in that order, as long as the lowest layers of the lesson's
 own sources further down stay affordable, so the teacher is sharp and the courseware
 and board still have a picture. A source that does not fit even at its lowest layer is
@@ -33,12 +34,19 @@ class Candidate:
     user_paused: bool = False
     current: str | None = None  # the layer allocated last time (None: paused or new)
     started: bool = False  # allocated at least once
+    # The lesson's focus (the called-on classroom's camera): it ranks with the teacher
+    # camera, whatever its source name.
+    focus: bool = False
 
 
 @dataclass(frozen=True)
 class Decision:
     layer: str | None  # the ceiling given; None when paused
     paused: bool  # paused for bandwidth (not by the subscriber)
+
+
+def priority(c: Candidate) -> int:
+    return 0 if c.focus else PRIORITY.get(c.source, OTHER_PRIORITY)
 
 
 def rank(layer: str) -> int:
@@ -74,22 +82,20 @@ def allocate(budget_bps: int, candidates: list[Candidate], *, hold: bool) -> dic
             decisions[c.key] = Decision(layer=top, paused=False)
         else:
             videos.append(c)
-    videos.sort(key=lambda c: (PRIORITY.get(c.source, OTHER_PRIORITY), c.key))
+    videos.sort(key=lambda c: (priority(c), c.key))
 
     # In priority order, each video takes the best layer that still leaves the lowest
     # layers of the lesson's own sources below it (teacher camera, courseware, board)
     # affordable; one that cannot, takes its lowest layer if that fits, or pauses.
     reserve = sum(
-        layer_bps(c, _usable(c)[0])
-        for c in videos
-        if _usable(c) and PRIORITY.get(c.source, OTHER_PRIORITY) < OTHER_PRIORITY
+        layer_bps(c, _usable(c)[0]) for c in videos if _usable(c) and priority(c) < OTHER_PRIORITY
     )
     given: dict[str, str] = {}
     for c in videos:
         layers = _usable(c)
         if not layers:
             continue
-        if PRIORITY.get(c.source, OTHER_PRIORITY) < OTHER_PRIORITY:
+        if priority(c) < OTHER_PRIORITY:
             reserve -= layer_bps(c, layers[0])
         if hold and c.started and c.current is None:
             continue  # paused for bandwidth: resumes only when the estimate is stable

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from media_server.allocator import Candidate, Decision, allocate, layer_bps, rank
@@ -21,6 +21,7 @@ from media_server.estimator import INITIAL_BPS, DownlinkEstimator
 from media_server.pacer import Pacer
 from media_server.probe import ProbeController
 from media_server.sink import PacketSink
+from media_server.source import MediaSource
 from media_server.twcc import SendHistory, feedback_in
 
 # Leave room for retransmissions, RTCP and header overhead.
@@ -33,6 +34,10 @@ HOLD_MAX_S = 16.0
 PROBE_STEP_S = 0.01
 PROBE_MAX_PACKETS = 64  # per step: 64 x ~1.2 kB in 10 ms is ~60 Mbit/s, far above any target
 CALM_S = 60.0
+
+
+def _no_focus(source: MediaSource) -> bool:
+    return False
 
 
 def _top_cost(c: Candidate) -> int:
@@ -59,6 +64,8 @@ class SubscriberBandwidth:
         self, wire: PacketSink, *, adaptive: bool = True, initial_bps: int = INITIAL_BPS
     ) -> None:
         self.adaptive = adaptive
+        # Whether a source is the lesson's focus (set by the room: the called-on point).
+        self.focus: Callable[[MediaSource], bool] = _no_focus
         self.estimator = DownlinkEstimator(initial_bps=initial_bps)
         start = self.estimator.estimate(0.0).bps
         self.pacer = Pacer(wire, start)
@@ -247,6 +254,7 @@ class SubscriberBandwidth:
             user_paused=fwd.paused_by_user,
             current=None if fwd.paused_by_allocator else fwd.allocated,
             started=source.track_id in self._started,
+            focus=self.focus(source),
         )
 
     @staticmethod

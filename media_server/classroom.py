@@ -251,6 +251,10 @@ class Classroom:
             return True
         return source.classroom == self.called_on
 
+    def in_focus(self, source: MediaSource) -> bool:
+        """The called-on classroom's sources: the lesson's focus while it is called on."""
+        return source.role is Role.POINT and source.classroom == self.called_on
+
     # -- participants ----------------------------------------------------------------
 
     def check_join(self, claims: Claims) -> None:

@@ -107,6 +107,9 @@ class Room:
                 await self.remove(old)
                 if old.on_replaced is not None:
                     await old.on_replaced()
+        # The called-on classroom's picture is what the lesson is about while it speaks:
+        # on a thin line it ranks with the teacher camera, not behind the board.
+        participant.subscriber.focus = self.classroom.in_focus
         self.router.add(participant)
         await self.broadcast(
             {"type": "participant_joined", "participant": participant.describe()}, skip=participant

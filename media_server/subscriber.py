@@ -76,6 +76,8 @@ class Subscriber:
     ) -> None:
         self.participant = participant
         self.adaptive = adaptive
+        # Which source is the lesson's focus, for the allocator (the room sets it).
+        self.focus: Callable[[MediaSource], bool] | None = None
         self.audio_red = audio_red
         self.red: tuple[int, int] | None = None  # the answer accepted RED: (RED PT, Opus PT)
         self.initial_bps = initial_bps
@@ -172,6 +174,8 @@ class Subscriber:
             self.bandwidth = SubscriberBandwidth(
                 self.wire, adaptive=self.adaptive, initial_bps=self.initial_bps
             )
+            if self.focus is not None:
+                self.bandwidth.focus = self.focus
             if self.transport_cc_id is not None and self.adaptive:
                 self.bandwidth.use_transport_cc(self.transport_cc_id)
                 on_rtcp = self.bandwidth.on_rtcp

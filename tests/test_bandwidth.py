@@ -202,6 +202,17 @@ def test_while_holding_layers_do_not_rise_and_paused_sources_stay_paused() -> No
     assert released["teacher_camera"] == "h" and released["courseware"] == "h"
 
 
+def test_the_called_on_classrooms_camera_ranks_with_the_teacher_not_behind_the_board() -> None:
+    # At 2 Mbit/s another classroom's camera is paused (above); the called-on one is
+    # what the lesson is about, so it gets a picture and the board drops to its lowest.
+    got = layers(allocate(2_000_000, lesson(point_camera={"focus": True}), hold=False))
+    assert got["point_camera"] == "h"
+    assert got["teacher_camera"] is not None and got["courseware"] is not None
+    assert got["classroom_mic"] == "h"
+    # Released: back behind the lesson's own sources.
+    assert layers(allocate(2_000_000, lesson(), hold=False))["point_camera"] is None
+
+
 def test_a_subscribers_pin_and_pause_are_respected() -> None:
     cands = lesson(teacher_camera={"pinned": "m"}, board_camera={"user_paused": True})
     decisions = allocate(10_000_000, cands, hold=False)
