@@ -254,11 +254,18 @@ async def test_a_server_killed_mid_lesson_keeps_what_it_recorded(
     # that are playable up to where it died.
     assert [p["origin"] for p in record.load()["parts"]] == ["server", "server"]
     merged = record.directory / MERGED_DIR
+    holes_by_source: dict[str, list[tuple[float, float]]] = {}
     for track in load_manifest(merged).tracks:
         times = packet_times(merged / track.file)
-        holes = gaps_over(times, 1.0)
-        assert len(holes) == 1, (track.id, holes)  # the server's outage, nothing else
-        assert times[-1] - times[0] - holes[0][1] > 4.5, (track.id, times[-1] - times[0])
+        holes = holes_by_source[track.source] = gaps_over(times, 1.0)
+        # At most the server's outage, nothing else. The agent's audio may have none: its
+        # capture keeps the samples it could not send and sends them when the server is
+        # back, and they are placed where they were taken (the publisher's clock).
+        assert len(holes) <= 1, (track.id, holes)
+        covered = times[-1] - times[0] - sum(length for _, length in holes)
+        assert covered > 4.5, (track.id, covered)
+    # The camera's encoder drops what it cannot send: the outage is a hole in the picture.
+    assert len(holes_by_source["teacher_camera"]) == 1, holes_by_source
 
 
 async def test_a_browser_publishers_vp8_and_h264_are_recorded_when_the_room_closes(
