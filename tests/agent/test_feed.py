@@ -174,7 +174,11 @@ async def test_an_agent_with_only_a_feed_joins_and_leaves_its_lesson_on_time(
             await asyncio.sleep(0.1)
         left = clock()
         assert end.timestamp() - 0.2 <= left <= end.timestamp() + 4.0
-        assert room in follower.done
+        # The server sees the agent go before the agent has finished closing; the
+        # follower marks the lesson done once it has.
+        while room not in follower.done:
+            assert time.monotonic() < deadline + 20, "the lesson was never marked done"
+            await asyncio.sleep(0.1)
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
