@@ -105,7 +105,7 @@ class LessonClient:
         events: ClientEvents | None = None,
     ) -> None:
         # The datagram guard and long-RTT consent protect the agent's connections too.
-        rtc_internals.install()
+        rtc_internals.install(receive_times=True)
         self.base_url = base_url
         self.room = room
         self.token = token

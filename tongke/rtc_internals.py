@@ -127,15 +127,20 @@ def check() -> None:
 # -- the datagram guard and consent ------------------------------------------------------
 
 _installed = False
+# Only a receiving client (the agent's media watchdog) asks when media last arrived; the
+# server's ingress does not pay for the stamp on every publisher packet.
+_stamp_receive_times = False
 _original_datagram_received = aioice.ice.StunProtocol.datagram_received
 
 
-def install() -> None:
+def install(*, receive_times: bool = False) -> None:
     """Check the internals, then install the datagram guard and our consent checks.
+    `receive_times`: keep when each connection last received media (`last_received_at`).
 
     Idempotent; the server and the classroom agent both call it.
     """
-    global _installed
+    global _installed, _stamp_receive_times
+    _stamp_receive_times = _stamp_receive_times or receive_times
     if _installed:
         return
     check()
@@ -192,7 +197,8 @@ def _guarded_datagram_received(self: Any, data: bytes | str, addr: tuple[Any, ..
         if not _expected_source(self, addr2):
             _drop("wrong_source")
             return
-        _LAST_RECEIVED[self.receiver] = time.monotonic()
+        if _stamp_receive_times:
+            _LAST_RECEIVED[self.receiver] = time.monotonic()
     else:
         _drop("unknown")
         return
