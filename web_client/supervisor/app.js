@@ -3,11 +3,12 @@
 // the session, opened in the lesson viewer).
 
 import { applyStatic, clock, currentLang, setLang, translator } from "../common/i18n.js";
-import { deviceText } from "../common/device.js";
+import { DEVICE_STRINGS, deviceText } from "../common/device.js";
 import { api, loginUrl, me } from "../common/session.js";
 
 const STRINGS = {
   zh: {
+    ...DEVICE_STRINGS.zh,
     title: "课堂巡视",
     langSwitch: "English",
     noLessons: "现在没有进行中的课。",
@@ -25,24 +26,9 @@ const STRINGS = {
     muted: "静音",
     error: "无法读取：{message}",
     masterDevice: "主讲教室",
-    source_teacher_camera: "教师摄像头",
-    source_board_camera: "板书摄像头",
-    source_courseware: "课件",
-    source_classroom_mic: "教室麦克风",
-    source_point_camera: "教学点摄像头",
-    source_point_mic: "教学点麦克风",
-    device_line: "终端：CPU {cpu}% · 上行估计 {up} · 安全副本{copy}",
-    device_stale: "终端 {age} 秒没有报告状态",
-    copy_recording: "录制中（{mb} MB）",
-    copy_stopped: "已停止",
-    copy_off: "未开启",
-    problem_no_signal: "{source}无信号",
-    problem_starting: "{source}正在启动",
-    problem_stopped: "{source}已停止",
-    problem_safety_copy_stopped: "安全副本停止：{reason}",
-    problem_cpu_busy: "CPU 繁忙",
   },
   en: {
+    ...DEVICE_STRINGS.en,
     title: "Lesson supervision",
     langSwitch: "中文",
     noLessons: "No lesson is running now.",
@@ -60,22 +46,6 @@ const STRINGS = {
     muted: "muted",
     error: "Cannot load: {message}",
     masterDevice: "Master classroom",
-    source_teacher_camera: "Teacher camera",
-    source_board_camera: "Board camera",
-    source_courseware: "Courseware",
-    source_classroom_mic: "Classroom mic",
-    source_point_camera: "Point camera",
-    source_point_mic: "Point mic",
-    device_line: "Device: CPU {cpu}% · uplink est. {up} · safety copy {copy}",
-    device_stale: "No device report for {age} s",
-    copy_recording: "recording ({mb} MB)",
-    copy_stopped: "stopped",
-    copy_off: "off",
-    problem_no_signal: "{source}: no signal",
-    problem_starting: "{source}: starting",
-    problem_stopped: "{source}: stopped",
-    problem_safety_copy_stopped: "safety copy stopped: {reason}",
-    problem_cpu_busy: "CPU busy",
   },
 };
 const t = translator(STRINGS);
