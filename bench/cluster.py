@@ -26,13 +26,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fanout import Counter, counting_hooks, proc_cpu_s, proc_rss_mb
+from bench.fanout import Counter, counting_hooks, measure, proc_cpu_s, proc_rss_mb
 from bench.media import PacketLoopTrack, encoded_h264, encoded_opus
 from classroom_agent.client import LessonClient, Publication
 from tests.lesson_server import ServerProcess
@@ -62,36 +61,14 @@ async def fan_out(
         counters.append(counter)
         if (i + 1) % 10 == 0:
             log(f"{i + 1}/{subscribers} subscribers joined")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        subs = [t["subscribers"] for t in server.stats()["rooms"][room]["tracks"]]
-        if subs and min(subs) >= subscribers:
-            break
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(3)  # every DownTrack past its first keyframe
-    server.api("POST", "/api/stats/reset-latency")
-    for c in counters:
-        c.counting = True
-    start = server.stats()
-    cpu0, t0 = proc_cpu_s(pid), time.monotonic()
-    log(f"measuring for {seconds:.0f} s")
-    await asyncio.sleep(seconds)
-    cpu1, t1 = proc_cpu_s(pid), time.monotonic()
-    for c in counters:
-        c.counting = False
-    end = server.stats()
-    forwarded = end["packets_forwarded"] - start["packets_forwarded"]
-    received = expected = 0
-    for c in counters:
-        r, e = c.received_expected()
-        received, expected = received + r, expected + e
+    w = await measure(server, room, pid, counters, subscribers, seconds, log)
     return {
-        "packets_forwarded": forwarded,
-        "pps": round(forwarded / (t1 - t0), 1),
-        "cpu_s": round(cpu1 - cpu0, 3),
-        "us_per_packet": round((cpu1 - cpu0) * 1e6 / forwarded, 2) if forwarded else None,
-        "loss": round(1 - received / expected, 5) if expected else None,
-        "sfu_latency_p50_ms": end["latency_ms"]["p50"],
+        "packets_forwarded": w.forwarded,
+        "pps": round(w.forwarded / w.elapsed, 1),
+        "cpu_s": round(w.cpu_s, 3),
+        "us_per_packet": w.us_per_packet,
+        "loss": w.loss,
+        "sfu_latency_p50_ms": w.end["latency_ms"]["p50"],
         "rss_mb": round(proc_rss_mb(pid), 1),
     }, clients
 

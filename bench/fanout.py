@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from aiortc import RTCPeerConnection
 
 from bench.media import PacketLoopTrack, encoded_h264, encoded_opus
 from classroom_agent.client import ClientEvents, LessonClient, Publication
-from tests.lesson_server import start_server_process
+from tests.lesson_server import ServerProcess, start_server_process
 from tongke.ice import use_host_addresses
 
 JOIN_BATCH = 10
@@ -104,6 +105,73 @@ def proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
+@dataclass
+class Window:
+    """One measured stretch of a fan-out: the server's CPU and what arrived."""
+
+    t0: float
+    t1: float
+    cpu0: float
+    cpu1: float
+    forwarded: int
+    received: int
+    expected: int
+    end: dict
+
+    @property
+    def elapsed(self) -> float:
+        return self.t1 - self.t0
+
+    @property
+    def cpu_s(self) -> float:
+        return self.cpu1 - self.cpu0
+
+    @property
+    def us_per_packet(self) -> float | None:
+        return round(self.cpu_s * 1e6 / self.forwarded, 2) if self.forwarded else None
+
+    @property
+    def loss(self) -> float | None:
+        return round(1 - self.received / self.expected, 5) if self.expected else None
+
+
+async def measure(
+    server: ServerProcess,
+    room: str,
+    pid: int,
+    counters: list[Counter],
+    subscribers: int,
+    seconds: float,
+    log: Callable[..., None],
+) -> Window:
+    """Wait until every track has `subscribers` DownTracks past their first keyframe,
+    then measure `seconds` of forwarding: server CPU, packets forwarded and received."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        subs = [t["subscribers"] for t in server.stats()["rooms"][room]["tracks"]]
+        if subs and min(subs) >= subscribers:
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(3)  # every DownTrack past its first keyframe
+    server.api("POST", "/api/stats/reset-latency")
+    for c in counters:
+        c.counting = True
+    start = server.stats()
+    cpu0, t0 = proc_cpu_s(pid), time.monotonic()
+    log(f"measuring for {seconds:.0f} s")
+    await asyncio.sleep(seconds)
+    cpu1, t1 = proc_cpu_s(pid), time.monotonic()
+    for c in counters:
+        c.counting = False
+    end = server.stats()
+    received = expected = 0
+    for c in counters:
+        r, e = c.received_expected()
+        received, expected = received + r, expected + e
+    forwarded = end["packets_forwarded"] - start["packets_forwarded"]
+    return Window(t0, t1, cpu0, cpu1, forwarded, received, expected, end)
+
+
 async def run(subscribers: int, seconds: float, quiet: bool) -> dict:
     use_host_addresses(["127.0.0.1"])
     video, audio = encoded_h264(), encoded_opus()
@@ -146,40 +214,17 @@ async def run(subscribers: int, seconds: float, quiet: bool) -> dict:
                 counters.append(counter)
             await asyncio.gather(*(c.connect() for c in batch))
             log(f"{len(clients) - 1}/{subscribers} subscribers joined")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            stats = server.stats()
-            subs = [t["subscribers"] for t in stats["rooms"][room]["tracks"]]
-            if subs and min(subs) == subscribers:
-                break
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(3)  # every DownTrack past its first keyframe
-        server.api("POST", "/api/stats/reset-latency")
-        for c in counters:
-            c.counting = True
-        start_stats = server.stats()
-        cpu0, t0 = proc_cpu_s(pid), time.monotonic()
-        log(f"measuring for {seconds:.0f} s")
-        await asyncio.sleep(seconds)
-        cpu1, t1 = proc_cpu_s(pid), time.monotonic()
-        for c in counters:
-            c.counting = False
-        end_stats = server.stats()
+        window = await measure(server, room, pid, counters, subscribers, seconds, log)
+        end_stats = window.end
         rss_after = proc_rss_mb(pid)
-        forwarded = end_stats["packets_forwarded"] - start_stats["packets_forwarded"]
-        received = expected = 0
-        for c in counters:
-            r, e = c.received_expected()
-            received, expected = received + r, expected + e
-        elapsed = t1 - t0
         return {
             "subscribers": subscribers,
-            "seconds": round(elapsed, 2),
-            "packets_forwarded": forwarded,
-            "pps": round(forwarded / elapsed, 1),
-            "server_cpu_s": round(cpu1 - cpu0, 3),
-            "us_per_packet": round((cpu1 - cpu0) * 1e6 / forwarded, 2) if forwarded else None,
-            "loss": round(1 - received / expected, 5) if expected else None,
+            "seconds": round(window.elapsed, 2),
+            "packets_forwarded": window.forwarded,
+            "pps": round(window.forwarded / window.elapsed, 1),
+            "server_cpu_s": round(window.cpu_s, 3),
+            "us_per_packet": window.us_per_packet,
+            "loss": window.loss,
             "latency_p50_ms": end_stats["latency_ms"]["p50"],
             "latency_p99_ms": end_stats["latency_ms"]["p99"],
             "server_rss_mb": round(rss_after, 1),
