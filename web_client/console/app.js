@@ -2,6 +2,7 @@
 // one click to call on, release or mute, the hand queue, chat, start and end, attendance,
 // and publishing the teacher's camera, microphone and courseware from the browser.
 
+import { renderChatLog, sendChatInput } from "../common/chat.js";
 import { ClassroomConnection } from "../common/classroom.js";
 import { applyStatic, clock, currentLang, duration, setLang, translator } from "../common/i18n.js";
 import {
@@ -349,38 +350,11 @@ class MasterConsole {
   }
 
   renderChat() {
-    const log = $("chat-log");
-    log.replaceChildren();
-    for (const m of this.chat) {
-      const li = document.createElement("li");
-      const who = document.createElement("span");
-      who.className = "who";
-      who.textContent = m.name;
-      li.append(who);
-      if (m.private_with) {
-        const tag = document.createElement("span");
-        tag.className = "private";
-        tag.textContent = t("privateTag");
-        li.append(tag);
-      }
-      li.append(document.createTextNode(m.text));
-      log.append(li);
-    }
-    log.scrollTop = log.scrollHeight;
+    renderChatLog(this.chat, t("privateTag"));
   }
 
-  async sendChat() {
-    const input = $("chat-text");
-    const text = input.value.trim();
-    $("chat-error").textContent = "";
-    if (!text) return;
-    const to = $("chat-to").value;
-    try {
-      await this.conn.action("chat", to ? { text, to } : { text });
-      input.value = "";
-    } catch (err) {
-      $("chat-error").textContent = this.errorText(err.code, err.serverMessage);
-    }
+  sendChat() {
+    return sendChatInput(this.conn, (code, message) => this.errorText(code, message));
   }
 
   /** One tile per teaching point (and one per source of this classroom on the stage). */

@@ -3,6 +3,7 @@
 // big picture that follows the lesson (called-on point, courseware, teacher), raised
 // hand, private chat with the master teacher, and a kiosk/TV mode with no controls.
 
+import { renderChatLog, sendChatInput } from "../common/chat.js";
 import { ClassroomConnection } from "../common/classroom.js";
 import { applyStatic, clock, currentLang, setLang, translator } from "../common/i18n.js";
 import { attach, audioElement, errorReason, openCamera, videoElement } from "../common/media.js";
@@ -458,38 +459,11 @@ class PointConsole {
   }
 
   renderChat() {
-    const log = $("chat-log");
-    log.replaceChildren();
-    for (const m of this.chat) {
-      const li = document.createElement("li");
-      const who = document.createElement("span");
-      who.className = "who";
-      who.textContent = m.name;
-      li.append(who);
-      if (m.private_with) {
-        const tag = document.createElement("span");
-        tag.className = "private";
-        tag.textContent = t("privateTag");
-        li.append(tag);
-      }
-      li.append(document.createTextNode(m.text));
-      log.append(li);
-    }
-    log.scrollTop = log.scrollHeight;
+    renderChatLog(this.chat, t("privateTag"));
   }
 
-  async sendChat() {
-    const input = $("chat-text");
-    const text = input.value.trim();
-    $("chat-error").textContent = "";
-    if (!text || !this.conn) return;
-    const to = $("chat-to").value;
-    try {
-      await this.conn.action("chat", to ? { text, to } : { text });
-      input.value = "";
-    } catch (err) {
-      $("chat-error").textContent = this.errorText(err.code, err.serverMessage);
-    }
+  sendChat() {
+    return sendChatInput(this.conn, (code, message) => this.errorText(code, message));
   }
 }
 
