@@ -1,6 +1,6 @@
 // Shared by the account pages: language, translations, the header's sign-out.
 
-import { applyStatic, currentLang, setLang, translator } from "../common/i18n.js";
+import { applyPage, translator } from "../common/i18n.js";
 import { api, loginUrl, me } from "../common/session.js";
 import { STRINGS } from "./i18n.js";
 
@@ -14,12 +14,7 @@ export function errorText(err) {
 
 /** Fill static texts, wire the language switch; with `signedIn`, require a session. */
 export async function initPage({ signedIn = true } = {}) {
-  applyStatic(t);
-  $("lang").textContent = t("langSwitch");
-  $("lang").onclick = () => {
-    setLang(currentLang() === "en" ? "zh" : "en");
-    window.location.reload();
-  };
+  applyPage(t);
   if (!signedIn) return null;
   const who = await me();
   if (!who) {

@@ -35,6 +35,17 @@ export function applyStatic(t, root = document) {
   document.documentElement.lang = currentLang() === "en" ? "en" : "zh-CN";
 }
 
+/** Translate the page and make its #lang button switch language (the page reloads in it). */
+export function applyPage(t) {
+  applyStatic(t);
+  const button = document.getElementById("lang");
+  button.textContent = t("langSwitch");
+  button.onclick = () => {
+    setLang(currentLang() === "en" ? "zh" : "en");
+    window.location.reload();
+  };
+}
+
 export function clock(seconds) {
   const d = new Date(seconds * 1000);
   return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });

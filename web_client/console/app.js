@@ -4,7 +4,7 @@
 
 import { renderChatLog, sendChatInput } from "../common/chat.js";
 import { ClassroomConnection } from "../common/classroom.js";
-import { applyStatic, clock, currentLang, duration, setLang, translator } from "../common/i18n.js";
+import { applyPage, clock, duration, translator } from "../common/i18n.js";
 import {
   attach,
   audioElement,
@@ -50,12 +50,7 @@ class MasterConsole {
   }
 
   async start() {
-    applyStatic(t);
-    $("lang").textContent = t("langSwitch");
-    $("lang").onclick = () => {
-      setLang(currentLang() === "en" ? "zh" : "en");
-      window.location.reload();
-    };
+    applyPage(t);
     $("start").onclick = () => this.act("lesson_start");
     $("end").onclick = () => {
       if (window.confirm(t("confirmEnd"))) this.act("lesson_end");

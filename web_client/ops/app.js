@@ -3,7 +3,7 @@
 // The server samples every few seconds (media_server/ops.py); the page fetches only the
 // samples it has not seen yet.
 
-import { applyStatic, currentLang, setLang, translator } from "../common/i18n.js";
+import { applyPage, translator } from "../common/i18n.js";
 import { api, loginUrl, me } from "../common/session.js";
 
 const STRINGS = {
@@ -215,12 +215,7 @@ async function refresh() {
   return data.interval_s;
 }
 
-applyStatic(t);
-$("lang").textContent = t("langSwitch");
-$("lang").onclick = () => {
-  setLang(currentLang() === "en" ? "zh" : "en");
-  window.location.reload();
-};
+applyPage(t);
 if (!(await me())) {
   window.location.href = loginUrl();
 } else {

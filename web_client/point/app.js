@@ -5,7 +5,7 @@
 
 import { renderChatLog, sendChatInput } from "../common/chat.js";
 import { ClassroomConnection } from "../common/classroom.js";
-import { applyStatic, clock, currentLang, setLang, translator } from "../common/i18n.js";
+import { applyPage, clock, translator } from "../common/i18n.js";
 import { attach, audioElement, errorReason, openCamera, videoElement } from "../common/media.js";
 import { api, loginUrl, roomToken } from "../common/session.js";
 import { STRINGS } from "./i18n.js";
@@ -43,12 +43,7 @@ class PointConsole {
   }
 
   start() {
-    applyStatic(t);
-    $("lang").textContent = t("langSwitch");
-    $("lang").onclick = () => {
-      setLang(currentLang() === "en" ? "zh" : "en");
-      window.location.reload();
-    };
+    applyPage(t);
     $("hand").onclick = () => this.toggleHand();
     $("mic").onclick = () => this.toggleMic();
     $("receive").onchange = () => this.setReceive($("receive").value);

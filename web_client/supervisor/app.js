@@ -2,7 +2,7 @@
 // quality, refreshed every few seconds; one click to watch a lesson (observer token from
 // the session, opened in the lesson viewer).
 
-import { applyStatic, clock, currentLang, setLang, translator } from "../common/i18n.js";
+import { applyPage, clock, translator } from "../common/i18n.js";
 import { DEVICE_STRINGS, deviceText } from "../common/device.js";
 import { api, loginUrl, me } from "../common/session.js";
 
@@ -148,12 +148,7 @@ async function refresh() {
   $("updated").textContent = t("updated", { time: new Date().toLocaleTimeString() });
 }
 
-applyStatic(t);
-$("lang").textContent = t("langSwitch");
-$("lang").onclick = () => {
-  setLang(currentLang() === "en" ? "zh" : "en");
-  window.location.reload();
-};
+applyPage(t);
 if (!(await me())) {
   window.location.href = loginUrl();
 } else {
