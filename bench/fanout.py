@@ -135,6 +135,59 @@ class Window:
         return round(1 - self.received / self.expected, 5) if self.expected else None
 
 
+async def publish_recorded(
+    server: ServerProcess, room: str, clients: list[LessonClient]
+) -> LessonClient:
+    """The master classroom, publishing a recorded teacher camera (H.264) and microphone
+    (Opus) in a loop: real content at a real rate with no encoder in the measurement."""
+    master = LessonClient(server.url, room, server.token(room, "c-master", "master"))
+    await master.connect()
+    clients.append(master)
+    await master.publish(
+        [
+            Publication(PacketLoopTrack(encoded_h264(), "video"), "teacher_camera", codec="h264"),
+            Publication(PacketLoopTrack(encoded_opus(), "audio"), "classroom_mic", codec="opus"),
+        ]
+    )
+    return master
+
+
+async def join_counted(
+    server: ServerProcess,
+    room: str,
+    counters: list[Counter],
+    role: str,
+    clients: list[LessonClient],
+    log: Callable[..., None],
+) -> None:
+    """One subscriber per counter, classrooms s-0, s-1, ..., each counting what it receives."""
+    # Ten join at a time: one after another, 150 joins took minutes on a busy machine.
+    for first in range(0, len(counters), JOIN_BATCH):
+        batch = [
+            LessonClient(
+                server.url,
+                room,
+                server.token(room, f"s-{i}", role),
+                events=counting_hooks(counters[i]),
+            )
+            for i in range(first, min(first + JOIN_BATCH, len(counters)))
+        ]
+        clients.extend(batch)
+        await asyncio.gather(*(c.connect() for c in batch))
+        log(f"{first + len(batch)}/{len(counters)} subscribers joined")
+
+
+async def wait_for_subscribers(server: ServerProcess, room: str, subscribers: int) -> None:
+    """Until every track has `subscribers` DownTracks past their first keyframe."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        subs = [t["subscribers"] for t in server.stats()["rooms"][room]["tracks"]]
+        if subs and min(subs) >= subscribers:
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(3)  # every DownTrack past its first keyframe
+
+
 async def measure(
     server: ServerProcess,
     room: str,
@@ -146,13 +199,7 @@ async def measure(
 ) -> Window:
     """Wait until every track has `subscribers` DownTracks past their first keyframe,
     then measure `seconds` of forwarding: server CPU, packets forwarded and received."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        subs = [t["subscribers"] for t in server.stats()["rooms"][room]["tracks"]]
-        if subs and min(subs) >= subscribers:
-            break
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(3)  # every DownTrack past its first keyframe
+    await wait_for_subscribers(server, room, subscribers)
     server.api("POST", "/api/stats/reset-latency")
     for c in counters:
         c.counting = True
@@ -174,7 +221,6 @@ async def measure(
 
 async def run(subscribers: int, seconds: float, quiet: bool) -> dict:
     use_host_addresses(["127.0.0.1"])
-    video, audio = encoded_h264(), encoded_opus()
     multi_cpu = (os.cpu_count() or 1) > 1
     if multi_cpu:
         os.sched_setaffinity(0, {1})
@@ -185,35 +231,12 @@ async def run(subscribers: int, seconds: float, quiet: bool) -> dict:
     server.open_room(room)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     clients: list[LessonClient] = []
-    counters: list[Counter] = []
     try:
-        master = LessonClient(server.url, room, server.token(room, "c-master", "master"))
-        await master.connect()
-        clients.append(master)
-        await master.publish(
-            [
-                Publication(PacketLoopTrack(video, "video"), "teacher_camera", codec="h264"),
-                Publication(PacketLoopTrack(audio, "audio"), "classroom_mic", codec="opus"),
-            ]
-        )
+        await publish_recorded(server, room, clients)
         await asyncio.sleep(2)
         rss_before = proc_rss_mb(pid)
-        # Ten join at a time: one after another, 150 joins took minutes on a busy machine.
-        for first in range(0, subscribers, JOIN_BATCH):
-            batch = []
-            for i in range(first, min(first + JOIN_BATCH, subscribers)):
-                counter = Counter()
-                client = LessonClient(
-                    server.url,
-                    room,
-                    server.token(room, f"p-{i}", "observer"),
-                    events=counting_hooks(counter),
-                )
-                batch.append(client)
-                clients.append(client)
-                counters.append(counter)
-            await asyncio.gather(*(c.connect() for c in batch))
-            log(f"{len(clients) - 1}/{subscribers} subscribers joined")
+        counters = [Counter() for _ in range(subscribers)]
+        await join_counted(server, room, counters, "observer", clients, log)
         window = await measure(server, room, pid, counters, subscribers, seconds, log)
         end_stats = window.end
         rss_after = proc_rss_mb(pid)

@@ -26,9 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fanout import Counter, counting_hooks, proc_cpu_s
-from bench.media import PacketLoopTrack, encoded_h264, encoded_opus
-from classroom_agent.client import LessonClient, Publication
+from bench.fanout import Counter, join_counted, proc_cpu_s, publish_recorded, wait_for_subscribers
+from classroom_agent.client import LessonClient
 from tests.lesson_server import start_server_process
 from tongke.ice import use_host_addresses
 
@@ -71,7 +70,6 @@ async def window(
 
 async def run(points: int, seconds: float, rate: float, quiet: bool) -> dict:
     use_host_addresses(["127.0.0.1"])
-    video, audio = encoded_h264(), encoded_opus()
     multi_cpu = (os.cpu_count() or 1) > 1
     if multi_cpu:
         os.sched_setaffinity(0, {1})
@@ -85,31 +83,10 @@ async def run(points: int, seconds: float, rate: float, quiet: bool) -> dict:
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     clients: list[LessonClient] = []
     try:
-        master = LessonClient(server.url, room, server.token(room, "c-master", "master"))
-        await master.connect()
-        clients.append(master)
-        await master.publish(
-            [
-                Publication(PacketLoopTrack(video, "video"), "teacher_camera", codec="h264"),
-                Publication(PacketLoopTrack(audio, "audio"), "classroom_mic", codec="opus"),
-            ]
-        )
-        for i in range(points):
-            client = LessonClient(
-                server.url,
-                room,
-                server.token(room, f"p-{i}", "point"),
-                events=counting_hooks(Counter()),
-            )
-            await client.connect()
-            clients.append(client)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            subs = [t["subscribers"] for t in server.stats()["rooms"][room]["tracks"]]
-            if len(subs) == 2 and min(subs) == points:
-                break
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(3)
+        await publish_recorded(server, room, clients)
+        counters = [Counter() for _ in range(points)]
+        await join_counted(server, room, counters, "point", clients, log)
+        await wait_for_subscribers(server, room, points)
         log(f"{points} points receiving; measuring {seconds:.0f} s without, then with scrapes")
         quiet_w = await window(server.url, pid, server.stats, seconds, 0)
         busy_w = await window(server.url, pid, server.stats, seconds, rate)

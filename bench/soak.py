@@ -23,9 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fanout import Counter, counting_hooks, proc_rss_mb
-from bench.media import PacketLoopTrack, encoded_h264, encoded_opus
-from classroom_agent.client import LessonClient, Publication
+from bench.fanout import Counter, join_counted, proc_rss_mb, publish_recorded, wait_for_subscribers
+from classroom_agent.client import LessonClient
 from tests.lesson_server import start_server_process
 from tongke.ice import use_host_addresses
 
@@ -92,7 +91,6 @@ class StreamCounter(Counter):
 async def run(minutes: float, subscribers: int, quiet: bool) -> dict[str, object]:
     use_host_addresses(["127.0.0.1"])
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    video, audio = encoded_h264(), encoded_opus()
     multi_cpu = (os.cpu_count() or 1) > 1
     if multi_cpu:
         os.sched_setaffinity(0, {1})
@@ -103,35 +101,11 @@ async def run(minutes: float, subscribers: int, quiet: bool) -> dict[str, object
     room = "soak"
     server.open_room(room)
     clients: list[LessonClient] = []
-    counters: list[StreamCounter] = []
     try:
-        master = LessonClient(server.url, room, server.token(room, "c-master", "master"))
-        await master.connect()
-        clients.append(master)
-        await master.publish(
-            [
-                Publication(PacketLoopTrack(video, "video"), "teacher_camera", codec="h264"),
-                Publication(PacketLoopTrack(audio, "audio"), "classroom_mic", codec="opus"),
-            ]
-        )
-        for i in range(subscribers):
-            counter = StreamCounter()
-            client = LessonClient(
-                server.url,
-                room,
-                server.token(room, f"s-{i}", "observer"),
-                events=counting_hooks(counter),
-            )
-            await client.connect()
-            clients.append(client)
-            counters.append(counter)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            subs = [t["subscribers"] for t in server.stats()["rooms"][room]["tracks"]]
-            if subs and min(subs) == subscribers:
-                break
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(3)  # every subscriber past its first keyframe
+        await publish_recorded(server, room, clients)
+        counters = [StreamCounter() for _ in range(subscribers)]
+        await join_counted(server, room, counters, "observer", clients, log)
+        await wait_for_subscribers(server, room, subscribers)
         for c in counters:
             c.counting = True
         udp_before = udp_counters()
