@@ -104,7 +104,9 @@ def test_bad_input_is_refused_or_explained(db: Database) -> None:
     with db.session() as s:
         report = import_csv(s, files() | {"calendar": clash})
     assert not report.ok
-    assert "the make-up day 2025-10-02 is also a holiday" in str(report.errors[0])
+    assert str(report.errors[0]) == (
+        "calendar.csv line 5, column start: the make-up day 2025-10-02 is also a holiday"
+    )
     # A point without bells, a teacher with a cap of 0, a link of 0 Mbit/s.
     data = files()
     bells = (

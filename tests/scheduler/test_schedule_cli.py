@@ -27,7 +27,7 @@ def test_cli_from_demo_data_to_export(tmp_path: Path, capsys: pytest.CaptureFixt
     assert run(*base, "import", str(tmp_path / "csv")) == 0
     assert run(*base, "solve", "--time-limit", "5") == 0
     out = capsys.readouterr()
-    assert "served" in out.out and "solving" in out.err  # the tqdm bar goes to stderr
+    assert "已排" in out.out and "solving" in out.err  # the tqdm bar goes to stderr
     assert run(*base, "explain") == 0
     assert "  - " in capsys.readouterr().out
     assert run(*base, "publish") == 0
