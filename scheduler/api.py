@@ -150,7 +150,14 @@ async def _import_body(request: web.Request) -> tuple[dict[str, str], dict[str, 
                     f"{kind}.csv is neither UTF-8 nor GBK/GB18030 text ({exc})"
                 ) from None
         return files, encodings, replace
-    raw = await _read_limited(request.content, IMPORT_LIMIT_BYTES)
+    # The server's JSON guard (tongke.untrusted) has read and checked a JSON body already
+    # (up to the server's message limit); read() gives that cached copy. Otherwise stream.
+    if request.content.at_eof():
+        raw = await request.read()
+        if len(raw) > IMPORT_LIMIT_BYTES:
+            raise _TooLarge
+    else:
+        raw = await _read_limited(request.content, IMPORT_LIMIT_BYTES)
     try:
         body = json.loads(raw) if raw else {}
     except ValueError:
