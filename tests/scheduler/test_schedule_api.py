@@ -35,6 +35,10 @@ async def _setup(session: aiohttp.ClientSession, srv: Server) -> dict:
         async with session.get(f"{srv.url}/api/schedule/jobs/{job['id']}", headers=auth) as r:
             job = await r.json()
     assert job["state"] == "done", job
+    # The call's wall time, request to committed plan, within its limit; it stays put.
+    assert job["elapsed_s"] == job["wall_s"] <= 5
+    async with session.get(f"{srv.url}/api/schedule/jobs/{job['id']}", headers=auth) as r:
+        assert (await r.json())["elapsed_s"] == job["wall_s"]
     async with session.post(f"{srv.url}/api/schedule/publish", json={}, headers=auth) as r:
         assert r.status == 200
     return auth
