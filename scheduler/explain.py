@@ -284,14 +284,15 @@ def _blockers(
             who = _who(problem, s.teacher_id)
             when_zh = "每周" if week == "every week" else f"{week} 那周"
             when_en = week if week == "every week" else f"the week of {week}"
-            out.append(
-                (
-                    "teacher_cap",
-                    f"{who} {when_zh}已达远程课上限 {cap} 节",
-                    f"{who} has reached the cap of {cap} remote lessons in {when_en}",
-                    {"teacher": s.teacher_id, "cap": cap},
+            if cap == 0:  # not a full week: this teacher gives no remote lessons at all
+                zh, en = (
+                    f"{who} 的每周远程课上限为 0（不上远程课）",
+                    f"{who} has a weekly cap of 0 remote lessons",
                 )
-            )
+            else:
+                zh = f"{who} {when_zh}已达远程课上限 {cap} 节"
+                en = f"{who} has reached the cap of {cap} remote lessons in {when_en}"
+            out.append(("teacher_cap", zh, en, {"teacher": s.teacher_id, "cap": cap}))
     return out
 
 
