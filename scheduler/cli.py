@@ -144,6 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--absent", metavar="TEACHER_ID", default=None)
     c.add_argument("--classroom", default=None, help="point classroom whose link degraded")
     c.add_argument("--downlink", type=float, default=None, help="its downlink now, Mbit/s")
+    c.add_argument("--lang", choices=("zh", "en"), default="zh", help="中文 (default) or English")
     c.set_defaults(func=cmd_replan)
 
     c = s.add_parser(
@@ -361,12 +362,20 @@ def cmd_replan(args: argparse.Namespace) -> int:
                 downlink_mbps=args.downlink,
             )
             bar.update()
-    print(
-        f"served {report.served_after} of {report.served_before} point-lessons on "
-        f"{', '.join(report.dates)} ({report.solve_s:.2f} s); {len(report.changes)} change(s):"
-    )
+    if args.lang == "zh":
+        print(
+            f"{'、'.join(report.dates)}：保留 {report.served_after} / {report.served_before} 个"
+            f"教学点课次（{report.solve_s:.2f} 秒）；{len(report.changes)} 处改动："
+        )
+    else:
+        print(
+            f"served {report.served_after} of {report.served_before} point-lessons on "
+            f"{', '.join(report.dates)} ({report.solve_s:.2f} s); {len(report.changes)} "
+            "change(s):"
+        )
     for ch in report.changes:
-        print(f"  {ch.date} {ch.kind:16s} {ch.lesson_id}  {ch.text}")
+        text = ch.text_zh or ch.text if args.lang == "zh" else ch.text
+        print(f"  {ch.date} {ch.lesson_id}  {text}")
     return 0
 
 
