@@ -4,7 +4,8 @@
 
 Prints served periods against the greedy baseline and CP-SAT's bound, the time to the
 first feasible plan, the explanations' time (explain_s) and the whole call's wall time
-(wall_s: model, solve, explanations and storing the plan, which the time limit bounds),
+(wall_s: loading the county, the model, the solve, the explanations, storing and
+committing the plan, which the time limit bounds),
 and the time to re-plan one teacher's absence on a published plan. X is a stress county:
 one county of 330 teaching points and 3,300 demand periods.
 """
@@ -49,8 +50,14 @@ def run(tier: str, seed: int, time_limit: float, workers: int) -> dict[str, obje
         candidates = len(problem.candidates)
     t0 = time.monotonic()
     with db.session() as s:
-        plan, sol = solve_and_store(s, Options(time_limit_s=time_limit, seed=seed, workers=workers))
-        store_s = time.monotonic() - t0
+        plan, sol = solve_and_store(
+            s, Options(time_limit_s=time_limit, seed=seed, workers=workers), started=t0
+        )
+    # The whole call as the API sees it: loading, model, solve, explanations, storing and
+    # committing the plan; the time limit bounds this.
+    wall_s = round(time.monotonic() - t0, 3)
+    with db.session() as s:
+        plan = s.merge(plan)
         publish(s, plan.id)
         monday: dict[str, int] = {}
         for pl in s.query(PlanLesson).filter(
@@ -59,7 +66,7 @@ def run(tier: str, seed: int, time_limit: float, workers: int) -> dict[str, obje
             monday[pl.teacher_id] = monday.get(pl.teacher_id, 0) + len(pl.points)
         busiest = max(sorted(monday), key=lambda t: monday[t])
         first_monday = current_term(s).start
-        explain_s, wall_s = plan.stats["explain_s"], plan.stats["wall_s"]
+        explain_s = plan.stats["explain_s"]
         unserved, reasons = (
             len(plan.unserved),
             Counter(r["lever"] or r["code"] for u in plan.unserved for r in u["reasons"]),
@@ -88,7 +95,6 @@ def run(tier: str, seed: int, time_limit: float, workers: int) -> dict[str, obje
         "solve_s": round(sol.solve_s, 3),
         "greedy_served": sol.greedy_served,
         "candidates": candidates,
-        "solve_and_explain_s": round(store_s, 3),
         "explain_s": explain_s,
         "wall_s": wall_s,
         "unserved_needs": unserved,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import threading
 import time
@@ -15,6 +16,24 @@ from tqdm import tqdm
 from scheduler.db import Database
 from scheduler.publicurl import read_public_url
 from tongke.config import load_config
+
+
+def process_started() -> float:
+    """When this process started, on the `time.monotonic()` clock: `--time-limit` is the
+    wall time of the whole command, interpreter start-up and imports included."""
+    now = time.monotonic()
+    try:
+        # Field 22 of /proc/self/stat: start time in clock ticks after boot (Linux).
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return _IMPORTED
+    return now - age if 0 <= age < 3600 else _IMPORTED
+
+
+# The fallback where /proc is missing: as early as this module is loaded.
+_IMPORTED = time.monotonic()
 
 
 def _db(args: argparse.Namespace) -> Database:
@@ -125,6 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--absent", metavar="TEACHER_ID", default=None)
     c.add_argument("--classroom", default=None, help="point classroom whose link degraded")
     c.add_argument("--downlink", type=float, default=None, help="its downlink now, Mbit/s")
+    c.add_argument("--lang", choices=("zh", "en"), default="zh", help="中文 (default) or English")
     c.set_defaults(func=cmd_replan)
 
     c = s.add_parser(
@@ -211,11 +231,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
+    started = process_started()
     from scheduler.problem import BellRule, Mode, Options
-    from scheduler.service import solve_and_store
+    from scheduler.service import check_solvable, solve_and_store
 
     if args.bell_tolerance < 0:
         raise ValueError("--bell-tolerance is minutes into a break: 0 or more")
+    if args.time_limit <= 0:
+        raise ValueError("--time-limit is seconds: more than 0")
     opts = Options(
         max_points=args.max_points,
         mode=Mode(args.mode),
@@ -225,8 +248,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
         bells=BellRule(args.bells),
         bell_tolerance_min=args.bell_tolerance,
     )
-    started = time.monotonic()
     db = _db(args)
+    with db.session() as session:
+        check_solvable(session)
     bar = tqdm(
         total=round(args.time_limit, 1),
         unit="s",
@@ -253,35 +277,50 @@ def cmd_solve(args: argparse.Namespace) -> int:
     ticker.start()
     try:
         with db.session() as session:
-            plan, sol = solve_and_store(session, opts, progress, keep_published=not args.fresh)
+            plan, sol = solve_and_store(
+                session, opts, progress, keep_published=not args.fresh, started=started
+            )
     finally:
         stop.set()
         ticker.join()
         bar.n = bar.total
         bar.close()
-    print(
-        f"plan {plan.id}: served {sol.served} of {sol.demand} periods "
-        f"({100 * sol.served_ratio:.1f}%), at most {sol.upper_bound} possible; "
-        f"served gap {100 * sol.served_gap:.2f}%, soft-term gap {100 * sol.soft_gap:.1f}%, "
-        f"weighted gap {100 * sol.gap:.2f}%{' (optimal)' if sol.optimal else ''}; "
-        f"greedy baseline {sol.greedy_served}"
-    )
     t = sol.terms
-    print(
-        f"  extra teachers {t.get('extra_teachers', 0)}, cross-county "
-        f"{t.get('cross_county', 0)}, busiest teacher {t.get('max_load', 0)} point-lessons, "
-        f"moved {t.get('moved', 0)}, changes to published {t.get('changes', 0)}"
-    )
     wall = time.monotonic() - started
+    explain_s = plan.stats.get("explain_s", 0)
     if args.lang == "zh":
         print(
+            f"方案 {plan.id}：已排 {sol.served} / {sol.demand} 节（{100 * sol.served_ratio:.1f}%），"
+            f"最多可排 {sol.upper_bound} 节；已排差距 {100 * sol.served_gap:.2f}%，"
+            f"软约束差距 {100 * sol.soft_gap:.1f}%，加权差距 {100 * sol.gap:.2f}%"
+            f"{'（最优）' if sol.optimal else ''}；贪心基线 {sol.greedy_served} 节"
+        )
+        print(
+            f"  额外教师 {t.get('extra_teachers', 0)}，跨县 {t.get('cross_county', 0)}，"
+            f"最忙教师 {t.get('max_load', 0)} 个教学点课次，调动主讲课 {t.get('moved', 0)}，"
+            f"相对已发布的改动 {t.get('changes', 0)}，跨教学点课间 {t.get('off_bells', 0)}"
+        )
+        print(
             f"  {len(plan.unserved)} 个需求未完全满足（原因：`tongke schedule explain`）；"
-            f"用时 {wall:.1f} 秒（其中解释 {plan.stats.get('explain_s', 0):.2f} 秒）"
+            f"用时 {wall:.1f} 秒（其中解释 {explain_s:.2f} 秒）"
         )
     else:
         print(
-            f"  {len(plan.unserved)} need(s) not fully served: `tongke schedule explain`; "
-            f"{wall:.1f} s wall time ({plan.stats.get('explain_s', 0):.2f} s explaining)"
+            f"plan {plan.id}: served {sol.served} of {sol.demand} periods "
+            f"({100 * sol.served_ratio:.1f}%), at most {sol.upper_bound} possible; "
+            f"served gap {100 * sol.served_gap:.2f}%, soft-term gap {100 * sol.soft_gap:.1f}%, "
+            f"weighted gap {100 * sol.gap:.2f}%{' (optimal)' if sol.optimal else ''}; "
+            f"greedy baseline {sol.greedy_served}"
+        )
+        print(
+            f"  extra teachers {t.get('extra_teachers', 0)}, cross-county "
+            f"{t.get('cross_county', 0)}, busiest teacher {t.get('max_load', 0)} point-lessons, "
+            f"moved {t.get('moved', 0)}, changes to published {t.get('changes', 0)}, "
+            f"lessons across a point's break {t.get('off_bells', 0)}"
+        )
+        print(
+            f"  {len(plan.unserved)} need(s) not fully served: `tongke schedule explain --lang "
+            f"en`; {wall:.1f} s wall time ({explain_s:.2f} s explaining)"
         )
     return 0
 
@@ -323,12 +362,20 @@ def cmd_replan(args: argparse.Namespace) -> int:
                 downlink_mbps=args.downlink,
             )
             bar.update()
-    print(
-        f"served {report.served_after} of {report.served_before} point-lessons on "
-        f"{', '.join(report.dates)} ({report.solve_s:.2f} s); {len(report.changes)} change(s):"
-    )
+    if args.lang == "zh":
+        print(
+            f"{'、'.join(report.dates)}：保留 {report.served_after} / {report.served_before} 个"
+            f"教学点课次（{report.solve_s:.2f} 秒）；{len(report.changes)} 处改动："
+        )
+    else:
+        print(
+            f"served {report.served_after} of {report.served_before} point-lessons on "
+            f"{', '.join(report.dates)} ({report.solve_s:.2f} s); {len(report.changes)} "
+            "change(s):"
+        )
     for ch in report.changes:
-        print(f"  {ch.date} {ch.kind:16s} {ch.lesson_id}  {ch.text}")
+        text = ch.text_zh or ch.text if args.lang == "zh" else ch.text
+        print(f"  {ch.date} {ch.lesson_id}  {text}")
     return 0
 
 

@@ -18,7 +18,16 @@ from typing import Any
 from scheduler.bells import clock
 from scheduler.csvio import FORMATS, write_rows_csv
 
-SUBJECTS = ("English", "Music", "Art", "Science", "PE", "IT")
+# Subjects as a county names them (the pages are Chinese first), with the code ids use.
+SUBJECTS = ("英语", "音乐", "美术", "科学", "体育", "信息技术")
+SUBJECT_CODES = {
+    "英语": "en",
+    "音乐": "music",
+    "美术": "art",
+    "科学": "sci",
+    "体育": "pe",
+    "信息技术": "it",
+}
 _SYL = (
     "小河",
     "大山",
@@ -186,7 +195,7 @@ def generate(tier: str | Tier, seed: int, today: dt.date | None = None) -> dict[
                 count = max(1, share // 3)
                 teachers[subj] = []
                 for ti in range(count):
-                    tid = f"{sid}-t-{subj.lower()}{ti + 1}"
+                    tid = f"{sid}-t-{SUBJECT_CODES[subj]}{ti + 1}"
                     teachers[subj].append(tid)
                     rows["teachers"].append(
                         {

@@ -90,10 +90,11 @@ class ImportReport:
 
 
 class _Bad(Exception):
-    def __init__(self, column: str, message: str) -> None:
+    def __init__(self, column: str, message: str, line: int = 0) -> None:
         super().__init__(message)
         self.column = column
         self.message = message
+        self.line = line  # for checks across rows (the calendar), the row at fault
 
 
 def parse_weekday(text: str) -> int:
@@ -264,7 +265,9 @@ def import_csv(db: Session, files: Mapping[str, str], *, replace: bool = False) 
             objects["term"].append(term)
             objects["calendar_days"].extend(days)
         except _Bad as bad:
-            errors.append(RowError("calendar", 0, bad.column, bad.message))
+            # A check across rows names the row at fault, else the term row's line.
+            term_line = next((n for n, r in term_rows if r.get("kind") == "term"), term_rows[0][0])
+            errors.append(RowError("calendar", bad.line or term_line, bad.column, bad.message))
     if errors:
         db.rollback()
         return ImportReport(counts, errors)
@@ -538,9 +541,13 @@ def _calendar(rows: Iterable[tuple[int, dict[str, str]]]) -> tuple[Term, list[Ca
     )
     days: dict[dt.date, CalendarDay] = {}
     rows = list(rows)
-    for _, r in rows:
+    for line, r in rows:
         if r.get("kind") == "holiday":
-            d, end = _date(r, "start"), _date(r, "end") if r.get("end") else _date(r, "start")
+            try:
+                d = _date(r, "start")
+                end = _date(r, "end") if r.get("end") else d
+            except _Bad as bad:
+                raise _Bad(bad.column, bad.message, line) from None
             while d <= end:
                 days[d] = CalendarDay(date=d, kind="holiday", as_weekday=None)
                 d += dt.timedelta(days=1)
@@ -548,14 +555,14 @@ def _calendar(rows: Iterable[tuple[int, dict[str, str]]]) -> tuple[Term, list[Ca
         if r.get("kind") == "makeup":
             d = _date(r, "start")
             if d in days and days[d].kind == "holiday":
-                raise _Bad("start", f"line {line}: the make-up day {d} is also a holiday")
+                raise _Bad("start", f"the make-up day {d} is also a holiday", line)
             if d in days:
-                raise _Bad("start", f"line {line}: {d} is listed as a make-up day twice")
+                raise _Bad("start", f"{d} is listed as a make-up day twice", line)
             if not term.start <= d <= term.end:
                 raise _Bad(
                     "start",
-                    f"line {line}: the make-up day {d} lies outside the term "
-                    f"{term.start}..{term.end}",
+                    f"the make-up day {d} lies outside the term {term.start}..{term.end}",
+                    line,
                 )
             days[d] = CalendarDay(date=d, kind="makeup", as_weekday=parse_weekday(r["weekday"]))
     return term, list(days.values())

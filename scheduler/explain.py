@@ -113,7 +113,10 @@ class _Plan:
         self.points: dict[int, list[int]] = defaultdict(list)  # session -> need ids
         self.served: dict[int, int] = defaultdict(int)
         self.taken: dict[tuple[str, int], list[tuple[int, int, int]]] = defaultdict(list)
-        self.line: dict[tuple[str, int], list[tuple[int, int, float, float]]] = defaultdict(list)
+        # (school, weekday) -> the point classroom and (start, end, down, up) of each stream
+        self.line: dict[tuple[str, int], list[tuple[str, tuple[int, int, float, float]]]] = (
+            defaultdict(list)
+        )
         self.remote: dict[str, set[int]] = defaultdict(set)
         self.need_sessions: dict[int, set[int]] = defaultdict(set)
         for i in solution.chosen:
@@ -126,7 +129,7 @@ class _Plan:
             self.taken[("class:" + need.class_id, s.weekday)].append((s.start, s.end, c.session))
             self.taken[("room:" + need.classroom_id, s.weekday)].append((s.start, s.end, c.session))
             self.line[(need.school_id, s.weekday)].append(
-                (s.start, s.end, s.stream_mbps, s.point_up_mbps)
+                (need.classroom_id, (s.start, s.end, s.stream_mbps, s.point_up_mbps))
             )
             self.remote[s.teacher_id].add(c.session)
         # When each master class, teacher and recording classroom is busy with a master
@@ -165,13 +168,13 @@ def _blockers(
     down = min(need.downlink_mbps, sdown)
     up = min(need.uplink_mbps, sup)
     if s.stream_mbps > down + 1e-9 or s.point_up_mbps > up + 1e-9:
+        zh = f"链路不足（需下行 {s.stream_mbps:g} Mbit/s，教学点有 {down:g}"
+        en = f"link too slow (needs {s.stream_mbps:g} Mbit/s down, the point has {down:g}"
+        if s.point_up_mbps > 0:  # a two-way lesson: the point's camera goes up
+            zh += f"；上行需 {s.point_up_mbps:g}，有 {up:g}"
+            en += f"; {s.point_up_mbps:g} up, the point has {up:g}"
         out.append(
-            (
-                "link",
-                f"链路不足（需 {s.stream_mbps:g} Mbit/s，教学点下行 {down:g}）",
-                f"link too slow (needs {s.stream_mbps:g} Mbit/s, the point has {down:g})",
-                {"mbps": s.stream_mbps, "up_mbps": s.point_up_mbps},
-            )
+            ("link", zh + "）", en + ")", {"mbps": s.stream_mbps, "up_mbps": s.point_up_mbps})
         )
     periods = problem.bells.get(need.school_id, [])
     tol = problem.options.bell_tolerance_min
@@ -251,8 +254,13 @@ def _blockers(
                         {},
                     )
                 )
-    line = plan.line.get((need.school_id, s.weekday), []) + [
-        (e.start, e.end, e.stream_mbps, e.point_up_mbps) for e in extra if e.weekday == s.weekday
+    # The other classrooms' streams only: a lesson of this classroom at the same time is
+    # the clash above (it has to give way anyway), and the need's own extra lessons sit in
+    # this classroom too.
+    line = [
+        item
+        for room, item in plan.line.get((need.school_id, s.weekday), [])
+        if room != need.classroom_id
     ]
     alone = (s.start, s.end, s.stream_mbps, s.point_up_mbps)
     # Full only because of the other classrooms' lessons; a line too slow for the lesson
@@ -276,14 +284,15 @@ def _blockers(
             who = _who(problem, s.teacher_id)
             when_zh = "每周" if week == "every week" else f"{week} 那周"
             when_en = week if week == "every week" else f"the week of {week}"
-            out.append(
-                (
-                    "teacher_cap",
-                    f"{who} {when_zh}已达远程课上限 {cap} 节",
-                    f"{who} has reached the cap of {cap} remote lessons in {when_en}",
-                    {"teacher": s.teacher_id, "cap": cap},
+            if cap == 0:  # not a full week: this teacher gives no remote lessons at all
+                zh, en = (
+                    f"{who} 的每周远程课上限为 0（不上远程课）",
+                    f"{who} has a weekly cap of 0 remote lessons",
                 )
-            )
+            else:
+                zh = f"{who} {when_zh}已达远程课上限 {cap} 节"
+                en = f"{who} has reached the cap of {cap} remote lessons in {when_en}"
+            out.append(("teacher_cap", zh, en, {"teacher": s.teacher_id, "cap": cap}))
     return out
 
 
@@ -380,39 +389,65 @@ def explain_need(problem: Problem, plan: _Plan, need: NeedInfo) -> list[Reason]:
             reasons.append(_move_reason(problem, moved))
     if reasons:
         return reasons
-    # No single change serves a period: every lesson of the subject needs two or more.
-    counts = sorted(open_, key=lambda s: (len(blocked[s.idx]), s.weekday, s.start))
-    lines_zh, lines_en = [], []
-    for s in counts[:4]:
-        lines_zh.append(f"{_lesson(problem, s, True)}：" + "；".join(b[1] for b in blocked[s.idx]))
-        lines_en.append(f"{_lesson(problem, s, False)}: " + "; ".join(b[2] for b in blocked[s.idx]))
+    # No single change serves a period. Lessons that clash only with a remote lesson the
+    # class already takes are a trade (no gain); the others need two or more changes.
+    trades = [s for s in open_ if [b[0] for b in blocked[s.idx]] == ["trade_off"]]
+    rest = [s for s in open_ if s not in trades]
+    out: list[Reason] = []
+    if trades:
+        out.append(
+            _listed(
+                problem,
+                trades,
+                blocked,
+                "trade_off",
+                f"这些{what_zh}主讲课只与本班已排的远程课冲突，加入就要换掉那一节（总节数不变）",
+                f"these {what_en} master lessons clash only with a remote lesson the class "
+                "already takes: joining one means giving that one up (no gain overall)",
+            )
+        )
+    if rest:
+        out.append(
+            _listed(
+                problem,
+                rest,
+                blocked,
+                "several",
+                f"没有哪一项单独的调整能多开一节{what_zh}；各节课的障碍",
+                f"no single change would serve another {what_en} period; what blocks each lesson",
+            )
+        )
+    return out
+
+
+def _listed(
+    problem: Problem,
+    sessions: list[MasterSession],
+    blocked: dict[int, list[tuple[str, str, str, dict[str, Any]]]],
+    code: str,
+    head_zh: str,
+    head_en: str,
+) -> Reason:
+    """A reason that lists lessons with all their blockers (at most four shown)."""
+    counts = sorted(sessions, key=lambda s: (len(blocked[s.idx]), s.weekday, s.start))
+    lines_zh = [
+        f"{_lesson(problem, s, True)}：" + "；".join(b[1] for b in blocked[s.idx])
+        for s in counts[:4]
+    ]
+    lines_en = [
+        f"{_lesson(problem, s, False)}: " + "; ".join(b[2] for b in blocked[s.idx])
+        for s in counts[:4]
+    ]
     more = len(counts) - 4
-    trade = all(any(b[0] == "trade_off" for b in blocked[s.idx]) for s in open_) and all(
-        len(blocked[s.idx]) == 1 for s in open_
-    )
-    head_zh = (
-        f"所有{what_zh}主讲课都与本班已排的远程课冲突，只能换掉其中一节（总节数不变）"
-        if trade
-        else f"没有哪一项单独的调整能多开一节{what_zh}；每节课都有两个以上障碍"
-    )
-    head_en = (
-        f"every {what_en} master lesson clashes with a remote lesson the class already "
-        "takes: serving it means giving that one up (no gain overall)"
-        if trade
-        else f"no single change would serve another {what_en} period; each lesson has two "
-        "or more blockers"
-    )
     tail_zh = f"；另 {more} 节" if more > 0 else ""
     tail_en = f"; and {more} more" if more > 0 else ""
-    return [
-        Reason(
-            "trade_off" if trade else "several",
-            head_zh + "：" + "｜".join(lines_zh) + tail_zh,
-            head_en + ": " + " | ".join(lines_en) + tail_en,
-            lever="trade_off" if trade else "",
-            lessons=[s.offer_id for s in counts],
-        )
-    ]
+    return Reason(
+        code,
+        head_zh + "：" + "｜".join(lines_zh) + tail_zh,
+        head_en + ": " + " | ".join(lines_en) + tail_en,
+        lever="trade_off" if code == "trade_off" else "",
+        lessons=[s.offer_id for s in counts],
+    )
 
 
 def _lever_reason(
@@ -436,8 +471,18 @@ def _lever_reason(
             "mbps": mbps,
             "up_mbps": up,
         }
-        zh = f"把 {school} 的下行带宽提高到 {mbps:g} Mbit/s，可多开 {k} 节：{shown_zh}"
-        en = f"a {mbps:g} Mbit/s downlink at {school} would serve {k} more period(s): {shown_en}"
+        line = problem.school_link.get(need.school_id, (0.0, 0.0))
+        has_down, has_up = min(need.downlink_mbps, line[0]), min(need.uplink_mbps, line[1])
+        # Name only the direction that falls short (two-way lessons send the point's camera up).
+        parts_zh, parts_en = [], []
+        if mbps > has_down + 1e-9:
+            parts_zh.append(f"下行带宽提高到 {mbps:g} Mbit/s")
+            parts_en.append(f"a {mbps:g} Mbit/s downlink")
+        if up > has_up + 1e-9:
+            parts_zh.append(f"上行带宽提高到 {up:g} Mbit/s")
+            parts_en.append(f"a {up:g} Mbit/s uplink")
+        zh = f"把 {school} 的{'、'.join(parts_zh)}，可多开 {k} 节：{shown_zh}"
+        en = f"{' and '.join(parts_en)} at {school} would serve {k} more period(s): {shown_en}"
     elif lever == "school_line":
         relax = {"school": need.school_id}
         zh = f"{school} 的学校总线路更快（同时多一路），可多开 {k} 节：{shown_zh}"

@@ -163,11 +163,14 @@ def _check_weekly_caps(db: Session, term: Term, plan_id: int) -> None:
     broken = []
     for teacher, wds in sorted(days.items()):
         name, cap = caps.get(teacher, (teacher, 0))
-        for monday, counts in sorted(weeks.items()):
-            n = sum(counts.get(d, 0) for d in wds)
-            if n > cap:
-                broken.append(f"{name}({teacher}) {n} > {cap} in the week of {monday}")
-                break
+        over = [
+            f"{monday} ({n})"
+            for monday, counts in sorted(weeks.items())
+            if (n := sum(counts.get(d, 0) for d in wds)) > cap
+        ]
+        if over:
+            # Every week, so the scheduler sees whether it is one make-up week or all.
+            broken.append(f"{name}({teacher}) cap {cap}, in the weeks of {', '.join(over)}")
     if broken:
         raise ValueError(
             "this plan breaks weekly caps in real calendar weeks (solve again "

@@ -228,9 +228,9 @@ def _apply(
     if absent is not None:
         sessions |= {s for s in sessions if problem.sessions[s].teacher_id == absent}
     why = (
-        f"{problem.names.get(absent, absent)} absent"
+        f"{problem.names.get(absent, absent)}({absent}) absent"
         if absent
-        else f"{problem.names.get(room or '', room)} link down to {downlink:g} Mbit/s"
+        else f"{problem.names.get(room or '', room)}({room}) link down to {downlink:g} Mbit/s"
     )
     why_zh = (
         f"{problem.names.get(absent, absent)}({absent}) 请假"
@@ -248,7 +248,7 @@ def _apply(
             continue
         title = (
             f"{weekday_name_short(weekday)} {clock(ses.start)} "
-            f"{problem.names.get(ses.master_class_id)} {ses.subject}"
+            f"{problem.names.get(ses.master_class_id)}({ses.master_class_id}) {ses.subject}"
         )
         title_zh = (
             f"{WEEKDAY_NAMES_ZH[weekday - 1]} {clock(ses.start)} "
@@ -301,7 +301,7 @@ def _apply(
                     "point removed",
                     need.classroom_id,
                     need.class_id,
-                    f"{title}: {need.label} no longer joins ({why})",
+                    f"{title}: {need.class_label or need.label} no longer joins ({why})",
                     f"{title_zh}：{need.class_label or need.label} 不再加入（{why_zh}）",
                 )
             )
@@ -314,7 +314,7 @@ def _apply(
                     "point added",
                     need.classroom_id,
                     need.class_id,
-                    f"{title}: {need.label} joins instead",
+                    f"{title}: {need.class_label or need.label} joins instead",
                     f"{title_zh}：改由 {need.class_label or need.label} 加入",
                 )
             )

@@ -14,6 +14,7 @@ from tests.scheduler.county import files
 from tongke.app import CTX, WEB_ROOT, AppContext
 from tongke.config import Config
 from tongke.tokens import Role, issue_token
+from tongke.untrusted import json_body_guard
 
 PG_URL = os.environ.get(
     "TONGKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -73,7 +74,10 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     from scheduler.api import DB, setup
 
     config = Config(data_dir=tmp_path / "data", secret="test-secret-0123456789abcdef-0123456789")
-    app = web.Application()
+    # The real server's JSON guard, which reads (and caches) every JSON body first.
+    app = web.Application(
+        client_max_size=config.max_message_bytes * 4, middlewares=[json_body_guard]
+    )
     ctx = AppContext(config=config, secret=config.ensure_secret())
     app[CTX] = ctx
     setup(app, ctx)

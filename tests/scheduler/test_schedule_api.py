@@ -35,6 +35,10 @@ async def _setup(session: aiohttp.ClientSession, srv: Server) -> dict:
         async with session.get(f"{srv.url}/api/schedule/jobs/{job['id']}", headers=auth) as r:
             job = await r.json()
     assert job["state"] == "done", job
+    # The call's wall time, request to committed plan, within its limit; it stays put.
+    assert job["elapsed_s"] == job["wall_s"] <= 5
+    async with session.get(f"{srv.url}/api/schedule/jobs/{job['id']}", headers=auth) as r:
+        assert (await r.json())["elapsed_s"] == job["wall_s"]
     async with session.post(f"{srv.url}/api/schedule/publish", json={}, headers=auth) as r:
         assert r.status == 200
     return auth
@@ -185,13 +189,20 @@ async def test_a_city_imports_through_the_api_and_gbk_files_are_read(server: Ser
     auth = {"Authorization": f"Bearer {server.token()}"}
     city = generate("L", 1, today=dt.date(2026, 3, 16))
     payload = json.dumps({"files": city}).encode()
-    assert len(payload) > 1024 * 1024  # 1.1 MB: above the old 1 MiB limit
+    assert len(payload) > 1024 * 1024  # 1.1 MB: above the server's 1 MiB JSON limit
     async with aiohttp.ClientSession() as session:
+        # As JSON it is refused by the server's JSON guard, with a 413 and nothing written.
         async with session.post(
             f"{server.url}/api/schedule/import",
             data=payload,
             headers=auth | {"Content-Type": "application/json"},
         ) as r:
+            assert r.status == 413
+        # As the page sends it (multipart, streamed), the whole city goes in.
+        form = aiohttp.FormData()
+        for kind, text in city.items():
+            form.add_field(kind, text.encode(), filename=f"{kind}.csv")
+        async with session.post(f"{server.url}/api/schedule/import", data=form, headers=auth) as r:
             body = await r.json()
         assert r.status == 200, body
         assert body["counts"]["offers"] == city["offers"].count("\n") - 1

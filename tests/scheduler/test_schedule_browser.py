@@ -31,7 +31,7 @@ async def test_scheduler_page_end_to_end(server: Server, tmp_path: Path) -> None
 
         await page.set_input_files("#import-files", str(bad))
         await page.click("#import-button")
-        await expect(page.locator("#message")).to_contain_text("nothing imported")
+        await expect(page.locator("#message")).to_contain_text("没有导入任何数据：1 行有错")
         await expect(page.locator("#import-result table")).to_contain_text("unknown class")
 
         await page.set_input_files("#import-files", paths)

@@ -51,7 +51,10 @@ def test_publishing_refuses_a_plan_the_new_calendar_breaks(db: Database) -> None
     with db.session() as s:
         plan, _ = solve_and_store(s, Options(time_limit_s=5))
         assert import_csv(s, {"calendar": CALENDAR}).ok
-        with pytest.raises(ValueError, match=r"王老师\(t-wang\) 3 > 2 in the week of 2025-09-22"):
+        # Only the make-up week breaks the cap, and the refusal names it.
+        with pytest.raises(
+            ValueError, match=r"王老师\(t-wang\) cap 2, in the weeks of 2025-09-22 \(3\)$"
+        ):
             publish(s, plan.id)
 
 
@@ -104,7 +107,9 @@ def test_bad_input_is_refused_or_explained(db: Database) -> None:
     with db.session() as s:
         report = import_csv(s, files() | {"calendar": clash})
     assert not report.ok
-    assert "the make-up day 2025-10-02 is also a holiday" in str(report.errors[0])
+    assert str(report.errors[0]) == (
+        "calendar.csv line 5, column start: the make-up day 2025-10-02 is also a holiday"
+    )
     # A point without bells, a teacher with a cap of 0, a link of 0 Mbit/s.
     data = files()
     bells = (
@@ -128,3 +133,25 @@ def test_bad_input_is_refused_or_explained(db: Database) -> None:
     assert music["lever"] == "teacher_cap" and "李老师(t-li) 0→1" in music["zh"]
     ly = _need(plan, "ly-g4", "English")["reasons"][0]
     assert ly["lever"] == "link" and "2 Mbit/s" in ly["zh"]
+
+
+def test_a_two_way_lesson_names_the_uplink_that_blocks_it(db: Database) -> None:
+    # English is two-way (each point sends its class camera back, 0.6 Mbit/s up);
+    # 小河's classroom has the downlink but only 0.5 Mbit/s up.
+    offers = files()["offers"].replace("stream_mbps\n", "stream_mbps,profile\n", 1)
+    offers = offers.replace("t-wang,1,1,2\n", "t-wang,1,1,2,program-two-way\n")
+    offers = offers.replace("t-wang,3,2,2\n", "t-wang,3,2,2,program-two-way\n")
+    classrooms = files()["classrooms"].replace(
+        "xh-r1,xh,小河教室,receiving,agent-xh,4,2", "xh-r1,xh,小河教室,receiving,agent-xh,4,0.5"
+    )
+    _town(db, offers=offers, classrooms=classrooms)
+    with db.session() as s:
+        plan, _ = solve_and_store(s, Options(time_limit_s=5))
+        assert check_plan(s, plan.id) == []
+    (link,) = _need(plan, "xh-g4", "English")["reasons"]
+    assert link["lever"] == "link" and link["gain"] == 2
+    # Only the uplink falls short, and only it is named.
+    assert "把 小河教学点(xh) 的上行带宽提高到 0.6 Mbit/s，可多开 2 节" in link["zh"]
+    assert "a 0.6 Mbit/s uplink at 小河教学点(xh) would serve 2 more" in link["en"]
+    # 大山 has 2 Mbit/s up: the same lessons reach it.
+    assert not [u for u in plan.unserved if u["class_id"] == "ds-g4" and u["subject"] == "English"]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def test_cli_from_demo_data_to_export(tmp_path: Path, capsys: pytest.CaptureFixt
     assert run(*base, "import", str(tmp_path / "csv")) == 0
     assert run(*base, "solve", "--time-limit", "5") == 0
     out = capsys.readouterr()
-    assert "served" in out.out and "solving" in out.err  # the tqdm bar goes to stderr
+    assert "已排" in out.out and "solving" in out.err  # the tqdm bar goes to stderr
     assert run(*base, "explain") == 0
     assert "  - " in capsys.readouterr().out
     assert run(*base, "publish") == 0
@@ -37,6 +38,12 @@ def test_cli_from_demo_data_to_export(tmp_path: Path, capsys: pytest.CaptureFixt
     assert rows and {"lesson_id", "weekday", "start", "end", "points"} <= set(rows[0])
     assert run(*base, "feed", rows[0]["master_classroom"]) == 0
     assert "/api/schedule/feeds/" in capsys.readouterr().out
+    # The first lesson's teacher is absent on its day in the term's first week.
+    term = next(csv.DictReader((tmp_path / "csv" / "calendar.csv").open()))
+    day = dt.date.fromisoformat(term["start"]) + dt.timedelta(days=int(rows[0]["weekday"]) - 1)
+    assert run(*base, "replan", "--date", day.isoformat(), "--absent", rows[0]["teacher"]) == 0
+    out = capsys.readouterr().out
+    assert f"{day}：保留 " in out and "请假" in out
 
 
 def test_options_after_the_action_and_the_servers_address(

@@ -150,3 +150,92 @@ def test_levers_hold_against_the_independent_checker(
                 s.rollback()
     assert sum(seen.values()) > 0
     print(dict(seen))
+
+
+def _relax_kind(s: Session, plan_id: int, need: dict[str, Any], offer: int, kind: str) -> None:
+    """Lift one whole kind of constraint for the need, more generously than any lever."""
+    cls = s.execute(
+        text("select school_id, classroom_id from sch_class where id = :c"),
+        {"c": need["class_id"]},
+    ).one()
+    if kind == "link":  # the classroom and the school's line
+        s.execute(
+            text("update sch_classroom set downlink_mbps = 1e4, uplink_mbps = 1e4 where id = :r"),
+            {"r": cls.classroom_id},
+        )
+        s.execute(
+            text("update sch_school set downlink_mbps = null, uplink_mbps = null where id = :s"),
+            {"s": cls.school_id},
+        )
+    elif kind == "timetable":  # the class has no lessons of its own at all
+        s.execute(text("delete from sch_busy where class_id = :c"), {"c": need["class_id"]})
+    elif kind == "teacher_cap":
+        s.execute(text("update sch_teacher set weekly_cap = 60"))
+    elif kind == "trade_off":  # the class's classroom gives up what it takes at that time
+        lesson = s.execute(
+            text(
+                "select weekday, start_min, end_min from sch_plan_lesson "
+                "where plan_id = :p and offer_id = :o"
+            ),
+            {"p": plan_id, "o": offer},
+        ).one()
+        for pl in s.query(PlanLesson).filter_by(plan_id=plan_id, weekday=lesson.weekday):
+            if (
+                pl.offer_id != offer
+                and pl.start_min < lesson.end_min
+                and lesson.start_min < (pl.end_min)
+            ):
+                pl.points = [p for p in pl.points if p["classroom_id"] != cls.classroom_id]
+    else:  # plan options: bells, points per lesson
+        raw = s.execute(
+            text("select options from sch_plan where id = :p"), {"p": plan_id}
+        ).scalar_one()
+        options = dict(json.loads(raw) if isinstance(raw, str) else raw)
+        options.update({"bells": "soft"} if kind == "bells" else {"max_points": 1000})
+        s.execute(
+            text("update sch_plan set options = :o where id = :p"),
+            {"o": json.dumps(options), "p": plan_id},
+        )
+    s.flush()
+
+
+KINDS = ("link", "timetable", "teacher_cap", "trade_off", "bells", "points_per_lesson")
+
+
+@pytest.mark.parametrize("seed", [1, 3, 5, 8, 11, 13])
+def test_no_single_change_when_the_explanation_says_so(db: Database, seed: int) -> None:
+    """'No single change would serve another period' and 'the class takes every lesson'
+    checked on their own: for every lesson such a reason names, joining it stays invalid
+    under the independent checker whichever one kind of constraint is lifted, and a class
+    told that it takes every lesson of its grade and subject does."""
+    with db.session() as s:
+        assert import_csv(s, generate("S", seed, today=TODAY)).ok
+        plan, _ = solve_and_store(s, Options(time_limit_s=10, seed=seed, max_points=2))
+        plan_id, unserved = plan.id, plan.unserved
+    claims: Counter[str] = Counter()
+    with db.session() as s:
+        for need in unserved:
+            for r in need["reasons"]:
+                if r["code"] == "too_few_offers":
+                    claims[r["code"]] += 1
+                    taken = {
+                        pl.offer_id
+                        for pl in s.query(PlanLesson).filter_by(plan_id=plan_id)
+                        if any(p["class_id"] == need["class_id"] for p in pl.points)
+                    }
+                    assert set(r["lessons"]) <= taken, r["en"]
+                if r["code"] not in ("several", "trade_off"):
+                    continue
+                for offer in r["lessons"]:
+                    for kind in KINDS:
+                        claims[r["code"]] += 1
+                        _join(s, plan_id, need, [offer])
+                        _relax_kind(s, plan_id, need, offer, kind)
+                        bad = check_plan(s, plan_id)
+                        if r["code"] == "trade_off" and kind == "trade_off":
+                            # Giving up the clashing lesson is exactly what it says.
+                            assert bad == [], r["en"]
+                        else:
+                            assert bad, f"lifting {kind} alone serves it: {r['en']}"
+                        s.rollback()
+    print(dict(claims))

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 
 from scheduler.countygen import generate
@@ -96,3 +100,37 @@ def test_points_per_lesson_limit_is_respected(db: Database) -> None:
         from scheduler.service import plan_view
 
         assert max(len(lesson["points"]) for lesson in plan_view(s, plan)["lessons"]) <= 2
+
+
+def test_the_time_limit_counts_from_the_start_of_the_call(
+    town: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the call spent before the solve (start-up, loading) comes off CP-SAT's share,
+    and so does the reserve for explaining and storing."""
+    import scheduler.service
+    from scheduler.service import EXPLAIN_RESERVE_S, EXPLAIN_S_PER_NEED
+
+    given: list[float] = []
+    real_solve = scheduler.service.solve
+
+    def spy(problem, progress=None):  # type: ignore[no-untyped-def]
+        given.append(problem.options.time_limit_s)
+        return real_solve(problem, progress)
+
+    monkeypatch.setattr(scheduler.service, "solve", spy)
+    with town.session() as s:
+        started = time.monotonic() - 3.0  # as if start-up had taken 3 s
+        plan, _ = solve_and_store(s, Options(time_limit_s=10), started=started)
+    reserve = EXPLAIN_RESERVE_S + EXPLAIN_S_PER_NEED * 6
+    assert 0 < given[0] <= 10 - 3.0 - reserve
+    assert plan.stats["wall_s"] >= 3.0  # the stored wall time counts from the call's start
+    assert plan.options["time_limit_s"] == 10
+
+
+def test_process_started_is_the_process_start() -> None:
+    code = (
+        "import time; time.sleep(0.6); from scheduler.cli import process_started; "
+        "print(time.monotonic() - process_started())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0.6 <= float(out.stdout) < 30

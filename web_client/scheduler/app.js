@@ -66,6 +66,8 @@ async function importFiles() {
         el("thead", {}, el("tr", {}, el("th", {}, t("thFile")), el("th", {}, t("thLine")),
           el("th", {}, t("thColumn")), el("th", {}, t("thProblem")))), body),
         el("p", { class: "muted" }, encodings(err.encodings)));
+      // The headline in the page's language; the rows keep the server's wording.
+      err.message = t("importFailed", { n: err.rows.length });
     }
     throw err;
   }
