@@ -294,8 +294,11 @@ class Classroom:
         await self.joined(member)
 
     async def remove_member(self, member: Participant) -> None:
-        if self.remote.pop(member.id, None) is not None:
-            await self.left(member)
+        # An edge that linked again has the same member on its new link already: that
+        # one stays; the old one's connection is still counted off.
+        if self.remote.get(member.id) is member:
+            del self.remote[member.id]
+        await self.left(member)
 
     async def joined(self, participant: Participant) -> None:
         """Count the join, tell the newcomer the whole state, and everyone the change."""

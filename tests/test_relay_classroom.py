@@ -204,3 +204,19 @@ def _must_handle(upstream: EdgeClassroom) -> Any:
             raise ValueError(f"unexpected {message.get('type')!r}")
 
     return handle
+
+
+async def test_an_edge_that_links_again_keeps_its_members_present_when_the_old_link_ends() -> None:
+    async with origin_side() as (room, old, old_members):
+        old.feed(joined("p1", "p-xiaohe"))
+        await wait_for(lambda: "edge-b~p1" in room.classroom.remote, 5, "the member")
+        # The same edge links again (its socket died unseen): the new link's member
+        # joins before the old link is noticed gone.
+        new = Channel(room, "origin")
+        new_members = OriginMembers(new.link, room)
+        await new_members.handle(joined("p1", "p-xiaohe"))
+        await old_members.close()
+        assert room.classroom.remote["edge-b~p1"] is new_members.members["p1"]
+        assert room.classroom.attendance["p-xiaohe"].connections == 1
+        await new_members.close()
+        assert room.classroom.attendance["p-xiaohe"].connections == 0
