@@ -30,9 +30,14 @@ from tongke.ice import use_host_addresses
 RECOVERY_TARGET_S = 5.0
 
 
-def teacher_track(client: LessonClient) -> Any:
+def teacher_track(client: LessonClient, but: str | None = None) -> Any:
+    """The point's teacher camera (another than the track `but`), once it has a track."""
     return next(
-        (r for r in client.active_tracks() if r.source == "teacher_camera" and r.track is not None),
+        (
+            r
+            for r in client.active_tracks()
+            if r.source == "teacher_camera" and r.track is not None and r.info["track"] != but
+        ),
         None,
     )
 
@@ -91,11 +96,16 @@ async def test_the_edge_follows_its_lesson_when_the_origin_dies(
             killed = time.monotonic()
 
             def new_teacher() -> bool:
-                track = teacher_track(point)  # type: ignore[arg-type]
-                return track is not None and track.info["track"] != first.info["track"]
+                return teacher_track(point, but=first.info["track"]) is not None  # type: ignore[arg-type]
 
-            await wait_for(new_teacher, 30, "the lesson's camera from the new origin")
-            await teacher_track(point).track.recv()
+            try:
+                await wait_for(new_teacher, 30, "the lesson's camera from the new origin")
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"{exc}: edge relay {edge.api('GET', '/api/relay')}, cluster {cluster()}, "
+                    f"point tracks {[r.info for r in point.remote.values()]}"
+                ) from None
+            await teacher_track(point, but=first.info["track"]).track.recv()
             recovered = time.monotonic() - killed
             print(f"edge viewer's picture back {recovered:.2f} s after the origin died")
 
