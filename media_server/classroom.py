@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from media_server import agent_state
 from media_server.publisher import SignallingError
@@ -130,6 +130,20 @@ Clock = Callable[[], float]
 Listener = Callable[[str, dict[str, Any]], None]
 
 
+class Upstream(Protocol):
+    """An edge node's way to the lesson's origin (media_server/relay_classroom.py)."""
+
+    async def joined(self, participant: Participant) -> None: ...
+
+    async def left(self, participant: Participant) -> None: ...
+
+    async def action(
+        self, who: Participant, kind: str, message: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    def state_for(self, participant: Participant) -> dict[str, Any] | None: ...
+
+
 @dataclass(frozen=True)
 class LessonEnd:
     """The one event that says a lesson is over (docs/ARCHITECTURE.md, "Lesson end").
@@ -180,6 +194,11 @@ class Classroom:
         self.attendance: dict[str, Attendance] = {}
         # Each classroom device's latest report (media_server/agent_state.py).
         self.devices: dict[str, dict[str, Any]] = {}
+        # Members of the lesson connected to an edge node (media_server/relay_classroom.py):
+        # here, at the origin, they are as present as the room's own participants.
+        self.remote: dict[str, Participant] = {}
+        # On an edge node: the origin's classroom owns the lesson; this one forwards.
+        self.upstream: Upstream | None = None
         # Told of every timeline event (the director, the server recorder).
         self.listeners: list[Listener] = []
         # Told once when the lesson is over, however it ended (`LessonEnd`).
@@ -265,8 +284,27 @@ class Classroom:
         if self.phase is Phase.ENDED:
             raise SignallingError("lesson_ended", "this lesson has ended: no new media")
 
+    def members(self) -> list[Participant]:
+        """Everyone in the lesson: this node's participants and the edges' members."""
+        return [*self.room.participants.values(), *self.remote.values()]
+
+    async def add_member(self, member: Participant) -> None:
+        """A participant of an edge node joins the lesson here (at its origin)."""
+        self.remote[member.id] = member
+        await self.joined(member)
+
+    async def remove_member(self, member: Participant) -> None:
+        # An edge that linked again has the same member on its new link already: that
+        # one stays; the old one's connection is still counted off.
+        if self.remote.get(member.id) is member:
+            del self.remote[member.id]
+        await self.left(member)
+
     async def joined(self, participant: Participant) -> None:
         """Count the join, tell the newcomer the whole state, and everyone the change."""
+        if self.upstream is not None:
+            await self.upstream.joined(participant)
+            return
         claims = participant.claims
         if claims.role in ATTENDING_ROLES and claims.classroom:
             now = self.clock()
@@ -294,6 +332,9 @@ class Classroom:
         await self._announce({"kind": "attendance"})
 
     async def left(self, participant: Participant) -> None:
+        if self.upstream is not None:
+            await self.upstream.left(participant)
+            return
         claims = participant.claims
         entry = self.attendance.get(claims.classroom)
         if claims.role not in ATTENDING_ROLES or entry is None or entry.connections == 0:
@@ -459,7 +500,7 @@ class Classroom:
             fields["private_with"] = private_with
         self.record("chat", **fields)
         out = {"type": "chat", "message": chat.describe()}
-        for p in list(self.room.participants.values()):
+        for p in self.members():
             if chat.visible_to(p.claims):
                 await _send(p, out)
         return self._done("chat")
@@ -478,7 +519,7 @@ class Classroom:
             "classroom": classroom,
             "state": agent_state.summary(state, self.clock()),
         }
-        for p in list(self.room.participants.values()):
+        for p in self.members():
             if p.claims.role in DEVICE_VIEWERS:
                 await _send(p, out)
         return self._done("agent_state")
@@ -587,11 +628,7 @@ class Classroom:
         return classroom
 
     def _present_points(self) -> dict[str, str]:
-        return {
-            p.claims.classroom: p.name
-            for p in self.room.participants.values()
-            if p.claims.role is Role.POINT
-        }
+        return {p.claims.classroom: p.name for p in self.members() if p.claims.role is Role.POINT}
 
     def known_points(self) -> dict[str, str]:
         """The lesson's points: timetabled ones, then any other point that came."""
@@ -712,8 +749,12 @@ class Classroom:
                 self.phase, self.ended_at, self._end_told = Phase.ENDED, wall, True
 
     async def _announce(self, event: dict[str, Any]) -> None:
-        for p in list(self.room.participants.values()):
-            await _send(p, {"type": "classroom", "event": event, "state": self.state(p.claims)})
+        upstream = self.upstream
+        for p in self.members():
+            # On an edge the state is the origin's (the last it sent), not this copy's.
+            state = self.state(p.claims) if upstream is None else upstream.state_for(p)
+            if state is not None:
+                await _send(p, {"type": "classroom", "event": event, "state": state})
 
     @staticmethod
     def _done(action: str) -> dict[str, Any]:
@@ -729,9 +770,24 @@ async def _send(participant: Participant, message: dict[str, Any]) -> None:
 
 Handler = Callable[[Classroom, "Participant", dict[str, Any]], Awaitable[dict[str, Any]]]
 
+# What a participant's own node answers even on an edge: what that node's router sends it.
+LOCAL_ACTIONS = frozenset({"receive_mode", "watch_program"})
+
+
+def _at_origin(kind: str, handler: Handler) -> Handler:
+    """On an edge node the action is the origin's to take: forwarded, its answer returned."""
+
+    async def run(c: Classroom, who: Participant, message: dict[str, Any]) -> dict[str, Any]:
+        if c.upstream is not None:
+            return await c.upstream.action(who, kind, message)
+        return await handler(c, who, message)
+
+    return run
+
+
 # Signalling message type -> action. The signalling session dispatches every type it does
 # not know itself through this table (docs/protocol.md §6).
-HANDLERS: dict[str, Handler] = {
+ACTIONS: dict[str, Handler] = {
     "lesson_start": Classroom.start,
     "lesson_end": Classroom.end,
     "hand_raise": Classroom.raise_hand,
@@ -747,6 +803,10 @@ HANDLERS: dict[str, Handler] = {
     "director": lambda c, who, m: c.director().command(who, m),
     "receive_mode": lambda c, who, m: c.director().set_receive_mode(who, m),
     "watch_program": lambda c, who, m: c.director().watch_program(who, m),
+}
+HANDLERS: dict[str, Handler] = {
+    kind: handler if kind in LOCAL_ACTIONS else _at_origin(kind, handler)
+    for kind, handler in ACTIONS.items()
 }
 
 

@@ -27,6 +27,11 @@ teaching point *instead of* the master's cameras and the courseware when its lin
 thin: chosen by the point (`receive_mode`), or automatically from its downlink estimate.
 Nobody else pays for a second copy of a camera they already receive.
 
+On an edge node (media_server/relay.py) the lesson's program is the origin's: the
+director there cuts nothing and adopts the program relayed from the origin (its cuts
+arrive as one continuous stream), while the receive modes of the edge's own points stay
+the edge's to follow.
+
 A slide change is seen without decoding: screen content costs almost nothing while it
 stands still, so a delta frame many times the size of the recent ones is a new slide
 (`SlideWatch`, a packet sink on the courseware). Each is a `slide` line in the timeline.
@@ -178,6 +183,8 @@ class Director:
         self._wide_since: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        # An edge of the lesson: the program is the origin's, relayed (`set_relayed`).
+        self.relayed = False
         self.router.add_tap(self)
         self.classroom.listeners.append(self._on_event)
 
@@ -198,12 +205,35 @@ class Director:
 
     # -- router tap: sources come and go -------------------------------------------------
 
+    def set_relayed(self, relayed: bool) -> None:
+        """This node is (or stops being) an edge of the lesson: show the origin's program."""
+        if relayed == self.relayed:
+            return
+        self.relayed = relayed
+        own = self.program is not None and not _relayed_program(self.program)
+        if relayed and own:
+            assert self.program is not None
+            self.router.remove_source(self.program)
+            self.program = self.on_air = None
+        if relayed:
+            relayed_in = next((s for s in self.router.sources() if _relayed_program(s)), None)
+            if relayed_in is not None:
+                self.program = relayed_in
+        elif self.program is not None and _relayed_program(self.program):
+            self.program = self.on_air = None
+        self.router.resubscribe()
+        self.decide(urgent=True)
+
     def source_added(self, source: MediaSource) -> None:
-        if source.participant == DIRECTOR or source.kind != "video":
+        if self.relayed and _relayed_program(source):
+            # Taps hear of a source before the router subscribes anyone: in time.
+            self.program = source
+            return
+        if source.participant == DIRECTOR or source.kind != "video" or _relayed_program(source):
             return
         self._ensure_running()
         self.classroom.announce_soon({"kind": "cameras"})
-        if source.source == "courseware" and source.role is Role.MASTER:
+        if source.source == "courseware" and source.role is Role.MASTER and not self.relayed:
             self._courseware_until = self.clock() + COURSEWARE_HOLD_S
             self._watch(source)
             # Shared just now: on air as soon as its first pictures arrive.
@@ -211,7 +241,10 @@ class Director:
         self.decide()
 
     def source_removed(self, source: MediaSource) -> None:
-        if source.participant == DIRECTOR or source.kind != "video":
+        if source is self.program and _relayed_program(source):
+            self.program = None
+            return
+        if source.participant == DIRECTOR or source.kind != "video" or _relayed_program(source):
             return
         self.classroom.announce_soon({"kind": "cameras"})
         watch = self._watches.pop(source, None)
@@ -247,7 +280,7 @@ class Director:
 
     def decide(self, *, urgent: bool = False) -> None:
         """Cut to the shot the rules (or the master) want, if it differs from the air."""
-        if self._closed:
+        if self._closed or self.relayed:
             return
         shot: MediaSource | None
         if self.mode == "manual" and self.manual is not None and self._usable(self.manual):
@@ -298,6 +331,8 @@ class Director:
     def _usable(self, source: MediaSource) -> bool:
         """A live video of the program's codec (or any video before the program exists)."""
         if source.kind != "video" or source.participant == DIRECTOR or not source.layers:
+            return False
+        if _relayed_program(source):
             return False
         if self.program is not None and source.codec != self.program.codec:
             return False
@@ -479,7 +514,7 @@ class Director:
                     "usable": self._usable(s),
                 }
                 for s in self.router.sources()
-                if s.kind == "video" and s.participant != DIRECTOR
+                if s.kind == "video" and s.participant != DIRECTOR and not _relayed_program(s)
             ],
         }
 
@@ -517,8 +552,14 @@ class Director:
                 self.router.detach_sink(watch.down)
         self._watches.clear()
         self.router.remove_tap(self)
-        if self.program is not None:
+        if self.program is not None and not _relayed_program(self.program):
             self.router.remove_source(self.program)
+
+
+def _relayed_program(source: MediaSource) -> bool:
+    """An origin's program, imported over a relay link (its participant is
+    "<origin node>~director", media_server/relay_link.py)."""
+    return source.source == PROGRAM and source.participant.endswith("~" + DIRECTOR)
 
 
 def _prefer(sources: list[MediaSource], names: tuple[str, ...]) -> MediaSource | None:

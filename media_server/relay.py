@@ -16,7 +16,10 @@ comes from another address than the link's peer, or fails its tag is dropped and
 counted by reason (`GET /api/relay`), never delivered.
 
 The edge mirrors the origin's classroom state that its receive policy needs (phase,
-who is called on, which points are muted).
+who is called on, which points are muted), and its participants are members of the
+origin's lesson (hands, chat, attendance, device reports: media_server/relay_classroom.py).
+While a node is an edge for a room its director shows the origin's program instead of
+cutting one of its own.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from yarl import URL
 
 from media_server import relay_wire as wire
 from media_server.classroom import Phase
+from media_server.relay_classroom import EdgeClassroom, OriginMembers
 from media_server.relay_link import RelayLink
 from media_server.room import LessonInfo, Room
 from tongke.tokens import Claims
@@ -195,6 +199,7 @@ class EdgeDialer:
                     points=[p for p in info.get("points", []) if isinstance(p, str)],
                 )
             )
+            upstream = service.install_edge(room)
             peer = ws.get_extra_info("peername")
             link = RelayLink(
                 room=room,
@@ -209,9 +214,16 @@ class EdgeDialer:
             self.link, self.state = link, "linked"
             self.links_opened += 1
             service.links[link.link_id] = link
+
+            async def from_origin(message: dict[str, Any]) -> None:
+                if not await upstream.handle(message):
+                    await apply_classroom(room, message)
+
+            upstream.attach(link)
             try:
-                await serve_while_open(service, link, ws, lambda m: apply_classroom(room, m))
+                await serve_while_open(service, link, ws, from_origin)
             finally:
+                upstream.detach(link)
                 service.links.pop(link.link_id, None)
                 self.link = None
 
@@ -277,7 +289,8 @@ def classroom_state(room: Room) -> dict[str, Any]:
 
 
 async def apply_classroom(room: Room, message: dict[str, Any]) -> None:
-    """The origin's classroom state, applied on the edge (re-routes, tells everyone)."""
+    """The origin's classroom state, applied on the edge's receive policy (the members
+    hear of the change from the origin's classroom itself)."""
     if message.get("type") != "classroom":
         raise ValueError(f"unknown control message type {message.get('type')!r}")
     phase, called_on, muted = message.get("phase"), message.get("called_on"), message.get("muted")
@@ -290,11 +303,6 @@ async def apply_classroom(room: Room, message: dict[str, Any]) -> None:
     c = room.classroom
     c.phase, c.called_on, c.muted = Phase(phase), called_on, set(muted)
     room.router.resubscribe()
-    for p in list(room.participants.values()):
-        with contextlib.suppress(ConnectionError):
-            await p.send_json(
-                {"type": "classroom", "event": {"kind": "relayed"}, "state": c.state(p.claims)}
-            )
 
 
 # -- the service ---------------------------------------------------------------------------
@@ -379,12 +387,14 @@ class RelayService:
 
         room.classroom.listeners.append(mirror)
         link.post(sent)
+        members = OriginMembers(link, room)
         try:
-            await serve_while_open(self, link, ws)
+            await serve_while_open(self, link, ws, members.handle)
         finally:
             with contextlib.suppress(ValueError):
                 room.classroom.listeners.remove(mirror)
             self.links.pop(link.link_id, None)
+            await members.close()
             await ws.close()
         return ws
 
@@ -449,22 +459,64 @@ class RelayService:
     # -- the edge's side ----------------------------------------------------------------------
 
     async def add_edge(self, room: str, origin: str) -> EdgeDialer:
-        """Make this node an edge of `origin` for `room` (again: the new origin wins)."""
+        """Make this node an edge of `origin` for `room` (again: the new origin wins; the
+        same origin again keeps the link it has)."""
         url = URL(origin)
         if url.scheme not in ("http", "https") or not url.host or url.path not in ("", "/"):
             raise ValueError("origin must be a node's base URL, e.g. http://10.0.0.2:8080")
-        old = self.edges.pop(room, None)
+        old = self.edges.get(room)
+        if old is not None and old.origin == str(url.origin()):
+            return old
         if old is not None:
+            log.info("relay edge for %s: origin %s replaces %s", room, url.origin(), old.origin)
+            self.edges.pop(room)
             await old.close()
         dialer = self.edges[room] = EdgeDialer(self, room, str(url.origin()))
+        here = self.sfu.rooms.rooms.get(room)
+        if here is not None:
+            self.install_edge(here)
         return dialer
 
     async def remove_edge(self, room: str) -> bool:
+        """Stop relaying `room`; a lesson still open here goes on as this node's own (it
+        was re-placed here, or the edge was removed by hand)."""
         dialer = self.edges.pop(room, None)
         if dialer is None:
             return False
         await dialer.close()
+        here = self.sfu.rooms.rooms.get(room)
+        if here is not None:
+            await self._uninstall_edge(here)
         return True
+
+    def install_edge(self, room: Room) -> EdgeClassroom:
+        """The room's classroom forwards to the origin; its director shows the origin's."""
+        upstream = room.classroom.upstream
+        if not isinstance(upstream, EdgeClassroom) or upstream.room is not room:
+            upstream = room.classroom.upstream = EdgeClassroom(room)
+        room.director.set_relayed(True)
+        return upstream
+
+    async def _uninstall_edge(self, room: Room) -> None:
+        upstream = room.classroom.upstream
+        if upstream is None:
+            return
+        room.classroom.upstream = None
+        if isinstance(upstream, EdgeClassroom):
+            upstream.close()
+        room.director.set_relayed(False)
+        for p in list(room.participants.values()):  # members of this node's lesson now
+            try:
+                await room.classroom.joined(p)
+            except Exception:
+                log.exception("relay: %s joining %s here failed", p.id, room.id)
+
+    def room_opened(self, room: Room) -> None:
+        if room.id in self.edges:
+            self.install_edge(room)
+
+    def is_edge(self, room: str) -> bool:
+        return room in self.edges
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -505,6 +557,8 @@ def setup(
         sfu, secret=ctx.secret, host=ctx.config.host, port=ctx.config.relay_port
     )
     audit = app[AUDIT]
+    # A room opened (by the front, a join) while this node is its edge is one here.
+    sfu.rooms.opened.append(relay.room_opened)
 
     async def link(request: web.Request) -> web.StreamResponse:
         return await relay.accept(request)

@@ -223,6 +223,36 @@ class Front:
             )
         return False
 
+    async def _follow_origin(self, room: str, origin: NodeInfo) -> None:
+        """The room was re-placed (its origin died): the edge this front made for it
+        relays from the new origin, or stops relaying if the room moved onto it.
+
+        (With Redis the edge node follows the registry itself, tongke/cluster/node.py;
+        this covers the workers of one host, which have no registry.)"""
+        known = self._edges.get(room)
+        if known is None or known[1] == origin.id:
+            return
+        edge = next((n for n in self.local() if n.id == known[0]), None)
+        if edge is None:
+            self._edges.pop(room, None)
+            return
+        if edge.id == origin.id:
+            self._edges.pop(room, None)
+            assert self.client is not None
+            token = issue_token(
+                self.secret, room="*", classroom="cluster", role=Role.ADMIN, ttl_s=60
+            )
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                async with self.client.delete(
+                    f"{edge.url}/api/relay/edges/{room}",
+                    headers={"Authorization": f"Bearer {token}"},
+                ):
+                    pass
+            log.warning("room %s moved onto its edge %s: relaying stopped", room, edge.id)
+            return
+        log.warning("room %s: edge %s follows its origin to %s", room, edge.id, origin.id)
+        await self._make_edge(room, edge, origin)
+
     async def connect(
         self, info: LessonInfo, remote: str | None, token: object = None
     ) -> tuple[aiohttp.ClientWebSocketResponse, NodeInfo] | None:
@@ -235,6 +265,7 @@ class Front:
             if route is None:
                 log.error("no live media node to place room %s on", room)
                 return None
+            await self._follow_origin(room, route.origin)
             node = route.origin
             if route.edge is not None and await self._make_edge(room, route.edge, route.origin):
                 node = route.edge

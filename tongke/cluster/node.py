@@ -5,6 +5,13 @@ inside the front's own process (`--workers 1` with a `redis_url`). The front ope
 here with its facts before it proxies a participant's signalling to `/_cluster/ws`; with
 Redis the node announces itself (heartbeat with its load), re-asserts the rooms it
 hosts, and follows the cluster's room events.
+
+A node that is an *edge* of a room (media_server/relay.py) does not claim it: the room
+is its origin's. When the room moves (its origin died and a reconnecting client had it
+re-placed), the edge follows: it dials the new origin, or, when the room moved onto this
+node itself, stops relaying and hosts the lesson as its own. The `room_moved` event
+says so at once; the heartbeat checks the registry's owner, for an event missed while
+Redis was away.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from media_server.classroom import Classroom, Phase
+from media_server.relay import RELAY, RelayService
 from media_server.room import LessonInfo, Rooms
 from media_server.sfu import Sfu
 from media_server.signalling import websocket_handler
@@ -74,6 +82,8 @@ class MediaNode:
         self.duplicate = False
         # Rooms whose phase changes we share through Redis.
         self._sharing: set[str] = set()
+        # This node's cascade links (set with the node's routes): its edge rooms.
+        self.relay: RelayService | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def snapshot(self) -> NodeInfo:
@@ -83,8 +93,16 @@ class MediaNode:
         return self.info
 
     def hosted(self) -> list[str]:
-        """Rooms with someone in them: the ones this node must keep placed on itself."""
-        return [r.id for r in self.sfu.rooms.rooms.values() if r.participants]
+        """Rooms with someone in them: the ones this node must keep placed on itself (not
+        those it relays as an edge: they are their origin's)."""
+        return [
+            r.id
+            for r in self.sfu.rooms.rooms.values()
+            if r.participants and not self._is_edge(r.id)
+        ]
+
+    def _is_edge(self, room: str) -> bool:
+        return self.relay is not None and self.relay.is_edge(room)
 
     async def open(self, info: LessonInfo) -> None:
         """Host a lesson; its phase comes from the timeline here, or from Redis."""
@@ -174,6 +192,7 @@ class MediaNode:
         self.duplicate = not self.registered
         if not self.registered:
             return
+        await self._follow_origins()
         live: set[str] | None = None
         for room_id in self.hosted():
             classroom = self.sfu.rooms.rooms[room_id].classroom
@@ -191,12 +210,46 @@ class MediaNode:
             else:
                 await self.registry.move(room_id, owner, self.info.id)
 
+    async def _follow_origins(self) -> None:
+        """Each edge room of this node relays from the room's owner in the registry."""
+        for room_id in [r for r in list(self.sfu.rooms.rooms) if self._is_edge(r)]:
+            owner = await self.registry.owner(room_id) if self.registry is not None else None
+            if owner is not None:
+                await self._follow_origin(room_id, owner)
+
+    async def _follow_origin(self, room: str, owner: str) -> None:
+        """The room is placed on `owner`: relay it from there (or host it, if that is us)."""
+        relay = self.relay
+        if relay is None or self.registry is None or not relay.is_edge(room):
+            return
+        if owner == self.info.id:
+            log.warning("node %s: room %s moved here; no longer an edge of it", owner, room)
+            await relay.remove_edge(room)
+            return
+        node = next((n for n in await self.registry.nodes() if n.id == owner), None)
+        if node is None or not node.url:
+            return  # not announced (yet): the next heartbeat looks again
+        dialer = relay.edges.get(room)
+        if dialer is not None and dialer.origin != node.url.rstrip("/"):
+            log.warning("node %s: room %s moved to %s; relaying it from there", self.info.id,
+                        room, owner)  # fmt: skip
+            await relay.add_edge(room, node.url)
+
     async def _on_event(self, event: dict[str, Any]) -> None:
         room = event.get("room")
         if not isinstance(room, str):
             return
         if event["type"] == "room_closed":
+            if self.relay is not None:
+                await self.relay.remove_edge(room)
             await self.evict(room, "lesson closed")
+        elif event["type"] == "room_moved" and self._is_edge(room):
+            node = event.get("node")
+            if isinstance(node, str):
+                try:
+                    await self._follow_origin(room, node)
+                except RegistryUnavailable:
+                    pass  # the heartbeat follows it once Redis answers
         elif event["type"] == "room_moved" and event.get("node") != self.info.id:
             await self.evict(room, f"room moved to node {event.get('node')}")
 
@@ -221,13 +274,17 @@ def _logged(task: asyncio.Task[None]) -> None:
 def setup_node_routes(app: web.Application, node: MediaNode, secret: str) -> None:
     """The routes a front uses: the raw signalling socket and the internal room calls."""
     app[NODE] = node
+    node.relay = app.get(RELAY)
 
     async def ws(request: web.Request) -> web.StreamResponse:
         return await websocket_handler(request, node.sfu)
 
     async def describe(request: web.Request) -> web.Response:
         require_internal(request, secret)
-        return web.json_response({**asdict(node.snapshot()), "hosted": node.hosted()})
+        edges = sorted(node.relay.edges) if node.relay is not None else []
+        return web.json_response(
+            {**asdict(node.snapshot()), "hosted": node.hosted(), "edges": edges}
+        )
 
     async def open_room(request: web.Request) -> web.Response:
         require_internal(request, secret)
