@@ -351,3 +351,14 @@ async def test_the_edge_measures_the_relay_to_its_socket_read_and_to_its_fan_out
     finally:
         queue.put_nowait(None)
         await asyncio.wait_for(task, 5)
+
+
+def test_each_media_worker_relays_on_its_own_port_after_the_configured_one() -> None:
+    from tongke.cluster.workers import WorkerPool, worker_config
+    from tongke.config import Config
+
+    config = Config(relay_port=18350)
+    assert [worker_config(config, slot).relay_port for slot in (1, 2, 3)] == [18350, 18351, 18352]
+    assert worker_config(Config(), 2).relay_port == 0  # any port, each its own
+    with pytest.raises(ValueError):
+        WorkerPool(Config(relay_port=65535), 2, host_id="h")
