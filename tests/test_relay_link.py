@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -362,3 +363,22 @@ def test_each_media_worker_relays_on_its_own_port_after_the_configured_one() -> 
     assert worker_config(Config(), 2).relay_port == 0  # any port, each its own
     with pytest.raises(ValueError):
         WorkerPool(Config(relay_port=65535), 2, host_id="h")
+
+
+def test_a_host_with_two_workers_and_a_fixed_relay_port_starts_and_relays_on_two_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.lesson_server import ServerProcess, start_server_process
+
+    monkeypatch.setenv("TONGKE_RELAY_PORT", "18360")
+    server = start_server_process(tmp_path, extra=["--workers", "2"])
+    try:
+        ports = sorted(
+            ServerProcess(
+                proc=server.proc, url=n["url"], secret=server.secret, data_dir=tmp_path
+            ).api("GET", "/api/relay")["port"]
+            for n in server.api("GET", "/api/cluster")["nodes"]
+        )
+        assert ports == [18360, 18361]
+    finally:
+        server.stop()
