@@ -346,6 +346,10 @@ class RelayLink:
         source = export.source
         for layer in [layer for layer in export.streams if layer not in source.layers]:
             self._drop_stream(export.streams.pop(layer))
+        if not source.layers:
+            # Nothing to carry yet (the director's program before its first cut): the
+            # other node would refuse it; the tick announces it once it has a layer.
+            return
         layers = {}
         for layer, up in source.layers.items():
             es = export.streams.get(layer)

@@ -382,3 +382,39 @@ def test_a_host_with_two_workers_and_a_fixed_relay_port_starts_and_relays_on_two
         assert ports == [18360, 18361]
     finally:
         server.stop()
+
+
+async def test_a_source_without_layers_is_announced_once_it_has_one() -> None:
+    """The director's program exists before its first cut: the other node must not be
+    sent an announcement it refuses (logged and counted as a bad message there)."""
+    room = Room(LessonInfo(room="r8"))
+    program = MediaSource(
+        participant="director",
+        classroom="",
+        name="导播",
+        source="program",
+        kind="video",
+        codec="vp8",
+        label="Program",
+        role=None,
+    )
+    room.router.add_source(program)
+    sent: list[dict[str, Any]] = []
+    link = make_link(room, Transport())
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def send(text: str) -> None:
+        sent.append(json.loads(text))
+
+    task = asyncio.ensure_future(link.serve(queue.get, send))
+    try:
+        await asyncio.sleep(0.05)
+        assert [m for m in sent if m["type"] == "source"] == []
+        room.router.set_layers(program, {"h": make_up("h", 1111, [])})
+        link._tick_once()
+        await asyncio.sleep(0.05)
+        (announced,) = [m for m in sent if m["type"] == "source"]
+        assert announced["source"] == "program" and list(announced["layers"]) == ["h"]
+    finally:
+        queue.put_nowait(None)
+        await asyncio.wait_for(task, 5)
