@@ -132,8 +132,13 @@ class DownTrack:
         tcc_ext_id: int | None = None,
         transport_seq: Iterator[int] | None = None,
         red: tuple[int, int] | None = None,
+        first: bool = False,
     ) -> None:
         self.sink = sink
+        # Served before the other DownTracks of each packet (a relay to another node):
+        # the edge's whole audience waits on this one copy, so it must not queue behind
+        # a local burst to dozens of subscribers.
+        self.first = first
         self.estimator = estimator
         self.repair = repair
         self.loss_fresh = False  # a receiver report arrived since the control loop looked

@@ -263,7 +263,7 @@ def setup(app: web.Application, ctx: AppContext, *, rooms: Rooms | None = None) 
         from media_server.relay import RELAY
 
         for link in request.app[RELAY].links.values():
-            link.stats.delay.reset()
+            link.stats.reset_delays()
         return web.json_response({"reset": True})
 
     async def lesson_page(request: web.Request) -> web.StreamResponse:

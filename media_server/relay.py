@@ -79,7 +79,7 @@ class RelaySocket:
     Sending never blocks: a full send buffer drops the datagram (NACK repairs it).
     """
 
-    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
+    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int], int], None]) -> None:
         self._on_datagram = on_datagram
         self._sock: socket.socket | None = None
         self.send_dropped = 0
@@ -99,15 +99,20 @@ class RelaySocket:
         sock, deliver = self._sock, self._on_datagram
         if sock is None:
             return
+        # Read what has arrived, then deliver it: the datagrams' read time is when they
+        # left the socket, not after the fan-out of the ones before them.
+        batch = []
         for _ in range(READS_PER_WAKEUP):
             try:
-                data, addr = sock.recvfrom(2048)
+                batch.append(sock.recvfrom(2048))
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # an ICMP unreachable from a peer that left
                 log.debug("relay socket: %s", exc)
-                return
-            deliver(data, addr)
+                break
+        read_us = wire.now_us()
+        for data, addr in batch:
+            deliver(data, addr, read_us)
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._sock is None:
@@ -335,7 +340,7 @@ class RelayService:
 
     # -- datagrams: the hot path ------------------------------------------------------------
 
-    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+    def on_datagram(self, data: bytes, addr: tuple[str, int], read_us: int | None = None) -> None:
         arrival = time.perf_counter_ns()
         link_id = wire.link_of(data)
         if link_id is None:
@@ -351,7 +356,7 @@ class RelayService:
         if not wire.authentic(link.key, data) or data[1] not in wire.KINDS:
             self.dropped["bad_tag"] += 1
             return
-        link.on_datagram(data, arrival)
+        link.on_datagram(data, arrival, read_us)
 
     # -- the origin's side of a link --------------------------------------------------------
 

@@ -11,6 +11,13 @@ back over the link, where they become the exporter's DownTrack's keyframe reques
 retransmissions from its cache. A source is never exported over the link it came in
 on, so an origin never receives its own sources back.
 
+Latency: an exported stream's sink is served first in each packet's fan-out (before the
+local subscribers' DownTracks) and sends from the fan-out itself, no queue in between; its
+RTP datagrams carry the time this node took the packet in, and the importer measures to
+when it took the datagram off its socket (`delay`) and to when it starts fanning it out
+(`fanout_delay`, which adds the wait behind the fan-out of earlier packets in the same
+read: what a local publisher's packets wait too, in their socket).
+
 Layer selection: the importer asks for exactly the streams whose UpTrack has a
 subscriber (immediately when one gains its first, within a tick when one loses its
 last), so an edge whose viewers all receive the low layer carries only that one.
@@ -58,7 +65,13 @@ class LinkStats:
     retransmitted: int = 0
     unknown_stream: int = 0
     bad_messages: int = 0
+    # RTP only: the exporter's ingress to our socket read, and to our fan-out's start.
     delay: LatencyHistogram = field(default_factory=LatencyHistogram)
+    fanout_delay: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def reset_delays(self) -> None:
+        self.delay.reset()
+        self.fanout_delay.reset()
 
 
 @dataclass(eq=False)
@@ -87,14 +100,26 @@ class Import:
 
 
 class _StreamSink:
-    """The PacketSink of one exported stream: each rewritten packet, sealed, to the peer."""
+    """The PacketSink of one exported stream: each rewritten packet, sealed, to the peer.
 
-    def __init__(self, link: RelayLink, stream: int) -> None:
+    The datagram is stamped with the time our UpTrack took the packet in (set before its
+    fan-out), so the other node's delay figure counts our work as well; a retransmission
+    is stamped when it is sent.
+    """
+
+    def __init__(self, link: RelayLink, es: ExportStream) -> None:
+        self._link = link
         self._send = link.send_datagram
-        self._stream = stream
+        self._es = es
+        self._stream = es.stream
 
     def send_rtp(self, packet: bytes) -> None:
-        self._send(wire.RTP, self._stream, packet)
+        down = self._es.down
+        up = down.current if down is not None else None
+        if up is None or self._link.resending:
+            self._send(wire.RTP, self._stream, packet)
+        else:
+            self._send(wire.RTP, self._stream, packet, int(up.last_packet_at * 1e6))
 
     def send_rtcp(self, packet: bytes) -> None:
         pass  # the link sends its own sender reports each tick
@@ -146,6 +171,7 @@ class RelayLink:
         self._want_soon = False
         self._nack_pending: set[UpTrack] = set()
         self._stream_of: dict[UpTrack, int] = {}
+        self.resending = False  # answering a NACK: the sink stamps resends with now
         self.closed = False
 
     # -- the control channel -----------------------------------------------------------
@@ -243,16 +269,22 @@ class RelayLink:
 
     # -- datagrams ---------------------------------------------------------------------
 
-    def send_datagram(self, kind: int, stream: int, body: bytes) -> None:
+    def send_datagram(
+        self, kind: int, stream: int, body: bytes, sent_us: int | None = None
+    ) -> None:
         if self.closed:
             return
-        data = wire.seal(self.key, kind, self.link_id, stream, body)
+        data = wire.seal(self.key, kind, self.link_id, stream, body, sent_us)
         self.stats.datagrams_out += 1
         self.stats.bytes_out += len(data)
         self._transport.sendto(data, self.peer_addr)
 
-    def on_datagram(self, data: bytes, arrival_ns: int) -> None:
-        """An authentic datagram of this link (the service checked its tag)."""
+    def on_datagram(self, data: bytes, arrival_ns: int, read_us: int | None = None) -> None:
+        """An authentic datagram of this link (the service checked its tag).
+
+        `arrival_ns` (perf counter) starts the SFU latency of its fan-out here; `read_us`
+        (u32 wall-clock microseconds, default now) is when it was taken off the socket.
+        """
         _, kind, _, stream, sent = wire.HEADER.unpack_from(data)
         stats = self.stats
         stats.datagrams_in += 1
@@ -263,7 +295,9 @@ class RelayLink:
             if up is None:
                 stats.unknown_stream += 1
                 return
-            stats.delay.add_ns(wire.delay_us(sent) * 1000)
+            now = wire.now_us()
+            stats.delay.add_ns(wire.delay_us(sent, now if read_us is None else read_us) * 1000)
+            stats.fanout_delay.add_ns(wire.delay_us(sent, now) * 1000)
             up.on_rtp(body, arrival_ns)
         elif kind == wire.SR:
             up = self._by_stream.get(stream)
@@ -284,9 +318,13 @@ class RelayLink:
             except ValueError:
                 stats.bad_messages += 1
                 return
-            for seq in seqs:
-                if es.down.retransmit(seq):
-                    stats.retransmitted += 1
+            self.resending = True
+            try:
+                for seq in seqs:
+                    if es.down.retransmit(seq):
+                        stats.retransmitted += 1
+            finally:
+                self.resending = False
 
     # -- exporting: RouterTap ------------------------------------------------------------
 
@@ -308,6 +346,10 @@ class RelayLink:
         source = export.source
         for layer in [layer for layer in export.streams if layer not in source.layers]:
             self._drop_stream(export.streams.pop(layer))
+        if not source.layers:
+            # Nothing to carry yet (the director's program before its first cut): the
+            # other node would refuse it; the tick announces it once it has a layer.
+            return
         layers = {}
         for layer, up in source.layers.items():
             es = export.streams.get(layer)
@@ -350,10 +392,11 @@ class RelayLink:
                     continue
                 es.down = router.attach_sink(
                     es.source,
-                    _StreamSink(self, es.stream),
+                    _StreamSink(self, es),
                     ssrc=es.ssrc,
                     payload_type=up.payload_type,
                     layer=es.layer,
+                    first=True,
                 )
             elif es.stream not in streams and es.down is not None:
                 router.detach_sink(es.down)
@@ -545,6 +588,10 @@ class RelayLink:
             "unknown_stream": s.unknown_stream,
             "bad_messages": s.bad_messages,
             "delay_ms": {"p50": s.delay.percentile_ms(0.5), "p99": s.delay.percentile_ms(0.99)},
+            "fanout_delay_ms": {
+                "p50": s.fanout_delay.percentile_ms(0.5),
+                "p99": s.fanout_delay.percentile_ms(0.99),
+            },
         }
 
     def close(self) -> None:

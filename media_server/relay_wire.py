@@ -9,8 +9,10 @@ datagram is never mistaken for a client's. The tag is a keyed BLAKE2b of header 
 body with the link's key; the key is derived from the secret every node of a service
 shares (the one that signs room tokens) and the two nonces of the link's handshake, so a
 node that does not hold the secret can neither open a link nor inject into one.
-`sent` lets the receiver measure the one-way delay of the link (meaningful when the two
-clocks agree, as on one host or NTP-synchronised servers).
+`sent` lets the receiver measure the relay's one-way delay (meaningful when the two
+clocks agree, as on one host or NTP-synchronised servers). For an RTP datagram it is the
+time the exporting node took the packet in (its UpTrack's ingress), not the time it was
+sealed, so the delay includes everything the exporter did before relaying it.
 """
 
 from __future__ import annotations
@@ -63,8 +65,12 @@ def now_us() -> int:
     return time.time_ns() // 1000 & 0xFFFFFFFF
 
 
-def seal(key: bytes, kind: int, link: int, stream: int, body: bytes) -> bytes:
-    message = HEADER.pack(MAGIC, kind, link, stream, now_us()) + body
+def seal(
+    key: bytes, kind: int, link: int, stream: int, body: bytes, sent_us: int | None = None
+) -> bytes:
+    """A relay datagram; `sent_us` (u32 wall-clock microseconds) defaults to now."""
+    sent = now_us() if sent_us is None else sent_us & 0xFFFFFFFF
+    message = HEADER.pack(MAGIC, kind, link, stream, sent) + body
     return message + hashlib.blake2b(message, key=key, digest_size=TAG_BYTES).digest()
 
 
@@ -80,9 +86,10 @@ def authentic(key: bytes, data: bytes) -> bool:
     return hmac.compare_digest(tag, data[-TAG_BYTES:])
 
 
-def delay_us(sent_us: int) -> int:
-    """Microseconds since `sent_us` (the header's send time), across the u32 wrap."""
-    return (now_us() - sent_us) & 0xFFFFFFFF
+def delay_us(sent_us: int, at_us: int | None = None) -> int:
+    """Microseconds from `sent_us` (the header's send time) to `at_us` (default now),
+    across the u32 wrap."""
+    return ((now_us() if at_us is None else at_us) - sent_us) & 0xFFFFFFFF
 
 
 def pack_nacks(seqs: list[int]) -> list[bytes]:

@@ -193,10 +193,14 @@ class Router:
         ssrc: int,
         payload_type: int,
         layer: str | None = "h",
+        first: bool = False,
     ) -> DownTrack:
         """Forward `source` (best layer at or below `layer`) into `sink` from its next
-        keyframe on, as one continuous stream with our `ssrc` and `payload_type`."""
-        down = DownTrack(sink=sink, ssrc=ssrc, payload_type=payload_type)
+        keyframe on, as one continuous stream with our `ssrc` and `payload_type`.
+
+        `first`: this sink gets each packet before every participant's DownTrack (a relay
+        to another node, whose audience would otherwise wait behind the local fan-out)."""
+        down = DownTrack(sink=sink, ssrc=ssrc, payload_type=payload_type, first=first)
         down.forwarder.pinned = layer
         self._sinks.append(down)
         down.bind(source)

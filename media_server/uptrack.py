@@ -314,8 +314,12 @@ class UpTrack:
     def attach(self, downtrack: DownTrack) -> None:
         if downtrack not in self.downtracks:
             was_idle = not self.downtracks
-            # Copy-on-write: the hot loop iterates the old list undisturbed.
-            self.downtracks = [*self.downtracks, downtrack]
+            # Copy-on-write: the hot loop iterates the old list undisturbed. A relay's
+            # DownTrack goes ahead of the local ones (see DownTrack.first).
+            if downtrack.first:
+                self.downtracks = [downtrack, *self.downtracks]
+            else:
+                self.downtracks = [*self.downtracks, downtrack]
             if was_idle and self._on_wanted is not None and not self.closed:
                 self._on_wanted(self)
 

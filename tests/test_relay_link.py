@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,10 @@ from media_server import relay_wire as wire
 from media_server.relay import RelayRefused, RelayService
 from media_server.relay_link import RelayLink
 from media_server.room import LessonInfo, Room
+from media_server.source import MediaSource
+from tests.test_rtp_rewrite import VP8_KEY, make_up
+from tests.test_rtp_rewrite import rtp as video_rtp
+from tongke.tokens import Role
 
 KEY = b"k" * 32
 PEER = ("10.9.9.9", 4000)
@@ -253,3 +258,163 @@ async def test_an_edge_announcing_itself_twice_keeps_one_link_and_bad_hellos_ope
         assert list(service.links.values()) == [second]
     finally:
         await service.close()
+
+
+class Recorded:
+    """A local subscriber's sink and the relay's socket, writing into one ordered log."""
+
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name = log, name
+        self.sent: list[bytes] = []
+
+    def send_rtp(self, packet: bytes) -> None:
+        self.log.append(self.name)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        pass
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.log.append(self.name)
+        self.sent.append(data)
+
+
+async def test_the_relay_gets_each_packet_before_the_local_subscribers_stamped_at_ingress() -> None:
+    """A relay joining late still goes first: the edge's audience must not wait for ours."""
+    room = Room(LessonInfo(room="r6"))
+    log: list[str] = []
+    up = make_up("h", 1111, [])
+    source = MediaSource(
+        participant="p1",
+        classroom="c-master",
+        name="m",
+        source="teacher_camera",
+        kind="video",
+        codec="vp8",
+        label="Teacher camera",
+        role=Role.MASTER,
+    )
+    source.layers = {"h": up}
+    room.router.add_source(source)
+    for i in range(3):  # local subscribers, there before the edge asks
+        room.router.attach_sink(source, Recorded(log, "local"), ssrc=100 + i, payload_type=96)
+    socket = Recorded(log, "relay")
+    link = make_link(room, socket)  # type: ignore[arg-type]
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def send(text: str) -> None:
+        pass
+
+    task = asyncio.ensure_future(link.serve(queue.get, send))
+    try:
+        for _ in range(100):
+            if source in link._exports:
+                break
+            await asyncio.sleep(0.01)
+        stream = link._exports[source].streams["h"].stream
+        queue.put_nowait(json.dumps({"type": "want", "streams": [stream]}))
+        for _ in range(100):
+            if link.describe()["exported"][0]["layers"]["h"]:
+                break
+            await asyncio.sleep(0.01)
+        up.on_rtp(video_rtp(10, 0, 1111, VP8_KEY), 0)
+        assert log == ["relay", "local", "local", "local"]
+        (datagram,) = socket.sent
+        assert wire.HEADER.unpack_from(datagram)[4] == int(up.last_packet_at * 1e6) & 0xFFFFFFFF
+    finally:
+        queue.put_nowait(None)
+        await asyncio.wait_for(task, 5)
+
+
+async def test_the_edge_measures_the_relay_to_its_socket_read_and_to_its_fan_out() -> None:
+    room = Room(LessonInfo(room="r7"))
+    link = make_link(room, Transport())
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    queue.put_nowait(json.dumps(announce()))
+
+    async def send(text: str) -> None:
+        pass
+
+    task = asyncio.ensure_future(link.serve(queue.get, send))
+    try:
+        for _ in range(100):
+            if room.sources():
+                break
+            await asyncio.sleep(0.01)
+        now = wire.now_us()
+        # Taken in 5 ms ago on the origin, read off our socket 0.3 ms after that.
+        sent = wire.seal(KEY, wire.RTP, 7, 5, rtp(100), sent_us=now - 5000)
+        link.on_datagram(sent, 0, read_us=now - 4700)
+        delays = link.describe()
+        assert delays["delay_ms"]["p50"] == 0.35  # the 300-350 us bucket
+        assert delays["fanout_delay_ms"]["p50"] >= 5.0
+        link.stats.reset_delays()
+        assert link.describe()["delay_ms"]["p50"] is None
+    finally:
+        queue.put_nowait(None)
+        await asyncio.wait_for(task, 5)
+
+
+def test_each_media_worker_relays_on_its_own_port_after_the_configured_one() -> None:
+    from tongke.cluster.workers import WorkerPool, worker_config
+    from tongke.config import Config
+
+    config = Config(relay_port=18350)
+    assert [worker_config(config, slot).relay_port for slot in (1, 2, 3)] == [18350, 18351, 18352]
+    assert worker_config(Config(), 2).relay_port == 0  # any port, each its own
+    with pytest.raises(ValueError):
+        WorkerPool(Config(relay_port=65535), 2, host_id="h")
+
+
+def test_a_host_with_two_workers_and_a_fixed_relay_port_starts_and_relays_on_two_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.lesson_server import ServerProcess, start_server_process
+
+    monkeypatch.setenv("TONGKE_RELAY_PORT", "18360")
+    server = start_server_process(tmp_path, extra=["--workers", "2"])
+    try:
+        ports = sorted(
+            ServerProcess(
+                proc=server.proc, url=n["url"], secret=server.secret, data_dir=tmp_path
+            ).api("GET", "/api/relay")["port"]
+            for n in server.api("GET", "/api/cluster")["nodes"]
+        )
+        assert ports == [18360, 18361]
+    finally:
+        server.stop()
+
+
+async def test_a_source_without_layers_is_announced_once_it_has_one() -> None:
+    """The director's program exists before its first cut: the other node must not be
+    sent an announcement it refuses (logged and counted as a bad message there)."""
+    room = Room(LessonInfo(room="r8"))
+    program = MediaSource(
+        participant="director",
+        classroom="",
+        name="导播",
+        source="program",
+        kind="video",
+        codec="vp8",
+        label="Program",
+        role=None,
+    )
+    room.router.add_source(program)
+    sent: list[dict[str, Any]] = []
+    link = make_link(room, Transport())
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def send(text: str) -> None:
+        sent.append(json.loads(text))
+
+    task = asyncio.ensure_future(link.serve(queue.get, send))
+    try:
+        await asyncio.sleep(0.05)
+        assert [m for m in sent if m["type"] == "source"] == []
+        room.router.set_layers(program, {"h": make_up("h", 1111, [])})
+        link._tick_once()
+        await asyncio.sleep(0.05)
+        (announced,) = [m for m in sent if m["type"] == "source"]
+        assert announced["source"] == "program" and list(announced["layers"]) == ["h"]
+    finally:
+        queue.put_nowait(None)
+        await asyncio.wait_for(task, 5)

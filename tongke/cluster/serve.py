@@ -13,7 +13,7 @@ import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
@@ -131,7 +131,9 @@ async def start_service(config: Config) -> Service:
 
     if pool is not None:
         await pool.start()
-    server = await start_server(config, prepare=prepare)
+    # With workers the front hosts no lesson: the configured relay_port is theirs.
+    front_config = replace(config, relay_port=0) if pool is not None else config
+    server = await start_server(front_config, prepare=prepare)
     service = Service(server=server, workers=count, pool=pool, node=node)
     front = fronts[0]
     await front.start()

@@ -26,6 +26,18 @@ READY_TIMEOUT_S = 30.0
 LOAD_POLL_S = 1.0
 
 
+def worker_config(config: Config, slot: int) -> Config:
+    """Worker `slot`'s (1-based) configuration: each binds a relay UDP socket of its own,
+    so a fixed `relay_port` is the first worker's and the others take the ports after it
+    (a firewall opens relay_port .. relay_port + workers - 1); 0 stays any port."""
+    if not config.relay_port:
+        return config
+    port = config.relay_port + slot - 1
+    if port > 65535:
+        raise ValueError(f"relay_port {config.relay_port} leaves no UDP port for worker {slot}")
+    return replace(config, relay_port=port)
+
+
 @dataclass
 class Worker:
     slot: int
@@ -52,6 +64,7 @@ class WorkerPool:
         # room facts and the HTTP port.
         self.config = replace(config, workers=1, port=0, access_log="-")
         self.workers = [Worker(slot=i + 1, node_id=f"{host_id}-w{i + 1}") for i in range(count)]
+        worker_config(self.config, count)  # a relay_port too high for the last one: now
         self.on_died = on_died
         # Told after each round of load reports (placement's in-flight counts reset).
         self.on_loads: Callable[[], None] | None = None
@@ -95,7 +108,7 @@ class WorkerPool:
             cwd=ROOT,
         )
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(config_to_json(self.config).encode() + b"\n")
+        proc.stdin.write(config_to_json(worker_config(self.config, worker.slot)).encode() + b"\n")
         await proc.stdin.drain()
         worker.proc = proc
         try:
