@@ -19,13 +19,14 @@ from media_server.delay_estimate import DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import INITIAL_BPS, DownlinkEstimator
 from media_server.pacer import Pacer
-from media_server.probe import ProbeController
+from media_server.probe import CLUSTER_S, ProbeController
 from media_server.sink import PacketSink
 from media_server.source import MediaSource
 from media_server.twcc import SendHistory, feedback_in
 
-# Leave room for retransmissions, RTCP and header overhead.
-ALLOCATION_SHARE = 0.85
+# Leave room for retransmissions, RTCP and header overhead (the estimate counts IP, UDP
+# and SRTP bytes, a layer's measured rate only RTP: ~4 % at our packet sizes).
+ALLOCATION_SHARE = 0.9
 # A layer rises only after the estimate has allowed it, without a drop, for this long;
 # each drop soon after a rise doubles the wait (a link that cannot carry the next layer
 # is not asked every few seconds), and a long calm period resets it.
@@ -33,6 +34,11 @@ HOLD_S = 4.0
 HOLD_MAX_S = 16.0
 PROBE_STEP_S = 0.01
 PROBE_MAX_PACKETS = 64  # per step: 64 x ~1.2 kB in 10 ms is ~60 Mbit/s, far above any target
+# The probe's own queue drains after the cluster: at most this long is left out of the
+# delay trend after it.
+PROBE_DRAIN_MAX_S = 0.3
+# Transport-cc loss is read once a tick over at least this many reported packets.
+MIN_LOSS_PACKETS = 20
 CALM_S = 60.0
 
 
@@ -84,11 +90,12 @@ class SubscriberBandwidth:
         self.prober = ProbeController()
         self._probe_timer: asyncio.TimerHandle | None = None
         self._downtracks: list[DownTrack] = []
-        self._probe_from_bps = 0
         self._probe_last_step = 0.0
+        self._loss_mark = (0, 0)  # transport-cc (lost, received) at the last loss reading
         self._history: SendHistory | None = None
         self._delay: DelayEstimate | None = None
         self.feedback_reports = 0
+        self._layer_bps: dict[str, dict[str, int]] = {}  # what the allocator last assumed
 
     def use_transport_cc(self, ext_id: int) -> None:
         """The subscriber negotiated transport-cc: stamp, record, estimate from feedback."""
@@ -107,8 +114,13 @@ class SubscriberBandwidth:
         for feedback in feedback_in(data):
             self.feedback_reports += 1
             rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
-            delay.on_feedback(history.match(feedback, now), now, rtt_s)
-            self.estimator.on_delay(delay.bps, delay.overusing, now)
+            results = history.match(feedback, now)
+            if self.prober.active is not None:
+                self.prober.collect(results)
+            delay.on_feedback(results, now, rtt_s)
+            self.estimator.on_delay(
+                delay.bps, delay.overusing, now, delay.decrease_to, delay.capacity_bps
+            )
 
     def sink_for(self, kind: str) -> PacketSink:
         if not self.adaptive:
@@ -128,6 +140,7 @@ class SubscriberBandwidth:
         if not self.adaptive:
             return None
         candidates = [self._candidate(d, now) for d in active]
+        self._layer_bps = {c.source: c.layers for c in candidates if c.kind == "video"}
         self.estimator.demand_bps = sum(_top_cost(c) for c in candidates) / ALLOCATION_SHARE
         self._downtracks = active
         self._maybe_probe(estimate.bps, now)
@@ -156,15 +169,17 @@ class SubscriberBandwidth:
         delay = self._delay
         if delay is None or not delay.ready or self._probe_timer is not None:
             return
-        # Quiet means no queue and no layer change (a rise's keyframes) for a while.
-        last_change = max(delay.overused_at, self._last_down, self._last_up)
+        # Quiet means no queue and no cut for a while. A rise's keyframes do not spoil
+        # a probe: it is judged by the bytes that really left and arrived.
+        last_change = max(delay.overused_at, self._last_down)
         probe = self.prober.start(now, estimate_bps, self.estimator.demand_bps, last_change)
         if probe is None:
             return
         self.pacer.set_rate(int(probe.target_bps))
-        delay.peak_acked_bps = 0.0
-        self._probe_from_bps = estimate_bps
-        self._probe_last_step = now
+        # The cluster's queue drains at about the estimate: leave it out of the trend.
+        drain = min(probe.target_bps * CLUSTER_S / max(estimate_bps, 1), PROBE_DRAIN_MAX_S)
+        delay.exclude(probe.started, probe.ends + drain)
+        self._probe_last_step = now - PROBE_STEP_S
         self._probe_step()
 
     def _probe_step(self) -> None:
@@ -176,6 +191,7 @@ class SubscriberBandwidth:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if now >= probe.ends:
+            self.prober.sent_until = now
             rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
             self._probe_timer = loop.call_later(max(0.3, rtt_s + 0.2), self._probe_done)
             return
@@ -203,15 +219,13 @@ class SubscriberBandwidth:
         if probe is None or delay is None:
             return
         now = asyncio.get_running_loop().time()
-        proven = self.prober.finish(now, delay.peak_acked_bps, delay.overused_at >= probe.started)
-        if proven is not None:
-            self.estimator.on_probe(proven, now)
-            self._last_down = float("-inf")  # the link proved it: layers may rise now
-            self._hold_s = HOLD_S
-        else:
-            # The probe itself overfilled the link: that says nothing against the
-            # estimate from before it.
-            self.estimator.on_probe(min(self._probe_from_bps, delay.peak_acked_bps), now)
+        before = self.estimator.estimate(now).bps
+        result = self.prober.finish(now)
+        if result is not None:
+            self.estimator.on_probe(result.bps, result.saturated, now)
+            if self.estimator.estimate(now).bps > before:
+                self._last_down = float("-inf")  # the link proved it: layers may rise now
+                self._hold_s = HOLD_S
         self.pacer.set_rate(self.estimator.estimate(now).bps)
 
     def _measure_sent(self, downtracks: Sequence[DownTrack], now: float) -> None:
@@ -231,6 +245,18 @@ class SubscriberBandwidth:
         self._last_tick = now
 
     def _feed_loss(self, downtracks: Sequence[DownTrack], now: float) -> None:
+        delay = self._delay
+        if delay is not None and delay.ready:
+            # Transport-cc reports every packet: one fraction over the whole second, not
+            # a few packets of a slow stream (one loss in seven is no 14 % line).
+            missing = delay.lost - self._loss_mark[0]
+            reported = missing + delay.received - self._loss_mark[1]
+            if reported >= MIN_LOSS_PACKETS:
+                self._loss_mark = (delay.lost, delay.received)
+                self.estimator.on_loss(missing / reported, now)
+            for d in downtracks:
+                d.loss_fresh = False
+            return
         weight = lost = 0.0
         for d in downtracks:
             if d.loss_fresh:
@@ -306,13 +332,25 @@ class SubscriberBandwidth:
             "loss": round(est.loss, 4),
             "rtt_ms": round(est.rtt_ms, 1) if est.rtt_ms is not None else None,
             "hold_s": self._hold_s,
+            "layer_bps": self._layer_bps,
             "paced_dropped": self.pacer.dropped,
             "repair_refused": self.repair.refused,
             "transport_cc": self._delay is not None,
             "delay_bps": int(self._delay.bps) if self._delay is not None else None,
             "delay_usage": self._delay.usage.value if self._delay is not None else None,
             "feedback_reports": self.feedback_reports,
-            "probes": {"succeeded": self.prober.succeeded, "failed": self.prober.failed},
+            "capacity_bps": int(est.capacity_bps) if est.capacity_bps is not None else None,
+            "false_overuse": self._delay.false_overuse if self._delay is not None else None,
+            "probes": {
+                "succeeded": self.prober.succeeded,
+                "failed": self.prober.failed,
+                "last": {
+                    "send_bps": int(self.prober.last.send_bps),
+                    "receive_bps": int(self.prober.last.receive_bps),
+                }
+                if self.prober.last is not None
+                else None,
+            },
         }
 
     def close(self) -> None:

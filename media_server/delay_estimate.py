@@ -7,10 +7,19 @@ sent them (bursts of 5 ms), take for each group how much longer it took to arriv
 to send, accumulate and smooth that, and fit a line through the last 20 points: its
 slope is the queue's growth. A slope above an adaptive threshold (it follows the slope's
 usual size, so a jittery radio link does not read as congestion) for more than one
-report is overuse: the estimate drops to 85% of what the receiver actually got over the
-last half second (again only while what arrives is near the estimate: after we cut our
-own rate, the queue draining is no news about the link). Below the negative threshold the queue is draining: hold. Otherwise
-the estimate grows 8% a second, at most to 1.5 times what arrives plus a packet.
+report is overuse. Overuse lowers the estimate only when the link is what sets the pace:
+the packets that arrived over the last half second took longer to arrive than to send
+(`SATURATED`). A busy machine's stall (ours, the receiver's, or an emulated link's
+pump) delays packets and then lets them through in a burst, which bends the trend but
+delivers at least as fast as we sent; and a false reading while we send well below the
+link would otherwise cut the estimate to 85% of our own, low, rate, again and again.
+On confirmed overuse the estimate drops to 85% of what the receiver actually got over
+the last half second, at most once a round trip, and that rate is kept as the link's
+measured capacity (after a cut the queue drains faster than we send: not confirmed). Below the negative threshold the queue is draining: hold.
+Otherwise the estimate grows 8% a second, at most to 1.5 times what arrives plus a
+packet. Packets sent during a probe cluster and while its queue drains (`exclude`) are
+left out of the trend: the probe's own queue is no news (media_server/probe.py judges
+the cluster by rates).
 
 Written from the draft's description; the subscriber's control loop combines it with
 REMB and receiver-report loss (media_server/estimator.py).
@@ -40,9 +49,14 @@ QUEUE_MS = 25.0
 WARMUP_SAMPLES = 200
 FLOOR_RISE_MS_PER_S = 1.0  # the floor follows clock drift slowly upwards
 DECREASE = 0.85
-EVIDENCE = 0.6  # what arrived, as a share of the estimate, to lower it again
 GROWTH_PER_S = 1.08
 ACKED_WINDOW_US = 500_000
+# Arrival slower than this share of the send rate, over the same packets: a queue is
+# really growing somewhere on the path.
+SATURATED = 0.97
+# The newest arrivals, to tell a queue (arriving slower than sent) from the catch-up after
+# a stall (arriving faster than sent, at the link's rate).
+RECENT_PACKETS = 10
 MIN_BPS = 64_000
 
 
@@ -81,18 +95,28 @@ class DelayEstimate:
         self._overuse_ms = 0.0
         self._overuse_count = 0
         self._trend = 0.0
-        self._acked: deque[tuple[int, int]] = deque()  # (arrival us, size)
+        self._acked: deque[tuple[int, int, float]] = deque()  # (arrival us, size, sent)
         self._acked_bytes = 0
         self._last_decrease = float("-inf")
-        self._decreased_this_episode = False
-        self.peak_acked_bps = 0.0  # highest acked rate since the caller last reset it
         self.overused_at = float("-inf")
+        # Set by the feedback that confirmed overuse: the rate to drop to, and what the
+        # link was measured to deliver meanwhile; None otherwise.
+        self.decrease_to: float | None = None
+        self.capacity_bps: float | None = None
+        self.false_overuse = 0  # overuse readings while the link kept up with us
+        self._was_saturated = False
+        self._excluded: tuple[float, float] = (0.0, -1.0)  # send times left out
         self._last_update: float | None = None
 
     # -- input ------------------------------------------------------------------------
 
+    def exclude(self, start: float, end: float) -> None:
+        """Leave packets sent between `start` and `end` (a probe cluster) out of the trend."""
+        self._excluded = (start, end)
+
     def on_feedback(self, results: list[PacketResult], now: float, rtt_s: float = 0.1) -> None:
         """One feedback report's packets (send times matched); updates `bps` and `usage`."""
+        self.decrease_to = None
         highest = self._highest
         fresh = [r for r in results if r[0] > highest]
         if not fresh:
@@ -108,8 +132,15 @@ class DelayEstimate:
         self._control(now, rtt_s)
 
     def _take(self, sent: float, arrival_us: int, size: int) -> None:
-        self._acked.append((arrival_us, size))
+        self._acked.append((arrival_us, size, sent))
         self._acked_bytes += size
+        start, end = self._excluded
+        if start <= sent <= end:
+            # A probe's queue: close what came before, and pair nothing across it.
+            if self._group is not None:
+                self._close_group(self._group)
+            self._group = self._previous = None
+            return
         group = self._group
         if group is None:
             self._group = _Group(sent, arrival_us, size)
@@ -186,6 +217,11 @@ class DelayEstimate:
 
     def acked_bps(self) -> float | None:
         """What the receiver got over the last half second of its own clock."""
+        rates = self._rates()
+        return rates[0] if rates is not None else None
+
+    def _rates(self) -> tuple[float, float] | None:
+        """(arrived, sent) bits per second over the packets of the last half second."""
         acked = self._acked
         if len(acked) < 2:
             return None
@@ -193,30 +229,56 @@ class DelayEstimate:
         while acked and acked[0][0] < newest - ACKED_WINDOW_US:
             self._acked_bytes -= acked.popleft()[1]
         span_us = max(newest - acked[0][0], 100_000)
-        return self._acked_bytes * 8 * 1e6 / span_us
+        # Arrival order is close to send order (audio may overtake video): the ends
+        # of the window give its send span without a pass over it.
+        sent_s = max(acked[-1][2] - acked[0][2], 0.05)
+        return self._acked_bytes * 8 * 1e6 / span_us, self._acked_bytes * 8 / sent_s
+
+    def _recent_ratio(self) -> float | None:
+        """Arrival over send rate of the newest `RECENT_PACKETS` arrivals."""
+        acked = self._acked
+        if len(acked) <= RECENT_PACKETS:
+            return None
+        first, last = acked[-RECENT_PACKETS], acked[-1]
+        arrival_s = (last[0] - first[0]) / 1e6
+        sent_s = last[2] - first[2]
+        if arrival_s <= 0:
+            return float("inf")
+        return max(sent_s, 0.0) / arrival_s
+
+    def _saturated(self, rates: tuple[float, float] | None) -> bool:
+        """The link, not we, sets the pace now and over the last half second."""
+        recent = self._recent_ratio()
+        return (
+            rates is not None
+            and rates[0] < SATURATED * rates[1]
+            and recent is not None
+            and recent < 1.0
+        )
 
     def _control(self, now: float, rtt_s: float) -> None:
-        acked = self.acked_bps()
-        if acked is not None:
-            self.peak_acked_bps = max(self.peak_acked_bps, acked)
+        rates = self._rates()
+        acked = rates[0] if rates is not None else None
         elapsed = 0.0 if self._last_update is None else min(now - self._last_update, 1.0)
         self._last_update = now
+        saturated = self._saturated(rates)
+        confirmed = saturated and self._was_saturated
+        self._was_saturated = saturated
+        if self.usage is Usage.OVERUSE and not confirmed:
+            # The trend rose, but the link is not (or not twice in a row) delivering
+            # slower than we send: a stall and its catch-up, not a queue. No news.
+            self.false_overuse += 1
+            self.usage = Usage.NORMAL
         if self.usage is Usage.OVERUSE:
             self.overused_at = now
-            # The first decrease of an overuse episode follows what arrives; later ones
-            # only while that is near the estimate (a queue still draining after we cut
-            # our own rate is no news about the link).
-            first = not self._decreased_this_episode
-            if (
-                acked is not None
-                and (first or acked >= EVIDENCE * self.bps)
-                and now - self._last_decrease > max(0.2, rtt_s)
-            ):
+            # Each decrease follows what arrives, at most once a round trip (a cut
+            # shows in the feedback one round trip later). A queue still draining after
+            # a cut delivers faster than we now send: the check above stops there.
+            if acked is not None and now - self._last_decrease > max(0.2, rtt_s):
                 self.bps = min(self.bps, DECREASE * acked)
+                self.decrease_to = DECREASE * acked
+                self.capacity_bps = acked
                 self._last_decrease = now
-                self._decreased_this_episode = True
-        else:
-            self._decreased_this_episode = False
         if self.usage is Usage.NORMAL:
             grown = self.bps * GROWTH_PER_S**elapsed
             if acked is not None:
