@@ -27,6 +27,8 @@ from media_server.twcc import SendHistory, feedback_in
 # Leave room for retransmissions, RTCP and header overhead (the estimate counts IP, UDP
 # and SRTP bytes, a layer's measured rate only RTP: ~4 % at our packet sizes).
 ALLOCATION_SHARE = 0.9
+# What is already being sent stays while it fits in this share and nothing says congested.
+KEEP_SHARE = 0.97
 # A layer rises only after the estimate has allowed it, without a drop, for this long;
 # each drop soon after a rise doubles the wait (a link that cannot carry the next layer
 # is not asked every few seconds), and a long calm period resets it.
@@ -147,7 +149,11 @@ class SubscriberBandwidth:
         if now - max(self._last_down, self._last_up) > CALM_S:
             self._hold_s = HOLD_S
         hold = now - self._last_down < self._hold_s or estimate.congested
-        decisions = allocate(int(estimate.bps * ALLOCATION_SHARE), candidates, hold=hold)
+        # While nothing says congested, what is already sent stays as long as it fits.
+        keep = None if estimate.congested else int(estimate.bps * KEEP_SHARE)
+        decisions = allocate(
+            int(estimate.bps * ALLOCATION_SHARE), candidates, hold=hold, keep_bps=keep
+        )
         lowered = raised = False
         for down, cand in zip(active, candidates, strict=True):
             decision = decisions[cand.key]
