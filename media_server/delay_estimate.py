@@ -105,6 +105,7 @@ class DelayEstimate:
         self.capacity_bps: float | None = None
         self.false_overuse = 0  # overuse readings while the link kept up with us
         self._was_saturated = False
+        self._confirmed = False  # overuse, and the link confirms it
         self._excluded: tuple[float, float] = (0.0, -1.0)  # send times left out
         self._last_update: float | None = None
 
@@ -264,12 +265,12 @@ class DelayEstimate:
         saturated = self._saturated(rates)
         confirmed = saturated and self._was_saturated
         self._was_saturated = saturated
+        self._confirmed = self.usage is Usage.OVERUSE and confirmed
         if self.usage is Usage.OVERUSE and not confirmed:
             # The trend rose, but the link is not (or not twice in a row) delivering
             # slower than we send: a stall and its catch-up, not a queue. No news.
             self.false_overuse += 1
-            self.usage = Usage.NORMAL
-        if self.usage is Usage.OVERUSE:
+        if self._confirmed:
             self.overused_at = now
             # Each decrease follows what arrives, at most once a round trip (a cut
             # shows in the feedback one round trip later). A queue still draining after
@@ -293,7 +294,8 @@ class DelayEstimate:
 
     @property
     def overusing(self) -> bool:
-        return self.usage is Usage.OVERUSE
+        """Overuse the link confirms (what the estimate acts on)."""
+        return self._confirmed
 
 
 def _sent(result: PacketResult) -> float:
