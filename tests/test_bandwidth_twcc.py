@@ -487,7 +487,11 @@ def test_loss_free_growth_stops_at_the_measured_capacity() -> None:
     assert est.estimate(30.0).bps == 1_500_000
 
 
-def test_probe_packets_duplicate_while_forwarding_and_pad_while_paused() -> None:
+def test_probe_packets_are_padding_with_fresh_numbers_and_never_shift_a_late_packet() -> None:
+    """A probe never repeats a number (the receiver's SRTP would drop it as a replay and
+    the probe would read as lost). While forwarding, the stream continues after the
+    padding; a packet the publisher's path reordered from before it keeps its own
+    number; a NACK for padding gets padding again, never media."""
     from media_server.source import MediaSource
     from media_server.uptrack import UpTrack
 
@@ -509,14 +513,35 @@ def test_probe_packets_duplicate_while_forwarding_and_pad_while_paused() -> None
     sink = MemorySink()
     down = DownTrack(sink=sink, ssrc=77, payload_type=96)
     down.bind(source)
+
+    def rtp(seq: int, payload: bytes) -> bytes:
+        return (
+            bytes([0x80, 96]) + seq.to_bytes(2, "big") + bytes([0, 0, 0, 9, 0, 0, 0, 5]) + payload
+        )
+
+    def out_seq(packet: bytes) -> int:
+        return int.from_bytes(packet[2:4], "big")
+
     key = bytes([0x90, 0x00, 0x00]) + b"frame"  # VP8: start of partition 0, key frame
-    up.on_rtp(bytes([0x80, 96, 0, 10, 0, 0, 0, 9, 0, 0, 0, 5]) + key, 0)
-    assert len(sink.rtp) == 1
-    assert down.probe() > 0
-    assert sink.rtp[1] == sink.rtp[0]  # the same packet again (abs-send-time aside: none)
-    down.allocate(None, paused=True)
+    up.on_rtp(rtp(10, key), 0)
+    up.on_rtp(rtp(12, b"\x10\x00\x00twelve"), 0)  # 11 is late
+    first = out_seq(sink.rtp[0])
+    assert out_seq(sink.rtp[1]) == first + 2
     assert down.probe() > 0
     padding = sink.rtp[2]
     assert padding[0] & 0x20 and len(padding) - 12 == padding[-1]  # padding only
-    assert int.from_bytes(padding[2:4], "big") == int.from_bytes(sink.rtp[0][2:4], "big") + 1
-    assert down.retransmit(int.from_bytes(padding[2:4], "big")) is False  # nothing to resend
+    assert out_seq(padding) == first + 3
+    up.on_rtp(rtp(13, b"\x10\x00\x00thirteen"), 0)
+    assert out_seq(sink.rtp[3]) == first + 4  # the stream continues after the padding
+    up.on_rtp(rtp(11, b"\x10\x00\x00eleven"), 0)
+    assert out_seq(sink.rtp[4]) == first + 1  # the late packet keeps its own number
+    assert sink.rtp[4].endswith(b"eleven")
+    # NACKs: padding for the padding, each media packet's own payload for its number.
+    assert down.retransmit(first + 3) is True
+    assert sink.rtp[-1][0] & 0x20 and out_seq(sink.rtp[-1]) == first + 3
+    assert down.retransmit(first + 1) is True and sink.rtp[-1].endswith(b"eleven")
+    assert down.retransmit(first + 4) is True and sink.rtp[-1].endswith(b"thirteen")
+    # Paused: padding takes the next number too, and the resume continues after it.
+    down.allocate(None, paused=True)
+    assert down.probe() > 0
+    assert out_seq(sink.rtp[-1]) == first + 5
