@@ -18,7 +18,7 @@ from media_server.allocator import Candidate, Decision, allocate, layer_bps, ran
 from media_server.delay_estimate import DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import INITIAL_BPS, DownlinkEstimator
-from media_server.pacer import Pacer
+from media_server.pacer import PACING_FACTOR, Pacer
 from media_server.probe import CLUSTER_S, ProbeController
 from media_server.sink import PacketSink
 from media_server.source import MediaSource
@@ -27,6 +27,8 @@ from media_server.twcc import SendHistory, feedback_in
 # Leave room for retransmissions, RTCP and header overhead (the estimate counts IP, UDP
 # and SRTP bytes, a layer's measured rate only RTP: ~4 % at our packet sizes).
 ALLOCATION_SHARE = 0.9
+# Bursts leave at least this much faster than the estimate, however low the capacity.
+BURST_OVER_ESTIMATE = 1.1
 # What is already being sent stays while it fits in this share and nothing says congested.
 KEEP_SHARE = 0.97
 # A layer rises only after the estimate has allowed it, without a drop, for this long;
@@ -137,7 +139,7 @@ class SubscriberBandwidth:
         estimate = self.estimator.estimate(now)
         self.estimate_bps = estimate.bps
         probe = self.prober.active
-        self.pacer.set_rate(max(estimate.bps, int(probe.target_bps)) if probe else estimate.bps)
+        self.pacer.set_rate(int(probe.target_bps) if probe else self._pacing(estimate.bps))
         self.repair.set_rate(estimate.bps)
         if not self.adaptive:
             return None
@@ -232,7 +234,20 @@ class SubscriberBandwidth:
             if self.estimator.estimate(now).bps > before:
                 self._last_down = float("-inf")  # the link proved it: layers may rise now
                 self._hold_s = HOLD_S
-        self.pacer.set_rate(self.estimator.estimate(now).bps)
+        self.pacer.set_rate(self._pacing(self.estimator.estimate(now).bps))
+
+    def _pacing(self, estimate_bps: int) -> int:
+        """The pacer's base rate (it sends at PACING_FACTOR times it).
+
+        Bursts (keyframes) may leave faster than the estimate, but not much faster than
+        the link's measured capacity: a burst above it is a queue of our own making,
+        which the delay detector rightly reports and the estimate pays for.
+        """
+        capacity = self.estimator.capacity_bps
+        if capacity is None:
+            return estimate_bps
+        ceiling = max(capacity, BURST_OVER_ESTIMATE * estimate_bps) / PACING_FACTOR
+        return max(int(min(estimate_bps, ceiling)), 1)
 
     def _measure_sent(self, downtracks: Sequence[DownTrack], now: float) -> None:
         est = self.estimator

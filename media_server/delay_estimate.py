@@ -235,8 +235,12 @@ class DelayEstimate:
         sent_s = max(acked[-1][2] - acked[0][2], 0.05)
         return self._acked_bytes * 8 * 1e6 / span_us, self._acked_bytes * 8 / sent_s
 
-    def _recent_ratio(self) -> float | None:
-        """Arrival over send rate of the newest `RECENT_PACKETS` arrivals."""
+    def _recent(self) -> tuple[float, float] | None:
+        """(arrival over send rate, arrival bits per second) of the newest arrivals.
+
+        Behind a queue they arrive back to back: their rate is the link's, where the
+        half-second average also holds the quiet moments before a burst.
+        """
         acked = self._acked
         if len(acked) <= RECENT_PACKETS:
             return None
@@ -244,17 +248,18 @@ class DelayEstimate:
         arrival_s = (last[0] - first[0]) / 1e6
         sent_s = last[2] - first[2]
         if arrival_s <= 0:
-            return float("inf")
-        return max(sent_s, 0.0) / arrival_s
+            return float("inf"), 0.0
+        size = sum(acked[-i][1] for i in range(1, RECENT_PACKETS))  # all but the first
+        return max(sent_s, 0.0) / arrival_s, size * 8 / arrival_s
 
     def _saturated(self, rates: tuple[float, float] | None) -> bool:
         """The link, not we, sets the pace now and over the last half second."""
-        recent = self._recent_ratio()
+        recent = self._recent()
         return (
             rates is not None
             and rates[0] < SATURATED * rates[1]
             and recent is not None
-            and recent < 1.0
+            and recent[0] < 1.0
         )
 
     def _control(self, now: float, rtt_s: float) -> None:
@@ -276,9 +281,14 @@ class DelayEstimate:
             # shows in the feedback one round trip later). A queue still draining after
             # a cut delivers faster than we now send: the check above stops there.
             if acked is not None and now - self._last_decrease > max(0.2, rtt_s):
-                self.bps = min(self.bps, DECREASE * acked)
-                self.decrease_to = DECREASE * acked
-                self.capacity_bps = acked
+                # The link's rate: the newest packets came out of its queue back to back
+                # (a keyframe's short queue on a link we otherwise underuse must not cut
+                # the estimate to our own average rate).
+                recent = self._recent()
+                link = max(acked, recent[1]) if recent is not None else acked
+                self.bps = min(self.bps, DECREASE * link)
+                self.decrease_to = DECREASE * link
+                self.capacity_bps = link
                 self._last_decrease = now
         if self.usage is Usage.NORMAL:
             grown = self.bps * GROWTH_PER_S**elapsed
