@@ -224,13 +224,15 @@ def simulate(
     rtt_s: float = 0.1,
     stalls: tuple[tuple[float, float], ...] = (),
     probing: bool = True,
+    keyframe_bytes: int = 0,
 ) -> list[tuple[float, float, Usage]]:
     """One subscriber as media_server/bandwidth.py drives it, against a simulated link.
 
     Media leaves at min(demand, the allocation share of the estimate) in 1,200-byte
     packets; feedback comes every 100 ms; once a second the loss over the reported
     packets feeds the estimate and a probe cluster may start (topping the rate up to
-    its target for its duration, judged once its feedback is in).
+    its target for its duration, judged once its feedback is in). Every 2 s a keyframe
+    of `keyframe_bytes` leaves at the pacer's 1.5 times the estimate.
     Returns (time, estimate, usage) after each feedback.
     """
     rng = random.Random(8)
@@ -243,6 +245,7 @@ def simulate(
     size = 1200
     t, seq, next_feedback, next_tick = 0.0, 0, 0.1, 1.0
     judge_at: float | None = None
+    keyframe_left, next_keyframe = 0, 2.0
     sent_bytes, loss_mark = 0, (0, 0)
     pending: list[tuple[int, float | None]] = []
     trace = []
@@ -256,6 +259,11 @@ def simulate(
         seq += 1
         sent_bytes += size
         rate = min(demand_bps, ALLOCATION_SHARE * est.estimate(t).bps)
+        if keyframe_bytes and t >= next_keyframe:
+            keyframe_left, next_keyframe = keyframe_bytes, next_keyframe + 2.0
+        if keyframe_left > 0:
+            keyframe_left -= size
+            rate = 1.5 * est.estimate(t).bps
         probe = prober.active
         if probe is not None and t < probe.ends:
             rate = max(rate, probe.target_bps)
@@ -348,6 +356,15 @@ def test_a_clean_link_never_reads_as_congestion() -> None:
     trace = simulate([(0.0, 5_000_000)], seconds=8, demand_bps=2_000_000)
     assert all(usage is not Usage.OVERUSE for _, _, usage in trace)
     assert trace[-1][1] >= 2_400_000
+
+
+def test_a_keyframes_short_queue_cuts_to_the_links_rate_not_to_our_own() -> None:
+    """Sending 1.2 of a 2 Mbit/s link, keyframes leave in bursts faster than the link:
+    a real, short queue. The cut follows the rate the link delivered out of it, not our
+    half-second average, so the estimate stays near the link."""
+    trace = simulate([(0.0, 2_000_000)], seconds=30, demand_bps=1_200_000, keyframe_bytes=60_000)
+    assert any(usage is Usage.OVERUSE for _, _, usage in trace)
+    assert min(bps for t, bps, _ in trace if t >= 5) >= 1_600_000
 
 
 def test_stalls_of_the_link_pump_do_not_cut_the_estimate() -> None:
