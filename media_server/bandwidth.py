@@ -95,6 +95,7 @@ class SubscriberBandwidth:
         self._probe_timer: asyncio.TimerHandle | None = None
         self._downtracks: list[DownTrack] = []
         self._probe_last_step = 0.0
+        self._probe_bytes_left = 0.0
         self._loss_mark = (0, 0)  # transport-cc (lost, received) at the last loss reading
         self._history: SendHistory | None = None
         self._delay: DelayEstimate | None = None
@@ -188,6 +189,11 @@ class SubscriberBandwidth:
         drain = min(probe.target_bps * CLUSTER_S / max(estimate_bps, 1), PROBE_DRAIN_MAX_S)
         delay.exclude(probe.started, probe.ends + drain)
         self._probe_last_step = now - PROBE_STEP_S
+        # The padding the cluster adds, fixed now: media bursts inside it (keyframes)
+        # come on top, measured as sent, but never make the probe add more.
+        self._probe_bytes_left = (
+            max(0.0, probe.target_bps - self.estimator.sent_bps) / 8 * CLUSTER_S
+        )
         self._probe_step()
 
     def _probe_step(self) -> None:
@@ -206,7 +212,10 @@ class SubscriberBandwidth:
         # A busy loop fires the timer late: fill the time that really passed.
         elapsed = min(now - self._probe_last_step, 0.05)
         self._probe_last_step = now
-        want = (probe.target_bps - self.estimator.sent_bps) / 8 * elapsed
+        steps_left = max(1.0, (probe.ends - now) / PROBE_STEP_S)
+        want = min(
+            self._probe_bytes_left, self._probe_bytes_left * elapsed / PROBE_STEP_S / steps_left
+        )
         videos = [d for d in self._downtracks if d.source is not None and d.source.kind == "video"]
         sent = 0
         for _ in range(PROBE_MAX_PACKETS):
@@ -219,6 +228,7 @@ class SubscriberBandwidth:
                 continue
             sent += size
             videos.append(videos.pop(0))  # spread over the subscriber's videos
+        self._probe_bytes_left -= sent
         self._probe_timer = loop.call_later(PROBE_STEP_S, self._probe_step)
 
     def _probe_done(self) -> None:

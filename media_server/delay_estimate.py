@@ -57,6 +57,8 @@ SATURATED = 0.97
 # The newest arrivals, to tell a queue (arriving slower than sent) from the catch-up after
 # a stall (arriving faster than sent, at the link's rate).
 RECENT_PACKETS = 10
+# Arriving at under this share of what we send, twice in a row: overuse, trend or not.
+FLOODED = 0.7
 MIN_BPS = 64_000
 
 
@@ -95,8 +97,12 @@ class DelayEstimate:
         self._overuse_ms = 0.0
         self._overuse_count = 0
         self._trend = 0.0
-        self._acked: deque[tuple[int, int, float]] = deque()  # (arrival us, size, sent)
-        self._acked_bytes = 0
+        # Every reported packet of the last half second, lost ones too (at the arrival of
+        # the packet received before them): (arrival us, size sent, sent, size received).
+        self._window: deque[tuple[int, int, float, int]] = deque()
+        self._window_sent = 0
+        self._window_received = 0
+        self._last_arrival_us: int | None = None
         self._last_decrease = float("-inf")
         self.overused_at = float("-inf")
         # Set by the feedback that confirmed overuse: the rate to drop to, and what the
@@ -123,18 +129,24 @@ class DelayEstimate:
         if not fresh:
             return
         self._highest = max(r[0] for r in fresh)
-        arrived = [r for r in fresh if r[3] is not None]
-        arrived.sort(key=_sent)
-        self.lost += len(fresh) - len(arrived)
-        self.received += len(arrived)
-        for _, sent, size, arrival in arrived:
-            assert arrival is not None
+        fresh.sort(key=_sent)
+        window = self._window
+        for _, sent, size, arrival in fresh:
+            if arrival is None:
+                self.lost += 1
+                if self._last_arrival_us is not None:
+                    window.append((self._last_arrival_us, size, sent, 0))
+                    self._window_sent += size
+                continue
+            self.received += 1
+            self._last_arrival_us = max(arrival, self._last_arrival_us or arrival)
+            window.append((arrival, size, sent, size))
+            self._window_sent += size
+            self._window_received += size
             self._take(sent, arrival, size)
         self._control(now, rtt_s)
 
     def _take(self, sent: float, arrival_us: int, size: int) -> None:
-        self._acked.append((arrival_us, size, sent))
-        self._acked_bytes += size
         start, end = self._excluded
         if start <= sent <= end:
             # A probe's queue: close what came before, and pair nothing across it.
@@ -222,18 +234,26 @@ class DelayEstimate:
         return rates[0] if rates is not None else None
 
     def _rates(self) -> tuple[float, float] | None:
-        """(arrived, sent) bits per second over the packets of the last half second."""
-        acked = self._acked
-        if len(acked) < 2:
+        """(arrived, sent) bits per second over the packets of the last half second.
+
+        Sent counts the lost packets too: behind a full drop-tail queue the survivors
+        arrive as fast as they were sent, and only the losses show we sent too much.
+        """
+        window = self._window
+        if len(window) < 2:
             return None
-        newest = acked[-1][0]
-        while acked and acked[0][0] < newest - ACKED_WINDOW_US:
-            self._acked_bytes -= acked.popleft()[1]
-        span_us = max(newest - acked[0][0], 100_000)
+        newest = window[-1][0]
+        while window and window[0][0] < newest - ACKED_WINDOW_US:
+            _, sent_size, _, received = window.popleft()
+            self._window_sent -= sent_size
+            self._window_received -= received
+        if not window:
+            return None
+        span_us = max(newest - window[0][0], 100_000)
         # Arrival order is close to send order (audio may overtake video): the ends
         # of the window give its send span without a pass over it.
-        sent_s = max(acked[-1][2] - acked[0][2], 0.05)
-        return self._acked_bytes * 8 * 1e6 / span_us, self._acked_bytes * 8 / sent_s
+        sent_s = max(window[-1][2] - window[0][2], 0.05)
+        return self._window_received * 8 * 1e6 / span_us, self._window_sent * 8 / sent_s
 
     def _recent(self) -> tuple[float, float] | None:
         """(arrival over send rate, arrival bits per second) of the newest arrivals.
@@ -241,16 +261,29 @@ class DelayEstimate:
         Behind a queue they arrive back to back: their rate is the link's, where the
         half-second average also holds the quiet moments before a burst.
         """
-        acked = self._acked
-        if len(acked) <= RECENT_PACKETS:
+        window = self._window
+        received = sent_bytes = got = 0
+        first = last = window[-1] if window else None
+        for i in range(len(window) - 1, -1, -1):
+            entry = window[i]
+            if got >= RECENT_PACKETS:
+                break
+            first = entry
+            if entry[3]:
+                got += 1
+            received += entry[3]
+            sent_bytes += entry[1]
+        if first is None or last is None or got < RECENT_PACKETS:
             return None
-        first, last = acked[-RECENT_PACKETS], acked[-1]
         arrival_s = (last[0] - first[0]) / 1e6
         sent_s = last[2] - first[2]
-        if arrival_s <= 0:
-            return float("inf"), 0.0
-        size = sum(acked[-i][1] for i in range(1, RECENT_PACKETS))  # all but the first
-        return max(sent_s, 0.0) / arrival_s, size * 8 / arrival_s
+        # The first packet took no arrival time, the last no send time.
+        received -= first[3]
+        sent_bytes -= last[1]
+        if arrival_s <= 0 or sent_s <= 0:
+            return None
+        arrival_bps = received * 8 / arrival_s
+        return arrival_bps / (sent_bytes * 8 / sent_s), arrival_bps
 
     def _saturated(self, rates: tuple[float, float] | None) -> bool:
         """The link, not we, sets the pace now and over the last half second."""
@@ -270,7 +303,11 @@ class DelayEstimate:
         saturated = self._saturated(rates)
         confirmed = saturated and self._was_saturated
         self._was_saturated = saturated
-        self._confirmed = self.usage is Usage.OVERUSE and confirmed
+        # A queue that filled where the trend could not see it (during a probe's blind
+        # spot, or faster than the groups) stops growing once full: the delay is flat,
+        # but the link delivers far less than we send, and the rest is lost at its tail.
+        flooded = confirmed and rates is not None and rates[0] < FLOODED * rates[1]
+        self._confirmed = confirmed and (self.usage is Usage.OVERUSE or flooded)
         if self.usage is Usage.OVERUSE and not confirmed:
             # The trend rose, but the link is not (or not twice in a row) delivering
             # slower than we send: a stall and its catch-up, not a queue. No news.
@@ -286,8 +323,8 @@ class DelayEstimate:
                 # the estimate to our own average rate).
                 recent = self._recent()
                 link = max(acked, recent[1]) if recent is not None else acked
-                self.bps = min(self.bps, DECREASE * link)
                 self.decrease_to = DECREASE * link
+                self.bps = min(self.bps, self.decrease_to)
                 self.capacity_bps = link
                 self._last_decrease = now
         if self.usage is Usage.NORMAL:

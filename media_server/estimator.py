@@ -51,6 +51,7 @@ REMB_WARMUP_S = 6.0
 HEADROOM_FACTOR = 2.0
 HEADROOM_BPS = 1_500_000
 DELAY_HOLD_S = 2.0
+MAX_CUT = 0.2
 # A probe the link spread out: the estimate takes this share of the measured capacity.
 PROBE_SATURATED_SHARE = 0.95
 
@@ -82,6 +83,7 @@ class DownlinkEstimator:
         self.congested_at = float("-inf")
         self.delay_bps: int | None = None  # the transport-cc estimate, when there is one
         self._delay_overuse_at = float("-inf")
+        self._delay_cut_at = float("-inf")
         # What the link was last measured to carry (probe or overuse); None: unknown.
         self.capacity_bps: float | None = None
 
@@ -132,17 +134,23 @@ class DownlinkEstimator:
         if capacity_bps is not None:
             self.capacity_bps = capacity_bps
         if decrease_to is not None and decrease_to < self._bps:
-            self._bps = decrease_to
+            # At most to a fifth per cut (one a round trip): in a burst of heavy loss
+            # little is reported, and a rate read from the few survivors once left a
+            # 2 Mbit/s line at 70 kbit/s, every picture paused. A 5 -> 1 step is one cut.
+            self._bps = max(decrease_to, MAX_CUT * self._bps)
             self.congested_at = now
+            self._delay_cut_at = now
         self._clamp()
 
     def on_probe(self, bps: float, saturated: bool, now: float) -> None:
         """A probe cluster arrived at `bps`; `saturated`: the link spread it out to that."""
         if saturated:
-            # A direct reading of the link: an estimate below it rises to just under it,
-            # one above it (loss-free seconds overshoot) comes down to it.
+            # A reading of the link: an estimate below it rises to just under it. It
+            # never lowers the estimate (a receiver's stall spreads a cluster out too;
+            # queues and losses are the delay and loss rules' to judge), but loss-free
+            # growth stops at it.
             self.capacity_bps = bps
-            self._bps = max(min(self._bps, bps), PROBE_SATURATED_SHARE * bps)
+            self._bps = max(self._bps, PROBE_SATURATED_SHARE * bps)
         else:
             self.capacity_bps = max(self.capacity_bps or 0.0, bps)
             self._bps = max(self._bps, bps)
@@ -152,7 +160,9 @@ class DownlinkEstimator:
         """One interval's loss fraction (0..1), over every stream the subscriber receives."""
         self.loss = fraction
         if fraction > LOSS_HIGH:
-            self._bps *= 1 - 0.5 * fraction
+            if now - self._delay_cut_at >= DELAY_HOLD_S:
+                # (Right after a delay-based cut, the losses are the same queue's tail.)
+                self._bps *= 1 - 0.5 * fraction
             self.congested_at = now
         elif fraction < LOSS_LOW and now - self._delay_overuse_at >= DELAY_HOLD_S:
             ceiling = max(

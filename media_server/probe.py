@@ -29,6 +29,9 @@ INTERVAL_S = 1.0  # after a cluster the link carried: it may carry more
 RETRY_S = 3.0  # after a cluster that filled the link, or one with too little feedback
 QUIET_S = 2.0
 GROWTH = 3.0
+# After a cluster the link spread out, the next asks only this much above the capacity
+# it showed: enough to see the link grow, without a second full queue every few seconds.
+GROWTH_SATURATED = 1.3
 WORTH_PROBING = 1.15  # the sources want at least this much more than the estimate
 # Arrival slower than this share of the send rate: the link, not we, set the pace.
 UNSATURATED = 0.9
@@ -107,7 +110,11 @@ class ProbeController:
             return None
         if demand_bps < estimate_bps * WORTH_PROBING:
             return None
-        target = min(demand_bps, estimate_bps * GROWTH)
+        last = self.last
+        if last is not None and last.saturated:
+            target = min(demand_bps, GROWTH_SATURATED * max(estimate_bps, last.bps))
+        else:
+            target = min(demand_bps, estimate_bps * GROWTH)
         self.active = Probe(target_bps=target, started=now, ends=now + CLUSTER_S)
         self._cluster = {}
         self.sent_until = now + CLUSTER_S

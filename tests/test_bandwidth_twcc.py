@@ -312,12 +312,16 @@ def simulate(
 
 
 def settled(
-    trace: list[tuple[float, float, Usage]], after: float, low: float, high: float
+    trace: list[tuple[float, float, Usage]],
+    after: float,
+    low: float,
+    high: float,
+    until: float = float("inf"),
 ) -> float:
-    """Seconds from `after` until the estimate is and stays within [low, high]."""
+    """Seconds from `after` until the estimate is and stays (up to `until`) in [low, high]."""
     inside = None
     for t, bps, _ in trace:
-        if t < after:
+        if t < after or t >= until:
             continue
         if low <= bps <= high:
             inside = t if inside is None else inside
@@ -337,6 +341,9 @@ def test_a_step_from_5_to_1_mbit_is_followed_within_3_s() -> None:
 def test_a_step_from_1_back_to_5_mbit_is_found_by_probes_within_10_s() -> None:
     steps = [(0.0, 5_000_000), (10.0, 1_000_000), (30.0, 5_000_000)]
     trace = simulate(steps, seconds=45, demand_bps=6_000_000)
+    # (Here the step down comes during a probe's cluster, the delay trend's blind spot:
+    # the queue fills unseen, and only the rates show that the link delivers a fifth.)
+    assert settled(trace, 10.0, 750_000, 1_250_000, until=30.0) <= 3.0
     assert settled(trace, 30.0, 3_750_000, 6_250_000) <= 10.0
     # Without probes, loss-free seconds alone stop at the 1 Mbit/s capacity measured.
     slow = simulate(steps, seconds=45, demand_bps=6_000_000, probing=False)
@@ -484,7 +491,9 @@ def test_a_probe_collects_only_its_own_packets_and_paces_the_next(
         (False, 3_000_000, 1_000_000, 3_000_000),  # carried: take it at once
         (False, 800_000, 1_000_000, 1_000_000),  # carried less than we had: no news
         (True, 2_000_000, 1_000_000, 1_900_000),  # the link's rate: just under it
-        (True, 2_000_000, 2_400_000, 2_000_000),  # overshot by loss-free growth: down to it
+        # Never down: a receiver's stall spreads a cluster out too; queues and losses
+        # are the delay and loss rules' to judge (and growth stops at the reading).
+        (True, 2_000_000, 2_400_000, 2_400_000),
     ],
 )
 def test_a_probe_reading_moves_the_estimate(
