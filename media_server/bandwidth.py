@@ -96,7 +96,8 @@ class SubscriberBandwidth:
         self._downtracks: list[DownTrack] = []
         self._probe_last_step = 0.0
         self._probe_bytes_left = 0.0
-        self._loss_mark = (0, 0)  # transport-cc (lost, received) at the last loss reading
+        # Transport-cc (lost, received) and the pacer's drops at the last loss reading.
+        self._loss_mark = (0, 0, 0)
         self._history: SendHistory | None = None
         self._delay: DelayEstimate | None = None
         self.feedback_reports = 0
@@ -280,10 +281,13 @@ class SubscriberBandwidth:
         if delay is not None and delay.ready:
             # Transport-cc reports every packet: one fraction over the whole second, not
             # a few packets of a slow stream (one loss in seven is no 14 % line).
+            # Packets our own pacer cut from an over-long queue were stamped but never
+            # left: the receiver reports them missing, but the link lost none of them.
             missing = delay.lost - self._loss_mark[0]
+            missing = max(0, missing - (self.pacer.dropped - self._loss_mark[2]))
             reported = missing + delay.received - self._loss_mark[1]
             if reported >= MIN_LOSS_PACKETS:
-                self._loss_mark = (delay.lost, delay.received)
+                self._loss_mark = (delay.lost, delay.received, self.pacer.dropped)
                 self.estimator.on_loss(missing / reported, now)
             for d in downtracks:
                 d.loss_fresh = False

@@ -57,6 +57,8 @@ SATURATED = 0.97
 # The newest arrivals, to tell a queue (arriving slower than sent) from the catch-up after
 # a stall (arriving faster than sent, at the link's rate).
 RECENT_PACKETS = 10
+# A peak read over less than this is a receiver's batching, not the link.
+MIN_PEAK_SPAN_S = 0.004
 # Arriving at under this share of what we send, twice in a row: overuse, trend or not.
 FLOODED = 0.7
 MIN_BPS = 64_000
@@ -255,6 +257,22 @@ class DelayEstimate:
         sent_s = max(window[-1][2] - window[0][2], 0.05)
         return self._window_received * 8 * 1e6 / span_us, self._window_sent * 8 / sent_s
 
+    def _peak_arrival_bps(self) -> float:
+        """The fastest the link delivered `RECENT_PACKETS` received packets in the window.
+
+        Packets that waited in its queue leave it back to back, at its rate; the newest
+        ones may be a sparse audio stream behind a drained queue, which says nothing.
+        """
+        window = [e for e in self._window if e[3]]
+        best = 0.0
+        for i in range(len(window) - RECENT_PACKETS + 1):
+            first, last = window[i], window[i + RECENT_PACKETS - 1]
+            span_s = (last[0] - first[0]) / 1e6
+            if span_s >= MIN_PEAK_SPAN_S:
+                size = sum(e[3] for e in window[i + 1 : i + RECENT_PACKETS])
+                best = max(best, size * 8 / span_s)
+        return best
+
     def _recent(self) -> tuple[float, float] | None:
         """(arrival over send rate, arrival bits per second) of the newest arrivals.
 
@@ -321,8 +339,7 @@ class DelayEstimate:
                 # The link's rate: the newest packets came out of its queue back to back
                 # (a keyframe's short queue on a link we otherwise underuse must not cut
                 # the estimate to our own average rate).
-                recent = self._recent()
-                link = max(acked, recent[1]) if recent is not None else acked
+                link = max(acked, self._peak_arrival_bps())
                 self.decrease_to = DECREASE * link
                 self.bps = min(self.bps, self.decrease_to)
                 self.capacity_bps = link

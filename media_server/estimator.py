@@ -51,7 +51,7 @@ REMB_WARMUP_S = 6.0
 HEADROOM_FACTOR = 2.0
 HEADROOM_BPS = 1_500_000
 DELAY_HOLD_S = 2.0
-MAX_CUT = 0.2
+MAX_CUT = 0.5
 # A probe the link spread out: the estimate takes this share of the measured capacity.
 PROBE_SATURATED_SHARE = 0.95
 
@@ -134,9 +134,9 @@ class DownlinkEstimator:
         if capacity_bps is not None:
             self.capacity_bps = capacity_bps
         if decrease_to is not None and decrease_to < self._bps:
-            # At most to a fifth per cut (one a round trip): in a burst of heavy loss
-            # little is reported, and a rate read from the few survivors once left a
-            # 2 Mbit/s line at 70 kbit/s, every picture paused. A 5 -> 1 step is one cut.
+            # At most halved per cut (one a round trip, while the link confirms): a rate
+            # read from a few packets once left a 2 Mbit/s line at 70 kbit/s, every
+            # picture paused. A 5 -> 1 step is two or three cuts, well within a second.
             self._bps = max(decrease_to, MAX_CUT * self._bps)
             self.congested_at = now
             self._delay_cut_at = now

@@ -32,7 +32,8 @@ GROWTH = 3.0
 # After a cluster the link spread out, the next asks only this much above the capacity
 # it showed: enough to see the link grow, without a second full queue every few seconds.
 GROWTH_SATURATED = 1.3
-WORTH_PROBING = 1.15  # the sources want at least this much more than the estimate
+# The sources want more than the estimate gives them (a layer that does not fit).
+WORTH_PROBING = 1.02
 # Arrival slower than this share of the send rate: the link, not we, set the pace.
 UNSATURATED = 0.9
 MIN_PACKETS = 5

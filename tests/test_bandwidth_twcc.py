@@ -413,7 +413,8 @@ def test_repeated_reordered_or_foreign_feedback_changes_nothing_it_should_not(
     [
         (10.0, 1_000_000, 5_000_000, 0.0, 3_000_000),  # quiet, wanting more: three times
         (10.0, 3_000_000, 4_000_000, 0.0, 4_000_000),  # never above what the sources want
-        (10.0, 1_000_000, 1_100_000, 0.0, None),  # they want little more: not worth it
+        (10.0, 1_000_000, 1_100_000, 0.0, 1_100_000),  # a layer that does not fit
+        (10.0, 1_000_000, 1_010_000, 0.0, None),  # everything fits: nothing to look for
         (10.0, 1_000_000, 5_000_000, 9.0, None),  # a queue just now
     ],
 )
