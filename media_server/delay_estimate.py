@@ -59,6 +59,8 @@ SATURATED = 0.97
 RECENT_PACKETS = 10
 # A peak read over less than this is a receiver's batching, not the link.
 MIN_PEAK_SPAN_S = 0.004
+# Missing packets remembered in case a later report has them (sequence numbers back).
+MAX_MISSING = 4096
 # Arriving at under this share of what we send, twice in a row: overuse, trend or not.
 FLOODED = 0.7
 MIN_BPS = 64_000
@@ -105,6 +107,7 @@ class DelayEstimate:
         self._window_sent = 0
         self._window_received = 0
         self._last_arrival_us: int | None = None
+        self._missing: set[int] = set()  # seqs reported missing, in case they come late
         self._last_decrease = float("-inf")
         self.overused_at = float("-inf")
         # Set by the feedback that confirmed overuse: the rate to drop to, and what the
@@ -128,14 +131,28 @@ class DelayEstimate:
         self.decrease_to = None
         highest = self._highest
         fresh = [r for r in results if r[0] > highest]
+        missing = self._missing
+        if missing and len(fresh) < len(results):
+            # A browser reports a packet again once it arrives after a report that
+            # listed it missing (our audio overtakes video waiting in the pacer, so the
+            # receiver sees holes that fill a moment later): it was late, not lost.
+            for r in results:
+                if r[3] is not None and r[0] in missing:
+                    missing.discard(r[0])
+                    self.lost -= 1
+                    self.received += 1
         if not fresh:
             return
         self._highest = max(r[0] for r in fresh)
+        if len(missing) > MAX_MISSING:
+            floor = self._highest - MAX_MISSING
+            self._missing = missing = {seq for seq in missing if seq > floor}
         fresh.sort(key=_sent)
         window = self._window
-        for _, sent, size, arrival in fresh:
+        for seq, sent, size, arrival in fresh:
             if arrival is None:
                 self.lost += 1
+                missing.add(seq)
                 if self._last_arrival_us is not None:
                     window.append((self._last_arrival_us, size, sent, 0))
                     self._window_sent += size

@@ -405,6 +405,27 @@ def test_repeated_reordered_or_foreign_feedback_changes_nothing_it_should_not(
     assert delay.bps >= 2_000_000
 
 
+def test_a_packet_reported_missing_then_received_was_late_not_lost() -> None:
+    """Audio overtakes video waiting in the pacer, so a browser sees holes that fill a
+    moment later; it reports those packets missing, then again once they arrive."""
+    history = SendHistory()
+    for seq in range(40):
+        history.record(bytes(SEQ_OFFSET) + seq.to_bytes(2, "big") + bytes(10), seq * 0.005)
+    arrivals: list[int | None] = [1_000_000 + 5_000 * i for i in range(20)]
+    arrivals[5:8] = [None, None, None]  # queued behind a keyframe when this went out
+    later = [1_100_000 + 5_000 * i for i in range(20)]
+    delay = DelayEstimate(2_000_000)
+    for data in (build_feedback(0, arrivals), build_feedback(5, later[:3] + later[3:18])):
+        for fb in feedback_in(data):
+            delay.on_feedback(history.match(fb, 1.0), 1.0)
+    assert (delay.lost, delay.received) == (0, 23)
+    # Really lost: reported missing and never again.
+    delay = DelayEstimate(2_000_000)
+    for fb in feedback_in(build_feedback(0, arrivals)):
+        delay.on_feedback(history.match(fb, 1.0), 1.0)
+    assert (delay.lost, delay.received) == (3, 17)
+
+
 # -- probing -----------------------------------------------------------------------------
 
 
