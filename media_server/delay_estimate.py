@@ -57,8 +57,9 @@ SATURATED = 0.97
 # The newest arrivals, to tell a queue (arriving slower than sent) from the catch-up after
 # a stall (arriving faster than sent, at the link's rate).
 RECENT_PACKETS = 10
-# A peak read over less than this is a receiver's batching, not the link.
-MIN_PEAK_SPAN_S = 0.004
+# A peak read over less than this is a receiver's batching, not the link (ten packets of
+# 1,200 bytes in 8 ms are 12 Mbit/s: far above a rural line).
+MIN_PEAK_SPAN_S = 0.008
 # Missing packets remembered in case a later report has them (sequence numbers back).
 MAX_MISSING = 4096
 # Arriving at under this share of what we send, twice in a row: overuse, trend or not.
