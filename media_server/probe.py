@@ -39,6 +39,7 @@ UNSATURATED = 0.9
 MIN_PACKETS = 5
 MIN_RECEIVED = 0.8  # share of the cluster's packets that must be reported received
 MIN_SPAN_S = 0.005  # a cluster sent or received in less is not a rate reading
+FOUND = 1.05  # a reading this far above the estimate found headroom
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Probe:
     target_bps: float
     started: float
     ends: float
+    from_bps: float = 0.0  # the estimate when it started
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,9 @@ class ProbeController:
             target = min(demand_bps, GROWTH_SATURATED * max(estimate_bps, last.bps))
         else:
             target = min(demand_bps, estimate_bps * GROWTH)
-        self.active = Probe(target_bps=target, started=now, ends=now + CLUSTER_S)
+        self.active = Probe(
+            target_bps=target, started=now, ends=now + CLUSTER_S, from_bps=estimate_bps
+        )
         self._cluster = {}
         self.sent_until = now + CLUSTER_S
         return self.active
@@ -139,10 +143,15 @@ class ProbeController:
         result = judge(self._cluster.values())
         self._cluster = {}
         self.last = result
-        if result is not None and not result.saturated and result.bps >= 0.8 * probe.target_bps:
+        # Succeeded: it found headroom (a link that carried it, or spread it out at a
+        # rate above the estimate). Only a carried one is followed soon by the next.
+        if result is not None and result.bps > FOUND * probe.from_bps:
             self.succeeded += 1
-            self._next_at = now + INTERVAL_S
         else:
             self.failed += 1
+        carried = result is not None and not result.saturated
+        if carried and result is not None and result.bps >= 0.8 * probe.target_bps:
+            self._next_at = now + INTERVAL_S
+        else:
             self._next_at = now + RETRY_S
         return result

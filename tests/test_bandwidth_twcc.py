@@ -488,7 +488,8 @@ def test_a_probe_cluster_is_judged_by_how_fast_it_arrived(
     ("link", "succeeded", "next_probe_after"),
     [
         (10_000_000, True, INTERVAL_S),  # carried: the next may go higher soon
-        (2_000_000, False, RETRY_S),  # the link is full: ask again later
+        (2_000_000, True, RETRY_S),  # spread out above the estimate: headroom, now full
+        (900_000, False, RETRY_S),  # spread out below the estimate: nothing found
     ],
 )
 def test_a_probe_collects_only_its_own_packets_and_paces_the_next(
