@@ -285,9 +285,7 @@ class DelayEstimate:
         best = 0.0
         for i in range(len(window) - RECENT_PACKETS + 1):
             first, last = window[i], window[i + RECENT_PACKETS - 1]
-            # Never faster than they were sent: a receiver that reads its socket in
-            # batches stamps packets closer together than the link delivered them.
-            span_s = max((last[0] - first[0]) / 1e6, last[2] - first[2])
+            span_s = (last[0] - first[0]) / 1e6
             if span_s >= MIN_PEAK_SPAN_S:
                 size = sum(e[3] for e in window[i + 1 : i + RECENT_PACKETS])
                 best = max(best, size * 8 / span_s)
