@@ -353,11 +353,7 @@ class DelayEstimate:
             # Each decrease follows what arrives, at most once a round trip (a cut
             # shows in the feedback one round trip later). A queue still draining after
             # a cut delivers faster than we now send: the check above stops there.
-            # The rate window must have moved past the last cut: for half a second after
-            # it, it still holds what we sent before it, and the flood reads as confirmed
-            # again every round trip (a 5 -> 1 step once cut 2 Mbit/s to 0.22 in a second).
-            settled = max(0.2, rtt_s) + ACKED_WINDOW_US / 1e6
-            if acked is not None and now - self._last_decrease > settled:
+            if acked is not None and now - self._last_decrease > max(0.2, rtt_s):
                 # The link's rate: the newest packets came out of its queue back to back
                 # (a keyframe's short queue on a link we otherwise underuse must not cut
                 # the estimate to our own average rate).
