@@ -9,7 +9,11 @@ own sources further down stay affordable, so the teacher is sharp and the course
 and board still have a picture. A source that does not fit even at its lowest layer is
 paused for bandwidth, and the subscriber is told so. Layers drop at once; they rise
 only when the caller says the estimate has been stable long enough (`hold=False`), so
-the picture does not flap.
+the picture does not flap. And they drop only when what is already being sent no
+longer fits in `keep_bps` (a little more than the budget, when nothing says the link is
+congested): a layer's measured rate swells with its keyframes and the estimate dips
+and recovers between loss-free seconds, and a cut costs a keyframe and seconds of a
+lower picture before the next rise.
 """
 
 from __future__ import annotations
@@ -68,7 +72,34 @@ def _usable(c: Candidate) -> list[str]:
     return layers
 
 
-def allocate(budget_bps: int, candidates: list[Candidate], *, hold: bool) -> dict[str, Decision]:
+def current_cost(c: Candidate) -> int:
+    """What a source costs at the layer it was given last (0 while paused)."""
+    if c.user_paused:
+        return 0
+    if c.kind == "audio":
+        layers = _usable(c)
+        return layer_bps(c, layers[-1] if layers else "h")
+    return layer_bps(c, c.current) if c.current is not None else 0
+
+
+def allocate(
+    budget_bps: int, candidates: list[Candidate], *, hold: bool, keep_bps: int | None = None
+) -> dict[str, Decision]:
+    decisions = _allocate(budget_bps, candidates, hold=hold)
+    if keep_bps is None or not any(_lowers(c, decisions[c.key]) for c in candidates):
+        return decisions
+    if sum(current_cost(c) for c in candidates) > keep_bps:
+        return decisions
+    return _allocate(keep_bps, candidates, hold=True)
+
+
+def _lowers(c: Candidate, d: Decision) -> bool:
+    if not c.started or c.kind == "audio" or c.current is None:
+        return False
+    return d.paused or (d.layer is not None and rank(d.layer) < rank(c.current))
+
+
+def _allocate(budget_bps: int, candidates: list[Candidate], *, hold: bool) -> dict[str, Decision]:
     decisions: dict[str, Decision] = {}
     remaining = budget_bps
     videos: list[Candidate] = []

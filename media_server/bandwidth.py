@@ -18,14 +18,19 @@ from media_server.allocator import Candidate, Decision, allocate, layer_bps, ran
 from media_server.delay_estimate import DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import INITIAL_BPS, DownlinkEstimator
-from media_server.pacer import Pacer
-from media_server.probe import ProbeController
+from media_server.pacer import PACING_FACTOR, Pacer
+from media_server.probe import CLUSTER_S, ProbeController
 from media_server.sink import PacketSink
 from media_server.source import MediaSource
 from media_server.twcc import SendHistory, feedback_in
 
-# Leave room for retransmissions, RTCP and header overhead.
-ALLOCATION_SHARE = 0.85
+# Leave room for retransmissions, RTCP and header overhead (the estimate counts IP, UDP
+# and SRTP bytes, a layer's measured rate only RTP: ~4 % at our packet sizes).
+ALLOCATION_SHARE = 0.9
+# Bursts leave at least this much faster than the estimate, however low the capacity.
+BURST_OVER_ESTIMATE = 1.1
+# What is already being sent stays while it fits in this share and nothing says congested.
+KEEP_SHARE = 0.97
 # A layer rises only after the estimate has allowed it, without a drop, for this long;
 # each drop soon after a rise doubles the wait (a link that cannot carry the next layer
 # is not asked every few seconds), and a long calm period resets it.
@@ -33,6 +38,11 @@ HOLD_S = 4.0
 HOLD_MAX_S = 16.0
 PROBE_STEP_S = 0.01
 PROBE_MAX_PACKETS = 64  # per step: 64 x ~1.2 kB in 10 ms is ~60 Mbit/s, far above any target
+# The probe's own queue drains after the cluster: at most this long is left out of the
+# delay trend after it.
+PROBE_DRAIN_MAX_S = 0.3
+# Transport-cc loss is read once a tick over at least this many reported packets.
+MIN_LOSS_PACKETS = 20
 CALM_S = 60.0
 
 
@@ -84,11 +94,14 @@ class SubscriberBandwidth:
         self.prober = ProbeController()
         self._probe_timer: asyncio.TimerHandle | None = None
         self._downtracks: list[DownTrack] = []
-        self._probe_from_bps = 0
         self._probe_last_step = 0.0
+        self._probe_bytes_left = 0.0
+        # Transport-cc (lost, received) and the pacer's drops at the last loss reading.
+        self._loss_mark = (0, 0, 0)
         self._history: SendHistory | None = None
         self._delay: DelayEstimate | None = None
         self.feedback_reports = 0
+        self._layer_bps: dict[str, dict[str, int]] = {}  # what the allocator last assumed
 
     def use_transport_cc(self, ext_id: int) -> None:
         """The subscriber negotiated transport-cc: stamp, record, estimate from feedback."""
@@ -107,8 +120,13 @@ class SubscriberBandwidth:
         for feedback in feedback_in(data):
             self.feedback_reports += 1
             rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
-            delay.on_feedback(history.match(feedback, now), now, rtt_s)
-            self.estimator.on_delay(delay.bps, delay.overusing, now)
+            results = history.match(feedback, now)
+            if self.prober.active is not None:
+                self.prober.collect(results)
+            delay.on_feedback(results, now, rtt_s)
+            self.estimator.on_delay(
+                delay.bps, delay.overusing, now, delay.decrease_to, delay.capacity_bps
+            )
 
     def sink_for(self, kind: str) -> PacketSink:
         if not self.adaptive:
@@ -123,18 +141,23 @@ class SubscriberBandwidth:
         estimate = self.estimator.estimate(now)
         self.estimate_bps = estimate.bps
         probe = self.prober.active
-        self.pacer.set_rate(max(estimate.bps, int(probe.target_bps)) if probe else estimate.bps)
+        self.pacer.set_rate(int(probe.target_bps) if probe else self._pacing(estimate.bps))
         self.repair.set_rate(estimate.bps)
         if not self.adaptive:
             return None
         candidates = [self._candidate(d, now) for d in active]
+        self._layer_bps = {c.source: c.layers for c in candidates if c.kind == "video"}
         self.estimator.demand_bps = sum(_top_cost(c) for c in candidates) / ALLOCATION_SHARE
         self._downtracks = active
         self._maybe_probe(estimate.bps, now)
         if now - max(self._last_down, self._last_up) > CALM_S:
             self._hold_s = HOLD_S
         hold = now - self._last_down < self._hold_s or estimate.congested
-        decisions = allocate(int(estimate.bps * ALLOCATION_SHARE), candidates, hold=hold)
+        # While nothing says congested, what is already sent stays as long as it fits.
+        keep = None if estimate.congested else int(estimate.bps * KEEP_SHARE)
+        decisions = allocate(
+            int(estimate.bps * ALLOCATION_SHARE), candidates, hold=hold, keep_bps=keep
+        )
         lowered = raised = False
         for down, cand in zip(active, candidates, strict=True):
             decision = decisions[cand.key]
@@ -156,15 +179,22 @@ class SubscriberBandwidth:
         delay = self._delay
         if delay is None or not delay.ready or self._probe_timer is not None:
             return
-        # Quiet means no queue and no layer change (a rise's keyframes) for a while.
-        last_change = max(delay.overused_at, self._last_down, self._last_up)
+        # Quiet means no queue and no cut for a while. A rise's keyframes do not spoil
+        # a probe: it is judged by the bytes that really left and arrived.
+        last_change = max(delay.overused_at, self._last_down)
         probe = self.prober.start(now, estimate_bps, self.estimator.demand_bps, last_change)
         if probe is None:
             return
         self.pacer.set_rate(int(probe.target_bps))
-        delay.peak_acked_bps = 0.0
-        self._probe_from_bps = estimate_bps
-        self._probe_last_step = now
+        # The cluster's queue drains at about the estimate: leave it out of the trend.
+        drain = min(probe.target_bps * CLUSTER_S / max(estimate_bps, 1), PROBE_DRAIN_MAX_S)
+        delay.exclude(probe.started, probe.ends + drain)
+        self._probe_last_step = now - PROBE_STEP_S
+        # The padding the cluster adds, fixed now: media bursts inside it (keyframes)
+        # come on top, measured as sent, but never make the probe add more.
+        self._probe_bytes_left = (
+            max(0.0, probe.target_bps - self.estimator.sent_bps) / 8 * CLUSTER_S
+        )
         self._probe_step()
 
     def _probe_step(self) -> None:
@@ -176,13 +206,17 @@ class SubscriberBandwidth:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if now >= probe.ends:
+            self.prober.sent_until = now
             rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
             self._probe_timer = loop.call_later(max(0.3, rtt_s + 0.2), self._probe_done)
             return
         # A busy loop fires the timer late: fill the time that really passed.
         elapsed = min(now - self._probe_last_step, 0.05)
         self._probe_last_step = now
-        want = (probe.target_bps - self.estimator.sent_bps) / 8 * elapsed
+        steps_left = max(1.0, (probe.ends - now) / PROBE_STEP_S)
+        want = min(
+            self._probe_bytes_left, self._probe_bytes_left * elapsed / PROBE_STEP_S / steps_left
+        )
         videos = [d for d in self._downtracks if d.source is not None and d.source.kind == "video"]
         sent = 0
         for _ in range(PROBE_MAX_PACKETS):
@@ -195,6 +229,7 @@ class SubscriberBandwidth:
                 continue
             sent += size
             videos.append(videos.pop(0))  # spread over the subscriber's videos
+        self._probe_bytes_left -= sent
         self._probe_timer = loop.call_later(PROBE_STEP_S, self._probe_step)
 
     def _probe_done(self) -> None:
@@ -203,16 +238,27 @@ class SubscriberBandwidth:
         if probe is None or delay is None:
             return
         now = asyncio.get_running_loop().time()
-        proven = self.prober.finish(now, delay.peak_acked_bps, delay.overused_at >= probe.started)
-        if proven is not None:
-            self.estimator.on_probe(proven, now)
-            self._last_down = float("-inf")  # the link proved it: layers may rise now
-            self._hold_s = HOLD_S
-        else:
-            # The probe itself overfilled the link: that says nothing against the
-            # estimate from before it.
-            self.estimator.on_probe(min(self._probe_from_bps, delay.peak_acked_bps), now)
-        self.pacer.set_rate(self.estimator.estimate(now).bps)
+        before = self.estimator.estimate(now).bps
+        result = self.prober.finish(now)
+        if result is not None:
+            self.estimator.on_probe(result.bps, result.saturated, now)
+            if self.estimator.estimate(now).bps > before:
+                self._last_down = float("-inf")  # the link proved it: layers may rise now
+                self._hold_s = HOLD_S
+        self.pacer.set_rate(self._pacing(self.estimator.estimate(now).bps))
+
+    def _pacing(self, estimate_bps: int) -> int:
+        """The pacer's base rate (it sends at PACING_FACTOR times it).
+
+        Bursts (keyframes) may leave faster than the estimate, but not much faster than
+        the link's measured capacity: a burst above it is a queue of our own making,
+        which the delay detector rightly reports and the estimate pays for.
+        """
+        capacity = self.estimator.capacity_bps
+        if capacity is None:
+            return estimate_bps
+        ceiling = max(capacity, BURST_OVER_ESTIMATE * estimate_bps) / PACING_FACTOR
+        return max(int(min(estimate_bps, ceiling)), 1)
 
     def _measure_sent(self, downtracks: Sequence[DownTrack], now: float) -> None:
         est = self.estimator
@@ -231,6 +277,21 @@ class SubscriberBandwidth:
         self._last_tick = now
 
     def _feed_loss(self, downtracks: Sequence[DownTrack], now: float) -> None:
+        delay = self._delay
+        if delay is not None and delay.ready:
+            # Transport-cc reports every packet: one fraction over the whole second, not
+            # a few packets of a slow stream (one loss in seven is no 14 % line).
+            # Packets our own pacer cut from an over-long queue were stamped but never
+            # left: the receiver reports them missing, but the link lost none of them.
+            missing = delay.lost - self._loss_mark[0]
+            missing = max(0, missing - (self.pacer.dropped - self._loss_mark[2]))
+            reported = missing + delay.received - self._loss_mark[1]
+            if reported >= MIN_LOSS_PACKETS:
+                self._loss_mark = (delay.lost, delay.received, self.pacer.dropped)
+                self.estimator.on_loss(missing / reported, now)
+            for d in downtracks:
+                d.loss_fresh = False
+            return
         weight = lost = 0.0
         for d in downtracks:
             if d.loss_fresh:
@@ -306,13 +367,25 @@ class SubscriberBandwidth:
             "loss": round(est.loss, 4),
             "rtt_ms": round(est.rtt_ms, 1) if est.rtt_ms is not None else None,
             "hold_s": self._hold_s,
+            "layer_bps": self._layer_bps,
             "paced_dropped": self.pacer.dropped,
             "repair_refused": self.repair.refused,
             "transport_cc": self._delay is not None,
             "delay_bps": int(self._delay.bps) if self._delay is not None else None,
             "delay_usage": self._delay.usage.value if self._delay is not None else None,
             "feedback_reports": self.feedback_reports,
-            "probes": {"succeeded": self.prober.succeeded, "failed": self.prober.failed},
+            "capacity_bps": int(est.capacity_bps) if est.capacity_bps is not None else None,
+            "false_overuse": self._delay.false_overuse if self._delay is not None else None,
+            "probes": {
+                "succeeded": self.prober.succeeded,
+                "failed": self.prober.failed,
+                "last": {
+                    "send_bps": int(self.prober.last.send_bps),
+                    "receive_bps": int(self.prober.last.receive_bps),
+                }
+                if self.prober.last is not None
+                else None,
+            },
         }
 
     def close(self) -> None:

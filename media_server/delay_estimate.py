@@ -7,10 +7,19 @@ sent them (bursts of 5 ms), take for each group how much longer it took to arriv
 to send, accumulate and smooth that, and fit a line through the last 20 points: its
 slope is the queue's growth. A slope above an adaptive threshold (it follows the slope's
 usual size, so a jittery radio link does not read as congestion) for more than one
-report is overuse: the estimate drops to 85% of what the receiver actually got over the
-last half second (again only while what arrives is near the estimate: after we cut our
-own rate, the queue draining is no news about the link). Below the negative threshold the queue is draining: hold. Otherwise
-the estimate grows 8% a second, at most to 1.5 times what arrives plus a packet.
+report is overuse. Overuse lowers the estimate only when the link is what sets the pace:
+the packets that arrived over the last half second took longer to arrive than to send
+(`SATURATED`). A busy machine's stall (ours, the receiver's, or an emulated link's
+pump) delays packets and then lets them through in a burst, which bends the trend but
+delivers at least as fast as we sent; and a false reading while we send well below the
+link would otherwise cut the estimate to 85% of our own, low, rate, again and again.
+On confirmed overuse the estimate drops to 85% of what the receiver actually got over
+the last half second, at most once a round trip, and that rate is kept as the link's
+measured capacity (after a cut the queue drains faster than we send: not confirmed). Below the negative threshold the queue is draining: hold.
+Otherwise the estimate grows 8% a second, at most to 1.5 times what arrives plus a
+packet. Packets sent during a probe cluster and while its queue drains (`exclude`) are
+left out of the trend: the probe's own queue is no news (media_server/probe.py judges
+the cluster by rates).
 
 Written from the draft's description; the subscriber's control loop combines it with
 REMB and receiver-report loss (media_server/estimator.py).
@@ -40,9 +49,21 @@ QUEUE_MS = 25.0
 WARMUP_SAMPLES = 200
 FLOOR_RISE_MS_PER_S = 1.0  # the floor follows clock drift slowly upwards
 DECREASE = 0.85
-EVIDENCE = 0.6  # what arrived, as a share of the estimate, to lower it again
 GROWTH_PER_S = 1.08
 ACKED_WINDOW_US = 500_000
+# Arrival slower than this share of the send rate, over the same packets: a queue is
+# really growing somewhere on the path.
+SATURATED = 0.97
+# The newest arrivals, to tell a queue (arriving slower than sent) from the catch-up after
+# a stall (arriving faster than sent, at the link's rate).
+RECENT_PACKETS = 10
+# A peak read over less than this is a receiver's batching, not the link (ten packets of
+# 1,200 bytes in 8 ms are 12 Mbit/s: far above a rural line).
+MIN_PEAK_SPAN_S = 0.008
+# Missing packets remembered in case a later report has them (sequence numbers back).
+MAX_MISSING = 4096
+# Arriving at under this share of what we send, twice in a row: overuse, trend or not.
+FLOODED = 0.7
 MIN_BPS = 64_000
 
 
@@ -81,35 +102,78 @@ class DelayEstimate:
         self._overuse_ms = 0.0
         self._overuse_count = 0
         self._trend = 0.0
-        self._acked: deque[tuple[int, int]] = deque()  # (arrival us, size)
-        self._acked_bytes = 0
+        # Every reported packet of the last half second, lost ones too (at the arrival of
+        # the packet received before them): (arrival us, size sent, sent, size received).
+        self._window: deque[tuple[int, int, float, int]] = deque()
+        self._window_sent = 0
+        self._window_received = 0
+        self._last_arrival_us: int | None = None
+        self._missing: set[int] = set()  # seqs reported missing, in case they come late
         self._last_decrease = float("-inf")
-        self._decreased_this_episode = False
-        self.peak_acked_bps = 0.0  # highest acked rate since the caller last reset it
         self.overused_at = float("-inf")
+        # Set by the feedback that confirmed overuse: the rate to drop to, and what the
+        # link was measured to deliver meanwhile; None otherwise.
+        self.decrease_to: float | None = None
+        self.capacity_bps: float | None = None
+        self.false_overuse = 0  # overuse readings while the link kept up with us
+        self._was_saturated = False
+        self._confirmed = False  # overuse, and the link confirms it
+        self._excluded: tuple[float, float] = (0.0, -1.0)  # send times left out
         self._last_update: float | None = None
 
     # -- input ------------------------------------------------------------------------
 
+    def exclude(self, start: float, end: float) -> None:
+        """Leave packets sent between `start` and `end` (a probe cluster) out of the trend."""
+        self._excluded = (start, end)
+
     def on_feedback(self, results: list[PacketResult], now: float, rtt_s: float = 0.1) -> None:
         """One feedback report's packets (send times matched); updates `bps` and `usage`."""
+        self.decrease_to = None
         highest = self._highest
         fresh = [r for r in results if r[0] > highest]
+        missing = self._missing
+        if missing and len(fresh) < len(results):
+            # A browser reports a packet again once it arrives after a report that
+            # listed it missing (our audio overtakes video waiting in the pacer, so the
+            # receiver sees holes that fill a moment later): it was late, not lost.
+            for r in results:
+                if r[3] is not None and r[0] in missing:
+                    missing.discard(r[0])
+                    self.lost -= 1
+                    self.received += 1
         if not fresh:
             return
         self._highest = max(r[0] for r in fresh)
-        arrived = [r for r in fresh if r[3] is not None]
-        arrived.sort(key=_sent)
-        self.lost += len(fresh) - len(arrived)
-        self.received += len(arrived)
-        for _, sent, size, arrival in arrived:
-            assert arrival is not None
+        if len(missing) > MAX_MISSING:
+            floor = self._highest - MAX_MISSING
+            self._missing = missing = {seq for seq in missing if seq > floor}
+        fresh.sort(key=_sent)
+        window = self._window
+        for seq, sent, size, arrival in fresh:
+            if arrival is None:
+                self.lost += 1
+                missing.add(seq)
+                if self._last_arrival_us is not None:
+                    window.append((self._last_arrival_us, size, sent, 0))
+                    self._window_sent += size
+                continue
+            self.received += 1
+            self._last_arrival_us = max(arrival, self._last_arrival_us or arrival)
+            window.append((arrival, size, sent, size))
+            self._window_sent += size
+            self._window_received += size
             self._take(sent, arrival, size)
         self._control(now, rtt_s)
 
     def _take(self, sent: float, arrival_us: int, size: int) -> None:
-        self._acked.append((arrival_us, size))
-        self._acked_bytes += size
+        start, end = self._excluded
+        if start <= sent <= end:
+            # A probe's queue: close what came before, and pair nothing across it.
+            if self._group is not None:
+                self._close_group(self._group)
+            self._group = self._previous = None
+            return
         group = self._group
         if group is None:
             self._group = _Group(sent, arrival_us, size)
@@ -186,37 +250,118 @@ class DelayEstimate:
 
     def acked_bps(self) -> float | None:
         """What the receiver got over the last half second of its own clock."""
-        acked = self._acked
-        if len(acked) < 2:
+        rates = self._rates()
+        return rates[0] if rates is not None else None
+
+    def _rates(self) -> tuple[float, float] | None:
+        """(arrived, sent) bits per second over the packets of the last half second.
+
+        Sent counts the lost packets too: behind a full drop-tail queue the survivors
+        arrive as fast as they were sent, and only the losses show we sent too much.
+        """
+        window = self._window
+        if len(window) < 2:
             return None
-        newest = acked[-1][0]
-        while acked and acked[0][0] < newest - ACKED_WINDOW_US:
-            self._acked_bytes -= acked.popleft()[1]
-        span_us = max(newest - acked[0][0], 100_000)
-        return self._acked_bytes * 8 * 1e6 / span_us
+        newest = window[-1][0]
+        while window and window[0][0] < newest - ACKED_WINDOW_US:
+            _, sent_size, _, received = window.popleft()
+            self._window_sent -= sent_size
+            self._window_received -= received
+        if not window:
+            return None
+        span_us = max(newest - window[0][0], 100_000)
+        # Arrival order is close to send order (audio may overtake video): the ends
+        # of the window give its send span without a pass over it.
+        sent_s = max(window[-1][2] - window[0][2], 0.05)
+        return self._window_received * 8 * 1e6 / span_us, self._window_sent * 8 / sent_s
+
+    def _peak_arrival_bps(self) -> float:
+        """The fastest the link delivered `RECENT_PACKETS` received packets in the window.
+
+        Packets that waited in its queue leave it back to back, at its rate; the newest
+        ones may be a sparse audio stream behind a drained queue, which says nothing.
+        """
+        window = [e for e in self._window if e[3]]
+        best = 0.0
+        for i in range(len(window) - RECENT_PACKETS + 1):
+            first, last = window[i], window[i + RECENT_PACKETS - 1]
+            span_s = (last[0] - first[0]) / 1e6
+            if span_s >= MIN_PEAK_SPAN_S:
+                size = sum(e[3] for e in window[i + 1 : i + RECENT_PACKETS])
+                best = max(best, size * 8 / span_s)
+        return best
+
+    def _recent(self) -> tuple[float, float] | None:
+        """(arrival over send rate, arrival bits per second) of the newest arrivals.
+
+        Behind a queue they arrive back to back: their rate is the link's, where the
+        half-second average also holds the quiet moments before a burst.
+        """
+        window = self._window
+        received = sent_bytes = got = 0
+        first = last = window[-1] if window else None
+        for i in range(len(window) - 1, -1, -1):
+            entry = window[i]
+            if got >= RECENT_PACKETS:
+                break
+            first = entry
+            if entry[3]:
+                got += 1
+            received += entry[3]
+            sent_bytes += entry[1]
+        if first is None or last is None or got < RECENT_PACKETS:
+            return None
+        arrival_s = (last[0] - first[0]) / 1e6
+        sent_s = last[2] - first[2]
+        # The first packet took no arrival time, the last no send time.
+        received -= first[3]
+        sent_bytes -= last[1]
+        if arrival_s <= 0 or sent_s <= 0:
+            return None
+        arrival_bps = received * 8 / arrival_s
+        return arrival_bps / (sent_bytes * 8 / sent_s), arrival_bps
+
+    def _saturated(self, rates: tuple[float, float] | None) -> bool:
+        """The link, not we, sets the pace now and over the last half second."""
+        recent = self._recent()
+        return (
+            rates is not None
+            and rates[0] < SATURATED * rates[1]
+            and recent is not None
+            and recent[0] < 1.0
+        )
 
     def _control(self, now: float, rtt_s: float) -> None:
-        acked = self.acked_bps()
-        if acked is not None:
-            self.peak_acked_bps = max(self.peak_acked_bps, acked)
+        rates = self._rates()
+        acked = rates[0] if rates is not None else None
         elapsed = 0.0 if self._last_update is None else min(now - self._last_update, 1.0)
         self._last_update = now
-        if self.usage is Usage.OVERUSE:
+        saturated = self._saturated(rates)
+        confirmed = saturated and self._was_saturated
+        self._was_saturated = saturated
+        # A queue that filled where the trend could not see it (during a probe's blind
+        # spot, or faster than the groups) stops growing once full: the delay is flat,
+        # but the link delivers far less than we send, and the rest is lost at its tail.
+        flooded = confirmed and rates is not None and rates[0] < FLOODED * rates[1]
+        self._confirmed = confirmed and (self.usage is Usage.OVERUSE or flooded)
+        if self.usage is Usage.OVERUSE and not confirmed:
+            # The trend rose, but the link is not (or not twice in a row) delivering
+            # slower than we send: a stall and its catch-up, not a queue. No news.
+            self.false_overuse += 1
+        if self._confirmed:
             self.overused_at = now
-            # The first decrease of an overuse episode follows what arrives; later ones
-            # only while that is near the estimate (a queue still draining after we cut
-            # our own rate is no news about the link).
-            first = not self._decreased_this_episode
-            if (
-                acked is not None
-                and (first or acked >= EVIDENCE * self.bps)
-                and now - self._last_decrease > max(0.2, rtt_s)
-            ):
-                self.bps = min(self.bps, DECREASE * acked)
+            # Each decrease follows what arrives, at most once a round trip (a cut
+            # shows in the feedback one round trip later). A queue still draining after
+            # a cut delivers faster than we now send: the check above stops there.
+            if acked is not None and now - self._last_decrease > max(0.2, rtt_s):
+                # The link's rate: the newest packets came out of its queue back to back
+                # (a keyframe's short queue on a link we otherwise underuse must not cut
+                # the estimate to our own average rate).
+                link = max(acked, self._peak_arrival_bps())
+                self.decrease_to = DECREASE * link
+                self.bps = min(self.bps, self.decrease_to)
+                self.capacity_bps = link
                 self._last_decrease = now
-                self._decreased_this_episode = True
-        else:
-            self._decreased_this_episode = False
         if self.usage is Usage.NORMAL:
             grown = self.bps * GROWTH_PER_S**elapsed
             if acked is not None:
@@ -231,7 +376,8 @@ class DelayEstimate:
 
     @property
     def overusing(self) -> bool:
-        return self.usage is Usage.OVERUSE
+        """Overuse the link confirms (what the estimate acts on)."""
+        return self._confirmed
 
 
 def _sent(result: PacketResult) -> float:

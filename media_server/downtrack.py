@@ -350,6 +350,15 @@ class DownTrack:
         """
         oseq &= 0xFFFF
         up = self.current
+        if self.forwarder.padded(oseq):
+            # A probe's padding: a receiver waits for every number before the next frame.
+            if self.repair is not None and not self.repair.take(len(PADDING)):
+                self.stats.retransmit_refused += 1
+                return False
+            out_ts = self.forwarder.last_ts
+            self._write(0, oseq, out_ts, abs_send_time(time.time()), PADDING, padded=True)
+            self.stats.retransmitted += 1
+            return True
         seq = self.forwarder.source_seq(oseq)
         data = up.packet(seq) if up is not None and seq != DROP else None
         if data is None:
@@ -395,33 +404,18 @@ class DownTrack:
     def probe(self) -> int:
         """Fill the link a little, for a bandwidth probe; returns the bytes sent (0: none).
 
-        While forwarding, the last packet goes again (the receiver drops the duplicate);
-        while paused, a padding-only packet takes the next sequence number.
+        A padding-only packet takes the next sequence number, paused or forwarding: a
+        repeated packet would be a replay to the receiver's SRTP, dropped before its
+        transport-wide number is counted, and the probe would read as lost.
         """
-        fwd = self.forwarder
-        up = self.current
-        if up is not None:
-            seq = fwd.source_seq(fwd.last_seq) if fwd.last_seq >= 0 else DROP
-            data = up.packet(seq) if seq != DROP else None
-            if data is None:
-                return 0
-            try:
-                start, end = payload_bounds(data)
-            except ValueError:
-                return 0
-            ts = (int.from_bytes(data[4:8], "big") + fwd.timestamp_offset()) & 0xFFFFFFFF
-            payload = data[start:end]
-            self._write(data[1] & 0x80, fwd.last_seq, ts, abs_send_time(time.time()), payload)
-        else:
-            if self.source is None or self.source.kind != "video":
-                return 0
-            out = fwd.pad()
-            if out is None:
-                return 0
-            payload = PADDING
-            self._write(0, out[0], out[1], abs_send_time(time.time()), payload, padded=True)
+        if self.source is None or self.source.kind != "video":
+            return 0
+        out = self.forwarder.pad()
+        if out is None:
+            return 0
+        self._write(0, out[0], out[1], abs_send_time(time.time()), PADDING, padded=True)
         self.stats.probes += 1
-        return len(payload) + 40
+        return len(PADDING) + 40
 
     # -- sender reports -------------------------------------------------------------------
 

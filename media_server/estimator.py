@@ -12,15 +12,24 @@ Two signals, as in Google Congestion Control (the estimator Chromium and aiortc 
   what it receives — so it never holds the estimate down (a subscriber whose pictures
   are paused would otherwise never get them back). The first seconds of REMB are a
   receiver's start-up guess, not a measurement, and are not taken as congestion.
-- Loss from receiver reports: more than 10% lost backs off multiplicatively, between 2%
-  and 10% holds (random loss on a rural line is not congestion), below 2% grows by 8%
-  per report. Growth is bounded by a multiple of what we send, so an idle subscriber's
-  estimate does not run away from anything measured.
+- Loss, once a second: more than 10% lost backs off multiplicatively, between 2% and
+  10% holds (random loss on a rural line is not congestion), below 2% grows by 8% per
+  report. With transport-wide feedback the loss is counted over every packet the
+  feedback covers (hundreds a second); otherwise it is the receiver reports' fractions.
+  Growth is bounded by a multiple of what we send, so an idle subscriber's estimate
+  does not run away from anything measured, and by the link's measured capacity.
 
 - Transport-wide feedback (browsers that negotiate transport-cc, which then send no
   REMB): our own delay-based estimate (media_server/delay_estimate.py). When it detects
-  a queue building on the subscriber's link, the estimate drops to it at once, and
-  loss-free reports do not grow the estimate for `DELAY_HOLD_S` after that.
+  a queue building on the subscriber's link, the estimate drops at once, and loss-free
+  reports do not grow the estimate for `DELAY_HOLD_S` after that.
+- Probes (media_server/probe.py): a cluster the link carried raises the estimate to the
+  rate it was carried at; one the link spread out measures its capacity directly.
+
+The link's capacity, when measured (a probe the link spread out, or the arrival rate at
+confirmed overuse), is where growth without evidence stops: loss-free seconds bring the
+estimate up to it, not past it, so a layer that does not fit is not tried every few
+seconds (each try is a queue, a cut and a paused picture). Only a probe shows more.
 
 No I/O: the subscriber's control loop feeds it (`sent_bps` each tick) and reads it.
 """
@@ -42,6 +51,9 @@ REMB_WARMUP_S = 6.0
 HEADROOM_FACTOR = 2.0
 HEADROOM_BPS = 1_500_000
 DELAY_HOLD_S = 2.0
+MAX_CUT = 0.5
+# A probe the link spread out: the estimate takes this share of the measured capacity.
+PROBE_SATURATED_SHARE = 0.95
 
 
 @dataclass
@@ -71,6 +83,9 @@ class DownlinkEstimator:
         self.congested_at = float("-inf")
         self.delay_bps: int | None = None  # the transport-cc estimate, when there is one
         self._delay_overuse_at = float("-inf")
+        self._delay_cut_at = float("-inf")
+        # What the link was last measured to carry (probe or overuse); None: unknown.
+        self.capacity_bps: float | None = None
 
     def on_remb(self, bps: int, ssrcs: list[int], now: float) -> None:
         if bps <= 0:
@@ -99,33 +114,62 @@ class DownlinkEstimator:
             self.congested_at = now
         self._clamp()
 
-    def on_delay(self, bps: float, overusing: bool, now: float) -> None:
-        """The send-side delay-based estimate after one transport-cc feedback."""
+    def on_delay(
+        self,
+        bps: float,
+        overusing: bool,
+        now: float,
+        decrease_to: float | None = None,
+        capacity_bps: float | None = None,
+    ) -> None:
+        """The send-side delay-based estimate after one transport-cc feedback.
+
+        `decrease_to` is set when confirmed overuse calls for a cut, with the link's
+        measured delivery rate as `capacity_bps`.
+        """
         self.delay_bps = int(bps)
         if not overusing:
             return
         self._delay_overuse_at = now
-        if bps < self._bps:
-            self._bps = bps
+        if capacity_bps is not None:
+            self.capacity_bps = capacity_bps
+        if decrease_to is not None and decrease_to < self._bps:
+            # At most halved per cut (one a round trip, while the link confirms): a rate
+            # read from a few packets once left a 2 Mbit/s line at 70 kbit/s, every
+            # picture paused. A 5 -> 1 step is two or three cuts, well within a second.
+            self._bps = max(decrease_to, MAX_CUT * self._bps)
             self.congested_at = now
+            self._delay_cut_at = now
         self._clamp()
 
-    def on_probe(self, bps: float, now: float) -> None:
-        """A probe showed the link carries `bps` without a queue building."""
-        if bps > self._bps:
-            self._bps = bps
+    def on_probe(self, bps: float, saturated: bool, now: float) -> None:
+        """A probe cluster arrived at `bps`; `saturated`: the link spread it out to that."""
+        if saturated:
+            # A reading of the link: an estimate below it rises to just under it. It
+            # never lowers the estimate (a receiver's stall spreads a cluster out too;
+            # queues and losses are the delay and loss rules' to judge), but loss-free
+            # growth stops at it.
+            self.capacity_bps = bps
+            self._bps = max(self._bps, PROBE_SATURATED_SHARE * bps)
+        else:
+            self.capacity_bps = max(self.capacity_bps or 0.0, bps)
+            self._bps = max(self._bps, bps)
         self._clamp()
 
     def on_loss(self, fraction: float, now: float) -> None:
         """One interval's loss fraction (0..1), over every stream the subscriber receives."""
         self.loss = fraction
         if fraction > LOSS_HIGH:
-            self._bps *= 1 - 0.5 * fraction
+            if now - self._delay_cut_at >= DELAY_HOLD_S:
+                # (Right after a delay-based cut, the losses are the same queue's tail.)
+                self._bps *= 1 - 0.5 * fraction
             self.congested_at = now
         elif fraction < LOSS_LOW and now - self._delay_overuse_at >= DELAY_HOLD_S:
             ceiling = max(
                 self.sent_bps * HEADROOM_FACTOR, self.sent_bps + HEADROOM_BPS, self.demand_bps
             )
+            if self.capacity_bps is not None:
+                ceiling = min(ceiling, self.capacity_bps)
             self._bps = min(self._bps * GROWTH, max(ceiling, self._bps))
         self._clamp()
 

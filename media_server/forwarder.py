@@ -22,6 +22,8 @@ LAYER_ORDER = ("h", "m", "l")  # best first
 SEQ_MAP_SIZE = 4096
 SEQ_MAP_MASK = SEQ_MAP_SIZE - 1
 DROP = -1
+PADDED = -2  # a padding packet's slot holds PADDED - its out seq (negative: never media)
+MAX_PADS = 64
 
 
 class Layer(Protocol):
@@ -62,6 +64,10 @@ class Forwarder:
         # current generation: an older packet is never answered with a newer payload.
         self._seq_map = [DROP] * SEQ_MAP_SIZE
         self._generation = 0
+        # Padding sent while forwarding (probes) shifts the stream by one number each:
+        # (first incoming seq after it, the offset before it), oldest first. A packet
+        # the publisher's path reordered from before a pad keeps its own number.
+        self._pads: list[tuple[int, int]] = []
 
     # -- what is wanted -------------------------------------------------------------
 
@@ -107,13 +113,22 @@ class Forwarder:
         """The hot path: a packet of the layer being forwarded (the caller checked)."""
         oseq = (seq + self._seq_off) & 0xFFFF
         ots = (ts + self._ts_off) & 0xFFFFFFFF
-        self._seq_map[oseq & SEQ_MAP_MASK] = self._generation | (oseq << 16) | seq
         last = self._last_seq
         if last < 0 or ((oseq - last) & 0xFFFF) < 0x8000:
             self._last_seq = oseq
             self._last_ts = ots
             self._last_at = up.last_packet_at
+        elif self._pads:
+            oseq = self._before_pads(seq, oseq)
+        self._seq_map[oseq & SEQ_MAP_MASK] = self._generation | (oseq << 16) | seq
         return oseq, ots
+
+    def _before_pads(self, seq: int, oseq: int) -> int:
+        """A late packet's number: the offset of the first pad sent after its place."""
+        for first_after, offset in self._pads:
+            if 0 < ((first_after - seq) & 0xFFFF) < 0x8000:
+                return (seq + offset) & 0xFFFF
+        return oseq
 
     def _switch_to(self, up: Layer, seq: int, ts: int) -> None:
         """Start (or move to) `up` at its keyframe, keeping the outgoing stream continuous.
@@ -131,22 +146,33 @@ class Forwarder:
         else:
             self._seq_off = (self._seed - seq) & 0xFFFF  # any start is fine; vary it
             self._ts_off = 0
+        self._pads.clear()
         self._generation = (self._generation + (1 << 32)) & (0x7FFF << 32)
         self.current = up
         self._last_at = now
 
     def pad(self) -> tuple[int, int] | None:
-        """(out seq, out timestamp) for a padding packet, or None while forwarding.
+        """(out seq, out timestamp) for a padding packet (a probe), or None before any.
 
-        Only while nothing is forwarded (paused, or waiting for a keyframe): the number
-        is the next one, and the resume continues after it; a NACK for it finds nothing.
+        The number is the next one. While nothing is forwarded (paused, or waiting for a
+        keyframe) the resume continues after it; while forwarding, the packets after it
+        do (a receiver's SRTP drops a repeated number, so a probe cannot resend one).
+        A NACK for it is answered with padding again (`padded`), never with media.
         """
-        if self.current is not None or self._last_seq < 0:
+        if self._last_seq < 0:
             return None
         oseq = (self._last_seq + 1) & 0xFFFF
-        self._seq_map[oseq & SEQ_MAP_MASK] = DROP
+        self._seq_map[oseq & SEQ_MAP_MASK] = PADDED - oseq
         self._last_seq = oseq
+        if self.current is not None:
+            self._pads.append(((oseq - self._seq_off) & 0xFFFF, self._seq_off))
+            del self._pads[:-MAX_PADS]
+            self._seq_off = (self._seq_off + 1) & 0xFFFF
         return oseq, self._last_ts
+
+    def padded(self, oseq: int) -> bool:
+        """Whether `oseq` went out as padding (and nothing has taken its slot since)."""
+        return self._seq_map[oseq & SEQ_MAP_MASK] == PADDED - oseq
 
     # -- repair -----------------------------------------------------------------------
 
@@ -161,6 +187,11 @@ class Forwarder:
 
     def timestamp_offset(self) -> int:
         return self._ts_off
+
+    @property
+    def last_ts(self) -> int:
+        """The last outgoing timestamp."""
+        return self._last_ts
 
     @property
     def last_seq(self) -> int:

@@ -202,6 +202,34 @@ def test_while_holding_layers_do_not_rise_and_paused_sources_stay_paused() -> No
     assert released["teacher_camera"] == "h" and released["courseware"] == "h"
 
 
+@pytest.mark.parametrize(
+    ("teacher_rate", "keep", "teacher"),
+    [
+        # The teacher layer's keyframes lift its measured rate past the budget, but what
+        # is being sent still fits under the link: it stays.
+        (1_700_000, 2_300_000, "h"),
+        # The estimate fell too far (or the link is congested: no keep at all): down.
+        (1_700_000, 2_000_000, "m"),
+        (1_700_000, None, "m"),
+    ],
+)
+def test_what_is_sent_stays_while_it_still_fits(
+    teacher_rate: int, keep: int | None, teacher: str
+) -> None:
+    started = {"started": True}
+    cands = lesson(
+        teacher_camera={**started, "current": "h", "layers": {**CAMERA, "h": teacher_rate}},
+        courseware={**started, "current": "h"},
+        board_camera={**started, "current": "l"},
+        point_camera={**started, "current": None},
+    )
+    got = layers(allocate(2_100_000, cands, hold=False, keep_bps=keep))
+    assert got["teacher_camera"] == teacher
+    assert got["courseware"] == "h" and got["point_camera"] is None
+    if keep is not None and teacher == "h":
+        assert got["board_camera"] == "l"  # keeping raises and resumes nothing
+
+
 def test_the_called_on_classrooms_camera_ranks_with_the_teacher_not_behind_the_board() -> None:
     # At 2 Mbit/s another classroom's camera is paused (above); the called-on one is
     # what the lesson is about, so it gets a picture and the board drops to its lowest.

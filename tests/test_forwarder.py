@@ -147,3 +147,37 @@ def test_the_ceiling_is_the_lower_of_the_pin_and_the_allocation() -> None:
     assert fwd.ceiling == "l"
     fwd.paused_by_user = True
     assert fwd.paused
+
+
+# Each step: an incoming seq, or "pad" (a probe's padding) -> the expected outgoing seq
+# relative to the first packet, and for media what a NACK for that number resends.
+PAD_TABLE: list[tuple[int | str, int]] = [
+    (10, 0),
+    (11, 1),
+    (13, 3),  # 12 is late
+    ("pad", 4),  # padding takes the next number...
+    (14, 5),  # ...and the stream continues after it
+    (12, 2),  # the late packet keeps its own number, not the padding's or 13's
+    ("pad", 6),
+    ("pad", 7),
+    (15, 8),
+    (16, 9),
+]
+
+
+def test_padding_while_forwarding_shifts_the_stream_and_never_a_late_packet() -> None:
+    high = Layer("h")
+    fwd = Forwarder(seed=500, clock=Clock())
+    fwd.retarget(high)  # type: ignore[arg-type]
+    assert fwd.translate(high, 9, 0, True) is not None  # type: ignore[arg-type]
+    first = (fwd.last_seq + 1) & 0xFFFF
+    for step, expected in PAD_TABLE:
+        if step == "pad":
+            got = fwd.pad()
+            assert got is not None and (got[0] - first) & 0xFFFF == expected
+            assert fwd.padded(got[0]) and fwd.source_seq(got[0]) == DROP
+            continue
+        assert isinstance(step, int)
+        got = fwd.translate(high, step, step * 3000, False)  # type: ignore[arg-type]
+        assert got is not None and (got[0] - first) & 0xFFFF == expected
+        assert fwd.source_seq(got[0]) == step and not fwd.padded(got[0])
