@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fractions
 import logging
+import time
 
 import av
 
@@ -49,6 +50,10 @@ class VideoEncoder:
         self._ctx: av.VideoCodecContext | None = None
         self._scaler = av.video.reformatter.VideoReformatter()
         self._index = 0
+        # Whether encoding keeps real time: frames encoded and the wall time they took
+        # (scaling included); read by the agent's reports and bench/agent.py.
+        self.encoded_frames = 0
+        self.encode_s = 0.0
 
     def _open(self) -> av.VideoCodecContext:
         rate = max(1, round(self.fps))
@@ -115,6 +120,7 @@ class VideoEncoder:
         self, frame: av.VideoFrame, pts: int, force_keyframe: bool = False
     ) -> list[av.Packet]:
         """Encode one frame; returned packets carry ``pts`` in 1/90000."""
+        started = time.perf_counter()
         if self._ctx is None:
             self._ctx = self._open()
             force_keyframe = True
@@ -136,6 +142,8 @@ class VideoEncoder:
             packet.time_base = VIDEO_TIME_BASE
             packet.pts = pts
             packet.dts = pts
+        self.encoded_frames += 1
+        self.encode_s += time.perf_counter() - started
         return packets
 
 
