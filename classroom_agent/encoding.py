@@ -23,6 +23,18 @@ AUDIO_TIME_BASE = fractions.Fraction(1, 48000)
 VIDEO_CODECS = ("h264", "vp8")
 
 
+def encoder_threads(width: int, height: int) -> int:
+    """Threads for one encoder.
+
+    Every layer already encodes on its own thread, so six layers keep two cores busy
+    without help; libx264's default (1.5 threads per core, sliced under zerolatency)
+    adds hand-offs on each frame and cost 5-10 % more CPU for the master's default set
+    (bench/agent.py, docs/benchmarks.md). Above 720p a second thread keeps one frame's
+    encode well inside its frame interval.
+    """
+    return 1 if width * height <= 1280 * 720 else 2
+
+
 class VideoEncoder:
     """One libx264/libvpx encoder at a fixed output size; input frames are scaled to it."""
 
@@ -92,6 +104,7 @@ class VideoEncoder:
             }
             ctx.qmin = 4
             ctx.qmax = 56
+        ctx.thread_count = encoder_threads(self.width, self.height)
         ctx.width = self.width
         ctx.height = self.height
         ctx.pix_fmt = "yuv420p"
