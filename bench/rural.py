@@ -117,7 +117,10 @@ async () => {
     const pc = window.tongke && window.tongke.pc;
     if (!pc) return;
     const out = {};
-    (await pc.getStats()).forEach((s) => {
+    const report = await pc.getStats();
+    const codecs = {};
+    report.forEach((s) => { if (s.type === 'codec') codecs[s.id] = s.mimeType; });
+    report.forEach((s) => {
       if (s.type !== 'inbound-rtp') return;
       out[s.mid] = {
         kind: s.kind, framesDecoded: s.framesDecoded || 0,
@@ -125,6 +128,13 @@ async () => {
         freezeCount: s.freezeCount || 0, freezeSeconds: s.totalFreezesDuration || 0,
         concealed: s.concealedSamples || 0, samples: s.totalSamplesReceived || 0,
         packetsLost: s.packetsLost || 0, packetsReceived: s.packetsReceived || 0,
+        codec: codecs[s.codecId] || null, concealmentEvents: s.concealmentEvents || 0,
+        fecReceived: s.fecPacketsReceived || 0, fecDiscarded: s.fecPacketsDiscarded || 0,
+        packetsDiscarded: s.packetsDiscarded || 0, nackCount: s.nackCount || 0,
+        jbDelay: s.jitterBufferDelay || 0, jbEmitted: s.jitterBufferEmittedCount || 0,
+        jbTarget: s.jitterBufferTargetDelay || 0,
+        accelerated: s.removedSamplesForAcceleration || 0,
+        decelerated: s.insertedSamplesForDeceleration || 0,
       };
     });
     const tracks = {};
@@ -187,12 +197,44 @@ def summarise(
 
         if kind == "audio":
             received = total("samples")
+            emitted = total("jbEmitted")
+            # Where the concealment came from: losses RED/FEC could not repair (packets
+            # lost, FEC used), packets that came too late for the jitter buffer
+            # (discarded), or a buffer that ran dry (events without loss).
+            concealed_per_s = []
+            for a, b in itertools.pairwise(per_sample):
+                if name in a and name in b:
+                    got = _grew(a[name][0]["samples"], b[name][0]["samples"])
+                    hid = _grew(a[name][0]["concealed"], b[name][0]["concealed"])
+                    concealed_per_s.append(hid / got if got > 0 else 1.0)
             sources[name] = {
                 "kind": "audio",
                 "concealed_share": round(max(0.0, total("concealed") / received), 4)
                 if received > 0
                 else None,
                 "packets_lost": int(total("packetsLost")),
+                "packets_received": int(total("packetsReceived")),
+                "codec": next(
+                    (b[name][0].get("codec") for b in reversed(per_sample) if name in b), None
+                ),
+                "concealment_events": int(total("concealmentEvents")),
+                "fec_packets_received": int(total("fecReceived")),
+                "fec_packets_discarded": int(total("fecDiscarded")),
+                "packets_discarded_late": int(total("packetsDiscarded")),
+                "nacks_sent": int(total("nackCount")),
+                "jitter_buffer_ms": round(total("jbDelay") / emitted * 1000) if emitted else None,
+                "jitter_buffer_target_ms": round(total("jbTarget") / emitted * 1000)
+                if emitted
+                else None,
+                "time_stretched_share": round(
+                    (total("accelerated") + total("decelerated")) / received, 4
+                )
+                if received > 0
+                else None,
+                "seconds_over_5pct_concealed": sum(1 for c in concealed_per_s if c > 0.05),
+                "worst_second_concealed": round(max(concealed_per_s), 3)
+                if concealed_per_s
+                else None,
             }
             continue
         per_second: list[float] = []
