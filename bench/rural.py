@@ -144,8 +144,9 @@ async () => {
       tracks[mid] = { source: info.source, active: info.active,
                       layer: a.layer || null, paused: Boolean(a.paused), reason: a.reason || null };
     }
+    const answer = (pc.currentLocalDescription || {}).sdp || '';
     r.samples.push({ t: performance.now(), stats: out, tracks, phase: window.tongke.phase,
-                     connects: window.tongke.connects });
+                     connects: window.tongke.connects, red: answer.toLowerCase().includes('red/48000') });
   }, 1000);
 }
 """
@@ -217,6 +218,9 @@ def summarise(
                 "codec": next(
                     (b[name][0].get("codec") for b in reversed(per_sample) if name in b), None
                 ),
+                # Chromium reports the decoded codec (Opus) even under RED; its answer
+                # says whether RED was agreed, and RED's redundant copies count as FEC.
+                "red_in_answer": bool(window[-1].get("red")),
                 "concealment_events": int(total("concealmentEvents")),
                 "fec_packets_received": int(total("fecReceived")),
                 "fec_packets_discarded": int(total("fecDiscarded")),
