@@ -6,11 +6,13 @@ Builds the master agent's default configuration with the high-entropy synthetic 
 (``--synthetic noise``: teacher camera in three layers, board camera in two, courseware
 as screen content, Opus audio), starts every track as the agent does, and reads each one
 through a feed whose packets aiortc's packetizer splits into RTP payloads (the sender's
-cost, short of SRTP and the socket). ``--receive`` makes the layers a point of that link
-does not receive idle, as the SFU's ``publish_feedback`` would: ``2mbit`` keeps the
-teacher's 720p layer, the courseware, the board's lowest layer and audio; ``1mbit`` the
-teacher's 360p layer, the courseware and audio. ``--hogs N`` runs N busy processes
-beside it (a loaded machine: the SFU, Chromium and the link relay of bench/rural.py).
+cost, short of SRTP and the socket). ``--receive`` makes the layers a single point of
+that link does not receive idle, as the SFU's ``publish_feedback`` would with nobody else
+watching and no server recording (which takes every source's top layer): ``2mbit``
+keeps the teacher's 720p layer, the courseware, the board's lowest layer and audio;
+``1mbit`` the teacher's 360p layer, the courseware and audio. ``--hogs N`` runs N busy
+processes beside it (a loaded machine: the SFU, Chromium and the link relay of
+bench/rural.py share it).
 
 Per layer over the measured window: frame rate achieved and configured, bitrate sent and
 targeted, mean encode time per frame (scaling included), mean wait between capture and
