@@ -28,9 +28,9 @@ def encoder_threads(width: int, height: int) -> int:
 
     Every layer already encodes on its own thread, so six layers keep two cores busy
     without help; libx264's default (1.5 threads per core, sliced under zerolatency)
-    adds hand-offs on each frame and cost 5-10 % more CPU for the master's default set
-    (bench/agent.py, docs/benchmarks.md). Above 720p a second thread keeps one frame's
-    encode well inside its frame interval.
+    adds hand-offs on each frame: 3-6 % more CPU for the master's default set and twice
+    the encode time of the small layers (bench/agent.py, docs/benchmarks.md). Above 720p
+    a second thread keeps one frame's encode well inside its frame interval.
     """
     return 1 if width * height <= 1280 * 720 else 2
 
