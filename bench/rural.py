@@ -117,7 +117,10 @@ async () => {
     const pc = window.tongke && window.tongke.pc;
     if (!pc) return;
     const out = {};
-    (await pc.getStats()).forEach((s) => {
+    const report = await pc.getStats();
+    const codecs = {};
+    report.forEach((s) => { if (s.type === 'codec') codecs[s.id] = s.mimeType; });
+    report.forEach((s) => {
       if (s.type !== 'inbound-rtp') return;
       out[s.mid] = {
         kind: s.kind, framesDecoded: s.framesDecoded || 0,
@@ -125,6 +128,13 @@ async () => {
         freezeCount: s.freezeCount || 0, freezeSeconds: s.totalFreezesDuration || 0,
         concealed: s.concealedSamples || 0, samples: s.totalSamplesReceived || 0,
         packetsLost: s.packetsLost || 0, packetsReceived: s.packetsReceived || 0,
+        codec: codecs[s.codecId] || null, concealmentEvents: s.concealmentEvents || 0,
+        fecReceived: s.fecPacketsReceived || 0, fecDiscarded: s.fecPacketsDiscarded || 0,
+        packetsDiscarded: s.packetsDiscarded || 0, nackCount: s.nackCount || 0,
+        jbDelay: s.jitterBufferDelay || 0, jbEmitted: s.jitterBufferEmittedCount || 0,
+        jbTarget: s.jitterBufferTargetDelay || 0,
+        accelerated: s.removedSamplesForAcceleration || 0,
+        decelerated: s.insertedSamplesForDeceleration || 0,
       };
     });
     const tracks = {};
@@ -134,8 +144,9 @@ async () => {
       tracks[mid] = { source: info.source, active: info.active,
                       layer: a.layer || null, paused: Boolean(a.paused), reason: a.reason || null };
     }
+    const answer = (pc.currentLocalDescription || {}).sdp || '';
     r.samples.push({ t: performance.now(), stats: out, tracks, phase: window.tongke.phase,
-                     connects: window.tongke.connects });
+                     connects: window.tongke.connects, red: answer.toLowerCase().includes('red/48000') });
   }, 1000);
 }
 """
@@ -187,12 +198,47 @@ def summarise(
 
         if kind == "audio":
             received = total("samples")
+            emitted = total("jbEmitted")
+            # Where the concealment came from: losses RED/FEC could not repair (packets
+            # lost, FEC used), packets that came too late for the jitter buffer
+            # (discarded), or a buffer that ran dry (events without loss).
+            concealed_per_s = []
+            for a, b in itertools.pairwise(per_sample):
+                if name in a and name in b:
+                    got = _grew(a[name][0]["samples"], b[name][0]["samples"])
+                    hid = _grew(a[name][0]["concealed"], b[name][0]["concealed"])
+                    concealed_per_s.append(hid / got if got > 0 else 1.0)
             sources[name] = {
                 "kind": "audio",
                 "concealed_share": round(max(0.0, total("concealed") / received), 4)
                 if received > 0
                 else None,
                 "packets_lost": int(total("packetsLost")),
+                "packets_received": int(total("packetsReceived")),
+                "codec": next(
+                    (b[name][0].get("codec") for b in reversed(per_sample) if name in b), None
+                ),
+                # Chromium reports the decoded codec (Opus) even under RED; its answer
+                # says whether RED was agreed, and RED's redundant copies count as FEC.
+                "red_in_answer": bool(window[-1].get("red")),
+                "concealment_events": int(total("concealmentEvents")),
+                "fec_packets_received": int(total("fecReceived")),
+                "fec_packets_discarded": int(total("fecDiscarded")),
+                "packets_discarded_late": int(total("packetsDiscarded")),
+                "nacks_sent": int(total("nackCount")),
+                "jitter_buffer_ms": round(total("jbDelay") / emitted * 1000) if emitted else None,
+                "jitter_buffer_target_ms": round(total("jbTarget") / emitted * 1000)
+                if emitted
+                else None,
+                "time_stretched_share": round(
+                    (total("accelerated") + total("decelerated")) / received, 4
+                )
+                if received > 0
+                else None,
+                "seconds_over_5pct_concealed": sum(1 for c in concealed_per_s if c > 0.05),
+                "worst_second_concealed": round(max(concealed_per_s), 3)
+                if concealed_per_s
+                else None,
             }
             continue
         per_second: list[float] = []
@@ -326,6 +372,77 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
     }
 
 
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the last line, cut short when the agent stopped
+    return out
+
+
+def summarise_master(reports: list[dict[str, Any]], start: float, end: float) -> dict[str, Any]:
+    """Whether the master agent encoded in real time during the measured period (wall s).
+
+    From its 1-s reports: per layer, frames encoded per second against the configured
+    rate, bitrate sent against the encoder's target, mean encode time per frame, mean
+    wait between capture and encode, source frames dropped because the encoder had not
+    taken the previous one, and the share of reports in which the layer was idle
+    (nobody received it, so it was not encoded); the process's CPU in % of one core.
+    """
+    window = [r for r in reports if "publishing" in r and start <= r["time"] <= end]
+    if len(window) < 2:
+        return {"error": "the master agent reported nothing in the measured period"}
+    first, last = window[0], window[-1]
+    elapsed = last["time"] - first["time"]
+    out: dict[str, Any] = {
+        "cpu_pct_of_one_core": round(
+            100 * (last["publishing"]["cpu_s"] - first["publishing"]["cpu_s"]) / elapsed, 1
+        ),
+        "load1_mean": round(sum(r["publishing"]["load1"] for r in window) / len(window), 2),
+        "layers": {},
+    }
+    for b in last["publishing"]["layers"]:
+        key = f"{b['source']}/{b['layer']}"
+        a = next(
+            x
+            for x in first["publishing"]["layers"]
+            if (x["source"], x["layer"]) == (b["source"], b["layer"])
+        )
+        row: dict[str, Any] = {
+            "kbps": round((b["bytes"] - a["bytes"]) * 8 / elapsed / 1000, 1),
+            "dropped_frames": b["dropped"] - a["dropped"],
+        }
+        if b["kind"] == "video":
+            frames = b["encoded_frames"] - a["encoded_frames"]
+            idle = sum(
+                1
+                for r in window
+                for x in r["publishing"]["layers"]
+                if (x["source"], x["layer"]) == (b["source"], b["layer"]) and x["idle"]
+            )
+            row.update(
+                {
+                    "size": f"{b['width']}x{b['height']}",
+                    "fps": round(frames / elapsed, 1),
+                    "fps_configured": b["fps"],
+                    "idle_share": round(idle / len(window), 2),
+                    "target_kbps_last": b["target_kbps"],
+                    "encode_ms": round((b["encode_s"] - a["encode_s"]) / frames * 1000, 2)
+                    if frames
+                    else None,
+                    "queue_ms": round((b["queue_s"] - a["queue_s"]) / frames * 1000, 2)
+                    if frames
+                    else None,
+                }
+            )
+        out["layers"][key] = row
+    return out
+
+
 def _longest_zero_run(values: list[float]) -> int:
     best = run = 0
     for v in values:
@@ -377,7 +494,16 @@ async def run_condition(
             server.token(room, "city-school", "master", name="Master"),
             "master",
             ice_addresses=["127.0.0.1"],
-            options=["--synthetic", "noise", "--no-window", "--no-recording"],
+            options=[
+                "--synthetic",
+                "noise",
+                "--no-window",
+                "--no-recording",
+                "--report",
+                str(workdir / "master.jsonl"),
+                "--report-interval",
+                "1",
+            ],
         ),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -391,6 +517,8 @@ async def run_condition(
                 break
             await asyncio.sleep(0.5)
         token = server.token(room, "xiaohe", "point", name="小河教学点")
+        # Wall-clock bounds of the measured period, for the master agent's own reports.
+        window = [0.0, 0.0]
 
         async def measure(mark: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
             """Warm up, then run the measured period (with the link's steps)."""
@@ -402,6 +530,7 @@ async def run_condition(
             assert netlink.down is not None
             down0 = dict(vars(netlink.down.impairment.counters))
             log(f"{cond.name}: measuring {seconds:.0f} s")
+            window[0] = time.time()
             t0 = time.monotonic()
             for at, spec in cond.steps:
                 await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
@@ -409,6 +538,7 @@ async def run_condition(
                 log(f"{cond.name}: link now {spec.down.rate_bps} bit/s")
             await asyncio.sleep(max(0.0, t0 + seconds - time.monotonic()))
             polling.cancel()
+            window[1] = time.time()
             down1 = dict(vars(netlink.down.impairment.counters))
             sfu = dict(sfu_totals)
             link_down = {
@@ -488,6 +618,7 @@ async def run_condition(
                 "receiver": receiver,
                 "sfu": sfu,
                 "link_down": link_down,
+                "master_encode": summarise_master(_read_jsonl(workdir / "master.jsonl"), *window),
             }
         )
         if not sfu.get("packets_forwarded"):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -456,6 +457,13 @@ class ClassroomAgent:
         active = {r.info.get("track") for r in client.active_tracks()} if client else set()
         return {
             "time": round(time.time(), 3),
+            # What this agent sends and what encoding it costs: cumulative counters per
+            # layer and the process's CPU seconds (bench/rural.py turns them into rates).
+            "publishing": {
+                "cpu_s": round(time.process_time(), 3),
+                "load1": round(os.getloadavg()[0], 2),
+                "layers": [p.track.stats() | {"layer": p.layer} for p in self.tracks],
+            },
             "room": self.room,
             "classroom": self.classroom,
             "connected": self.status.connected,

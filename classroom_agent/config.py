@@ -56,7 +56,11 @@ CAMERA_KEYFRAME_S = 2.0
 # A slide changes rarely; a keyframe of sharp text is large, so send one less often
 # (a subscriber that joins asks for one anyway).
 SCREEN_KEYFRAME_S = 6.0
-LAYER_PRESETS: dict[str, tuple[int, int, float]] = {"m": (360, 500, 30.0), "l": (180, 150, 15.0)}
+# A point on a 2 Mbit/s line receives the teacher's top layer, the courseware, the board's
+# lowest layer and audio: 1200 + 300 + 120 + 32 kbit/s of media, about 1.8 Mbit/s with
+# RTP/SRTP/UDP headers and audio's RED. On 1 Mbit/s: the teacher's 360p layer (450)
+# and the courseware.
+LAYER_PRESETS: dict[str, tuple[int, int, float]] = {"m": (360, 450, 30.0), "l": (180, 120, 15.0)}
 
 
 class ConfigError(ValueError):
@@ -164,9 +168,9 @@ def default_sources(
     return [
         # Three layers of the teacher and two of the board: the SFU gives each point the
         # best one its link carries, and the agent stops encoding those nobody receives.
-        video("teacher_camera", "/dev/video0", bitrate_kbps=1500, layers=["h", "m", "l"], seed=1),
+        video("teacher_camera", "/dev/video0", bitrate_kbps=1200, layers=["h", "m", "l"], seed=1),
         video("board_camera", "/dev/video2", bitrate_kbps=800, layers=["h", "l"], seed=2),
-        video("courseware", "", bitrate_kbps=400, fps=5.0, content="screen", seed=3),
+        video("courseware", "", bitrate_kbps=300, fps=5.0, content="screen", seed=3),
         audio("classroom_mic"),
     ]
 

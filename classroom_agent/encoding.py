@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fractions
 import logging
+import time
 
 import av
 
@@ -20,6 +21,18 @@ logger = logging.getLogger(__name__)
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_TIME_BASE = fractions.Fraction(1, 48000)
 VIDEO_CODECS = ("h264", "vp8")
+
+
+def encoder_threads(width: int, height: int) -> int:
+    """Threads for one encoder.
+
+    Every layer already encodes on its own thread, so six layers keep two cores busy
+    without help; libx264's default (1.5 threads per core, sliced under zerolatency)
+    adds hand-offs on each frame: 3-6 % more CPU for the master's default set and twice
+    the encode time of the small layers (bench/agent.py, docs/benchmarks.md). Above 720p
+    a second thread keeps one frame's encode well inside its frame interval.
+    """
+    return 1 if width * height <= 1280 * 720 else 2
 
 
 class VideoEncoder:
@@ -49,6 +62,10 @@ class VideoEncoder:
         self._ctx: av.VideoCodecContext | None = None
         self._scaler = av.video.reformatter.VideoReformatter()
         self._index = 0
+        # Whether encoding keeps real time: frames encoded and the wall time they took
+        # (scaling included); read by the agent's reports and bench/agent.py.
+        self.encoded_frames = 0
+        self.encode_s = 0.0
 
     def _open(self) -> av.VideoCodecContext:
         rate = max(1, round(self.fps))
@@ -87,6 +104,7 @@ class VideoEncoder:
             }
             ctx.qmin = 4
             ctx.qmax = 56
+        ctx.thread_count = encoder_threads(self.width, self.height)
         ctx.width = self.width
         ctx.height = self.height
         ctx.pix_fmt = "yuv420p"
@@ -115,6 +133,7 @@ class VideoEncoder:
         self, frame: av.VideoFrame, pts: int, force_keyframe: bool = False
     ) -> list[av.Packet]:
         """Encode one frame; returned packets carry ``pts`` in 1/90000."""
+        started = time.perf_counter()
         if self._ctx is None:
             self._ctx = self._open()
             force_keyframe = True
@@ -136,6 +155,8 @@ class VideoEncoder:
             packet.time_base = VIDEO_TIME_BASE
             packet.pts = pts
             packet.dts = pts
+        self.encoded_frames += 1
+        self.encode_s += time.perf_counter() - started
         return packets
 
 

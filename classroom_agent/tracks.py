@@ -228,6 +228,9 @@ class EncodedVideoTrack(_EncodedTrack):
         self._next_due = 0.0
         # After encoded no-signal frames, forwarded packets may only resume on a keyframe.
         self._passthrough_needs_key = True
+        # Time frames waited between capture and their encode: it grows when the
+        # encoder's thread does not get the CPU it needs.
+        self._queue_s = 0.0
 
     @property
     def bitrate_kbps(self) -> int:
@@ -261,6 +264,22 @@ class EncodedVideoTrack(_EncodedTrack):
             self._resume_needs_key = True
         self._idle = idle
 
+    def stats(self) -> dict[str, Any]:
+        """The base counters plus this layer's encoder: size, frame rate, target bitrate,
+        frames encoded, the wall time they took and how long frames waited for it."""
+        return {
+            **super().stats(),
+            "layer": self.layer,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+            "idle": self._idle,
+            "target_kbps": self._encoder.bitrate_kbps,
+            "encoded_frames": self._encoder.encoded_frames,
+            "encode_s": round(self._encoder.encode_s, 4),
+            "queue_s": round(self._queue_s, 4),
+        }
+
     def _pts(self, captured: float) -> int:
         if self._t0 is None:
             self._t0 = captured
@@ -270,6 +289,12 @@ class EncodedVideoTrack(_EncodedTrack):
 
     def _encode(self, frame: av.VideoFrame, pts: int, key: bool) -> list[av.Packet]:
         return self._encoder.encode(frame, pts, key)
+
+    def _encode_timed(
+        self, frame: av.VideoFrame, pts: int, key: bool, captured: float
+    ) -> list[av.Packet]:
+        self._queue_s += max(0.0, time.monotonic() - captured)
+        return self._encode(frame, pts, key)
 
     async def _next_packet(self) -> av.Packet:
         sub = self._subscription()
@@ -302,7 +327,9 @@ class EncodedVideoTrack(_EncodedTrack):
                 self._force_keyframe = False
             pts = self._pts(captured)
             try:
-                packets = await loop.run_in_executor(self._executor, self._encode, item, pts, key)
+                packets = await loop.run_in_executor(
+                    self._executor, self._encode_timed, item, pts, key, captured
+                )
             except RuntimeError:  # executor shut down by stop()
                 raise MediaStreamError from None
             if self._idle:

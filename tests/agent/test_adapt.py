@@ -103,11 +103,11 @@ async def test_the_agent_follows_a_feedback_message_from_the_server() -> None:
         )
         assert by_layer[("teacher_camera", "h")].idle
         assert not by_layer[("teacher_camera", "m")].idle
-        # 0.85 * 500 - 32 = 393 kbps over m (500) + l (150) + courseware (300).
+        # 0.85 * 500 - 32 = 393 kbps over m (450) + l (120) + courseware (300).
         expected = {
-            ("teacher_camera", "m"): 207,
-            ("teacher_camera", "l"): 62,
-            ("courseware", "h"): 124,
+            ("teacher_camera", "m"): 203,
+            ("teacher_camera", "l"): 54,
+            ("courseware", "h"): 136,
         }
         await wait_for(
             lambda: all(by_layer[k].bitrate_kbps == v for k, v in expected.items()),

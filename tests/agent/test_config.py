@@ -109,12 +109,12 @@ def test_role_defaults() -> None:
     assert [
         (t.source, t.layer, t.kind, t.codec, t.width, t.height, t.bitrate_kbps) for t in tracks
     ] == [
-        ("teacher_camera", "h", "video", "h264", 1280, 720, 1500),
-        ("teacher_camera", "m", "video", "h264", 640, 360, 500),
-        ("teacher_camera", "l", "video", "h264", 320, 180, 150),
+        ("teacher_camera", "h", "video", "h264", 1280, 720, 1200),
+        ("teacher_camera", "m", "video", "h264", 640, 360, 450),
+        ("teacher_camera", "l", "video", "h264", 320, 180, 120),
         ("board_camera", "h", "video", "h264", 1280, 720, 800),
-        ("board_camera", "l", "video", "h264", 320, 180, 150),
-        ("courseware", "h", "video", "h264", 1280, 720, 400),
+        ("board_camera", "l", "video", "h264", 320, 180, 120),
+        ("courseware", "h", "video", "h264", 1280, 720, 300),
         ("classroom_mic", "h", "audio", "opus", 0, 0, 32),
     ]
     # Courseware is screen content: full resolution, low frame rate, rarer keyframes.
@@ -142,3 +142,21 @@ async def test_built_tracks_publish() -> None:
     assert (frames[0].width, frames[0].height) == (640, 360)
     assert pixelclock.read_frame(frames[0]) is not None
     assert audio.time_base.denominator == 48000
+
+
+def test_a_2_mbit_point_fits_the_teachers_top_layer_next_to_courseware_board_and_audio() -> None:
+    """What a 2 Mbit/s point receives from the master's defaults stays near 1.8 Mbit/s on
+    the wire (media, about 6 % of RTP/SRTP/UDP/IP headers on video, Opus with RED)."""
+    tracks = {
+        (t.source, t.layer): t.bitrate_kbps
+        for t in build_tracks(parse_config({"role": "master", "synthetic": True}))
+    }
+    video = (
+        tracks[("teacher_camera", "h")]
+        + tracks[("courseware", "h")]
+        + min(kbps for (source, _), kbps in tracks.items() if source == "board_camera")
+    )
+    audio_on_wire = 2 * tracks[("classroom_mic", "h")] + 28  # RED doubles it; 50 headers/s
+    assert video * 1.06 + audio_on_wire <= 1850
+    # And a 1 Mbit/s point fits the teacher's 360p layer and the courseware.
+    assert (tracks[("teacher_camera", "m")] + tracks[("courseware", "h")]) * 1.06 + 92 <= 950

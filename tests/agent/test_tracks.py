@@ -117,6 +117,32 @@ async def test_sink_receives_exactly_the_published_packets() -> None:
     assert stats["keyframes"] == 1
 
 
+async def test_a_layer_reports_what_its_encoding_took_and_an_idle_one_encodes_nothing() -> None:
+    source = SyntheticVideo(640, 360, 30, "Teacher camera", seed=6)
+    high = EncodedVideoTrack(source, "h264", 500, layer="h")
+    low = EncodedVideoTrack(source, "h264", 120, fps=15, width=320, height=180, layer="l")
+    try:
+        await asyncio.gather(collect(high, 4), collect(low, 2))
+        low.set_idle(True)
+        idle_at = low.stats()["encoded_frames"]
+        # The idle layer keeps reading its capture while the top layer encodes 20 frames.
+        waiting = asyncio.ensure_future(low.recv())
+        await collect(high, 20)
+        stats, idle = high.stats(), low.stats()
+        assert not waiting.done()
+        waiting.cancel()
+    finally:
+        high.stop()
+        low.stop()
+    assert (stats["layer"], stats["width"], stats["height"], stats["fps"]) == ("h", 640, 360, 30)
+    assert stats["encoded_frames"] == stats["frames"] == 24
+    # Wall time spent encoding and waiting for the encoder, accumulated per frame.
+    assert stats["encode_s"] > 0 and stats["queue_s"] >= 0
+    assert stats["target_kbps"] == 500 and not stats["idle"]
+    # Nobody receives the idle layer and nothing records it: not one frame encoded.
+    assert idle["idle"] and idle["encoded_frames"] == idle_at
+
+
 async def test_two_layers_share_one_capture() -> None:
     source = SyntheticVideo(1280, 720, 30, "Teacher camera", seed=5)
     high = EncodedVideoTrack(source, "h264", 1500, layer="h")
