@@ -10,6 +10,8 @@ from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from tongke.database import create_schema
+
 
 class Base(DeclarativeBase):
     pass
@@ -61,7 +63,7 @@ class Database:
         _import_models()
         self.url = url
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        create_schema(Base.metadata, self.engine)
         _add_missing_columns(self.engine)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 

@@ -28,6 +28,7 @@ from sqlalchemy import Boolean, DateTime, ForeignKey, String, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from scheduler.db import make_engine
+from tongke.database import create_schema
 from tongke.errors import CodedError
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
@@ -181,7 +182,7 @@ class Accounts:
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        create_schema(Base.metadata, self.engine)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
     def _session(self) -> Session:

@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from aiohttp import web
 
+from tongke.database import create_schema
 from tongke.tokens import Claims, TokenError, request_token, verify_token
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class AuditLog:
     def __init__(self, database_url: str) -> None:
         connect_args = {"timeout": 30} if database_url.startswith("sqlite") else {}
         self.engine = sa.create_engine(database_url, connect_args=connect_args)
-        _metadata.create_all(self.engine)
+        create_schema(_metadata, self.engine)
         self._pending: list[Event] = []
         self._writer: asyncio.Task[None] | None = None
 

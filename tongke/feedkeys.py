@@ -23,6 +23,7 @@ import jwt
 import sqlalchemy as sa
 from aiohttp import web
 
+from tongke.database import create_schema
 from tongke.tokens import ALGORITHM, Role, TokenError, request_token, verify_token
 
 FEED_PREFIXES = ("feed:", "feed-agent:")
@@ -41,7 +42,7 @@ class FeedKeys:
     def __init__(self, database_url: str, *, lifetime_s: int) -> None:
         connect_args = {"timeout": 30} if database_url.startswith("sqlite") else {}
         self.engine = sa.create_engine(database_url, connect_args=connect_args)
-        _metadata.create_all(self.engine)
+        create_schema(_metadata, self.engine)
         self.lifetime_s = lifetime_s
         self._cache: dict[str, float] = {}
         self._load()

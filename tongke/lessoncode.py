@@ -20,6 +20,7 @@ from typing import Any
 import jwt
 import sqlalchemy as sa
 
+from tongke.database import create_schema
 from tongke.tokens import ALGORITHM, Role, TokenError, issue_token
 
 CODE_TTL_S = 30 * 60
@@ -77,7 +78,7 @@ class CodeBook:
         if database_url:
             connect_args = {"timeout": 30} if database_url.startswith("sqlite") else {}
             self._engine = sa.create_engine(database_url, connect_args=connect_args)
-            _metadata.create_all(self._engine)
+            create_schema(_metadata, self._engine)
 
     def redeem(self, code: object, *, now: float | None = None) -> tuple[str, dict[str, Any]]:
         """The room token a code yields and the code's claims; TokenError when it cannot.
