@@ -31,7 +31,7 @@ from aiortc.rtp import (
 from aiortc.sdp import SessionDescription
 
 from media_server.estimator import DownlinkEstimator
-from media_server.uptrack import UpTrack
+from media_server.uptrack import NackBatch, UpTrack
 from media_server.wire import Wire
 from tongke import rtc_internals
 from tongke.codecs import CODEC_OF_MIME, enable_opus_fec
@@ -154,7 +154,7 @@ class Publisher:
         self.tracks: dict[str, UpTrack] = {}  # mid -> UpTrack
         self._by_ssrc: dict[int, UpTrack] = {}
         self._by_rtx_ssrc: dict[int, UpTrack] = {}
-        self._nack_pending: set[UpTrack] = set()
+        self._nacks = NackBatch(self._send_nack)
         self._rtcp_task: asyncio.Task[None] | None = None
         self._rtcp_ssrc = 1
         self._lock = asyncio.Lock()
@@ -264,7 +264,7 @@ class Publisher:
             rtx_ssrc=rtx_ssrc,
             rtx_payload_type=rtx_pt,
             request_keyframe=self._send_pli,
-            request_nack=self._schedule_nack,
+            request_nack=self._nacks.add,
             label=spec.label,
             on_wanted=self._wanted,
         )
@@ -353,16 +353,6 @@ class Publisher:
             self.wire.send_rtcp(
                 bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc, media_ssrc=up.ssrc))
             )
-
-    def _schedule_nack(self, up: UpTrack) -> None:
-        if not self._nack_pending:
-            asyncio.get_running_loop().call_soon(self._flush_nacks)
-        self._nack_pending.add(up)
-
-    def _flush_nacks(self) -> None:
-        pending, self._nack_pending = self._nack_pending, set()
-        for up in pending:
-            self._send_nack(up)
 
     def _send_nack(self, up: UpTrack) -> None:
         seqs = up.take_nacks()

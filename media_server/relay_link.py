@@ -38,7 +38,7 @@ from media_server import relay_wire as wire
 from media_server.downtrack import DownTrack
 from media_server.room import Room
 from media_server.source import LAYER_ORDER, MediaSource
-from media_server.uptrack import LatencyHistogram, UpTrack
+from media_server.uptrack import LatencyHistogram, NackBatch, UpTrack
 from tongke.codecs import CODEC_OF_MIME
 from tongke.tokens import Role
 from tongke.untrusted import display_text_problem
@@ -169,7 +169,7 @@ class RelayLink:
         self._by_stream: dict[int, UpTrack] = {}
         self._wanted_sent: set[int] | None = None
         self._want_soon = False
-        self._nack_pending: set[UpTrack] = set()
+        self._nacks = NackBatch(self._send_nacks)
         self._stream_of: dict[UpTrack, int] = {}
         self.resending = False  # answering a NACK: the sink stamps resends with now
         self.closed = False
@@ -482,7 +482,7 @@ class RelayLink:
                     rtx_ssrc=None,
                     rtx_payload_type=None,
                     request_keyframe=self._request_keyframe,
-                    request_nack=self._schedule_nack,
+                    request_nack=self._nacks.add,
                     label=source.label,
                     on_wanted=self._wanted,
                 )
@@ -524,16 +524,6 @@ class RelayLink:
         stream = self._stream_of.get(up)
         if stream is not None:
             self.send_datagram(wire.PLI, stream, b"")
-
-    def _schedule_nack(self, up: UpTrack) -> None:
-        if not self._nack_pending:
-            asyncio.get_running_loop().call_soon(self._flush_nacks)
-        self._nack_pending.add(up)
-
-    def _flush_nacks(self) -> None:
-        pending, self._nack_pending = self._nack_pending, set()
-        for up in pending:
-            self._send_nacks(up)
 
     def _send_nacks(self, up: UpTrack) -> None:
         stream = self._stream_of.get(up)

@@ -88,6 +88,26 @@ class LatencyHistogram:
 SFU_LATENCY = LatencyHistogram()
 
 
+class NackBatch:
+    """UpTracks that found gaps during this turn of the event loop; `send` NACKs each once
+    after it. A burst of packets read in one go may reveal a gap packet by packet: one
+    NACK per track per turn asks for all of them together."""
+
+    def __init__(self, send: Callable[[UpTrack], None]) -> None:
+        self._send = send
+        self._pending: set[UpTrack] = set()
+
+    def add(self, up: UpTrack) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.add(up)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, set()
+        for up in pending:
+            self._send(up)
+
+
 class UpTrack:
     def __init__(
         self,
