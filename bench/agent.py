@@ -78,6 +78,31 @@ def _snapshot(tracks: list[PublishedTrack]) -> dict[tuple[str, str], dict[str, A
     return {(p.source, p.layer): p.track.stats() for p in tracks}
 
 
+def encode_figures(a: dict[str, Any], b: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """What one layer's encoder did between two readings of its counters `elapsed` apart:
+    rate, dropped frames and, for video, frames per second and time per frame."""
+    row: dict[str, Any] = {
+        "kbps": round((b["bytes"] - a["bytes"]) * 8 / elapsed / 1000, 1),
+        "dropped_frames": b["dropped"] - a["dropped"],
+    }
+    if b["kind"] == "video":
+        frames = b["encoded_frames"] - a["encoded_frames"]
+        row.update(
+            {
+                "size": f"{b['width']}x{b['height']}",
+                "fps": round(frames / elapsed, 1),
+                "fps_configured": b["fps"],
+                "encode_ms": round((b["encode_s"] - a["encode_s"]) / frames * 1000, 2)
+                if frames
+                else None,
+                "queue_ms": round((b["queue_s"] - a["queue_s"]) / frames * 1000, 2)
+                if frames
+                else None,
+            }
+        )
+    return row
+
+
 async def measure(receive: str, warmup: float, seconds: float) -> dict[str, Any]:
     config = AgentConfig(role="master", synthetic=True, synthetic_pattern="noise")
     config.sources = default_sources("master", synthetic=True, pattern="noise")
@@ -116,26 +141,11 @@ async def measure(receive: str, warmup: float, seconds: float) -> dict[str, Any]
             "source": published.source,
             "layer": published.layer,
             "kind": published.kind,
-            "kbps": round((b["bytes"] - a["bytes"]) * 8 / elapsed / 1000, 1),
             "target_kbps": b.get("target_kbps", published.bitrate_kbps),
-            "dropped_frames": b["dropped"] - a["dropped"],
+            **encode_figures(a, b, elapsed),
         }
         if published.kind == "video":
-            frames = b["encoded_frames"] - a["encoded_frames"]
-            row.update(
-                {
-                    "size": f"{b['width']}x{b['height']}",
-                    "idle": b["idle"],
-                    "fps": round(frames / elapsed, 1),
-                    "fps_configured": b["fps"],
-                    "encode_ms": round((b["encode_s"] - a["encode_s"]) / frames * 1000, 2)
-                    if frames
-                    else None,
-                    "queue_ms": round((b["queue_s"] - a["queue_s"]) / frames * 1000, 2)
-                    if frames
-                    else None,
-                }
-            )
+            row["idle"] = b["idle"]
         layers.append(row)
     return {
         "receive": receive,

@@ -38,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+from bench.agent import encode_figures
 from classroom_agent.cli import agent_argv
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.impair import GilbertElliott, LinkSpec, NetnsLink, netns_available
@@ -412,33 +413,16 @@ def summarise_master(reports: list[dict[str, Any]], start: float, end: float) ->
             for x in first["publishing"]["layers"]
             if (x["source"], x["layer"]) == (b["source"], b["layer"])
         )
-        row: dict[str, Any] = {
-            "kbps": round((b["bytes"] - a["bytes"]) * 8 / elapsed / 1000, 1),
-            "dropped_frames": b["dropped"] - a["dropped"],
-        }
+        row = encode_figures(a, b, elapsed)
         if b["kind"] == "video":
-            frames = b["encoded_frames"] - a["encoded_frames"]
             idle = sum(
                 1
                 for r in window
                 for x in r["publishing"]["layers"]
                 if (x["source"], x["layer"]) == (b["source"], b["layer"]) and x["idle"]
             )
-            row.update(
-                {
-                    "size": f"{b['width']}x{b['height']}",
-                    "fps": round(frames / elapsed, 1),
-                    "fps_configured": b["fps"],
-                    "idle_share": round(idle / len(window), 2),
-                    "target_kbps_last": b["target_kbps"],
-                    "encode_ms": round((b["encode_s"] - a["encode_s"]) / frames * 1000, 2)
-                    if frames
-                    else None,
-                    "queue_ms": round((b["queue_s"] - a["queue_s"]) / frames * 1000, 2)
-                    if frames
-                    else None,
-                }
-            )
+            row["idle_share"] = round(idle / len(window), 2)
+            row["target_kbps_last"] = b["target_kbps"]
         out["layers"][key] = row
     return out
 
