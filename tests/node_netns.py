@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.impair import netns_available
 from tests.lesson_server import ServerProcess, start_server_process
+from tongke.ice import use_host_addresses
 
 __all__ = ["NodePair", "netns_available"]
 
@@ -114,3 +117,18 @@ class NodePair:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         for veth in self._veths:  # gone with their peers' namespaces; just in case
             subprocess.run(["ip", "link", "del", veth], capture_output=True)
+
+
+@contextmanager
+def origin_and_edge(name: str, subnet: int, data_dir: Callable[[str], Path]) -> Iterator[NodePair]:
+    """Two nodes, "origin" and "edge", each a server in its own namespace; the test's
+    clients reach them on the root side of their veths."""
+    pair = NodePair(name, subnet=subnet).start()
+    try:
+        pair.start_server("origin", data_dir("origin"))
+        pair.start_server("edge", data_dir("edge"))
+        use_host_addresses(["127.0.0.1", *pair.client_side.values()])
+        yield pair
+    finally:
+        use_host_addresses(["127.0.0.1"])
+        pair.close()

@@ -24,8 +24,7 @@ from classroom_agent.client import ClientEvents, LessonClient, Publication
 from media_server import relay_wire as wire
 from tests.lesson_server import ServerProcess
 from tests.media import PatternTrack, ToneTrack, first_frames, wait_for
-from tests.node_netns import NodePair, netns_available
-from tongke.ice import use_host_addresses
+from tests.node_netns import NodePair, netns_available, origin_and_edge
 
 _rooms = itertools.count(1)
 
@@ -35,16 +34,8 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodePair]:
     reason = netns_available()
     if reason:
         pytest.skip(reason)
-    pair = NodePair("cs-test", subnet=171).start()
-    try:
-        pair.start_server("origin", tmp_path_factory.mktemp("origin"))
-        pair.start_server("edge", tmp_path_factory.mktemp("edge"))
-        # The clients here reach the nodes on the root side of their veths.
-        use_host_addresses(["127.0.0.1", *pair.client_side.values()])
+    with origin_and_edge("cs-test", 171, tmp_path_factory.mktemp) as pair:
         yield pair
-    finally:
-        use_host_addresses(["127.0.0.1"])
-        pair.close()
 
 
 def relay_state(server: ServerProcess) -> dict[str, Any]:
