@@ -16,6 +16,22 @@ export function videoElement({ muted = true } = {}) {
   return v;
 }
 
+/** A labelled video tile (.tile > .video > video, .meta > .name) for the consoles' grids. */
+export function videoTile() {
+  const el = document.createElement("div");
+  el.className = "tile";
+  const box = document.createElement("div");
+  box.className = "video";
+  box.append(videoElement());
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const name = document.createElement("span");
+  name.className = "name";
+  meta.append(name);
+  el.append(box, meta);
+  return el;
+}
+
 export function audioElement() {
   const a = document.createElement("audio");
   a.autoplay = true;

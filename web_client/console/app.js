@@ -12,6 +12,7 @@ import {
   openCamera,
   openScreen,
   videoElement,
+  videoTile,
 } from "../common/media.js";
 import { deviceText } from "../common/device.js";
 import { roomToken } from "../common/session.js";
@@ -424,18 +425,8 @@ class MasterConsole {
           el.dataset.key = item.key;
           el.hidden = true;
         } else {
-          el = document.createElement("div");
-          el.className = "tile";
+          el = videoTile();
           el.dataset.key = item.key;
-          const box = document.createElement("div");
-          box.className = "video";
-          box.append(videoElement());
-          const meta = document.createElement("div");
-          meta.className = "meta";
-          const name = document.createElement("span");
-          name.className = "name";
-          meta.append(name);
-          el.append(box, meta);
         }
         stage.append(el);
       }

@@ -6,7 +6,14 @@
 import { renderChatLog, sendChatInput } from "../common/chat.js";
 import { ClassroomConnection } from "../common/classroom.js";
 import { applyPage, clock, translator } from "../common/i18n.js";
-import { attach, audioElement, errorReason, openCamera, videoElement } from "../common/media.js";
+import {
+  attach,
+  audioElement,
+  errorReason,
+  openCamera,
+  videoElement,
+  videoTile,
+} from "../common/media.js";
 import { api, loginUrl, roomToken } from "../common/session.js";
 import { STRINGS } from "./i18n.js";
 
@@ -429,18 +436,8 @@ class PointConsole {
     for (const v of rest) {
       let el = strip.querySelector(`[data-mid="${CSS.escape(v.mid)}"]`);
       if (!el) {
-        el = document.createElement("div");
-        el.className = "tile";
+        el = videoTile();
         el.dataset.mid = v.mid;
-        const box = document.createElement("div");
-        box.className = "video";
-        box.append(videoElement());
-        const meta = document.createElement("div");
-        meta.className = "meta";
-        const name = document.createElement("span");
-        name.className = "name";
-        meta.append(name);
-        el.append(box, meta);
         strip.append(el);
       }
       attach(el.querySelector("video"), v.track);
