@@ -439,11 +439,17 @@ SFU_COUNTERS = ("packets_forwarded", "packets_retransmitted", "nacks_received", 
 
 
 async def _poll_sfu(
-    server: Any, room: str, totals: dict[str, int], estimate: list[list[Any]], t0: float
+    server: Any,
+    room: str,
+    totals: dict[str, int],
+    estimate: list[list[Any]],
+    cuts: list[dict[str, Any]],
+    t0: float,
 ) -> None:
     """Add up the room's counters every second; a participant that reconnects (or leaves)
     takes its counters with it, so totals grow by each second's growth only. Each second
-    also notes the point's downlink as the SFU sees it in `estimate`."""
+    also notes the point's downlink as the SFU sees it in `estimate`, and the delay-based
+    estimate's cuts (the server's clock) in `cuts`."""
     last = await asyncio.to_thread(_room_stats, server, room)
     while True:
         await asyncio.sleep(1.0)
@@ -454,6 +460,13 @@ async def _poll_sfu(
         sample = _point_downlink(now, round(time.monotonic() - t0, 1))
         if sample is not None:
             estimate.append(sample)
+        for p in now.get("receiving", []):
+            if p.get("role") == "point" and p.get("downlink"):
+                for cut in p["downlink"].get("cuts", []):
+                    # The server's loop clock is this machine's monotonic clock too.
+                    cut = {"t_s": round(cut["at"] - t0, 2), **cut}
+                    if cut not in cuts:
+                        cuts.append(cut)
 
 
 # One row a second of the point's downlink (the SFU's `describe()`), kbit/s.
@@ -536,6 +549,7 @@ async def run_condition(
         # Wall-clock bounds of the measured period, for the master agent's own reports.
         window = [0.0, 0.0]
         estimate_series: list[list[Any]] = []
+        cut_list: list[dict[str, Any]] = []
 
         async def measure(mark: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
             """Warm up, then run the measured period (with the link's steps)."""
@@ -545,7 +559,7 @@ async def run_condition(
             sfu_totals = dict.fromkeys(SFU_COUNTERS, 0)
             t0 = time.monotonic()
             polling = asyncio.ensure_future(
-                _poll_sfu(server, room, sfu_totals, estimate_series, t0)
+                _poll_sfu(server, room, sfu_totals, estimate_series, cut_list, t0)
             )
             assert netlink.down is not None
             down0 = dict(vars(netlink.down.impairment.counters))
@@ -638,7 +652,11 @@ async def run_condition(
                 "sfu": sfu,
                 "link_down": link_down,
                 "master_encode": summarise_master(_read_jsonl(workdir / "master.jsonl"), *window),
-                "estimate": {"columns": ESTIMATE_COLUMNS, "rows": estimate_series},
+                "estimate": {
+                    "columns": ESTIMATE_COLUMNS,
+                    "rows": estimate_series,
+                    "cuts": cut_list,
+                },
             }
         )
         if not sfu.get("packets_forwarded"):

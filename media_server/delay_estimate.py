@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from enum import Enum
+from typing import NamedTuple
 
 from media_server.twcc import PacketResult
 
@@ -64,6 +65,10 @@ MIN_PEAK_SPAN_S = 0.008
 MAX_MISSING = 4096
 # Arriving at under this share of what we send, twice in a row: overuse, trend or not.
 FLOODED = 0.7
+# The newest packets' loss share, read over this many received ones, above which a
+# drop-tail queue is overflowing now (random loss on a rural line stays far below it).
+FLOOD_PACKETS = 20
+RECENT_FLOOD_LOSS = 0.25
 MIN_BPS = 64_000
 
 
@@ -71,6 +76,23 @@ class Usage(Enum):
     NORMAL = "normal"
     OVERUSE = "overuse"
     UNDERUSE = "underuse"
+
+
+class _Recent(NamedTuple):
+    ratio: float  # arrival over send rate of the newest received packets
+    loss: float  # share of the newest reported packets lost
+    arrival_bps: float
+
+
+class Cut(NamedTuple):
+    """One decrease and what it was read from (for the ops page and the benchmarks)."""
+
+    at: float
+    acked_bps: float
+    peak_bps: float
+    sent_bps: float  # lost packets included
+    recent_loss: float | None
+    why: str
 
 
 class _Group:
@@ -120,6 +142,7 @@ class DelayEstimate:
         self._confirmed = False  # overuse, and the link confirms it
         self._excluded: tuple[float, float] = (0.0, -1.0)  # send times left out
         self._last_update: float | None = None
+        self.cuts: deque[Cut] = deque(maxlen=8)
 
     # -- input ------------------------------------------------------------------------
 
@@ -291,44 +314,50 @@ class DelayEstimate:
                 best = max(best, size * 8 / span_s)
         return best
 
-    def _recent(self) -> tuple[float, float] | None:
-        """(arrival over send rate, arrival bits per second) of the newest arrivals.
+    def _recent(self) -> _Recent | None:
+        """How the newest reported packets fared: the link now, not half a second ago.
 
-        Behind a queue they arrive back to back: their rate is the link's, where the
-        half-second average also holds the quiet moments before a burst.
+        Their timing is read from the received ones only, so random loss does not make
+        a link we underuse look slower than what we send. Behind a queue they arrive
+        back to back: their rate is the link's, where the half-second average also holds
+        the quiet moments before a burst. Their loss share tells a drop-tail queue that
+        overflows now from the tail of a flood that has already stopped (those losses
+        stay in the half-second window after we sent less).
         """
         window = self._window
-        received = sent_bytes = got = 0
-        first = last = window[-1] if window else None
+        got = lost = timed = 0
+        first = last = None
         for i in range(len(window) - 1, -1, -1):
             entry = window[i]
-            if got >= RECENT_PACKETS:
+            if not entry[3]:
+                lost += 1
+                continue
+            got += 1
+            if got <= RECENT_PACKETS:
+                last = last or entry
+                first = entry
+                timed += entry[3]
+            if got >= FLOOD_PACKETS:
                 break
-            first = entry
-            if entry[3]:
-                got += 1
-            received += entry[3]
-            sent_bytes += entry[1]
         if first is None or last is None or got < RECENT_PACKETS:
             return None
         arrival_s = (last[0] - first[0]) / 1e6
         sent_s = last[2] - first[2]
-        # The first packet took no arrival time, the last no send time.
-        received -= first[3]
-        sent_bytes -= last[1]
         if arrival_s <= 0 or sent_s <= 0:
             return None
-        arrival_bps = received * 8 / arrival_s
-        return arrival_bps / (sent_bytes * 8 / sent_s), arrival_bps
+        # The first packet took no arrival time, the last no send time.
+        arrival_bps = (timed - first[3]) * 8 / arrival_s
+        sent_bps = (timed - last[3]) * 8 / sent_s
+        return _Recent(arrival_bps / sent_bps, lost / (lost + got), arrival_bps)
 
-    def _saturated(self, rates: tuple[float, float] | None) -> bool:
-        """The link, not we, sets the pace now and over the last half second."""
-        recent = self._recent()
+    def _saturated(self, rates: tuple[float, float] | None, recent: _Recent | None) -> bool:
+        """The link, not we, sets the pace now and over the last half second: the newest
+        packets arrive slower than they left, or a full queue drops them at its tail."""
         return (
             rates is not None
             and rates[0] < SATURATED * rates[1]
             and recent is not None
-            and recent[0] < 1.0
+            and (recent.ratio < 1.0 or recent.loss > RECENT_FLOOD_LOSS)
         )
 
     def _control(self, now: float, rtt_s: float) -> None:
@@ -336,13 +365,23 @@ class DelayEstimate:
         acked = rates[0] if rates is not None else None
         elapsed = 0.0 if self._last_update is None else min(now - self._last_update, 1.0)
         self._last_update = now
-        saturated = self._saturated(rates)
+        recent = self._recent()
+        saturated = self._saturated(rates, recent)
         confirmed = saturated and self._was_saturated
         self._was_saturated = saturated
         # A queue that filled where the trend could not see it (during a probe's blind
         # spot, or faster than the groups) stops growing once full: the delay is flat,
         # but the link delivers far less than we send, and the rest is lost at its tail.
-        flooded = confirmed and rates is not None and rates[0] < FLOODED * rates[1]
+        # Only while that goes on for the newest packets: once we send less, the flood's
+        # losses linger in the window beside arrivals at our new, lower rate, and a cut
+        # read from them would follow our own rate down, halving after halving.
+        flooded = (
+            confirmed
+            and rates is not None
+            and rates[0] < FLOODED * rates[1]
+            and recent is not None
+            and recent.loss > RECENT_FLOOD_LOSS
+        )
         self._confirmed = confirmed and (self.usage is Usage.OVERUSE or flooded)
         if self.usage is Usage.OVERUSE and not confirmed:
             # The trend rose, but the link is not (or not twice in a row) delivering
@@ -357,17 +396,34 @@ class DelayEstimate:
                 # The link's rate: the newest packets came out of its queue back to back
                 # (a keyframe's short queue on a link we otherwise underuse must not cut
                 # the estimate to our own average rate).
-                link = max(acked, self._peak_arrival_bps())
+                peak = self._peak_arrival_bps()
+                link = max(acked, peak)
                 self.decrease_to = DECREASE * link
                 self.bps = min(self.bps, self.decrease_to)
                 self.capacity_bps = link
                 self._last_decrease = now
+                assert rates is not None
+                self.cuts.append(
+                    Cut(
+                        now,
+                        acked,
+                        peak,
+                        rates[1],
+                        recent.loss if recent is not None else None,
+                        "flooded" if flooded else "overuse",
+                    )
+                )
         if self.usage is Usage.NORMAL:
             grown = self.bps * GROWTH_PER_S**elapsed
             if acked is not None:
                 grown = min(grown, max(self.bps, 1.5 * acked + 10_000))
             self.bps = grown
         self.bps = max(self.bps, MIN_BPS)
+
+    @property
+    def queue_ms(self) -> float:
+        """How far the smoothed one-way delay stands above its recent floor: the queue."""
+        return 0.0 if self._floor is None else max(0.0, self._smoothed - self._floor)
 
     @property
     def ready(self) -> bool:

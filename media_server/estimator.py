@@ -14,7 +14,10 @@ Two signals, as in Google Congestion Control (the estimator Chromium and aiortc 
   receiver's start-up guess, not a measurement, and are not taken as congestion.
 - Loss, once a second: more than 10% lost backs off multiplicatively, between 2% and
   10% holds (random loss on a rural line is not congestion), below 2% grows by 8% per
-  report. With transport-wide feedback the loss is counted over every packet the
+  report. With transport-wide feedback the delay-based estimate tells whether a queue
+  stands on the link: 2-10% loss without one is the line's random loss and grows the
+  estimate as a clean line does (a 1 Mbit/s line with 5% loss is still a 1 Mbit/s
+  line); growth stops at the measured capacity, and a queue stops it. With transport-wide feedback the loss is counted over every packet the
   feedback covers (hundreds a second); otherwise it is the receiver reports' fractions.
   Growth is bounded by a multiple of what we send, so an idle subscriber's estimate
   does not run away from anything measured, and by the link's measured capacity.
@@ -156,15 +159,19 @@ class DownlinkEstimator:
             self._bps = max(self._bps, bps)
         self._clamp()
 
-    def on_loss(self, fraction: float, now: float) -> None:
-        """One interval's loss fraction (0..1), over every stream the subscriber receives."""
+    def on_loss(self, fraction: float, now: float, queue_free: bool = False) -> None:
+        """One interval's loss fraction (0..1), over every stream the subscriber receives.
+
+        `queue_free`: the delay-based estimate sees no standing queue on the link, so
+        moderate loss is the line's own (radio, copper), not an overflowing queue.
+        """
         self.loss = fraction
         if fraction > LOSS_HIGH:
             if now - self._delay_cut_at >= DELAY_HOLD_S:
                 # (Right after a delay-based cut, the losses are the same queue's tail.)
                 self._bps *= 1 - 0.5 * fraction
             self.congested_at = now
-        elif fraction < LOSS_LOW and now - self._delay_overuse_at >= DELAY_HOLD_S:
+        elif (fraction < LOSS_LOW or queue_free) and now - self._delay_overuse_at >= DELAY_HOLD_S:
             ceiling = max(
                 self.sent_bps * HEADROOM_FACTOR, self.sent_bps + HEADROOM_BPS, self.demand_bps
             )

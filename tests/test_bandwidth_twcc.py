@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from media_server.bandwidth import ALLOCATION_SHARE
-from media_server.delay_estimate import DelayEstimate, Usage
+from media_server.delay_estimate import QUEUE_MS, DelayEstimate, Usage
 from media_server.downtrack import DownTrack
 from media_server.estimator import DownlinkEstimator
 from media_server.pacer import Pacer
@@ -225,6 +225,8 @@ def simulate(
     stalls: tuple[tuple[float, float], ...] = (),
     probing: bool = True,
     keyframe_bytes: int = 0,
+    ticked: bool = False,
+    lull_s: float = 0.0,
 ) -> list[tuple[float, float, Usage]]:
     """One subscriber as media_server/bandwidth.py drives it, against a simulated link.
 
@@ -232,7 +234,11 @@ def simulate(
     packets; feedback comes every 100 ms; once a second the loss over the reported
     packets feeds the estimate and a probe cluster may start (topping the rate up to
     its target for its duration, judged once its feedback is in). Every 2 s a keyframe
-    of `keyframe_bytes` leaves at the pacer's 1.5 times the estimate.
+    of `keyframe_bytes` leaves at the pacer's 1.5 times the estimate. `ticked`: what is
+    sent follows the estimate only at each tick, as the allocator's layers and the
+    pacer's rate do (a cut between ticks still sends the old layers until the next one).
+    `lull_s`: after a tick that lowered the rate, a third of it is sent for that long
+    (the lower layers wait for their keyframes; some sources are paused).
     Returns (time, estimate, usage) after each feedback.
     """
     rng = random.Random(8)
@@ -250,6 +256,8 @@ def simulate(
     pending: list[tuple[int, float | None]] = []
     trace = []
     receiver_clock_us = 7_000_000_000  # the receiver's clock is not ours
+    allowed = est.estimate(0.0).bps  # what the allocator and the pacer last took
+    lull_until = -1.0
     while t < seconds:
         for at, rate in steps:
             if t >= at:
@@ -258,12 +266,15 @@ def simulate(
         pending.append((seq, link.arrival(t, size, rng)))
         seq += 1
         sent_bytes += size
-        rate = min(demand_bps, ALLOCATION_SHARE * est.estimate(t).bps)
+        current = allowed if ticked else est.estimate(t).bps
+        rate = min(demand_bps, ALLOCATION_SHARE * current)
+        if t < lull_until:
+            rate /= 3
         if keyframe_bytes and t >= next_keyframe:
             keyframe_left, next_keyframe = keyframe_bytes, next_keyframe + 2.0
         if keyframe_left > 0:
             keyframe_left -= size
-            rate = 1.5 * est.estimate(t).bps
+            rate = 1.5 * current
         probe = prober.active
         if probe is not None and t < probe.ends:
             rate = max(rate, probe.target_bps)
@@ -300,8 +311,13 @@ def simulate(
             reported = missing + delay.received - loss_mark[1]
             if delay.ready and reported >= 20:
                 loss_mark = (delay.lost, delay.received)
-                est.on_loss(missing / reported, t)
+                est.on_loss(
+                    missing / reported, t, delay.queue_ms < QUEUE_MS and not delay.overusing
+                )
             estimate = est.estimate(t).bps
+            if estimate < allowed:
+                lull_until = t + lull_s
+            allowed = estimate
             if probing and delay.ready and prober.active is None:
                 started = prober.start(t, estimate, demand_bps, delay.overused_at)
                 if started is not None:
