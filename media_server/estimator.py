@@ -82,6 +82,7 @@ class DownlinkEstimator:
         self.started_at: float | None = None  # when media first went out
         self._low_rembs: dict[tuple[int, ...], int] = {}
         self.loss = 0.0
+        self._was_high = False  # the last loss reading was above LOSS_HIGH
         self.rtt_ms: float | None = None
         self.congested_at = float("-inf")
         self.delay_bps: int | None = None  # the transport-cc estimate, when there is one
@@ -166,11 +167,19 @@ class DownlinkEstimator:
         moderate loss is the line's own (radio, copper), not an overflowing queue.
         """
         self.loss = fraction
-        if fraction > LOSS_HIGH:
+        high = fraction > LOSS_HIGH
+        # One second's count of a line's random loss strays above 10 % now and then (5 %
+        # of 60 packets is 3 lost; 7 are 12 %): with no queue on the link, one such
+        # second is noise, and only a second one in a row backs off.
+        stray = high and queue_free and not self._was_high
+        self._was_high = high
+        if high and not stray:
             if now - self._delay_cut_at >= DELAY_HOLD_S:
                 # (Right after a delay-based cut, the losses are the same queue's tail.)
                 self._bps *= 1 - 0.5 * fraction
             self.congested_at = now
+        elif high:
+            pass  # a stray second: hold
         elif (fraction < LOSS_LOW or queue_free) and now - self._delay_overuse_at >= DELAY_HOLD_S:
             ceiling = max(
                 self.sent_bps * HEADROOM_FACTOR, self.sent_bps + HEADROOM_BPS, self.demand_bps

@@ -610,3 +610,59 @@ def test_probe_packets_are_padding_with_fresh_numbers_and_never_shift_a_late_pac
     down.allocate(None, paused=True)
     assert down.probe() > 0
     assert out_seq(sink.rtp[-1]) == first + 5
+
+
+# -- floods and random loss --------------------------------------------------------------
+
+
+def replay(
+    phases: list[tuple[float, float]], link_bps: float, loss: float, rtt_s: float = 0.25
+) -> DelayEstimate:
+    """Send 1,200-byte packets at each phase's rate until its end time through a link
+    with a drop-tail queue; feedback every 100 ms, arriving half a round trip late."""
+    rng = random.Random(8)
+    link = Link(link_bps, delay_s=rtt_s / 2, loss=loss)
+    history, delay = SendHistory(), DelayEstimate(2_000_000)
+    t, seq, next_feedback = 0.0, 0, 0.1
+    pending: list[tuple[int, float | None]] = []
+    for until, rate in phases:
+        while t < until:
+            history.record(bytes(SEQ_OFFSET) + (seq & 0xFFFF).to_bytes(2, "big") + bytes(1181), t)
+            pending.append((seq, link.arrival(t, 1200, rng)))
+            seq += 1
+            t += 1200 * 8 / rate
+            if t < next_feedback:
+                continue
+            next_feedback += 0.1
+            known = [i for i, (_, a) in enumerate(pending) if a is not None and a + rtt_s / 2 <= t]
+            if not known:
+                continue
+            report, pending = pending[: known[-1] + 1], pending[known[-1] + 1 :]
+            arrivals = [None if a is None else 7_000_000_000 + int(a * 1e6) for _, a in report]
+            for fb in feedback_in(build_feedback(report[0][0] & 0xFFFF, arrivals)):
+                delay.on_feedback(history.match(fb, t), t, rtt_s)
+    return delay
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.03, 0.05])
+def test_a_flood_that_stopped_is_not_cut_for_again(loss: float) -> None:
+    """The link steps to 1 Mbit/s under 2.5 Mbit/s of sending, then we send a quarter of
+    it (lower layers, paused sources). The cuts read the link's rate out of the flood;
+    the flood's losses that linger beside arrivals at our new rate do not cut again."""
+    delay = replay([(4.0, 900_000), (4.6, 2_500_000), (9.0, 250_000)], 1_000_000, loss)
+    assert delay.cuts, "the flood is seen"
+    assert all(c.at < 5.2 for c in delay.cuts)
+    assert delay.bps >= 800_000
+
+
+@pytest.mark.parametrize(("loss", "cut"), [(0.05, False), (0.10, False), (0.0, True)])
+def test_random_loss_is_not_a_flood_but_an_overflowing_queue_is(loss: float, cut: bool) -> None:
+    """Sending 1.5 Mbit/s: through a 2 Mbit/s line with random loss nothing is cut; into a
+    1 Mbit/s one (queue full, the delay flat, a third lost at its tail) it is, to 85 %
+    of what the link delivers. (The estimate then grows back towards the link: the next
+    cut follows when the queue overflows again.)"""
+    link_bps = 1_000_000 if cut else 2_000_000
+    delay = replay([(12.0, 1_500_000)], link_bps, loss)
+    assert bool(delay.cuts) is cut
+    # Each cut read the link's rate, not ours.
+    assert all(900_000 <= max(c.acked_bps, c.peak_bps) <= 1_100_000 for c in delay.cuts)
