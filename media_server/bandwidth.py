@@ -289,7 +289,8 @@ class SubscriberBandwidth:
             # (Packets our own pacer cut from an over-long queue were stamped but never
             # left: no send time was recorded for them, so the feedback's reports of
             # them are not matched and they are not counted here.)
-            missing = delay.lost - self._loss_mark[0]
+            # (Late reports of packets counted missing lower the count again.)
+            missing = max(0, delay.lost - self._loss_mark[0])
             reported = missing + delay.received - self._loss_mark[1]
             if reported >= MIN_LOSS_PACKETS:
                 self._loss_mark = (delay.lost, delay.received)

@@ -126,11 +126,14 @@ class DelayEstimate:
         self._trend = 0.0
         # Every reported packet of the last half second, lost ones too (at the arrival of
         # the packet received before them): (arrival us, size sent, sent, size received).
-        self._window: deque[tuple[int, int, float, int]] = deque()
-        self._window_sent = 0
-        self._window_received = 0
+        # Entries are lists: a packet reported missing and later received (late, not lost)
+        # is marked received in place; a trimmed entry's received size becomes -1.
+        self._window: deque[list[float]] = deque()
+        self._window_sent = 0.0
+        self._window_received = 0.0
         self._last_arrival_us: int | None = None
-        self._missing: set[int] = set()  # seqs reported missing, in case they come late
+        # Seqs reported missing, in case they come late, with their window entries.
+        self._missing: dict[int, list[float] | None] = {}
         self._last_decrease = float("-inf")
         self.overused_at = float("-inf")
         # Set by the feedback that confirmed overuse: the rate to drop to, and what the
@@ -160,30 +163,39 @@ class DelayEstimate:
             # A browser reports a packet again once it arrives after a report that
             # listed it missing (our audio overtakes video waiting in the pacer, so the
             # receiver sees holes that fill a moment later): it was late, not lost.
+            # Its entry in the window becomes a received one: otherwise the window would
+            # count it lost and its bytes undelivered, and after a cut (the pacer holds
+            # video back while audio overtakes it) read a flood and a link far slower
+            # than the one that delivered it.
             for r in results:
                 if r[3] is not None and r[0] in missing:
-                    missing.discard(r[0])
+                    entry = missing.pop(r[0])
                     self.lost -= 1
                     self.received += 1
+                    if entry is not None and entry[3] == 0:
+                        entry[3] = r[2]
+                        self._window_received += r[2]
         if not fresh:
             return
         self._highest = max(r[0] for r in fresh)
         if len(missing) > MAX_MISSING:
             floor = self._highest - MAX_MISSING
-            self._missing = missing = {seq for seq in missing if seq > floor}
+            self._missing = missing = {seq: e for seq, e in missing.items() if seq > floor}
         fresh.sort(key=_sent)
         window = self._window
         for seq, sent, size, arrival in fresh:
             if arrival is None:
                 self.lost += 1
-                missing.add(seq)
+                entry = None
                 if self._last_arrival_us is not None:
-                    window.append((self._last_arrival_us, size, sent, 0))
+                    entry = [self._last_arrival_us, size, sent, 0]
+                    window.append(entry)
                     self._window_sent += size
+                missing[seq] = entry
                 continue
             self.received += 1
             self._last_arrival_us = max(arrival, self._last_arrival_us or arrival)
-            window.append((arrival, size, sent, size))
+            window.append([arrival, size, sent, size])
             self._window_sent += size
             self._window_received += size
             self._take(sent, arrival, size)
@@ -287,9 +299,10 @@ class DelayEstimate:
             return None
         newest = window[-1][0]
         while window and window[0][0] < newest - ACKED_WINDOW_US:
-            _, sent_size, _, received = window.popleft()
-            self._window_sent -= sent_size
-            self._window_received -= received
+            entry = window.popleft()
+            self._window_sent -= entry[1]
+            self._window_received -= entry[3]
+            entry[3] = -1  # no longer in the window: a late report leaves it alone
         if not window:
             return None
         span_us = max(newest - window[0][0], 100_000)
@@ -325,7 +338,8 @@ class DelayEstimate:
         stay in the half-second window after we sent less).
         """
         window = self._window
-        got = lost = timed = 0
+        got = lost = 0
+        timed = 0.0
         first = last = None
         for i in range(len(window) - 1, -1, -1):
             entry = window[i]
@@ -400,7 +414,11 @@ class DelayEstimate:
                 link = max(acked, peak)
                 self.decrease_to = DECREASE * link
                 self.bps = min(self.bps, self.decrease_to)
-                self.capacity_bps = link
+                # A reading from a handful of packets (a stall, the tail of a flood) is
+                # not the link's capacity: the cut is bounded (the estimator at most
+                # halves), but growth must not stop at it.
+                thin = sum(1 for e in self._window if e[3] > 0) < FLOOD_PACKETS
+                self.capacity_bps = None if thin else link
                 self._last_decrease = now
                 assert rates is not None
                 self.cuts.append(

@@ -149,11 +149,14 @@ class DownlinkEstimator:
     def on_probe(self, bps: float, saturated: bool, now: float) -> None:
         """A probe cluster arrived at `bps`; `saturated`: the link spread it out to that."""
         if saturated:
-            # A reading of the link: an estimate below it rises to just under it. It
-            # never lowers the estimate (a receiver's stall spreads a cluster out too;
-            # queues and losses are the delay and loss rules' to judge), but loss-free
-            # growth stops at it.
-            self.capacity_bps = bps
+            # A reading of the link: an estimate below it rises to just under it, and
+            # growth without evidence stops at it. A reading below the estimate neither
+            # lowers it nor caps its growth: a receiver's (or a loaded machine's) stall
+            # spreads a cluster out too, and once left a 5 Mbit/s link's estimate capped
+            # at 1.5 Mbit/s for good; queues and losses are the delay and loss rules' to
+            # judge.
+            if bps >= self._bps:
+                self.capacity_bps = bps
             self._bps = max(self._bps, PROBE_SATURATED_SHARE * bps)
         else:
             self.capacity_bps = max(self.capacity_bps or 0.0, bps)

@@ -435,6 +435,14 @@ def test_a_packet_reported_missing_then_received_was_late_not_lost() -> None:
         for fb in feedback_in(data):
             delay.on_feedback(history.match(fb, 1.0), 1.0)
     assert (delay.lost, delay.received) == (0, 23)
+    # ... and what the link delivered counts them: the same as had they come in order.
+    in_order = DelayEstimate(2_000_000)
+    ordered = [1_000_000 + 5_000 * i for i in range(20)]
+    ordered[5:8] = later[:3]
+    for data in (build_feedback(0, ordered), build_feedback(8, later[3:18])):
+        for fb in feedback_in(data):
+            in_order.on_feedback(history.match(fb, 1.0), 1.0)
+    assert delay.acked_bps() == pytest.approx(in_order.acked_bps())
     # Really lost: reported missing and never again.
     delay = DelayEstimate(2_000_000)
     for fb in feedback_in(build_feedback(0, arrivals)):
@@ -501,46 +509,49 @@ def test_a_probe_cluster_is_judged_by_how_fast_it_arrived(
 
 
 @pytest.mark.parametrize(
-    ("link", "succeeded", "next_probe_after"),
+    ("link", "filled", "succeeded", "next_probe_after"),
     [
-        (10_000_000, True, INTERVAL_S),  # carried: the next may go higher soon
-        (2_000_000, True, RETRY_S),  # spread out above the estimate: headroom, now full
-        (900_000, False, RETRY_S),  # spread out below the estimate: nothing found
+        (10_000_000, 1.0, True, INTERVAL_S),  # carried: the next may go higher soon
+        # Carried, but the padding filled only half its target: still headroom found.
+        (10_000_000, 0.5, True, INTERVAL_S),
+        (2_000_000, 1.0, True, RETRY_S),  # spread out above the estimate: headroom, now full
+        (900_000, 1.0, False, RETRY_S),  # spread out below the estimate: nothing found
     ],
 )
 def test_a_probe_collects_only_its_own_packets_and_paces_the_next(
-    link: int, succeeded: bool, next_probe_after: float
+    link: int, filled: float, succeeded: bool, next_probe_after: float
 ) -> None:
     prober = ProbeController()
     probe = prober.start(10.0, 1_000_000, 5_000_000, 0.0)
     assert probe is not None
-    inside = cluster(probe.target_bps, link)
+    inside = cluster(probe.target_bps * filled, link)
     before = PacketResult(100, 9.0, 1000, 1_000)  # sent before the cluster
     prober.collect([before, *inside])
     result = prober.finish(11.0)
     assert result is not None and (prober.succeeded == 1) is succeeded
-    assert result.send_bps == pytest.approx(probe.target_bps, rel=0.01)
+    assert result.send_bps == pytest.approx(probe.target_bps * filled, rel=0.01)
     assert prober.start(11.0 + next_probe_after - 0.01, 1_000_000, 5_000_000, 0.0) is None
     assert prober.start(11.0 + next_probe_after, 1_000_000, 5_000_000, 0.0) is not None
 
 
 @pytest.mark.parametrize(
-    ("saturated", "reading", "estimate_before", "estimate_after"),
+    ("saturated", "reading", "estimate_before", "estimate_after", "capacity"),
     [
-        (False, 3_000_000, 1_000_000, 3_000_000),  # carried: take it at once
-        (False, 800_000, 1_000_000, 1_000_000),  # carried less than we had: no news
-        (True, 2_000_000, 1_000_000, 1_900_000),  # the link's rate: just under it
-        # Never down: a receiver's stall spreads a cluster out too; queues and losses
-        # are the delay and loss rules' to judge (and growth stops at the reading).
-        (True, 2_000_000, 2_400_000, 2_400_000),
+        (False, 3_000_000, 1_000_000, 3_000_000, 3_000_000),  # carried: take it at once
+        (False, 800_000, 1_000_000, 1_000_000, 800_000),  # carried less than we had
+        (True, 2_000_000, 1_000_000, 1_900_000, 2_000_000),  # the link's rate: just under
+        # Never down, and no cap on growth: a receiver's stall spreads a cluster out too;
+        # queues and losses are the delay and loss rules' to judge.
+        (True, 2_000_000, 2_400_000, 2_400_000, None),
     ],
 )
 def test_a_probe_reading_moves_the_estimate(
-    saturated: bool, reading: int, estimate_before: int, estimate_after: int
+    saturated: bool, reading: int, estimate_before: int, estimate_after: int, capacity: int | None
 ) -> None:
     est = DownlinkEstimator(initial_bps=estimate_before)
     est.on_probe(reading, saturated, 10.0)
     assert est.estimate(10.0).bps == estimate_after
+    assert est.capacity_bps == capacity
 
 
 def test_loss_free_growth_stops_at_the_measured_capacity() -> None:
