@@ -391,6 +391,7 @@ class SubscriberBandwidth:
                     "sent_bps": int(c.sent_bps),
                     "recent_loss": round(c.recent_loss, 3) if c.recent_loss is not None else None,
                     "why": c.why,
+                    "to_bps": int(c.to_bps),
                 }
                 for c in self._delay.cuts
             ]

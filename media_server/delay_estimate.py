@@ -69,6 +69,9 @@ FLOODED = 0.7
 # drop-tail queue is overflowing now (random loss on a rural line stays far below it).
 FLOOD_PACKETS = 20
 RECENT_FLOOD_LOSS = 0.25
+# A cut's reading from fewer bytes than this in the window (a stall, a flood's tail, a
+# few audio packets) bounds the cut but is not taken as the link's capacity.
+MIN_CAPACITY_BYTES = 12_000
 MIN_BPS = 64_000
 
 
@@ -93,6 +96,7 @@ class Cut(NamedTuple):
     sent_bps: float  # lost packets included
     recent_loss: float | None
     why: str
+    to_bps: float  # the decrease asked for (85 % of the link's rate as read)
 
 
 class _Group:
@@ -126,8 +130,9 @@ class DelayEstimate:
         self._trend = 0.0
         # Every reported packet of the last half second, lost ones too (at the arrival of
         # the packet received before them): (arrival us, size sent, sent, size received).
-        # Entries are lists: a packet reported missing and later received (late, not lost)
-        # is marked received in place; a trimmed entry's received size becomes -1.
+        # Entries are lists, [arrival us, size sent, sent, size received, late]: a packet
+        # reported missing and later received is marked received (and late) in place; a
+        # trimmed entry's received size becomes -1.
         self._window: deque[list[float]] = deque()
         self._window_sent = 0.0
         self._window_received = 0.0
@@ -174,6 +179,7 @@ class DelayEstimate:
                     self.received += 1
                     if entry is not None and entry[3] == 0:
                         entry[3] = r[2]
+                        entry[4] = 1  # its arrival stamp is not its own: no timing
                         self._window_received += r[2]
         if not fresh:
             return
@@ -188,14 +194,14 @@ class DelayEstimate:
                 self.lost += 1
                 entry = None
                 if self._last_arrival_us is not None:
-                    entry = [self._last_arrival_us, size, sent, 0]
+                    entry = [self._last_arrival_us, size, sent, 0, 0]
                     window.append(entry)
                     self._window_sent += size
                 missing[seq] = entry
                 continue
             self.received += 1
             self._last_arrival_us = max(arrival, self._last_arrival_us or arrival)
-            window.append([arrival, size, sent, size])
+            window.append([arrival, size, sent, size, 0])
             self._window_sent += size
             self._window_received += size
             self._take(sent, arrival, size)
@@ -317,7 +323,7 @@ class DelayEstimate:
         Packets that waited in its queue leave it back to back, at its rate; the newest
         ones may be a sparse audio stream behind a drained queue, which says nothing.
         """
-        window = [e for e in self._window if e[3]]
+        window = [e for e in self._window if e[3] > 0 and not e[4]]
         best = 0.0
         for i in range(len(window) - RECENT_PACKETS + 1):
             first, last = window[i], window[i + RECENT_PACKETS - 1]
@@ -338,7 +344,7 @@ class DelayEstimate:
         stay in the half-second window after we sent less).
         """
         window = self._window
-        got = lost = 0
+        got = lost = timed_n = 0
         timed = 0.0
         first = last = None
         for i in range(len(window) - 1, -1, -1):
@@ -347,13 +353,14 @@ class DelayEstimate:
                 lost += 1
                 continue
             got += 1
-            if got <= RECENT_PACKETS:
+            if timed_n < RECENT_PACKETS and not entry[4]:
+                timed_n += 1
                 last = last or entry
                 first = entry
                 timed += entry[3]
-            if got >= FLOOD_PACKETS:
+            if got >= FLOOD_PACKETS and timed_n >= RECENT_PACKETS:
                 break
-        if first is None or last is None or got < RECENT_PACKETS:
+        if first is None or last is None or timed_n < RECENT_PACKETS:
             return None
         arrival_s = (last[0] - first[0]) / 1e6
         sent_s = last[2] - first[2]
@@ -410,14 +417,17 @@ class DelayEstimate:
                 # The link's rate: the newest packets came out of its queue back to back
                 # (a keyframe's short queue on a link we otherwise underuse must not cut
                 # the estimate to our own average rate).
+                # Flooded, the link was the bottleneck for the whole window: what arrived
+                # is its rate (a peak read from a receiver's batched arrival stamps would
+                # leave the cut far above it).
                 peak = self._peak_arrival_bps()
-                link = max(acked, peak)
+                link = acked if flooded else max(acked, peak)
                 self.decrease_to = DECREASE * link
                 self.bps = min(self.bps, self.decrease_to)
                 # A reading from a handful of packets (a stall, the tail of a flood) is
                 # not the link's capacity: the cut is bounded (the estimator at most
                 # halves), but growth must not stop at it.
-                thin = sum(1 for e in self._window if e[3] > 0) < FLOOD_PACKETS
+                thin = self._window_received < MIN_CAPACITY_BYTES
                 self.capacity_bps = None if thin else link
                 self._last_decrease = now
                 assert rates is not None
@@ -429,6 +439,7 @@ class DelayEstimate:
                         rates[1],
                         recent.loss if recent is not None else None,
                         "flooded" if flooded else "overuse",
+                        self.decrease_to,
                     )
                 )
         if self.usage is Usage.NORMAL:
