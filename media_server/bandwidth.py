@@ -127,11 +127,6 @@ class SubscriberBandwidth:
             self.estimator.on_delay(
                 delay.bps, delay.overusing, now, delay.decrease_to, delay.capacity_bps
             )
-            if delay.decrease_to is not None and self.prober.active is None:
-                # A cut slows the pacer now, not at the next tick: until then the old
-                # layers would keep flooding the link's queue, and its losses and
-                # delay would read as the cut not being enough.
-                self.pacer.set_rate(self._pacing(self.estimator.estimate(now).bps))
 
     def sink_for(self, kind: str) -> PacketSink:
         if not self.adaptive:
