@@ -72,6 +72,9 @@ RECENT_FLOOD_LOSS = 0.25
 # A cut's reading from fewer bytes than this in the window (a stall, a flood's tail, a
 # few audio packets) bounds the cut but is not taken as the link's capacity.
 MIN_CAPACITY_BYTES = 12_000
+# A break in arrivals longer than this is a stall, not a queue's steady overflow (one
+# 1,200-byte packet takes 100 ms at 96 kbit/s).
+FLOOD_GAP_US = 100_000
 MIN_BPS = 64_000
 
 
@@ -317,6 +320,17 @@ class DelayEstimate:
         sent_s = max(window[-1][2] - window[0][2], 0.05)
         return self._window_received * 8 * 1e6 / span_us, self._window_sent * 8 / sent_s
 
+    def _longest_arrival_gap_us(self) -> int:
+        """The longest time between two packets received in the window."""
+        longest = 0
+        previous = None
+        for e in self._window:
+            if e[3] > 0 and not e[4]:
+                if previous is not None:
+                    longest = max(longest, int(e[0] - previous))
+                previous = e[0]
+        return longest
+
     def _peak_arrival_bps(self) -> float:
         """The fastest the link delivered `RECENT_PACKETS` received packets in the window.
 
@@ -396,12 +410,17 @@ class DelayEstimate:
         # Only while that goes on for the newest packets: once we send less, the flood's
         # losses linger in the window beside arrivals at our new, lower rate, and a cut
         # read from them would follow our own rate down, halving after halving.
+        # And only while the link delivers without a break: an overflowing queue sends
+        # its survivors back to back, where a stall (a loaded machine's link relay or
+        # receiver, a radio fade) delivers nothing for a while and loses what came
+        # meanwhile, whatever we send.
         flooded = (
             confirmed
             and rates is not None
             and rates[0] < FLOODED * rates[1]
             and recent is not None
             and recent.loss > RECENT_FLOOD_LOSS
+            and self._longest_arrival_gap_us() <= FLOOD_GAP_US
         )
         self._confirmed = confirmed and (self.usage is Usage.OVERUSE or flooded)
         if self.usage is Usage.OVERUSE and not confirmed:

@@ -632,11 +632,13 @@ def replay(
     loss: float,
     rtt_s: float = 0.25,
     batch_us: int = 1,
+    blackout: tuple[float, float] = (0.0, 0.0),
 ) -> DelayEstimate:
     """Send 1,200-byte packets at each phase's rate until its end time through a link
     with a drop-tail queue; feedback every 100 ms, arriving half a round trip late.
     `batch_us`: the receiver stamps arrivals in batches of that many microseconds (a
-    busy browser reads its socket now and then)."""
+    busy browser reads its socket now and then). Packets sent during `blackout` are
+    lost (a starved link relay, a radio fade)."""
     rng = random.Random(8)
     link = Link(link_bps, delay_s=rtt_s / 2, loss=loss)
     history, delay = SendHistory(), DelayEstimate(2_000_000)
@@ -645,7 +647,8 @@ def replay(
     for until, rate in phases:
         while t < until:
             history.record(bytes(SEQ_OFFSET) + (seq & 0xFFFF).to_bytes(2, "big") + bytes(1181), t)
-            pending.append((seq, link.arrival(t, 1200, rng)))
+            dark = blackout[0] <= t < blackout[1]
+            pending.append((seq, None if dark else link.arrival(t, 1200, rng)))
             seq += 1
             t += 1200 * 8 / rate
             if t < next_feedback:
@@ -692,3 +695,14 @@ def test_random_loss_is_not_a_flood_but_an_overflowing_queue_is(
     assert bool(delay.cuts) is cut
     # Each cut read the link's rate, not ours, nor a burst of batched arrival stamps.
     assert all(0.85 * 900_000 <= c.to_bps <= 0.85 * 1_100_000 for c in delay.cuts)
+
+
+@pytest.mark.parametrize("rate", [600_000, 900_000])
+@pytest.mark.parametrize("dark_s", [0.3, 0.6, 1.0])
+def test_a_stall_that_loses_what_came_meanwhile_is_not_a_flood(rate: int, dark_s: float) -> None:
+    """Sending under a 1 Mbit/s link's rate, everything sent for a moment is lost (a
+    starved link relay, a radio fade): a flood's signs (heavy loss, little arriving),
+    but no queue of ours overflowed. The estimate is not cut to the trickle."""
+    delay = replay([(4.0, 900_000), (12.0, rate)], 1_000_000, 0.03, blackout=(6.0, 6.0 + dark_s))
+    assert not delay.cuts
+    assert delay.bps >= 900_000
