@@ -706,3 +706,15 @@ def test_a_stall_that_loses_what_came_meanwhile_is_not_a_flood(rate: int, dark_s
     delay = replay([(4.0, 900_000), (12.0, rate)], 1_000_000, 0.03, blackout=(6.0, 6.0 + dark_s))
     assert not delay.cuts
     assert delay.bps >= 900_000
+
+
+def test_a_step_under_3_percent_loss_is_followed_while_the_layers_lag_a_tick() -> None:
+    """The allocator and the pacer follow the estimate once a second, and after lowering
+    the layers send a third for a second (keyframes awaited, sources paused): the
+    estimate still lands on the 1 Mbit/s link within 3 s and stays there."""
+    steps = [(0.0, 5_000_000), (20.5, 1_000_000), (40.5, 5_000_000)]
+    trace = simulate(
+        steps, seconds=50, demand_bps=2_700_000, loss=0.03, rtt_s=0.05, ticked=True, lull_s=1.0
+    )
+    assert settled(trace, 20.5, 750_000, 1_250_000, until=40.5) <= 3.0
+    assert settled(trace, 40.5, 2_400_000, 6_250_000) <= 10.0
