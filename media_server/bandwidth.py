@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from media_server.allocator import Candidate, Decision, allocate, layer_bps, rank
-from media_server.delay_estimate import DelayEstimate
+from media_server.delay_estimate import QUEUE_MS, DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import INITIAL_BPS, DownlinkEstimator
 from media_server.pacer import PACING_FACTOR, Pacer
@@ -96,8 +96,8 @@ class SubscriberBandwidth:
         self._downtracks: list[DownTrack] = []
         self._probe_last_step = 0.0
         self._probe_bytes_left = 0.0
-        # Transport-cc (lost, received) and the pacer's drops at the last loss reading.
-        self._loss_mark = (0, 0, 0)
+        # Transport-cc (lost, received) at the last loss reading.
+        self._loss_mark = (0, 0)
         self._history: SendHistory | None = None
         self._delay: DelayEstimate | None = None
         self.feedback_reports = 0
@@ -281,14 +281,16 @@ class SubscriberBandwidth:
         if delay is not None and delay.ready:
             # Transport-cc reports every packet: one fraction over the whole second, not
             # a few packets of a slow stream (one loss in seven is no 14 % line).
-            # Packets our own pacer cut from an over-long queue were stamped but never
-            # left: the receiver reports them missing, but the link lost none of them.
-            missing = delay.lost - self._loss_mark[0]
-            missing = max(0, missing - (self.pacer.dropped - self._loss_mark[2]))
+            # (Packets our own pacer cut from an over-long queue were stamped but never
+            # left: no send time was recorded for them, so the feedback's reports of
+            # them are not matched and they are not counted here.)
+            # (Late reports of packets counted missing lower the count again.)
+            missing = max(0, delay.lost - self._loss_mark[0])
             reported = missing + delay.received - self._loss_mark[1]
             if reported >= MIN_LOSS_PACKETS:
-                self._loss_mark = (delay.lost, delay.received, self.pacer.dropped)
-                self.estimator.on_loss(missing / reported, now)
+                self._loss_mark = (delay.lost, delay.received)
+                queue_free = delay.queue_ms < QUEUE_MS and not delay.overusing
+                self.estimator.on_loss(missing / reported, now, queue_free)
             for d in downtracks:
                 d.loss_fresh = False
             return
@@ -376,6 +378,20 @@ class SubscriberBandwidth:
             "feedback_reports": self.feedback_reports,
             "capacity_bps": int(est.capacity_bps) if est.capacity_bps is not None else None,
             "false_overuse": self._delay.false_overuse if self._delay is not None else None,
+            "cuts": [
+                {
+                    "at": round(c.at, 2),
+                    "acked_bps": int(c.acked_bps),
+                    "peak_bps": int(c.peak_bps),
+                    "sent_bps": int(c.sent_bps),
+                    "recent_loss": round(c.recent_loss, 3) if c.recent_loss is not None else None,
+                    "why": c.why,
+                    "to_bps": int(c.to_bps),
+                }
+                for c in self._delay.cuts
+            ]
+            if self._delay is not None
+            else [],
             "probes": {
                 "succeeded": self.prober.succeeded,
                 "failed": self.prober.failed,

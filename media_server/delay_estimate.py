@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from enum import Enum
+from typing import NamedTuple
 
 from media_server.twcc import PacketResult
 
@@ -64,6 +65,16 @@ MIN_PEAK_SPAN_S = 0.008
 MAX_MISSING = 4096
 # Arriving at under this share of what we send, twice in a row: overuse, trend or not.
 FLOODED = 0.7
+# The newest packets' loss share, read over this many received ones, above which a
+# drop-tail queue is overflowing now (random loss on a rural line stays far below it).
+FLOOD_PACKETS = 20
+RECENT_FLOOD_LOSS = 0.25
+# A cut's reading from fewer bytes than this in the window (a stall, a flood's tail, a
+# few audio packets) bounds the cut but is not taken as the link's capacity.
+MIN_CAPACITY_BYTES = 12_000
+# A break in arrivals longer than this is a stall, not a queue's steady overflow (one
+# 1,200-byte packet takes 100 ms at 96 kbit/s).
+FLOOD_GAP_US = 100_000
 MIN_BPS = 64_000
 
 
@@ -71,6 +82,24 @@ class Usage(Enum):
     NORMAL = "normal"
     OVERUSE = "overuse"
     UNDERUSE = "underuse"
+
+
+class _Recent(NamedTuple):
+    ratio: float  # arrival over send rate of the newest received packets
+    loss: float  # share of the newest reported packets lost
+    arrival_bps: float
+
+
+class Cut(NamedTuple):
+    """One decrease and what it was read from (for the ops page and the benchmarks)."""
+
+    at: float
+    acked_bps: float
+    peak_bps: float
+    sent_bps: float  # lost packets included
+    recent_loss: float | None
+    why: str
+    to_bps: float  # the decrease asked for (85 % of the link's rate as read)
 
 
 class _Group:
@@ -104,11 +133,15 @@ class DelayEstimate:
         self._trend = 0.0
         # Every reported packet of the last half second, lost ones too (at the arrival of
         # the packet received before them): (arrival us, size sent, sent, size received).
-        self._window: deque[tuple[int, int, float, int]] = deque()
-        self._window_sent = 0
-        self._window_received = 0
+        # Entries are lists, [arrival us, size sent, sent, size received, late]: a packet
+        # reported missing and later received is marked received (and late) in place; a
+        # trimmed entry's received size becomes -1.
+        self._window: deque[list[float]] = deque()
+        self._window_sent = 0.0
+        self._window_received = 0.0
         self._last_arrival_us: int | None = None
-        self._missing: set[int] = set()  # seqs reported missing, in case they come late
+        # Seqs reported missing, in case they come late, with their window entries.
+        self._missing: dict[int, list[float] | None] = {}
         self._last_decrease = float("-inf")
         self.overused_at = float("-inf")
         # Set by the feedback that confirmed overuse: the rate to drop to, and what the
@@ -120,6 +153,7 @@ class DelayEstimate:
         self._confirmed = False  # overuse, and the link confirms it
         self._excluded: tuple[float, float] = (0.0, -1.0)  # send times left out
         self._last_update: float | None = None
+        self.cuts: deque[Cut] = deque(maxlen=8)
 
     # -- input ------------------------------------------------------------------------
 
@@ -137,30 +171,40 @@ class DelayEstimate:
             # A browser reports a packet again once it arrives after a report that
             # listed it missing (our audio overtakes video waiting in the pacer, so the
             # receiver sees holes that fill a moment later): it was late, not lost.
+            # Its entry in the window becomes a received one: otherwise the window would
+            # count it lost and its bytes undelivered, and after a cut (the pacer holds
+            # video back while audio overtakes it) read a flood and a link far slower
+            # than the one that delivered it.
             for r in results:
                 if r[3] is not None and r[0] in missing:
-                    missing.discard(r[0])
+                    entry = missing.pop(r[0])
                     self.lost -= 1
                     self.received += 1
+                    if entry is not None and entry[3] == 0:
+                        entry[3] = r[2]
+                        entry[4] = 1  # its arrival stamp is not its own: no timing
+                        self._window_received += r[2]
         if not fresh:
             return
         self._highest = max(r[0] for r in fresh)
         if len(missing) > MAX_MISSING:
             floor = self._highest - MAX_MISSING
-            self._missing = missing = {seq for seq in missing if seq > floor}
+            self._missing = missing = {seq: e for seq, e in missing.items() if seq > floor}
         fresh.sort(key=_sent)
         window = self._window
         for seq, sent, size, arrival in fresh:
             if arrival is None:
                 self.lost += 1
-                missing.add(seq)
+                entry = None
                 if self._last_arrival_us is not None:
-                    window.append((self._last_arrival_us, size, sent, 0))
+                    entry = [self._last_arrival_us, size, sent, 0, 0]
+                    window.append(entry)
                     self._window_sent += size
+                missing[seq] = entry
                 continue
             self.received += 1
             self._last_arrival_us = max(arrival, self._last_arrival_us or arrival)
-            window.append((arrival, size, sent, size))
+            window.append([arrival, size, sent, size, 0])
             self._window_sent += size
             self._window_received += size
             self._take(sent, arrival, size)
@@ -264,9 +308,10 @@ class DelayEstimate:
             return None
         newest = window[-1][0]
         while window and window[0][0] < newest - ACKED_WINDOW_US:
-            _, sent_size, _, received = window.popleft()
-            self._window_sent -= sent_size
-            self._window_received -= received
+            entry = window.popleft()
+            self._window_sent -= entry[1]
+            self._window_received -= entry[3]
+            entry[3] = -1  # no longer in the window: a late report leaves it alone
         if not window:
             return None
         span_us = max(newest - window[0][0], 100_000)
@@ -275,13 +320,24 @@ class DelayEstimate:
         sent_s = max(window[-1][2] - window[0][2], 0.05)
         return self._window_received * 8 * 1e6 / span_us, self._window_sent * 8 / sent_s
 
+    def _longest_arrival_gap_us(self) -> int:
+        """The longest time between two packets received in the window."""
+        longest = 0
+        previous = None
+        for e in self._window:
+            if e[3] > 0 and not e[4]:
+                if previous is not None:
+                    longest = max(longest, int(e[0] - previous))
+                previous = e[0]
+        return longest
+
     def _peak_arrival_bps(self) -> float:
         """The fastest the link delivered `RECENT_PACKETS` received packets in the window.
 
         Packets that waited in its queue leave it back to back, at its rate; the newest
         ones may be a sparse audio stream behind a drained queue, which says nothing.
         """
-        window = [e for e in self._window if e[3]]
+        window = [e for e in self._window if e[3] > 0 and not e[4]]
         best = 0.0
         for i in range(len(window) - RECENT_PACKETS + 1):
             first, last = window[i], window[i + RECENT_PACKETS - 1]
@@ -291,44 +347,52 @@ class DelayEstimate:
                 best = max(best, size * 8 / span_s)
         return best
 
-    def _recent(self) -> tuple[float, float] | None:
-        """(arrival over send rate, arrival bits per second) of the newest arrivals.
+    def _recent(self) -> _Recent | None:
+        """How the newest reported packets fared: the link now, not half a second ago.
 
-        Behind a queue they arrive back to back: their rate is the link's, where the
-        half-second average also holds the quiet moments before a burst.
+        Their timing is read from the received ones only, so random loss does not make
+        a link we underuse look slower than what we send. Behind a queue they arrive
+        back to back: their rate is the link's, where the half-second average also holds
+        the quiet moments before a burst. Their loss share tells a drop-tail queue that
+        overflows now from the tail of a flood that has already stopped (those losses
+        stay in the half-second window after we sent less).
         """
         window = self._window
-        received = sent_bytes = got = 0
-        first = last = window[-1] if window else None
+        got = lost = timed_n = 0
+        timed = 0.0
+        first = last = None
         for i in range(len(window) - 1, -1, -1):
             entry = window[i]
-            if got >= RECENT_PACKETS:
+            if not entry[3]:
+                lost += 1
+                continue
+            got += 1
+            if timed_n < RECENT_PACKETS and not entry[4]:
+                timed_n += 1
+                last = last or entry
+                first = entry
+                timed += entry[3]
+            if got >= FLOOD_PACKETS and timed_n >= RECENT_PACKETS:
                 break
-            first = entry
-            if entry[3]:
-                got += 1
-            received += entry[3]
-            sent_bytes += entry[1]
-        if first is None or last is None or got < RECENT_PACKETS:
+        if first is None or last is None or timed_n < RECENT_PACKETS:
             return None
         arrival_s = (last[0] - first[0]) / 1e6
         sent_s = last[2] - first[2]
-        # The first packet took no arrival time, the last no send time.
-        received -= first[3]
-        sent_bytes -= last[1]
         if arrival_s <= 0 or sent_s <= 0:
             return None
-        arrival_bps = received * 8 / arrival_s
-        return arrival_bps / (sent_bytes * 8 / sent_s), arrival_bps
+        # The first packet took no arrival time, the last no send time.
+        arrival_bps = (timed - first[3]) * 8 / arrival_s
+        sent_bps = (timed - last[3]) * 8 / sent_s
+        return _Recent(arrival_bps / sent_bps, lost / (lost + got), arrival_bps)
 
-    def _saturated(self, rates: tuple[float, float] | None) -> bool:
-        """The link, not we, sets the pace now and over the last half second."""
-        recent = self._recent()
+    def _saturated(self, rates: tuple[float, float] | None, recent: _Recent | None) -> bool:
+        """The link, not we, sets the pace now and over the last half second: the newest
+        packets arrive slower than they left, or a full queue drops them at its tail."""
         return (
             rates is not None
             and rates[0] < SATURATED * rates[1]
             and recent is not None
-            and recent[0] < 1.0
+            and (recent.ratio < 1.0 or recent.loss > RECENT_FLOOD_LOSS)
         )
 
     def _control(self, now: float, rtt_s: float) -> None:
@@ -336,13 +400,28 @@ class DelayEstimate:
         acked = rates[0] if rates is not None else None
         elapsed = 0.0 if self._last_update is None else min(now - self._last_update, 1.0)
         self._last_update = now
-        saturated = self._saturated(rates)
+        recent = self._recent()
+        saturated = self._saturated(rates, recent)
         confirmed = saturated and self._was_saturated
         self._was_saturated = saturated
         # A queue that filled where the trend could not see it (during a probe's blind
         # spot, or faster than the groups) stops growing once full: the delay is flat,
         # but the link delivers far less than we send, and the rest is lost at its tail.
-        flooded = confirmed and rates is not None and rates[0] < FLOODED * rates[1]
+        # Only while that goes on for the newest packets: once we send less, the flood's
+        # losses linger in the window beside arrivals at our new, lower rate, and a cut
+        # read from them would follow our own rate down, halving after halving.
+        # And only while the link delivers without a break: an overflowing queue sends
+        # its survivors back to back, where a stall (a loaded machine's link relay or
+        # receiver, a radio fade) delivers nothing for a while and loses what came
+        # meanwhile, whatever we send.
+        flooded = (
+            confirmed
+            and rates is not None
+            and rates[0] < FLOODED * rates[1]
+            and recent is not None
+            and recent.loss > RECENT_FLOOD_LOSS
+            and self._longest_arrival_gap_us() <= FLOOD_GAP_US
+        )
         self._confirmed = confirmed and (self.usage is Usage.OVERUSE or flooded)
         if self.usage is Usage.OVERUSE and not confirmed:
             # The trend rose, but the link is not (or not twice in a row) delivering
@@ -357,17 +436,42 @@ class DelayEstimate:
                 # The link's rate: the newest packets came out of its queue back to back
                 # (a keyframe's short queue on a link we otherwise underuse must not cut
                 # the estimate to our own average rate).
-                link = max(acked, self._peak_arrival_bps())
+                # Flooded, the link was the bottleneck for the whole window: what arrived
+                # is its rate (a peak read from a receiver's batched arrival stamps would
+                # leave the cut far above it).
+                peak = self._peak_arrival_bps()
+                link = acked if flooded else max(acked, peak)
                 self.decrease_to = DECREASE * link
                 self.bps = min(self.bps, self.decrease_to)
-                self.capacity_bps = link
+                # A reading from a handful of packets (a stall, the tail of a flood) is
+                # not the link's capacity: the cut is bounded (the estimator at most
+                # halves), but growth must not stop at it.
+                thin = self._window_received < MIN_CAPACITY_BYTES
+                self.capacity_bps = None if thin else link
                 self._last_decrease = now
+                assert rates is not None
+                self.cuts.append(
+                    Cut(
+                        now,
+                        acked,
+                        peak,
+                        rates[1],
+                        recent.loss if recent is not None else None,
+                        "flooded" if flooded else "overuse",
+                        self.decrease_to,
+                    )
+                )
         if self.usage is Usage.NORMAL:
             grown = self.bps * GROWTH_PER_S**elapsed
             if acked is not None:
                 grown = min(grown, max(self.bps, 1.5 * acked + 10_000))
             self.bps = grown
         self.bps = max(self.bps, MIN_BPS)
+
+    @property
+    def queue_ms(self) -> float:
+        """How far the smoothed one-way delay stands above its recent floor: the queue."""
+        return 0.0 if self._floor is None else max(0.0, self._smoothed - self._floor)
 
     @property
     def ready(self) -> bool:

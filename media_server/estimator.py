@@ -14,7 +14,10 @@ Two signals, as in Google Congestion Control (the estimator Chromium and aiortc 
   receiver's start-up guess, not a measurement, and are not taken as congestion.
 - Loss, once a second: more than 10% lost backs off multiplicatively, between 2% and
   10% holds (random loss on a rural line is not congestion), below 2% grows by 8% per
-  report. With transport-wide feedback the loss is counted over every packet the
+  report. With transport-wide feedback the delay-based estimate tells whether a queue
+  stands on the link: 2-10% loss without one is the line's random loss and grows the
+  estimate as a clean line does (a 1 Mbit/s line with 5% loss is still a 1 Mbit/s
+  line); growth stops at the measured capacity, and a queue stops it. With transport-wide feedback the loss is counted over every packet the
   feedback covers (hundreds a second); otherwise it is the receiver reports' fractions.
   Growth is bounded by a multiple of what we send, so an idle subscriber's estimate
   does not run away from anything measured, and by the link's measured capacity.
@@ -79,6 +82,7 @@ class DownlinkEstimator:
         self.started_at: float | None = None  # when media first went out
         self._low_rembs: dict[tuple[int, ...], int] = {}
         self.loss = 0.0
+        self._was_high = False  # the last loss reading was above LOSS_HIGH
         self.rtt_ms: float | None = None
         self.congested_at = float("-inf")
         self.delay_bps: int | None = None  # the transport-cc estimate, when there is one
@@ -145,26 +149,41 @@ class DownlinkEstimator:
     def on_probe(self, bps: float, saturated: bool, now: float) -> None:
         """A probe cluster arrived at `bps`; `saturated`: the link spread it out to that."""
         if saturated:
-            # A reading of the link: an estimate below it rises to just under it. It
-            # never lowers the estimate (a receiver's stall spreads a cluster out too;
-            # queues and losses are the delay and loss rules' to judge), but loss-free
-            # growth stops at it.
-            self.capacity_bps = bps
+            # A reading of the link: an estimate below it rises to just under it, and
+            # growth without evidence stops at it. A reading below the estimate neither
+            # lowers it nor caps its growth: a receiver's (or a loaded machine's) stall
+            # spreads a cluster out too, and once left a 5 Mbit/s link's estimate capped
+            # at 1.5 Mbit/s for good; queues and losses are the delay and loss rules' to
+            # judge.
+            if bps >= self._bps:
+                self.capacity_bps = bps
             self._bps = max(self._bps, PROBE_SATURATED_SHARE * bps)
         else:
             self.capacity_bps = max(self.capacity_bps or 0.0, bps)
             self._bps = max(self._bps, bps)
         self._clamp()
 
-    def on_loss(self, fraction: float, now: float) -> None:
-        """One interval's loss fraction (0..1), over every stream the subscriber receives."""
+    def on_loss(self, fraction: float, now: float, queue_free: bool = False) -> None:
+        """One interval's loss fraction (0..1), over every stream the subscriber receives.
+
+        `queue_free`: the delay-based estimate sees no standing queue on the link, so
+        moderate loss is the line's own (radio, copper), not an overflowing queue.
+        """
         self.loss = fraction
-        if fraction > LOSS_HIGH:
+        high = fraction > LOSS_HIGH
+        # One second's count of a line's random loss strays above 10 % now and then (5 %
+        # of 60 packets is 3 lost; 7 are 12 %): with no queue on the link, one such
+        # second is noise, and only a second one in a row backs off.
+        stray = high and queue_free and not self._was_high
+        self._was_high = high
+        if high and not stray:
             if now - self._delay_cut_at >= DELAY_HOLD_S:
                 # (Right after a delay-based cut, the losses are the same queue's tail.)
                 self._bps *= 1 - 0.5 * fraction
             self.congested_at = now
-        elif fraction < LOSS_LOW and now - self._delay_overuse_at >= DELAY_HOLD_S:
+        elif high:
+            pass  # a stray second: hold
+        elif (fraction < LOSS_LOW or queue_free) and now - self._delay_overuse_at >= DELAY_HOLD_S:
             ceiling = max(
                 self.sent_bps * HEADROOM_FACTOR, self.sent_bps + HEADROOM_BPS, self.demand_bps
             )

@@ -282,3 +282,31 @@ def test_the_repair_budget_refuses_a_nack_storm() -> None:
     granted = sum(budget.take(1200) for _ in range(1000))
     assert granted <= 11
     assert budget.refused >= 989
+
+
+@pytest.mark.parametrize(
+    ("readings", "queue_free", "low", "high"),
+    [
+        # 5 % loss with a queue standing on the link (or no delay reading): hold, as GCC.
+        ([0.05] * 5, False, 1_000_000, 1_000_000),
+        # 5 % loss and no queue: the line's own loss; grow as on a clean line (8 % each).
+        ([0.05] * 5, True, 1_469_000, 1_470_000),
+        # ... but never past the link's measured capacity.
+        ([0.05] * 30, True, 2_000_000, 2_000_000),
+        # One second above 10 % among 5 % ones, no queue: a stray count, hold.
+        ([0.05, 0.12, 0.05], True, 1_166_000, 1_167_000),
+        # Two in a row: the line got worse, back off (x0.94 each).
+        ([0.12, 0.12], True, 940_000, 940_000),
+        # With a queue, one second above 10 % backs off at once.
+        ([0.12], False, 940_000, 940_000),
+    ],
+)
+def test_random_loss_without_a_queue_is_not_congestion(
+    readings: list[float], queue_free: bool, low: int, high: int
+) -> None:
+    est = started(DownlinkEstimator(initial_bps=1_000_000), 900_000)
+    est.demand_bps = 5_000_000
+    est.capacity_bps = 2_000_000
+    for second, fraction in enumerate(readings, start=10):
+        est.on_loss(fraction, float(second), queue_free)
+    assert low <= est.estimate(40.0).bps <= high

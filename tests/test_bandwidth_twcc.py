@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from media_server.bandwidth import ALLOCATION_SHARE
-from media_server.delay_estimate import DelayEstimate, Usage
+from media_server.delay_estimate import QUEUE_MS, DelayEstimate, Usage
 from media_server.downtrack import DownTrack
 from media_server.estimator import DownlinkEstimator
 from media_server.pacer import Pacer
@@ -225,6 +225,8 @@ def simulate(
     stalls: tuple[tuple[float, float], ...] = (),
     probing: bool = True,
     keyframe_bytes: int = 0,
+    ticked: bool = False,
+    lull_s: float = 0.0,
 ) -> list[tuple[float, float, Usage]]:
     """One subscriber as media_server/bandwidth.py drives it, against a simulated link.
 
@@ -232,7 +234,11 @@ def simulate(
     packets; feedback comes every 100 ms; once a second the loss over the reported
     packets feeds the estimate and a probe cluster may start (topping the rate up to
     its target for its duration, judged once its feedback is in). Every 2 s a keyframe
-    of `keyframe_bytes` leaves at the pacer's 1.5 times the estimate.
+    of `keyframe_bytes` leaves at the pacer's 1.5 times the estimate. `ticked`: what is
+    sent follows the estimate only at each tick, as the allocator's layers and the
+    pacer's rate do (a cut between ticks still sends the old layers until the next one).
+    `lull_s`: after a tick that lowered the rate, a third of it is sent for that long
+    (the lower layers wait for their keyframes; some sources are paused).
     Returns (time, estimate, usage) after each feedback.
     """
     rng = random.Random(8)
@@ -250,6 +256,8 @@ def simulate(
     pending: list[tuple[int, float | None]] = []
     trace = []
     receiver_clock_us = 7_000_000_000  # the receiver's clock is not ours
+    allowed = est.estimate(0.0).bps  # what the allocator and the pacer last took
+    lull_until = -1.0
     while t < seconds:
         for at, rate in steps:
             if t >= at:
@@ -258,12 +266,15 @@ def simulate(
         pending.append((seq, link.arrival(t, size, rng)))
         seq += 1
         sent_bytes += size
-        rate = min(demand_bps, ALLOCATION_SHARE * est.estimate(t).bps)
+        current = allowed if ticked else est.estimate(t).bps
+        rate = min(demand_bps, ALLOCATION_SHARE * current)
+        if t < lull_until:
+            rate /= 3
         if keyframe_bytes and t >= next_keyframe:
             keyframe_left, next_keyframe = keyframe_bytes, next_keyframe + 2.0
         if keyframe_left > 0:
             keyframe_left -= size
-            rate = 1.5 * est.estimate(t).bps
+            rate = 1.5 * current
         probe = prober.active
         if probe is not None and t < probe.ends:
             rate = max(rate, probe.target_bps)
@@ -300,8 +311,13 @@ def simulate(
             reported = missing + delay.received - loss_mark[1]
             if delay.ready and reported >= 20:
                 loss_mark = (delay.lost, delay.received)
-                est.on_loss(missing / reported, t)
+                est.on_loss(
+                    missing / reported, t, delay.queue_ms < QUEUE_MS and not delay.overusing
+                )
             estimate = est.estimate(t).bps
+            if estimate < allowed:
+                lull_until = t + lull_s
+            allowed = estimate
             if probing and delay.ready and prober.active is None:
                 started = prober.start(t, estimate, demand_bps, delay.overused_at)
                 if started is not None:
@@ -419,6 +435,14 @@ def test_a_packet_reported_missing_then_received_was_late_not_lost() -> None:
         for fb in feedback_in(data):
             delay.on_feedback(history.match(fb, 1.0), 1.0)
     assert (delay.lost, delay.received) == (0, 23)
+    # ... and what the link delivered counts them: the same as had they come in order.
+    in_order = DelayEstimate(2_000_000)
+    ordered = [1_000_000 + 5_000 * i for i in range(20)]
+    ordered[5:8] = later[:3]
+    for data in (build_feedback(0, ordered), build_feedback(8, later[3:18])):
+        for fb in feedback_in(data):
+            in_order.on_feedback(history.match(fb, 1.0), 1.0)
+    assert delay.acked_bps() == pytest.approx(in_order.acked_bps())
     # Really lost: reported missing and never again.
     delay = DelayEstimate(2_000_000)
     for fb in feedback_in(build_feedback(0, arrivals)):
@@ -485,46 +509,49 @@ def test_a_probe_cluster_is_judged_by_how_fast_it_arrived(
 
 
 @pytest.mark.parametrize(
-    ("link", "succeeded", "next_probe_after"),
+    ("link", "filled", "succeeded", "next_probe_after"),
     [
-        (10_000_000, True, INTERVAL_S),  # carried: the next may go higher soon
-        (2_000_000, True, RETRY_S),  # spread out above the estimate: headroom, now full
-        (900_000, False, RETRY_S),  # spread out below the estimate: nothing found
+        (10_000_000, 1.0, True, INTERVAL_S),  # carried: the next may go higher soon
+        # Carried, but the padding filled only half its target: still headroom found.
+        (10_000_000, 0.5, True, INTERVAL_S),
+        (2_000_000, 1.0, True, RETRY_S),  # spread out above the estimate: headroom, now full
+        (900_000, 1.0, False, RETRY_S),  # spread out below the estimate: nothing found
     ],
 )
 def test_a_probe_collects_only_its_own_packets_and_paces_the_next(
-    link: int, succeeded: bool, next_probe_after: float
+    link: int, filled: float, succeeded: bool, next_probe_after: float
 ) -> None:
     prober = ProbeController()
     probe = prober.start(10.0, 1_000_000, 5_000_000, 0.0)
     assert probe is not None
-    inside = cluster(probe.target_bps, link)
+    inside = cluster(probe.target_bps * filled, link)
     before = PacketResult(100, 9.0, 1000, 1_000)  # sent before the cluster
     prober.collect([before, *inside])
     result = prober.finish(11.0)
     assert result is not None and (prober.succeeded == 1) is succeeded
-    assert result.send_bps == pytest.approx(probe.target_bps, rel=0.01)
+    assert result.send_bps == pytest.approx(probe.target_bps * filled, rel=0.01)
     assert prober.start(11.0 + next_probe_after - 0.01, 1_000_000, 5_000_000, 0.0) is None
     assert prober.start(11.0 + next_probe_after, 1_000_000, 5_000_000, 0.0) is not None
 
 
 @pytest.mark.parametrize(
-    ("saturated", "reading", "estimate_before", "estimate_after"),
+    ("saturated", "reading", "estimate_before", "estimate_after", "capacity"),
     [
-        (False, 3_000_000, 1_000_000, 3_000_000),  # carried: take it at once
-        (False, 800_000, 1_000_000, 1_000_000),  # carried less than we had: no news
-        (True, 2_000_000, 1_000_000, 1_900_000),  # the link's rate: just under it
-        # Never down: a receiver's stall spreads a cluster out too; queues and losses
-        # are the delay and loss rules' to judge (and growth stops at the reading).
-        (True, 2_000_000, 2_400_000, 2_400_000),
+        (False, 3_000_000, 1_000_000, 3_000_000, 3_000_000),  # carried: take it at once
+        (False, 800_000, 1_000_000, 1_000_000, 800_000),  # carried less than we had
+        (True, 2_000_000, 1_000_000, 1_900_000, 2_000_000),  # the link's rate: just under
+        # Never down, and no cap on growth: a receiver's stall spreads a cluster out too;
+        # queues and losses are the delay and loss rules' to judge.
+        (True, 2_000_000, 2_400_000, 2_400_000, None),
     ],
 )
 def test_a_probe_reading_moves_the_estimate(
-    saturated: bool, reading: int, estimate_before: int, estimate_after: int
+    saturated: bool, reading: int, estimate_before: int, estimate_after: int, capacity: int | None
 ) -> None:
     est = DownlinkEstimator(initial_bps=estimate_before)
     est.on_probe(reading, saturated, 10.0)
     assert est.estimate(10.0).bps == estimate_after
+    assert est.capacity_bps == capacity
 
 
 def test_loss_free_growth_stops_at_the_measured_capacity() -> None:
@@ -594,3 +621,100 @@ def test_probe_packets_are_padding_with_fresh_numbers_and_never_shift_a_late_pac
     down.allocate(None, paused=True)
     assert down.probe() > 0
     assert out_seq(sink.rtp[-1]) == first + 5
+
+
+# -- floods and random loss --------------------------------------------------------------
+
+
+def replay(
+    phases: list[tuple[float, float]],
+    link_bps: float,
+    loss: float,
+    rtt_s: float = 0.25,
+    batch_us: int = 1,
+    blackout: tuple[float, float] = (0.0, 0.0),
+) -> DelayEstimate:
+    """Send 1,200-byte packets at each phase's rate until its end time through a link
+    with a drop-tail queue; feedback every 100 ms, arriving half a round trip late.
+    `batch_us`: the receiver stamps arrivals in batches of that many microseconds (a
+    busy browser reads its socket now and then). Packets sent during `blackout` are
+    lost (a starved link relay, a radio fade)."""
+    rng = random.Random(8)
+    link = Link(link_bps, delay_s=rtt_s / 2, loss=loss)
+    history, delay = SendHistory(), DelayEstimate(2_000_000)
+    t, seq, next_feedback = 0.0, 0, 0.1
+    pending: list[tuple[int, float | None]] = []
+    for until, rate in phases:
+        while t < until:
+            history.record(bytes(SEQ_OFFSET) + (seq & 0xFFFF).to_bytes(2, "big") + bytes(1181), t)
+            dark = blackout[0] <= t < blackout[1]
+            pending.append((seq, None if dark else link.arrival(t, 1200, rng)))
+            seq += 1
+            t += 1200 * 8 / rate
+            if t < next_feedback:
+                continue
+            next_feedback += 0.1
+            known = [i for i, (_, a) in enumerate(pending) if a is not None and a + rtt_s / 2 <= t]
+            if not known:
+                continue
+            report, pending = pending[: known[-1] + 1], pending[known[-1] + 1 :]
+            arrivals = [
+                None if a is None else 7_000_000_000 + -(-int(a * 1e6) // batch_us) * batch_us
+                for _, a in report
+            ]
+            for fb in feedback_in(build_feedback(report[0][0] & 0xFFFF, arrivals)):
+                delay.on_feedback(history.match(fb, t), t, rtt_s)
+    return delay
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.03, 0.05])
+def test_a_flood_that_stopped_is_not_cut_for_again(loss: float) -> None:
+    """The link steps to 1 Mbit/s under 2.5 Mbit/s of sending, then we send a quarter of
+    it (lower layers, paused sources). The cuts read the link's rate out of the flood;
+    the flood's losses that linger beside arrivals at our new rate do not cut again."""
+    delay = replay([(4.0, 900_000), (4.6, 2_500_000), (9.0, 250_000)], 1_000_000, loss)
+    assert delay.cuts, "the flood is seen"
+    assert all(c.at < 5.2 for c in delay.cuts)
+    assert delay.bps >= 800_000
+
+
+@pytest.mark.parametrize(
+    ("loss", "cut", "batch_us"),
+    [(0.05, False, 1), (0.10, False, 1), (0.0, True, 1), (0.0, True, 30_000)],
+)
+def test_random_loss_is_not_a_flood_but_an_overflowing_queue_is(
+    loss: float, cut: bool, batch_us: int
+) -> None:
+    """Sending 1.5 Mbit/s: through a 2 Mbit/s line with random loss nothing is cut; into a
+    1 Mbit/s one (queue full, the delay flat, a third lost at its tail) it is, to 85 %
+    of what the link delivers, also when the receiver stamps arrivals in batches. (The
+    estimate then grows back towards the link: the next cut follows when the queue
+    overflows again.)"""
+    link_bps = 1_000_000 if cut else 2_000_000
+    delay = replay([(12.0, 1_500_000)], link_bps, loss, batch_us=batch_us)
+    assert bool(delay.cuts) is cut
+    # Each cut read the link's rate, not ours, nor a burst of batched arrival stamps.
+    assert all(0.85 * 900_000 <= c.to_bps <= 0.85 * 1_100_000 for c in delay.cuts)
+
+
+@pytest.mark.parametrize("rate", [600_000, 900_000])
+@pytest.mark.parametrize("dark_s", [0.3, 0.6, 1.0])
+def test_a_stall_that_loses_what_came_meanwhile_is_not_a_flood(rate: int, dark_s: float) -> None:
+    """Sending under a 1 Mbit/s link's rate, everything sent for a moment is lost (a
+    starved link relay, a radio fade): a flood's signs (heavy loss, little arriving),
+    but no queue of ours overflowed. The estimate is not cut to the trickle."""
+    delay = replay([(4.0, 900_000), (12.0, rate)], 1_000_000, 0.03, blackout=(6.0, 6.0 + dark_s))
+    assert not delay.cuts
+    assert delay.bps >= 900_000
+
+
+def test_a_step_under_3_percent_loss_is_followed_while_the_layers_lag_a_tick() -> None:
+    """The allocator and the pacer follow the estimate once a second, and after lowering
+    the layers send a third for a second (keyframes awaited, sources paused): the
+    estimate still lands on the 1 Mbit/s link within 3 s and stays there."""
+    steps = [(0.0, 5_000_000), (20.5, 1_000_000), (40.5, 5_000_000)]
+    trace = simulate(
+        steps, seconds=50, demand_bps=2_700_000, loss=0.03, rtt_s=0.05, ticked=True, lull_s=1.0
+    )
+    assert settled(trace, 20.5, 750_000, 1_250_000, until=40.5) <= 3.0
+    assert settled(trace, 40.5, 2_400_000, 6_250_000) <= 10.0
