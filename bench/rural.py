@@ -438,9 +438,13 @@ def _longest_zero_run(values: list[float]) -> int:
 SFU_COUNTERS = ("packets_forwarded", "packets_retransmitted", "nacks_received", "keyframe_requests")
 
 
-async def _poll_sfu(server: Any, room: str, totals: dict[str, int]) -> None:
+async def _poll_sfu(
+    server: Any, room: str, totals: dict[str, int], trace: list[dict[str, Any]] | None = None
+) -> None:
     """Add up the room's counters every second; a participant that reconnects (or leaves)
-    takes its counters with it, so totals grow by each second's growth only."""
+    takes its counters with it, so totals grow by each second's growth only. `trace`
+    gets, each second, the point's downlink as the SFU saw it (the estimate, and the
+    layer rates the allocator assumed): what explains a layer change."""
     last = await asyncio.to_thread(_room_stats, server, room)
     while True:
         await asyncio.sleep(1.0)
@@ -448,6 +452,28 @@ async def _poll_sfu(server: Any, room: str, totals: dict[str, int]) -> None:
         for key in totals:
             totals[key] += int(_grew(last.get(key, 0), now.get(key, 0)))
         last = now
+        if trace is not None:
+            trace.append(_downlink_sample(now))
+
+
+def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
+    for p in room_stats.get("receiving", []):
+        down = p.get("downlink")
+        if p.get("role") != "point" or not down:
+            continue
+        layers = {
+            t["track"].split("/")[-1]: t["layer"] for t in p.get("tracks", []) if t.get("track")
+        }
+        return {
+            "estimate_kbps": down["estimate_bps"] // 1000,
+            "sent_kbps": down["sent_bps"] // 1000,
+            "layers": layers,
+            "layer_kbps": {
+                src: {k: v // 1000 for k, v in rates.items()}
+                for src, rates in down.get("layer_bps", {}).items()
+            },
+        }
+    return {}
 
 
 def _room_stats(server: Any, room: str) -> dict[str, Any]:
@@ -503,6 +529,7 @@ async def run_condition(
         token = server.token(room, "xiaohe", "point", name="小河教学点")
         # Wall-clock bounds of the measured period, for the master agent's own reports.
         window = [0.0, 0.0]
+        trace: list[dict[str, Any]] = []
 
         async def measure(mark: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
             """Warm up, then run the measured period (with the link's steps)."""
@@ -510,7 +537,7 @@ async def run_condition(
             await asyncio.sleep(warmup)
             start = await mark()
             sfu_totals = dict.fromkeys(SFU_COUNTERS, 0)
-            polling = asyncio.ensure_future(_poll_sfu(server, room, sfu_totals))
+            polling = asyncio.ensure_future(_poll_sfu(server, room, sfu_totals, trace))
             assert netlink.down is not None
             down0 = dict(vars(netlink.down.impairment.counters))
             log(f"{cond.name}: measuring {seconds:.0f} s")
@@ -601,6 +628,7 @@ async def run_condition(
                 "seconds": seconds,
                 "receiver": receiver,
                 "sfu": sfu,
+                "downlink_trace": trace,
                 "link_down": link_down,
                 "master_encode": summarise_master(_read_jsonl(workdir / "master.jsonl"), *window),
             }
