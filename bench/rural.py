@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import itertools
 import json
 import os
@@ -283,6 +284,14 @@ def summarise(
             "layer_share": {k: round(v / len(per_sample), 3) for k, v in sorted(layers.items())},
             "glass_to_glass_p50_ms": _pct(latencies, 0.5),
             "glass_to_glass_p95_ms": _pct(latencies, 0.95),
+            # Chromium's jitter buffer's share of glass-to-glass (it grows with the
+            # spread of frame sizes: a big keyframe raises it for every frame after).
+            "jitter_buffer_ms": round(total("jbDelay") / total("jbEmitted") * 1000)
+            if total("jbEmitted")
+            else None,
+            "glass_to_glass_p50_ms_by_layer": _latency_by_layer(
+                clocks, window, per_sample, name, start
+            ),
         }
         if steps:
             # How long after the link recovered the top resolution came back.
@@ -302,6 +311,27 @@ def summarise(
         "page_phase": window[-1]["phase"],
         "page_reconnects": window[-1]["connects"] - window[0]["connects"],
     }
+
+
+def _latency_by_layer(
+    clocks: list[list[Any]],
+    window: list[dict[str, Any]],
+    per_sample: list[dict[str, tuple[dict[str, Any], dict[str, Any]]]],
+    name: str,
+    start: float,
+) -> dict[str, float | None]:
+    """Glass-to-glass p50 of the frames shown while each layer was allocated."""
+    mids = _mids(window, name)
+    by_layer: dict[str, list[float]] = {}
+    times = [w["t"] for w in window]
+    for t, mid, latency in clocks:
+        if t < start or mid not in mids:
+            continue
+        i = bisect.bisect_right(times, t) - 1
+        if i < 0 or name not in per_sample[i]:
+            continue
+        by_layer.setdefault(str(per_sample[i][name][1].get("layer")), []).append(latency)
+    return {layer: _pct(values, 0.5) for layer, values in sorted(by_layer.items())}
 
 
 def _mids(window: list[dict[str, Any]], name: str) -> set[str]:
