@@ -272,6 +272,7 @@ def summarise(
             ),
             "no_new_frame_share": round(sum(1 for f in per_second if f == 0) / len(per_second), 3),
             "longest_no_frame_s": _longest_zero_run(per_second),
+            "fps_per_second": [round(f, 1) for f in per_second],
             # Seconds with no new frame although the SFU had not paused the picture: a
             # frozen picture under "live" (a paused one is labelled as paused).
             "frozen_live_share": round(
@@ -497,6 +498,13 @@ def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
         return {
             "estimate_kbps": down["estimate_bps"] // 1000,
             "sent_kbps": down["sent_bps"] // 1000,
+            "paced_dropped": down.get("paced_dropped"),
+            "repair_refused": down.get("repair_refused"),
+            "packets": {
+                t["track"].split("/")[-1]: t["packets"]
+                for t in p.get("tracks", [])
+                if t.get("track")
+            },
             "layers": layers,
             "layer_kbps": {
                 src: {k: v // 1000 for k, v in rates.items()}
