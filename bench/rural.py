@@ -505,6 +505,16 @@ def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
                 for t in p.get("tracks", [])
                 if t.get("track")
             },
+            "refused": {
+                t["track"].split("/")[-1]: t.get("retransmit_refused")
+                for t in p.get("tracks", [])
+                if t.get("track")
+            },
+            "kf_requests": {
+                t["track"].split("/")[-1]: t.get("keyframe_requests")
+                for t in p.get("tracks", [])
+                if t.get("track")
+            },
             "layers": layers,
             "layer_kbps": {
                 src: {k: v // 1000 for k, v in rates.items()}
