@@ -166,6 +166,9 @@ class DownTrack:
         self._has_ast = ast_ext_id is not None
         self._b0 = 0x90 if self._ext_prefix else 0x80
         self.forwarder = Forwarder(seed=ssrc)
+        # The last packet forwarded did not end its frame (no marker): more of the frame
+        # is on its way, and a probe must not take a sequence number inside it.
+        self._mid_frame = False
         self.source: MediaSource | None = None
         self.stats = DownTrackStats()
         self._reports_sent: dict[int, float] = {}  # LSR value -> when we sent that SR
@@ -258,6 +261,7 @@ class DownTrack:
         if self._red_pt >= 0:
             payload = self._red_wrap(ots, payload)
         self._write(marker, oseq, ots, ast, payload)
+        self._mid_frame = not marker
         self.stats.packets += 1
         self.stats.octets += len(payload)
 
@@ -436,9 +440,15 @@ class DownTrack:
 
         A padding-only packet takes the next sequence number, paused or forwarding: a
         repeated packet would be a replay to the receiver's SRTP, dropped before its
-        transport-wide number is counted, and the probe would read as lost.
+        transport-wide number is counted, and the probe would read as lost. Never inside
+        a frame (a publisher's frame may arrive over several loop turns): Chromium
+        assembles an H.264 frame only from packets with consecutive numbers, so a probe
+        between two of its packets left the frame, and every frame after it, undecodable
+        until the next keyframe (1-3 s without a picture, and no PLI for 3 s).
         """
         if self.source is None or self.source.kind != "video":
+            return 0
+        if self._mid_frame and self.forwarder.current is not None:
             return 0
         out = self.forwarder.pad()
         if out is None:
