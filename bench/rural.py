@@ -489,7 +489,7 @@ async def _poll_sfu(
 
 def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
     # Each published layer: keyframes that reached the SFU, keyframe requests it sent.
-    layers = {
+    published = {
         "/".join(t["track"].split("/")[-2:]): [t.get("keyframes"), t.get("keyframe_requests_sent")]
         for t in room_stats.get("tracks", [])
     }
@@ -501,7 +501,7 @@ def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
             t["track"].split("/")[-1]: t["layer"] for t in p.get("tracks", []) if t.get("track")
         }
         return {
-            "published_keyframes": layers,
+            "published_keyframes": published,
             "estimate_kbps": down["estimate_bps"] // 1000,
             "sent_kbps": down["sent_bps"] // 1000,
             "paced_dropped": down.get("paced_dropped"),
