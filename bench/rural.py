@@ -290,6 +290,9 @@ def summarise(
             "jitter_buffer_ms": round(total("jbDelay") / total("jbEmitted") * 1000)
             if total("jbEmitted")
             else None,
+            "jitter_buffer_target_ms": round(total("jbTarget") / total("jbEmitted") * 1000)
+            if total("jbEmitted")
+            else None,
             "glass_to_glass_p50_ms_by_layer": _latency_by_layer(
                 clocks, window, per_sample, name, start
             ),
