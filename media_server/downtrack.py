@@ -166,9 +166,6 @@ class DownTrack:
         self._has_ast = ast_ext_id is not None
         self._b0 = 0x90 if self._ext_prefix else 0x80
         self.forwarder = Forwarder(seed=ssrc)
-        # The last packet forwarded did not end its frame (no marker): more of the frame
-        # is on its way, and a probe must not take a sequence number inside it.
-        self._mid_frame = False
         self.source: MediaSource | None = None
         self.stats = DownTrackStats()
         self._reports_sent: dict[int, float] = {}  # LSR value -> when we sent that SR
@@ -261,7 +258,6 @@ class DownTrack:
         if self._red_pt >= 0:
             payload = self._red_wrap(ots, payload)
         self._write(marker, oseq, ots, ast, payload)
-        self._mid_frame = not marker
         self.stats.packets += 1
         self.stats.octets += len(payload)
 
@@ -448,7 +444,8 @@ class DownTrack:
         """
         if self.source is None or self.source.kind != "video":
             return 0
-        if self._mid_frame and self.forwarder.current is not None:
+        current = self.current
+        if current is not None and current.mid_frame:
             return 0
         out = self.forwarder.pad()
         if out is None:

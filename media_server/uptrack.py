@@ -157,6 +157,9 @@ class UpTrack:
         self.missing: dict[int, int] = {}  # seq -> times asked
         self.last_packet_at = 0.0
         self.highest_seq: int | None = None
+        # The last packet forwarded did not end its frame (no marker): the rest of the
+        # frame is on its way, and a probe must not take a number inside it.
+        self.mid_frame = False
         self._cache: list[bytes | None] = [None] * CACHE_SIZE
         self._request_keyframe = request_keyframe
         self._request_nack = request_nack
@@ -291,6 +294,7 @@ class UpTrack:
             return
         payload = data[start:end]
         marker = data[1] & 0x80
+        self.mid_frame = not marker
         ast = abs_send_time(now)
         for dt in downtracks:
             dt.forward(self, payload, marker, seq, ts, key, ast)
