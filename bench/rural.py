@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import itertools
 import json
 import os
@@ -271,6 +272,7 @@ def summarise(
             ),
             "no_new_frame_share": round(sum(1 for f in per_second if f == 0) / len(per_second), 3),
             "longest_no_frame_s": _longest_zero_run(per_second),
+            "fps_per_second": [round(f, 1) for f in per_second],
             # Seconds with no new frame although the SFU had not paused the picture: a
             # frozen picture under "live" (a paused one is labelled as paused).
             "frozen_live_share": round(
@@ -283,6 +285,17 @@ def summarise(
             "layer_share": {k: round(v / len(per_sample), 3) for k, v in sorted(layers.items())},
             "glass_to_glass_p50_ms": _pct(latencies, 0.5),
             "glass_to_glass_p95_ms": _pct(latencies, 0.95),
+            # Chromium's jitter buffer's share of glass-to-glass (it grows with the
+            # spread of frame sizes: a big keyframe raises it for every frame after).
+            "jitter_buffer_ms": round(total("jbDelay") / total("jbEmitted") * 1000)
+            if total("jbEmitted")
+            else None,
+            "jitter_buffer_target_ms": round(total("jbTarget") / total("jbEmitted") * 1000)
+            if total("jbEmitted")
+            else None,
+            "glass_to_glass_p50_ms_by_layer": _latency_by_layer(
+                clocks, window, per_sample, name, start
+            ),
         }
         if steps:
             # How long after the link recovered the top resolution came back.
@@ -302,6 +315,27 @@ def summarise(
         "page_phase": window[-1]["phase"],
         "page_reconnects": window[-1]["connects"] - window[0]["connects"],
     }
+
+
+def _latency_by_layer(
+    clocks: list[list[Any]],
+    window: list[dict[str, Any]],
+    per_sample: list[dict[str, tuple[dict[str, Any], dict[str, Any]]]],
+    name: str,
+    start: float,
+) -> dict[str, float | None]:
+    """Glass-to-glass p50 of the frames shown while each layer was allocated."""
+    mids = _mids(window, name)
+    by_layer: dict[str, list[float]] = {}
+    times = [w["t"] for w in window]
+    for t, mid, latency in clocks:
+        if t < start or mid not in mids:
+            continue
+        i = bisect.bisect_right(times, t) - 1
+        if i < 0 or name not in per_sample[i]:
+            continue
+        by_layer.setdefault(str(per_sample[i][name][1].get("layer")), []).append(latency)
+    return {layer: _pct(values, 0.5) for layer, values in sorted(by_layer.items())}
 
 
 def _mids(window: list[dict[str, Any]], name: str) -> set[str]:
@@ -445,11 +479,13 @@ async def _poll_sfu(
     estimate: list[list[Any]],
     cuts: list[dict[str, Any]],
     t0: float,
+    trace: list[dict[str, Any]] | None = None,
 ) -> None:
     """Add up the room's counters every second; a participant that reconnects (or leaves)
     takes its counters with it, so totals grow by each second's growth only. Each second
-    also notes the point's downlink as the SFU sees it in `estimate`, and the delay-based
-    estimate's cuts (the server's clock) in `cuts`."""
+    also notes the point's downlink as the SFU sees it in `estimate`, the delay-based
+    estimate's cuts (the server's clock) in `cuts`, and in `trace` the layer rates the
+    allocator assumed and the keyframe traffic: what explains a layer change."""
     last = await asyncio.to_thread(_room_stats, server, room)
     while True:
         await asyncio.sleep(1.0)
@@ -467,6 +503,8 @@ async def _poll_sfu(
                     cut = {"t_s": round(cut["at"] - t0, 2), **cut}
                     if cut not in cuts:
                         cuts.append(cut)
+        if trace is not None:
+            trace.append(_downlink_sample(now))
 
 
 # One row a second of the point's downlink (the SFU's `describe()`), kbit/s.
@@ -493,6 +531,49 @@ def _point_downlink(room_stats: dict[str, Any], t: float) -> list[Any] | None:
             d.get("delay_usage"),
         ]
     return None
+
+
+def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
+    # Each published layer: keyframes that reached the SFU, keyframe requests it sent.
+    published = {
+        "/".join(t["track"].split("/")[-2:]): [t.get("keyframes"), t.get("keyframe_requests_sent")]
+        for t in room_stats.get("tracks", [])
+    }
+    for p in room_stats.get("receiving", []):
+        down = p.get("downlink")
+        if p.get("role") != "point" or not down:
+            continue
+        layers = {
+            t["track"].split("/")[-1]: t["layer"] for t in p.get("tracks", []) if t.get("track")
+        }
+        return {
+            "published_keyframes": published,
+            "estimate_kbps": down["estimate_bps"] // 1000,
+            "sent_kbps": down["sent_bps"] // 1000,
+            "paced_dropped": down.get("paced_dropped"),
+            "repair_refused": down.get("repair_refused"),
+            "packets": {
+                t["track"].split("/")[-1]: t["packets"]
+                for t in p.get("tracks", [])
+                if t.get("track")
+            },
+            "refused": {
+                t["track"].split("/")[-1]: t.get("retransmit_refused")
+                for t in p.get("tracks", [])
+                if t.get("track")
+            },
+            "kf_requests": {
+                t["track"].split("/")[-1]: t.get("keyframe_requests")
+                for t in p.get("tracks", [])
+                if t.get("track")
+            },
+            "layers": layers,
+            "layer_kbps": {
+                src: {k: v // 1000 for k, v in rates.items()}
+                for src, rates in down.get("layer_bps", {}).items()
+            },
+        }
+    return {}
 
 
 def _room_stats(server: Any, room: str) -> dict[str, Any]:
@@ -550,6 +631,7 @@ async def run_condition(
         window = [0.0, 0.0]
         estimate_series: list[list[Any]] = []
         cut_list: list[dict[str, Any]] = []
+        trace: list[dict[str, Any]] = []
 
         async def measure(mark: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
             """Warm up, then run the measured period (with the link's steps)."""
@@ -559,7 +641,7 @@ async def run_condition(
             sfu_totals = dict.fromkeys(SFU_COUNTERS, 0)
             t0 = time.monotonic()
             polling = asyncio.ensure_future(
-                _poll_sfu(server, room, sfu_totals, estimate_series, cut_list, t0)
+                _poll_sfu(server, room, sfu_totals, estimate_series, cut_list, t0, trace)
             )
             assert netlink.down is not None
             down0 = dict(vars(netlink.down.impairment.counters))
@@ -650,6 +732,7 @@ async def run_condition(
                 "seconds": seconds,
                 "receiver": receiver,
                 "sfu": sfu,
+                "downlink_trace": trace,
                 "link_down": link_down,
                 "master_encode": summarise_master(_read_jsonl(workdir / "master.jsonl"), *window),
                 "estimate": {

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_TIME_BASE = fractions.Fraction(1, 48000)
 VIDEO_CODECS = ("h264", "vp8")
+# A camera layer's rate buffer is 1/CAMERA_VBV_DIVISOR of a second of its bitrate.
+CAMERA_VBV_DIVISOR = 4
 
 
 def encoder_threads(width: int, height: int) -> int:
@@ -81,10 +83,13 @@ class VideoEncoder:
                 # decoder joining there cannot start.
                 "forced-idr": "1",
                 "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1",
-                # Half a second of VBV keeps bursts (keyframes) within what a
-                # 2 Mbit/s teaching-point link absorbs without loss.
+                # A quarter second of VBV caps a keyframe near a quarter second of the
+                # layer's rate (720p at 1.2 Mbit/s: ~40 kB, not ~75 kB). A keyframe is a
+                # burst that queues the frames behind it on a 2 Mbit/s point's link, and
+                # the receiver's jitter buffer grows with its largest frames: with half
+                # a second, Chromium held the teacher's 720p 160 ms in its jitter buffer.
                 "maxrate": str(bits),
-                "bufsize": str(bits // 2),
+                "bufsize": str(bits // CAMERA_VBV_DIVISOR),
             }
             if self.content == "screen":
                 # Screen content at a few fps: a whole second of buffer lets a keyframe

@@ -38,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 PacketSink = Callable[[av.Packet], None]
 
+# Forced keyframes (PLIs relayed by the SFU, a new connection) come at most this often
+# per layer: each is a burst every receiver pays for, and a request inside the gap is
+# answered when it ends (or by a keyframe that comes meanwhile), never dropped.
+KEYFRAME_MIN_GAP_S = 0.5
+
 
 class _EncodedTrack(MediaStreamTrack):
     def __init__(self, source: MediaSource) -> None:
@@ -195,6 +200,7 @@ class EncodedVideoTrack(_EncodedTrack):
         height: int | None = None,
         layer: str = "h",
         content: str = "camera",
+        keyframe_min_gap_s: float = KEYFRAME_MIN_GAP_S,
     ) -> None:
         if source.kind != "video":
             raise ValueError(f"source {source.name!r} is {source.kind}, not video")
@@ -220,6 +226,8 @@ class EncodedVideoTrack(_EncodedTrack):
             content=content,
         )
         self._force_keyframe = False
+        self._keyframe_min_gap_s = keyframe_min_gap_s
+        self._last_key_at = float("-inf")  # capture time of the last keyframe encoded
         self._idle = False
         # A passthrough layer back from idle is sent again from its next keyframe.
         self._resume_needs_key = False
@@ -239,8 +247,9 @@ class EncodedVideoTrack(_EncodedTrack):
     def request_keyframe(self) -> None:
         """Make the next encoded frame a keyframe (IDR); called when the SFU relays a PLI.
 
-        Passthrough packets cannot be changed: their keyframes come at the camera's or
-        file's own interval.
+        Within KEYFRAME_MIN_GAP_S of the last keyframe the request waits for the gap's
+        end. Passthrough packets cannot be changed: their keyframes come at the camera's
+        or file's own interval.
         """
         self._force_keyframe = True
 
@@ -322,7 +331,14 @@ class EncodedVideoTrack(_EncodedTrack):
             self._next_due = max(self._next_due + 1 / self.fps, captured)
             if self._idle and not self._sinks:
                 continue  # nobody receives this layer: spend no CPU on it
-            key = self._force_keyframe and not self._idle
+            key = (
+                self._force_keyframe
+                and not self._idle
+                and (
+                    self._resume_needs_key
+                    or captured - self._last_key_at >= self._keyframe_min_gap_s
+                )
+            )
             if key:
                 self._force_keyframe = False
             pts = self._pts(captured)
@@ -332,6 +348,12 @@ class EncodedVideoTrack(_EncodedTrack):
                 )
             except RuntimeError:  # executor shut down by stop()
                 raise MediaStreamError from None
+            if any(packet.is_keyframe for packet in packets):
+                self._last_key_at = captured
+                if not self._idle:
+                    # A periodic keyframe answers a request still waiting for the gap.
+                    self._force_keyframe = False
+                self._resume_needs_key = False
             if self._idle:
                 for packet in packets:
                     self._emit(packet)

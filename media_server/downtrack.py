@@ -11,6 +11,7 @@ from the publisher's NTP/RTP mapping so that receivers keep lip sync.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from aiortc.rtp import (
 
 from media_server.estimator import DownlinkEstimator
 from media_server.forwarder import DROP, Forwarder
+from media_server.keyframes import KeyframeGate, overtaken
 from media_server.rtpbytes import HEADER, abs_send_time, payload_bounds
 from media_server.sink import PacketSink
 from media_server.source import MediaSource
@@ -43,6 +45,10 @@ DEFAULT_RTT_S = 0.1
 RESENT_MEMORY = 1024
 # A padding-only payload (RFC 3550 5.1): its last byte says how many bytes to drop.
 PADDING = bytes(239) + bytes([240])
+# One subscriber's repair keyframe requests (PLI/FIR, unrepairable loss): at most one a
+# second, backing off to one every 4 s while it keeps asking soon after being served.
+REPAIR_INTERVAL_S = 1.0
+REPAIR_BACKOFF_MAX_S = 4.0
 
 
 class RepairBudget:
@@ -163,6 +169,9 @@ class DownTrack:
         self.source: MediaSource | None = None
         self.stats = DownTrackStats()
         self._reports_sent: dict[int, float] = {}  # LSR value -> when we sent that SR
+        self._repair_gate = KeyframeGate(REPAIR_INTERVAL_S, backoff_max_s=REPAIR_BACKOFF_MAX_S)
+        self._repair_deferred: asyncio.TimerHandle | None = None
+        self._repair_asked_at = 0.0
 
     # -- what to forward ----------------------------------------------------------------
 
@@ -217,7 +226,7 @@ class DownTrack:
             fwd.target.attach(self)  # type: ignore[attr-defined]
         if need_key and best is not None and best.video:
             self.stats.keyframe_requests += 1
-            best.request_keyframe()
+            best.request_keyframe(urgent=True)
 
     def _detach_all(self) -> None:
         for up in (self.forwarder.current, self.forwarder.target):
@@ -337,10 +346,31 @@ class DownTrack:
                         self.estimator.on_rtt(self.stats.rtt_ms)
 
     def request_keyframe(self) -> None:
+        """The receiver needs a keyframe to repair its picture (PLI/FIR, lost packets).
+
+        Within this subscriber's repair gate: a request that must wait is deferred, and
+        one that a keyframe overtakes meanwhile is not sent.
+        """
         self.stats.keyframe_requests += 1
+        if self._repair_deferred is not None:
+            return
+        now = time.monotonic()
+        self._repair_asked_at = now
+        wait = self._repair_gate.wait(now, float("-inf"))
+        if wait <= 0:
+            self._send_repair(deferred=False)
+            return
+        self._repair_deferred = asyncio.get_running_loop().call_later(wait, self._send_repair, True)
+
+    def _send_repair(self, deferred: bool) -> None:
+        self._repair_deferred = None
         up = self.forwarder.target or self.forwarder.current
-        if up is not None:
-            up.request_keyframe()  # type: ignore[attr-defined]
+        if up is None:
+            return
+        if deferred and overtaken(self._repair_asked_at, up.last_keyframe_at):  # type: ignore[attr-defined]
+            return
+        self._repair_gate.sent(time.monotonic())
+        up.request_keyframe()  # type: ignore[attr-defined]
 
     def retransmit(self, oseq: int) -> bool:
         """Resend what went out as `oseq`, from the publisher's cache; never another packet.
@@ -406,9 +436,16 @@ class DownTrack:
 
         A padding-only packet takes the next sequence number, paused or forwarding: a
         repeated packet would be a replay to the receiver's SRTP, dropped before its
-        transport-wide number is counted, and the probe would read as lost.
+        transport-wide number is counted, and the probe would read as lost. Never inside
+        a frame (a publisher's frame may arrive over several loop turns): Chromium
+        assembles an H.264 frame only from packets with consecutive numbers, so a probe
+        between two of its packets left the frame, and every frame after it, undecodable
+        until the next keyframe (1-3 s without a picture, and no PLI for 3 s).
         """
         if self.source is None or self.source.kind != "video":
+            return 0
+        current = self.current
+        if current is not None and current.mid_frame:
             return 0
         out = self.forwarder.pad()
         if out is None:
@@ -451,6 +488,9 @@ class DownTrack:
         )
 
     def close(self) -> None:
+        if self._repair_deferred is not None:
+            self._repair_deferred.cancel()
+            self._repair_deferred = None
         self._detach_all()
         self.forwarder.current = self.forwarder.target = None
         self.source = None

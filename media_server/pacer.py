@@ -26,8 +26,12 @@ from media_server.sink import PacketSink
 from media_server.twcc import SEQ_OFFSET, SendHistory
 
 PACING_FACTOR = 1.5
-# A video frame (not a keyframe) fits in the burst and goes straight out.
-BURST_S = 0.06
+# A video frame (not a keyframe) fits in the burst and goes straight out; anything
+# bigger waits here, where audio overtakes it, not in the modem's queue, where audio
+# waits behind it: 60 ms of bursts put ~70 ms spikes into the audio's arrival times on
+# a 2 Mbit/s point, and Chromium's jitter buffers (the teacher video's too, lip-synced
+# to the audio) grew to match.
+BURST_S = 0.02
 MIN_BURST_BYTES = 6000
 DRAIN_INTERVAL_S = 0.005
 MAX_QUEUE_S = 0.5

@@ -307,7 +307,13 @@ class RelayLink:
             es = self._export_streams.get(stream)
             stats.plis_in += 1
             if es is not None and es.down is not None:
-                es.down.request_keyframe()
+                es.down.stats.keyframe_requests += 1
+                up = es.down.target or es.down.current
+                if up is not None:
+                    # The edge's layer gated this request already (a join, a switch or
+                    # a repair, which the wire does not tell apart); here it only
+                    # merges with the origin's other receivers' requests.
+                    up.request_keyframe(urgent=True)
         elif kind == wire.NACK:
             es = self._export_streams.get(stream)
             stats.nacks_in += 1

@@ -77,6 +77,7 @@ class Sfu:
                             "lost": up.stats.lost,
                             "recovered": up.stats.recovered,
                             "keyframes": up.stats.keyframes,
+                            "keyframe_requests_sent": up.stats.keyframe_requests,
                             # Participants receiving it; a recorder or relay is a tap.
                             "subscribers": sum(1 for d in up.downtracks if d not in taps),
                             "taps": sum(1 for d in up.downtracks if d in taps),
@@ -108,6 +109,12 @@ class Sfu:
                             if slot.downtrack and slot.downtrack.current
                             else None,
                             "rtt_ms": slot.downtrack.stats.rtt_ms if slot.downtrack else None,
+                            "retransmit_refused": slot.downtrack.stats.retransmit_refused
+                            if slot.downtrack
+                            else None,
+                            "keyframe_requests": slot.downtrack.stats.keyframe_requests
+                            if slot.downtrack
+                            else None,
                             "fraction_lost": slot.downtrack.stats.fraction_lost
                             if slot.downtrack
                             else None,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from media_server.keyframes import KeyframeGate, overtaken
 from media_server.rtpbytes import (
     HEADER,
     SEQ_TS,
@@ -27,7 +29,15 @@ if TYPE_CHECKING:
 
 CACHE_SIZE = 2048  # about 1.5 s of a 1.5 Mbit/s video stream at 1200-byte packets
 CACHE_MASK = CACHE_SIZE - 1
-KEYFRAME_MIN_INTERVAL_S = 0.3
+# A repair (PLI/FIR, unrepairable loss) reaches the publisher at most this often per
+# layer, counted from the last request or the last keyframe that arrived; a subscriber
+# that must start on this layer (a join, a switch) is served within KEYFRAME_URGENT_S.
+KEYFRAME_MIN_INTERVAL_S = 1.0
+KEYFRAME_URGENT_S = 0.3
+# A layer's keyframes are counted over this window (several GOPs, so that one keyframe
+# more or less in it moves the figure little), and over at least KEY_WINDOW_MIN_S.
+KEY_WINDOW_S = 10.0
+KEY_WINDOW_MIN_S = 4.0
 NACK_MAX_AGE = 512  # give up on losses older than this many sequence numbers
 
 
@@ -53,7 +63,8 @@ class UpTrackStats:
     duplicates: int = 0
     malformed: int = 0
     keyframes: int = 0
-    keyframe_requests: int = 0
+    keyframe_bytes: int = 0  # bytes of packets that belong to keyframes
+    keyframe_requests: int = 0  # sent to the publisher
     nacks_sent: int = 0
 
 
@@ -146,34 +157,67 @@ class UpTrack:
         self.missing: dict[int, int] = {}  # seq -> times asked
         self.last_packet_at = 0.0
         self.highest_seq: int | None = None
+        # The last packet forwarded did not end its frame (no marker): the rest of the
+        # frame is on its way, and a probe must not take a number inside it.
+        self.mid_frame = False
         self._cache: list[bytes | None] = [None] * CACHE_SIZE
         self._request_keyframe = request_keyframe
         self._request_nack = request_nack
-        self._last_kf_request = 0.0
+        self._kf_gate = KeyframeGate(KEYFRAME_MIN_INTERVAL_S, urgent_s=KEYFRAME_URGENT_S)
         self._kf_deferred: asyncio.TimerHandle | None = None
+        self._kf_deferred_at = 0.0  # when the deferred request is due
+        self._kf_asked_at = 0.0  # when the oldest request it answers was asked
+        # When the last keyframe arrived (monotonic) and its RTP timestamp: the packets
+        # with that timestamp are the keyframe's.
+        self.last_keyframe_at = float("-inf")
+        self._key_ts = -1
         self.closed = False
-        self._rate_mark = (0.0, 0)  # (when, bytes) of the last bitrate reading
-        self._bitrate = 0.0
+        self._rate_mark = (0.0, 0, 0)  # (when, bytes, keyframe bytes) of the last reading
+        self._delta_bps = 0.0  # smoothed rate of everything but keyframes
+        self._key_bps = 0.0  # keyframe bytes over the last KEY_WINDOW_S, as a rate
+        self._key_marks: deque[tuple[float, int]] = deque()  # (when, keyframe bytes)
 
     def bitrate_bps(self, now: float) -> int:
-        """What this layer carries (bits/s, smoothed), read from the byte counter.
+        """What this layer costs a receiver (bits/s, smoothed), read from the byte counters.
+
+        The rate of the frames between keyframes, smoothed over a couple of seconds, plus
+        the keyframes' bytes spread over the last KEY_WINDOW_S: a keyframe is a burst
+        the pacer spreads, not a rise of the layer's rate, and a short window that
+        happens to hold one read a 1.2 Mbit/s layer as 1.4-1.5 Mbit/s (the allocator
+        then found the teacher's 720p too dear for a 2 Mbit/s point). More keyframes
+        (requests) do raise the figure: they are a real cost.
 
         Called by control loops, never per packet; readings closer than 0.5 s reuse the
         last one. A layer that stops (idle, or its publisher paused it) keeps its last
         rate, which is what it will cost when it comes back.
         """
-        when, count = self._rate_mark
+        when, count, key_count = self._rate_mark
+        stats = self.stats
         if when == 0.0:
-            self._rate_mark = (now, self.stats.bytes)
-            return int(self._bitrate)
+            self._rate_mark = (now, stats.bytes, stats.keyframe_bytes)
+            return int(self._delta_bps + self._key_bps)
         elapsed = now - when
         if elapsed >= 0.5:
-            sent = self.stats.bytes - count
+            sent = stats.bytes - count
+            keys = stats.keyframe_bytes - key_count
             if sent > 0:
-                rate = sent * 8 / elapsed
-                self._bitrate = rate if self._bitrate == 0 else 0.7 * self._bitrate + 0.3 * rate
-            self._rate_mark = (now, self.stats.bytes)
-        return int(self._bitrate)
+                rate = (sent - keys) * 8 / elapsed
+                self._delta_bps = (
+                    rate if self._delta_bps == 0 else 0.7 * self._delta_bps + 0.3 * rate
+                )
+                marks = self._key_marks
+                if not marks:
+                    marks.append((when, key_count))
+                marks.append((now, stats.keyframe_bytes))
+                while len(marks) > 2 and marks[1][0] <= now - KEY_WINDOW_S:
+                    marks.popleft()
+                since, base = marks[0]
+                span = max(now - since, KEY_WINDOW_MIN_S)
+                self._key_bps = (stats.keyframe_bytes - base) * 8 / span
+            else:
+                self._key_marks.clear()  # the window starts again when the layer does
+            self._rate_mark = (now, stats.bytes, stats.keyframe_bytes)
+        return int(self._delta_bps + self._key_bps)
 
     def frame_rate(self, window_s: float = 1.0) -> float:
         """Frames per second over the newest `window_s` of media in the packet cache.
@@ -241,11 +285,16 @@ class UpTrack:
         key = is_keyframe_start(self.codec, data, start, end) if self.video else True
         if key and self.video:
             self.stats.keyframes += 1
+            self._key_ts = ts
+            self.last_keyframe_at = time.monotonic()
+        if ts == self._key_ts:
+            self.stats.keyframe_bytes += len(data)
         downtracks = self.downtracks
         if not downtracks:
             return
         payload = data[start:end]
         marker = data[1] & 0x80
+        self.mid_frame = not marker
         ast = abs_send_time(now)
         for dt in downtracks:
             dt.forward(self, payload, marker, seq, ts, key, ast)
@@ -303,28 +352,43 @@ class UpTrack:
             return data
         return None
 
-    def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe, at most once per interval.
+    def request_keyframe(self, *, urgent: bool = False) -> None:
+        """Ask the publisher for a keyframe, within this layer's KeyframeGate.
 
-        A request inside the interval is deferred to its end rather than dropped: the
-        subscriber that asked is still waiting for a picture.
+        `urgent`: a subscriber must start on this layer (it joined, or switches to it)
+        and a keyframe that came before it asked is no use to it. A request that must
+        wait is deferred to when it may go, not dropped: whoever asked is still waiting
+        for a picture; a keyframe that arrives meanwhile answers it.
         """
-        if self.closed or self._kf_deferred is not None:
+        if self.closed:
             return
         now = time.monotonic()
-        wait = self._last_kf_request + KEYFRAME_MIN_INTERVAL_S - now
-        if wait > 0:
-            self._kf_deferred = asyncio.get_running_loop().call_later(
-                wait, self._send_keyframe_request
-            )
+        wait = self._kf_gate.wait(now, self.last_keyframe_at, urgent=urgent)
+        deferred = self._kf_deferred
+        if urgent or deferred is None:
+            # Only a keyframe after this ask answers it. Repairs keep the first ask's
+            # time: one that lost a keyframe after it asks again, and is gated then.
+            self._kf_asked_at = now
+        if deferred is not None:
+            if now + wait >= self._kf_deferred_at:
+                return  # the request already waiting goes no later than this one could
+            deferred.cancel()
+            self._kf_deferred = None
+        if wait <= 0:
+            self._send_keyframe_request(deferred=False)
             return
-        self._send_keyframe_request()
+        self._kf_deferred_at = now + wait
+        self._kf_deferred = asyncio.get_running_loop().call_later(
+            wait, self._send_keyframe_request, True
+        )
 
-    def _send_keyframe_request(self) -> None:
+    def _send_keyframe_request(self, deferred: bool) -> None:
         self._kf_deferred = None
         if self.closed:
             return
-        self._last_kf_request = time.monotonic()
+        if deferred and overtaken(self._kf_asked_at, self.last_keyframe_at):
+            return
+        self._kf_gate.sent(time.monotonic())
         self.stats.keyframe_requests += 1
         self._request_keyframe(self)
 

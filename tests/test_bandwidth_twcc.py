@@ -590,9 +590,12 @@ def test_probe_packets_are_padding_with_fresh_numbers_and_never_shift_a_late_pac
     down = DownTrack(sink=sink, ssrc=77, payload_type=96)
     down.bind(source)
 
-    def rtp(seq: int, payload: bytes) -> bytes:
+    def rtp(seq: int, payload: bytes, marker: int = 0) -> bytes:
         return (
-            bytes([0x80, 96]) + seq.to_bytes(2, "big") + bytes([0, 0, 0, 9, 0, 0, 0, 5]) + payload
+            bytes([0x80, marker | 96])
+            + seq.to_bytes(2, "big")
+            + bytes([0, 0, 0, 9, 0, 0, 0, 5])
+            + payload
         )
 
     def out_seq(packet: bytes) -> int:
@@ -600,7 +603,8 @@ def test_probe_packets_are_padding_with_fresh_numbers_and_never_shift_a_late_pac
 
     key = bytes([0x90, 0x00, 0x00]) + b"frame"  # VP8: start of partition 0, key frame
     up.on_rtp(rtp(10, key), 0)
-    up.on_rtp(rtp(12, b"\x10\x00\x00twelve"), 0)  # 11 is late
+    assert down.probe() == 0  # inside the frame: its next packet takes the next number
+    up.on_rtp(rtp(12, b"\x10\x00\x00twelve", marker=0x80), 0)  # 11 is late; 12 ends it
     first = out_seq(sink.rtp[0])
     assert out_seq(sink.rtp[1]) == first + 2
     assert down.probe() > 0

@@ -64,7 +64,12 @@ async def test_h264_track_publishes_annexb_packets_that_decode() -> None:
 
 async def test_vp8_track_and_keyframe_request() -> None:
     track = EncodedVideoTrack(
-        SyntheticVideo(320, 180, 30, "Board camera", seed=2), "vp8", 300, 30, keyframe_interval_s=60
+        SyntheticVideo(320, 180, 30, "Board camera", seed=2),
+        "vp8",
+        300,
+        30,
+        keyframe_interval_s=60,
+        keyframe_min_gap_s=0,
     )
     try:
         packets = await collect(track, 5)
@@ -89,6 +94,7 @@ async def test_h264_keyframe_request_is_an_idr_with_parameter_sets() -> None:
         300,
         30,
         keyframe_interval_s=60,
+        keyframe_min_gap_s=0,
     )
     try:
         await collect(track, 4)
@@ -100,6 +106,33 @@ async def test_h264_keyframe_request_is_an_idr_with_parameter_sets() -> None:
     assert {7, 8, 5} <= set(nal_types(bytes(key)))
     # A fresh decoder (a subscriber switching layers) can start on it.
     assert len(av.CodecContext.create("h264", "r").decode(key)) == 1
+
+
+async def test_forced_keyframes_keep_their_minimum_gap_and_are_never_lost() -> None:
+    """Requests right after a keyframe are answered by one keyframe at the end of the
+    gap (capture time, read from the packets' timestamps), not by one per request."""
+    track = EncodedVideoTrack(
+        SyntheticVideo(320, 180, 30, "Teacher camera", seed=4),
+        "h264",
+        300,
+        30,
+        keyframe_interval_s=60,
+        keyframe_min_gap_s=0.5,
+    )
+    try:
+        first = await collect(track, 3)
+        for _ in range(3):
+            track.request_keyframe()
+        after = await collect(track, 30)
+    finally:
+        track.stop()
+    assert first[0].is_keyframe
+    keys = [p for p in after if p.is_keyframe]
+    assert len(keys) == 1
+    assert keys[0].pts - first[0].pts >= 0.5 * 90000
+    # It is the first frame captured after the gap: the one before it was inside.
+    before = after[after.index(keys[0]) - 1]
+    assert before.pts - first[0].pts < 0.5 * 90000
 
 
 async def test_sink_receives_exactly_the_published_packets() -> None:
