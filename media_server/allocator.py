@@ -7,7 +7,10 @@ then other classrooms' cameras. Every video gets
 the best layer that fits in that order, as long as the lowest layers of the lesson's
 own sources further down stay affordable, so the teacher is sharp and the courseware
 and board still have a picture. A source that does not fit even at its lowest layer is
-paused for bandwidth, and the subscriber is told so. Layers drop at once; they rise
+paused for bandwidth, and the subscriber is told so. On a link too thin for the lowest
+layers of both the teacher camera and the courseware, the courseware goes first: slides
+are the lesson's content and a teacher can be followed by voice, a slide cannot (issue 8:
+at 256 kbit/s the courseware shows and every camera is paused). Layers drop at once; they rise
 only when the caller says the estimate has been stable long enough (`hold=False`), so
 the picture does not flap. And they drop only when what is already being sent no
 longer fits in `keep_bps` (a little more than the budget, when nothing says the link is
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 LAYERS_LOW_TO_HIGH = ("l", "m", "h")
 PRIORITY = {"teacher_camera": 0, "program": 0, "courseware": 1, "board_camera": 2}
 OTHER_PRIORITY = 3
+# The lesson's content: first on a link too thin for it and the teacher's face.
+CONTENT = "courseware"
 # What a layer costs before it has been measured (bits per second).
 DEFAULT_BPS = {"h": 1_500_000, "m": 500_000, "l": 150_000}
 DEFAULT_AUDIO_BPS = 48_000
@@ -85,12 +90,15 @@ def current_cost(c: Candidate) -> int:
 def allocate(
     budget_bps: int, candidates: list[Candidate], *, hold: bool, keep_bps: int | None = None
 ) -> dict[str, Decision]:
-    decisions = _allocate(budget_bps, candidates, hold=hold)
+    # Judged on the budget alone, so that keeping what is sent (below) cannot hold the
+    # teacher's face on a link that the courseware should have.
+    thin = too_thin_for_faces(budget_bps, candidates)
+    decisions = _allocate(budget_bps, candidates, hold=hold, thin=thin)
     if keep_bps is None or not any(_lowers(c, decisions[c.key]) for c in candidates):
         return decisions
     if sum(current_cost(c) for c in candidates) > keep_bps:
         return decisions
-    return _allocate(keep_bps, candidates, hold=True)
+    return _allocate(keep_bps, candidates, hold=True, thin=thin)
 
 
 def _lowers(c: Candidate, d: Decision) -> bool:
@@ -99,7 +107,23 @@ def _lowers(c: Candidate, d: Decision) -> bool:
     return d.paused or (d.layer is not None and rank(d.layer) < rank(c.current))
 
 
-def _allocate(budget_bps: int, candidates: list[Candidate], *, hold: bool) -> dict[str, Decision]:
+def too_thin_for_faces(budget_bps: int, candidates: list[Candidate]) -> bool:
+    """Whether what is left after audio cannot carry the lowest layers of the lesson's
+    focus (teacher camera, called-on classroom) and of its courseware together."""
+    active = [c for c in candidates if not c.user_paused]
+    audio = sum(current_cost(c) for c in active if c.kind == "audio")
+    videos = [c for c in active if c.kind != "audio" and _usable(c)]
+    if not any(c.source == CONTENT for c in videos):
+        return False
+    lowest = sum(
+        layer_bps(c, _usable(c)[0]) for c in videos if priority(c) == 0 or c.source == CONTENT
+    )
+    return lowest > budget_bps - audio
+
+
+def _allocate(
+    budget_bps: int, candidates: list[Candidate], *, hold: bool, thin: bool
+) -> dict[str, Decision]:
     decisions: dict[str, Decision] = {}
     remaining = budget_bps
     videos: list[Candidate] = []
@@ -114,6 +138,8 @@ def _allocate(budget_bps: int, candidates: list[Candidate], *, hold: bool) -> di
         else:
             videos.append(c)
     videos.sort(key=lambda c: (priority(c), c.key))
+    if thin:
+        videos.sort(key=lambda c: c.source != CONTENT)  # stable: the rest keep their order
 
     # In priority order, each video takes the best layer that still leaves the lowest
     # layers of the lesson's own sources below it (teacher camera, courseware, board)
@@ -128,8 +154,11 @@ def _allocate(budget_bps: int, candidates: list[Candidate], *, hold: bool) -> di
             continue
         if priority(c) < OTHER_PRIORITY:
             reserve -= layer_bps(c, layers[0])
-        if hold and c.started and c.current is None:
-            continue  # paused for bandwidth: resumes only when the estimate is stable
+        if hold and c.started and c.current is None and not (thin and c.source == CONTENT):
+            # Paused for bandwidth: resumes only when the estimate is stable. Not the
+            # courseware on a thin link: it goes before the cameras there, and resumes
+            # only at a layer that fits.
+            continue
         if hold and c.current is not None:
             layers = [x for x in layers if rank(x) <= rank(c.current)] or layers[:1]
         choice = next((x for x in reversed(layers) if layer_bps(c, x) <= remaining - reserve), None)

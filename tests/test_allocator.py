@@ -1,0 +1,162 @@
+"""The allocator on thin links: courseware layers and the courseware-first rule.
+
+Table-driven over the master's default sources as the SFU measures them (teacher camera
+1200/450/120 kbit/s, courseware 300 and its full-resolution low layer 100, board
+800/120, Opus 32 kbit/s at about 40 on the wire before RED). Budgets are what the
+allocator is given (the estimate times ALLOCATION_SHARE).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from media_server.allocator import Candidate, Decision, allocate, too_thin_for_faces
+
+TEACHER = {"h": 1_200_000, "m": 470_000, "l": 120_000}
+COURSEWARE = {"h": 300_000, "l": 100_000}
+BOARD = {"h": 800_000, "l": 120_000}
+
+
+def lesson(**changes: dict[str, object]) -> list[Candidate]:
+    cands = [
+        Candidate("p1/classroom_mic", "audio", "classroom_mic", {"h": 40_000}),
+        Candidate("p1/teacher_camera", "video", "teacher_camera", dict(TEACHER)),
+        Candidate("p1/courseware", "video", "courseware", dict(COURSEWARE)),
+        Candidate("p1/board_camera", "video", "board_camera", dict(BOARD)),
+        Candidate("p2/point_camera", "video", "point_camera", {"h": 500_000}),
+    ]
+    for c in cands:
+        for key, value in changes.get(c.source, {}).items():
+            setattr(c, key, value)
+    return cands
+
+
+def layers(decisions: dict[str, Decision]) -> dict[str, str | None]:
+    """Source -> layer given (None: paused); audio left out, it always goes."""
+    return {
+        k.split("/")[1]: (None if d.paused else d.layer)
+        for k, d in decisions.items()
+        if not k.endswith("_mic")
+    }
+
+
+def shown(**changes: str | None) -> dict[str, str | None]:
+    base: dict[str, str | None] = dict.fromkeys(
+        ("teacher_camera", "courseware", "board_camera", "point_camera")
+    )
+    base.update(changes)
+    return base
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        # A 2 Mbit/s point: the teacher's 720p, the courseware's 5 fps layer, the board low.
+        (1_700_000, shown(teacher_camera="h", courseware="h", board_camera="l")),
+        # A 1 Mbit/s point: the teacher at 360p; the courseware's low layer (not its top
+        # one, which would push the teacher down to 180p) and the board low beside it.
+        (780_000, shown(teacher_camera="m", courseware="l", board_camera="l")),
+        # Both lowest layers fit, not the board's as well: teacher and slides.
+        (300_000, shown(teacher_camera="l", courseware="l")),
+        # A 256 kbit/s point: the teacher's lowest layer and the courseware's do not fit
+        # together, so the courseware alone; every camera paused.
+        (200_000, shown(courseware="l")),
+        (140_000, shown(courseware="l")),
+        # Not even the courseware's low layer: every picture paused, audio still goes.
+        (120_000, shown()),
+        (30_000, shown()),
+    ],
+)
+def test_the_budget_is_shared_with_the_courseware_first_on_thin_links(
+    budget: int, expected: dict[str, str | None]
+) -> None:
+    decisions = allocate(budget, lesson(), hold=False)
+    assert layers(decisions) == expected
+    assert decisions["p1/classroom_mic"] == Decision(layer="h", paused=False)
+    # Paused for bandwidth, so the point shows "Paused: low bandwidth", never a frozen
+    # picture under "Live".
+    by_source = {key.split("/")[1]: d for key, d in decisions.items()}
+    assert all(by_source[s].paused for s, layer in expected.items() if layer is None)
+
+
+@pytest.mark.parametrize(
+    ("budget", "changes", "thin", "expected"),
+    [
+        # Only as much as the teacher's lowest layer and the courseware's together.
+        (260_000, {}, False, shown(teacher_camera="l", courseware="l")),
+        (259_999, {}, True, shown(courseware="l")),
+        # A courseware that cannot fit at all does not take the teacher's picture away.
+        (200_000, {"courseware": {"layers": {"h": 300_000}}}, True, shown(teacher_camera="l")),
+        # A courseware the subscriber paused leaves the link to the teacher.
+        (200_000, {"courseware": {"user_paused": True}}, False, shown(teacher_camera="l")),
+        # The called-on classroom ranks with the teacher, so it yields to the slides too.
+        (
+            200_000,
+            {"point_camera": {"focus": True, "layers": {"h": 500_000, "l": 90_000}}},
+            True,
+            shown(courseware="l"),
+        ),
+    ],
+)
+def test_when_the_courseware_goes_first(
+    budget: int, changes: dict, thin: bool, expected: dict[str, str | None]
+) -> None:
+    cands = lesson(**changes)
+    assert too_thin_for_faces(budget, cands) is thin
+    assert layers(allocate(budget, cands, hold=False)) == expected
+
+
+def test_a_lesson_without_courseware_gives_a_thin_link_to_the_teacher() -> None:
+    cands = [c for c in lesson() if c.source != "courseware"]
+    assert not too_thin_for_faces(200_000, cands)
+    got = layers(allocate(200_000, cands, hold=False))
+    assert got == {"teacher_camera": "l", "board_camera": None, "point_camera": None}
+
+
+@pytest.mark.parametrize("keep", [None, 240_000])
+def test_on_a_thin_link_the_courseware_takes_the_teachers_place_even_while_holding(
+    keep: int | None,
+) -> None:
+    # The teacher had the link (the courseware's layer measured high for a while and did
+    # not fit); now the courseware fits. Holding (a recent drop, or congestion) keeps
+    # paused pictures paused, and keeping what is sent would hold the teacher's picture;
+    # neither may keep the slides off a link that carries only one of the two.
+    started = {"started": True}
+    cands = lesson(
+        teacher_camera={**started, "current": "l"},
+        courseware={**started, "current": None},
+        board_camera={**started, "current": None},
+        point_camera={**started, "current": None},
+    )
+    got = layers(allocate(200_000, cands, hold=True, keep_bps=keep))
+    assert got == shown(courseware="l")
+
+
+def test_once_the_courseware_has_a_thin_link_the_teacher_returns_only_when_both_fit() -> None:
+    started = {"started": True}
+    cands = lesson(
+        teacher_camera={**started, "current": None},
+        courseware={**started, "current": "l"},
+        board_camera={**started, "current": None},
+        point_camera={**started, "current": None},
+    )
+    # Same link: nothing changes.
+    assert layers(allocate(200_000, cands, hold=False)) == shown(courseware="l")
+    # A better estimate, but not yet stable: the paused teacher stays paused.
+    assert layers(allocate(300_000, cands, hold=True)) == shown(courseware="l")
+    # Stable: the teacher's lowest layer beside the slides.
+    assert layers(allocate(300_000, cands, hold=False)) == shown(teacher_camera="l", courseware="l")
+
+
+def test_the_courseware_low_layer_gives_way_to_its_top_layer_when_there_is_room() -> None:
+    started = {"started": True}
+    cands = lesson(
+        teacher_camera={**started, "current": "m"},
+        courseware={**started, "current": "l"},
+        board_camera={**started, "current": "l"},
+        point_camera={**started, "current": None},
+    )
+    # Holding: no rise.
+    assert layers(allocate(1_700_000, cands, hold=True))["courseware"] == "l"
+    got = layers(allocate(1_700_000, cands, hold=False))
+    assert got["courseware"] == "h" and got["teacher_camera"] == "h"
