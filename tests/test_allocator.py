@@ -1,4 +1,5 @@
-"""The allocator on thin links: courseware layers and the courseware-first rule.
+"""The allocator's order of need, on thin links above all: the courseware's layers, the
+courseware before the teacher's face, the teacher's 360p before the board.
 
 Table-driven over the master's default sources as the SFU measures them (teacher camera
 1200/450/120 kbit/s, courseware 300 and its full-resolution low layer 100, board
@@ -53,9 +54,16 @@ def shown(**changes: str | None) -> dict[str, str | None]:
     [
         # A 2 Mbit/s point: the teacher's 720p, the courseware's 5 fps layer, the board low.
         (1_700_000, shown(teacher_camera="h", courseware="h", board_camera="l")),
-        # A 1 Mbit/s point: the teacher at 360p; the courseware's low layer (not its top
-        # one, which would push the teacher down to 180p) and the board low beside it.
+        # Not quite 2 Mbit/s: the teacher's 720p would leave the courseware at 3 fps and
+        # no board; 360p, the courseware at 5 fps and the board instead.
+        (1_400_000, shown(teacher_camera="m", courseware="h", board_camera="l")),
+        # A 1 Mbit/s point: the teacher at 360p, the courseware's low layer (its top one
+        # would push the teacher down to 180p) and the board low beside them...
         (780_000, shown(teacher_camera="m", courseware="l", board_camera="l")),
+        # ... and with a little less, the teacher stays at 360p and the board pauses: a
+        # recognisable teacher before a 180p board nobody can read.
+        (700_000, shown(teacher_camera="m", courseware="l")),
+        (620_000, shown(teacher_camera="m", courseware="l")),
         # Both lowest layers fit, not the board's as well: teacher and slides.
         (300_000, shown(teacher_camera="l", courseware="l")),
         # A 256 kbit/s point: the teacher's lowest layer and the courseware's do not fit
