@@ -115,7 +115,7 @@ def test_role_defaults() -> None:
         ("board_camera", "h", "video", "h264", 1280, 720, 800),
         ("board_camera", "l", "video", "h264", 320, 180, 120),
         ("courseware", "h", "video", "h264", 1280, 720, 300),
-        ("courseware", "l", "video", "h264", 1280, 720, 100),
+        ("courseware", "l", "video", "h264", 1280, 720, 70),
         ("classroom_mic", "h", "audio", "opus", 0, 0, 32),
     ]
     # Courseware is screen content: full resolution at a low frame rate, in every layer
