@@ -438,12 +438,9 @@ def _longest_zero_run(values: list[float]) -> int:
 SFU_COUNTERS = ("packets_forwarded", "packets_retransmitted", "nacks_received", "keyframe_requests")
 
 
-async def _poll_sfu(
-    server: Any, room: str, totals: dict[str, int], estimate: list[list[Any]], t0: float
-) -> None:
+async def _poll_sfu(server: Any, room: str, totals: dict[str, int]) -> None:
     """Add up the room's counters every second; a participant that reconnects (or leaves)
-    takes its counters with it, so totals grow by each second's growth only. Each second
-    also notes the point's downlink as the SFU sees it in `estimate`."""
+    takes its counters with it, so totals grow by each second's growth only."""
     last = await asyncio.to_thread(_room_stats, server, room)
     while True:
         await asyncio.sleep(1.0)
@@ -451,35 +448,6 @@ async def _poll_sfu(
         for key in totals:
             totals[key] += int(_grew(last.get(key, 0), now.get(key, 0)))
         last = now
-        sample = _point_downlink(now, round(time.monotonic() - t0, 1))
-        if sample is not None:
-            estimate.append(sample)
-
-
-# One row a second of the point's downlink (the SFU's `describe()`), kbit/s.
-ESTIMATE_COLUMNS = ["t_s", "estimate", "sent", "capacity", "delay", "loss", "rtt_ms", "usage"]
-
-
-def _point_downlink(room_stats: dict[str, Any], t: float) -> list[Any] | None:
-    for p in room_stats.get("receiving", []):
-        d = p.get("downlink")
-        if p.get("role") != "point" or not d:
-            continue
-
-        def kbps(key: str, d: dict[str, Any] = d) -> int | None:
-            return round(d[key] / 1000) if d.get(key) is not None else None
-
-        return [
-            t,
-            kbps("estimate_bps"),
-            kbps("sent_bps"),
-            kbps("capacity_bps"),
-            kbps("delay_bps"),
-            d.get("loss"),
-            d.get("rtt_ms"),
-            d.get("delay_usage"),
-        ]
-    return None
 
 
 def _room_stats(server: Any, room: str) -> dict[str, Any]:
@@ -535,7 +503,6 @@ async def run_condition(
         token = server.token(room, "xiaohe", "point", name="小河教学点")
         # Wall-clock bounds of the measured period, for the master agent's own reports.
         window = [0.0, 0.0]
-        estimate_series: list[list[Any]] = []
 
         async def measure(mark: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
             """Warm up, then run the measured period (with the link's steps)."""
@@ -543,14 +510,12 @@ async def run_condition(
             await asyncio.sleep(warmup)
             start = await mark()
             sfu_totals = dict.fromkeys(SFU_COUNTERS, 0)
-            t0 = time.monotonic()
-            polling = asyncio.ensure_future(
-                _poll_sfu(server, room, sfu_totals, estimate_series, t0)
-            )
+            polling = asyncio.ensure_future(_poll_sfu(server, room, sfu_totals))
             assert netlink.down is not None
             down0 = dict(vars(netlink.down.impairment.counters))
             log(f"{cond.name}: measuring {seconds:.0f} s")
             window[0] = time.time()
+            t0 = time.monotonic()
             for at, spec in cond.steps:
                 await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
                 netlink.set_link(spec)
@@ -638,7 +603,6 @@ async def run_condition(
                 "sfu": sfu,
                 "link_down": link_down,
                 "master_encode": summarise_master(_read_jsonl(workdir / "master.jsonl"), *window),
-                "estimate": {"columns": ESTIMATE_COLUMNS, "rows": estimate_series},
             }
         )
         if not sfu.get("packets_forwarded"):
