@@ -7,8 +7,9 @@ then other classrooms' cameras. Layers are handed out one at a time in that orde
 need, each only if it fits in what is left (`ladder`):
 
 1. the courseware's lowest layer, then the lowest layers of the lesson's focus: on a
-   link too thin for both, the slides are shown and the teacher is heard (issue 8: at
-   256 kbit/s the courseware shows and every camera is paused);
+   link too thin for both, the slides are shown and the teacher is heard, and no other
+   camera takes what is left (issue 8: at 256 kbit/s the courseware shows and every
+   camera is paused);
 2. the focus up to its middle layer (360p: a face and gestures one can follow);
 3. the lowest layers of the rest of the lesson's own sources (the board);
 4. every source through the rest of its layers, by priority, other classrooms last.
@@ -144,7 +145,7 @@ def _allocate(
             videos.append(c)
     videos.sort(key=lambda c: (priority(c), c.key))
     given: dict[str, str] = {}
-    for c, layer in ladder(videos):
+    for c, layer in ladder(videos, thin=thin):
         if hold and c.started and c.current is None and not (thin and c.source == CONTENT):
             # Paused for bandwidth: resumes only when the estimate is stable. Not the
             # courseware on a thin link: it goes before the cameras there, and resumes
@@ -165,9 +166,12 @@ def _allocate(
     return decisions
 
 
-def ladder(videos: list[Candidate]) -> list[tuple[Candidate, str]]:
+def ladder(videos: list[Candidate], *, thin: bool = False) -> list[tuple[Candidate, str]]:
     """The order in which layers are handed out (see the module's description); `videos`
-    in priority order."""
+    in priority order. On a `thin` link only the first step is climbed: one picture, the
+    courseware's or (when even that does not fit) the focus's; a board camera that would
+    fit where the teacher's face does not is no better use of the line than the
+    courseware's repairs and keyframes."""
     usable = {c.key: _usable(c) for c in videos}
     videos = [c for c in videos if usable[c.key]]
     focus = [c for c in videos if priority(c) == 0]
@@ -175,6 +179,8 @@ def ladder(videos: list[Candidate]) -> list[tuple[Candidate, str]]:
     first = {c.key for c in focus + content}
     own = [c for c in videos if priority(c) < OTHER_PRIORITY and c.key not in first]
     steps = [(c, usable[c.key][0]) for c in content + focus]
+    if thin:
+        return steps
     steps += [(c, x) for c in focus for x in usable[c.key][1:] if rank(x) <= rank("m")]
     steps += [(c, usable[c.key][0]) for c in own]
     taken = {(c.key, x) for c, x in steps}

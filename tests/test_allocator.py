@@ -100,6 +100,20 @@ def test_the_budget_is_shared_with_the_courseware_first_on_thin_links(
         (234_999, {}, True, shown(courseware="l")),
         # A courseware that cannot fit at all does not take the teacher's picture away.
         (200_000, {"courseware": {"layers": {"h": 300_000}}}, True, shown(teacher_camera="l")),
+        # What the teacher's face could not have is not given to a smaller board picture:
+        # one picture on a thin link, and the rest left for the slides' repairs.
+        (
+            200_000,
+            {"board_camera": {"layers": {"h": 800_000, "l": 60_000}}},
+            True,
+            shown(courseware="l"),
+        ),
+        (
+            235_000,
+            {"board_camera": {"layers": {"h": 800_000, "l": 60_000}}},
+            False,
+            shown(teacher_camera="l", courseware="l"),
+        ),
         # A courseware the subscriber paused leaves the link to the teacher.
         (200_000, {"courseware": {"user_paused": True}}, False, shown(teacher_camera="l")),
         # The called-on classroom ranks with the teacher, so it yields to the slides too.
