@@ -34,6 +34,10 @@ PRIORITY = {"teacher_camera": 0, "program": 0, "courseware": 1, "board_camera": 
 OTHER_PRIORITY = 3
 # The lesson's content: first on a link too thin for it and the teacher's face.
 CONTENT = "courseware"
+# A thin link gives the teacher's face back only when both lowest layers fit with this
+# share to spare: an estimate that touches the line for a second (a probe) would
+# otherwise resume the camera, spend a keyframe and pause it again a second later.
+THIN_EXIT_HEADROOM = 0.15
 # What a layer costs before it has been measured (bits per second).
 DEFAULT_BPS = {"h": 1_500_000, "m": 500_000, "l": 150_000}
 DEFAULT_AUDIO_BPS = 48_000
@@ -124,7 +128,17 @@ def too_thin_for_faces(budget_bps: int, candidates: list[Candidate]) -> bool:
     lowest = sum(
         layer_bps(c, _usable(c)[0]) for c in videos if priority(c) == 0 or c.source == CONTENT
     )
-    return lowest > budget_bps - audio
+    left = budget_bps - audio
+    if _thin_now(videos):
+        left = int(left * (1 - THIN_EXIT_HEADROOM))
+    return lowest > left
+
+
+def _thin_now(videos: list[Candidate]) -> bool:
+    """Whether the last allocation looked thin: the courseware shown, a face paused."""
+    shown = any(c.source == CONTENT and c.current is not None for c in videos)
+    faces = [c for c in videos if priority(c) == 0]
+    return shown and any(c.started and c.current is None for c in faces)
 
 
 def _allocate(

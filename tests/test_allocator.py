@@ -166,6 +166,28 @@ def test_on_a_thin_link_the_courseware_takes_the_teachers_place_even_while_holdi
     assert layers(allocate(200_000, cands, hold=True, keep_bps=keep)) == expected
 
 
+@pytest.mark.parametrize(
+    ("budget", "thin"),
+    [
+        # From thin, the faces come back only with 15 % to spare: 40 k of audio, then
+        # 75 + 120 k must fit in 85 % of what is left.
+        (235_000, True),
+        (269_000, True),
+        (270_000, False),
+    ],
+)
+def test_leaving_a_thin_link_needs_headroom(budget: int, thin: bool) -> None:
+    started = {"started": True}
+    cands = lesson(
+        teacher_camera={**started, "current": None},
+        courseware={**started, "current": "l"},
+    )
+    assert too_thin_for_faces(budget, cands) is thin
+    # Not after a start, nor while the teacher is shown: no headroom asked there.
+    assert not too_thin_for_faces(235_000, lesson())
+    assert not too_thin_for_faces(235_000, lesson(teacher_camera={**started, "current": "l"}))
+
+
 def test_once_the_courseware_has_a_thin_link_the_teacher_returns_only_when_both_fit() -> None:
     started = {"started": True}
     cands = lesson(
