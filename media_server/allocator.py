@@ -135,10 +135,9 @@ def too_thin_for_faces(budget_bps: int, candidates: list[Candidate]) -> bool:
 
 
 def _thin_now(videos: list[Candidate]) -> bool:
-    """Whether the last allocation looked thin: the courseware shown, a face paused."""
-    shown = any(c.source == CONTENT and c.current is not None for c in videos)
-    faces = [c for c in videos if priority(c) == 0]
-    return shown and any(c.started and c.current is None for c in faces)
+    """Whether the last allocation was thin: a face paused for bandwidth (with the
+    courseware shown, or with nothing shown when the estimate touched its floor)."""
+    return any(c.started and c.current is None for c in videos if priority(c) == 0)
 
 
 def _allocate(

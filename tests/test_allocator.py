@@ -176,11 +176,16 @@ def test_on_a_thin_link_the_courseware_takes_the_teachers_place_even_while_holdi
         (270_000, False),
     ],
 )
-def test_leaving_a_thin_link_needs_headroom(budget: int, thin: bool) -> None:
+@pytest.mark.parametrize("courseware", ["l", None])
+def test_leaving_a_thin_link_needs_headroom(
+    budget: int, thin: bool, courseware: str | None
+) -> None:
+    # The courseware shown and the teacher paused; or both paused, when the estimate
+    # fell to its floor and now jumps back up for a second.
     started = {"started": True}
     cands = lesson(
         teacher_camera={**started, "current": None},
-        courseware={**started, "current": "l"},
+        courseware={**started, "current": courseware},
     )
     assert too_thin_for_faces(budget, cands) is thin
     # Not after a start, nor while the teacher is shown: no headroom asked there.
