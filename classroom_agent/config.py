@@ -26,6 +26,7 @@ standard recording-classroom set, a point its camera and microphone)::
     height = 720
     fps = 30
     layers = ["h", "l"]         # simulcast: h = as configured, m = 360p, l = 180p
+                                # (screen content: every layer at full resolution)
 
 Errors name the offending key, e.g. ``source 'board_camera': unknown key 'bitrate'``.
 """
@@ -51,16 +52,24 @@ CONTENT_TYPES = ("camera", "screen")
 AUDIO_TYPES = ("synthetic", "alsa", "pulse")
 PASSTHROUGH_TYPES = ("file", "rtsp")
 VIDEO_CODECS = ("h264", "vp8")
-# Lower simulcast layers: (height, bitrate_kbps, fps); width follows the aspect ratio.
 CAMERA_KEYFRAME_S = 2.0
 # A slide changes rarely; a keyframe of sharp text is large, so send one less often
 # (a subscriber that joins asks for one anyway).
 SCREEN_KEYFRAME_S = 6.0
 # A point on a 2 Mbit/s line receives the teacher's top layer, the courseware, the board's
 # lowest layer and audio: 1200 + 300 + 120 + 32 kbit/s of media, about 1.8 Mbit/s with
-# RTP/SRTP/UDP headers and audio's RED. On 1 Mbit/s: the teacher's 360p layer (450)
-# and the courseware.
+# RTP/SRTP/UDP headers and audio's RED. On 1 Mbit/s: the teacher's 360p layer (450), the
+# courseware's low layer and the board's lowest.
+# Lower simulcast layers: (height, bitrate_kbps, fps); width follows the aspect ratio.
 LAYER_PRESETS: dict[str, tuple[int, int, float]] = {"m": (360, 450, 30.0), "l": (180, 120, 15.0)}
+# Lower layers of screen content: (bitrate_kbps, fps) at full resolution, because a
+# slide scaled down to 180p cannot be read; a slide changes rarely, so fewer frames cost
+# little. The low layer is what a 1 Mbit/s point receives beside the teacher's 360p and
+# the board (3 fps keeps the courseware above 2 fps through losses), and what a
+# 256 kbit/s point receives instead of any camera: 70 kbit/s next to audio fits the
+# ~130 kbit/s the SFU estimates on a 256 kbit/s line with 10 % loss. A slide standing
+# still costs far less; only a changing screen fills it.
+SCREEN_LAYER_PRESETS: dict[str, tuple[int, float]] = {"m": (150, 3.0), "l": (70, 3.0)}
 
 
 class ConfigError(ValueError):
@@ -170,7 +179,11 @@ def default_sources(
         # best one its link carries, and the agent stops encoding those nobody receives.
         video("teacher_camera", "/dev/video0", bitrate_kbps=1200, layers=["h", "m", "l"], seed=1),
         video("board_camera", "/dev/video2", bitrate_kbps=800, layers=["h", "l"], seed=2),
-        video("courseware", "", bitrate_kbps=300, fps=5.0, content="screen", seed=3),
+        # Courseware in two layers, both at full resolution (slides stay readable): 5 fps,
+        # and 3 fps at a quarter of the bitrate for thin links.
+        video(
+            "courseware", "", bitrate_kbps=300, fps=5.0, content="screen", layers=["h", "l"], seed=3
+        ),
         audio("classroom_mic"),
     ]
 
@@ -390,6 +403,9 @@ def make_source(cfg: SourceConfig, on_state: StateCallback | None = None) -> Med
 def _layer_size(cfg: SourceConfig, layer: str) -> tuple[int, int, int, float]:
     if layer == "h":
         return cfg.width, cfg.height, cfg.bitrate_kbps, cfg.fps
+    if cfg.content == "screen":
+        kbps, fps = SCREEN_LAYER_PRESETS[layer]
+        return cfg.width, cfg.height, min(kbps, cfg.bitrate_kbps), min(fps, cfg.fps)
     height, kbps, fps = LAYER_PRESETS[layer]
     height = min(height, cfg.height)
     width = round(cfg.width * height / cfg.height / 2) * 2

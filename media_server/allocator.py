@@ -3,17 +3,26 @@
 Order of need, from the lesson's point of view: audio always (a lesson without sound is
 no lesson; a lesson without a picture still is); then the teacher camera and the
 called-on classroom's camera (the lesson's focus), the courseware, the board camera,
-then other classrooms' cameras. Every video gets
-the best layer that fits in that order, as long as the lowest layers of the lesson's
-own sources further down stay affordable, so the teacher is sharp and the courseware
-and board still have a picture. A source that does not fit even at its lowest layer is
-paused for bandwidth, and the subscriber is told so. Layers drop at once; they rise
-only when the caller says the estimate has been stable long enough (`hold=False`), so
-the picture does not flap. And they drop only when what is already being sent no
-longer fits in `keep_bps` (a little more than the budget, when nothing says the link is
-congested): a layer's measured rate swells with its keyframes and the estimate dips
-and recovers between loss-free seconds, and a cut costs a keyframe and seconds of a
-lower picture before the next rise.
+then other classrooms' cameras. Layers are handed out one at a time in that order of
+need, each only if it fits in what is left (`ladder`):
+
+1. the courseware's lowest layer, then the lowest layers of the lesson's focus: on a
+   link too thin for both, the slides are shown and the teacher is heard, and no other
+   camera takes what is left (issue 8: at 256 kbit/s the courseware shows and every
+   camera is paused);
+2. the focus up to its middle layer (360p: a face and gestures one can follow);
+3. the lowest layers of the rest of the lesson's own sources (the board);
+4. every source through the rest of its layers, by priority, other classrooms last.
+
+So the teacher is sharp and the courseware and board still have a picture when the
+link carries them, and a 1 Mbit/s point gets the teacher at 360p before the board at
+180p. A source that gets no layer is paused for bandwidth, and the subscriber is told
+so. Layers drop at once; they rise only when the caller says the estimate has been
+stable long enough (`hold=False`), so the picture does not flap. And they drop only
+when what is already being sent no longer fits in `keep_bps` (a little more than the
+budget, when nothing says the link is congested): a layer's measured rate swells with
+its keyframes and the estimate dips and recovers between loss-free seconds, and a cut
+costs a keyframe and seconds of a lower picture before the next rise.
 """
 
 from __future__ import annotations
@@ -23,6 +32,12 @@ from dataclasses import dataclass
 LAYERS_LOW_TO_HIGH = ("l", "m", "h")
 PRIORITY = {"teacher_camera": 0, "program": 0, "courseware": 1, "board_camera": 2}
 OTHER_PRIORITY = 3
+# The lesson's content: first on a link too thin for it and the teacher's face.
+CONTENT = "courseware"
+# A thin link gives the teacher's face back only when both lowest layers fit with this
+# share to spare: an estimate that touches the line for a second (a probe) would
+# otherwise resume the camera, spend a keyframe and pause it again a second later.
+THIN_EXIT_HEADROOM = 0.15
 # What a layer costs before it has been measured (bits per second).
 DEFAULT_BPS = {"h": 1_500_000, "m": 500_000, "l": 150_000}
 DEFAULT_AUDIO_BPS = 48_000
@@ -85,12 +100,15 @@ def current_cost(c: Candidate) -> int:
 def allocate(
     budget_bps: int, candidates: list[Candidate], *, hold: bool, keep_bps: int | None = None
 ) -> dict[str, Decision]:
-    decisions = _allocate(budget_bps, candidates, hold=hold)
+    # Judged on the budget alone, so that keeping what is sent (below) cannot hold the
+    # teacher's face on a link that the courseware should have.
+    thin = too_thin_for_faces(budget_bps, candidates)
+    decisions = _allocate(budget_bps, candidates, hold=hold, thin=thin)
     if keep_bps is None or not any(_lowers(c, decisions[c.key]) for c in candidates):
         return decisions
     if sum(current_cost(c) for c in candidates) > keep_bps:
         return decisions
-    return _allocate(keep_bps, candidates, hold=True)
+    return _allocate(keep_bps, candidates, hold=True, thin=thin)
 
 
 def _lowers(c: Candidate, d: Decision) -> bool:
@@ -99,7 +117,32 @@ def _lowers(c: Candidate, d: Decision) -> bool:
     return d.paused or (d.layer is not None and rank(d.layer) < rank(c.current))
 
 
-def _allocate(budget_bps: int, candidates: list[Candidate], *, hold: bool) -> dict[str, Decision]:
+def too_thin_for_faces(budget_bps: int, candidates: list[Candidate]) -> bool:
+    """Whether what is left after audio cannot carry the lowest layers of the lesson's
+    focus (teacher camera, called-on classroom) and of its courseware together."""
+    active = [c for c in candidates if not c.user_paused]
+    audio = sum(current_cost(c) for c in active if c.kind == "audio")
+    videos = [c for c in active if c.kind != "audio" and _usable(c)]
+    if not any(c.source == CONTENT for c in videos):
+        return False
+    lowest = sum(
+        layer_bps(c, _usable(c)[0]) for c in videos if priority(c) == 0 or c.source == CONTENT
+    )
+    left = budget_bps - audio
+    if _thin_now(videos):
+        left = int(left * (1 - THIN_EXIT_HEADROOM))
+    return lowest > left
+
+
+def _thin_now(videos: list[Candidate]) -> bool:
+    """Whether the last allocation was thin: a face paused for bandwidth (with the
+    courseware shown, or with nothing shown when the estimate touched its floor)."""
+    return any(c.started and c.current is None for c in videos if priority(c) == 0)
+
+
+def _allocate(
+    budget_bps: int, candidates: list[Candidate], *, hold: bool, thin: bool
+) -> dict[str, Decision]:
     decisions: dict[str, Decision] = {}
     remaining = budget_bps
     videos: list[Candidate] = []
@@ -114,31 +157,45 @@ def _allocate(budget_bps: int, candidates: list[Candidate], *, hold: bool) -> di
         else:
             videos.append(c)
     videos.sort(key=lambda c: (priority(c), c.key))
-
-    # In priority order, each video takes the best layer that still leaves the lowest
-    # layers of the lesson's own sources below it (teacher camera, courseware, board)
-    # affordable; one that cannot, takes its lowest layer if that fits, or pauses.
-    reserve = sum(
-        layer_bps(c, _usable(c)[0]) for c in videos if _usable(c) and priority(c) < OTHER_PRIORITY
-    )
     given: dict[str, str] = {}
-    for c in videos:
-        layers = _usable(c)
-        if not layers:
+    for c, layer in ladder(videos, thin=thin):
+        if hold and c.started and c.current is None and not (thin and c.source == CONTENT):
+            # Paused for bandwidth: resumes only when the estimate is stable. Not the
+            # courseware on a thin link: it goes before the cameras there, and resumes
+            # only at a layer that fits.
             continue
-        if priority(c) < OTHER_PRIORITY:
-            reserve -= layer_bps(c, layers[0])
-        if hold and c.started and c.current is None:
-            continue  # paused for bandwidth: resumes only when the estimate is stable
-        if hold and c.current is not None:
-            layers = [x for x in layers if rank(x) <= rank(c.current)] or layers[:1]
-        choice = next((x for x in reversed(layers) if layer_bps(c, x) <= remaining - reserve), None)
-        if choice is None and layer_bps(c, layers[0]) <= remaining:
-            choice = layers[0]
-        if choice is not None:
-            given[c.key] = choice
-            remaining -= layer_bps(c, choice)
+        if hold and c.current is not None and rank(layer) > rank(c.current):
+            continue
+        before = given.get(c.key)
+        if before is not None and rank(before) >= rank(layer):
+            continue
+        extra = layer_bps(c, layer) - (layer_bps(c, before) if before is not None else 0)
+        if extra <= remaining:
+            given[c.key] = layer
+            remaining -= extra
     for c in videos:
         chosen = given.get(c.key)
         decisions[c.key] = Decision(layer=chosen, paused=chosen is None)
     return decisions
+
+
+def ladder(videos: list[Candidate], *, thin: bool = False) -> list[tuple[Candidate, str]]:
+    """The order in which layers are handed out (see the module's description); `videos`
+    in priority order. On a `thin` link only the first step is climbed: one picture, the
+    courseware's or (when even that does not fit) the focus's; a board camera that would
+    fit where the teacher's face does not is no better use of the line than the
+    courseware's repairs and keyframes."""
+    usable = {c.key: _usable(c) for c in videos}
+    videos = [c for c in videos if usable[c.key]]
+    focus = [c for c in videos if priority(c) == 0]
+    content = [c for c in videos if c.source == CONTENT and priority(c) != 0]
+    first = {c.key for c in focus + content}
+    own = [c for c in videos if priority(c) < OTHER_PRIORITY and c.key not in first]
+    steps = [(c, usable[c.key][0]) for c in content + focus]
+    if thin:
+        return steps
+    steps += [(c, x) for c in focus for x in usable[c.key][1:] if rank(x) <= rank("m")]
+    steps += [(c, usable[c.key][0]) for c in own]
+    taken = {(c.key, x) for c, x in steps}
+    steps += [(c, x) for c in videos for x in usable[c.key] if (c.key, x) not in taken]
+    return steps

@@ -343,13 +343,17 @@ class SubscriberBandwidth:
         for d in downtracks:
             assert d.source is not None
             fwd = d.forwarder
-            reason = "subscriber" if fwd.paused_by_user else "bandwidth" if fwd.paused else None
-            layer = None if fwd.paused else d.source.best_layer(fwd.ceiling)
+            # A video picked up again is paused for the subscriber until its keyframe
+            # arrives: the picture has not moved since the pause (thin-link resumes wait
+            # for the publisher to restart an idle layer).
+            paused = fwd.paused or (fwd.resuming and d.source.kind == "video")
+            reason = "subscriber" if fwd.paused_by_user else "bandwidth" if paused else None
+            layer = None if paused else d.source.best_layer(fwd.ceiling)
             tracks.append(
                 {
                     "track": d.source.track_id,
                     "layer": layer.layer if layer is not None else None,
-                    "paused": fwd.paused,
+                    "paused": paused,
                     "reason": reason,
                 }
             )

@@ -79,6 +79,12 @@ class Forwarder:
     def ceiling(self) -> str | None:
         return lower(self.pinned, self.allocated)
 
+    @property
+    def resuming(self) -> bool:
+        """Wanted again after a pause (or after its layer went away) but still waiting
+        for the keyframe to restart at: the subscriber's picture has not moved since."""
+        return self.current is None and self.target is not None and self._last_seq >= 0
+
     def retarget(self, best: Layer | None) -> bool:
         """Move towards `best` (None: stop). True when a keyframe of `best` is needed."""
         if self.paused or best is None:

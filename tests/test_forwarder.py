@@ -105,8 +105,22 @@ def test_pause_stops_and_resume_restarts_at_a_keyframe_without_a_sequence_gap() 
     fwd.paused_by_allocator = False
     assert fwd.retarget(up) is True
     assert out(fwd.translate(up, 4, 9000, False)) is None
+    # Until the keyframe the picture is still the one from before the pause: the
+    # subscriber is told it is paused, not shown a frozen picture as live.
+    assert fwd.resuming
     resumed = out(fwd.translate(up, 5, 12000, True))
     assert resumed is not None and resumed[0] == (first[0] + 1) & 0xFFFF
+    assert not fwd.resuming
+
+
+def test_a_first_start_is_not_a_resume() -> None:
+    up = Layer("h")
+    fwd = Forwarder(clock=Clock())
+    assert not fwd.resuming
+    fwd.retarget(up)
+    assert not fwd.resuming  # waiting for the first picture: the page says "waiting"
+    fwd.translate(up, 1, 0, True)
+    assert not fwd.resuming
 
 
 def test_a_nack_maps_back_only_to_the_packet_that_was_sent_under_that_number() -> None:

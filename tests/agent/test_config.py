@@ -115,10 +115,13 @@ def test_role_defaults() -> None:
         ("board_camera", "h", "video", "h264", 1280, 720, 800),
         ("board_camera", "l", "video", "h264", 320, 180, 120),
         ("courseware", "h", "video", "h264", 1280, 720, 300),
+        ("courseware", "l", "video", "h264", 1280, 720, 70),
         ("classroom_mic", "h", "audio", "opus", 0, 0, 32),
     ]
-    # Courseware is screen content: full resolution, low frame rate, rarer keyframes.
+    # Courseware is screen content: full resolution at a low frame rate, in every layer
+    # (a slide scaled to 180p cannot be read); the thin links' layer has fewer frames.
     assert tracks[5].track.fps == 5.0
+    assert tracks[6].track.fps == 3.0
     assert master.sources[2].content == "screen"
     # Both teacher camera layers read the same capture.
     assert tracks[0].media_source is tracks[1].media_source
@@ -158,5 +161,14 @@ def test_a_2_mbit_point_fits_the_teachers_top_layer_next_to_courseware_board_and
     )
     audio_on_wire = 2 * tracks[("classroom_mic", "h")] + 28  # RED doubles it; 50 headers/s
     assert video * 1.06 + audio_on_wire <= 1850
-    # And a 1 Mbit/s point fits the teacher's 360p layer and the courseware.
-    assert (tracks[("teacher_camera", "m")] + tracks[("courseware", "h")]) * 1.06 + 92 <= 950
+    # A 1 Mbit/s point fits the teacher's 360p layer, the courseware's low layer and the
+    # board's lowest (the estimate of a lossy 1 Mbit/s link is below the link).
+    video = (
+        tracks[("teacher_camera", "m")]
+        + tracks[("courseware", "l")]
+        + tracks[("board_camera", "l")]
+    )
+    assert video * 1.06 + audio_on_wire <= 850
+    # A 256 kbit/s point fits the courseware's low layer beside audio, with room for
+    # the repair of 10 % loss.
+    assert tracks[("courseware", "l")] * 1.06 + audio_on_wire <= 0.8 * 256
