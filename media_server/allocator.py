@@ -104,9 +104,15 @@ def allocate(
     # teacher's face on a link that the courseware should have.
     thin = too_thin_for_faces(budget_bps, candidates)
     decisions = _allocate(budget_bps, candidates, hold=hold, thin=thin)
-    if keep_bps is None or not any(_lowers(c, decisions[c.key]) for c in candidates):
+    lowered = [priority(c) for c in candidates if _lowers(c, decisions[c.key])]
+    if keep_bps is None or not lowered:
         return decisions
     if sum(current_cost(c) for c in candidates) > keep_bps:
+        return decisions
+    # A source lowered to let one the lesson needs more rise is a trade into the lesson's
+    # order, not a dip to ride out: keeping would leave the board sharp and the teacher
+    # blurred after the estimate recovers.
+    if any(_rises(c, decisions[c.key]) and priority(c) < max(lowered) for c in candidates):
         return decisions
     return _allocate(keep_bps, candidates, hold=True, thin=thin)
 
@@ -115,6 +121,12 @@ def _lowers(c: Candidate, d: Decision) -> bool:
     if not c.started or c.kind == "audio" or c.current is None:
         return False
     return d.paused or (d.layer is not None and rank(d.layer) < rank(c.current))
+
+
+def _rises(c: Candidate, d: Decision) -> bool:
+    if not c.started or c.kind == "audio" or d.paused or d.layer is None:
+        return False
+    return c.current is None or rank(d.layer) > rank(c.current)
 
 
 def too_thin_for_faces(budget_bps: int, candidates: list[Candidate]) -> bool:

@@ -250,3 +250,27 @@ async def test_a_resumed_picture_is_reported_paused_until_its_keyframe_is_sent()
     assert state(2.0) is None  # unchanged: still paused
     up.on_rtp(rtp(4, 9000, 1111, VP8_KEY), 0)
     assert state(3.0) == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("hold", "expected"),
+    [
+        # The estimate is back and stable: the teacher rises to 720p and the board goes
+        # back to its lowest layer to make room, although what is sent would still fit.
+        (False, {"teacher_camera": "h", "courseware": "h", "board_camera": "l"}),
+        # Still holding after a drop: nothing rises, and what is sent stays.
+        (True, {"teacher_camera": "m", "courseware": "h", "board_camera": "h"}),
+    ],
+)
+def test_keeping_what_is_sent_never_holds_the_teacher_below_the_board(
+    hold: bool, expected: dict[str, str | None]
+) -> None:
+    # After an estimate dip the teacher fell to 360p while the board kept its 720p.
+    started = {"started": True}
+    cands = lesson(
+        teacher_camera={**started, "current": "m"},
+        courseware={**started, "current": "h"},
+        board_camera={**started, "current": "h"},
+    )
+    got = layers(allocate(1_700_000, cands, hold=hold, keep_bps=1_900_000))
+    assert {k: got[k] for k in expected} == expected
