@@ -27,9 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-# Time a gap in video waits for the retransmission the receiver NACKs: an RTT (up to
-# ~600 ms on the rural links) plus the SFU's pacing; longer holds the picture back.
-VIDEO_MAX_WAIT_S = 0.7
+# Time a gap in video waits for the retransmission the receiver NACKs: on a 10 % loss
+# line a retransmission is itself lost one time in ten and aiortc NACKs again only with
+# the next new gap, so allow two rounds of an RTT (up to ~600 ms on the rural links)
+# and the SFU's pacing. Giving up costs a keyframe, which on a 256 kbit/s line is the
+# longer wait (0.7 s here: courseware 0.5 fps; Chromium waits longer still).
+VIDEO_MAX_WAIT_S = 1.5
 # Audio is not retransmitted: a gap only waits for packets the network reordered.
 AUDIO_REORDER_PACKETS = 3
 AUDIO_MAX_WAIT_S = 0.1
