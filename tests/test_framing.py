@@ -184,3 +184,36 @@ def test_audio_gap_waits_at_most_the_reorder_window() -> None:
 )
 def test_keyframe_start(codec: str, payload: bytes, key: bool) -> None:
     assert keyframe_start(codec, payload) is key
+
+
+def test_aiortc_receiver_decodes_every_frame_the_buffer_completes() -> None:
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+    from tongke import rtc_internals
+
+    class Transport:
+        state = "new"
+
+    receiver = RTCRtpReceiver("video", Transport())  # type: ignore[arg-type]
+    clock = Clock()
+    assert rtc_internals.use_frame_buffer(receiver, lambda: video(clock))
+    assert not rtc_internals.use_frame_buffer(receiver, lambda: video(clock))  # once
+    # Filled by receive() and its decoder thread in a real session.
+    receiver._RTCRtpReceiver__codecs[96] = RTCRtpCodecParameters(  # type: ignore[attr-defined]
+        mimeType="video/H264", clockRate=90000, payloadType=96
+    )
+    receiver._RTCRtpReceiver__decoder_thread = object()  # type: ignore[attr-defined]
+    assert rtc_internals.receiver_codec(receiver, 96) == "h264"
+    buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    queue = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+    buffer.add(Pkt(1, 1000, payload=KEY, _data=b"k"))
+    buffer.add(Pkt(3, 3000, _data=b"c"))
+    ask, frame = buffer.add(Pkt(2, 2000, _data=b"b"))  # completes two frames at once
+    assert (ask, frame) == (False, None)  # aiortc's own queueing gets nothing to do
+    queued = [queue.get_nowait() for _ in range(queue.qsize())]
+    assert [(codec.name, f.data, f.timestamp) for codec, f in queued] == [
+        ("H264", b"k", 0),
+        ("H264", b"b", 1000),
+        ("H264", b"c", 2000),
+    ]
