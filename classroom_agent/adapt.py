@@ -65,20 +65,6 @@ def parse_feedback(message: dict[str, Any]) -> Feedback:
     return Feedback(bitrate_bps=bitrate, idle=frozenset(idle))
 
 
-def start_kbps(configured_kbps: int, role: str) -> int:
-    """The bitrate a video layer starts at on a new connection, before any feedback.
-
-    A master's line is sized for its classroom. A teaching point's may be a 256 kbit/s
-    line: its 500 kbit/s camera at full rate for the ~10 s the SFU's first estimates
-    take flooded that uplink, and the lesson's own signalling (the WebSocket's
-    heartbeat) starved behind it until the connection dropped and the next connection
-    flooded again. A point starts at its floor; publish_feedback raises it.
-    """
-    if role != "point":
-        return configured_kbps
-    return min(configured_kbps, max(MIN_KBPS, round(configured_kbps * FLOOR_SHARE)))
-
-
 def plan(layers: Iterable[Layer], feedback: Feedback) -> dict[tuple[str, str], int | None]:
     """The bitrate (kbps) for every layer, or None for a layer to stop encoding."""
     layers = list(layers)

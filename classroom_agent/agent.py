@@ -24,7 +24,7 @@ import aiohttp
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from classroom_agent.adapt import FeedbackError, Layer, parse_feedback, plan, start_kbps
+from classroom_agent.adapt import FeedbackError, Layer, parse_feedback, plan
 from classroom_agent.client import ClientEvents, LessonClient, LessonError, Publication, RemoteTrack
 from classroom_agent.config import AgentConfig, PublishedTrack, build_tracks
 from classroom_agent.framing import FrameBuffer, keyframe_start
@@ -431,9 +431,8 @@ class ClassroomAgent:
         for published in self.tracks:
             if published.kind == "video":
                 published.track.set_idle(False)
-                kbps = start_kbps(published.bitrate_kbps, self.config.role)
-                if published.track.bitrate_kbps != kbps:
-                    published.track.set_bitrate(kbps)
+                if published.track.bitrate_kbps != published.bitrate_kbps:
+                    published.track.set_bitrate(published.bitrate_kbps)
         self.status.uplink_estimate_bps = None
 
     async def _stop_consumers(self) -> None:
