@@ -540,7 +540,13 @@ class _AssemblerInPlace:
         self._assembler = assembler
 
     def add(self, packet: Any) -> tuple[bool, None]:
-        ask_keyframe, frames = self._assembler.add(packet)
+        try:
+            ask_keyframe, frames = self._assembler.add(packet)
+        except Exception:
+            # Raised out of aiortc's RTP handler it would end the DTLS transport.
+            HANDLER_ERRORS["frame_buffer"] += 1
+            log.exception("frame buffer failed; packet dropped")
+            return False, None
         receiver = self._receiver
         if frames and getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is not None:
             codecs = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
