@@ -42,10 +42,10 @@ class KeyframeGate:
         since = max(self.last_sent, last_keyframe_at)
         return max(0.0, since + self.spacing_s - now)
 
-    def sent(self, now: float, *, repair: bool = True) -> None:
+    def sent(self, now: float) -> None:
         """A request went on at `now`; a repair soon after the last one backs off."""
         gap = now - self.last_sent
-        if self.backoff_max_s > self.interval_s and repair:
+        if self.backoff_max_s > self.interval_s:
             if gap > self.calm_s:
                 self.current_s = self.interval_s
             elif gap < 2 * self.spacing_s:
