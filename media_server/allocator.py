@@ -104,7 +104,7 @@ def allocate(
     # teacher's face on a link that the courseware should have.
     thin = too_thin_for_faces(budget_bps, candidates)
     decisions = _allocate(budget_bps, candidates, hold=hold, thin=thin)
-    lowered = [priority(c) for c in candidates if _lowers(c, decisions[c.key])]
+    lowered = [priority(c) for c in candidates if lowers(c, decisions[c.key])]
     if keep_bps is None or not lowered:
         return decisions
     if sum(current_cost(c) for c in candidates) > keep_bps:
@@ -112,18 +112,20 @@ def allocate(
     # A source lowered to let one the lesson needs more rise is a trade into the lesson's
     # order, not a dip to ride out: keeping would leave the board sharp and the teacher
     # blurred after the estimate recovers.
-    if any(_rises(c, decisions[c.key]) and priority(c) < max(lowered) for c in candidates):
+    if any(rises(c, decisions[c.key]) and priority(c) < max(lowered) for c in candidates):
         return decisions
     return _allocate(keep_bps, candidates, hold=True, thin=thin)
 
 
-def _lowers(c: Candidate, d: Decision) -> bool:
+def lowers(c: Candidate, d: Decision) -> bool:
+    """Whether `d` takes a started video below the layer it had (or pauses it)."""
     if not c.started or c.kind == "audio" or c.current is None:
         return False
     return d.paused or (d.layer is not None and rank(d.layer) < rank(c.current))
 
 
-def _rises(c: Candidate, d: Decision) -> bool:
+def rises(c: Candidate, d: Decision) -> bool:
+    """Whether `d` gives a started video a better layer than it had (or resumes it)."""
     if not c.started or c.kind == "audio" or d.paused or d.layer is None:
         return False
     return c.current is None or rank(d.layer) > rank(c.current)

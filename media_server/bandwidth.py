@@ -14,7 +14,14 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from media_server.allocator import Candidate, Decision, allocate, layer_bps, rank
+from media_server.allocator import (
+    Candidate,
+    allocate,
+    layer_bps,
+    lowers,
+    rank,
+    rises,
+)
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import INITIAL_BPS, DownlinkEstimator
@@ -161,8 +168,8 @@ class SubscriberBandwidth:
         lowered = raised = False
         for down, cand in zip(active, candidates, strict=True):
             decision = decisions[cand.key]
-            lowered |= self._lowered(cand, decision)
-            raised |= self._raised(cand, decision)
+            lowered |= lowers(cand, decision)
+            raised |= rises(cand, decision)
             down.allocate(decision.layer, decision.paused)
             self._started.add(cand.key)
         if lowered:
@@ -319,24 +326,6 @@ class SubscriberBandwidth:
             started=source.track_id in self._started,
             focus=self.focus(source),
         )
-
-    @staticmethod
-    def _raised(cand: Candidate, decision: Decision) -> bool:
-        if not cand.started or cand.kind == "audio" or decision.paused:
-            return False
-        if cand.current is None or decision.layer is None:
-            return decision.layer is not None
-        return rank(decision.layer) > rank(cand.current)
-
-    @staticmethod
-    def _lowered(cand: Candidate, decision: Decision) -> bool:
-        if not cand.started or cand.kind == "audio":
-            return False
-        if decision.paused:
-            return cand.current is not None
-        if cand.current is None or decision.layer is None:
-            return False
-        return rank(decision.layer) < rank(cand.current)
 
     def _message(self, downtracks: Sequence[DownTrack], estimate_bps: int) -> dict[str, Any] | None:
         tracks = []
