@@ -2,6 +2,7 @@
 
     python bench/fanout.py --subscribers 50 --seconds 30 [--json]
     python bench/fanout.py --subscribers 50 --seconds 20 --compare adaptive|recording --rounds 2 --json
+    python bench/fanout.py --subscribers 150 --seconds 10 --baseline REV --rounds 6 --json
 
 The publisher sends a pre-encoded 1280x720 30 fps H.264 stream (~1.5 Mbit/s) plus Opus;
 nothing is encoded at run time. Subscribers count packets (no decoding). The server
@@ -12,6 +13,13 @@ runs in its own process on CPU 0 (taskset), this load generator on CPU 1.
 the server recorder off and on (TONGKE_SERVER_RECORDING), `--rounds` times each, and
 reports the median of each and their ratio: on a shared machine one run of each is not a
 comparison. Without `--compare` the server records (its default).
+
+`--baseline REV` alternates a server run from git commit REV (extracted to a temporary
+tree) with one run from this tree, the same load generator driving both: how much a change
+costs per packet, measured within one run on one machine. Both servers run without the
+server recorder (an older baseline has none, and it is not forwarding), each with its
+other defaults; each run's loss is reported so that a cheaper server is not one that
+dropped packets.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -219,13 +229,16 @@ async def measure(
     return Window(t0, t1, cpu0, cpu1, forwarded, received, expected, end)
 
 
-async def run(subscribers: int, seconds: float, quiet: bool) -> dict:
+async def run(subscribers: int, seconds: float, quiet: bool, root: Path | None = None) -> dict:
+    """`root`: the source tree the server runs from (default: this one)."""
     use_host_addresses(["127.0.0.1"])
     multi_cpu = (os.cpu_count() or 1) > 1
     if multi_cpu:
         os.sched_setaffinity(0, {1})
     data_dir = Path(tempfile.mkdtemp(prefix="tongke-bench-"))
-    server = start_server_process(data_dir, cpu=0 if multi_cpu else None)
+    server = start_server_process(
+        data_dir, cpu=0 if multi_cpu else None, **({"root": root} if root else {})
+    )
     pid = server.proc.pid  # taskset execs the server, so this is the server itself
     room = "bench"
     server.open_room(room)
@@ -295,6 +308,51 @@ def compare(setting: str, subscribers: int, seconds: float, rounds: int, quiet: 
     }
 
 
+def extract(rev: str) -> Path:
+    """Commit `rev` of this repository as a plain tree in a temporary directory."""
+    repo = Path(__file__).resolve().parent.parent
+    tree = Path(tempfile.mkdtemp(prefix="tongke-baseline-"))
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def against_baseline(rev: str, subscribers: int, seconds: float, rounds: int, quiet: bool) -> dict:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", rev], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    tree = extract(rev)
+    runs: dict[str, list[dict]] = {"baseline": [], "this": []}
+    os.environ[SETTINGS["recording"]] = "0"
+    try:
+        for _ in range(rounds):
+            runs["baseline"].append(asyncio.run(run(subscribers, seconds, quiet, root=tree)))
+            runs["this"].append(asyncio.run(run(subscribers, seconds, quiet)))
+    finally:
+        os.environ.pop(SETTINGS["recording"], None)
+        shutil.rmtree(tree, ignore_errors=True)
+
+    def median_us(which: str) -> float:
+        return statistics.median(r["us_per_packet"] or 0.0 for r in runs[which])
+
+    base, this = median_us("baseline"), median_us("this")
+    return {
+        "baseline": commit,
+        "subscribers": subscribers,
+        "seconds": seconds,
+        "rounds": rounds,
+        "us_per_packet_baseline": round(base, 2),
+        "us_per_packet_this": round(this, 2),
+        "ratio_this_baseline": round(this / base, 3) if base else None,
+        "baseline_runs": [r["us_per_packet"] for r in runs["baseline"]],
+        "this_runs": [r["us_per_packet"] for r in runs["this"]],
+        "loss_baseline": max(r["loss"] or 0.0 for r in runs["baseline"]),
+        "loss_this": max(r["loss"] or 0.0 for r in runs["this"]),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=50)
@@ -308,10 +366,21 @@ def main() -> int:
     parser.add_argument(
         "--compare-adaptive", action="store_true", help="the same as --compare adaptive"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="alternate a server run from this git commit with this tree's (medians, ratio)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     setting = "adaptive" if args.compare_adaptive else args.compare
-    if setting:
+    if setting and args.baseline:
+        parser.error("--baseline and --compare each alternate two servers: choose one")
+    if args.baseline:
+        result = against_baseline(
+            args.baseline, args.subscribers, args.seconds, args.rounds, quiet=args.json
+        )
+    elif setting:
         result = compare(setting, args.subscribers, args.seconds, args.rounds, quiet=args.json)
     else:
         result = asyncio.run(run(args.subscribers, args.seconds, quiet=args.json))

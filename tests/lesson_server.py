@@ -74,11 +74,13 @@ def start_server_process(
     recording: bool = True,
     stderr: Path | None = None,
     prefix: list[str] | None = None,
+    root: Path = ROOT,
 ) -> ServerProcess:
     """`recording=False`: the server does not record its lessons (`server_recording`).
     `stderr`: a file for the server's log (benchmarks count its tracebacks).
-    `prefix` runs the server under another command, e.g. `ip netns exec NAME`."""
-    env = {**os.environ, "TONGKE_SECRET": TEST_SECRET, "PYTHONPATH": str(ROOT)}
+    `prefix` runs the server under another command, e.g. `ip netns exec NAME`.
+    `root`: the source tree the server runs from (a benchmark's baseline commit)."""
+    env = {**os.environ, "TONGKE_SECRET": TEST_SECRET, "PYTHONPATH": str(root)}
     if not recording:
         env["TONGKE_SERVER_RECORDING"] = "false"
     cmd = [
@@ -94,14 +96,15 @@ def start_server_process(
         "127.0.0.1",
         *(extra or []),
     ]
-    if "--workers" not in cmd:
-        # The suite tests the one-process server; tests/test_workers.py the workers.
+    if "--workers" not in cmd and "--workers" in (root / "media_server" / "cli.py").read_text():
+        # The suite tests the one-process server; tests/test_workers.py the workers. (A
+        # benchmark's baseline commit may predate the option, and then has one process.)
         cmd += ["--workers", "1"]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     cmd = [*(prefix or []), *cmd]
     err = open(stderr, "a") if stderr is not None else None
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True, cwd=root)
     if err is not None:
         err.close()
     assert proc.stdout is not None
