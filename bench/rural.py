@@ -567,6 +567,11 @@ def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
                 for t in p.get("tracks", [])
                 if t.get("track")
             },
+            "kf_asked": {
+                t["track"].split("/")[-1]: t.get("keyframes_asked")
+                for t in p.get("tracks", [])
+                if t.get("track")
+            },
             "layers": layers,
             "layer_kbps": {
                 src: {k: v // 1000 for k, v in rates.items()}

@@ -91,7 +91,8 @@ class DownTrackStats:
     retransmitted: int = 0
     retransmit_refused: int = 0  # not cached, too soon after the last resend, or over budget
     probes: int = 0  # packets sent only to probe the link's headroom
-    keyframe_requests: int = 0
+    keyframe_requests: int = 0  # PLI/FIR from the receiver
+    keyframes_asked: int = 0  # sent upstream for this receiver: its joins, switches, repairs
     fraction_lost: float = 0.0
     jitter: int = 0
     rtt_ms: float | None = None
@@ -225,7 +226,7 @@ class DownTrack:
         if fwd.target is not None:
             fwd.target.attach(self)  # type: ignore[attr-defined]
         if need_key and best is not None and best.video:
-            self.stats.keyframe_requests += 1
+            self.stats.keyframes_asked += 1
             best.request_keyframe(urgent=True)
 
     def _detach_all(self) -> None:
@@ -321,6 +322,7 @@ class DownTrack:
                 self.retransmit(oseq)
         elif isinstance(packet, RtcpPsfbPacket):
             if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                self.stats.keyframe_requests += 1
                 self.request_keyframe()
             elif packet.fmt == RTCP_PSFB_APP:
                 try:
@@ -351,7 +353,6 @@ class DownTrack:
         Within this subscriber's repair gate: a request that must wait is deferred, and
         one that a keyframe overtakes meanwhile is not sent.
         """
-        self.stats.keyframe_requests += 1
         if self._repair_deferred is not None:
             return
         now = time.monotonic()
@@ -370,6 +371,7 @@ class DownTrack:
         if deferred and overtaken(self._repair_asked_at, up.last_keyframe_at):  # type: ignore[attr-defined]
             return
         self._repair_gate.sent(time.monotonic())
+        self.stats.keyframes_asked += 1
         up.request_keyframe()  # type: ignore[attr-defined]
 
     def retransmit(self, oseq: int) -> bool:

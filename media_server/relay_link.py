@@ -310,6 +310,7 @@ class RelayLink:
                 es.down.stats.keyframe_requests += 1
                 up = es.down.target or es.down.current
                 if up is not None:
+                    es.down.stats.keyframes_asked += 1
                     # The edge's layer gated this request already (a join, a switch or
                     # a repair, which the wire does not tell apart); here it only
                     # merges with the origin's other receivers' requests.

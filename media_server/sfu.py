@@ -115,6 +115,9 @@ class Sfu:
                             "keyframe_requests": slot.downtrack.stats.keyframe_requests
                             if slot.downtrack
                             else None,
+                            "keyframes_asked": slot.downtrack.stats.keyframes_asked
+                            if slot.downtrack
+                            else None,
                             "fraction_lost": slot.downtrack.stats.fraction_lost
                             if slot.downtrack
                             else None,

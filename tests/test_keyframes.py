@@ -6,6 +6,7 @@ import struct
 from types import SimpleNamespace
 
 import pytest
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from media_server import downtrack as downtrack_module
 from media_server import uptrack as uptrack_module
@@ -284,5 +285,24 @@ async def test_one_subscriber_that_keeps_losing_keyframes_backs_off(clock: Clock
             down._repair_deferred = None
     assert [round(t - start, 1) for t in asked] == [0.5, 1.5, 3.5, 7.5, 11.5]
     assert REPAIR_BACKOFF_MAX_S == 4.0
-    assert down.stats.keyframe_requests == 24
+    assert down.stats.keyframes_asked == len(asked)
+    down.close()
+
+
+async def test_the_stats_tell_pli_received_from_keyframes_asked_upstream(clock: Clock) -> None:
+    """An operator reading /api/stats sees how often a point asked (PLI) and how often the
+    SFU passed it on: ten PLIs within a second are one request to the publisher."""
+    asked: list[float] = []
+    layer = SimpleNamespace(
+        request_keyframe=lambda: asked.append(clock.now),
+        last_keyframe_at=-INF,
+        detach=lambda down: None,
+    )
+    down = DownTrack(sink=MemorySink(), ssrc=5, payload_type=96)
+    down.forwarder.current = layer  # type: ignore[assignment]
+    for _ in range(10):
+        clock.now += 0.05
+        down.on_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=5))
+    assert down.stats.keyframe_requests == 10
+    assert down.stats.keyframes_asked == len(asked) == 1
     down.close()

@@ -61,7 +61,14 @@ PEER_TIMEOUT_S = 3.0
 # `process` label ("front" for the front's own).
 Peers = Callable[[], list[tuple[str, str]]]
 PEERS: web.AppKey[Peers] = web.AppKey("tongke_peers")
-_DOWN_FIELDS = ("packets", "octets", "retransmitted", "nacks", "keyframe_requests")
+_DOWN_FIELDS = (
+    "packets",
+    "octets",
+    "retransmitted",
+    "nacks",
+    "keyframe_requests",
+    "keyframes_asked",
+)
 
 
 class LoopLag:
@@ -215,6 +222,11 @@ class TongkeCollector(Collector):
             ("tongke_retransmitted_packets", "retransmitted", "Packets resent on a NACK"),
             ("tongke_nacks_received", "nacks", "NACKs received from subscribers"),
             ("tongke_keyframe_requests_received", "keyframe_requests", "PLI/FIR from subscribers"),
+            (
+                "tongke_keyframes_asked",
+                "keyframes_asked",
+                "Keyframe requests passed upstream for subscribers: joins, switches, repairs",
+            ),
         ):
             yield CounterMetricFamily(name, text, value=t[field])
 
