@@ -24,6 +24,7 @@ import aiohttp
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from classroom_agent import opus_fec
 from classroom_agent.adapt import FeedbackError, Layer, parse_feedback, plan
 from classroom_agent.client import ClientEvents, LessonClient, LessonError, Publication, RemoteTrack
 from classroom_agent.config import AgentConfig, PublishedTrack, build_tracks
@@ -520,7 +521,11 @@ class ClassroomAgent:
 
 
 def use_frame_buffers(pc: RTCPeerConnection) -> None:
-    """Receive through framing.FrameBuffer: bounded waits for lost packets (see there)."""
+    """Receive through framing.FrameBuffer: bounded waits for lost packets (see there),
+    and Opus through opus_fec's decoder: a lost packet rebuilt from the next one."""
+    fec = opus_fec.available()
+    if fec:
+        rtc_internals.use_decoder("opus", opus_fec.FecOpusDecoder)
     for transceiver in pc.getTransceivers():
         receiver = transceiver.receiver
         video = transceiver.kind == "video"
@@ -530,7 +535,11 @@ def use_frame_buffers(pc: RTCPeerConnection) -> None:
                 codec = rtc_internals.receiver_codec(receiver, packet.payload_type)
                 return keyframe_start(codec or "", packet.payload)
 
-            return FrameBuffer(video=video, is_keyframe_start=starts_keyframe)
+            return FrameBuffer(
+                video=video,
+                is_keyframe_start=starts_keyframe,
+                fec_samples=opus_fec.packet_samples if fec else None,
+            )
 
         rtc_internals.use_frame_buffer(receiver, make)
 

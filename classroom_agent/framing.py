@@ -14,7 +14,11 @@ up and asks for a keyframe; this buffer does the same:
 - then the incomplete frame is dropped; video frames that follow are dropped too until a
   keyframe starts (a P-frame without its reference decodes to smear), and a keyframe is
   asked for at once and every ``keyframe_interval_s`` while none comes;
-- every frame that is complete is released at once, not one per arriving packet.
+- every frame that is complete is released at once, not one per arriving packet;
+- for audio with ``fec_samples`` given, a lost packet whose successor arrived is handed
+  on as that successor marked ``fec`` (timed where the lost one was): Opus carries a
+  low-bitrate copy of each packet in the next, and `classroom_agent/opus_fec.py` decodes
+  it (aiortc's decoder cannot).
 
 The buffer only sees packets; :func:`tongke.rtc_internals.use_frame_buffer` puts it in
 place of aiortc's.
@@ -60,6 +64,7 @@ class Frame:
     timestamp: int
     payload_type: int
     keyframe: bool
+    fec: bool = False  # audio: the lost packet before `packets[0]`, from its FEC copy
 
 
 class FrameBuffer:
@@ -78,8 +83,13 @@ class FrameBuffer:
         reorder_packets: int | None = None,
         keyframe_interval_s: float = KEYFRAME_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        fec_samples: Callable[[bytes], int] | None = None,
     ) -> None:
         self.video = video
+        # Audio: the samples an (Opus) payload holds, to time a lost packet rebuilt from
+        # its successor's FEC copy; None: no FEC frames.
+        self._fec_samples = None if video else fec_samples
+        self.fec_frames = 0
         self._is_keyframe_start = is_keyframe_start or (lambda _packet: True)
         self.max_wait_s = (
             max_wait_s
@@ -184,7 +194,30 @@ class FrameBuffer:
             ):
                 break
             self._give_up(gap)
+            fec = self._fec_frame()
+            if fec is not None:
+                out.append(fec)
         return out
+
+    def _fec_frame(self) -> Frame | None:
+        """After an audio gap: the packet now at the front, marked to rebuild the lost
+        one just before it from its FEC copy (None: no FEC, or nothing at the front)."""
+        if self._fec_samples is None or self._next is None:
+            return None
+        front = self._packets.get(self._next)
+        if front is None or not front.payload:
+            return None
+        samples = self._fec_samples(front.payload)
+        if samples <= 0:
+            return None
+        self.fec_frames += 1
+        return Frame(
+            packets=[front],
+            timestamp=(front.timestamp - samples) & 0xFFFFFFFF,
+            payload_type=front.payload_type,
+            keyframe=True,
+            fec=True,
+        )
 
     def _frame_end(self, start: int) -> tuple[int | None, int | None]:
         """(last sequence number of the frame at ``start``, None) or (None, first gap)."""

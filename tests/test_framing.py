@@ -217,3 +217,64 @@ def test_aiortc_receiver_decodes_every_frame_the_buffer_completes() -> None:
         ("H264", b"b", 1000),
         ("H264", b"c", 2000),
     ]
+
+
+def test_a_lost_audio_packet_is_handed_on_from_its_successors_fec_copy() -> None:
+    clock = Clock()
+    buf = FrameBuffer(video=False, clock=clock, fec_samples=lambda payload: 960)
+    out = []
+    for seq in (1, 2, 4, 5, 6, 7):  # 3 lost
+        out += buf.add(Pkt(seq, seq * 960))[1]
+    played = [(f.packets[0].sequence_number, f.timestamp, f.fec) for f in out]
+    # Packet 4 is handed on twice: first for 3's place (its FEC copy), then as itself.
+    assert played == [
+        (1, 960, False),
+        (2, 1920, False),
+        (4, 3 * 960, True),
+        (4, 4 * 960, False),
+        (5, 5 * 960, False),
+        (6, 6 * 960, False),
+        (7, 7 * 960, False),
+    ]
+
+
+def test_the_agents_opus_decoder_rebuilds_a_lost_packets_audio() -> None:
+    import fractions
+
+    import av
+    import numpy as np
+
+    from classroom_agent import opus_fec
+
+    if not opus_fec.available():
+        pytest.skip("no libopus")
+    enc = av.CodecContext.create("libopus", "w")
+    enc.sample_rate, enc.layout, enc.format, enc.bit_rate = 48000, "stereo", "s16", 32000
+    enc.time_base = fractions.Fraction(1, 48000)
+    # As the agents encode (classroom_agent/encoding.py).
+    enc.options = {"application": "voip", "frame_duration": "20", "fec": "1", "packet_loss": "10"}
+    enc.open()
+    packets: list[bytes] = []
+    for i in range(30):
+        t = np.arange(960) + i * 960
+        tone = (np.sin(2 * np.pi * 440 * t / 48000) * 8000).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(
+            np.repeat(tone, 2).reshape(1, -1), format="s16", layout="stereo"
+        )
+        frame.sample_rate, frame.pts = 48000, i * 960
+        packets += [bytes(p) for p in enc.encode(frame)]
+
+    @dataclass
+    class Encoded:
+        data: bytes
+        timestamp: int
+        fec: bool = False
+
+    decoder = opus_fec.FecOpusDecoder()
+    for i in range(20):
+        decoder.decode(Encoded(packets[i], i * 960))
+    # Packet 20 is lost; 21 carries its FEC copy: the tone goes on where 20 was.
+    rebuilt = decoder.decode(Encoded(packets[21], 20 * 960, fec=True))
+    assert [f.samples for f in rebuilt] == [960]
+    assert rebuilt[0].pts == 20 * 960
+    assert np.abs(rebuilt[0].to_ndarray()).max() > 2000

@@ -36,6 +36,7 @@ import aioice.ice
 import aioice.stun
 import aiortc.codecs.h264
 import aiortc.codecs.vpx
+import aiortc.rtcrtpreceiver
 from aiortc import (
     RTCDtlsTransport,
     RTCIceTransport,
@@ -109,6 +110,7 @@ _MODULE_ATTRS: list[tuple[Any, str]] = [
     (aioice.ice, "candidate_priority"),
     (aiortc.codecs.h264, "h264_depayload"),
     (aiortc.codecs.vpx, "vp8_depayload"),
+    (aiortc.rtcrtpreceiver, "get_decoder"),
 ]
 
 
@@ -520,11 +522,14 @@ def hook_receiver_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[Any], None]
 
 
 class FramesOut(Protocol):
-    """What :func:`use_frame_buffer` hands the decoder: a frame's packets in order."""
+    """What :func:`use_frame_buffer` hands the decoder: a frame's packets in order
+    (``fec``: decode the lost packet before them from their FEC copy, see
+    :func:`use_decoder`)."""
 
     packets: Sequence[Any]
     timestamp: int
     payload_type: int
+    fec: bool
 
 
 class FrameAssembler(Protocol):
@@ -557,7 +562,10 @@ class _AssemblerInPlace:
                 if codec is None:
                     continue
                 data = b"".join(p._data for p in frame.packets)
-                queue.put((codec, JitterFrame(data=data, timestamp=mapper.map(frame.timestamp))))
+                jitter_frame = JitterFrame(data=data, timestamp=mapper.map(frame.timestamp))
+                if getattr(frame, "fec", False):
+                    jitter_frame.fec = True  # type: ignore[attr-defined]
+                queue.put((codec, jitter_frame))
         return ask_keyframe, None
 
 
@@ -578,3 +586,26 @@ def receiver_codec(receiver: RTCRtpReceiver, payload_type: int) -> str | None:
     """The lower-case codec name `receiver` negotiated for `payload_type` (None: unknown)."""
     codec = receiver._RTCRtpReceiver__codecs.get(payload_type)  # type: ignore[attr-defined]
     return None if codec is None else str(codec.name).lower()
+
+
+# -- the receiver's decoders -------------------------------------------------------------
+
+_decoders: dict[str, Callable[[], Any]] = {}
+
+
+def use_decoder(codec: str, make: Callable[[], Any]) -> None:
+    """Decode `codec` (lower-case name) with ``make()`` in every receiver of this process
+    from now on, instead of aiortc's decoder: aiortc's decoder thread calls
+    ``aiortc.rtcrtpreceiver.get_decoder`` for each stream, which this replaces once."""
+    receiver_module = aiortc.rtcrtpreceiver
+    _decoders[codec] = make
+    if getattr(receiver_module.get_decoder, "_tongke", False):
+        return
+    original = receiver_module.get_decoder
+
+    def get_decoder(codec_params: Any) -> Any:
+        make_one = _decoders.get(str(codec_params.name).lower())
+        return make_one() if make_one is not None else original(codec_params)
+
+    get_decoder._tongke = True  # type: ignore[attr-defined]
+    receiver_module.get_decoder = get_decoder  # type: ignore[assignment]
