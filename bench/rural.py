@@ -679,12 +679,14 @@ async def run_condition(
                 "point",
                 options=["--synthetic", "noise", "--no-window", "--quiet", "--no-recording"],
             )
+            # Its log (warnings only: the agent sets no logging up) says why it rejoined.
+            point_log = (workdir / "point.log").open("w")
             point = subprocess.Popen(
                 [*netlink.exec_prefix, *argv, "--report", str(report), "--report-interval", "1"],
                 cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=point_log,
             )
 
             async def wall() -> float:
@@ -698,6 +700,7 @@ async def run_condition(
                     point.wait(10)
                 except subprocess.TimeoutExpired:
                     point.kill()
+                point_log.close()
             lines = report.read_text().splitlines() if report.exists() else []
             result = summarise_agent([json.loads(line) for line in lines], start)
         else:
@@ -748,6 +751,9 @@ async def run_condition(
                 },
             }
         )
+        if (workdir / "point.log").exists():
+            lines = (workdir / "point.log").read_text(errors="replace").splitlines()
+            result["point_log_tail"] = lines[-30:]
         if not sfu.get("packets_forwarded"):
             result["room_at_end"] = _room_stats(server, room)
             master_log.flush()
