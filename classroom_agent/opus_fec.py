@@ -93,6 +93,8 @@ class FecOpusDecoder:
 
     def decode(self, encoded_frame: Any) -> list[AudioFrame]:
         data: bytes = encoded_frame.data
+        if not data:
+            return []  # libopus would conceal 120 ms for an empty packet
         fec = bool(getattr(encoded_frame, "fec", False))
         # FEC: ask for exactly the lost packet's length (what the successor holds).
         size = packet_samples(data) if fec else MAX_SAMPLES
