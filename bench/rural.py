@@ -368,28 +368,34 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
         series = [(t, track) for t, track in series if track is not None]
         if len(series) < 2:
             continue
-        first, last = series[0][1], series[-1][1]
+        last = series[-1][1]
+        pairs = list(itertools.pairwise(series))
         if last["kind"] == "audio":
-            got = last["samples"] - first["samples"]
+            # A re-subscribed track gets a new meter counting from 0 (as in summarise()).
+            got = sum(_grew(a[1]["samples"], b[1]["samples"]) for a, b in pairs)
             sources[name] = {
                 "kind": "audio",
                 "missing_share": round(max(0.0, 1 - got / (48000 * seconds)), 4),
             }
             continue
-        per_second = [
-            (b[1]["frames"] - a[1]["frames"]) / (b[0] - a[0]) for a, b in itertools.pairwise(series)
-        ]
+        per_second = [_grew(a[1]["frames"], b[1]["frames"]) / (b[0] - a[0]) for a, b in pairs]
         paused_now = [bool(b[1].get("paused")) for _, b in itertools.pairwise(series)]
         p50s = [t["latency_p50_ms"] for _, t in series if t.get("latency_p50_ms") is not None]
         p95s = [t["latency_p95_ms"] for _, t in series if t.get("latency_p95_ms") is not None]
         sources[name] = {
             "kind": "video",
-            "fps_mean": round((last["frames"] - first["frames"]) / seconds, 1),
+            "fps_mean": round(
+                sum(_grew(a[1]["frames"], b[1]["frames"]) for a, b in pairs) / seconds, 1
+            ),
             "fps_p10": round(_pct(per_second, 0.1) or 0.0, 1),
             "resolution": f"{last['width']}x{last['height']}",
             "no_new_frame_share": round(sum(1 for f in per_second if f == 0) / len(per_second), 3),
-            "freeze_count": last["freezes"] - first["freezes"],
-            "freeze_seconds": round((last["freeze_total_ms"] - first["freeze_total_ms"]) / 1000, 2),
+            "freeze_count": sum(_grew(a[1]["freezes"], b[1]["freezes"]) for a, b in pairs),
+            "freeze_seconds": round(
+                sum(_grew(a[1]["freeze_total_ms"], b[1]["freeze_total_ms"]) for a, b in pairs)
+                / 1000,
+                2,
+            ),
             "longest_no_frame_s": _longest_zero_run(per_second),
             # Seconds with no new frame although the SFU had not paused the picture: a
             # frozen picture under "live" (a paused one is labelled as paused).
@@ -678,12 +684,14 @@ async def run_condition(
                 "point",
                 options=["--synthetic", "noise", "--no-window", "--quiet", "--no-recording"],
             )
+            # Its log (warnings only: the agent sets no logging up) says why it rejoined.
+            point_log = (workdir / "point.log").open("w")
             point = subprocess.Popen(
                 [*netlink.exec_prefix, *argv, "--report", str(report), "--report-interval", "1"],
                 cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=point_log,
             )
 
             async def wall() -> float:
@@ -697,6 +705,7 @@ async def run_condition(
                     point.wait(10)
                 except subprocess.TimeoutExpired:
                     point.kill()
+                point_log.close()
             lines = report.read_text().splitlines() if report.exists() else []
             result = summarise_agent([json.loads(line) for line in lines], start)
         else:
@@ -747,6 +756,9 @@ async def run_condition(
                 },
             }
         )
+        if (workdir / "point.log").exists():
+            lines = (workdir / "point.log").read_text(errors="replace").splitlines()
+            result["point_log_tail"] = lines[-30:]
         if not sfu.get("packets_forwarded"):
             result["room_at_end"] = _room_stats(server, room)
             master_log.flush()

@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from classroom_agent import opus_fec
 from classroom_agent.adapt import FeedbackError, Layer, parse_feedback, plan
 from classroom_agent.client import ClientEvents, LessonClient, LessonError, Publication, RemoteTrack
 from classroom_agent.config import AgentConfig, PublishedTrack, build_tracks
+from classroom_agent.framing import FrameBuffer, keyframe_start
 from classroom_agent.quality import TrackQuality, receiver_loss
 from classroom_agent.state import StateReporter
 from recording import LessonMeta, LessonRecorder
@@ -187,7 +190,11 @@ class ClassroomAgent:
             self.server_url,
             self.room,
             self.token,
-            events=ClientEvents(on_track=self._on_remote_track, on_message=self._on_message),
+            events=ClientEvents(
+                on_track=self._on_remote_track,
+                on_message=self._on_message,
+                on_subscribe_transceivers=use_frame_buffers,
+            ),
         )
         self._client = client
         feeds: list[MediaStreamTrack] = []
@@ -511,6 +518,30 @@ class ClassroomAgent:
             if self.report is not None:
                 self.report.write(json.dumps(snapshot, ensure_ascii=False) + "\n")
                 self.report.flush()
+
+
+def use_frame_buffers(pc: RTCPeerConnection) -> None:
+    """Receive through framing.FrameBuffer: bounded waits for lost packets (see there),
+    and Opus through opus_fec's decoder: a lost packet rebuilt from the next one."""
+    fec = opus_fec.available()
+    if fec:
+        rtc_internals.use_decoder("opus", opus_fec.FecOpusDecoder)
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        video = transceiver.kind == "video"
+
+        def make(receiver: RTCRtpReceiver = receiver, video: bool = video) -> FrameBuffer:
+            def starts_keyframe(packet: Any) -> bool:
+                codec = rtc_internals.receiver_codec(receiver, packet.payload_type)
+                return keyframe_start(codec or "", packet.payload)
+
+            return FrameBuffer(
+                video=video,
+                is_keyframe_start=starts_keyframe,
+                fec_samples=opus_fec.packet_samples if fec else None,
+            )
+
+        rtc_internals.use_frame_buffer(receiver, make)
 
 
 PAUSED_BANDWIDTH = "画面已暂停：网络带宽不足 / Paused: low bandwidth"

@@ -30,12 +30,13 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import aioice.ice
 import aioice.stun
 import aiortc.codecs.h264
 import aiortc.codecs.vpx
+import aiortc.rtcrtpreceiver
 from aiortc import (
     RTCDtlsTransport,
     RTCIceTransport,
@@ -43,6 +44,7 @@ from aiortc import (
     RTCRtpSender,
     RTCRtpTransceiver,
 )
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcdtlstransport import RtpRouter
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
@@ -95,6 +97,11 @@ _INSTANCE_ATTRS: list[tuple[type, str]] = [
     (aioice.ice.Connection, "turn_server"),
     (aioice.ice.StunProtocol, "receiver"),
     (RTCIceTransport, "_connection"),
+    (RTCRtpReceiver, "__jitter_buffer"),
+    (RTCRtpReceiver, "__decoder_queue"),
+    (RTCRtpReceiver, "__decoder_thread"),
+    (RTCRtpReceiver, "__codecs"),
+    (RTCRtpReceiver, "__timestamp_mapper"),
 ]
 _MODULE_ATTRS: list[tuple[Any, str]] = [
     (aioice.ice, "get_host_addresses"),
@@ -103,6 +110,7 @@ _MODULE_ATTRS: list[tuple[Any, str]] = [
     (aioice.ice, "candidate_priority"),
     (aiortc.codecs.h264, "h264_depayload"),
     (aiortc.codecs.vpx, "vp8_depayload"),
+    (aiortc.rtcrtpreceiver, "get_decoder"),
 ]
 
 
@@ -508,3 +516,96 @@ def hook_receiver_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[Any], None]
         await original(packet, arrival_time_ms)
 
     receiver._handle_rtp_packet = handle_rtp  # type: ignore[method-assign]
+
+
+# -- the receiver's frame assembly -------------------------------------------------------
+
+
+class FramesOut(Protocol):
+    """What :func:`use_frame_buffer` hands the decoder: a frame's packets in order
+    (``fec``: decode the lost packet before them from their FEC copy, see
+    :func:`use_decoder`)."""
+
+    packets: Sequence[Any]
+    timestamp: int
+    payload_type: int
+    fec: bool
+
+
+class FrameAssembler(Protocol):
+    def add(self, packet: Any) -> tuple[bool, Sequence[FramesOut]]: ...
+
+
+class _AssemblerInPlace:
+    """Stands where aiortc's receiver keeps its JitterBuffer (same ``add`` call), but
+    queues every frame the assembler completes for decoding, not one per packet."""
+
+    def __init__(self, receiver: RTCRtpReceiver, assembler: FrameAssembler) -> None:
+        self._receiver = receiver
+        self._assembler = assembler
+
+    def add(self, packet: Any) -> tuple[bool, None]:
+        try:
+            ask_keyframe, frames = self._assembler.add(packet)
+        except Exception:
+            # Raised out of aiortc's RTP handler it would end the DTLS transport.
+            HANDLER_ERRORS["frame_buffer"] += 1
+            log.exception("frame buffer failed; packet dropped")
+            return False, None
+        receiver = self._receiver
+        if frames and getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is not None:
+            codecs = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+            mapper = receiver._RTCRtpReceiver__timestamp_mapper  # type: ignore[attr-defined]
+            queue = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+            for frame in frames:
+                codec = codecs.get(frame.payload_type)
+                if codec is None:
+                    continue
+                data = b"".join(p._data for p in frame.packets)
+                jitter_frame = JitterFrame(data=data, timestamp=mapper.map(frame.timestamp))
+                if getattr(frame, "fec", False):
+                    jitter_frame.fec = True  # type: ignore[attr-defined]
+                queue.put((codec, jitter_frame))
+        return ask_keyframe, None
+
+
+def use_frame_buffer(receiver: RTCRtpReceiver, make: Callable[[], FrameAssembler]) -> bool:
+    """Assemble `receiver`'s frames with ``make()`` instead of aiortc's JitterBuffer
+    (False: it already does).
+
+    aiortc calls ``add(packet)`` with each depayloaded packet (``packet._data``) and
+    sends a PLI when the first value returned is true."""
+    if isinstance(getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None), _AssemblerInPlace):
+        return False
+    assembler = make()
+    receiver._RTCRtpReceiver__jitter_buffer = _AssemblerInPlace(receiver, assembler)  # type: ignore[attr-defined]
+    return True
+
+
+def receiver_codec(receiver: RTCRtpReceiver, payload_type: int) -> str | None:
+    """The lower-case codec name `receiver` negotiated for `payload_type` (None: unknown)."""
+    codec = receiver._RTCRtpReceiver__codecs.get(payload_type)  # type: ignore[attr-defined]
+    return None if codec is None else str(codec.name).lower()
+
+
+# -- the receiver's decoders -------------------------------------------------------------
+
+_decoders: dict[str, Callable[[], Any]] = {}
+
+
+def use_decoder(codec: str, make: Callable[[], Any]) -> None:
+    """Decode `codec` (lower-case name) with ``make()`` in every receiver of this process
+    from now on, instead of aiortc's decoder: aiortc's decoder thread calls
+    ``aiortc.rtcrtpreceiver.get_decoder`` for each stream, which this replaces once."""
+    receiver_module = aiortc.rtcrtpreceiver
+    _decoders[codec] = make
+    if getattr(receiver_module.get_decoder, "_tongke", False):
+        return
+    original = receiver_module.get_decoder
+
+    def get_decoder(codec_params: Any) -> Any:
+        make_one = _decoders.get(str(codec_params.name).lower())
+        return make_one() if make_one is not None else original(codec_params)
+
+    get_decoder._tongke = True  # type: ignore[attr-defined]
+    receiver_module.get_decoder = get_decoder  # type: ignore[assignment]

@@ -1,0 +1,29 @@
+"""bench/rural.py's point-agent figures survive a re-subscribed track (a new meter)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.rural import summarise_agent
+
+
+def report(t: float, samples: int, frames: int) -> dict[str, Any]:
+    video = {"source": "teacher_camera", "kind": "video", "frames": frames, "freezes": 0}
+    video |= {"freeze_total_ms": 0, "width": 320, "height": 180, "paused": False}
+    audio = {"source": "classroom_mic", "kind": "audio", "samples": samples}
+    return {"time": t, "connected": True, "tracks": [audio, video]}
+
+
+def test_counters_restarting_at_zero_count_what_the_new_meter_got() -> None:
+    # Full audio and 10 fps for 4 s; the tracks are re-subscribed after 2 s.
+    reports = [
+        report(0, 480_000, 100),
+        report(1, 528_000, 110),
+        report(2, 576_000, 120),
+        report(3, 48_000, 10),
+        report(4, 96_000, 20),
+    ]
+    sources = summarise_agent(reports, start=0)["sources"]
+    assert sources["classroom_mic"]["missing_share"] == 0.0
+    assert sources["teacher_camera"]["fps_mean"] == 10.0
+    assert sources["teacher_camera"]["no_new_frame_share"] == 0.0
