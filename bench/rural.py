@@ -551,6 +551,12 @@ def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
             "estimate_kbps": down["estimate_bps"] // 1000,
             "sent_kbps": down["sent_bps"] // 1000,
             "paced_dropped": down.get("paced_dropped"),
+            # The rise hold and the probes so far: what explains a layer flip.
+            "hold_s": down.get("hold_s"),
+            "capacity_kbps": (down.get("capacity_bps") or 0) // 1000,
+            "probes": [down["probes"]["succeeded"], down["probes"]["failed"]]
+            if down.get("probes")
+            else None,
             "repair_refused": down.get("repair_refused"),
             "packets": {
                 t["track"].split("/")[-1]: t["packets"]

@@ -51,6 +51,37 @@ PROBE_DRAIN_MAX_S = 0.3
 # Transport-cc loss is read once a tick over at least this many reported packets.
 MIN_LOSS_PACKETS = 20
 CALM_S = 60.0
+# A probe reading this far above the link's measured capacity says the link grew (a 1 ->
+# 5 Mbit/s step reads 3x): the hold is lifted. Nearer, it is the same link read again.
+LINK_GREW = 1.25
+
+
+def link_grew(probe_bps: float, known_bps: float | None) -> bool:
+    """A probe read the link well above what it was last measured to carry.
+
+    Only such news lifts the rise hold at once. A probe that merely confirms the known
+    capacity (a 1 Mbit/s link read at 0.95-1.05 Mbit/s after each cut) must not: the
+    hold was doubled because rises on that link did not hold, and resetting it let the
+    courseware and the board flip every 3-4 s there (merged main, steps-5-1-5-3pct).
+    """
+    return known_bps is None or probe_bps > LINK_GREW * known_bps
+
+
+def drain_bps(estimate_bps: float, capacity_bps: float | None) -> float:
+    """How fast the pacer lets bursts (keyframes, frames beyond its bucket) leave.
+
+    Not much faster than the link: a burst above it waits in the modem's drop-tail
+    queue, and every audio packet behind it waits too. Chromium's audio jitter buffer
+    grows to that jitter and the teacher's video, lip-synced to the audio, waits as
+    long (2 Mbit/s point: 154-186 ms in the video's jitter buffer with bursts at 1.5x
+    an estimate that sat at or above the link). Queued in our pacer instead, audio
+    overtakes them. Where no capacity has been measured the estimate is the best
+    reading of the link. Bursts still leave at least BURST_OVER_ESTIMATE times the
+    estimate, so what the allocator sends (up to KEEP_SHARE of it, plus audio and
+    repairs) never builds a standing queue here.
+    """
+    link = estimate_bps if capacity_bps is None else capacity_bps
+    return max(BURST_OVER_ESTIMATE * estimate_bps, min(PACING_FACTOR * estimate_bps, link))
 
 
 def _no_focus(source: MediaSource) -> bool:
@@ -246,26 +277,19 @@ class SubscriberBandwidth:
             return
         now = asyncio.get_running_loop().time()
         before = self.estimator.estimate(now).bps
+        known = self.estimator.capacity_bps
         result = self.prober.finish(now)
         if result is not None:
             self.estimator.on_probe(result.bps, result.saturated, now)
-            if self.estimator.estimate(now).bps > before:
+            if self.estimator.estimate(now).bps > before and link_grew(result.bps, known):
                 self._last_down = float("-inf")  # the link proved it: layers may rise now
                 self._hold_s = HOLD_S
         self.pacer.set_rate(self._pacing(self.estimator.estimate(now).bps))
 
     def _pacing(self, estimate_bps: int) -> int:
-        """The pacer's base rate (it sends at PACING_FACTOR times it).
-
-        Bursts (keyframes) may leave faster than the estimate, but not much faster than
-        the link's measured capacity: a burst above it is a queue of our own making,
-        which the delay detector rightly reports and the estimate pays for.
-        """
-        capacity = self.estimator.capacity_bps
-        if capacity is None:
-            return estimate_bps
-        ceiling = max(capacity, BURST_OVER_ESTIMATE * estimate_bps) / PACING_FACTOR
-        return max(int(min(estimate_bps, ceiling)), 1)
+        """The pacer's base rate (it sends at PACING_FACTOR times it): see `drain_bps`."""
+        drain = drain_bps(estimate_bps, self.estimator.capacity_bps)
+        return max(int(drain / PACING_FACTOR), 1)
 
     def _measure_sent(self, downtracks: Sequence[DownTrack], now: float) -> None:
         est = self.estimator
