@@ -20,7 +20,16 @@ from media_server.delay_estimate import QUEUE_MS, DelayEstimate, Usage
 from media_server.downtrack import DownTrack
 from media_server.estimator import DownlinkEstimator
 from media_server.pacer import Pacer
-from media_server.probe import CLUSTER_S, INTERVAL_S, RETRY_S, ProbeController, judge
+from media_server.probe import (
+    CLUSTER_S,
+    INTERVAL_S,
+    RETRY_MAX_S,
+    RETRY_S,
+    ProbeController,
+    ProbeResult,
+    judge,
+    next_retry,
+)
 from media_server.sink import MemorySink
 from media_server.twcc import (
     SEQ_OFFSET,
@@ -787,7 +796,11 @@ async def test_a_probe_lifts_a_doubled_rise_hold_only_when_the_link_grew(
         (2_000_000, None, 2_200_000),
         # A link measured well above the estimate: bursts may use it, up to 1.5x.
         (2_000_000, 5_000_000, 3_000_000),
-        (2_000_000, 2_600_000, 2_600_000),
+        # After a cut on a 1 Mbit/s link: up to 1.5x the estimate, under the link.
+        (550_000, 1_000_000, 825_000),
+        # A 2 Mbit/s link read at 2.4 (capacity reads high): just above the estimate,
+        # not at the reading, 20 % above the link.
+        (2_000_000, 2_400_000, 2_200_000),
         # An estimate at or above the measured link: just above the estimate.
         (1_000_000, 800_000, 1_100_000),
     ],
@@ -796,3 +809,26 @@ def test_bursts_leave_at_about_the_link_not_far_above_it(
     estimate: int, capacity: int | None, drain: int
 ) -> None:
     assert drain_bps(estimate, capacity) == pytest.approx(drain)
+
+
+@pytest.mark.parametrize(
+    ("previous", "result", "retry_s", "after"),
+    [
+        # The link spread the cluster out to what the last one read: nothing new, wait
+        # twice as long (a 2 Mbit/s point is not given a modem queue every 3 s).
+        ((2_600_000, 2_000_000), (2_600_000, 2_050_000), RETRY_S, 2 * RETRY_S),
+        ((2_600_000, 2_000_000), (2_600_000, 2_050_000), 2 * RETRY_S, RETRY_MAX_S),
+        # It read well above: the link grew, start over.
+        ((2_600_000, 1_000_000), (2_600_000, 2_000_000), RETRY_MAX_S, RETRY_S),
+        # The link carried it.
+        ((2_600_000, 2_000_000), (3_000_000, 3_000_000), RETRY_MAX_S, RETRY_S),
+        # Too little feedback: no news, keep the wait.
+        ((2_600_000, 2_000_000), None, 2 * RETRY_S, 2 * RETRY_S),
+    ],
+)
+def test_a_probe_that_reads_the_same_link_again_waits_longer_for_the_next(
+    previous: tuple[int, int], result: tuple[int, int] | None, retry_s: float, after: float
+) -> None:
+    last = ProbeResult(*previous)
+    now = ProbeResult(*result) if result is not None else None
+    assert next_retry(retry_s, last, now) == after
