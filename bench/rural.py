@@ -134,7 +134,8 @@ async () => {
         fecReceived: s.fecPacketsReceived || 0, fecDiscarded: s.fecPacketsDiscarded || 0,
         packetsDiscarded: s.packetsDiscarded || 0, nackCount: s.nackCount || 0,
         jbDelay: s.jitterBufferDelay || 0, jbEmitted: s.jitterBufferEmittedCount || 0,
-        jbTarget: s.jitterBufferTargetDelay || 0,
+        jbTarget: s.jitterBufferTargetDelay || 0, jbMin: s.jitterBufferMinimumDelay || 0,
+        jitter: s.jitter || 0,
         accelerated: s.removedSamplesForAcceleration || 0,
         decelerated: s.insertedSamplesForDeceleration || 0,
       };
@@ -232,6 +233,15 @@ def summarise(
                 "jitter_buffer_target_ms": round(total("jbTarget") / emitted * 1000)
                 if emitted
                 else None,
+                # The part of the target that is a floor set from outside NetEq (lip
+                # sync with the video), and the audio's arrival jitter (RFC 3550) at
+                # the page, median of the per-second readings.
+                "jitter_buffer_minimum_ms": round(total("jbMin") / emitted * 1000)
+                if emitted
+                else None,
+                "arrival_jitter_ms": _pct(
+                    [b[name][0].get("jitter", 0) * 1000 for b in per_sample if name in b], 0.5
+                ),
                 "time_stretched_share": round(
                     (total("accelerated") + total("decelerated")) / received, 4
                 )
@@ -291,6 +301,10 @@ def summarise(
             if total("jbEmitted")
             else None,
             "jitter_buffer_target_ms": round(total("jbTarget") / total("jbEmitted") * 1000)
+            if total("jbEmitted")
+            else None,
+            # The floor lip sync (or a page's jitterBufferTarget) set under that target.
+            "jitter_buffer_minimum_ms": round(total("jbMin") / total("jbEmitted") * 1000)
             if total("jbEmitted")
             else None,
             "glass_to_glass_p50_ms_by_layer": _latency_by_layer(
