@@ -69,6 +69,11 @@ CONDITIONS = {
     c.name: c
     for c in [
         Condition("2mbit-1pct-100ms", link(2e6, 0.01, 100)),
+        # Not an issue target: the same link without loss, to tell what repairs (NACK,
+        # retransmission) cost the teacher's jitter buffer from what the link costs.
+        Condition(
+            "2mbit-100ms-noloss", link(2e6, 0.0, 100), note="diagnostic: no loss, else as above"
+        ),
         Condition("1mbit-5pct-300ms", link(1e6, 0.05, 300)),
         Condition("256kbit-10pct", link(256e3, 0.10)),
         Condition("5mbit-600ms", link(5e6, 0.0, 600), note="the issue asks 10 minutes"),
