@@ -27,15 +27,6 @@ from media_server.twcc import PacketResult
 CLUSTER_S = 0.06
 INTERVAL_S = 1.0  # after a cluster the link carried: it may carry more
 RETRY_S = 3.0  # after a cluster that filled the link, or one with too little feedback
-# A cluster the link spread out to about the rate the previous one read (within
-# SAME_LINK) found nothing new: the wait before the next doubles, up to RETRY_MAX_S. Each
-# such cluster is a queue in the point's modem that every audio packet behind it waits
-# in (2 Mbit/s point: one every 3 s all lesson long, and Chromium's audio jitter buffer,
-# which the teacher's video follows for lip sync, grew to match), and on a 1 Mbit/s link
-# it lifted the estimate back to the top of its saw every 3-4 s. A reading above it, or a
-# cluster the link carried, starts over at RETRY_S.
-SAME_LINK = 1.25
-RETRY_MAX_S = 6.0
 QUIET_S = 2.0
 GROWTH = 3.0
 # After a cluster the link spread out, the next asks only this much above the capacity
@@ -113,7 +104,6 @@ class ProbeController:
         self.succeeded = 0
         self.failed = 0
         self.last: ProbeResult | None = None
-        self.retry_s = RETRY_S
 
     def start(
         self, now: float, estimate_bps: float, demand_bps: float, last_overuse_at: float
@@ -152,8 +142,7 @@ class ProbeController:
             return None
         result = judge(self._cluster.values())
         self._cluster = {}
-        previous, self.last = self.last, result
-        self.retry_s = next_retry(self.retry_s, previous, result)
+        self.last = result
         # Succeeded: it found headroom (a link that carried it, or spread it out at a
         # rate above the estimate). Only a carried one is followed soon by the next.
         if result is not None and result.bps > FOUND * probe.from_bps:
@@ -171,18 +160,5 @@ class ProbeController:
         ):
             self._next_at = now + INTERVAL_S
         else:
-            self._next_at = now + self.retry_s
+            self._next_at = now + RETRY_S
         return result
-
-
-def next_retry(retry_s: float, previous: ProbeResult | None, result: ProbeResult | None) -> float:
-    """The wait after a cluster that did not lead straight to the next one."""
-    if result is None:
-        return retry_s  # too little feedback: no news either way
-    same = (
-        result.saturated
-        and previous is not None
-        and previous.saturated
-        and result.bps <= SAME_LINK * previous.bps
-    )
-    return min(retry_s * 2, RETRY_MAX_S) if same else RETRY_S

@@ -20,16 +20,7 @@ from media_server.delay_estimate import QUEUE_MS, DelayEstimate, Usage
 from media_server.downtrack import DownTrack
 from media_server.estimator import DownlinkEstimator
 from media_server.pacer import Pacer
-from media_server.probe import (
-    CLUSTER_S,
-    INTERVAL_S,
-    RETRY_MAX_S,
-    RETRY_S,
-    ProbeController,
-    ProbeResult,
-    judge,
-    next_retry,
-)
+from media_server.probe import CLUSTER_S, INTERVAL_S, RETRY_S, ProbeController, judge
 from media_server.sink import MemorySink
 from media_server.twcc import (
     SEQ_OFFSET,
@@ -809,26 +800,3 @@ def test_bursts_leave_at_about_the_link_not_far_above_it(
     estimate: int, capacity: int | None, drain: int
 ) -> None:
     assert drain_bps(estimate, capacity) == pytest.approx(drain)
-
-
-@pytest.mark.parametrize(
-    ("previous", "result", "retry_s", "after"),
-    [
-        # The link spread the cluster out to what the last one read: nothing new, wait
-        # twice as long (a 2 Mbit/s point is not given a modem queue every 3 s).
-        ((2_600_000, 2_000_000), (2_600_000, 2_050_000), RETRY_S, 2 * RETRY_S),
-        ((2_600_000, 2_000_000), (2_600_000, 2_050_000), 2 * RETRY_S, RETRY_MAX_S),
-        # It read well above: the link grew, start over.
-        ((2_600_000, 1_000_000), (2_600_000, 2_000_000), RETRY_MAX_S, RETRY_S),
-        # The link carried it.
-        ((2_600_000, 2_000_000), (3_000_000, 3_000_000), RETRY_MAX_S, RETRY_S),
-        # Too little feedback: no news, keep the wait.
-        ((2_600_000, 2_000_000), None, 2 * RETRY_S, 2 * RETRY_S),
-    ],
-)
-def test_a_probe_that_reads_the_same_link_again_waits_longer_for_the_next(
-    previous: tuple[int, int], result: tuple[int, int] | None, retry_s: float, after: float
-) -> None:
-    last = ProbeResult(*previous)
-    now = ProbeResult(*result) if result is not None else None
-    assert next_retry(retry_s, last, now) == after
