@@ -73,16 +73,15 @@ def drain_bps(estimate_bps: float, capacity_bps: float | None) -> float:
     """How fast the pacer lets bursts (keyframes, frames beyond its bucket) leave.
 
     Not much faster than the link: a burst above it waits in the modem's drop-tail
-    queue, and every audio packet behind it waits too. Chromium's audio jitter buffer
-    grows to that jitter and the teacher's video, lip-synced to the audio, waits as
-    long (2 Mbit/s point: 154-186 ms in the video's jitter buffer with bursts at 1.5x
-    an estimate that sat at or above the link). Queued in our pacer instead, audio
-    overtakes them. Where no capacity has been measured the estimate is the best
-    reading of the link; a measured capacity is taken at CAPACITY_SHARE, as it reads
-    high (the fastest ten packets of a cut's window: a 2 Mbit/s link read at 2.05-2.66
-    Mbit/s). Bursts still leave at least BURST_OVER_ESTIMATE times the
-    estimate, so what the allocator sends (up to KEEP_SHARE of it, plus audio and
-    repairs) never builds a standing queue here.
+    queue instead of ours, ahead of audio and of the next frames, and the delay detector
+    reads that queue of our own making as congestion. Where no capacity has been
+    measured the estimate is the best reading of the link; a measured capacity is taken
+    at CAPACITY_SHARE, as it reads high (the fastest ten packets of a cut's window: a
+    2 Mbit/s link read at 2.05-2.66 Mbit/s, which drained bursts 10-30 % above it).
+    Bursts still leave at least BURST_OVER_ESTIMATE times the estimate, so what the
+    allocator sends (up to KEEP_SHARE of it, plus audio and repairs) never builds a
+    standing queue here; the pacer's queue is still sized for 0.5 s at PACING_FACTOR
+    times the estimate, so a whole keyframe waits rather than losing its tail.
     """
     link = estimate_bps if capacity_bps is None else CAPACITY_SHARE * capacity_bps
     return max(BURST_OVER_ESTIMATE * estimate_bps, min(PACING_FACTOR * estimate_bps, link))
