@@ -69,6 +69,11 @@ CONDITIONS = {
     c.name: c
     for c in [
         Condition("2mbit-1pct-100ms", link(2e6, 0.01, 100)),
+        # Not an issue target: the same link without loss, to tell what repairs (NACK,
+        # retransmission) cost the teacher's jitter buffer from what the link costs.
+        Condition(
+            "2mbit-100ms-noloss", link(2e6, 0.0, 100), note="diagnostic: no loss, else as above"
+        ),
         Condition("1mbit-5pct-300ms", link(1e6, 0.05, 300)),
         Condition("256kbit-10pct", link(256e3, 0.10)),
         Condition("5mbit-600ms", link(5e6, 0.0, 600), note="the issue asks 10 minutes"),
@@ -134,7 +139,8 @@ async () => {
         fecReceived: s.fecPacketsReceived || 0, fecDiscarded: s.fecPacketsDiscarded || 0,
         packetsDiscarded: s.packetsDiscarded || 0, nackCount: s.nackCount || 0,
         jbDelay: s.jitterBufferDelay || 0, jbEmitted: s.jitterBufferEmittedCount || 0,
-        jbTarget: s.jitterBufferTargetDelay || 0,
+        jbTarget: s.jitterBufferTargetDelay || 0, jbMin: s.jitterBufferMinimumDelay || 0,
+        jitter: s.jitter || 0,
         accelerated: s.removedSamplesForAcceleration || 0,
         decelerated: s.insertedSamplesForDeceleration || 0,
       };
@@ -232,6 +238,15 @@ def summarise(
                 "jitter_buffer_target_ms": round(total("jbTarget") / emitted * 1000)
                 if emitted
                 else None,
+                # The part of the target that is a floor set from outside NetEq (lip
+                # sync with the video), and the audio's arrival jitter (RFC 3550) at
+                # the page, median of the per-second readings.
+                "jitter_buffer_minimum_ms": round(total("jbMin") / emitted * 1000)
+                if emitted
+                else None,
+                "arrival_jitter_ms": _pct(
+                    [b[name][0].get("jitter", 0) * 1000 for b in per_sample if name in b], 0.5
+                ),
                 "time_stretched_share": round(
                     (total("accelerated") + total("decelerated")) / received, 4
                 )
@@ -291,6 +306,10 @@ def summarise(
             if total("jbEmitted")
             else None,
             "jitter_buffer_target_ms": round(total("jbTarget") / total("jbEmitted") * 1000)
+            if total("jbEmitted")
+            else None,
+            # The floor lip sync (or a page's jitterBufferTarget) set under that target.
+            "jitter_buffer_minimum_ms": round(total("jbMin") / total("jbEmitted") * 1000)
             if total("jbEmitted")
             else None,
             "glass_to_glass_p50_ms_by_layer": _latency_by_layer(
@@ -557,6 +576,12 @@ def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
             "estimate_kbps": down["estimate_bps"] // 1000,
             "sent_kbps": down["sent_bps"] // 1000,
             "paced_dropped": down.get("paced_dropped"),
+            # The rise hold and the probes so far: what explains a layer flip.
+            "hold_s": down.get("hold_s"),
+            "capacity_kbps": (down.get("capacity_bps") or 0) // 1000,
+            "probes": [down["probes"]["succeeded"], down["probes"]["failed"]]
+            if down.get("probes")
+            else None,
             "repair_refused": down.get("repair_refused"),
             "packets": {
                 t["track"].split("/")[-1]: t["packets"]

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from media_server.bandwidth import ALLOCATION_SHARE
+from media_server.bandwidth import (
+    ALLOCATION_SHARE,
+    HOLD_S,
+    SubscriberBandwidth,
+    drain_bps,
+    link_grew,
+)
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate, Usage
 from media_server.downtrack import DownTrack
 from media_server.estimator import DownlinkEstimator
@@ -722,3 +728,75 @@ def test_a_step_under_3_percent_loss_is_followed_while_the_layers_lag_a_tick() -
     )
     assert settled(trace, 20.5, 750_000, 1_250_000, until=40.5) <= 3.0
     assert settled(trace, 40.5, 2_400_000, 6_250_000) <= 10.0
+
+
+# -- the rise hold and the pacer's drain against the measured link ------------------------
+
+
+@pytest.mark.parametrize(
+    ("probe_bps", "known_bps", "grew"),
+    [
+        (1_000_000, None, True),  # nothing measured yet: any proof counts
+        (980_000, 1_000_000, False),  # a 1 Mbit/s link read again after a cut
+        (1_050_000, 1_000_000, False),  # ... a little high (receiver batching)
+        (3_000_000, 1_000_000, True),  # the 1 -> 5 Mbit/s step: the link grew
+    ],
+)
+def test_only_a_probe_that_finds_more_than_the_known_link_is_news(
+    probe_bps: int, known_bps: int | None, grew: bool
+) -> None:
+    assert link_grew(probe_bps, known_bps) is grew
+
+
+@pytest.mark.parametrize(
+    ("probe_link_bps", "hold_after", "lifted"),
+    [
+        # On a 1 Mbit/s link whose rises did not hold (hold doubled to 8 s), a probe that
+        # reads the same 1 Mbit/s raises the estimate back from its cut but leaves the
+        # hold: the courseware and the board do not flip up again 3-4 s after each cut.
+        (1_000_000, 8.0, False),
+        # The link stepped back up to 5 Mbit/s: the probe reads far more, and layers may
+        # rise at once (back at the top layer well within 15 s).
+        (10_000_000, HOLD_S, True),
+    ],
+)
+async def test_a_probe_lifts_a_doubled_rise_hold_only_when_the_link_grew(
+    probe_link_bps: int, hold_after: float, lifted: bool
+) -> None:
+    bw = SubscriberBandwidth(MemorySink())
+    bw.use_transport_cc(3)
+    est = bw.estimator
+    est.capacity_bps = 1_000_000  # measured at the last cut
+    est._bps = 600_000  # the cut left it here
+    bw._hold_s, bw._last_down = 8.0, 9.0  # a rise that did not hold, a drop at 9 s
+    probe = bw.prober.start(10.0, 600_000, 3_000_000, 0.0)
+    assert probe is not None
+    bw.prober.collect(cluster(probe.target_bps, probe_link_bps))
+    bw._probe_done()
+    assert est.estimate(10.0).bps > 600_000  # the estimate took the reading either way
+    assert bw.describe()["hold_s"] == hold_after
+    assert (bw._last_down == float("-inf")) is lifted
+    bw.close()
+
+
+@pytest.mark.parametrize(
+    ("estimate", "capacity", "drain"),
+    [
+        # 2 Mbit/s point, no capacity measured, the estimate at the link: bursts leave
+        # just above it (1.1x), not at 1.5x (3 Mbit/s into a 2 Mbit/s modem queue).
+        (2_000_000, None, 2_200_000),
+        # A link measured well above the estimate: bursts may use it, up to 1.5x.
+        (2_000_000, 5_000_000, 3_000_000),
+        # After a cut on a 1 Mbit/s link: up to 1.5x the estimate, under the link.
+        (550_000, 1_000_000, 825_000),
+        # A 2 Mbit/s link read at 2.4 (capacity reads high): just above the estimate,
+        # not at the reading, 20 % above the link.
+        (2_000_000, 2_400_000, 2_200_000),
+        # An estimate at or above the measured link: just above the estimate.
+        (1_000_000, 800_000, 1_100_000),
+    ],
+)
+def test_bursts_leave_at_about_the_link_not_far_above_it(
+    estimate: int, capacity: int | None, drain: int
+) -> None:
+    assert drain_bps(estimate, capacity) == pytest.approx(drain)
