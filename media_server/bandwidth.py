@@ -36,8 +36,6 @@ from media_server.twcc import SendHistory, feedback_in
 ALLOCATION_SHARE = 0.9
 # Bursts leave at least this much faster than the estimate, however low the capacity.
 BURST_OVER_ESTIMATE = 1.1
-# The share of a measured capacity bursts may drain at (it reads high; see drain_bps).
-CAPACITY_SHARE = 0.85
 # What is already being sent stays while it fits in this share and nothing says congested.
 KEEP_SHARE = 0.97
 # A layer rises only after the estimate has allowed it, without a drop, for this long;
@@ -67,24 +65,6 @@ def link_grew(probe_bps: float, known_bps: float | None) -> bool:
     courseware and the board flip every 3-4 s there (merged main, steps-5-1-5-3pct).
     """
     return known_bps is None or probe_bps > LINK_GREW * known_bps
-
-
-def drain_bps(estimate_bps: float, capacity_bps: float | None) -> float:
-    """How fast the pacer lets bursts (keyframes, frames beyond its bucket) leave.
-
-    Not much faster than the link: a burst above it waits in the modem's drop-tail
-    queue instead of ours, ahead of audio and of the next frames, and the delay detector
-    reads that queue of our own making as congestion. Where no capacity has been
-    measured the estimate is the best reading of the link; a measured capacity is taken
-    at CAPACITY_SHARE, as it reads high (the fastest ten packets of a cut's window: a
-    2 Mbit/s link read at 2.05-2.66 Mbit/s, which drained bursts 10-30 % above it).
-    Bursts still leave at least BURST_OVER_ESTIMATE times the estimate, so what the
-    allocator sends (up to KEEP_SHARE of it, plus audio and repairs) never builds a
-    standing queue here; the pacer's queue is still sized for 0.5 s at PACING_FACTOR
-    times the estimate, so a whole keyframe waits rather than losing its tail.
-    """
-    link = estimate_bps if capacity_bps is None else CAPACITY_SHARE * capacity_bps
-    return max(BURST_OVER_ESTIMATE * estimate_bps, min(PACING_FACTOR * estimate_bps, link))
 
 
 def _no_focus(source: MediaSource) -> bool:
@@ -182,10 +162,7 @@ class SubscriberBandwidth:
         estimate = self.estimator.estimate(now)
         self.estimate_bps = estimate.bps
         probe = self.prober.active
-        if probe is not None:
-            self.pacer.set_rate(int(probe.target_bps))
-        else:
-            self.pacer.set_rate(self._pacing(estimate.bps), queue_bps=estimate.bps)
+        self.pacer.set_rate(int(probe.target_bps) if probe else self._pacing(estimate.bps))
         self.repair.set_rate(estimate.bps)
         if not self.adaptive:
             return None
@@ -290,13 +267,20 @@ class SubscriberBandwidth:
             if self.estimator.estimate(now).bps > before and link_grew(result.bps, known):
                 self._last_down = float("-inf")  # the link proved it: layers may rise now
                 self._hold_s = HOLD_S
-        estimate_bps = self.estimator.estimate(now).bps
-        self.pacer.set_rate(self._pacing(estimate_bps), queue_bps=estimate_bps)
+        self.pacer.set_rate(self._pacing(self.estimator.estimate(now).bps))
 
     def _pacing(self, estimate_bps: int) -> int:
-        """The pacer's base rate (it sends at PACING_FACTOR times it): see `drain_bps`."""
-        drain = drain_bps(estimate_bps, self.estimator.capacity_bps)
-        return max(int(drain / PACING_FACTOR), 1)
+        """The pacer's base rate (it sends at PACING_FACTOR times it).
+
+        Bursts (keyframes) may leave faster than the estimate, but not much faster than
+        the link's measured capacity: a burst above it is a queue of our own making,
+        which the delay detector rightly reports and the estimate pays for.
+        """
+        capacity = self.estimator.capacity_bps
+        if capacity is None:
+            return estimate_bps
+        ceiling = max(capacity, BURST_OVER_ESTIMATE * estimate_bps) / PACING_FACTOR
+        return max(int(min(estimate_bps, ceiling)), 1)
 
     def _measure_sent(self, downtracks: Sequence[DownTrack], now: float) -> None:
         est = self.estimator

@@ -5,9 +5,8 @@ they fill the modem's queue, delay everything behind them (audio too) and are lo
 its tail. The pacer is a PacketSink in front of the wire: while the token bucket has
 room, packets go straight out (the common case reads no clock: the bucket is refilled
 only when a packet finds it short, crediting the whole time since the last refill, so a
-burst can reach twice `BURST_S` at worst); a burst beyond it is queued and drained every
-few milliseconds at the rate the caller sets (media_server/bandwidth.py: about the
-link's rate; one timer drains every subscriber's queue).
+burst can reach twice `BURST_S` at worst); a burst beyond it is queued and drained every few milliseconds at `PACING_FACTOR` times the estimate
+(one timer drains every subscriber's queue).
 Audio goes through `send_rtp_now`, ahead of any queue. A queue that would hold more
 than `MAX_QUEUE_S` of sending is cut at its tail: late video is worth less than a
 keyframe request.
@@ -47,7 +46,6 @@ class Pacer:
         self.sent_bytes = 0
         self._rate = 0.0  # bytes per second
         self._burst = 0.0
-        self._max_queue = 0.0
         self._tokens = 0.0
         self._last = time.monotonic()
         self.set_rate(rate_bps)
@@ -64,13 +62,9 @@ class Pacer:
         if len(packet) > SEQ_OFFSET + 1 and packet[SEQ_OFFSET - 1] == self._tcc_byte:
             self.history.record(packet, time.monotonic())  # type: ignore[union-attr]
 
-    def set_rate(self, estimate_bps: int, queue_bps: int | None = None) -> None:
-        """Drain at PACING_FACTOR times `estimate_bps`; the queue may hold MAX_QUEUE_S of
-        sending at PACING_FACTOR times `queue_bps` (default: the same rate), so a caller
-        that drains slower than that keeps room for a whole keyframe."""
+    def set_rate(self, estimate_bps: int) -> None:
         self._rate = estimate_bps * PACING_FACTOR / 8
         self._burst = max(self._rate * BURST_S, MIN_BURST_BYTES)
-        self._max_queue = (queue_bps or estimate_bps) * PACING_FACTOR / 8 * MAX_QUEUE_S
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -90,7 +84,7 @@ class Pacer:
                     self._note(packet)
                 self.sink.send_rtp(packet)
                 return
-        if self.queued_bytes + size > self._max_queue:
+        if self.queued_bytes + size > self._rate * MAX_QUEUE_S:
             self.dropped += 1
             return
         self.queue.append(packet)

@@ -310,25 +310,3 @@ def test_random_loss_without_a_queue_is_not_congestion(
     for second, fraction in enumerate(readings, start=10):
         est.on_loss(fraction, float(second), queue_free)
     assert low <= est.estimate(40.0).bps <= high
-
-
-@pytest.mark.parametrize(
-    ("queue_bps", "dropped"),
-    [
-        # Draining at 1.1x a 550 kbit/s estimate (about the link), the queue still has
-        # room for 0.5 s at 1.5x the estimate: a 48 kB keyframe waits whole...
-        (550_000, False),
-        # ... where a queue sized by the slower drain rate cut its tail (a picture
-        # undecodable until the next keyframe).
-        (None, True),
-    ],
-)
-async def test_a_pacer_draining_at_the_link_keeps_room_for_a_whole_keyframe(
-    queue_bps: int | None, dropped: bool
-) -> None:
-    pacer = Pacer(MemorySink(), rate_bps=550_000)
-    pacer.set_rate(int(550_000 * 1.1 / pacer_mod.PACING_FACTOR), queue_bps=queue_bps)
-    for i in range(40):
-        pacer.send_rtp(bytes([i]) * 1200)
-    assert (pacer.dropped > 0) is dropped
-    pacer.close()

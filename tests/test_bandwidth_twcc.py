@@ -13,7 +13,6 @@ from media_server.bandwidth import (
     ALLOCATION_SHARE,
     HOLD_S,
     SubscriberBandwidth,
-    drain_bps,
     link_grew,
 )
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate, Usage
@@ -730,7 +729,7 @@ def test_a_step_under_3_percent_loss_is_followed_while_the_layers_lag_a_tick() -
     assert settled(trace, 40.5, 2_400_000, 6_250_000) <= 10.0
 
 
-# -- the rise hold and the pacer's drain against the measured link ------------------------
+# -- the rise hold against the measured link ------------------------
 
 
 @pytest.mark.parametrize(
@@ -777,26 +776,3 @@ async def test_a_probe_lifts_a_doubled_rise_hold_only_when_the_link_grew(
     assert bw.describe()["hold_s"] == hold_after
     assert (bw._last_down == float("-inf")) is lifted
     bw.close()
-
-
-@pytest.mark.parametrize(
-    ("estimate", "capacity", "drain"),
-    [
-        # 2 Mbit/s point, no capacity measured, the estimate at the link: bursts leave
-        # just above it (1.1x), not at 1.5x (3 Mbit/s into a 2 Mbit/s modem queue).
-        (2_000_000, None, 2_200_000),
-        # A link measured well above the estimate: bursts may use it, up to 1.5x.
-        (2_000_000, 5_000_000, 3_000_000),
-        # After a cut on a 1 Mbit/s link: up to 1.5x the estimate, under the link.
-        (550_000, 1_000_000, 825_000),
-        # A 2 Mbit/s link read at 2.4 (capacity reads high): just above the estimate,
-        # not at the reading, 20 % above the link.
-        (2_000_000, 2_400_000, 2_200_000),
-        # An estimate at or above the measured link: just above the estimate.
-        (1_000_000, 800_000, 1_100_000),
-    ],
-)
-def test_bursts_leave_at_about_the_link_not_far_above_it(
-    estimate: int, capacity: int | None, drain: int
-) -> None:
-    assert drain_bps(estimate, capacity) == pytest.approx(drain)
