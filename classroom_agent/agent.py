@@ -526,6 +526,8 @@ def use_frame_buffers(pc: RTCPeerConnection) -> None:
     fec = opus_fec.available()
     if fec:
         rtc_internals.use_decoder("opus", opus_fec.FecOpusDecoder)
+    else:
+        log.warning("libopus not found: lost audio packets are concealed, not rebuilt (FEC)")
     for transceiver in pc.getTransceivers():
         receiver = transceiver.receiver
         video = transceiver.kind == "video"

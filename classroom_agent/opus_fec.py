@@ -6,8 +6,8 @@ every lost packet was a hole (12-14 % of the audio missing at 256 kbit/s). The f
 buffer (`classroom_agent/framing.py`) hands a lost packet's successor on marked
 ``fec``; this decoder then calls ``opus_decode(..., decode_fec=1)`` on it, which yields
 the lost packet's audio from the low-bitrate copy the successor carries. It talks to
-the system's libopus through ctypes, with the same output as aiortc's decoder (s16
-stereo at 48 kHz).
+libopus (the system's, or the copy PyAV's wheel bundles) through ctypes, with the same
+output as aiortc's decoder (s16 stereo at 48 kHz).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import ctypes
 import ctypes.util
 import fractions
 from functools import cache
+from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 from av import AudioFrame
 
@@ -31,13 +33,26 @@ class OpusUnavailable(RuntimeError):
     pass
 
 
+def _candidates() -> list[str]:
+    """The system's libopus, then the one PyAV's wheel bundles (a slim container image or
+    a classroom box without Debian's libopus0 still has that one)."""
+    names = [ctypes.util.find_library("opus") or "libopus.so.0"]
+    libs = Path(av.__file__).resolve().parent.parent / "av.libs"
+    names += sorted(str(p) for p in libs.glob("libopus*.so*"))
+    return names
+
+
 @cache
 def _lib() -> ctypes.CDLL:
-    name = ctypes.util.find_library("opus") or "libopus.so.0"
-    try:
-        lib = ctypes.CDLL(name)
-    except OSError as exc:
-        raise OpusUnavailable(f"libopus not found ({exc})") from None
+    errors = []
+    for name in _candidates():
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError as exc:
+            errors.append(str(exc))
+    else:
+        raise OpusUnavailable(f"libopus not found ({'; '.join(errors)})")
     lib.opus_decoder_create.restype = ctypes.c_void_p
     lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
     lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]

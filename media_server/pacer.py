@@ -43,7 +43,6 @@ class Pacer:
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         self.dropped = 0
-        self.sent_bytes = 0
         self._rate = 0.0  # bytes per second
         self._burst = 0.0
         self._tokens = 0.0
@@ -79,7 +78,6 @@ class Pacer:
                 self._refill()
             if self._tokens >= size:
                 self._tokens -= size
-                self.sent_bytes += size
                 if self.history is not None:
                     self._note(packet)
                 self.sink.send_rtp(packet)
@@ -94,7 +92,6 @@ class Pacer:
     def send_rtp_now(self, packet: bytes) -> None:
         """Audio: out at once; it still spends tokens so video makes room for it."""
         self._tokens -= len(packet)
-        self.sent_bytes += len(packet)
         if self.history is not None:
             self._note(packet)
         self.sink.send_rtp(packet)
@@ -111,7 +108,6 @@ class Pacer:
             size = len(packet)
             self._tokens -= size
             self.queued_bytes -= size
-            self.sent_bytes += size
             if self.history is not None:
                 self._note(packet)
             self.sink.send_rtp(packet)

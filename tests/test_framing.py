@@ -278,3 +278,27 @@ def test_the_agents_opus_decoder_rebuilds_a_lost_packets_audio() -> None:
     assert [f.samples for f in rebuilt] == [960]
     assert rebuilt[0].pts == 20 * 960
     assert np.abs(rebuilt[0].to_ndarray()).max() > 2000
+
+
+def test_the_agent_finds_libopus_in_pyavs_wheel_when_the_system_has_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A classroom box or a slim container without Debian's libopus0 still rebuilds lost
+    audio: PyAV's wheel carries its own libopus."""
+    import ctypes.util
+    from pathlib import Path
+
+    import av
+
+    from classroom_agent import opus_fec
+
+    if not list((Path(av.__file__).resolve().parent.parent / "av.libs").glob("libopus*")):
+        pytest.skip("this PyAV was not installed from a wheel that bundles libopus")
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libopus-not-here.so.0")
+    opus_fec._lib.cache_clear()
+    try:
+        assert opus_fec.available()
+        assert "av.libs" in opus_fec._lib()._name
+        assert opus_fec.packet_samples(b"\xf8\xff\xfe") == 960  # a 20 ms Opus packet
+    finally:
+        opus_fec._lib.cache_clear()
