@@ -51,8 +51,6 @@ PROBE_DRAIN_MAX_S = 0.3
 # Transport-cc loss is read once a tick over at least this many reported packets.
 MIN_LOSS_PACKETS = 20
 CALM_S = 60.0
-# What RED audio costs against the publisher's own stream (payload twice, one header).
-RED_AUDIO_FACTOR = 2
 # A probe reading this far above the link's measured capacity says the link grew (a 1 ->
 # 5 Mbit/s step reads 3x): the hold is lifted. Nearer, it is the same link read again.
 LINK_GREW = 1.25
@@ -332,16 +330,11 @@ class SubscriberBandwidth:
         source = down.source
         assert source is not None
         fwd = down.forwarder
-        # RED repeats each Opus payload in the next packet: towards a browser that took
-        # it, audio costs about twice what the publisher sends (~90 kbit/s, not ~40).
-        # Counted at the upstream rate, a layer that fit on paper overfilled a 1 Mbit/s
-        # link, and the next cut took it back.
-        factor = RED_AUDIO_FACTOR if down.red else 1
         return Candidate(
             key=source.track_id,
             kind=source.kind,
             source=source.source,
-            layers={name: up.bitrate_bps(now) * factor for name, up in source.layers.items()},
+            layers={name: up.bitrate_bps(now) for name, up in source.layers.items()},
             pinned=fwd.pinned,
             user_paused=fwd.paused_by_user,
             current=None if fwd.paused_by_allocator else fwd.allocated,

@@ -188,11 +188,6 @@ class DownTrack:
     def paused(self) -> bool:
         return self.forwarder.paused
 
-    @property
-    def red(self) -> bool:
-        """Audio goes out as RED: each packet also carries the previous one's payload."""
-        return self._red_pt >= 0
-
     def bind(self, source: MediaSource | None) -> None:
         """Carry `source` from its next keyframe on (None: go idle)."""
         self._detach_all()

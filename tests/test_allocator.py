@@ -274,29 +274,3 @@ def test_keeping_what_is_sent_never_holds_the_teacher_below_the_board(
     )
     got = layers(allocate(1_700_000, cands, hold=hold, keep_bps=1_900_000))
     assert {k: got[k] for k in expected} == expected
-
-
-@pytest.mark.parametrize(("red", "audio_bps"), [(False, 40_000), (True, 80_000)])
-def test_audio_sent_as_red_is_counted_at_what_it_costs_on_the_line(
-    red: bool, audio_bps: int
-) -> None:
-    """Towards a browser that took RED, every audio packet also carries the previous
-    payload: about twice what the publisher sends. Counted at the publisher's rate, a
-    video layer that fit on paper overfilled a 1 Mbit/s point, and the next cut took it
-    back (the layers flipped every few seconds)."""
-    mic = make_up("h", 2222, [])
-    mic.kind = "audio"
-    mic.bitrate_bps = lambda now: 40_000  # type: ignore[method-assign]
-    source = MediaSource("p1", "c1", "M", "classroom_mic", "audio", "opus", "Mic", {"h": mic})
-    bandwidth = SubscriberBandwidth(MemorySink())
-    down = DownTrack(
-        sink=bandwidth.sink_for("audio"),
-        ssrc=0xBEEF,
-        payload_type=111,
-        red=(63, 111) if red else None,
-    )
-    down.bind(source)
-    cand = bandwidth._candidate(down, 0.0)
-    assert cand.layers == {"h": audio_bps}
-    down.close()
-    bandwidth.close()
