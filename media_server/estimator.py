@@ -35,11 +35,12 @@ trip after the flood it reports: starting it at INITIAL_BPS sent 2.2 Mbit/s into
 256 kbit/s line for 5-6 s at every connect (65 % loss, 0.9 s round trip, the lesson's
 WebSocket behind the same queue). It starts at BLIND_START_BPS instead, in a start-up
 phase: each report with loss at most LOSS_HIGH (a rural line's random loss is not the
-flood's) and no queue in the round trip (at most START_QUEUE_MS above the least seen)
-grows the estimate by START_GROWTH, so a good link reaches a point's top layers in a few
-seconds. The first report of a queue or of loss above LOSS_HIGH ends the phase for good:
-from then on the rules above apply. A transport-cc subscriber (Chromium) starts at its
-role's figure, unchanged: its probes and delay estimate correct a start within a second.
+flood's), no queue in the round trip (at most START_QUEUE_MS above the least seen) and
+at least START_FILLED of the estimate really sent grows it by START_GROWTH, so a good
+link reaches a point's top layers in a few seconds. The first report of a queue or of
+loss above LOSS_HIGH ends the phase for good: from then on the rules above apply. A
+transport-cc subscriber (Chromium) starts at its role's figure, unchanged: its probes and
+delay estimate correct a start within a second.
 
 The link's capacity, when measured (a probe the link spread out, or the arrival rate at
 confirmed overuse), is where growth without evidence stops: loss-free seconds bring the
@@ -74,6 +75,8 @@ PROBE_SATURATED_SHARE = 0.95
 BLIND_START_BPS = 300_000
 START_GROWTH = 1.5
 START_QUEUE_MS = 200.0
+# ... only from reports about at least this share of the estimate actually sent.
+START_FILLED = 0.5
 
 
 def start_bps(initial_bps: int, transport_cc: bool) -> int:
@@ -205,11 +208,17 @@ class DownlinkEstimator:
                 and self.rtt_ms > self._min_rtt_ms + START_QUEUE_MS
             )
             if not high and not queue:
-                ceiling = max(self.sent_bps + HEADROOM_BPS, self.demand_bps)
-                self._bps = min(self._bps * START_GROWTH, max(ceiling, self._bps))
-                self._clamp()
-                return
-            self.starting = False  # the link has shown its limit: the rules below apply
+                # A report about less than we allowed says nothing of the rest (the
+                # first reports come before the media has filled the estimate: they
+                # once lifted a fresh 300 kbit/s start to 675 kbit/s on a 256 kbit/s
+                # line): the clean-line rule below grows it, slowly, instead.
+                if self.sent_bps >= START_FILLED * self._bps:
+                    ceiling = max(self.sent_bps + HEADROOM_BPS, self.demand_bps)
+                    self._bps = min(self._bps * START_GROWTH, max(ceiling, self._bps))
+                    self._clamp()
+                    return
+            else:
+                self.starting = False  # the link has shown its limit: the rules below apply
         # One second's count of a line's random loss strays above 10 % now and then (5 %
         # of 60 packets is 3 lost; 7 are 12 %): with no queue on the link, one such
         # second is noise, and only a second one in a row backs off.

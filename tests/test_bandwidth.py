@@ -121,6 +121,19 @@ def test_a_subscriber_without_transport_cc_starts_low(
     assert start_bps(initial, transport_cc) == expected
 
 
+def test_a_blind_start_grows_only_on_reports_about_what_was_sent() -> None:
+    """The first reports come before the media fills the estimate: clean as they are,
+    they say nothing about the rate, and must not lift the start towards a flood."""
+    est = DownlinkEstimator(initial_bps=start_bps(2_500_000, False), start_up=True)
+    est.demand_bps = 2_400_000
+    for second, sent in enumerate([0, 40_000, 270_000], start=1):
+        est.sent_bps = sent
+        est.on_loss(0.0, now=float(second))
+        if sent < 150_000:
+            assert est.estimate(second).bps <= 1.2 * BLIND_START_BPS
+    assert est.estimate(3.0).bps > 1.4 * BLIND_START_BPS  # filled and clean: start-up growth
+
+
 # A point's top demand in bench/rural.py (teacher 1.1 + board 0.7 + courseware 0.27
 # Mbit/s + audio, over the allocation share).
 POINT_DEMAND = 2_400_000
