@@ -131,7 +131,12 @@ def test_a_blind_start_grows_only_on_reports_about_what_was_sent() -> None:
         est.on_loss(0.0, now=float(second))
         if sent < 150_000:
             assert est.estimate(second).bps <= 1.2 * BLIND_START_BPS
-    assert est.estimate(3.0).bps > 1.4 * BLIND_START_BPS  # filled and clean: start-up growth
+    assert est.estimate(3.0).bps > 1.4 * BLIND_START_BPS  # flowing and clean: start-up growth
+    # A camera's 360p -> 720p step leaves most of the estimate unused: growth goes on.
+    est._bps = 1_400_000
+    est.sent_bps = 600_000
+    est.on_loss(0.0, now=4.0)
+    assert est.estimate(4.0).bps == 2_100_000
 
 
 # A point's top demand in bench/rural.py (teacher 1.1 + board 0.7 + courseware 0.27
