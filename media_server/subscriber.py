@@ -202,13 +202,6 @@ class Subscriber:
         # RTCP from the subscriber about this SSRC (NACK, PLI, REMB, RR) comes to us.
         rtc_internals.register_rtcp_recipient(dtls, downtrack, downtrack.ssrc)
         slot.downtrack = downtrack
-        if self.adaptive and self.transport_cc_id is None and slot.kind == "video":
-            # A blind subscriber's video waits for the allocator's first tick (at most a
-            # second). Left at the top layer until then, every source's first keyframe
-            # overflowed the pacer at the blind start (300 kbit/s) and the agent reported
-            # the cut packets as 46-57 % loss on a clean 5 Mbit/s link: the estimate fell
-            # to 164 kbit/s and the top layers took 48 s.
-            downtrack.allocate(None, paused=True)
         downtrack.bind(slot.source)
         if self._sr_task is None:
             self._sr_task = asyncio.ensure_future(self._control(parameters.rtcp.cname or ""))

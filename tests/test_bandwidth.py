@@ -126,6 +126,11 @@ def test_a_blind_start_grows_only_on_reports_about_what_was_sent() -> None:
     they say nothing about the rate, and must not lift the start towards a flood."""
     est = DownlinkEstimator(initial_bps=start_bps(2_500_000, False), start_up=True)
     est.demand_bps = 2_400_000
+    est.started_at = 0.0
+    # Before the first tick the pacer cut its own queue: the receiver reports it as loss.
+    est.sent_bps = 120_000
+    est.on_loss(0.5, now=0.5)
+    assert est.estimate(0.5).bps == BLIND_START_BPS and est.starting
     for second, sent in enumerate([0, 40_000, 270_000], start=1):
         est.sent_bps = sent
         est.on_loss(0.0, now=float(second))
