@@ -32,13 +32,14 @@ Two signals, as in Google Congestion Control (the estimator Chromium and aiortc 
 A subscriber without transport-wide feedback (the point agent: aiortc sends REMB per
 stream and receiver reports) cannot be probed, and its first loss report arrives a round
 trip after the flood it reports: starting it at INITIAL_BPS sent 2.2 Mbit/s into a
-256 kbit/s line for 5-6 s at every connect (65 % loss, 0.9 s round trip, the lesson's
+256 kbit/s line for 5-13 s at every connect (65 % loss, 0.9 s round trip, the lesson's
 WebSocket behind the same queue). It starts at BLIND_START_BPS instead, in a start-up
 phase: each report with loss at most LOSS_HIGH (a rural line's random loss is not the
 flood's), no queue in the round trip (at most START_QUEUE_MS above the least seen) and
 media really flowing (START_FILLED of the start sent) grows it by START_GROWTH, so a good
-link reaches a point's top layers in a few seconds. The first report of a queue or of
-loss above LOSS_HIGH ends the phase for good: from then on the rules above apply. A
+link reaches a point's top layers in a few seconds. Reports of the first START_SETTLE_S
+after the media started are left out (the pacer's own cuts of the first keyframes read as
+loss). The first report of a queue or of loss above LOSS_HIGH ends the phase for good: from then on the rules above apply. A
 transport-cc subscriber (Chromium) starts at its role's figure, unchanged: its probes and
 delay estimate correct a start within a second.
 
