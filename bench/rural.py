@@ -668,22 +668,11 @@ async def run_condition(
         estimate_series: list[list[Any]] = []
         cut_list: list[dict[str, Any]] = []
         trace: list[dict[str, Any]] = []
-        warmup_series: list[list[Any]] = []
-        warmup_trace: list[dict[str, Any]] = []
 
         async def measure(mark: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
             """Warm up, then run the measured period (with the link's steps)."""
             log(f"{cond.name}: warming up {warmup:.0f} s")
-            # The warm-up's own seconds (connect, the estimate's start) go to a separate
-            # trace: the measured totals and trace stay the measured minute's.
-            warm_totals = dict.fromkeys(SFU_COUNTERS, 0)
-            warming = asyncio.ensure_future(
-                _poll_sfu(
-                    server, room, warm_totals, warmup_series, [], time.monotonic(), warmup_trace
-                )
-            )
             await asyncio.sleep(warmup)
-            warming.cancel()
             start = await mark()
             sfu_totals = dict.fromkeys(SFU_COUNTERS, 0)
             t0 = time.monotonic()
@@ -783,9 +772,6 @@ async def run_condition(
                 "receiver": receiver,
                 "sfu": sfu,
                 "downlink_trace": trace,
-                # The same, one row a second of the warm-up (from the point's launch).
-                "warmup_estimate": {"columns": ESTIMATE_COLUMNS, "rows": warmup_series},
-                "warmup_trace": warmup_trace,
                 "link_down": link_down,
                 "master_encode": summarise_master(_read_jsonl(workdir / "master.jsonl"), *window),
                 "estimate": {

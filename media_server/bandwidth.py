@@ -24,7 +24,7 @@ from media_server.allocator import (
 )
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
-from media_server.estimator import INITIAL_BPS, DownlinkEstimator, start_bps
+from media_server.estimator import INITIAL_BPS, DownlinkEstimator
 from media_server.pacer import PACING_FACTOR, Pacer
 from media_server.probe import CLUSTER_S, ProbeController
 from media_server.sink import PacketSink
@@ -92,23 +92,12 @@ class PriorityLane:
 
 class SubscriberBandwidth:
     def __init__(
-        self,
-        wire: PacketSink,
-        *,
-        adaptive: bool = True,
-        initial_bps: int = INITIAL_BPS,
-        transport_cc: bool = True,
+        self, wire: PacketSink, *, adaptive: bool = True, initial_bps: int = INITIAL_BPS
     ) -> None:
-        """`transport_cc`: whether the subscriber will send transport-wide feedback
-        (`use_transport_cc` follows); without it the estimate starts low and feels its
-        way up (media_server/estimator.py)."""
         self.adaptive = adaptive
         # Whether a source is the lesson's focus (set by the room: the called-on point).
         self.focus: Callable[[MediaSource], bool] = _no_focus
-        blind = adaptive and not transport_cc
-        self.estimator = DownlinkEstimator(
-            initial_bps=start_bps(initial_bps, not blind), start_up=blind
-        )
+        self.estimator = DownlinkEstimator(initial_bps=initial_bps)
         start = self.estimator.estimate(0.0).bps
         self.pacer = Pacer(wire, start)
         self.audio_lane = PriorityLane(self.pacer)

@@ -29,20 +29,6 @@ Two signals, as in Google Congestion Control (the estimator Chromium and aiortc 
 - Probes (media_server/probe.py): a cluster the link carried raises the estimate to the
   rate it was carried at; one the link spread out measures its capacity directly.
 
-A subscriber without transport-wide feedback (the point agent: aiortc sends REMB per
-stream and receiver reports) cannot be probed, and its first loss report arrives a round
-trip after the flood it reports: starting it at INITIAL_BPS sent 2.2 Mbit/s into a
-256 kbit/s line for 5-13 s at every connect (65 % loss, 0.9 s round trip, the lesson's
-WebSocket behind the same queue). It starts at BLIND_START_BPS instead, in a start-up
-phase: each report with loss at most LOSS_HIGH (a rural line's random loss is not the
-flood's), no queue in the round trip (at most START_QUEUE_MS above the least seen) and
-media really flowing (START_FILLED of the start sent) grows it by START_GROWTH, so a good
-link reaches a point's top layers in a few seconds. Reports of the first START_SETTLE_S
-after the media started are left out (the pacer's own cuts of the first keyframes read as
-loss). The first report of a queue or of loss above LOSS_HIGH ends the phase for good: from then on the rules above apply. A
-transport-cc subscriber (Chromium) starts at its role's figure, unchanged: its probes and
-delay estimate correct a start within a second.
-
 The link's capacity, when measured (a probe the link spread out, or the arrival rate at
 confirmed overuse), is where growth without evidence stops: loss-free seconds bring the
 estimate up to it, not past it, so a layer that does not fit is not tried every few
@@ -71,20 +57,6 @@ DELAY_HOLD_S = 2.0
 MAX_CUT = 0.5
 # A probe the link spread out: the estimate takes this share of the measured capacity.
 PROBE_SATURATED_SHARE = 0.95
-# Without transport-cc: start here (a little above a 256 kbit/s line, whose queue absorbs
-# that for seconds), grow this much per clean report until a queue or heavy loss shows.
-BLIND_START_BPS = 300_000
-START_GROWTH = 1.5
-START_QUEUE_MS = 200.0
-# ... only from reports about media really flowing (this share of the start sent).
-START_FILLED = 0.5
-# Reports in the first seconds after the media started are left out of the start-up.
-START_SETTLE_S = 3.0
-
-
-def start_bps(initial_bps: int, transport_cc: bool) -> int:
-    """Where a subscriber's estimate starts: a blind one (no transport-cc) starts low."""
-    return initial_bps if transport_cc else min(initial_bps, BLIND_START_BPS)
 
 
 @dataclass
@@ -97,13 +69,8 @@ class Estimate:
 
 
 class DownlinkEstimator:
-    def __init__(
-        self, *, initial_bps: int = INITIAL_BPS, max_bps: int = MAX_BPS, start_up: bool = False
-    ) -> None:
+    def __init__(self, *, initial_bps: int = INITIAL_BPS, max_bps: int = MAX_BPS) -> None:
         self.max_bps = max_bps
-        # The start-up phase (a blind subscriber's first seconds, see the module's doc).
-        self.starting = start_up
-        self._min_rtt_ms: float | None = None
         self._bps = float(initial_bps)
         self._remb: tuple[int, float] | None = None  # (bps, when)
         self.sent_bps = 0.0  # what we sent this subscriber lately (set by the caller)
@@ -204,34 +171,6 @@ class DownlinkEstimator:
         """
         self.loss = fraction
         high = fraction > LOSS_HIGH
-        if self.starting:
-            flowing = self.sent_bps >= START_FILLED * BLIND_START_BPS
-            if self.started_at is None or now - self.started_at < START_SETTLE_S:
-                # The first seconds' reports tell nothing of the link: before the
-                # allocator's first tick every source's first keyframe overflows the
-                # pacer at the 300 kbit/s start, and the agent reported the cut packets
-                # as 28-57 % loss on a clean 5 Mbit/s link, ending the start-up at
-                # 164-200 kbit/s (the top layers took 45-48 s).
-                return
-            queue = (
-                self.rtt_ms is not None
-                and self._min_rtt_ms is not None
-                and self.rtt_ms > self._min_rtt_ms + START_QUEUE_MS
-            )
-            if not high and not queue:
-                # The first reports come before the media flows: clean as they are,
-                # they say nothing of the rate (they once lifted a fresh 300 kbit/s
-                # start to 675 kbit/s on a 256 kbit/s line); the clean-line rule below
-                # grows it, slowly, until the media has started. (Not a share of the
-                # estimate: the step from a camera's 360p to its 720p leaves 60 % of
-                # it unused, and growth stalled at 8 % a report, 13 s to the top.)
-                if flowing:
-                    ceiling = max(self.sent_bps + HEADROOM_BPS, self.demand_bps)
-                    self._bps = min(self._bps * START_GROWTH, max(ceiling, self._bps))
-                    self._clamp()
-                    return
-            else:
-                self.starting = False  # the link has shown its limit: the rules below apply
         # One second's count of a line's random loss strays above 10 % now and then (5 %
         # of 60 packets is 3 lost; 7 are 12 %): with no queue on the link, one such
         # second is noise, and only a second one in a row backs off.
@@ -254,7 +193,6 @@ class DownlinkEstimator:
         self._clamp()
 
     def on_rtt(self, rtt_ms: float) -> None:
-        self._min_rtt_ms = rtt_ms if self._min_rtt_ms is None else min(self._min_rtt_ms, rtt_ms)
         self.rtt_ms = rtt_ms if self.rtt_ms is None else 0.8 * self.rtt_ms + 0.2 * rtt_ms
 
     def _clamp(self) -> None:

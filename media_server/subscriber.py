@@ -172,10 +172,7 @@ class Subscriber:
             if self.bandwidth is not None:
                 self.bandwidth.close()
             self.bandwidth = SubscriberBandwidth(
-                self.wire,
-                adaptive=self.adaptive,
-                initial_bps=self.initial_bps,
-                transport_cc=self.transport_cc_id is not None,
+                self.wire, adaptive=self.adaptive, initial_bps=self.initial_bps
             )
             if self.focus is not None:
                 self.bandwidth.focus = self.focus

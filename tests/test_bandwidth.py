@@ -7,7 +7,7 @@ import pytest
 from media_server import pacer as pacer_mod
 from media_server.allocator import Candidate, Decision, allocate
 from media_server.downtrack import RepairBudget
-from media_server.estimator import BLIND_START_BPS, MIN_BPS, DownlinkEstimator, start_bps
+from media_server.estimator import MIN_BPS, DownlinkEstimator
 from media_server.pacer import Pacer
 from media_server.sink import MemorySink
 from tests.media import wait_for
@@ -101,94 +101,6 @@ def test_after_a_step_down_and_back_up_the_estimate_recovers_within_seconds() ->
         est.on_loss(0.0, now)
         assert ticks < 60
     assert now - 10.0 <= 12.0
-
-
-@pytest.mark.parametrize(
-    ("initial", "transport_cc", "expected"),
-    [
-        # Chromium (transport-cc: probes and a delay estimate) starts at its role's figure.
-        (2_500_000, True, 2_500_000),
-        (8_000_000, True, 8_000_000),
-        # The point agent (REMB and receiver reports only) starts low, never higher.
-        (2_500_000, False, BLIND_START_BPS),
-        (8_000_000, False, BLIND_START_BPS),
-        (200_000, False, 200_000),
-    ],
-)
-def test_a_subscriber_without_transport_cc_starts_low(
-    initial: int, transport_cc: bool, expected: int
-) -> None:
-    assert start_bps(initial, transport_cc) == expected
-
-
-def test_a_blind_start_grows_only_on_reports_about_what_was_sent() -> None:
-    """The first reports come before the media fills the estimate: clean as they are,
-    they say nothing about the rate, and must not lift the start towards a flood."""
-    est = DownlinkEstimator(initial_bps=start_bps(2_500_000, False), start_up=True)
-    est.demand_bps = 2_400_000
-    est.started_at = 0.0
-    # Before the first tick the pacer cut its own queue: the receiver reports it as loss.
-    est.sent_bps = 120_000
-    est.on_loss(0.5, now=0.5)
-    assert est.estimate(0.5).bps == BLIND_START_BPS and est.starting
-    est.sent_bps = 180_000  # the burst's own bytes count as sent
-    est.on_loss(0.3, now=1.5)
-    assert est.estimate(1.5).bps == BLIND_START_BPS and est.starting
-    for second, sent in enumerate([0, 40_000, 270_000], start=3):
-        est.sent_bps = sent
-        est.on_loss(0.0, now=float(second))
-        if sent < 150_000:
-            assert est.estimate(second).bps <= 1.2 * BLIND_START_BPS
-    assert est.estimate(5.0).bps > 1.4 * BLIND_START_BPS  # flowing and clean: start-up growth
-    # A camera's 360p -> 720p step leaves most of the estimate unused: growth goes on.
-    est._bps = 1_400_000
-    est.sent_bps = 600_000
-    est.on_loss(0.0, now=6.0)
-    assert est.estimate(6.0).bps == 2_100_000
-
-
-# A point's top demand in bench/rural.py (teacher 1.1 + board 0.7 + courseware 0.27
-# Mbit/s + audio, over the allocation share).
-POINT_DEMAND = 2_400_000
-
-
-@pytest.mark.parametrize(
-    ("capacity", "random_loss", "rtt_ms", "max_peak", "top_within_s"),
-    [
-        # 256 kbit/s, 10 % random loss: at most ~1.8x the line for a moment (the
-        # 2.5 Mbit/s start sent 8.5x for seconds and the agent rejoined), never the top.
-        (256_000, 0.10, 100.0, 470_000, None),
-        # 1 Mbit/s with 5 % loss: the random loss does not stop the start-up short of it.
-        (1_000_000, 0.05, 300.0, 1_600_000, None),
-        # Good links: the top layers within seconds (the first 3 s of reports are left out).
-        (5_000_000, 0.0, 600.0, None, 9),
-        (20_000_000, 0.01, 100.0, None, 9),
-    ],
-)
-def test_a_blind_subscriber_feels_its_way_up_without_flooding_a_thin_line(
-    capacity: int, random_loss: float, rtt_ms: float, max_peak: int | None, top_within_s: int | None
-) -> None:
-    """One receiver report a second from a link model: what exceeds the line queues (the
-    round trip grows) and overflows (lost), on top of the line's random loss."""
-    est = DownlinkEstimator(initial_bps=start_bps(2_500_000, False), start_up=True)
-    est.demand_bps = POINT_DEMAND
-    est.started_at = 0.0
-    peak, reached = 0.0, None
-    for second in range(1, 31):
-        sent = min(est.estimate(second).bps * 0.9, POINT_DEMAND * 0.9)  # what fits is sent
-        est.sent_bps = sent
-        peak = max(peak, sent)
-        delivered = min(sent, capacity) * (1 - random_loss)
-        est.on_rtt(rtt_ms + (300.0 if sent > capacity else 0.0))
-        est.on_loss(1 - delivered / sent, now=float(second))
-        if reached is None and est.estimate(second).bps >= POINT_DEMAND:
-            reached = second
-    if max_peak is not None:
-        assert peak <= max_peak
-        # ... and it settles at the line, not above it or far below it.
-        assert 0.6 * capacity <= est.estimate(30.0).bps * 0.9 <= 1.15 * capacity
-    if top_within_s is not None:
-        assert reached is not None and reached <= top_within_s
 
 
 # -- allocator ------------------------------------------------------------------------
