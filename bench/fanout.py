@@ -288,23 +288,32 @@ def compare(setting: str, subscribers: int, seconds: float, rounds: int, quiet: 
             os.environ[variable] = "1" if mode == "on" else "0"
             runs[mode].append(asyncio.run(run(subscribers, seconds, quiet)))
     os.environ.pop(variable, None)
-
-    def median_us(mode: str) -> float:
-        return statistics.median(r["us_per_packet"] or 0.0 for r in runs[mode])
-
-    off, on = median_us("off"), median_us("on")
     return {
         "compared": setting,
         "subscribers": subscribers,
         "seconds": seconds,
         "rounds": rounds,
-        "us_per_packet_off": round(off, 2),
-        "us_per_packet_on": round(on, 2),
-        "ratio_on_off": round(on / off, 3) if off else None,
-        "off_runs": [r["us_per_packet"] for r in runs["off"]],
-        "on_runs": [r["us_per_packet"] for r in runs["on"]],
-        "loss_off": max(r["loss"] or 0.0 for r in runs["off"]),
-        "loss_on": max(r["loss"] or 0.0 for r in runs["on"]),
+        **alternated(runs, "off", "on"),
+    }
+
+
+def alternated(runs: dict[str, list[dict]], first: str, second: str) -> dict:
+    """Two servers' alternating runs: each one's median cost per packet, the second's
+    ratio to the first, every run, and each one's worst loss (a cheaper server must not
+    be one that dropped packets)."""
+    median = {
+        k: statistics.median(r["us_per_packet"] or 0.0 for r in runs[k]) for k in (first, second)
+    }
+    return {
+        f"us_per_packet_{first}": round(median[first], 2),
+        f"us_per_packet_{second}": round(median[second], 2),
+        f"ratio_{second}_{first}": (
+            round(median[second] / median[first], 3) if median[first] else None
+        ),
+        f"{first}_runs": [r["us_per_packet"] for r in runs[first]],
+        f"{second}_runs": [r["us_per_packet"] for r in runs[second]],
+        f"loss_{first}": max(r["loss"] or 0.0 for r in runs[first]),
+        f"loss_{second}": max(r["loss"] or 0.0 for r in runs[second]),
     }
 
 
@@ -333,23 +342,12 @@ def against_baseline(rev: str, subscribers: int, seconds: float, rounds: int, qu
     finally:
         os.environ.pop(SETTINGS["recording"], None)
         shutil.rmtree(tree, ignore_errors=True)
-
-    def median_us(which: str) -> float:
-        return statistics.median(r["us_per_packet"] or 0.0 for r in runs[which])
-
-    base, this = median_us("baseline"), median_us("this")
     return {
         "baseline": commit,
         "subscribers": subscribers,
         "seconds": seconds,
         "rounds": rounds,
-        "us_per_packet_baseline": round(base, 2),
-        "us_per_packet_this": round(this, 2),
-        "ratio_this_baseline": round(this / base, 3) if base else None,
-        "baseline_runs": [r["us_per_packet"] for r in runs["baseline"]],
-        "this_runs": [r["us_per_packet"] for r in runs["this"]],
-        "loss_baseline": max(r["loss"] or 0.0 for r in runs["baseline"]),
-        "loss_this": max(r["loss"] or 0.0 for r in runs["this"]),
+        **alternated(runs, "baseline", "this"),
     }
 
 
