@@ -265,9 +265,9 @@ async def test_a_subscriber_starting_on_the_layer_is_served_promptly(clock: Cloc
     up.close()
 
 
-async def test_one_subscriber_that_keeps_losing_keyframes_backs_off(clock: Clock) -> None:
-    """A PLI every 0.5 s that no keyframe repairs: the subscriber's requests go on at 1,
-    then 2, then 4 s spacing (its deferred requests left out: each PLI asks anew)."""
+def forwarding_a_layer_that_notes_requests(clock: Clock) -> tuple[DownTrack, list[float]]:
+    """A subscriber's DownTrack on a layer that never sends a keyframe, and the times at
+    which keyframe requests reached that layer."""
     asked: list[float] = []
     layer = SimpleNamespace(
         request_keyframe=lambda: asked.append(clock.now),
@@ -276,6 +276,13 @@ async def test_one_subscriber_that_keeps_losing_keyframes_backs_off(clock: Clock
     )
     down = DownTrack(sink=MemorySink(), ssrc=5, payload_type=96)
     down.forwarder.current = layer  # type: ignore[assignment]
+    return down, asked
+
+
+async def test_one_subscriber_that_keeps_losing_keyframes_backs_off(clock: Clock) -> None:
+    """A PLI every 0.5 s that no keyframe repairs: the subscriber's requests go on at 1,
+    then 2, then 4 s spacing (its deferred requests left out: each PLI asks anew)."""
+    down, asked = forwarding_a_layer_that_notes_requests(clock)
     start = clock.now
     for _ in range(24):
         clock.now += 0.5
@@ -292,14 +299,7 @@ async def test_one_subscriber_that_keeps_losing_keyframes_backs_off(clock: Clock
 async def test_the_stats_tell_pli_received_from_keyframes_asked_upstream(clock: Clock) -> None:
     """An operator reading /api/stats sees how often a point asked (PLI) and how often the
     SFU passed it on: ten PLIs within a second are one request to the publisher."""
-    asked: list[float] = []
-    layer = SimpleNamespace(
-        request_keyframe=lambda: asked.append(clock.now),
-        last_keyframe_at=-INF,
-        detach=lambda down: None,
-    )
-    down = DownTrack(sink=MemorySink(), ssrc=5, payload_type=96)
-    down.forwarder.current = layer  # type: ignore[assignment]
+    down, asked = forwarding_a_layer_that_notes_requests(clock)
     for _ in range(10):
         clock.now += 0.05
         down.on_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=5))
