@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -520,14 +521,21 @@ class ClassroomAgent:
                 self.report.flush()
 
 
+@functools.cache
+def _opus_fec_decoder() -> bool:
+    """Decode Opus through opus_fec's decoder in this process (once, not per connection):
+    a lost packet rebuilt from the next one. False where no libopus is found."""
+    if not opus_fec.available():
+        log.warning("libopus not found: lost audio packets are concealed, not rebuilt (FEC)")
+        return False
+    rtc_internals.use_decoder("opus", opus_fec.FecOpusDecoder)
+    return True
+
+
 def use_frame_buffers(pc: RTCPeerConnection) -> None:
     """Receive through framing.FrameBuffer: bounded waits for lost packets (see there),
-    and Opus through opus_fec's decoder: a lost packet rebuilt from the next one."""
-    fec = opus_fec.available()
-    if fec:
-        rtc_internals.use_decoder("opus", opus_fec.FecOpusDecoder)
-    else:
-        log.warning("libopus not found: lost audio packets are concealed, not rebuilt (FEC)")
+    and with Opus FEC where libopus is found."""
+    fec = _opus_fec_decoder()
     for transceiver in pc.getTransceivers():
         receiver = transceiver.receiver
         video = transceiver.kind == "video"

@@ -89,7 +89,6 @@ class FrameBuffer:
         # Audio: the samples an (Opus) payload holds, to time a lost packet rebuilt from
         # its successor's FEC copy; None: no FEC frames.
         self._fec_samples = None if video else fec_samples
-        self.fec_frames = 0
         self._is_keyframe_start = is_keyframe_start or (lambda _packet: True)
         self.max_wait_s = (
             max_wait_s
@@ -210,7 +209,6 @@ class FrameBuffer:
         samples = self._fec_samples(front.payload)
         if samples <= 0:
             return None
-        self.fec_frames += 1
         return Frame(
             packets=[front],
             timestamp=(front.timestamp - samples) & 0xFFFFFFFF,

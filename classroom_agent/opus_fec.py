@@ -99,7 +99,6 @@ class FecOpusDecoder:
         if not self._dec or err.value != 0:
             raise OpusUnavailable(f"opus_decoder_create failed ({err.value})")
         self._pcm = (ctypes.c_int16 * (MAX_SAMPLES * CHANNELS))()
-        self.recovered = 0  # packets rebuilt from FEC
 
     def __del__(self) -> None:
         dec, self._dec = getattr(self, "_dec", None), None
@@ -118,8 +117,6 @@ class FecOpusDecoder:
         n = self._lib.opus_decode(self._dec, data, len(data), self._pcm, size, int(fec))
         if n <= 0:
             return []
-        if fec:
-            self.recovered += 1
         samples = np.ctypeslib.as_array(self._pcm)[: n * CHANNELS].copy().reshape(1, -1)
         frame = AudioFrame.from_ndarray(samples, format="s16", layout="stereo")
         frame.sample_rate = SAMPLE_RATE

@@ -563,7 +563,7 @@ class _AssemblerInPlace:
                     continue
                 data = b"".join(p._data for p in frame.packets)
                 jitter_frame = JitterFrame(data=data, timestamp=mapper.map(frame.timestamp))
-                if getattr(frame, "fec", False):
+                if frame.fec:
                     jitter_frame.fec = True  # type: ignore[attr-defined]
                 queue.put((codec, jitter_frame))
         return ask_keyframe, None
