@@ -389,9 +389,13 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
             continue
         last = series[-1][1]
         pairs = list(itertools.pairwise(series))
-        if last["kind"] == "audio":
+
+        def grown(key: str, pairs: list = pairs) -> float:
             # A re-subscribed track gets a new meter counting from 0 (as in summarise()).
-            got = sum(_grew(a[1]["samples"], b[1]["samples"]) for a, b in pairs)
+            return sum(_grew(a[1][key], b[1][key]) for a, b in pairs)
+
+        if last["kind"] == "audio":
+            got = grown("samples")
             sources[name] = {
                 "kind": "audio",
                 "missing_share": round(max(0.0, 1 - got / (48000 * seconds)), 4),
@@ -403,18 +407,12 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
         p95s = [t["latency_p95_ms"] for _, t in series if t.get("latency_p95_ms") is not None]
         sources[name] = {
             "kind": "video",
-            "fps_mean": round(
-                sum(_grew(a[1]["frames"], b[1]["frames"]) for a, b in pairs) / seconds, 1
-            ),
+            "fps_mean": round(grown("frames") / seconds, 1),
             "fps_p10": round(_pct(per_second, 0.1) or 0.0, 1),
             "resolution": f"{last['width']}x{last['height']}",
             "no_new_frame_share": round(sum(1 for f in per_second if f == 0) / len(per_second), 3),
-            "freeze_count": sum(_grew(a[1]["freezes"], b[1]["freezes"]) for a, b in pairs),
-            "freeze_seconds": round(
-                sum(_grew(a[1]["freeze_total_ms"], b[1]["freeze_total_ms"]) for a, b in pairs)
-                / 1000,
-                2,
-            ),
+            "freeze_count": grown("freezes"),
+            "freeze_seconds": round(grown("freeze_total_ms") / 1000, 2),
             "longest_no_frame_s": _longest_zero_run(per_second),
             # Seconds with no new frame although the SFU had not paused the picture: a
             # frozen picture under "live" (a paused one is labelled as paused).
