@@ -581,6 +581,8 @@ def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
             if down.get("probes")
             else None,
             "repair_refused": down.get("repair_refused"),
+            # The point's own uplink as the SFU reads it (a point agent publishes).
+            "uplink": p.get("uplink"),
             "packets": {
                 t["track"].split("/")[-1]: t["packets"]
                 for t in p.get("tracks", [])

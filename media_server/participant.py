@@ -52,6 +52,7 @@ class Participant:
             on_tracks=lambda added, removed: on_tracks(self, added, removed),
             pc_factory=self._watched_pc,
             send_json=send_json,
+            round_trip_ms=self._round_trip_ms,
         )
         self.subscriber = Subscriber(
             participant=participant_id,
@@ -67,6 +68,10 @@ class Participant:
         # Set by the signalling session: a media path died; closing the session makes
         # the client rejoin (its own recovery) instead of sitting "connected" and silent.
         self.on_media_failed: Callable[[str], Awaitable[None]] | None = None
+
+    def _round_trip_ms(self) -> float | None:
+        bandwidth = self.subscriber.bandwidth
+        return bandwidth.estimator.rtt_ms if bandwidth is not None else None
 
     def _watched_pc(self) -> RTCPeerConnection:
         pc = self._pc_factory()

@@ -31,6 +31,7 @@ from aiortc.rtp import (
 from aiortc.sdp import SessionDescription
 
 from media_server.estimator import DownlinkEstimator
+from media_server.uplink import AST_URI, REPORT_S, UplinkDelay
 from media_server.uptrack import NackBatch, UpTrack
 from media_server.wire import Wire
 from tongke import rtc_internals
@@ -140,13 +141,19 @@ class Publisher:
         on_tracks: Callable[[list[UpTrack], list[UpTrack]], None],
         pc_factory: Callable[[], RTCPeerConnection],
         send_json: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        round_trip_ms: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.track_prefix = track_prefix
+        # The participant's round trip, as its subscriber connection measures it: a
+        # cut of the uplink shows in arrivals one round trip later.
+        self._round_trip_ms = round_trip_ms
         self._send_json = send_json
         self.uplink = DownlinkEstimator(initial_bps=PUBLISH_START_BPS, max_bps=PUBLISH_MAX_BPS)
         self._feedback_sent: tuple[int, list[dict[str, str]]] | None = None
         self._feedback_soon = False
         self._loss_mark: dict[UpTrack, tuple[int, int]] = {}
+        # The delay-based reading of the uplink, once the answer accepts abs-send-time.
+        self.uplink_delay: UplinkDelay | None = None
         self._on_tracks = on_tracks
         self._pc_factory = pc_factory
         self.pc: RTCPeerConnection | None = None
@@ -208,6 +215,19 @@ class Publisher:
             raise SignallingError("bad_sdp", f"the offer could not be negotiated: {exc}") from None
         local = SessionDescription.parse(pc.localDescription.sdp)
         answered = {m.rtp.muxId: m for m in local.media}
+        if self.uplink_delay is None:
+            ast_id = next(
+                (
+                    e.id
+                    for m in local.media
+                    if m.kind == "video"
+                    for e in m.rtp.headerExtensions
+                    if e.uri == AST_URI
+                ),
+                None,
+            )
+            if ast_id is not None:
+                self.uplink_delay = UplinkDelay(ast_id, PUBLISH_START_BPS)
         added, removed = [], []
         wanted = {s.mid: s for s in specs}
         for mid in list(self.tracks):
@@ -302,12 +322,18 @@ class Publisher:
         self.wire = Wire(dtls)
         by_ssrc, by_rtx = self._by_ssrc, self._by_rtx_ssrc
         perf_ns = time.perf_counter_ns
+        delay = self.uplink_delay
+        loop = asyncio.get_running_loop()
 
         def route(data: bytes, arrival_ns: int) -> None:
             ssrc = int.from_bytes(data[8:12], "big")
             up = by_ssrc.get(ssrc)
             if up is not None:
                 up.on_rtp(data, arrival_ns)
+                if delay is not None and up.video and delay.add(data, arrival_ns):
+                    # The first packet since the last report: report in REPORT_S, as
+                    # transport-cc feedback would, outside the packet path.
+                    loop.call_later(REPORT_S, self._delay_report)
                 return
             up = by_rtx.get(ssrc)
             if up is not None:
@@ -408,6 +434,29 @@ class Publisher:
 
     # -- what the publisher hears back -----------------------------------------------------
 
+    def _delay_report(self) -> None:
+        delay = self.uplink_delay
+        if delay is None:
+            return
+        now = time.monotonic()
+        delay.report(now, (self._round_trip_ms() or 100.0) / 1000)
+        e = delay.estimate
+        self.uplink.on_delay(e.bps, e.overusing, now, e.decrease_to, e.capacity_bps)
+        if e.decrease_to is not None:
+            self._feedback_now()  # a queue on the uplink: not at the next second
+
+    def describe_uplink(self) -> dict[str, Any]:
+        """The uplink as we read it (for /api/stats and the benchmarks)."""
+        delay = self.uplink_delay.estimate if self.uplink_delay is not None else None
+        return {
+            "estimate_bps": self.uplink_bps(),
+            "received_bps": int(self.uplink.sent_bps),
+            "loss": round(self.uplink.loss, 4),
+            "delay_usage": delay.usage.value if delay is not None else None,
+            "queue_ms": round(delay.queue_ms, 1) if delay is not None else None,
+            "cuts": len(delay.cuts) if delay is not None else 0,
+        }
+
     def uplink_bps(self) -> int:
         return self.uplink.estimate(time.monotonic()).bps
 
@@ -423,7 +472,10 @@ class Publisher:
         now = time.monotonic()
         self.uplink.sent_bps = sum(up.bitrate_bps(now) for up in self.tracks.values())
         if expected > 0:
-            self.uplink.on_loss(lost / expected, now)
+            delay = self.uplink_delay
+            self.uplink.on_loss(
+                lost / expected, now, queue_free=delay is not None and delay.queue_free
+            )
 
     def idle_layers(self) -> list[dict[str, str]]:
         """Video layers nobody receives: the publisher may stop encoding them."""
@@ -438,6 +490,9 @@ class Publisher:
 
     def _wanted(self, up: UpTrack) -> None:
         """A layer nobody received has a receiver again: say so now, not in a second."""
+        self._feedback_now()
+
+    def _feedback_now(self) -> None:
         if self._feedback_soon:
             return
         self._feedback_soon = True

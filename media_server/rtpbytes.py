@@ -33,6 +33,32 @@ def payload_bounds(data: bytes) -> tuple[int, int]:
     return start, end
 
 
+def one_byte_extension(data: bytes, ext_id: int) -> bytes | None:
+    """The value of header extension `ext_id` in a one-byte-header block (RFC 8285), or
+    None: no block, another profile, a truncated element, or no such element."""
+    if not data[0] & 0x10:
+        return None
+    pos = 12 + 4 * (data[0] & 0x0F)
+    if pos + 4 > len(data) or data[pos] != 0xBE or data[pos + 1] != 0xDE:
+        return None
+    end = min(pos + 4 + 4 * U16.unpack_from(data, pos + 2)[0], len(data))
+    pos += 4
+    while pos < end:
+        head = data[pos]
+        if head == 0:  # padding between elements
+            pos += 1
+            continue
+        element, size = head >> 4, (head & 0x0F) + 1
+        if element == 15:  # reserved: stop reading (RFC 8285)
+            return None
+        if pos + 1 + size > end:
+            return None
+        if element == ext_id:
+            return data[pos + 1 : pos + 1 + size]
+        pos += 1 + size
+    return None
+
+
 def h264_keyframe_start(data: bytes, start: int, end: int) -> bool:
     """True when this packet begins an IDR access unit (SPS, PPS or IDR slice start)."""
     if start >= end:

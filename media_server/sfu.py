@@ -100,6 +100,7 @@ class Sfu:
                     "downlink": p.subscriber.bandwidth.describe()
                     if p.subscriber.bandwidth is not None
                     else None,
+                    "uplink": p.publisher.describe_uplink() if p.publisher.tracks else None,
                     "tracks": [
                         {
                             "mid": slot.transceiver.mid,

@@ -1,0 +1,66 @@
+"""A publisher's uplink, read from how its packets arrive: the receive side of GCC.
+
+Loss alone cannot size a rural uplink: a 256 kbit/s line with 10 % random loss loses as
+much when it carries half its rate as when its modem's queue overflows, so a loss-only
+estimate settles wherever the sender happens to be, and a point agent's camera kept its
+queue full (211-460 kbit/s into 256). Every packet the queue holds delays the lesson
+WebSocket behind it too, until its heartbeat gives up and the point rejoins.
+
+The publisher stamps each packet with abs-send-time when it sends it (aiortc and Chromium
+both do); we note when it arrives. Those are the two clocks a transport-cc report gives
+a sender, so the send-side detector (media_server/delay_estimate.py) reads them the same
+way: a growing gap between sending and arrival is a queue on the publisher's link. The
+packets are batched as a report would be (every `REPORT_S`), with a sequence number of
+our own: only received packets are known here, and the loss the receiver reports counts
+the rest (media_server/publisher.py). No I/O.
+"""
+
+from __future__ import annotations
+
+from media_server.delay_estimate import QUEUE_MS, DelayEstimate
+from media_server.rtpbytes import one_byte_extension
+from media_server.twcc import PacketResult
+
+AST_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+AST_UNITS_PER_S = 1 << 18  # 6.18 fixed point
+AST_WRAP = 1 << 24
+REPORT_S = 0.1
+
+
+class UplinkDelay:
+    def __init__(self, ext_id: int, initial_bps: float) -> None:
+        self.ext_id = ext_id
+        self.estimate = DelayEstimate(initial_bps)
+        self._pending: list[PacketResult] = []
+        self._seq = 0
+        self._last_ast: int | None = None
+        self._sent_s = 0.0
+
+    def add(self, data: bytes, arrival_ns: int) -> bool:
+        """Note one received packet; True when it is the first since the last `take`."""
+        value = one_byte_extension(data, self.ext_id)
+        if value is None or len(value) != 3:
+            return False
+        ast = int.from_bytes(value, "big")
+        if self._last_ast is not None:
+            # 24 bits wrap every 64 s; a packet overtaken on the way steps back a little.
+            step = (ast - self._last_ast) % AST_WRAP
+            if step >= AST_WRAP // 2:
+                step -= AST_WRAP
+            self._sent_s += step / AST_UNITS_PER_S
+        self._last_ast = ast
+        self._seq += 1
+        self._pending.append(PacketResult(self._seq, self._sent_s, len(data), arrival_ns // 1000))
+        return len(self._pending) == 1
+
+    def report(self, now: float, rtt_s: float) -> None:
+        """Hand the packets noted since the last report to the detector."""
+        pending, self._pending = self._pending, []
+        if pending:
+            self.estimate.on_feedback(pending, now, rtt_s)
+
+    @property
+    def queue_free(self) -> bool:
+        """The detector has a reading and sees no standing queue on the link."""
+        e = self.estimate
+        return e.ready and e.queue_ms < QUEUE_MS and not e.overusing
