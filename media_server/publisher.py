@@ -436,13 +436,8 @@ class Publisher:
 
     def _delay_report(self) -> None:
         delay = self.uplink_delay
-        if delay is None:
-            return
-        now = time.monotonic()
-        delay.report(now, (self._round_trip_ms() or 100.0) / 1000)
-        e = delay.estimate
-        self.uplink.on_delay(e.bps, e.overusing, now, e.decrease_to, e.capacity_bps)
-        if e.decrease_to is not None:
+        rtt_s = (self._round_trip_ms() or 100.0) / 1000
+        if delay is not None and delay.report(self.uplink, time.monotonic(), rtt_s):
             self._feedback_now()  # a queue on the uplink: not at the next second
 
     def describe_uplink(self) -> dict[str, Any]:
@@ -472,10 +467,10 @@ class Publisher:
         now = time.monotonic()
         self.uplink.sent_bps = sum(up.bitrate_bps(now) for up in self.tracks.values())
         if expected > 0:
-            delay = self.uplink_delay
-            self.uplink.on_loss(
-                lost / expected, now, queue_free=delay is not None and delay.queue_free
-            )
+            if self.uplink_delay is not None:
+                self.uplink_delay.on_loss(self.uplink, lost / expected, now)
+            else:
+                self.uplink.on_loss(lost / expected, now)
 
     def idle_layers(self) -> list[dict[str, str]]:
         """Video layers nobody receives: the publisher may stop encoding them."""

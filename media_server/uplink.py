@@ -18,6 +18,7 @@ the rest (media_server/publisher.py). No I/O.
 from __future__ import annotations
 
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
+from media_server.estimator import LOSS_HIGH, DownlinkEstimator
 from media_server.rtpbytes import one_byte_extension
 from media_server.twcc import PacketResult
 
@@ -53,11 +54,30 @@ class UplinkDelay:
         self._pending.append(PacketResult(self._seq, self._sent_s, len(data), arrival_ns // 1000))
         return len(self._pending) == 1
 
-    def report(self, now: float, rtt_s: float) -> None:
-        """Hand the packets noted since the last report to the detector."""
+    def report(self, estimator: DownlinkEstimator, now: float, rtt_s: float) -> bool:
+        """Hand the packets noted since the last report to the detector, and its reading
+        to `estimator`; True when it calls for a cut (the publisher should hear now)."""
         pending, self._pending = self._pending, []
-        if pending:
-            self.estimate.on_feedback(pending, now, rtt_s)
+        if not pending:
+            return False
+        e = self.estimate
+        e.on_feedback(pending, now, rtt_s)
+        estimator.on_delay(e.bps, e.overusing, now, e.decrease_to, e.capacity_bps)
+        return e.decrease_to is not None
+
+    def on_loss(self, estimator: DownlinkEstimator, fraction: float, now: float) -> None:
+        """One second's loss on the uplink, before repair.
+
+        A point's camera sends 15-30 packets a second: on a line with 10 % random loss
+        every other second counts more than 10 %, and the loss rule would halve the
+        estimate again and again. Where the detector sees no standing queue, loss is the
+        line's own and at most holds the estimate; an overflowing queue stands, and then
+        loss counts in full.
+        """
+        queue_free = self.queue_free
+        if queue_free:
+            fraction = min(fraction, LOSS_HIGH)
+        estimator.on_loss(fraction, now, queue_free=queue_free)
 
     @property
     def queue_free(self) -> bool:
