@@ -581,8 +581,17 @@ def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
             if down.get("probes")
             else None,
             "repair_refused": down.get("repair_refused"),
-            # The point's own uplink as the SFU reads it (a point agent publishes).
+            # The point's own uplink as the SFU reads it (a point agent publishes), and
+            # the master's: what its encoders were told.
             "uplink": p.get("uplink"),
+            "master_uplink": next(
+                (
+                    m.get("uplink")
+                    for m in room_stats.get("receiving", [])
+                    if m.get("role") == "master"
+                ),
+                None,
+            ),
             "packets": {
                 t["track"].split("/")[-1]: t["packets"]
                 for t in p.get("tracks", [])
