@@ -634,7 +634,9 @@ async def run_condition(
     workdir = Path(tempfile.mkdtemp(prefix="tongke-rural-"))
     netlink = await NetnsLink(NETNS, cond.link, subnet=SUBNET, seed=8).start()
     server = start_server_process(
-        workdir / "server", extra=["--host", "0.0.0.0", "--ice-address", netlink.host_address]
+        workdir / "server",
+        extra=["--host", "0.0.0.0", "--ice-address", netlink.host_address],
+        stderr=workdir / "server.log",
     )
     port = server.url.rsplit(":", 1)[1]
     local_url = f"http://127.0.0.1:{port}"
@@ -793,6 +795,11 @@ async def run_condition(
         if (workdir / "point.log").exists():
             lines = (workdir / "point.log").read_text(errors="replace").splitlines()
             result["point_log_tail"] = lines[-30:]
+        # Why a session ended, as the server saw it (a rejoin's other side).
+        server_lines = (workdir / "server.log").read_text(errors="replace").splitlines()
+        result["server_warnings"] = [
+            line for line in server_lines if "WARNING" in line or "ERROR" in line
+        ][-30:]
         if not sfu.get("packets_forwarded"):
             result["room_at_end"] = _room_stats(server, room)
             master_log.flush()
