@@ -376,5 +376,17 @@ async def websocket_handler(request: web.Request, sfu: Sfu) -> web.WebSocketResp
                 break
     finally:
         sfu.sessions.discard(session)
+        participant = session.participant
+        if participant is not None and ws.close_code not in (1000, 1001):
+            # A point that drops and rejoins: say why, from our side (a heartbeat that
+            # went unanswered, a reset connection, media_failed), for whoever looks.
+            log.warning(
+                "%s (%s, %s): signalling ended, code %s%s",
+                participant.id,
+                participant.claims.classroom,
+                participant.claims.role.value,
+                ws.close_code,
+                f": {ws.exception()}" if ws.exception() is not None else "",
+            )
         await session.close()
     return ws
