@@ -29,6 +29,7 @@ from aiortc import (
 from classroom_agent.tracks import add_encoded_track
 from tongke import rtc_internals
 from tongke.errors import CodedError
+from tongke.heartbeat import HEARTBEAT_S
 from tongke.turn import order_for_aiortc
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class LessonClient:
     async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
         self._session = aiohttp.ClientSession()
         try:
-            self._ws = await self._session.ws_connect(ws_url(self.base_url), heartbeat=10.0)
+            self._ws = await self._session.ws_connect(ws_url(self.base_url), heartbeat=HEARTBEAT_S)
         except Exception:
             await self._session.close()
             raise

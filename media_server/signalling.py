@@ -21,6 +21,7 @@ from media_server.publisher import SignallingError
 from media_server.room import Room
 from media_server.sfu import Sfu
 from tongke.audit import AUDIT, AuditLog
+from tongke.heartbeat import HEARTBEAT_S
 from tongke.ratelimit import RATE_LIMITS, RateLimits
 from tongke.tokens import PUBLISHING_ROLES, Claims, Role, TokenError, verify_token
 from tongke.turn import ice_servers_for
@@ -352,7 +353,7 @@ def _valid_ref(ref: object) -> bool:
 async def websocket_handler(request: web.Request, sfu: Sfu) -> web.WebSocketResponse:
     # aiohttp's own cap is a backstop well above ours, so that an oversized message
     # still gets our clear error before the socket closes.
-    ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=sfu.max_message_bytes * 4)
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=sfu.max_message_bytes * 4)
     await ws.prepare(request)
     session = Session(
         ws,

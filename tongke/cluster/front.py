@@ -32,6 +32,7 @@ from tongke.cluster.auth import client_headers, internal_headers
 from tongke.cluster.nodes import NodeInfo
 from tongke.cluster.placement import EDGE_POLICY, Placement
 from tongke.cluster.registry import Registry, RegistryUnavailable
+from tongke.heartbeat import HEARTBEAT_S
 from tongke.ratelimit import RATE_LIMITS
 from tongke.tokens import Role, TokenError, issue_token, verify_token
 
@@ -291,7 +292,9 @@ class Front:
         return None
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=self.sfu.max_message_bytes * 4)
+        ws = web.WebSocketResponse(
+            heartbeat=HEARTBEAT_S, max_msg_size=self.sfu.max_message_bytes * 4
+        )
         await ws.prepare(request)
         session = _PreJoin(
             ws,
