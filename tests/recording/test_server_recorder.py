@@ -380,9 +380,8 @@ async def test_a_points_cut_uplink_leaves_a_hole_in_the_server_copy_its_own_copy
         link.set_link(LinkSpec(up=Conditions(loss=1.0)))
         await asyncio.sleep(12)
         link.set_link(LinkSpec())
-        # The cut usually outlasts the lesson WebSocket's heartbeat (a ping every 10 s,
-        # 5 s for its pong), so the point rejoins 3-5 s after the line is back, and the
-        # server's copy resumes only at the new camera's first keyframe. A fixed 4 s wait
+        # The server's copy resumes only at the camera's next keyframe after the cut
+        # (on the same session, or a new one if the point rejoined). A fixed 4 s wait
         # here ended the lesson before that in about one run in three (with or without
         # the point's frame buffer): nothing after the cut, so no hole to see.
         await wait_for(
