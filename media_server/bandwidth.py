@@ -331,8 +331,9 @@ class SubscriberBandwidth:
                     self.overflow.on_rtt(d.stats.rtt_ms, now)
                     rtt = max(rtt or 0.0, d.stats.rtt_ms)
         if weight:
+            before = self.estimator.estimate(now).bps
             self.estimator.on_loss(lost / weight, now)
-            self.overflow.on_report(lost / weight, self.estimator.sent_bps, rtt, now)
+            self.overflow.on_report(lost / weight, self.estimator.sent_bps, before, rtt, now)
         if delay is None:
             # No probes and no delay detector measure this link: its overflows do.
             self.estimator.on_link_capacity(self.overflow.capacity(now))

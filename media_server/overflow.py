@@ -12,8 +12,11 @@ the packets were lost and every picture stood still for 2-5 s under "live" until
 back-off took the layer away again (bench/rural.py --receiver agent, main 4a0802e).
 
 An overflow is a report with more than `LOSS_HIGH` lost while the round trip stands
-`QUEUE_MS` above the lowest of the last `FLOOR_WINDOW_S`: random loss on a line with an
-empty queue is not one. What got through then (sent, less what was lost) is the link's
+`QUEUE_MS` above the lowest of the last `FLOOR_WINDOW_S`, and while we send at least
+`SENDING_SHARE` of the estimate: random loss on a line with an empty queue is not one,
+nor is a queue we did not fill (sending 35 kbit/s of a 73 kbit/s estimate on a 256
+kbit/s line whose round trip the point's own uplink stretched: that reading pinned the
+estimate at its 64 kbit/s floor). What got through then (sent, less what was lost) is the link's
 capacity, and growth without evidence stops there, as it does at a capacity the
 transport-cc detector measured. Nothing but another overflow measures such a link (no
 probes without transport-cc), so the capacity is forgotten after `KEEP_S`, and a link
@@ -33,6 +36,7 @@ QUEUE_MS = 100.0
 FLOOR_WINDOW_S = 60.0
 KEEP_S = 60.0
 KEEP_MAX_S = 480.0
+SENDING_SHARE = 0.6
 
 
 class OverflowWatch:
@@ -55,10 +59,15 @@ class OverflowWatch:
     def floor_ms(self) -> float | None:
         return self._rtts[0][1] if self._rtts else None
 
-    def on_report(self, loss: float, sent_bps: float, rtt_ms: float | None, now: float) -> bool:
-        """One tick's loss (0..1) and latest round trip; True when it was an overflow."""
+    def on_report(
+        self, loss: float, sent_bps: float, estimate_bps: float, rtt_ms: float | None, now: float
+    ) -> bool:
+        """One tick's loss (0..1), what we sent, the estimate it was sent under and the
+        latest round trip; True when it was an overflow."""
         floor = self.floor_ms()
         if loss <= LOSS_HIGH or rtt_ms is None or floor is None or rtt_ms - floor < QUEUE_MS:
+            return False
+        if sent_bps < SENDING_SHARE * estimate_bps:
             return False
         if self.capacity(now) is None:
             forgotten_at = self._set_at + self._keep_s

@@ -37,13 +37,27 @@ def test_an_overflow_is_heavy_loss_over_a_standing_queue(
     loss: float, rtt_ms: float | None, overflow: bool
 ) -> None:
     watch = watch_with_floor()
-    assert watch.on_report(loss, 1_240_000, rtt_ms, 10.0) is overflow
+    assert watch.on_report(loss, 1_240_000, 1_650_000, rtt_ms, 10.0) is overflow
     capacity = watch.capacity(10.0)
     if overflow:
         # What got through: what we sent, less what was lost.
         assert capacity == pytest.approx(1_240_000 * (1 - loss))
     else:
         assert capacity is None
+
+
+@pytest.mark.parametrize(
+    ("sent", "estimate", "overflow"),
+    [
+        (1_240_000, 1_650_000, True),  # the teacher's 720p let in: we filled the queue
+        # 35 kbit/s of a 73 kbit/s estimate (256kbit-10pct, the point's own uplink
+        # stretching the round trip): not a queue we filled.
+        (35_000, 73_000, False),
+    ],
+)
+def test_only_a_queue_we_filled_is_an_overflow(sent: int, estimate: int, overflow: bool) -> None:
+    watch = watch_with_floor(123.0)
+    assert watch.on_report(0.16, sent, estimate, 231.0, 10.0) is overflow
 
 
 def test_the_floor_is_the_lowest_round_trip_of_the_last_minute() -> None:
@@ -58,7 +72,7 @@ def test_the_floor_is_the_lowest_round_trip_of_the_last_minute() -> None:
     # against itself.
     watch.on_rtt(600.0, 3 * FLOOR_WINDOW_S)
     assert watch.floor_ms() == 600.0
-    assert not watch.on_report(0.3, 1_000_000, 600.0, 3 * FLOOR_WINDOW_S)
+    assert not watch.on_report(0.3, 1_000_000, 1_000_000, 600.0, 3 * FLOOR_WINDOW_S)
 
 
 @pytest.mark.parametrize(
@@ -83,7 +97,7 @@ def test_a_layer_that_does_not_fit_is_tried_again_ever_more_rarely(
     watch = watch_with_floor()
     for t in overflows_at:
         watch.on_rtt(330.0, t)  # the floor stays in the window
-        assert watch.on_report(0.25, 1_200_000, 520.0, t)
+        assert watch.on_report(0.25, 1_200_000, 1_400_000, 520.0, t)
     last = overflows_at[-1]
     assert watch.keep_s == keep_after
     assert watch.capacity(last + keep_after - 0.1) is not None
@@ -118,7 +132,7 @@ def test_a_point_agents_estimate_no_longer_climbs_back_over_its_link() -> None:
     bw = SubscriberBandwidth(MemorySink(), initial_bps=1_400_000)
     est = bw.estimator
     est.sent_bps = 650_000
-    for t in range(5):
+    for t in range(3):
         bw._feed_loss([downtrack(0.01, 335.0)], float(t))  # type: ignore[list-item]
     assert est.estimate(5.0).bps > 1_400_000  # grows on the repaired reports, as before
     est.sent_bps = 1_240_000
