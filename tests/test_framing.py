@@ -440,4 +440,10 @@ async def test_the_agent_nacks_through_its_frame_buffer_not_aiortcs_generator() 
     await asyncio.sleep(0)  # the NACK is sent from a task
     assert sent == [(1234, [3, 4])]
     assert rtc_internals.frame_assembler(receiver).stats()["nacks_sent"] == 2
+    # Another loss right after: it waits for the stream's next NACK (one every
+    # NACK_INTERVAL_S, with every number then due), not a packet of its own.
+    buffer.add(Pkt(7, 700, payload=KEY))
+    await asyncio.sleep(0)
+    assert sent == [(1234, [3, 4])]
+    assert buffer._nack_timer is not None
     buffer._nack_timer.cancel()
