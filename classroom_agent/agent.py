@@ -459,6 +459,8 @@ class ClassroomAgent:
 
     async def quality_snapshot(self) -> dict[str, Any]:
         client = self._client
+        # Per track: what its frame buffer gave up, asked and repaired (cumulative).
+        buffers: dict[str, dict[str, Any]] = {}
         if client is not None and client.subscribe_pc is not None:
             for transceiver in client.subscribe_pc.getTransceivers():
                 remote = client.remote.get(transceiver.mid or "")
@@ -466,6 +468,9 @@ class ClassroomAgent:
                     self.quality[remote.info["track"]].update_receiver_stats(
                         await receiver_loss(transceiver.receiver)
                     )
+                    assembler = rtc_internals.frame_assembler(transceiver.receiver)
+                    if isinstance(assembler, FrameBuffer) and assembler.video:
+                        buffers[remote.info["track"]] = assembler.stats()
         active = {r.info.get("track") for r in client.active_tracks()} if client else set()
         return {
             "time": round(time.time(), 3),
@@ -487,6 +492,7 @@ class ClassroomAgent:
                     "layer": self.allocation.get(name, {}).get("layer"),
                     "paused": bool(self.allocation.get(name, {}).get("paused")),
                     "pause_reason": self.allocation.get(name, {}).get("reason"),
+                    **({"buffer": buffers[name]} if name in buffers else {}),
                 }
                 for name, q in self.quality.items()
                 if name in active

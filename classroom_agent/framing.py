@@ -20,6 +20,14 @@ up and asks for a keyframe; this buffer does the same:
   low-bitrate copy of each packet in the next, and `classroom_agent/opus_fec.py` decodes
   it (aiortc's decoder cannot).
 
+- video losses are NACKed here, not by aiortc: aiortc's NackGenerator asks for a missing
+  packet only when a new gap appears, so a lost retransmission was asked for again only
+  at the stream's next loss (seconds later on a 3 fps courseware), after the frame had
+  been given up. Here each packet the front still waits for is asked for at once and
+  again every `retry` (a little over the measured repair time: NACK to arrival) up to
+  ``NACK_TRIES`` times, as Chromium's NackRequester does; packets given up are not asked
+  for (the SFU would resend, within the repair budget, what nobody waits for).
+
 The buffer only sees packets; :func:`tongke.rtc_internals.use_frame_buffer` puts it in
 place of aiortc's.
 """
@@ -41,6 +49,15 @@ VIDEO_MAX_WAIT_S = 1.5
 AUDIO_REORDER_PACKETS = 3
 AUDIO_MAX_WAIT_S = 0.1
 KEYFRAME_INTERVAL_S = 1.0
+# NACKs: a missing packet is asked for at most this often (Chromium: 10); the wait
+# between asks starts here and follows the repair time measured (NACK to arrival, first
+# asks only), with a margin for the SFU's pacing.
+NACK_TRIES = 10
+NACK_FIRST_REPAIR_S = 0.25
+NACK_MIN_RETRY_S = 0.05
+NACK_RETRY_FACTOR = 1.25
+# A gap this long is an outage or a new stream, not losses worth a NACK each.
+NACK_MAX_GAP = 256
 # More stored packets than this past the front: give the front up whatever the clock.
 MAX_SPAN = 2048
 # A sequence number this far from what we expect is a new stream (the SFU switched the
@@ -115,6 +132,12 @@ class FrameBuffer:
         self._asked_at: float | None = None
         self.dropped_frames = 0
         self.skipped_gaps = 0
+        self.keyframes_asked = 0
+        # Video: extended sequence number -> (when last asked, times asked).
+        self._missing: dict[int, tuple[float | None, int]] = {}
+        self.repair_s = NACK_FIRST_REPAIR_S
+        self.nacks_sent = 0  # sequence numbers asked for, counting each ask
+        self.repaired = 0  # asked-for packets that arrived
 
     # -- public -----------------------------------------------------------------------
 
@@ -126,10 +149,54 @@ class FrameBuffer:
             self._restart(ext)
         elif ext < self._next or ext in self._packets:
             return self._keyframe_due(now), []  # late (given up) or duplicate
+        if self.video:
+            self._note_arrival(ext, now)
         self._packets[ext] = packet
         self._newest = max(self._newest or ext, ext)
         frames = self._release(now)
         return self._keyframe_due(now), frames
+
+    def nacks(self, now: float | None = None) -> list[int]:
+        """Sequence numbers to NACK now (each marked asked), oldest first; video only."""
+        if not self._missing:
+            return []
+        now = self._clock() if now is None else now
+        front = self._next if self._next is not None else 0
+        retry = self.retry_s
+        out = []
+        for ext in sorted(self._missing):
+            asked, tries = self._missing[ext]
+            if ext < front:
+                del self._missing[ext]  # given up: nobody waits for it
+            elif tries < NACK_TRIES and (asked is None or now - asked >= retry):
+                self._missing[ext] = (now, tries + 1)
+                out.append(ext & 0xFFFF)
+        self.nacks_sent += len(out)
+        return out
+
+    def next_nack_at(self) -> float | None:
+        """When the next NACK falls due (None: nothing is missing that may be asked)."""
+        front = self._next if self._next is not None else 0
+        due = [
+            (asked or 0.0) + self.retry_s
+            for ext, (asked, tries) in self._missing.items()
+            if ext >= front and tries < NACK_TRIES
+        ]
+        return min(due) if due else None
+
+    @property
+    def retry_s(self) -> float:
+        return max(NACK_MIN_RETRY_S, NACK_RETRY_FACTOR * self.repair_s)
+
+    def stats(self) -> dict[str, float | int]:
+        return {
+            "dropped_frames": self.dropped_frames,
+            "skipped_gaps": self.skipped_gaps,
+            "keyframes_asked": self.keyframes_asked,
+            "nacks_sent": self.nacks_sent,
+            "repaired": self.repaired,
+            "repair_ms": round(self.repair_s * 1000),
+        }
 
     # -- internals --------------------------------------------------------------------
 
@@ -141,8 +208,22 @@ class FrameBuffer:
         candidates = (base - 0x10000 + seq, base + seq, base + 0x10000 + seq)
         return min(candidates, key=lambda c: abs(c - self._newest))  # type: ignore[operator]
 
+    def _note_arrival(self, ext: int, now: float) -> None:
+        """A video packet arrived: the numbers it skipped are missing, and if it was
+        itself asked for (once: a later ask makes the sample ambiguous) it times a repair."""
+        assert self._newest is not None
+        if ext > self._newest + 1 and ext - self._newest <= NACK_MAX_GAP:
+            for seq in range(self._newest + 1, ext):
+                self._missing.setdefault(seq, (None, 0))
+        asked = self._missing.pop(ext, None)
+        if asked is not None and asked[0] is not None:
+            self.repaired += 1
+            if asked[1] == 1:
+                self.repair_s = 0.8 * self.repair_s + 0.2 * (now - asked[0])
+
     def _restart(self, ext: int) -> None:
         self._packets.clear()
+        self._missing.clear()
         self._next = self._newest = ext
         self._blocked_since = None
         if self.video:
@@ -154,6 +235,7 @@ class FrameBuffer:
         if self._asked_at is not None and now - self._asked_at < self.keyframe_interval_s:
             return False
         self._asked_at = now
+        self.keyframes_asked += 1
         return True
 
     def _release(self, now: float) -> list[Frame]:

@@ -25,6 +25,7 @@ from media_server.allocator import (
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import INITIAL_BPS, DownlinkEstimator
+from media_server.overflow import OverflowWatch
 from media_server.pacer import PACING_FACTOR, Pacer
 from media_server.probe import CLUSTER_S, ProbeController
 from media_server.sink import PacketSink
@@ -123,6 +124,8 @@ class SubscriberBandwidth:
         self._delay: DelayEstimate | None = None
         self.feedback_reports = 0
         self._layer_bps: dict[str, dict[str, int]] = {}  # what the allocator last assumed
+        # Without transport-cc: the link's capacity, read at its overflows.
+        self.overflow = OverflowWatch()
 
     def use_transport_cc(self, ext_id: int) -> None:
         """The subscriber negotiated transport-cc: stamp, record, estimate from feedback."""
@@ -317,14 +320,23 @@ class SubscriberBandwidth:
                 d.loss_fresh = False
             return
         weight = lost = 0.0
+        rtt: float | None = None
         for d in downtracks:
             if d.loss_fresh:
                 d.loss_fresh = False
                 w = max(1, d.stats.packets)
                 weight += w
                 lost += d.stats.fraction_lost * w
+                if d.stats.rtt_ms is not None:
+                    self.overflow.on_rtt(d.stats.rtt_ms, now)
+                    rtt = max(rtt or 0.0, d.stats.rtt_ms)
         if weight:
+            before = self.estimator.estimate(now).bps
             self.estimator.on_loss(lost / weight, now)
+            self.overflow.on_report(lost / weight, self.estimator.sent_bps, before, rtt, now)
+        if delay is None:
+            # No probes and no delay detector measure this link: its overflows do.
+            self.estimator.on_link_capacity(self.overflow.capacity(now))
 
     def _candidate(self, down: DownTrack, now: float) -> Candidate:
         source = down.source
@@ -385,6 +397,7 @@ class SubscriberBandwidth:
             "delay_usage": self._delay.usage.value if self._delay is not None else None,
             "feedback_reports": self.feedback_reports,
             "capacity_bps": int(est.capacity_bps) if est.capacity_bps is not None else None,
+            "overflows": self.overflow.overflows,
             "false_overuse": self._delay.false_overuse if self._delay is not None else None,
             "cuts": [
                 {

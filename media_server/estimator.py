@@ -192,6 +192,15 @@ class DownlinkEstimator:
             self._bps = min(self._bps * GROWTH, max(ceiling, self._bps))
         self._clamp()
 
+    def on_link_capacity(self, capacity_bps: float | None) -> None:
+        """A subscriber without transport-cc: what its link carried when it last
+        overflowed (media_server/overflow.py), or None once that is forgotten. The
+        estimate is never above it while it is known, and growth stops there."""
+        self.capacity_bps = capacity_bps
+        if capacity_bps is not None and self._bps > capacity_bps:
+            self._bps = capacity_bps
+        self._clamp()
+
     def on_rtt(self, rtt_ms: float) -> None:
         self.rtt_ms = rtt_ms if self.rtt_ms is None else 0.8 * self.rtt_ms + 0.2 * rtt_ms
 

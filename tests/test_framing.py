@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import pytest
@@ -17,6 +18,7 @@ class Pkt:
     payload_type: int = 96
     payload: bytes = b"\x41"
     _data: bytes = field(default=b"")
+    ssrc: int = 1234
 
 
 class Clock:
@@ -186,7 +188,7 @@ def test_keyframe_start(codec: str, payload: bytes, key: bool) -> None:
     assert keyframe_start(codec, payload) is key
 
 
-def test_aiortc_receiver_decodes_every_frame_the_buffer_completes() -> None:
+async def test_aiortc_receiver_decodes_every_frame_the_buffer_completes() -> None:
     from aiortc.rtcrtpparameters import RTCRtpCodecParameters
     from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
@@ -217,6 +219,7 @@ def test_aiortc_receiver_decodes_every_frame_the_buffer_completes() -> None:
         ("H264", b"b", 1000),
         ("H264", b"c", 2000),
     ]
+    assert buffer._nack_timer is None  # nothing missing: no NACK due
 
 
 def test_a_lost_audio_packet_is_handed_on_from_its_successors_fec_copy() -> None:
@@ -302,3 +305,145 @@ def test_the_agent_finds_libopus_in_pyavs_wheel_when_the_system_has_none(
         assert opus_fec.packet_samples(b"\xf8\xff\xfe") == 960  # a 20 ms Opus packet
     finally:
         opus_fec._lib.cache_clear()
+
+
+# -- NACKs: asked at once, asked again, never for what was given up ----------------------
+
+
+def nack_rounds(buf: FrameBuffer, clock: Clock, times: list[float]) -> list[list[int]]:
+    out = []
+    for t in times:
+        clock.now = t
+        out.append(buf.nacks())
+    return out
+
+
+@pytest.mark.parametrize(
+    ("times", "asked"),
+    [
+        # At once, then again every retry (1.25 x the 0.25 s first repair guess), not
+        # between: a lost retransmission is asked for again (aiortc's generator waited
+        # for the stream's next loss).
+        ([0.0, 0.1, 0.3, 0.32], [[3], [], [], [3]]),
+        ([0.0, 0.32, 0.64, 0.96], [[3], [3], [3], [3]]),
+    ],
+)
+def test_a_missing_packet_is_asked_for_again_until_it_comes(
+    times: list[float], asked: list[list[int]]
+) -> None:
+    clock = Clock()
+    buf = video(clock)
+    for seq in (1, 2, 4):  # 3 lost
+        buf.add(Pkt(seq, seq * 100, payload=KEY if seq == 1 else DELTA))
+    assert nack_rounds(buf, clock, times) == asked
+    buf.add(Pkt(3, 300))
+    assert buf.nacks() == [] and buf.next_nack_at() is None
+
+
+def test_a_packet_given_up_is_not_asked_for_again() -> None:
+    clock = Clock()
+    buf = video(clock)
+    for seq in (1, 2, 4):  # 3 lost
+        buf.add(Pkt(seq, seq * 100, payload=KEY if seq == 1 else DELTA))
+    assert buf.nacks() == [3]
+    clock.now = 1.6  # past the wait: the frame is given up with the next packet
+    buf.add(Pkt(5, 500))
+    assert buf.dropped_frames == 1
+    assert buf.nacks() == [] and buf.next_nack_at() is None
+
+
+def test_a_packet_is_asked_for_at_most_nack_tries_times() -> None:
+    from classroom_agent.framing import NACK_TRIES
+
+    clock = Clock()
+    buf = video(clock, max_wait_s=100.0)
+    for seq in (1, 3):
+        buf.add(Pkt(seq, seq * 100, payload=KEY))
+    asked = nack_rounds(buf, clock, [i * 0.5 for i in range(NACK_TRIES + 3)])
+    assert sum(len(a) for a in asked) == NACK_TRIES
+    assert buf.next_nack_at() is None
+
+
+def test_the_retry_follows_the_measured_repair_time_of_first_asks() -> None:
+    clock = Clock()
+    buf = video(clock)
+    buf.add(Pkt(1, 100, payload=KEY))
+    buf.add(Pkt(3, 300))
+    assert buf.nacks() == [2]
+    clock.now = 0.6  # the retransmission took 0.6 s
+    buf.add(Pkt(2, 200))
+    assert buf.repair_s == pytest.approx(0.8 * 0.25 + 0.2 * 0.6)
+    assert buf.repaired == 1
+    # A packet asked for twice does not time a repair (which ask did it answer?).
+    buf.add(Pkt(5, 500))
+    assert buf.nacks() == [4]
+    clock.now = 0.6 + buf.retry_s
+    assert buf.nacks() == [4]
+    before = buf.repair_s
+    clock.now += 0.05
+    buf.add(Pkt(4, 400))
+    assert buf.repair_s == before
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "asked"),
+    [
+        ([65534, 65535, 1], [0]),  # across the wrap
+        ([10, 10 + 300], []),  # an outage, not 299 losses
+        ([10, 12, 11, 15], [13, 14]),  # a reordered packet fills its own hole
+    ],
+)
+def test_which_gaps_are_nacked(arrivals: list[int], asked: list[int]) -> None:
+    clock = Clock()
+    buf = video(clock)
+    for seq in arrivals:
+        buf.add(Pkt(seq, 1000 + seq, payload=KEY))
+    assert buf.nacks() == asked
+
+
+def test_audio_is_never_nacked() -> None:
+    clock = Clock()
+    buf = FrameBuffer(video=False, clock=clock)
+    for seq in (1, 2, 5):
+        buf.add(Pkt(seq, seq * 960))
+    assert buf.nacks() == []
+
+
+def test_nacks_are_split_where_sequence_numbers_wrap() -> None:
+    from tongke.rtc_internals import _nack_runs
+
+    assert _nack_runs([65533, 65535, 0, 2]) == [[65533, 65535], [0, 2]]
+    assert _nack_runs([]) == []
+
+
+async def test_the_agent_nacks_through_its_frame_buffer_not_aiortcs_generator() -> None:
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+    from tongke import rtc_internals
+
+    class Transport:
+        state = "new"
+
+    receiver = RTCRtpReceiver("video", Transport())  # type: ignore[arg-type]
+    sent: list[tuple[int, list[int]]] = []
+
+    async def send_nack(ssrc: int, lost: list[int]) -> None:
+        sent.append((ssrc, lost))
+
+    receiver._send_rtcp_nack = send_nack  # type: ignore[method-assign]
+    assert rtc_internals.use_frame_buffer(receiver, lambda: video(Clock()))
+    generator = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    for seq in (1, 2, 5):
+        assert generator.add(Pkt(seq, seq)) is False  # aiortc itself asks for nothing
+        buffer.add(Pkt(seq, seq * 100, payload=KEY))
+    await asyncio.sleep(0)  # the NACK is sent from a task
+    assert sent == [(1234, [3, 4])]
+    assert rtc_internals.frame_assembler(receiver).stats()["nacks_sent"] == 2
+    # Another loss right after: it waits for the stream's next NACK (one every
+    # NACK_INTERVAL_S, with every number then due), not a packet of its own.
+    buffer.add(Pkt(7, 700, payload=KEY))
+    await asyncio.sleep(0)
+    assert sent == [(1234, [3, 4])]
+    assert buffer._nack_timer is not None
+    buffer._nack_timer.cancel()
