@@ -26,7 +26,7 @@ from media_server.delay_estimate import QUEUE_MS, DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import INITIAL_BPS, DownlinkEstimator
 from media_server.overflow import OverflowWatch
-from media_server.pacer import PACING_FACTOR, Pacer
+from media_server.pacer import PACING_FACTOR, Pacer, PriorityLane
 from media_server.probe import CLUSTER_S, ProbeController
 from media_server.sink import PacketSink
 from media_server.source import MediaSource
@@ -78,17 +78,6 @@ def _top_cost(c: Candidate) -> int:
         return 0
     usable = [x for x in c.layers if c.pinned is None or rank(x) <= rank(c.pinned)]
     return layer_bps(c, max(usable or list(c.layers), key=rank))
-
-
-class PriorityLane:
-    """The pacer's front door for audio: straight out, ahead of any queued video.
-
-    Its methods are the pacer's own, bound once: no extra call per audio packet.
-    """
-
-    def __init__(self, pacer: Pacer) -> None:
-        self.send_rtp = pacer.send_rtp_now
-        self.send_rtcp = pacer.send_rtcp
 
 
 class SubscriberBandwidth:

@@ -14,6 +14,12 @@ keyframe request.
 For a subscriber with transport-wide congestion control, the pacer notes when each
 stamped packet really leaves (`history`, media_server/twcc.py): the delay-based estimate
 must see the link's queue, not ours.
+
+The fast path is public so that a DownTrack can take it in line, without a call per
+packet per subscriber (media_server/downtrack.py): while `open` (nothing queued, nothing
+to record), a video packet that fits `tokens` spends them and goes straight to `sink`,
+and so does any audio packet (`PriorityLane`). Every other case goes through `send_rtp`
+or `send_rtp_now`, which decide exactly the same for those cases.
 """
 
 from __future__ import annotations
@@ -45,17 +51,21 @@ class Pacer:
         self.dropped = 0
         self._rate = 0.0  # bytes per second
         self._burst = 0.0
-        self._tokens = 0.0
+        self.tokens = 0.0  # bytes that may leave now
         self._last = time.monotonic()
         self.set_rate(rate_bps)
-        self._tokens = self._burst
+        self.tokens = self._burst
         self.history: SendHistory | None = None
         self._tcc_byte = -1  # the first extension element's id/len byte when stamped
+        # Nothing queued and nothing to record: a packet within `tokens` may go straight
+        # to `sink`. Kept up to date wherever the queue or the history changes.
+        self.open = True
 
     def note_transport_cc(self, history: SendHistory, ext_id: int) -> None:
         """From now on, record when each packet stamped with `ext_id` leaves."""
         self.history = history
         self._tcc_byte = (ext_id << 4) | 1
+        self.open = False
 
     def _note(self, packet: bytes) -> None:
         if len(packet) > SEQ_OFFSET + 1 and packet[SEQ_OFFSET - 1] == self._tcc_byte:
@@ -67,17 +77,17 @@ class Pacer:
 
     def _refill(self) -> None:
         now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self.tokens = min(self._burst, self.tokens + (now - self._last) * self._rate)
         self._last = now
 
     def send_rtp(self, packet: bytes) -> None:
         size = len(packet)
         if not self.queue:
             # This runs once per packet per subscriber: no clock while tokens last.
-            if self._tokens < size:
+            if self.tokens < size:
                 self._refill()
-            if self._tokens >= size:
-                self._tokens -= size
+            if self.tokens >= size:
+                self.tokens -= size
                 if self.history is not None:
                     self._note(packet)
                 self.sink.send_rtp(packet)
@@ -87,11 +97,12 @@ class Pacer:
             return
         self.queue.append(packet)
         self.queued_bytes += size
+        self.open = False
         _DRAINER.add(self)
 
     def send_rtp_now(self, packet: bytes) -> None:
         """Audio: out at once; it still spends tokens so video makes room for it."""
-        self._tokens -= len(packet)
+        self.tokens -= len(packet)
         if self.history is not None:
             self._note(packet)
         self.sink.send_rtp(packet)
@@ -103,20 +114,36 @@ class Pacer:
         """Send what the bucket allows; True while packets are still queued."""
         self._refill()
         queue = self.queue
-        while queue and self._tokens >= len(queue[0]):
+        while queue and self.tokens >= len(queue[0]):
             packet = queue.popleft()
             size = len(packet)
-            self._tokens -= size
+            self.tokens -= size
             self.queued_bytes -= size
             if self.history is not None:
                 self._note(packet)
             self.sink.send_rtp(packet)
-        return bool(queue)
+        if queue:
+            return True
+        self.open = self.history is None
+        return False
 
     def close(self) -> None:
         self.queue.clear()
         self.queued_bytes = 0
+        self.open = self.history is None
         _DRAINER.discard(self)
+
+
+class PriorityLane:
+    """The pacer's front door for audio: straight out, ahead of any queued video.
+
+    Its methods are the pacer's own, bound once: no extra call per audio packet.
+    """
+
+    def __init__(self, pacer: Pacer) -> None:
+        self.pacer = pacer
+        self.send_rtp = pacer.send_rtp_now
+        self.send_rtcp = pacer.send_rtcp
 
 
 class _Drainer:

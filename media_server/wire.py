@@ -3,7 +3,8 @@
 `RTCDtlsTransport._send_rtp` is a coroutine that goes through two more awaits before
 `sendto`; on the fan-out path that costs more than the send itself. A Wire protects
 with the transport's SRTP session and writes straight to the nominated ICE pair's
-datagram transport.
+datagram transport. It protects through `rtc_internals.srtp_protector`: pylibsrtp's own
+`protect` allocates on every call, once per packet per subscriber.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Wire:
         if tx is None or pair is None:
             self._sendto = None
             return False
-        self._protect = tx.protect
+        self._protect = rtc_internals.srtp_protector(tx)
         self._protect_rtcp = tx.protect_rtcp
         self._sendto, self._addr = pair
         return True

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from media_server import pacer as pacer_mod
 from media_server.allocator import Candidate, Decision, allocate
-from media_server.downtrack import RepairBudget
+from media_server.bandwidth import SubscriberBandwidth
+from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import MIN_BPS, DownlinkEstimator
 from media_server.pacer import Pacer
 from media_server.sink import MemorySink
+from media_server.source import MediaSource
+from media_server.uptrack import UpTrack
 from tests.media import wait_for
 
 # -- estimator ------------------------------------------------------------------------
@@ -265,6 +270,64 @@ async def test_the_pacer_spreads_a_burst_and_lets_audio_pass_first() -> None:
     await wait_for(lambda: len(wire.rtp) == len(burst) + 1, 5, "the queue drained")
     assert [p for p in wire.rtp if p != b"audio"] == burst  # in order, nothing lost
     pacer.close()
+
+
+async def test_downtracks_take_the_pacers_fast_path_in_line_and_keep_its_order() -> None:
+    """The DownTrack sends straight to the wire only where the pacer would: a keyframe
+    burst past the bucket waits, a small packet after it waits behind it (never
+    overtakes), audio overtakes the queue, and everything arrives once, in order."""
+    wire = MemorySink()
+    bandwidth = SubscriberBandwidth(wire, initial_bps=1_000_000)  # 6 kB burst, 187.5 kB/s
+    video_up, audio_up = _up("video", 1111), _up("audio", 2222)
+    video = DownTrack(sink=bandwidth.sink_for("video"), ssrc=11, payload_type=96)
+    audio = DownTrack(sink=bandwidth.sink_for("audio"), ssrc=12, payload_type=111)
+    video.bind(_source(video_up))
+    audio.bind(_source(audio_up))
+    # A VP8 keyframe of 40 packets (48 kB): its first packet starts it.
+    burst = [(b"\x10\x00" if i == 0 else b"\x00\x01") + bytes([i]) * 1200 for i in range(40)]
+    for i, payload in enumerate(burst):
+        video_up.on_rtp(_rtp(100 + i, 3000, 1111, 96, payload), 0)
+    straight = len(wire.rtp)
+    assert 0 < straight < 10 and not bandwidth.pacer.open
+    # A drain leaves tokens short of the queue's head but enough for a small packet:
+    # it still waits its turn.
+    bandwidth.pacer.tokens = 1000.0
+    video_up.on_rtp(_rtp(140, 6000, 1111, 96, b"\x00\x01small"), 0)
+    assert len(wire.rtp) == straight
+    audio_up.on_rtp(_rtp(7, 960, 2222, 111, b"opus"), 0)
+    assert len(wire.rtp) == straight + 1 and wire.rtp[-1].endswith(b"opus")
+    await wait_for(lambda: len(wire.rtp) == len(burst) + 2, 5, "the queue drained")
+    videos = [p[12:] for p in wire.rtp if not p.endswith(b"opus")]
+    assert videos == [*burst, b"\x00\x01small"]  # in order, nothing lost or repeated
+    assert bandwidth.pacer.open
+    video_up.on_rtp(_rtp(141, 9000, 1111, 96, b"\x00\x01next"), 0)
+    assert wire.rtp[-1].endswith(b"next")  # straight out again
+    bandwidth.close()
+
+
+def _up(kind: str, ssrc: int) -> UpTrack:
+    return UpTrack(
+        track_id=f"p1/{kind}/h",
+        source="teacher_camera" if kind == "video" else "classroom_mic",
+        layer="h",
+        kind=kind,
+        codec="vp8" if kind == "video" else "opus",
+        clock_rate=90000 if kind == "video" else 48000,
+        ssrc=ssrc,
+        payload_type=96 if kind == "video" else 111,
+        rtx_ssrc=None,
+        rtx_payload_type=None,
+        request_keyframe=lambda up: None,
+        request_nack=lambda up: None,
+    )
+
+
+def _source(up: UpTrack) -> MediaSource:
+    return MediaSource("p1", "c1", "Master", up.source, up.kind, up.codec, "", {"h": up})
+
+
+def _rtp(seq: int, ts: int, ssrc: int, pt: int, payload: bytes) -> bytes:
+    return struct.pack("!BBHII", 0x80, pt, seq, ts, ssrc) + payload
 
 
 async def test_the_pacer_cuts_a_queue_longer_than_half_a_second() -> None:

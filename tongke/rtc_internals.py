@@ -1,11 +1,12 @@
-"""Every use of aiortc's and aioice's private internals, in one place.
+"""Every use of aiortc's, aioice's and pylibsrtp's private internals, in one place.
 
 Tongke uses aiortc for ICE, DTLS, SRTP and SDP and owns the media path itself, which
 means reaching past aiortc's public API: the SRTP sessions, the nominated ICE pair, the
-DTLS transport's RTP/RTCP handlers, the RTP router, the sender's SSRC. All of that lives
-here, behind small named functions, and `check()` verifies at start-up that each
-internal still exists, so an upgrade that moves one fails loudly at start instead of
-silently dropping media. Both libraries are pinned in pyproject.toml.
+DTLS transport's RTP/RTCP handlers, the RTP router, the sender's SSRC, and libsrtp's
+protect call under pylibsrtp's wrapper (the hot path's). All of that lives here, behind
+small named functions, and `check()` verifies at start-up that each internal still
+exists, so an upgrade that moves one fails loudly at start instead of silently dropping
+media. The three libraries are pinned in pyproject.toml.
 
 This module also hardens what aiortc/aioice accept from the network:
 
@@ -37,6 +38,8 @@ import aioice.stun
 import aiortc.codecs.h264
 import aiortc.codecs.vpx
 import aiortc.rtcrtpreceiver
+import pylibsrtp
+import pylibsrtp._binding
 from aiortc import (
     RTCDtlsTransport,
     RTCIceTransport,
@@ -55,6 +58,7 @@ log = logging.getLogger(__name__)
 MAX_DATAGRAM = 1500
 MIN_SRTP = 12 + 10  # RTP header + the 80-bit auth tag
 MIN_SRTCP = 8 + 4 + 10  # RTCP header + SRTCP index + auth tag
+SRTP_BUFFER = 1500  # what pylibsrtp's Session allocates: packet plus trailer
 
 CONSENT_INTERVAL_S = 5.0
 CONSENT_TIMEOUT_S = 30.0
@@ -104,6 +108,7 @@ _INSTANCE_ATTRS: list[tuple[type, str]] = [
     (RTCRtpReceiver, "__decoder_thread"),
     (RTCRtpReceiver, "__codecs"),
     (RTCRtpReceiver, "__timestamp_mapper"),
+    (pylibsrtp.Session, "_srtp"),
 ]
 _MODULE_ATTRS: list[tuple[Any, str]] = [
     (aioice.ice, "get_host_addresses"),
@@ -113,6 +118,10 @@ _MODULE_ATTRS: list[tuple[Any, str]] = [
     (aiortc.codecs.h264, "h264_depayload"),
     (aiortc.codecs.vpx, "vp8_depayload"),
     (aiortc.rtcrtpreceiver, "get_decoder"),
+    (pylibsrtp, "_srtp_assert"),
+    (pylibsrtp, "SRTP_MAX_TRAILER_LEN"),
+    (pylibsrtp._binding, "ffi"),
+    (pylibsrtp._binding.lib, "srtp_protect"),
 ]
 
 
@@ -129,8 +138,8 @@ def check() -> None:
             missing.append(f"{cls.__name__}().{attr}")
     if missing:
         raise InternalsChanged(
-            "this aiortc/aioice lacks internals Tongke needs (pin aiortc 1.16.0, aioice "
-            "0.13.0): " + ", ".join(missing)
+            "this aiortc/aioice/pylibsrtp lacks internals Tongke needs (pin aiortc 1.16.0, "
+            "aioice 0.13.0, pylibsrtp 1.0.0): " + ", ".join(missing)
         )
 
 
@@ -362,6 +371,40 @@ def last_received_at(pc: RTCPeerConnection) -> float | None:
 def srtp_sessions(dtls: RTCDtlsTransport) -> tuple[Any, Any]:
     """(rx, tx) SRTP sessions; None before the DTLS handshake completes."""
     return dtls._rx_srtp, dtls._tx_srtp
+
+
+def srtp_protector(session: Any) -> Callable[[bytes], bytes]:
+    """`session.protect`, without pylibsrtp's per-call costs: the same libsrtp call on
+    the same session, so the same bytes out and the same errors.
+
+    pylibsrtp allocates a length cell (`ffi.new`) and copies through a buffer slice on
+    every packet; at 150 subscribers that is about a sixth of what protecting costs
+    (valgrind: 32.1k -> 27.2k instructions for a 1.2 kB packet). Here the cell and the
+    buffer are allocated once per session. The closure holds the session, whose
+    lifetime is the libsrtp context's.
+    """
+    ffi, lib = pylibsrtp._binding.ffi, pylibsrtp._binding.lib
+    buffer = ffi.new("char[]", SRTP_BUFFER)
+    view = ffi.buffer(buffer)
+    length = ffi.new("int *")
+    context = session._srtp[0]
+    protect = lib.srtp_protect
+    memmove = ffi.memmove
+    limit = SRTP_BUFFER - pylibsrtp.SRTP_MAX_TRAILER_LEN
+    check_status = pylibsrtp._srtp_assert
+
+    def protect_rtp(packet: bytes, _session: Any = session) -> bytes:
+        size = len(packet)
+        if size > limit:
+            raise ValueError("packet is too long")
+        memmove(buffer, packet, size)
+        length[0] = size
+        status = protect(context, buffer, length)
+        if status:
+            check_status(status)
+        return view[0 : length[0]]
+
+    return protect_rtp
 
 
 def selected_pair(dtls: RTCDtlsTransport) -> tuple[Callable[[bytes, Any], None], Any] | None:
