@@ -40,11 +40,6 @@ FLOOR_WINDOW_S = 60.0
 KEEP_S = 20.0
 KEEP_MAX_S = 320.0
 SENDING_SHARE = 0.6
-# Lost after our repairs, this much is a flood whatever the round trip says: at connect
-# the first round trips are already the flooded queue's, so no floor shows it. Random loss
-# on a rural line stays far below; an outage (nothing through) is not a capacity reading.
-FLOOD_LOSS = 0.3
-OUTAGE_LOSS = 0.8
 
 
 class OverflowWatch:
@@ -73,9 +68,7 @@ class OverflowWatch:
         """One tick's loss (0..1), what we sent, the estimate it was sent under and the
         latest round trip; True when it was an overflow."""
         floor = self.floor_ms()
-        flooded = FLOOD_LOSS < loss < OUTAGE_LOSS
-        queued = rtt_ms is not None and floor is not None and rtt_ms - floor >= QUEUE_MS
-        if loss <= LOSS_HIGH or not (flooded or queued):
+        if loss <= LOSS_HIGH or rtt_ms is None or floor is None or rtt_ms - floor < QUEUE_MS:
             return False
         if sent_bps < SENDING_SHARE * estimate_bps:
             return False

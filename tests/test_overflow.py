@@ -31,12 +31,6 @@ def watch_with_floor(floor_ms: float = 330.0) -> OverflowWatch:
         (0.26, 430.0, True),
         # No round trip known: nothing says a queue stands.
         (0.26, None, False),
-        # A flood at connect: the first round trips are already the queue's, no floor
-        # below them, but over 30 % lost after repair is no line's random loss.
-        (0.45, None, True),
-        (0.45, 340.0, True),
-        # An outage lets nothing through: no reading of what the link carries.
-        (0.95, None, False),
     ],
 )
 def test_an_overflow_is_heavy_loss_over_a_standing_queue(
