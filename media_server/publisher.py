@@ -31,7 +31,8 @@ from aiortc.rtp import (
 from aiortc.sdp import SessionDescription
 
 from media_server.estimator import DownlinkEstimator
-from media_server.uplink import AST_URI, REPORT_S, UplinkDelay
+from media_server.rtpbytes import AST_URI
+from media_server.uplink import REPORT_S, UplinkDelay
 from media_server.uptrack import NackBatch, UpTrack
 from media_server.wire import Wire
 from tongke import rtc_internals

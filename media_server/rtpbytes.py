@@ -112,6 +112,11 @@ def is_keyframe_start(codec: str, data: bytes, start: int, end: int) -> bool:
     return True  # audio: every packet is a decodable start
 
 
+AST_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+AST_UNITS_PER_S = 1 << 18  # abs-send-time is 6.18 fixed-point seconds, 24 bits
+AST_WRAP = 1 << 24
+
+
 def abs_send_time(now_s: float) -> bytes:
     """abs-send-time: 6.18 fixed-point seconds, 24 bits."""
-    return (int(now_s * 262144.0) & 0xFFFFFF).to_bytes(3, "big")
+    return (int(now_s * AST_UNITS_PER_S) % AST_WRAP).to_bytes(3, "big")

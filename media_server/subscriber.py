@@ -24,6 +24,7 @@ from media_server.bandwidth import SubscriberBandwidth
 from media_server.downtrack import DownTrack
 from media_server.estimator import INITIAL_BPS
 from media_server.publisher import SignallingError, parse_sdp
+from media_server.rtpbytes import AST_URI
 from media_server.source import MediaSource
 from media_server.wire import Wire
 from tongke import rtc_internals
@@ -39,7 +40,6 @@ from tongke.codecs import (
 log = logging.getLogger(__name__)
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
-AST_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 ANSWER_TIMEOUT_S = 20.0
 CONTROL_INTERVAL_S = 1.0  # a tick costs about as much as forwarding a few hundred packets
 SR_EVERY_TICKS = 1  # a sender report per DownTrack every second

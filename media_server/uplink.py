@@ -19,12 +19,9 @@ from __future__ import annotations
 
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
 from media_server.estimator import LOSS_HIGH, DownlinkEstimator
-from media_server.rtpbytes import one_byte_extension
+from media_server.rtpbytes import AST_UNITS_PER_S, AST_WRAP, one_byte_extension
 from media_server.twcc import PacketResult
 
-AST_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
-AST_UNITS_PER_S = 1 << 18  # 6.18 fixed point
-AST_WRAP = 1 << 24
 REPORT_S = 0.1
 
 
@@ -38,7 +35,7 @@ class UplinkDelay:
         self._sent_s = 0.0
 
     def add(self, data: bytes, arrival_ns: int) -> bool:
-        """Note one received packet; True when it is the first since the last `take`."""
+        """Note one received packet; True when it is the first since the last `report`."""
         value = one_byte_extension(data, self.ext_id)
         if value is None or len(value) != 3:
             return False

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from media_server.estimator import DownlinkEstimator
-from media_server.rtpbytes import one_byte_extension
-from media_server.uplink import AST_UNITS_PER_S, REPORT_S, UplinkDelay
+from media_server.rtpbytes import AST_UNITS_PER_S, one_byte_extension
+from media_server.uplink import REPORT_S, UplinkDelay
 
 AST_ID = 3
 PACKET = 1_100
