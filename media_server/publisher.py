@@ -323,7 +323,6 @@ class Publisher:
         self.wire = Wire(dtls)
         by_ssrc, by_rtx = self._by_ssrc, self._by_rtx_ssrc
         perf_ns = time.perf_counter_ns
-        delay = self.uplink_delay
         loop = asyncio.get_running_loop()
 
         def route(data: bytes, arrival_ns: int) -> None:
@@ -331,6 +330,10 @@ class Publisher:
             up = by_ssrc.get(ssrc)
             if up is not None:
                 up.on_rtp(data, arrival_ns)
+                # Read per packet, not once here: a publisher whose first offer had no
+                # video gets its delay reading with the renegotiation that adds it,
+                # and these hooks stay those of the first negotiation.
+                delay = self.uplink_delay
                 if delay is not None and up.video and delay.add(data, arrival_ns):
                     # The first packet since the last report: report in REPORT_S, as
                     # transport-cc feedback would, outside the packet path.
@@ -450,7 +453,10 @@ class Publisher:
             "loss": round(self.uplink.loss, 4),
             "delay_usage": delay.usage.value if delay is not None else None,
             "queue_ms": round(delay.queue_ms, 1) if delay is not None else None,
-            "cuts": len(delay.cuts) if delay is not None else 0,
+            # Video packets the delay reading took in (0: the publisher sends no
+            # abs-send-time, or no video yet), and its latest cuts (at most 8 kept).
+            "delay_packets": delay.received if delay is not None else 0,
+            "recent_cuts": len(delay.cuts) if delay is not None else 0,
         }
 
     def uplink_bps(self) -> int:

@@ -75,6 +75,32 @@ async def test_publishers_hear_which_layers_nobody_receives_and_their_uplink_est
         await master.close()
 
 
+async def test_a_camera_added_after_the_microphone_gets_its_uplink_read_from_its_delay(
+    server: ServerProcess, room: str
+) -> None:
+    # A classroom that starts with its microphone and adds the camera later (a second
+    # offer on the same connection): the SFU reads the uplink from the camera's
+    # abs-send-time too, not from loss alone.
+    master = await join(server, room, "c-master", "master")
+    try:
+        await master.publish([Publication(ToneTrack(), "classroom_mic")])
+
+        def uplink() -> dict[str, Any] | None:
+            receiving = server.stats()["rooms"][room]["receiving"]
+            return next((p["uplink"] for p in receiving if p["role"] == "master"), None)
+
+        await wait_for(lambda: uplink() is not None, what="the microphone published")
+        await master.publish(
+            [Publication(PatternTrack(320, 240), "teacher_camera", layer="h", codec="vp8")]
+        )
+        await wait_for(
+            lambda: (uplink() or {}).get("delay_packets", 0) > 0,
+            what="the camera's packets read by the uplink's delay detector",
+        )
+    finally:
+        await master.close()
+
+
 def test_a_nack_storm_is_answered_within_the_budget_and_each_packet_once_per_rtt() -> None:
     up = make_up("h", 1111, [])
     source = MediaSource("p1", "c1", "M", "teacher_camera", "video", "vp8", "T", {"h": up})
