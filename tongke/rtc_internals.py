@@ -596,18 +596,6 @@ class _NoNacks:
         return False
 
 
-def _nack_runs(seqs: list[int]) -> list[list[int]]:
-    """Split 16-bit sequence numbers (oldest first) where they wrap: aiortc packs a NACK
-    from differences to its first number and fails on a negative one."""
-    runs: list[list[int]] = []
-    for seq in seqs:
-        if runs and seq > runs[-1][-1]:
-            runs[-1].append(seq)
-        else:
-            runs.append([seq])
-    return runs
-
-
 # One stream's NACKs go out at most this often, each carrying every number then due: a
 # NACK per arriving packet (as aiortc sends) crowded a 256 kbit/s uplink with RTCP while
 # a flood lost half the packets (2,892 NACK packets a minute against 470).
@@ -660,8 +648,11 @@ class _AssemblerInPlace:
         lost = self._assembler.nacks()
         if lost:
             self._nacked_at = time.monotonic()
-        for run in _nack_runs(lost):
-            task = loop.create_task(self._nack(self._ssrc, run))
+        if lost:
+            # aiortc packs a NACK from differences to its first number: sorted, every
+            # difference is positive across the 16-bit wrap too (as aiortc's own
+            # generator sends them).
+            task = loop.create_task(self._nack(self._ssrc, sorted(lost)))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
         at = self._assembler.next_nack_at()
