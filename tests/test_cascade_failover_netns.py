@@ -26,6 +26,7 @@ from tests.cluster_hosts import Hosts, kill
 from tests.impair import netns_available
 from tests.media import wait_for
 from tests.test_agent import running, small_master
+from tongke.cluster.registry import Registry
 from tongke.ice import use_host_addresses
 
 # The target: edge viewers get media again within 5 s of the origin's death.
@@ -62,6 +63,19 @@ async def test_the_edge_follows_its_lesson_when_the_origin_dies(
         origin, edge, spare = nodes
         room = "county-cascade"
         origin.open_room(room)
+
+        def nodes_live() -> set[str]:
+            return {n["id"] for n in origin.api("GET", "/api/cluster")["nodes"]}
+
+        await wait_for(lambda: nodes_live() == {"host1", "host2", "host3"}, 30, "three live nodes")
+        # The lesson is placed on host 1 before its master joins, as a scheduler would: the
+        # least loaded node is host 1 only while its heartbeat is fresh, and under a whole
+        # suite's load it may briefly not be.
+        registry = Registry(hosts.redis_url, prefix=f"cl-{hosts.tag}", ttl_s=2.0)
+        try:
+            assert await registry.claim(room, "host1") == "host1"
+        finally:
+            await registry.close()
         master_cfg = small_master(origin, room)
         master_cfg.server_url = f"{origin.url},{spare.url}"
         master = ClassroomAgent(master_cfg, record=False)

@@ -230,13 +230,21 @@ async def test_a_server_killed_mid_lesson_keeps_what_it_recorded(
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     master = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     try:
-        await wait_for(lambda: tracks_published(server, room, "p") >= 2, 60, "publishing")
-        await asyncio.sleep(3)
+        # Each run of the server records 3 s of the camera (read from its files as they
+        # are written: under load the first keyframe of a run can come late).
+        await wait_for(
+            lambda: recorded_seconds(data, room, MASTER, "teacher_camera", 0) >= 3.0,
+            60,
+            "3 s of the camera recorded",
+        )
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait()
         server = await asyncio.to_thread(start_server_process, data, port=port)
-        await wait_for(lambda: tracks_published(server, room, "p") >= 2, 60, "publishing again")
-        await asyncio.sleep(3)
+        await wait_for(
+            lambda: recorded_seconds(data, room, MASTER, "teacher_camera", 1) >= 3.0,
+            60,
+            "3 s of the camera recorded again after the restart",
+        )
         console = LessonClient(server.url, room, server.token(room, MASTER, "master"))
         await console.connect()
         await console.request({"type": "lesson_end"})
@@ -327,6 +335,22 @@ async def test_a_browser_publishers_vp8_and_h264_are_recorded_when_the_room_clos
 
 def gaps_over(times: list[float], limit: float) -> list[tuple[float, float]]:
     return [(round(a, 2), round(b - a, 2)) for a, b in itertools.pairwise(times) if b - a > limit]
+
+
+def recorded_seconds(data: Path, room: str, classroom: str, source: str, part: int) -> float:
+    """How long the server's copy of `source` in its `part`-th recording (one per run of
+    the server: `<lesson>`, `<lesson>~2`) spans, as written so far (flushed per packet)."""
+    root = data / "recordings" / room / SERVER_DIR / classroom
+    runs = sorted(d for d in root.glob("*") if d.is_dir())
+    if len(runs) <= part:
+        return 0.0
+    try:
+        times = [
+            t for f in sorted(runs[part].glob(f"tracks/{source}*.ts")) for t in packet_times(f)
+        ]
+    except av.FFmpegError:
+        return 0.0  # a file just created, its header not written yet
+    return max(times) - min(times) if times else 0.0
 
 
 def server_copy_resumed(server: ServerProcess, room: str) -> bool:
