@@ -123,10 +123,20 @@ async def test_an_edge_viewer_gets_the_origin_lesson_with_keyframes_and_repairs_
             )
 
             # A keyframe request from the edge viewer reaches the publisher on the origin.
-            before = len(asked)
+            # The origin holds a request back for 1 s after a keyframe, and drops it when
+            # another keyframe (someone else's) comes meanwhile: the viewer asks again, as
+            # the page does when no picture follows.
             track = next(r for r in viewer.active_tracks() if r.source == "teacher_camera")
-            await viewer.send({"type": "request_keyframe", "track": track.info["track"]})
-            await wait_for(lambda: len(asked) > before, 10, "the keyframe request at the publisher")
+            for _ in range(5):
+                before = len(asked)
+                await viewer.send({"type": "request_keyframe", "track": track.info["track"]})
+                try:
+                    await wait_for(lambda b=before: len(asked) > b, 2, "the keyframe request")
+                    break
+                except AssertionError:
+                    continue
+            else:
+                raise AssertionError("no keyframe request of 5 reached the publisher")
             assert asked[-1] == "teacher_camera"
             origin_link = link_of(origin, room)
             assert origin_link is not None and origin_link["keyframe_requests_in"] >= 1
