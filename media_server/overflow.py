@@ -12,7 +12,8 @@ the packets were lost and every picture stood still for 2-5 s under "live" until
 back-off took the layer away again (bench/rural.py --receiver agent, main 4a0802e).
 
 An overflow is a report with more than `LOSS_HIGH` lost while the round trip stands
-`QUEUE_MS` above the lowest of the last `FLOOR_WINDOW_S`, and while we send at least
+`QUEUE_MS` above the lowest of the last `FLOOR_WINDOW_S` (or, at connect, with more than
+`FLOOD_LOSS` lost, see below), and while we send at least
 `SENDING_SHARE` of the estimate: random loss on a line with an empty queue is not one,
 nor is a queue we did not fill (sending 35 kbit/s of a 73 kbit/s estimate on a 256
 kbit/s line whose round trip the point's own uplink stretched: that reading pinned the
@@ -40,6 +41,16 @@ FLOOR_WINDOW_S = 60.0
 KEEP_S = 20.0
 KEEP_MAX_S = 320.0
 SENDING_SHARE = 0.6
+# In the first `START_S` of a subscriber, this much lost after our repairs is a flood
+# whatever the round trip says: at connect the first round trips already come from the
+# flooded queue, so no floor below them shows it (256kbit-10pct: the teacher and board
+# stood frozen under "live" 7-10 % of the time until the queue rule caught up). Random
+# loss on a rural line stays far below; an outage (nothing through) is no capacity
+# reading. Later a floor is known, and only a standing queue says overflow: a stall of
+# our own process (a starved CPU drops packets in bursts) must not cap a link for minutes.
+FLOOD_LOSS = 0.3
+OUTAGE_LOSS = 0.8
+START_S = 30.0
 
 
 class OverflowWatch:
@@ -49,9 +60,16 @@ class OverflowWatch:
         self._capacity: float | None = None
         self._set_at = float("-inf")
         self._keep_s = KEEP_S
+        self._started_at: float | None = None
         self.overflows = 0
 
+    def _age(self, now: float) -> float:
+        if self._started_at is None:
+            self._started_at = now
+        return now - self._started_at
+
     def on_rtt(self, rtt_ms: float, now: float) -> None:
+        self._age(now)
         rtts = self._rtts
         while rtts and rtts[-1][1] >= rtt_ms:
             rtts.pop()
@@ -68,7 +86,9 @@ class OverflowWatch:
         """One tick's loss (0..1), what we sent, the estimate it was sent under and the
         latest round trip; True when it was an overflow."""
         floor = self.floor_ms()
-        if loss <= LOSS_HIGH or rtt_ms is None or floor is None or rtt_ms - floor < QUEUE_MS:
+        queued = rtt_ms is not None and floor is not None and rtt_ms - floor >= QUEUE_MS
+        flooded = FLOOD_LOSS < loss < OUTAGE_LOSS and self._age(now) < START_S
+        if loss <= LOSS_HIGH or not (queued or flooded):
             return False
         if sent_bps < SENDING_SHARE * estimate_bps:
             return False

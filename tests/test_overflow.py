@@ -9,7 +9,7 @@ import pytest
 
 from media_server.bandwidth import SubscriberBandwidth
 from media_server.estimator import DownlinkEstimator
-from media_server.overflow import FLOOR_WINDOW_S, KEEP_MAX_S, KEEP_S, OverflowWatch
+from media_server.overflow import FLOOR_WINDOW_S, KEEP_MAX_S, KEEP_S, START_S, OverflowWatch
 from media_server.sink import MemorySink
 
 
@@ -31,6 +31,12 @@ def watch_with_floor(floor_ms: float = 330.0) -> OverflowWatch:
         (0.26, 430.0, True),
         # No round trip known: nothing says a queue stands.
         (0.26, None, False),
+        # A flood at connect: the first round trips are already the queue's, no floor
+        # below them, but over 30 % lost after repair is no line's random loss.
+        (0.45, None, True),
+        (0.45, 340.0, True),
+        # An outage lets nothing through: no reading of what the link carries.
+        (0.95, None, False),
     ],
 )
 def test_an_overflow_is_heavy_loss_over_a_standing_queue(
@@ -44,6 +50,18 @@ def test_an_overflow_is_heavy_loss_over_a_standing_queue(
         assert capacity == pytest.approx(1_240_000 * (1 - loss))
     else:
         assert capacity is None
+
+
+def test_heavy_loss_without_a_queue_is_a_flood_only_at_connect() -> None:
+    """Later, a burst of loss with the round trip at its floor is our own stall (a
+    starved process), not the link: it must not cap the estimate for minutes."""
+    watch = watch_with_floor()
+    assert watch.on_report(0.45, 1_240_000, 1_650_000, 340.0, START_S - 1.0)
+    late = watch_with_floor()
+    assert not late.on_report(0.45, 1_240_000, 1_650_000, 340.0, START_S + 1.0)
+    assert late.capacity(START_S + 1.0) is None
+    # A standing queue still says overflow, however late.
+    assert late.on_report(0.45, 1_240_000, 1_650_000, 480.0, START_S + 2.0)
 
 
 @pytest.mark.parametrize(
