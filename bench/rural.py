@@ -580,6 +580,8 @@ def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
             "probes": [down["probes"]["succeeded"], down["probes"]["failed"]]
             if down.get("probes")
             else None,
+            # Retests of an overflow reading (subscribers without transport-cc).
+            "retests": down.get("retests"),
             "repair_refused": down.get("repair_refused"),
             # The point's own uplink as the SFU reads it (a point agent publishes), and
             # the master's: what its encoders were told.

@@ -25,9 +25,9 @@ from media_server.allocator import (
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import INITIAL_BPS, DownlinkEstimator
-from media_server.overflow import OverflowWatch
+from media_server.overflow import RETEST_GROWTH, OverflowWatch
 from media_server.pacer import PACING_FACTOR, Pacer, PriorityLane
-from media_server.probe import CLUSTER_S, ProbeController
+from media_server.probe import CLUSTER_S, WORTH_PROBING, Probe, ProbeController
 from media_server.sink import PacketSink
 from media_server.source import MediaSource
 from media_server.twcc import SendHistory, feedback_in
@@ -49,6 +49,11 @@ PROBE_MAX_PACKETS = 64  # per step: 64 x ~1.2 kB in 10 ms is ~60 Mbit/s, far abo
 # The probe's own queue drains after the cluster: at most this long is left out of the
 # delay trend after it.
 PROBE_DRAIN_MAX_S = 0.3
+# A retest of an overflow reading (subscribers without transport-cc) pads for this long:
+# a 1 Mbit/s line with a 250 ms queue fills it in about a second at 1.3x, and aiortc
+# reports every 0.5-1.5 s. Its verdict waits a round trip and one more report.
+RETEST_S = 2.5
+RETEST_REPORT_S = 1.5
 # Transport-cc loss is read once a tick over at least this many reported packets.
 MIN_LOSS_PACKETS = 20
 CALM_S = 60.0
@@ -103,7 +108,7 @@ class SubscriberBandwidth:
         self.estimate_bps = start
         self.transport_seq: Iterator[int] | None = None  # set once transport-cc is on
         self.prober = ProbeController()
-        self._probe_timer: asyncio.TimerHandle | None = None
+        self._probe_timer: asyncio.Handle | None = None
         self._downtracks: list[DownTrack] = []
         self._probe_last_step = 0.0
         self._probe_bytes_left = 0.0
@@ -115,6 +120,7 @@ class SubscriberBandwidth:
         self._layer_bps: dict[str, dict[str, int]] = {}  # what the allocator last assumed
         # Without transport-cc: the link's capacity, read at its overflows.
         self.overflow = OverflowWatch()
+        self._retest: Probe | None = None
 
     def use_transport_cc(self, ext_id: int) -> None:
         """The subscriber negotiated transport-cc: stamp, record, estimate from feedback."""
@@ -153,7 +159,7 @@ class SubscriberBandwidth:
         self._feed_loss(active, now)
         estimate = self.estimator.estimate(now)
         self.estimate_bps = estimate.bps
-        probe = self.prober.active
+        probe = self.prober.active or self._retest
         self.pacer.set_rate(int(probe.target_bps) if probe else self._pacing(estimate.bps))
         self.repair.set_rate(estimate.bps)
         if not self.adaptive:
@@ -163,6 +169,7 @@ class SubscriberBandwidth:
         self.estimator.demand_bps = sum(_top_cost(c) for c in candidates) / ALLOCATION_SHARE
         self._downtracks = active
         self._maybe_probe(estimate.bps, now)
+        self._maybe_retest(now)
         if now - max(self._last_down, self._last_up) > CALM_S:
             self._hold_s = HOLD_S
         hold = now - self._last_down < self._hold_s or estimate.congested
@@ -210,18 +217,58 @@ class SubscriberBandwidth:
         )
         self._probe_step()
 
+    def _maybe_retest(self, now: float) -> None:
+        """Without transport-cc: pad up to a little above the kept overflow reading, once
+        it has been kept its time and the sources want more (media_server/overflow.py)."""
+        watch = self.overflow
+        capacity = watch.capacity()
+        if self._delay is not None or self._probe_timer is not None or capacity is None:
+            return
+        demand = self.estimator.demand_bps
+        if demand < WORTH_PROBING * capacity or not watch.retest_due(now):
+            return
+        target = min(demand, RETEST_GROWTH * capacity)
+        self._retest = Probe(target_bps=target, started=now, ends=now + RETEST_S)
+        watch.start_retest()
+        self.pacer.set_rate(int(target))
+        self._probe_last_step = now - PROBE_STEP_S
+        self._probe_bytes_left = max(0.0, target - self.estimator.sent_bps) / 8 * RETEST_S
+        self._probe_step()
+
+    def _retest_done(self) -> None:
+        self._probe_timer = None
+        retest, self._retest = self._retest, None
+        if retest is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if self.overflow.end_retest(now):
+            # The line carried it: the estimate takes that rate, and layers may rise now.
+            self.estimator.on_link_capacity(None)
+            self.estimator.on_probe(retest.target_bps, False, now)
+            self._last_down = float("-inf")
+            self._hold_s = HOLD_S
+        self.pacer.set_rate(self._pacing(self.estimator.estimate(now).bps))
+
     def _probe_step(self) -> None:
         """Every PROBE_STEP_S while a probe runs: top what we send up to its target."""
-        probe, delay = self.prober.active, self._delay
-        if probe is None or delay is None:
+        probe = self.prober.active if self._delay is not None else self._retest
+        if probe is None:
             self._probe_timer = None
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
+        if probe is self._retest and self.overflow.retest_failed:
+            # A report already shows the queue: no more padding into it.
+            self._probe_timer = loop.call_soon(self._retest_done)
+            return
         if now >= probe.ends:
-            self.prober.sent_until = now
             rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
-            self._probe_timer = loop.call_later(max(0.3, rtt_s + 0.2), self._probe_done)
+            if probe is self._retest:
+                wait, done = rtt_s + RETEST_REPORT_S, self._retest_done
+            else:
+                self.prober.sent_until = now
+                wait, done = max(0.3, rtt_s + 0.2), self._probe_done
+            self._probe_timer = loop.call_later(wait, done)
             return
         # A busy loop fires the timer late: fill the time that really passed.
         elapsed = min(now - self._probe_last_step, 0.05)
@@ -325,7 +372,7 @@ class SubscriberBandwidth:
             self.overflow.on_report(lost / weight, self.estimator.sent_bps, before, rtt, now)
         if delay is None:
             # No probes and no delay detector measure this link: its overflows do.
-            self.estimator.on_link_capacity(self.overflow.capacity(now))
+            self.estimator.on_link_capacity(self.overflow.capacity())
 
     def _candidate(self, down: DownTrack, now: float) -> Candidate:
         source = down.source
@@ -387,6 +434,11 @@ class SubscriberBandwidth:
             "feedback_reports": self.feedback_reports,
             "capacity_bps": int(est.capacity_bps) if est.capacity_bps is not None else None,
             "overflows": self.overflow.overflows,
+            "retests": {
+                "passed": self.overflow.retests_passed,
+                "failed": self.overflow.retests_failed,
+                "running": self._retest is not None,
+            },
             "false_overuse": self._delay.false_overuse if self._delay is not None else None,
             "cuts": [
                 {

@@ -19,18 +19,26 @@ nor is a queue we did not fill (sending 35 kbit/s of a 73 kbit/s estimate on a 2
 kbit/s line whose round trip the point's own uplink stretched: that reading pinned the
 estimate at its 64 kbit/s floor). What got through then (sent, less what was lost) is the link's
 capacity, and growth without evidence stops there, as it does at a capacity the
-transport-cc detector measured. Nothing but another overflow measures such a link (no
-probes without transport-cc), so the capacity is forgotten after `KEEP_S`, and a link
-that overflows again soon after that keeps it twice as long (up to `KEEP_MAX_S`): a
-layer that does not fit is tried again ever more rarely, while a line that recovered
-from a thin spell gets its pictures back within seconds of `KEEP_S`.
+transport-cc detector measured. After `KEEP_S` the reading is retested rather than
+forgotten: the subscriber's control loop pads what it sends up to `RETEST_GROWTH` times
+the capacity for a few seconds (media_server/bandwidth.py). Forgetting it at once let
+the estimate grow blindly until the teacher's 720p came back in, a 1.1 Mbit/s layer on a
+1 Mbit/s line: its picture stood still for 5 s, with the courseware's, until the next
+overflow took it away again (1mbit-5pct-300ms, agent). Padding costs no picture: a
+retest the line cannot carry fills its queue for a second or two (its padding stops at
+the first report that says so), and then the reading stands twice as long, up to
+`RETEST_KEEP_MAX_S`: cheap as a retest is, a line that has recovered must not wait
+minutes for its pictures. One the line carries forgets the reading,
+and the estimate grows again; a layer that then overflows after all is kept ever longer
+(up to `KEEP_MAX_S`), as before. A retest fails on loss above
+`LOSS_HIGH` in its reports, or on a standing queue with more than `LOSS_LOW` lost.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from media_server.estimator import LOSS_HIGH
+from media_server.estimator import LOSS_HIGH, LOSS_LOW
 
 # A round trip this far above its recent floor is a standing queue (the bench's modem
 # queue holds 250 ms; random jitter on the rural links is a few tens of ms).
@@ -51,6 +59,9 @@ SENDING_SHARE = 0.6
 FLOOD_LOSS = 0.3
 OUTAGE_LOSS = 0.8
 START_S = 30.0
+# A retest pads up to this multiple of the kept capacity (at most what the sources want).
+RETEST_GROWTH = 1.3
+RETEST_KEEP_MAX_S = 60.0
 
 
 class OverflowWatch:
@@ -61,7 +72,12 @@ class OverflowWatch:
         self._set_at = float("-inf")
         self._keep_s = KEEP_S
         self._started_at: float | None = None
+        self._forgotten_at = float("-inf")
+        self._retesting = False
+        self._retest_failed = False
         self.overflows = 0
+        self.retests_passed = 0
+        self.retests_failed = 0
 
     def _age(self, now: float) -> float:
         if self._started_at is None:
@@ -87,16 +103,22 @@ class OverflowWatch:
         latest round trip; True when it was an overflow."""
         floor = self.floor_ms()
         queued = rtt_ms is not None and floor is not None and rtt_ms - floor >= QUEUE_MS
+        if self._retesting:
+            # The padding's queue (or its losses) says the line does not carry more.
+            # Not a reading: what we sent then was partly padding, counted nowhere.
+            # A queue alone is no verdict: an aiortc point's round trips wander by
+            # 300 ms with its own event loop (630-915 ms on a 100 ms line at rest).
+            self._retest_failed |= loss > LOSS_HIGH or (queued and loss > LOSS_LOW)
+            return False
         flooded = FLOOD_LOSS < loss < OUTAGE_LOSS and self._age(now) < START_S
         if loss <= LOSS_HIGH or not (queued or flooded):
             return False
         if sent_bps < SENDING_SHARE * estimate_bps:
             return False
-        if self.capacity(now) is None:
-            forgotten_at = self._set_at + self._keep_s
+        if self._capacity is None:
             # Overflowing again soon after the capacity was forgotten: the link did not
             # grow; keep the next reading longer. Long after: a new situation.
-            if now - forgotten_at < self._keep_s:
+            if now - self._forgotten_at < self._keep_s:
                 self._keep_s = min(2 * self._keep_s, KEEP_MAX_S)
             else:
                 self._keep_s = KEEP_S
@@ -105,11 +127,40 @@ class OverflowWatch:
         self.overflows += 1
         return True
 
-    def capacity(self, now: float) -> float | None:
-        """What the link carried at its last overflow, while that reading is kept."""
-        if self._capacity is None or now - self._set_at >= self._keep_s:
-            return None
+    def capacity(self) -> float | None:
+        """What the link carried at its last overflow, until a retest shows it carries more."""
         return self._capacity
+
+    def retest_due(self, now: float) -> bool:
+        """The reading has been kept its time and no retest runs: try the line again."""
+        return (
+            self._capacity is not None
+            and not self._retesting
+            and now - self._set_at >= self._keep_s
+        )
+
+    def start_retest(self) -> None:
+        self._retesting = True
+        self._retest_failed = False
+
+    @property
+    def retest_failed(self) -> bool:
+        """A retest's report already said the line does not carry it."""
+        return self._retesting and self._retest_failed
+
+    def end_retest(self, now: float) -> bool:
+        """After the retest's reports are in: True when the line carried it (the reading
+        is forgotten); otherwise the reading stands again, twice as long."""
+        self._retesting = False
+        if self._retest_failed:
+            self._keep_s = max(self._keep_s, min(2 * self._keep_s, RETEST_KEEP_MAX_S))
+            self._set_at = now
+            self.retests_failed += 1
+            return False
+        self._capacity = None
+        self._forgotten_at = now
+        self.retests_passed += 1
+        return True
 
     @property
     def keep_s(self) -> float:
