@@ -257,12 +257,14 @@ class SubscriberBandwidth:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
+        rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
         if probe is self._retest and self.overflow.retest_failed:
-            # A report already shows the queue: no more padding into it.
-            self._probe_timer = loop.call_soon(self._retest_done)
+            # A report already shows the queue: no more padding into it. The reports
+            # while it drains are still the retest's, not a reading of media alone (one
+            # such read 598 kbit/s on a 928 kbit/s line and paused the board).
+            self._probe_timer = loop.call_later(rtt_s + RETEST_REPORT_S, self._retest_done)
             return
         if now >= probe.ends:
-            rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
             if probe is self._retest:
                 wait, done = rtt_s + RETEST_REPORT_S, self._retest_done
             else:

@@ -291,6 +291,17 @@ async def test_a_retest_pads_up_to_the_kept_reading_and_its_reports_decide(
     assert bw.pacer._rate == pytest.approx(int(target) * PACING_FACTOR / 8)  # paced to it
     if not carried:
         bw._feed_loss([downtrack(0.14, 560.0)], now + 0.1)  # type: ignore[list-item]
+
+        def draining() -> bool:
+            """The padding stopped; the verdict waits for the reports of its queue."""
+            timer = bw._probe_timer
+            return isinstance(timer, asyncio.TimerHandle) and timer.when() > loop.time() + 0.02
+
+        await wait_for(draining, 5, "the padding stopped at the report of its queue")
+        # While the padding's queue drains, its reports are still the retest's: media
+        # alone was not what overflowed (one such reading once paused the board).
+        bw._feed_loss([downtrack(0.25, 520.0)], loop.time())  # type: ignore[list-item]
+        assert bw.overflow.capacity() == capacity
     else:
         bw._feed_loss([downtrack(0.01, 340.0)], now + 0.1)  # type: ignore[list-item]
     # The estimate stays under the reading while the retest runs.
