@@ -12,10 +12,13 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+from aiortc import RTCPeerConnection
 
 from media_server.estimator import DownlinkEstimator
+from media_server.publisher import Publisher
 from media_server.rtpbytes import AST_UNITS_PER_S, one_byte_extension
 from media_server.uplink import REPORT_S, UplinkDelay
+from media_server.uptrack import UpTrack
 
 AST_ID = 3
 PACKET = 1_100
@@ -147,3 +150,48 @@ def test_abs_send_time_wrapping_is_not_a_jump_in_time() -> None:
     up.run(15)
     assert not up.delay.estimate.cuts
     assert up.queue_free_at_end
+
+
+def up_track(kind: str, ssrc: int) -> UpTrack:
+    return UpTrack(
+        track_id=f"p/{kind}",
+        source="point_camera" if kind == "video" else "point_mic",
+        layer="h",
+        kind=kind,
+        codec="vp8" if kind == "video" else "opus",
+        clock_rate=90000 if kind == "video" else 48000,
+        ssrc=ssrc,
+        payload_type=96 if kind == "video" else 111,
+        rtx_ssrc=None,
+        rtx_payload_type=None,
+        request_keyframe=lambda up: None,
+        request_nack=lambda up: None,
+    )
+
+
+async def test_an_idle_camera_leaves_the_uplink_estimate_where_video_last_measured_it() -> None:
+    """256kbit-10pct: nobody received the point's camera, its encoder stood idle, and the
+    clean microphone grew the estimate to 1.7 Mbit/s; the camera resumed at that rate and
+    flooded the line. Only the cameras' packets measure their budget."""
+    pub = Publisher(
+        track_prefix="p", on_tracks=lambda added, gone: None, pc_factory=RTCPeerConnection
+    )
+    camera, mic = up_track("video", 1), up_track("audio", 2)
+    pub.tracks = {"0": camera, "1": mic}
+    for _ in range(15):  # the line's overflow cut it (loss on the camera and microphone)
+        camera.stats.packets += 20
+        camera.stats.lost += 30
+        mic.stats.packets += 50
+        pub._measure_uplink()
+    cut = pub.uplink_bps()
+    assert cut < 500_000
+    for _ in range(30):  # the camera idle, the microphone clean
+        mic.stats.packets += 50
+        pub._measure_uplink()
+    assert pub.uplink_bps() == cut
+    for _ in range(5):  # the camera back and its packets clean: growth resumes
+        camera.stats.packets += 20
+        mic.stats.packets += 50
+        pub._measure_uplink()
+    assert pub.uplink_bps() > cut
+    await pub.close()
