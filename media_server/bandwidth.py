@@ -259,9 +259,10 @@ class SubscriberBandwidth:
         now = loop.time()
         rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
         if probe is self._retest and self.overflow.retest_failed:
-            # A report already shows the queue: no more padding into it. The reports
-            # while it drains are still the retest's, not a reading of media alone (one
-            # such read 598 kbit/s on a 928 kbit/s line and paused the board).
+            # A report already shows the line losing what it got: no more padding. The
+            # reports while its queue drains are still the retest's, not a reading of
+            # media alone (one such read 598 kbit/s on a 928 kbit/s line and paused the
+            # board).
             self._probe_timer = loop.call_later(rtt_s + RETEST_REPORT_S, self._retest_done)
             return
         if now >= probe.ends:
