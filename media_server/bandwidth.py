@@ -242,9 +242,10 @@ class SubscriberBandwidth:
             return
         now = asyncio.get_running_loop().time()
         if self.overflow.end_retest(now):
-            # The line carried it: the estimate takes that rate, and layers may rise now.
-            self.estimator.on_link_capacity(None)
+            # The line carried it: the estimate takes that rate (a reading of at least
+            # it, which the forgotten capacity then clears), and layers may rise now.
             self.estimator.on_probe(retest.target_bps, False, now)
+            self.estimator.on_link_capacity(None)
             self._last_down = float("-inf")
             self._hold_s = HOLD_S
         self.pacer.set_rate(self._pacing(self.estimator.estimate(now).bps))

@@ -648,7 +648,6 @@ class _AssemblerInPlace:
         lost = self._assembler.nacks()
         if lost:
             self._nacked_at = time.monotonic()
-        if lost:
             # aiortc packs a NACK from differences to its first number: sorted, every
             # difference is positive across the 16-bit wrap too (as aiortc's own
             # generator sends them).
