@@ -278,7 +278,7 @@ async def test_downtracks_take_the_pacers_fast_path_in_line_and_keep_its_order()
     overtakes), audio overtakes the queue, and everything arrives once, in order."""
     wire = MemorySink()
     bandwidth = SubscriberBandwidth(wire, initial_bps=1_000_000)  # 6 kB burst, 187.5 kB/s
-    video_up, audio_up = _up("video", 1111), _up("audio", 2222)
+    video_up, audio_up = up_track("video", 1111), up_track("audio", 2222)
     video = DownTrack(sink=bandwidth.sink_for("video"), ssrc=11, payload_type=96)
     audio = DownTrack(sink=bandwidth.sink_for("audio"), ssrc=12, payload_type=111)
     video.bind(_source(video_up))
@@ -305,7 +305,8 @@ async def test_downtracks_take_the_pacers_fast_path_in_line_and_keep_its_order()
     bandwidth.close()
 
 
-def _up(kind: str, ssrc: int) -> UpTrack:
+def up_track(kind: str, ssrc: int) -> UpTrack:
+    """A publisher's camera or microphone, one layer."""
     return UpTrack(
         track_id=f"p1/{kind}/h",
         source="teacher_camera" if kind == "video" else "classroom_mic",

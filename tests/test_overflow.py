@@ -24,8 +24,8 @@ from media_server.overflow import (
 from media_server.pacer import PACING_FACTOR
 from media_server.sink import MemorySink
 from media_server.source import MediaSource
-from media_server.uptrack import UpTrack
 from tests.media import wait_for
+from tests.test_rtp_rewrite import VP8_KEY, make_up, rtp
 
 
 def watch_with_floor(floor_ms: float = 330.0) -> OverflowWatch:
@@ -238,26 +238,12 @@ def test_a_subscriber_with_transport_cc_is_left_to_its_own_capacity() -> None:
 
 def forwarding_downtrack() -> tuple[DownTrack, MemorySink]:
     """A point agent's teacher camera, one frame forwarded: it may be padded after."""
-    up = UpTrack(
-        track_id="m/teacher_camera",
-        source="teacher_camera",
-        layer="m",
-        kind="video",
-        codec="vp8",
-        clock_rate=90000,
-        ssrc=5,
-        payload_type=96,
-        rtx_ssrc=None,
-        rtx_payload_type=None,
-        request_keyframe=lambda up: None,
-        request_nack=lambda up: None,
-    )
+    up = make_up("m", 5, [])
     source = MediaSource("m", "c", "M", "teacher_camera", "video", "vp8", "", layers={"m": up})
     sink = MemorySink()
     down = DownTrack(sink=sink, ssrc=77, payload_type=96)
     down.bind(source)
-    key = bytes([0x90, 0x00, 0x00]) + b"frame"  # VP8: a whole key frame in one packet
-    up.on_rtp(bytes([0x80, 0x80 | 96, 0, 10, 0, 0, 0, 9, 0, 0, 0, 5]) + key, 0)
+    up.on_rtp(rtp(10, 9, 5, VP8_KEY, marker=1), 0)  # a whole key frame in one packet
     assert len(sink.rtp) == 1
     return down, sink
 

@@ -18,7 +18,7 @@ from media_server.estimator import DownlinkEstimator
 from media_server.publisher import Publisher
 from media_server.rtpbytes import AST_UNITS_PER_S, one_byte_extension
 from media_server.uplink import REPORT_S, UplinkDelay
-from media_server.uptrack import UpTrack
+from tests.test_bandwidth import up_track
 
 AST_ID = 3
 PACKET = 1_100
@@ -150,23 +150,6 @@ def test_abs_send_time_wrapping_is_not_a_jump_in_time() -> None:
     up.run(15)
     assert not up.delay.estimate.cuts
     assert up.queue_free_at_end
-
-
-def up_track(kind: str, ssrc: int) -> UpTrack:
-    return UpTrack(
-        track_id=f"p/{kind}",
-        source="point_camera" if kind == "video" else "point_mic",
-        layer="h",
-        kind=kind,
-        codec="vp8" if kind == "video" else "opus",
-        clock_rate=90000 if kind == "video" else 48000,
-        ssrc=ssrc,
-        payload_type=96 if kind == "video" else 111,
-        rtx_ssrc=None,
-        rtx_payload_type=None,
-        request_keyframe=lambda up: None,
-        request_nack=lambda up: None,
-    )
 
 
 async def test_an_idle_camera_leaves_the_uplink_estimate_where_video_last_measured_it() -> None:
