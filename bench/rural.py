@@ -414,6 +414,7 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
             "freeze_count": grown("freezes"),
             "freeze_seconds": round(grown("freeze_total_ms") / 1000, 2),
             "longest_no_frame_s": _longest_zero_run(per_second),
+            "fps_per_second": [round(f, 1) for f in per_second],
             # Seconds with no new frame although the SFU had not paused the picture: a
             # frozen picture under "live" (a paused one is labelled as paused).
             "frozen_live_share": round(

@@ -117,6 +117,44 @@ def allocate(
     return _allocate(keep_bps, candidates, hold=True, thin=thin)
 
 
+def rise_budgets(candidates: list[Candidate]) -> list[int]:
+    """The budgets, lowest first, at which the allocation gets better as the budget
+    grows (what a retest of the link aims for); the last is what every source at its
+    best allowed layer costs. Found by allocating at each next layer's cost: the
+    ladder hands layers out greedily, so a small layer late in it (the courseware's full
+    one) comes in before a large one earlier (the teacher's 720p)."""
+    by_key = {c.key: c for c in candidates}
+
+    def cost(budget: int) -> int:
+        thin = too_thin_for_faces(budget, candidates)
+        decisions = _allocate(budget, candidates, hold=False, thin=thin)
+        total = 0
+        for key, d in decisions.items():
+            c = by_key[key]
+            if d.layer is not None and not c.user_paused:
+                total += layer_bps(c, d.layer)
+        return total
+
+    budgets: list[int] = []
+    used = cost(0)  # the audio
+    # A rise adds a layer, or puts one in place of a lower one of the same source.
+    extras = {
+        layer_bps(c, x) - (layer_bps(c, lower) if lower is not None else 0)
+        for c in candidates
+        if c.kind != "audio"
+        for i, x in enumerate(_usable(c))
+        for lower in [None, *_usable(c)[:i]]
+    }
+    while True:
+        # The next rise costs at most one more layer (or a layer in place of a lower one).
+        steps = sorted({used + extra for extra in extras if extra > 0})
+        better = next((b for b in steps if cost(b) > used), None)
+        if better is None:
+            return budgets
+        used = cost(better)
+        budgets.append(used)
+
+
 def lowers(c: Candidate, d: Decision) -> bool:
     """Whether `d` takes a started video below the layer it had (or pauses it)."""
     if not c.started or c.kind == "audio" or c.current is None:
@@ -172,7 +210,14 @@ def _allocate(
             videos.append(c)
     videos.sort(key=lambda c: (priority(c), c.key))
     given: dict[str, str] = {}
+    # A face paused on a thin link stays paused until it fits with the exit's headroom,
+    # even where the budget would just hold it without (256kbit-10pct: the teacher's
+    # face came back three times a minute at 207-222 kbit/s and stood frozen under
+    # "live" each time until the line paused it again).
+    one_picture = thin and _thin_now(videos)
     for c, layer in ladder(videos, thin=thin):
+        if one_picture and given:
+            break
         if hold and c.started and c.current is None and not (thin and c.source == CONTENT):
             # Paused for bandwidth: resumes only when the estimate is stable. Not the
             # courseware on a thin link: it goes before the cameras there, and resumes

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from media_server.allocator import (
     layer_bps,
     lowers,
     rank,
+    rise_budgets,
     rises,
 )
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
@@ -54,6 +56,19 @@ PROBE_DRAIN_MAX_S = 0.3
 # reports every 0.5-1.5 s. Its verdict waits a round trip and one more report.
 RETEST_S = 2.5
 RETEST_REPORT_S = 1.5
+# A retest stops at once when, over its last `NACK_WINDOW_S`, the receiver reported
+# lost more than `NACK_LOSS` of the video packets we sent (at least `NACK_MIN` of them):
+# NACKs come within a packet of the loss, receiver reports every 0.5-1.5 s. Waiting for
+# a report let a failed retest overflow a 1 Mbit/s line for 1.3 s, and the repairs
+# queued behind it stopped the teacher's picture for 4 s. A line's own 5 % lost reads
+# 8 NACKed of 33 packets one window in thousands; an overflowing queue, a quarter.
+NACK_WINDOW_S = 0.3
+NACK_LOSS = 0.2
+NACK_MIN = 8
+# Nor does one start this soon after a layer changed: a rise's keyframes are still on
+# their way (1mbit-5pct-300ms: the courseware's full layer came in as a retest began;
+# its keyframe and the padding overflowed the line and the courseware stood still 8 s).
+SETTLE_S = 5.0
 # Transport-cc loss is read once a tick over at least this many reported packets.
 MIN_LOSS_PACKETS = 20
 CALM_S = 60.0
@@ -77,6 +92,10 @@ def _no_focus(source: MediaSource) -> bool:
     return False
 
 
+def _no_queue() -> float:
+    return 0.0
+
+
 def _top_cost(c: Candidate) -> int:
     """What a source costs at the best layer the subscriber allows (0 when paused by it)."""
     if c.user_paused or not c.layers:
@@ -92,6 +111,9 @@ class SubscriberBandwidth:
         self.adaptive = adaptive
         # Whether a source is the lesson's focus (set by the room: the called-on point).
         self.focus: Callable[[MediaSource], bool] = _no_focus
+        # The queue on the subscriber's own uplink, where its receiver reports wait
+        # behind what it publishes (set by the participant; media_server/uplink.py).
+        self.uplink_queue_ms: Callable[[], float] = _no_queue
         self.estimator = DownlinkEstimator(initial_bps=initial_bps)
         start = self.estimator.estimate(0.0).bps
         self.pacer = Pacer(wire, start)
@@ -121,6 +143,8 @@ class SubscriberBandwidth:
         # Without transport-cc: the link's capacity, read at its overflows.
         self.overflow = OverflowWatch()
         self._retest: Probe | None = None
+        # During a retest: (when, video packets sent, of them NACKed) every probe step.
+        self._retest_marks: deque[tuple[float, int, int]] = deque()
 
     def use_transport_cc(self, ext_id: int) -> None:
         """The subscriber negotiated transport-cc: stamp, record, estimate from feedback."""
@@ -169,10 +193,12 @@ class SubscriberBandwidth:
         self.estimator.demand_bps = sum(_top_cost(c) for c in candidates) / ALLOCATION_SHARE
         self._downtracks = active
         self._maybe_probe(estimate.bps, now)
-        self._maybe_retest(now)
+        self._maybe_retest(candidates, now)
         if now - max(self._last_down, self._last_up) > CALM_S:
             self._hold_s = HOLD_S
-        hold = now - self._last_down < self._hold_s or estimate.congested
+        # No rise while a retest pads: the rise's keyframes would join the padding in
+        # the line's queue, and be lost with it when the line does not carry it.
+        hold = now - self._last_down < self._hold_s or estimate.congested or bool(self._retest)
         # While nothing says congested, what is already sent stays as long as it fits.
         keep = None if estimate.congested else int(estimate.bps * KEEP_SHARE)
         decisions = allocate(
@@ -217,18 +243,29 @@ class SubscriberBandwidth:
         )
         self._probe_step()
 
-    def _maybe_retest(self, now: float) -> None:
-        """Without transport-cc: pad up to a little above the kept overflow reading, once
-        it has been kept its time and the sources want more (media_server/overflow.py)."""
+    def _maybe_retest(self, candidates: list[Candidate], now: float) -> None:
+        """Without transport-cc: once the kept overflow reading has been kept its time and
+        the sources want more, pad up to what the next better layers need, within
+        `RETEST_GROWTH` of it (media_server/overflow.py)."""
         watch = self.overflow
         capacity = watch.capacity()
         if self._delay is not None or self._probe_timer is not None or capacity is None:
             return
-        demand = self.estimator.demand_bps
-        if demand < WORTH_PROBING * capacity or not watch.retest_due(now):
+        if not watch.retest_due(now) or now - max(self._last_up, self._last_down) < SETTLE_S:
             return
-        target = min(demand, RETEST_GROWTH * capacity)
+        needs = [b / ALLOCATION_SHARE for b in rise_budgets(candidates)]
+        wanted = [n for n in needs if n > WORTH_PROBING * capacity]
+        if not wanted:
+            return
+        # The furthest rise within reach, so that a pass lets it in at once; a rise
+        # beyond reach is climbed to, a step at a time (1mbit-5pct-300ms: from 584
+        # kbit/s to the teacher's 360p; from 882 to the courseware's full layer at 919;
+        # the teacher's 720p would need 1.46 Mbit/s).
+        reach = RETEST_GROWTH * capacity
+        within = [n for n in wanted if n <= reach]
+        target = within[-1] if within else reach
         self._retest = Probe(target_bps=target, started=now, ends=now + RETEST_S)
+        self._retest_marks.clear()
         watch.start_retest()
         self.pacer.set_rate(int(target))
         self._probe_last_step = now - PROBE_STEP_S
@@ -241,11 +278,11 @@ class SubscriberBandwidth:
         if retest is None:
             return
         now = asyncio.get_running_loop().time()
-        if self.overflow.end_retest(now):
-            # The line carried it: the estimate takes that rate (a reading of at least
-            # it, which the forgotten capacity then clears), and layers may rise now.
+        if self.overflow.end_retest(now, retest.target_bps):
+            # The line carried it: the estimate takes that rate, the new capacity, and
+            # layers may rise now.
             self.estimator.on_probe(retest.target_bps, False, now)
-            self.estimator.on_link_capacity(None)
+            self.estimator.on_link_capacity(self.overflow.capacity())
             self._last_down = float("-inf")
             self._hold_s = HOLD_S
         self.pacer.set_rate(self._pacing(self.estimator.estimate(now).bps))
@@ -259,6 +296,8 @@ class SubscriberBandwidth:
         loop = asyncio.get_running_loop()
         now = loop.time()
         rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
+        if probe is self._retest and self._nacks_say_overflow(now):
+            self.overflow.fail_retest()
         if probe is self._retest and self.overflow.retest_failed:
             # A report already shows the line losing what it got: no more padding. The
             # reports while its queue drains are still the retest's, not a reading of
@@ -295,6 +334,24 @@ class SubscriberBandwidth:
             videos.append(videos.pop(0))  # spread over the subscriber's videos
         self._probe_bytes_left -= sent
         self._probe_timer = loop.call_later(PROBE_STEP_S, self._probe_step)
+
+    def _nacks_say_overflow(self, now: float) -> bool:
+        """Whether the video NACKed over the last NACK_WINDOW_S says the retest's padding
+        overflows the line (see NACK_LOSS)."""
+        sent = nacked = 0
+        for d in self._downtracks:
+            if d.source is not None and d.source.kind == "video":
+                sent += d.stats.packets + d.stats.probes
+                nacked += d.stats.nacked
+        marks = self._retest_marks
+        marks.append((now, sent, nacked))
+        while len(marks) > 1 and marks[1][0] <= now - NACK_WINDOW_S:
+            marks.popleft()
+        then, sent_then, nacked_then = marks[0]
+        if now - then < NACK_WINDOW_S:
+            return False
+        lost, out = nacked - nacked_then, sent - sent_then
+        return lost >= NACK_MIN and lost > NACK_LOSS * out
 
     def _probe_done(self) -> None:
         self._probe_timer = None
@@ -361,6 +418,11 @@ class SubscriberBandwidth:
             return
         weight = lost = 0.0
         rtt: float | None = None
+        # A point's own camera can fill its uplink's queue (256kbit-10pct: its estimate
+        # climbs past the line every 20 s): the round trip then says "queue" while the
+        # downlink has none, and the line's random 14 % lost read as an overflow at 85
+        # kbit/s that paused the courseware. The uplink's queue is known, and left out.
+        own_queue = self.uplink_queue_ms()
         for d in downtracks:
             if d.loss_fresh:
                 d.loss_fresh = False
@@ -368,11 +430,18 @@ class SubscriberBandwidth:
                 weight += w
                 lost += d.stats.fraction_lost * w
                 if d.stats.rtt_ms is not None:
-                    self.overflow.on_rtt(d.stats.rtt_ms, now)
-                    rtt = max(rtt or 0.0, d.stats.rtt_ms)
+                    down_rtt = max(0.0, d.stats.rtt_ms - own_queue)
+                    self.overflow.on_rtt(down_rtt, now)
+                    rtt = max(rtt or 0.0, down_rtt)
         if weight:
             before = self.estimator.estimate(now).bps
-            self.estimator.on_loss(lost / weight, now)
+            if self._retest is None:
+                self.estimator.on_loss(lost / weight, now)
+            else:
+                # A retest's losses are its padding's queue: they fail the retest, and
+                # must not also cut the estimate under the reading and lower a layer
+                # (1mbit-5pct-300ms: the courseware dropped to its low layer for good).
+                self.estimator.loss = lost / weight
             self.overflow.on_report(lost / weight, self.estimator.sent_bps, before, rtt, now)
         if delay is None:
             # No probes and no delay detector measure this link: its overflows do.

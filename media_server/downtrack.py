@@ -89,6 +89,9 @@ class DownTrackStats:
     packets: int = 0
     octets: int = 0
     nacks: int = 0
+    # Sequence numbers first reported lost (a receiver repeats what is still missing
+    # in each NACK it sends; only numbers past the highest reported so far count).
+    nacked: int = 0
     retransmitted: int = 0
     retransmit_refused: int = 0  # not cached, too soon after the last resend, or over budget
     probes: int = 0  # packets sent only to probe the link's headroom
@@ -160,6 +163,7 @@ class DownTrack:
         self.repair = repair
         self.loss_fresh = False  # a receiver report arrived since the control loop looked
         self._resent: dict[int, float] = {}  # out seq -> when we last resent it
+        self._nacked_top: int | None = None  # the highest sequence number NACKed
         self.mid = mid
         self.ssrc = ssrc
         self.payload_type = payload_type
@@ -357,6 +361,10 @@ class DownTrack:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             self.stats.nacks += 1
             for oseq in packet.lost:
+                top = self._nacked_top
+                if top is None or 0 < (oseq - top) & 0xFFFF < 0x8000:
+                    self.stats.nacked += 1
+                    self._nacked_top = oseq
                 self.retransmit(oseq)
         elif isinstance(packet, RtcpPsfbPacket):
             if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):

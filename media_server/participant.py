@@ -8,7 +8,7 @@ from typing import Any
 
 from aiortc import RTCPeerConnection
 
-from media_server.publisher import Publisher
+from media_server.publisher import POINT_PUBLISH_START_BPS, PUBLISH_START_BPS, Publisher
 from media_server.source import MediaSource
 from media_server.subscriber import Subscriber
 from media_server.uptrack import UpTrack
@@ -26,6 +26,10 @@ URBAN_START_BPS = 8_000_000
 
 def initial_downlink_bps(role: Role) -> int:
     return POINT_START_BPS if role is Role.POINT else URBAN_START_BPS
+
+
+def initial_uplink_bps(role: Role) -> int:
+    return POINT_PUBLISH_START_BPS if role is Role.POINT else PUBLISH_START_BPS
 
 
 class Participant:
@@ -53,6 +57,7 @@ class Participant:
             pc_factory=self._watched_pc,
             send_json=send_json,
             round_trip_ms=self._round_trip_ms,
+            initial_bps=initial_uplink_bps(claims.role),
         )
         self.subscriber = Subscriber(
             participant=participant_id,
@@ -62,6 +67,7 @@ class Participant:
             audio_red=audio_red,
             initial_bps=initial_downlink_bps(claims.role),
         )
+        self.subscriber.uplink_queue_ms = self._uplink_queue_ms
         self.closed = False
         # Set by the signalling session: tells the client it was replaced, closes it.
         self.on_replaced: Callable[[], Awaitable[None]] | None = None
@@ -72,6 +78,10 @@ class Participant:
     def _round_trip_ms(self) -> float | None:
         bandwidth = self.subscriber.bandwidth
         return bandwidth.estimator.rtt_ms if bandwidth is not None else None
+
+    def _uplink_queue_ms(self) -> float:
+        delay = self.publisher.uplink_delay
+        return delay.estimate.queue_ms if delay is not None else 0.0
 
     def _watched_pc(self) -> RTCPeerConnection:
         pc = self._pc_factory()

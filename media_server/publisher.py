@@ -47,6 +47,11 @@ LAYERS = ("h", "m", "l")
 # what a browser's encoder obeys): enough for a 720p camera at full quality, not so much
 # that one camera outgrows what a rural point can receive; loss brings it down.
 PUBLISH_START_BPS = 2_500_000
+# A teaching point's uplink starts where WebRTC's senders start (300 kbit/s) and grows
+# from there: its camera at the configured 500 kbit/s flooded a 256 kbit/s line for the
+# first 10-15 s, and its receiver reports, queued behind it, came so late that the SFU
+# sent it 2 Mbit/s for that long (256kbit-10pct, agent).
+POINT_PUBLISH_START_BPS = 300_000
 PUBLISH_MAX_BPS = 4_000_000
 RTCP_INTERVAL_S = 1.0
 
@@ -143,13 +148,15 @@ class Publisher:
         pc_factory: Callable[[], RTCPeerConnection],
         send_json: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
         round_trip_ms: Callable[[], float | None] = lambda: None,
+        initial_bps: int = PUBLISH_START_BPS,
     ) -> None:
         self.track_prefix = track_prefix
+        self._initial_bps = initial_bps
         # The participant's round trip, as its subscriber connection measures it: a
         # cut of the uplink shows in arrivals one round trip later.
         self._round_trip_ms = round_trip_ms
         self._send_json = send_json
-        self.uplink = DownlinkEstimator(initial_bps=PUBLISH_START_BPS, max_bps=PUBLISH_MAX_BPS)
+        self.uplink = DownlinkEstimator(initial_bps=initial_bps, max_bps=PUBLISH_MAX_BPS)
         self._feedback_sent: tuple[int, list[dict[str, str]]] | None = None
         self._feedback_soon = False
         self._loss_mark: dict[UpTrack, tuple[int, int]] = {}
@@ -228,7 +235,7 @@ class Publisher:
                 None,
             )
             if ast_id is not None:
-                self.uplink_delay = UplinkDelay(ast_id, PUBLISH_START_BPS)
+                self.uplink_delay = UplinkDelay(ast_id, self._initial_bps)
         added, removed = [], []
         wanted = {s.mid: s for s in specs}
         for mid in list(self.tracks):

@@ -78,6 +78,9 @@ class Subscriber:
         self.adaptive = adaptive
         # Which source is the lesson's focus, for the allocator (the room sets it).
         self.focus: Callable[[MediaSource], bool] | None = None
+        # How long the participant's own uplink queue stands (set by the participant):
+        # the receiver reports wait in it too.
+        self.uplink_queue_ms: Callable[[], float] | None = None
         self.audio_red = audio_red
         self.red: tuple[int, int] | None = None  # the answer accepted RED: (RED PT, Opus PT)
         self.initial_bps = initial_bps
@@ -176,6 +179,8 @@ class Subscriber:
             )
             if self.focus is not None:
                 self.bandwidth.focus = self.focus
+            if self.uplink_queue_ms is not None:
+                self.bandwidth.uplink_queue_ms = self.uplink_queue_ms
             if self.transport_cc_id is not None and self.adaptive:
                 self.bandwidth.use_transport_cc(self.transport_cc_id)
                 on_rtcp = self.bandwidth.on_rtcp

@@ -188,6 +188,12 @@ def test_leaving_a_thin_link_needs_headroom(
         courseware={**started, "current": courseware},
     )
     assert too_thin_for_faces(budget, cands) is thin
+    # Both lowest layers fit the budget, but not with the headroom: one picture only.
+    got = layers(allocate(budget, cands, hold=False))
+    expected = shown(courseware="l") if thin else shown(teacher_camera="l", courseware="l")
+    assert {k: got[k] for k in ("teacher_camera", "courseware")} == {
+        k: expected[k] for k in ("teacher_camera", "courseware")
+    }
     # Not after a start, nor while the teacher is shown: no headroom asked there.
     assert not too_thin_for_faces(235_000, lesson())
     assert not too_thin_for_faces(235_000, lesson(teacher_camera={**started, "current": "l"}))
