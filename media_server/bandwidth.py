@@ -26,7 +26,7 @@ from media_server.allocator import (
 )
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
-from media_server.estimator import INITIAL_BPS, DownlinkEstimator
+from media_server.estimator import INITIAL_BPS, LOSS_HIGH, DownlinkEstimator
 from media_server.overflow import RETEST_GROWTH, OverflowWatch
 from media_server.pacer import PACING_FACTOR, Pacer, PriorityLane
 from media_server.probe import CLUSTER_S, WORTH_PROBING, Probe, ProbeController
@@ -65,6 +65,8 @@ RETEST_REPORT_S = 1.5
 NACK_WINDOW_S = 0.3
 NACK_LOSS = 0.2
 NACK_MIN = 8
+# Nor while the estimate stands below this share of the reading.
+RETEST_FROM = 0.95
 # Nor does one start this soon after a layer changed: a rise's keyframes are still on
 # their way (1mbit-5pct-300ms: the courseware's full layer came in as a retest began;
 # its keyframe and the padding overflowed the line and the courseware stood still 8 s).
@@ -145,6 +147,7 @@ class SubscriberBandwidth:
         self._retest: Probe | None = None
         # During a retest: (when, video packets sent, of them NACKed) every probe step.
         self._retest_marks: deque[tuple[float, int, int]] = deque()
+        self._sent_last_bps: float | None = None  # what went out in the last tick alone
 
     def use_transport_cc(self, ext_id: int) -> None:
         """The subscriber negotiated transport-cc: stamp, record, estimate from feedback."""
@@ -252,6 +255,11 @@ class SubscriberBandwidth:
         if self._delay is not None or self._probe_timer is not None or capacity is None:
             return
         if not watch.retest_due(now) or now - max(self._last_up, self._last_down) < SETTLE_S:
+            return
+        if self.estimator.estimate(now).bps < RETEST_FROM * capacity:
+            # The line's losses hold the estimate below the reading: padding above the
+            # reading would overshoot what the line carries now (256kbit-10pct: a retest
+            # from 239 kbit/s padded for 327 x 1.3, and the courseware stood 4 s).
             return
         needs = [b / ALLOCATION_SHARE for b in rise_budgets(candidates)]
         wanted = [n for n in needs if n > WORTH_PROBING * capacity]
@@ -386,13 +394,15 @@ class SubscriberBandwidth:
         est = self.estimator
         if self._last_tick is not None and now > self._last_tick:
             elapsed = now - self._last_tick
-            total = 0.0
+            total = raw = 0.0
             for d in downtracks:
                 before = self._octets.get(d.ssrc, d.stats.octets)
                 rate = (d.stats.octets - before) * 8 / elapsed
                 est.stream_bps[d.ssrc] = 0.5 * est.stream_bps.get(d.ssrc, rate) + 0.5 * rate
                 total += est.stream_bps[d.ssrc]
+                raw += rate
             est.sent_bps = total
+            self._sent_last_bps = raw
             if total > 0 and est.started_at is None:
                 est.started_at = now
         self._octets = {d.ssrc: d.stats.octets for d in downtracks}
@@ -435,14 +445,32 @@ class SubscriberBandwidth:
                     rtt = max(rtt or 0.0, down_rtt)
         if weight:
             before = self.estimator.estimate(now).bps
-            if self._retest is None:
-                self.estimator.on_loss(lost / weight, now)
+            loss = lost / weight
+            if self._retest is None and self.overflow.queue_free(rtt):
+                # No queue stands: the loss is the line's own (reported after our
+                # repairs, a few dozen packets a report) and at most holds the estimate.
+                # Counted in full, a 256 kbit/s line with 10 % random loss cut the
+                # estimate to its 64 kbit/s floor, two reports in three over 10 %, and
+                # the courseware stayed paused for the whole minute; an overflow (a
+                # queue and its losses) still cuts it, through the reading below.
+                self.estimator.on_loss(min(loss, LOSS_HIGH), now, queue_free=True)
+                self.estimator.loss = loss
+            elif self._retest is None:
+                self.estimator.on_loss(loss, now)
             else:
                 # A retest's losses are its padding's queue: they fail the retest, and
                 # must not also cut the estimate under the reading and lower a layer
                 # (1mbit-5pct-300ms: the courseware dropped to its low layer for good).
-                self.estimator.loss = lost / weight
-            self.overflow.on_report(lost / weight, self.estimator.sent_bps, before, rtt, now)
+                self.estimator.loss = loss
+            # What got through is read from the lower of the smoothed and the last
+            # tick's rate: right after the start-up flood's cut the smoothed rate still
+            # remembers the flood (a 256 kbit/s line read 327 kbit/s and let the
+            # teacher's face in, frozen). A low reading costs a retest; a high one, a
+            # picture.
+            sent = self.estimator.sent_bps
+            if self._sent_last_bps is not None:
+                sent = min(sent, self._sent_last_bps)
+            self.overflow.on_report(loss, sent, before, rtt, now)
         if delay is None:
             # No probes and no delay detector measure this link: its overflows do.
             self.estimator.on_link_capacity(self.overflow.capacity())

@@ -110,13 +110,18 @@ class OverflowWatch:
     def floor_ms(self) -> float | None:
         return self._rtts[0][1] if self._rtts else None
 
+    def queue_free(self, rtt_ms: float | None) -> bool:
+        """The round trip is known and stands within QUEUE_MS of its floor: no queue."""
+        floor = self.floor_ms()
+        return rtt_ms is not None and floor is not None and rtt_ms - floor < QUEUE_MS
+
     def on_report(
         self, loss: float, sent_bps: float, estimate_bps: float, rtt_ms: float | None, now: float
     ) -> bool:
         """One tick's loss (0..1), what we sent, the estimate it was sent under and the
         latest round trip; True when it was an overflow."""
         floor = self.floor_ms()
-        queued = rtt_ms is not None and floor is not None and rtt_ms - floor >= QUEUE_MS
+        queued = rtt_ms is not None and floor is not None and not self.queue_free(rtt_ms)
         if self._retesting:
             # The padding's queue (or its losses) says the line does not carry more.
             # Not a reading: what we sent then was partly padding, counted nowhere.

@@ -289,6 +289,29 @@ def test_a_queue_on_the_points_own_uplink_is_no_overflow_of_its_downlink(
     bw.close()
 
 
+def test_a_lines_own_loss_does_not_wear_the_estimate_down() -> None:
+    """256kbit-10pct, agent: with 10 % random loss two reports in three read over 10 %,
+    and each cut the estimate, down to its 64 kbit/s floor: the courseware stayed
+    paused for the whole minute. Without a queue the loss is the line's own."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=400_000)
+    est = bw.estimator
+    est.sent_bps = 300_000
+    bw._feed_loss([downtrack(0.05, 40.0)], 0.0)  # type: ignore[list-item]
+    bw._feed_loss([downtrack(0.4, 400.0)], 1.0)  # type: ignore[list-item]  # the flood
+    capacity = bw.overflow.capacity()
+    assert capacity == pytest.approx(300_000 * 0.6)
+    est.sent_bps = 100_000
+    losses = [0.14, 0.12, 0.06, 0.16, 0.11, 0.09] * 5
+    for t, loss in enumerate(losses, start=2):
+        bw._feed_loss([downtrack(loss, 60.0)], float(t))  # type: ignore[list-item]
+        assert est.estimate(float(t)).bps >= 0.95 * capacity
+    # A queue with its losses still says overflow, and the estimate follows.
+    for t in (40.0, 41.0):
+        bw._feed_loss([downtrack(0.3, 300.0)], t)  # type: ignore[list-item]
+    assert est.estimate(41.0).bps == int(bw.overflow.capacity() or 0) < 0.95 * capacity
+    bw.close()
+
+
 def test_a_subscriber_with_transport_cc_is_left_to_its_own_capacity() -> None:
     bw = SubscriberBandwidth(MemorySink())
     bw.use_transport_cc(3)
@@ -353,6 +376,35 @@ async def test_a_retest_climbs_to_the_furthest_rise_within_its_reach(
     assert watch.capacity() == pytest.approx(capacity)
     bw._maybe_retest(LESSON, 100.0)
     assert bw._retest is not None and bw._retest.target_bps == pytest.approx(target)
+    bw.close()
+
+
+async def test_no_retest_while_the_lines_losses_hold_the_estimate_under_the_reading() -> None:
+    """256kbit-10pct, agent: a retest from a 239 kbit/s estimate padded to 1.3x a 327
+    kbit/s reading, far over the line, and the courseware stood still 4 s."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=120_000)
+    bw.overflow.on_rtt(330.0, 0.0)
+    lossy_report(bw.overflow, 0.0)
+    assert bw.overflow.on_report(0.2, 150_000, 120_000, 500.0, 0.5)
+    bw.estimator.on_link_capacity(bw.overflow.capacity())
+    bw.estimator._bps = 100_000  # the line's losses cut it since
+    bw._maybe_retest(LESSON, 100.0)
+    assert bw._retest is None
+    bw.estimator._bps = 120_000
+    bw._maybe_retest(LESSON, 100.0)
+    assert bw._retest is not None
+    bw.close()
+
+
+def test_an_overflow_reading_trusts_the_last_seconds_rate_over_the_smoothed_one() -> None:
+    """Right after the start-up flood's cut the smoothed rate still remembers the flood:
+    a 256 kbit/s line read 327 kbit/s, and the teacher's face came in, frozen."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=400_000)
+    bw.estimator.sent_bps = 900_000
+    bw._sent_last_bps = 300_000
+    bw._feed_loss([downtrack(0.02, 40.0)], 0.0)  # type: ignore[list-item]
+    bw._feed_loss([downtrack(0.4, 300.0)], 1.0)  # type: ignore[list-item]
+    assert bw.overflow.capacity() == pytest.approx(300_000 * 0.6)
     bw.close()
 
 
