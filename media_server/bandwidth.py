@@ -462,15 +462,16 @@ class SubscriberBandwidth:
                 # must not also cut the estimate under the reading and lower a layer
                 # (1mbit-5pct-300ms: the courseware dropped to its low layer for good).
                 self.estimator.loss = loss
-            # What got through is read from the lower of the smoothed and the last
-            # tick's rate: right after the start-up flood's cut the smoothed rate still
-            # remembers the flood (a 256 kbit/s line read 327 kbit/s and let the
-            # teacher's face in, frozen). A low reading costs a retest; a high one, a
-            # picture.
+            # What got through: what the receiver counted, once every stream has
+            # reported twice; until then what we sent, less what was lost, from the
+            # lower of the smoothed and the last tick's rate (right after the start-up
+            # flood's cut the smoothed rate still remembers the flood).
             sent = self.estimator.sent_bps
             if self._sent_last_bps is not None:
                 sent = min(sent, self._sent_last_bps)
-            self.overflow.on_report(loss, sent, before, rtt, now)
+            got = [d.stats.received_bps for d in downtracks]
+            received = sum(g for g in got if g is not None) if None not in got else None
+            self.overflow.on_report(loss, sent, before, rtt, now, received)
         if delay is None:
             # No probes and no delay detector measure this link: its overflows do.
             self.estimator.on_link_capacity(self.overflow.capacity())

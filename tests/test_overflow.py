@@ -8,7 +8,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
-from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
+from aiortc.rtp import RTCP_RTPFB_NACK, RtcpReceiverInfo, RtcpRrPacket, RtcpRtpfbPacket
 
 from media_server import bandwidth
 from media_server.allocator import Candidate, rise_budgets
@@ -239,7 +239,9 @@ def test_the_estimate_stays_under_a_known_capacity_and_grows_again_once_forgotte
 def downtrack(fraction_lost: float, rtt_ms: float) -> SimpleNamespace:
     return SimpleNamespace(
         loss_fresh=True,
-        stats=SimpleNamespace(packets=1000, fraction_lost=fraction_lost, rtt_ms=rtt_ms),
+        stats=SimpleNamespace(
+            packets=1000, fraction_lost=fraction_lost, rtt_ms=rtt_ms, received_bps=None
+        ),
     )
 
 
@@ -502,6 +504,42 @@ async def test_a_receiver_repeating_what_is_still_missing_counts_each_loss_once(
     for lost in ([65530, 65531], [65530, 65531, 65534], [65534], [65535, 2]):
         down.on_rtcp(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=77, lost=lost))
     assert down.stats.nacked == 3 + 2 and down.stats.nacks == 4
+
+
+async def test_what_the_receiver_counted_between_two_reports_is_its_delivery_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    down, _ = forwarding_downtrack()
+    clock = [100.0]
+    monkeypatch.setattr("media_server.downtrack.time.monotonic", lambda: clock[0])
+
+    def report(highest: int, lost: int) -> None:
+        block = RtcpReceiverInfo(77, 0, lost, highest, 0, 0, 0)
+        down.on_rtcp(RtcpRrPacket(ssrc=1, reports=[block]))
+
+    report(1000, 10)
+    assert down.stats.received_bps is None
+    # One second: 100 packets of 1,000 bytes sent, 80 got through (20 lost).
+    down.stats.packets += 100
+    down.stats.octets += 100_000
+    clock[0] += 1.0
+    report(1100, 30)
+    assert down.stats.received_bps == pytest.approx(80 * 1000 * 8)
+    # A receiver whose counts went back (it restarted) gives no reading.
+    down.stats.packets += 100
+    down.stats.octets += 100_000
+    clock[0] += 1.0
+    report(40, 0)
+    assert down.stats.received_bps is None
+
+
+def test_an_overflow_reads_what_the_receiver_got() -> None:
+    """After the start-up flood's cut, what we sent lags: sent 900 kbit/s less 40 %
+    lost read 540 on a line that delivered 230."""
+    watch = watch_with_floor()
+    lossy_report(watch, 9.0)
+    assert watch.on_report(0.4, 900_000, 1_000_000, 600.0, 10.0, received_bps=230_000)
+    assert watch.capacity() == 230_000
 
 
 async def test_a_retest_stops_padding_at_the_nacks_of_its_overflow(
