@@ -212,7 +212,14 @@ class ClassroomAgent:
             feeds = [p.track.feed() for p in self.tracks]
             await client.publish(
                 [
-                    Publication(feed, p.source, layer=p.layer, label=p.label, codec=p.codec)
+                    Publication(
+                        feed,
+                        p.source,
+                        layer=p.layer,
+                        label=p.label,
+                        codec=p.codec,
+                        bitrate_kbps=p.bitrate_kbps,
+                    )
                     for feed, p in zip(feeds, self.tracks, strict=True)
                 ]
             )

@@ -46,6 +46,7 @@ class Publication:
     layer: str = "h"
     label: str = ""
     codec: str | None = None  # "h264", "vp8", "opus": restricts what we offer
+    bitrate_kbps: int | None = None  # what it is encoded at, for the server's allocator
 
 
 @dataclass
@@ -230,6 +231,8 @@ class LessonClient:
                     "label": pub.label,
                 }
             )
+            if pub.bitrate_kbps:
+                tracks[-1]["bitrate_bps"] = pub.bitrate_kbps * 1000
         reply = await self.request(
             {"type": "publish", "sdp": pc.localDescription.sdp, "tracks": tracks}
         )

@@ -484,7 +484,7 @@ class SubscriberBandwidth:
             key=source.track_id,
             kind=source.kind,
             source=source.source,
-            layers={name: up.bitrate_bps(now) for name, up in source.layers.items()},
+            layers={name: up.cost_bps(now) for name, up in source.layers.items()},
             pinned=fwd.pinned,
             user_paused=fwd.paused_by_user,
             current=None if fwd.paused_by_allocator else fwd.allocated,

@@ -38,8 +38,9 @@ retest the line cannot carry fills its queue for a second or two (its padding st
 the first report that says so), and then the reading stands twice as long, up to
 `RETEST_KEEP_MAX_S`: cheap as a retest is, a line that has recovered must not wait
 minutes for its pictures. A layer that overflows soon after the retest that let it in
-is tried ever more rarely (up to `KEEP_MAX_S`). A retest fails on loss above `LOSS_HIGH`
-in its reports: an overflowing drop-tail queue loses a fifth and more of what it gets.
+is tried ever more rarely (up to `KEEP_MAX_S`). A retest fails on loss above
+`RETEST_LOSS` in its reports (or, sooner, on the NACKs the subscriber's control loop
+counts).
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ OUTAGE_LOSS = 0.8
 START_S = 30.0
 # A retest pads up to this multiple of the kept capacity (at most what the sources want).
 RETEST_GROWTH = 1.3
+# A retest fails on a report with more than this lost: an overflowing drop-tail queue
+# loses a fifth and more of what it gets, where the line's own 10 % random loss reads
+# over 10 % in nearly every other report (a retest's verdict at 10 % failed there by
+# chance, and left the courseware paused at a 81 kbit/s reading all lesson).
+RETEST_LOSS = 0.2
 # After a retest the line carried, the next comes this soon (if the sources want more).
 RETEST_AFTER_PASS_S = 3.0
 # A line that recovered waits at most this, a retest (~5 s) and the estimate's growth
@@ -136,7 +142,7 @@ class OverflowWatch:
             # The round trip is no verdict: an aiortc point's wanders by 300 ms with its
             # own event loop (630-915 ms on a 100 ms line at rest), and with a queue and
             # 2 % lost a 607 kbit/s reading failed its retest on a 1 Mbit/s line.
-            self._retest_failed |= loss > LOSS_HIGH
+            self._retest_failed |= loss > RETEST_LOSS
             return False
         flooded = FLOOD_LOSS < loss < OUTAGE_LOSS and self._age(now) < START_S
         high_before, self._high = self._high, loss > LOSS_HIGH

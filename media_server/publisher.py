@@ -67,6 +67,9 @@ class TrackSpec:
     kind: str
     layer: str
     label: str
+    # What the publisher encodes this layer at (bits/s), if it said: what the layer
+    # costs a receiver before the server has measured it.
+    bitrate_bps: int | None = None
 
     @classmethod
     def parse(cls, raw: object) -> TrackSpec:
@@ -87,7 +90,14 @@ class TrackSpec:
             raise SignallingError("bad_request", "track.layer must be 'h', 'm' or 'l'")
         if not isinstance(label, str) or len(label) > 64:
             raise SignallingError("bad_request", "track.label must be a string of at most 64")
-        return cls(mid=mid, source=source, kind=kind, layer=layer, label=label)
+        bitrate = raw.get("bitrate_bps")
+        if bitrate is not None and (
+            not isinstance(bitrate, int) or isinstance(bitrate, bool) or not 0 < bitrate <= 50e6
+        ):
+            raise SignallingError(
+                "bad_request", "track.bitrate_bps must be an integer between 1 and 50000000"
+            )
+        return cls(mid=mid, source=source, kind=kind, layer=layer, label=label, bitrate_bps=bitrate)
 
 
 def _offered_codec(media: Any) -> str | None:
@@ -295,6 +305,7 @@ class Publisher:
             request_nack=self._nacks.add,
             label=spec.label,
             on_wanted=self._wanted,
+            configured_bps=spec.bitrate_bps,
         )
         self._by_ssrc[ssrc] = up
         if rtx_ssrc is not None:

@@ -137,8 +137,11 @@ class UpTrack:
         request_nack: Callable[[UpTrack], None],
         label: str = "",
         on_wanted: Callable[[UpTrack], None] | None = None,
+        configured_bps: int | None = None,
     ) -> None:
         self._on_wanted = on_wanted
+        # What the publisher said it encodes this layer at: its cost until measured.
+        self.configured_bps = configured_bps
         self.track_id = track_id
         self.label = label
         self.source = source
@@ -218,6 +221,11 @@ class UpTrack:
                 self._key_marks.clear()  # the window starts again when the layer does
             self._rate_mark = (now, stats.bytes, stats.keyframe_bytes)
         return int(self._delta_bps + self._key_bps)
+
+    def cost_bps(self, now: float) -> int:
+        """What the allocator counts this layer at: its measured rate or, before it was
+        ever measured (nobody has received it yet), what its publisher encodes it at."""
+        return self.bitrate_bps(now) or self.configured_bps or 0
 
     def frame_rate(self, window_s: float = 1.0) -> float:
         """Frames per second over the newest `window_s` of media in the packet cache.

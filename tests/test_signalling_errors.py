@@ -10,8 +10,10 @@ import aiohttp
 import pytest
 
 from classroom_agent.client import LessonClient, LessonError, Publication, ws_url
+from media_server.publisher import SignallingError, TrackSpec
 from tests.lesson_server import ServerProcess
 from tests.media import PatternTrack, first_frames, wait_for
+from tests.test_rtp_rewrite import make_up
 
 
 @dataclass
@@ -211,3 +213,28 @@ async def test_a_classroom_rejoining_replaces_its_stale_session_but_viewers_shar
     finally:
         for c in [*viewers, second]:
             await c.close()
+
+
+@pytest.mark.parametrize(
+    ("bitrate", "accepted"),
+    [(None, True), (70_000, True), (0, False), (-5, False), (True, False), ("70k", False)],
+)
+def test_a_tracks_declared_bitrate_is_checked(bitrate: object, accepted: bool) -> None:
+    raw = {"mid": "0", "source": "courseware", "kind": "video", "layer": "l"}
+    if bitrate is not None:
+        raw["bitrate_bps"] = bitrate
+    if accepted:
+        assert TrackSpec.parse(raw).bitrate_bps == bitrate
+    else:
+        with pytest.raises(SignallingError, match="bitrate_bps"):
+            TrackSpec.parse(raw)
+
+
+def test_a_layer_nobody_has_received_costs_what_its_publisher_declared() -> None:
+    """256kbit-10pct, agent: the courseware's low layer (70 kbit/s) had never been
+    received, so the allocator took it at a generic 150 kbit/s that never fitted, and
+    the courseware stayed paused all lesson."""
+    declared = make_up("l", 5, [])
+    declared.configured_bps = 70_000
+    assert declared.cost_bps(1.0) == 70_000
+    assert make_up("l", 6, []).cost_bps(1.0) == 0  # the allocator's generic guess then
