@@ -271,10 +271,12 @@ class SubscriberBandwidth:
         # the teacher's 720p would need 1.46 Mbit/s).
         reach = RETEST_GROWTH * capacity
         within = [n for n in wanted if n <= reach]
+        if not within and not watch.step_due(now):
+            return
         target = within[-1] if within else reach
         self._retest = Probe(target_bps=target, started=now, ends=now + RETEST_S)
         self._retest_marks.clear()
-        watch.start_retest()
+        watch.start_retest(step=not within)
         self.pacer.set_rate(int(target))
         self._probe_last_step = now - PROBE_STEP_S
         self._probe_bytes_left = max(0.0, target - self.estimator.sent_bps) / 8 * RETEST_S

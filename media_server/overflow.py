@@ -77,6 +77,13 @@ RETEST_GROWTH = 1.3
 RETEST_LOSS = 0.2
 # After a retest the line carried, the next comes this soon (if the sources want more).
 RETEST_AFTER_PASS_S = 3.0
+# A retest that lets no layer in even if it passes (the next rise is beyond reach: a
+# step towards it) waits this long after a reading, and twice as long after each one
+# that fails, up to KEEP_MAX_S: on a 1 Mbit/s line already full, padding 1.3x over it
+# stopped the teacher's and the courseware's pictures for 3 s each time, and the
+# teacher's 720p (1.46 Mbit/s with the rest) never fits there. After a pass, the climb
+# goes on at once: the line has grown.
+STEP_KEEP_S = 90.0
 # A line that recovered waits at most this, a retest (~5 s) and the estimate's growth
 # (~25 s from 115 kbit/s to the board's layer) for its pictures; at 60 s the board of
 # tests/test_rural_link_netns.py came back in time in one run of two.
@@ -91,6 +98,9 @@ class OverflowWatch:
         self._read_at = float("-inf")  # the last overflow reading
         self._passed_at = float("-inf")  # the last retest the line carried
         self._due_at = float("inf")  # the next retest
+        self._step_due_at = float("-inf")  # the next retest that is only a step
+        self._step_keep_s = STEP_KEEP_S
+        self._stepping = False  # the running retest is only a step
         self._keep_s = KEEP_S
         self._started_at: float | None = None
         self._retesting = False
@@ -168,6 +178,8 @@ class OverflowWatch:
         self._capacity = received_bps if received_bps is not None else sent_bps * (1 - loss)
         self._read_at = now
         self._due_at = now + self._keep_s
+        # (A failed step may have set a later time.)
+        self._step_due_at = max(self._step_due_at, now + self._step_keep_s)
         self.overflows += 1
         return True
 
@@ -179,9 +191,14 @@ class OverflowWatch:
         """The reading has been kept its time and no retest runs: try the line again."""
         return self._capacity is not None and not self._retesting and now >= self._due_at
 
-    def start_retest(self) -> None:
+    def step_due(self, now: float) -> bool:
+        """A retest that would let no layer in may run too (see STEP_KEEP_S)."""
+        return now >= self._step_due_at
+
+    def start_retest(self, step: bool = False) -> None:
         self._retesting = True
         self._retest_failed = False
+        self._stepping = step
 
     def fail_retest(self) -> None:
         """The receiver's NACKs already show the padding's queue overflowing."""
@@ -201,11 +218,16 @@ class OverflowWatch:
         if self._retest_failed:
             self._keep_s = max(self._keep_s, min(2 * self._keep_s, RETEST_KEEP_MAX_S))
             self._due_at = now + self._keep_s
+            if self._stepping:
+                self._step_keep_s = min(2 * self._step_keep_s, KEEP_MAX_S)
+                self._step_due_at = now + self._step_keep_s
             self.retests_failed += 1
             return False
         self._capacity = max(self._capacity or 0.0, padded_to_bps)
         self._passed_at = now
         self._due_at = now + RETEST_AFTER_PASS_S
+        self._step_due_at = self._due_at
+        self._step_keep_s = STEP_KEEP_S
         self.retests_passed += 1
         return True
 

@@ -23,6 +23,7 @@ from media_server.overflow import (
     RETEST_GROWTH,
     RETEST_KEEP_MAX_S,
     START_S,
+    STEP_KEEP_S,
     OverflowWatch,
 )
 from media_server.pacer import PACING_FACTOR
@@ -410,6 +411,36 @@ def test_an_overflow_reading_trusts_the_last_seconds_rate_over_the_smoothed_one(
     bw.close()
 
 
+async def test_a_step_that_lets_no_layer_in_waits_longer_and_ever_longer_when_it_fails() -> None:
+    """1mbit-5pct-300ms, agent: at 1,015 kbit/s everything fits but the teacher's 720p
+    (1.46 Mbit/s with the rest); every 20-40 s a step padded 1.3x over the full line and
+    stopped the teacher's and the courseware's pictures for 3 s."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=1_100_000)
+    watch = bw.overflow
+    watch.on_rtt(330.0, 0.0)
+    lossy_report(watch, 0.0)
+    assert watch.on_report(0.2, 1_375_000, 1_100_000, 500.0, 0.5)
+    bw._maybe_retest(LESSON, 0.5 + KEEP_S)
+    assert bw._retest is None  # a step, not due yet
+    bw._maybe_retest(LESSON, 0.5 + STEP_KEEP_S)
+    assert bw._retest is not None and watch.retest_failed is False
+    bw.close()
+    # Failed steps wait twice as long each time; a passed one lets the climb go on.
+    t = 0.5 + STEP_KEEP_S
+    waits = []
+    for _ in range(3):
+        watch.start_retest(step=True)
+        watch.fail_retest()
+        watch.end_retest(t + 4.0, 0.0)
+        wait = next(w for w in range(1, 1000) if watch.step_due(t + 4.0 + w))
+        waits.append(wait)
+        t += 4.0 + wait
+    assert waits == [2 * STEP_KEEP_S, min(4 * STEP_KEEP_S, KEEP_MAX_S), KEEP_MAX_S]
+    watch.start_retest(step=True)
+    watch.end_retest(t + 4.0, 1_400_000)
+    assert watch.step_due(t + 4.0 + RETEST_AFTER_PASS_S)
+
+
 def test_no_retest_when_every_source_already_fits() -> None:
     bw = SubscriberBandwidth(MemorySink(), initial_bps=3_000_000)
     bw.overflow.on_rtt(330.0, 0.0)
@@ -531,6 +562,28 @@ async def test_what_the_receiver_counted_between_two_reports_is_its_delivery_rat
     clock[0] += 1.0
     report(40, 0)
     assert down.stats.received_bps is None
+
+
+async def test_the_delivery_rate_is_timed_by_when_the_receiver_wrote_its_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reports that waited behind a point's own camera arrive in a bunch: timed by their
+    arrival, one second's 80 packets read as if they came in 0.1 s, or in 2 s."""
+    down, _ = forwarding_downtrack()
+    clock = [100.0]
+    monkeypatch.setattr("media_server.downtrack.time.monotonic", lambda: clock[0])
+    down._reports_sent[0x1234] = 99.5  # our sender report the receiver echoes
+
+    def report(highest: int, lost: int, held_s: float) -> None:
+        block = RtcpReceiverInfo(77, 0, lost, highest, 0, 0x1234, int(held_s * 65536))
+        down.on_rtcp(RtcpRrPacket(ssrc=1, reports=[block]))
+
+    report(1000, 10, held_s=0.2)  # written at 99.7, arrived at 100.0 (queued 0.3 s)
+    down.stats.packets += 100
+    down.stats.octets += 100_000
+    clock[0] = 100.1  # written a second later, at 100.7: it queued less
+    report(1100, 30, held_s=1.2)
+    assert down.stats.received_bps == pytest.approx(80 * 1000 * 8, rel=0.01)
 
 
 def test_an_overflow_reads_what_the_receiver_got() -> None:
