@@ -147,7 +147,6 @@ class SubscriberBandwidth:
         self._retest: Probe | None = None
         # During a retest: (when, video packets sent, of them NACKed) every probe step.
         self._retest_marks: deque[tuple[float, int, int]] = deque()
-        self._sent_last_bps: float | None = None  # what went out in the last tick alone
 
     def use_transport_cc(self, ext_id: int) -> None:
         """The subscriber negotiated transport-cc: stamp, record, estimate from feedback."""
@@ -396,15 +395,13 @@ class SubscriberBandwidth:
         est = self.estimator
         if self._last_tick is not None and now > self._last_tick:
             elapsed = now - self._last_tick
-            total = raw = 0.0
+            total = 0.0
             for d in downtracks:
                 before = self._octets.get(d.ssrc, d.stats.octets)
                 rate = (d.stats.octets - before) * 8 / elapsed
                 est.stream_bps[d.ssrc] = 0.5 * est.stream_bps.get(d.ssrc, rate) + 0.5 * rate
                 total += est.stream_bps[d.ssrc]
-                raw += rate
             est.sent_bps = total
-            self._sent_last_bps = raw
             if total > 0 and est.started_at is None:
                 est.started_at = now
         self._octets = {d.ssrc: d.stats.octets for d in downtracks}
@@ -464,16 +461,7 @@ class SubscriberBandwidth:
                 # must not also cut the estimate under the reading and lower a layer
                 # (1mbit-5pct-300ms: the courseware dropped to its low layer for good).
                 self.estimator.loss = loss
-            # What got through: what the receiver counted, once every stream has
-            # reported twice; until then what we sent, less what was lost, from the
-            # lower of the smoothed and the last tick's rate (right after the start-up
-            # flood's cut the smoothed rate still remembers the flood).
-            sent = self.estimator.sent_bps
-            if self._sent_last_bps is not None:
-                sent = min(sent, self._sent_last_bps)
-            got = [d.stats.received_bps for d in downtracks]
-            received = sum(g for g in got if g is not None) if None not in got else None
-            self.overflow.on_report(loss, sent, before, rtt, now, received)
+            self.overflow.on_report(loss, self.estimator.sent_bps, before, rtt, now)
         if delay is None:
             # No probes and no delay detector measure this link: its overflows do.
             self.estimator.on_link_capacity(self.overflow.capacity())

@@ -98,9 +98,6 @@ class DownTrackStats:
     keyframe_requests: int = 0  # PLI/FIR from the receiver
     keyframes_asked: int = 0  # sent upstream for this receiver: its joins, switches, repairs
     fraction_lost: float = 0.0
-    # What the receiver got between its last two reports (their packets, at the mean
-    # size of what we sent meanwhile), bits per second; None until two reports came.
-    received_bps: float | None = None
     jitter: int = 0
     rtt_ms: float | None = None
     remb_bps: int | None = None
@@ -167,9 +164,6 @@ class DownTrack:
         self.loss_fresh = False  # a receiver report arrived since the control loop looked
         self._resent: dict[int, float] = {}  # out seq -> when we last resent it
         self._nacked_top: int | None = None  # the highest sequence number NACKed
-        # At the last receiver report: (when, highest sequence number received (extended),
-        # lost in all, packets and octets we had sent).
-        self._last_report: tuple[float, int, int, int, int] | None = None
         self.mid = mid
         self.ssrc = ssrc
         self.payload_type = payload_type
@@ -391,40 +385,13 @@ class DownTrack:
                     continue
                 self.stats.fraction_lost = report.fraction_lost / 256
                 self.stats.jitter = report.jitter
-                sent_at = self._reports_sent.get(report.lsr)
-                # When the receiver wrote this report, on our clock (the sender report
-                # it echoes, plus how long it held it): the receive window's end, free of
-                # the queue the report then waited in on a point's own uplink.
-                written = sent_at + report.dlsr / 65536 if sent_at is not None else None
-                self._note_received(report.highest_sequence, report.packets_lost, written)
                 self.loss_fresh = True
+                sent_at = self._reports_sent.get(report.lsr)
                 if sent_at is not None:
                     rtt = time.monotonic() - sent_at - report.dlsr / 65536
                     self.stats.rtt_ms = max(0.0, rtt * 1000)
                     if self.estimator is not None:
                         self.estimator.on_rtt(self.stats.rtt_ms)
-
-    def _note_received(self, highest: int, lost: int, written: float | None) -> None:
-        """What arrived between this report and the last: the link's delivery rate, which
-        an overflow reads as its capacity (media_server/overflow.py). Read from the
-        receiver's counts rather than from what we sent, which lags a cut by seconds, and
-        timed by when the receiver wrote its reports where they say (reports that waited
-        behind a point's own camera arrive in bunches; their arrival read a 256 kbit/s
-        line at 55)."""
-        now = time.monotonic() if written is None else written
-        stats = self.stats
-        sent = stats.packets + stats.probes
-        mark = (now, highest, lost, sent, stats.octets)
-        last, self._last_report = self._last_report, mark
-        if last is None or now - last[0] < 0.2:
-            return
-        got = (highest - last[1]) - (lost - last[2])
-        packets, octets = sent - last[3], stats.octets - last[4]
-        if got < 0 or packets <= 0 or highest - last[1] > 4 * packets + 64:
-            # A receiver that restarted its counts, or a report out of order: no reading.
-            stats.received_bps = None
-            return
-        stats.received_bps = got * (octets / packets) * 8 / (now - last[0])
 
     def request_keyframe(self) -> None:
         """The receiver needs a keyframe to repair its picture (PLI/FIR, lost packets).

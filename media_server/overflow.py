@@ -17,9 +17,8 @@ An overflow is a report with more than `LOSS_HIGH` lost while the round trip sta
 `SENDING_SHARE` of the estimate: random loss on a line with an empty queue is not one,
 nor is a queue we did not fill (sending 35 kbit/s of a 73 kbit/s estimate on a 256
 kbit/s line whose round trip the point's own uplink stretched: that reading pinned the
-estimate at its 64 kbit/s floor). What got through then is the link's capacity: what the
-receiver's reports count as received (sent, less what was lost, lags a cut: after the
-start-up flood a 256 kbit/s line read 327 kbit/s), and growth without evidence stops there, as it does at a capacity the
+estimate at its 64 kbit/s floor). What got through then (sent, less what was lost) is the
+link's capacity, and growth without evidence stops there, as it does at a capacity the
 transport-cc detector measured. After `KEEP_S` the reading is retested rather than
 forgotten: the subscriber's control loop pads what it sends up to a little above the
 capacity for a few seconds (media_server/bandwidth.py), and up to what the next better
@@ -139,11 +138,9 @@ class OverflowWatch:
         estimate_bps: float,
         rtt_ms: float | None,
         now: float,
-        received_bps: float | None = None,
     ) -> bool:
-        """One tick's loss (0..1), what we sent, the estimate it was sent under, the
-        latest round trip and what the receiver says it got (when it said); True when
-        it was an overflow."""
+        """One tick's loss (0..1), what we sent, the estimate it was sent under and the
+        latest round trip; True when it was an overflow."""
         floor = self.floor_ms()
         queued = rtt_ms is not None and floor is not None and not self.queue_free(rtt_ms)
         if self._retesting:
@@ -175,7 +172,7 @@ class OverflowWatch:
                 self._keep_s = min(2 * self._keep_s, KEEP_MAX_S)
             else:
                 self._keep_s = KEEP_S
-        self._capacity = received_bps if received_bps is not None else sent_bps * (1 - loss)
+        self._capacity = sent_bps * (1 - loss)
         self._read_at = now
         self._due_at = now + self._keep_s
         # (A failed step may have set a later time.)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
-from aiortc.rtp import RTCP_RTPFB_NACK, RtcpReceiverInfo, RtcpRrPacket, RtcpRtpfbPacket
+from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
 
 from media_server import bandwidth
 from media_server.allocator import Candidate, rise_budgets
@@ -240,9 +240,7 @@ def test_the_estimate_stays_under_a_known_capacity_and_grows_again_once_forgotte
 def downtrack(fraction_lost: float, rtt_ms: float) -> SimpleNamespace:
     return SimpleNamespace(
         loss_fresh=True,
-        stats=SimpleNamespace(
-            packets=1000, fraction_lost=fraction_lost, rtt_ms=rtt_ms, received_bps=None
-        ),
+        stats=SimpleNamespace(packets=1000, fraction_lost=fraction_lost, rtt_ms=rtt_ms),
     )
 
 
@@ -399,18 +397,6 @@ async def test_no_retest_while_the_lines_losses_hold_the_estimate_under_the_read
     bw.close()
 
 
-def test_an_overflow_reading_trusts_the_last_seconds_rate_over_the_smoothed_one() -> None:
-    """Right after the start-up flood's cut the smoothed rate still remembers the flood:
-    a 256 kbit/s line read 327 kbit/s, and the teacher's face came in, frozen."""
-    bw = SubscriberBandwidth(MemorySink(), initial_bps=400_000)
-    bw.estimator.sent_bps = 900_000
-    bw._sent_last_bps = 300_000
-    bw._feed_loss([downtrack(0.02, 40.0)], 0.0)  # type: ignore[list-item]
-    bw._feed_loss([downtrack(0.4, 300.0)], 1.0)  # type: ignore[list-item]
-    assert bw.overflow.capacity() == pytest.approx(300_000 * 0.6)
-    bw.close()
-
-
 async def test_a_step_that_lets_no_layer_in_waits_longer_and_ever_longer_when_it_fails() -> None:
     """1mbit-5pct-300ms, agent: at 1,015 kbit/s everything fits but the teacher's 720p
     (1.46 Mbit/s with the rest); every 20-40 s a step padded 1.3x over the full line and
@@ -535,64 +521,6 @@ async def test_a_receiver_repeating_what_is_still_missing_counts_each_loss_once(
     for lost in ([65530, 65531], [65530, 65531, 65534], [65534], [65535, 2]):
         down.on_rtcp(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=77, lost=lost))
     assert down.stats.nacked == 3 + 2 and down.stats.nacks == 4
-
-
-async def test_what_the_receiver_counted_between_two_reports_is_its_delivery_rate(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    down, _ = forwarding_downtrack()
-    clock = [100.0]
-    monkeypatch.setattr("media_server.downtrack.time.monotonic", lambda: clock[0])
-
-    def report(highest: int, lost: int) -> None:
-        block = RtcpReceiverInfo(77, 0, lost, highest, 0, 0, 0)
-        down.on_rtcp(RtcpRrPacket(ssrc=1, reports=[block]))
-
-    report(1000, 10)
-    assert down.stats.received_bps is None
-    # One second: 100 packets of 1,000 bytes sent, 80 got through (20 lost).
-    down.stats.packets += 100
-    down.stats.octets += 100_000
-    clock[0] += 1.0
-    report(1100, 30)
-    assert down.stats.received_bps == pytest.approx(80 * 1000 * 8)
-    # A receiver whose counts went back (it restarted) gives no reading.
-    down.stats.packets += 100
-    down.stats.octets += 100_000
-    clock[0] += 1.0
-    report(40, 0)
-    assert down.stats.received_bps is None
-
-
-async def test_the_delivery_rate_is_timed_by_when_the_receiver_wrote_its_reports(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Reports that waited behind a point's own camera arrive in a bunch: timed by their
-    arrival, one second's 80 packets read as if they came in 0.1 s, or in 2 s."""
-    down, _ = forwarding_downtrack()
-    clock = [100.0]
-    monkeypatch.setattr("media_server.downtrack.time.monotonic", lambda: clock[0])
-    down._reports_sent[0x1234] = 99.5  # our sender report the receiver echoes
-
-    def report(highest: int, lost: int, held_s: float) -> None:
-        block = RtcpReceiverInfo(77, 0, lost, highest, 0, 0x1234, int(held_s * 65536))
-        down.on_rtcp(RtcpRrPacket(ssrc=1, reports=[block]))
-
-    report(1000, 10, held_s=0.2)  # written at 99.7, arrived at 100.0 (queued 0.3 s)
-    down.stats.packets += 100
-    down.stats.octets += 100_000
-    clock[0] = 100.1  # written a second later, at 100.7: it queued less
-    report(1100, 30, held_s=1.2)
-    assert down.stats.received_bps == pytest.approx(80 * 1000 * 8, rel=0.01)
-
-
-def test_an_overflow_reads_what_the_receiver_got() -> None:
-    """After the start-up flood's cut, what we sent lags: sent 900 kbit/s less 40 %
-    lost read 540 on a line that delivered 230."""
-    watch = watch_with_floor()
-    lossy_report(watch, 9.0)
-    assert watch.on_report(0.4, 900_000, 1_000_000, 600.0, 10.0, received_bps=230_000)
-    assert watch.capacity() == 230_000
 
 
 async def test_a_retest_stops_padding_at_the_nacks_of_its_overflow(
