@@ -270,7 +270,11 @@ class SubscriberBandwidth:
         # the teacher's 720p would need 1.46 Mbit/s).
         reach = RETEST_GROWTH * capacity
         within = [n for n in wanted if n <= reach]
-        if not within and not watch.step_due(now):
+        # A step is worth its risk at once while a picture is paused for bandwidth (a
+        # line that recovered must get its board back within a minute or so); while
+        # every source is shown, only a sharper layer would come of it.
+        missing = any(c.kind == "video" and c.started and c.current is None for c in candidates)
+        if not within and not missing and not watch.step_due(now):
             return
         target = within[-1] if within else reach
         self._retest = Probe(target_bps=target, started=now, ends=now + RETEST_S)

@@ -77,8 +77,8 @@ RETEST_LOSS = 0.2
 # After a retest the line carried, the next comes this soon (if the sources want more).
 RETEST_AFTER_PASS_S = 3.0
 # A retest that lets no layer in even if it passes (the next rise is beyond reach: a
-# step towards it) waits this long after a reading, and twice as long after each one
-# that fails, up to KEEP_MAX_S: on a 1 Mbit/s line already full, padding 1.3x over it
+# step towards it) while every source has a picture waits this long after a reading,
+# and twice as long after each one that fails, up to KEEP_MAX_S: on a 1 Mbit/s line already full, padding 1.3x over it
 # stopped the teacher's and the courseware's pictures for 3 s each time, and the
 # teacher's 720p (1.46 Mbit/s with the rest) never fits there. After a pass, the climb
 # goes on at once: the line has grown.
