@@ -75,7 +75,7 @@ RETEST_GROWTH = 1.3
 # chance, and left the courseware paused at a 81 kbit/s reading all lesson).
 RETEST_LOSS = 0.2
 # After a retest the line carried, the next comes this soon (if the sources want more).
-RETEST_AFTER_PASS_S = 3.0
+RETEST_AFTER_PASS_S = 1.5
 # A retest that lets no layer in even if it passes (the next rise is beyond reach: a
 # step towards it) while every source has a picture waits this long after a reading,
 # and twice as long after each one that fails, up to KEEP_MAX_S: on a 1 Mbit/s line already full, padding 1.3x over it
@@ -213,7 +213,11 @@ class OverflowWatch:
         again, twice as long."""
         self._retesting = False
         if self._retest_failed:
-            self._keep_s = max(self._keep_s, min(2 * self._keep_s, RETEST_KEEP_MAX_S))
+            if self._passed_at < self._read_at:
+                self._keep_s = max(self._keep_s, min(2 * self._keep_s, RETEST_KEEP_MAX_S))
+            # (Else the line grew since the reading, and may go on growing: no longer
+            # keep. A recovered line's one failed step in a climb kept it 40 s, and its
+            # board came back only after 90 s.)
             self._due_at = now + self._keep_s
             if self._stepping:
                 self._step_keep_s = min(2 * self._step_keep_s, KEEP_MAX_S)

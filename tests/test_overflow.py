@@ -202,11 +202,14 @@ def test_a_retest_the_line_carries_is_its_new_capacity_and_the_next_climbs_furth
         t += 4.0 + RETEST_AFTER_PASS_S
     carried = reading * RETEST_GROWTH**4
     assert watch.capacity() == pytest.approx(carried) and watch.retests_passed == 4
-    # A retest the line does not carry leaves the climbed capacity.
+    # A retest the line does not carry leaves the climbed capacity, and, the line having
+    # grown since its reading, the next comes after the usual keep, not twice as late
+    # (tests/test_rural_link_netns.py: one failed step in a recovered line's climb kept
+    # its board away past 90 s).
     assert retest(watch, t, carried=False) is False
     assert watch.capacity() == pytest.approx(carried)
     keep = watch.keep_s
-    assert keep == 2 * KEEP_S
+    assert keep == KEEP_S
     assert retest(watch, t + 4.0 + keep, carried=True) is True
     overflow_at(watch, t + 8.0 + keep + next_overflow_after)
     assert watch.keep_s == (2 * keep if keep_doubles else KEEP_S)
