@@ -372,12 +372,7 @@ def test_the_rises_of_a_lesson_are_where_its_allocation_gets_better() -> None:
 async def test_a_retest_climbs_to_the_furthest_rise_within_its_reach(
     capacity: float, target: float
 ) -> None:
-    bw = SubscriberBandwidth(MemorySink(), initial_bps=capacity)
-    watch = bw.overflow
-    watch.on_rtt(330.0, 0.0)
-    lossy_report(watch, 0.0)
-    assert watch.on_report(0.2, capacity / 0.8, capacity, 500.0, 0.5)
-    assert watch.capacity() == pytest.approx(capacity)
+    bw = read_at(capacity)
     bw._maybe_retest(LESSON, 100.0)
     assert bw._retest is not None and bw._retest.target_bps == pytest.approx(target)
     bw.close()
@@ -386,10 +381,7 @@ async def test_a_retest_climbs_to_the_furthest_rise_within_its_reach(
 async def test_no_retest_while_the_lines_losses_hold_the_estimate_under_the_reading() -> None:
     """256kbit-10pct, agent: a retest from a 239 kbit/s estimate padded to 1.3x a 327
     kbit/s reading, far over the line, and the courseware stood still 4 s."""
-    bw = SubscriberBandwidth(MemorySink(), initial_bps=120_000)
-    bw.overflow.on_rtt(330.0, 0.0)
-    lossy_report(bw.overflow, 0.0)
-    assert bw.overflow.on_report(0.2, 150_000, 120_000, 500.0, 0.5)
+    bw = read_at(120_000)
     bw.estimator.on_link_capacity(bw.overflow.capacity())
     bw.estimator._bps = 100_000  # the line's losses cut it since
     bw._maybe_retest(LESSON, 100.0)
@@ -404,11 +396,7 @@ async def test_a_step_that_lets_no_layer_in_waits_longer_and_ever_longer_when_it
     """1mbit-5pct-300ms, agent: at 1,015 kbit/s everything fits but the teacher's 720p
     (1.46 Mbit/s with the rest); every 20-40 s a step padded 1.3x over the full line and
     stopped the teacher's and the courseware's pictures for 3 s."""
-    bw = SubscriberBandwidth(MemorySink(), initial_bps=1_100_000)
-    watch = bw.overflow
-    watch.on_rtt(330.0, 0.0)
-    lossy_report(watch, 0.0)
-    assert watch.on_report(0.2, 1_375_000, 1_100_000, 500.0, 0.5)
+    bw = read_at(1_100_000)
     shown = [replace(c, current=x) for c, x in zip(LESSON, "hmhl", strict=True)]
     bw._maybe_retest(shown, 0.5 + KEEP_S)
     assert bw._retest is None  # a step, not due yet
@@ -417,11 +405,8 @@ async def test_a_step_that_lets_no_layer_in_waits_longer_and_ever_longer_when_it
     bw._maybe_retest(board_paused, 0.5 + KEEP_S)
     assert bw._retest is not None
     bw.close()
-    bw = SubscriberBandwidth(MemorySink(), initial_bps=1_100_000)
+    bw = read_at(1_100_000)
     watch = bw.overflow
-    watch.on_rtt(330.0, 0.0)
-    lossy_report(watch, 0.0)
-    assert watch.on_report(0.2, 1_375_000, 1_100_000, 500.0, 0.5)
     bw._maybe_retest(shown, 0.5 + STEP_KEEP_S)
     assert bw._retest is not None and watch.retest_failed is False
     bw.close()
@@ -442,13 +427,33 @@ async def test_a_step_that_lets_no_layer_in_waits_longer_and_ever_longer_when_it
 
 
 def test_no_retest_when_every_source_already_fits() -> None:
-    bw = SubscriberBandwidth(MemorySink(), initial_bps=3_000_000)
-    bw.overflow.on_rtt(330.0, 0.0)
-    lossy_report(bw.overflow, 0.0)
-    assert bw.overflow.on_report(0.2, 3_000_000, 3_000_000, 500.0, 0.5)
+    bw = read_at(2_400_000)  # every source at its best: 2.41 Mbit/s
     bw._maybe_retest(LESSON, 100.0)
     assert bw._retest is None
     bw.close()
+
+
+def read_at(capacity: float) -> SubscriberBandwidth:
+    """A point's bandwidth control whose line overflowed, read at `capacity`, at 0.5 s."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=int(capacity))
+    bw.overflow.on_rtt(330.0, 0.0)
+    lossy_report(bw.overflow, 0.0)
+    assert bw.overflow.on_report(0.2, capacity / 0.8, capacity, 500.0, 0.5)
+    assert bw.overflow.capacity() == pytest.approx(capacity)
+    return bw
+
+
+def retest_in_loop(
+    monkeypatch: pytest.MonkeyPatch, retest_s: float, initial_bps: int
+) -> tuple[asyncio.AbstractEventLoop, SubscriberBandwidth, DownTrack, MemorySink]:
+    """A point's bandwidth control forwarding one picture, with retests `retest_s` long
+    and their verdicts soon after."""
+    monkeypatch.setattr(bandwidth, "RETEST_S", retest_s)
+    monkeypatch.setattr(bandwidth, "RETEST_REPORT_S", 0.05)
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=initial_bps)
+    down, sink = forwarding_downtrack()
+    bw._downtracks = [down]
+    return asyncio.get_running_loop(), bw, down, sink
 
 
 def forwarding_downtrack() -> tuple[DownTrack, MemorySink]:
@@ -471,12 +476,7 @@ async def test_a_retest_pads_up_to_the_kept_reading_and_its_reports_decide(
     the courseware's full layer needs, not with the teacher's 720p (beyond reach).
     Reports with a queue keep the reading (twice as long); clean ones make the padded
     rate the capacity and the estimate at once."""
-    monkeypatch.setattr(bandwidth, "RETEST_S", 0.2)
-    monkeypatch.setattr(bandwidth, "RETEST_REPORT_S", 0.05)
-    loop = asyncio.get_running_loop()
-    bw = SubscriberBandwidth(MemorySink(), initial_bps=1_400_000)
-    down, sink = forwarding_downtrack()
-    bw._downtracks = [down]
+    loop, bw, _, sink = retest_in_loop(monkeypatch, 0.2, 1_400_000)
     est = bw.estimator
     now = loop.time()
     then = now - KEEP_S - 1.0  # the overflow was read a keep ago
@@ -543,12 +543,7 @@ async def test_a_retest_stops_padding_at_the_nacks_of_its_overflow(
     """1mbit-5pct-300ms, agent: waiting for a receiver report let a failed retest
     overflow the line for 1.3 s, and the teacher's picture stood still for 4 s. A
     quarter of the padded stream NACKed within 0.3 s stops the padding at once."""
-    monkeypatch.setattr(bandwidth, "RETEST_S", 3.0)
-    monkeypatch.setattr(bandwidth, "RETEST_REPORT_S", 0.05)
-    loop = asyncio.get_running_loop()
-    bw = SubscriberBandwidth(MemorySink(), initial_bps=1_000_000)
-    down, _ = forwarding_downtrack()
-    bw._downtracks = [down]
+    loop, bw, down, _ = retest_in_loop(monkeypatch, 3.0, 1_000_000)
     now = loop.time()
     bw.overflow.on_rtt(330.0, now - KEEP_S - 3.0)
     lossy_report(bw.overflow, now - KEEP_S - 2.0)
