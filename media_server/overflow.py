@@ -100,6 +100,7 @@ class OverflowWatch:
         self._step_due_at = float("-inf")  # the next retest that is only a step
         self._step_keep_s = STEP_KEEP_S
         self._stepping = False  # the running retest is only a step
+        self.passes_in_row = 0  # retests the line carried since its last overflow or failure
         self._keep_s = KEEP_S
         self._started_at: float | None = None
         self._retesting = False
@@ -175,6 +176,7 @@ class OverflowWatch:
         self._capacity = sent_bps * (1 - loss)
         self._read_at = now
         self._due_at = now + self._keep_s
+        self.passes_in_row = 0
         # (A failed step may have set a later time.)
         self._step_due_at = max(self._step_due_at, now + self._step_keep_s)
         self.overflows += 1
@@ -219,6 +221,7 @@ class OverflowWatch:
             # keep. A recovered line's one failed step in a climb kept it 40 s, and its
             # board came back only after 90 s.)
             self._due_at = now + self._keep_s
+            self.passes_in_row = 0
             if self._stepping:
                 self._step_keep_s = min(2 * self._step_keep_s, KEEP_MAX_S)
                 self._step_due_at = now + self._step_keep_s
@@ -229,6 +232,7 @@ class OverflowWatch:
         self._due_at = now + RETEST_AFTER_PASS_S
         self._step_due_at = self._due_at
         self._step_keep_s = STEP_KEEP_S
+        self.passes_in_row += 1
         self.retests_passed += 1
         return True
 

@@ -426,6 +426,29 @@ async def test_a_step_that_lets_no_layer_in_waits_longer_and_ever_longer_when_it
     assert watch.step_due(t + 4.0 + RETEST_AFTER_PASS_S)
 
 
+async def test_a_climb_to_a_paused_picture_reaches_further_with_each_pass() -> None:
+    """tests/test_rural_link_netns.py: a recovered line climbed from 226 kbit/s to the
+    board's 780 in 1.3x steps, and with one failure among them the board came back
+    after more than 90 s."""
+    bw = read_at(226_000)
+    watch = bw.overflow
+    paused = [replace(c, current=None) for c in LESSON[1:]]
+    targets = []
+    t = 100.0
+    for _ in range(3):
+        bw._maybe_retest([LESSON[0], *paused], t)
+        retest = bw._retest
+        assert retest is not None
+        targets.append(retest.target_bps / (watch.capacity() or 1))
+        bw.close()  # (stops its padding)
+        bw._retest = None
+        watch.end_retest(t + 4.0, retest.target_bps)  # the line carried it
+        bw.estimator.on_probe(retest.target_bps, False, t + 4.0)
+        t += 10.0
+    assert targets[0] <= RETEST_GROWTH < targets[1] <= RETEST_GROWTH**2 < targets[2]
+    bw.close()
+
+
 def test_no_retest_when_every_source_already_fits() -> None:
     bw = read_at(2_400_000)  # every source at its best: 2.41 Mbit/s
     bw._maybe_retest(LESSON, 100.0)
