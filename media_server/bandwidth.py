@@ -269,13 +269,14 @@ class SubscriberBandwidth:
         # kbit/s to the teacher's 360p; from 882 to the courseware's full layer at 919;
         # the teacher's 720p would need 1.46 Mbit/s).
         # A step is worth its risk at once while a picture is paused for bandwidth (a
-        # line that recovered must get its board back within a minute or so), and each
-        # retest the line carried in a row then reaches further (1.3x, 1.69x, 2.2x: a
-        # climb from 226 kbit/s to the board's 780 took five 1.3x steps, over 90 s with
-        # one failure among them); while every source is shown, only a sharper layer
-        # would come of it, and a step overshooting a full line costs its pictures.
+        # line that recovered must get its board back within a minute or so), and it
+        # reaches further, the more so with each retest the line carried in a row
+        # (1.69x, 2.2x, 2.86x: a climb from 226 kbit/s to the board's 780 took five 1.3x
+        # steps, over 90 s with one failure among them); while every source is shown,
+        # only a sharper layer would come of it, and a step overshooting a full line
+        # costs its pictures.
         missing = any(c.kind == "video" and c.started and c.current is None for c in candidates)
-        climb = min(watch.passes_in_row, 2) if missing else 0
+        climb = 1 + min(watch.passes_in_row, 2) if missing else 0
         reach = RETEST_GROWTH ** (1 + climb) * capacity
         within = [n for n in wanted if n <= reach]
         if not within and not missing and not watch.step_due(now):

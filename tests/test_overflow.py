@@ -339,6 +339,10 @@ LESSON = [
 ]
 
 
+# The same, every picture shown (the teacher's 360p, the courseware, the board's low).
+SHOWN = [replace(c, current=x) for c, x in zip(LESSON, "hmhl", strict=True)]
+
+
 def test_the_rises_of_a_lesson_are_where_its_allocation_gets_better() -> None:
     assert rise_budgets(LESSON) == [
         48_000 + 73_000,  # the courseware's low layer
@@ -373,7 +377,7 @@ async def test_a_retest_climbs_to_the_furthest_rise_within_its_reach(
     capacity: float, target: float
 ) -> None:
     bw = read_at(capacity)
-    bw._maybe_retest(LESSON, 100.0)
+    bw._maybe_retest(SHOWN, 100.0)
     assert bw._retest is not None and bw._retest.target_bps == pytest.approx(target)
     bw.close()
 
@@ -384,10 +388,10 @@ async def test_no_retest_while_the_lines_losses_hold_the_estimate_under_the_read
     bw = read_at(120_000)
     bw.estimator.on_link_capacity(bw.overflow.capacity())
     bw.estimator._bps = 100_000  # the line's losses cut it since
-    bw._maybe_retest(LESSON, 100.0)
+    bw._maybe_retest(SHOWN, 100.0)
     assert bw._retest is None
     bw.estimator._bps = 120_000
-    bw._maybe_retest(LESSON, 100.0)
+    bw._maybe_retest(SHOWN, 100.0)
     assert bw._retest is not None
     bw.close()
 
@@ -397,7 +401,7 @@ async def test_a_step_that_lets_no_layer_in_waits_longer_and_ever_longer_when_it
     (1.46 Mbit/s with the rest); every 20-40 s a step padded 1.3x over the full line and
     stopped the teacher's and the courseware's pictures for 3 s."""
     bw = read_at(1_100_000)
-    shown = [replace(c, current=x) for c, x in zip(LESSON, "hmhl", strict=True)]
+    shown = SHOWN
     bw._maybe_retest(shown, 0.5 + KEEP_S)
     assert bw._retest is None  # a step, not due yet
     # While a picture is paused for bandwidth (the board), the step is worth it now.
@@ -445,13 +449,14 @@ async def test_a_climb_to_a_paused_picture_reaches_further_with_each_pass() -> N
         watch.end_retest(t + 4.0, retest.target_bps)  # the line carried it
         bw.estimator.on_probe(retest.target_bps, False, t + 4.0)
         t += 10.0
-    assert targets[0] <= RETEST_GROWTH < targets[1] <= RETEST_GROWTH**2 < targets[2]
+    assert RETEST_GROWTH < targets[0] <= RETEST_GROWTH**2 < targets[2]
+    assert all(x <= RETEST_GROWTH ** (2 + i) for i, x in enumerate(targets))
     bw.close()
 
 
 def test_no_retest_when_every_source_already_fits() -> None:
     bw = read_at(2_400_000)  # every source at its best: 2.41 Mbit/s
-    bw._maybe_retest(LESSON, 100.0)
+    bw._maybe_retest(SHOWN, 100.0)
     assert bw._retest is None
     bw.close()
 
@@ -510,7 +515,7 @@ async def test_a_retest_pads_up_to_the_kept_reading_and_its_reports_decide(
     capacity = bw.overflow.capacity()
     assert capacity == pytest.approx(1_240_000 * 0.74)
     est.sent_bps = 800_000
-    bw._maybe_retest(LESSON, now)
+    bw._maybe_retest(SHOWN, now)
     target = (714_000 + 218_000) / ALLOCATION_SHARE
     assert bw.describe()["retests"]["running"]
     assert bw.pacer._rate == pytest.approx(int(target) * PACING_FACTOR / 8)  # paced to it
@@ -572,7 +577,7 @@ async def test_a_retest_stops_padding_at_the_nacks_of_its_overflow(
     lossy_report(bw.overflow, now - KEEP_S - 2.0)
     assert bw.overflow.on_report(0.25, 1_200_000, 1_200_000, 520.0, now - KEEP_S - 1.0)
     bw.estimator.sent_bps = 800_000
-    bw._maybe_retest(LESSON, now)
+    bw._maybe_retest(SHOWN, now)
     assert bw._retest is not None
 
     def padded() -> int:
