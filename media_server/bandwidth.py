@@ -26,7 +26,7 @@ from media_server.allocator import (
 )
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
-from media_server.estimator import INITIAL_BPS, LOSS_HIGH, DownlinkEstimator
+from media_server.estimator import INITIAL_BPS, DownlinkEstimator
 from media_server.overflow import RETEST_GROWTH, OverflowWatch
 from media_server.pacer import PACING_FACTOR, Pacer, PriorityLane
 from media_server.probe import CLUSTER_S, WORTH_PROBING, Probe, ProbeController
@@ -200,7 +200,8 @@ class SubscriberBandwidth:
             self._hold_s = HOLD_S
         # No rise while a retest pads: the rise's keyframes would join the padding in
         # the line's queue, and be lost with it when the line does not carry it.
-        hold = now - self._last_down < self._hold_s or estimate.congested or bool(self._retest)
+        retesting = self._retest is not None
+        hold = now - self._last_down < self._hold_s or estimate.congested or retesting
         # While nothing says congested, what is already sent stays as long as it fits.
         keep = None if estimate.congested else int(estimate.bps * KEEP_SHARE)
         decisions = allocate(
@@ -454,22 +455,20 @@ class SubscriberBandwidth:
         if weight:
             before = self.estimator.estimate(now).bps
             loss = lost / weight
-            if self._retest is None and self.overflow.queue_free(rtt):
-                # No queue stands: the loss is the line's own (reported after our
-                # repairs, a few dozen packets a report) and at most holds the estimate.
-                # Counted in full, a 256 kbit/s line with 10 % random loss cut the
-                # estimate to its 64 kbit/s floor, two reports in three over 10 %, and
-                # the courseware stayed paused for the whole minute; an overflow (a
-                # queue and its losses) still cuts it, through the reading below.
-                self.estimator.on_loss(min(loss, LOSS_HIGH), now, queue_free=True)
-                self.estimator.loss = loss
-            elif self._retest is None:
-                self.estimator.on_loss(loss, now)
-            else:
+            if self._retest is not None:
                 # A retest's losses are its padding's queue: they fail the retest, and
                 # must not also cut the estimate under the reading and lower a layer
                 # (1mbit-5pct-300ms: the courseware dropped to its low layer for good).
                 self.estimator.loss = loss
+            elif self.overflow.queue_free(rtt):
+                # Reported after our repairs, a few dozen packets a report: counted in
+                # full, a 256 kbit/s line with 10 % random loss wore the estimate down
+                # to its 64 kbit/s floor and the courseware stayed paused for a minute.
+                # An overflow (a queue and its losses) still cuts it, through the
+                # reading below.
+                self.estimator.on_line_loss(loss, now)
+            else:
+                self.estimator.on_loss(loss, now)
             self.overflow.on_report(loss, self.estimator.sent_bps, before, rtt, now)
         if delay is None:
             # No probes and no delay detector measure this link: its overflows do.

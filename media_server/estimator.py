@@ -192,6 +192,14 @@ class DownlinkEstimator:
             self._bps = min(self._bps * GROWTH, max(ceiling, self._bps))
         self._clamp()
 
+    def on_line_loss(self, fraction: float, now: float) -> None:
+        """Loss where no queue stands (a delay reading, or a round trip at its floor,
+        says so): the line's own, which at most holds the estimate. Counted in full, the
+        10 % random loss of a rural line reads over 10 % every other second, and each
+        such second would cut the estimate, down to its floor."""
+        self.on_loss(min(fraction, LOSS_HIGH), now, queue_free=True)
+        self.loss = fraction
+
     def on_link_capacity(self, capacity_bps: float | None) -> None:
         """A subscriber without transport-cc: what its link carried when it last
         overflowed (media_server/overflow.py), or None once that is forgotten. The

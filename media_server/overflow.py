@@ -78,10 +78,10 @@ RETEST_LOSS = 0.2
 RETEST_AFTER_PASS_S = 1.5
 # A retest that lets no layer in even if it passes (the next rise is beyond reach: a
 # step towards it) while every source has a picture waits this long after a reading,
-# and twice as long after each one that fails, up to KEEP_MAX_S: on a 1 Mbit/s line already full, padding 1.3x over it
-# stopped the teacher's and the courseware's pictures for 3 s each time, and the
-# teacher's 720p (1.46 Mbit/s with the rest) never fits there. After a pass, the climb
-# goes on at once: the line has grown.
+# and twice as long after each one that fails, up to KEEP_MAX_S: on a 1 Mbit/s line
+# already full, padding 1.3x over it stopped the teacher's and the courseware's pictures
+# for 3 s each time, and the teacher's 720p (1.46 Mbit/s with the rest) never fits
+# there. After a pass, the climb goes on at once: the line has grown.
 STEP_KEEP_S = 90.0
 # A line that recovered waits at most this, a retest (~5 s) and the estimate's growth
 # (~25 s from 115 kbit/s to the board's layer) for its pictures; at 60 s the board of
@@ -143,7 +143,7 @@ class OverflowWatch:
         """One tick's loss (0..1), what we sent, the estimate it was sent under and the
         latest round trip; True when it was an overflow."""
         floor = self.floor_ms()
-        queued = rtt_ms is not None and floor is not None and not self.queue_free(rtt_ms)
+        queued = rtt_ms is not None and floor is not None and rtt_ms - floor >= QUEUE_MS
         if self._retesting:
             # The padding's queue (or its losses) says the line does not carry more.
             # Not a reading: what we sent then was partly padding, counted nowhere.

@@ -18,7 +18,7 @@ the rest (media_server/publisher.py). No I/O.
 from __future__ import annotations
 
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
-from media_server.estimator import LOSS_HIGH, DownlinkEstimator
+from media_server.estimator import DownlinkEstimator
 from media_server.rtpbytes import AST_UNITS_PER_S, AST_WRAP, one_byte_extension
 from media_server.twcc import PacketResult
 
@@ -71,10 +71,10 @@ class UplinkDelay:
         line's own and at most holds the estimate; an overflowing queue stands, and then
         loss counts in full.
         """
-        queue_free = self.queue_free
-        if queue_free:
-            fraction = min(fraction, LOSS_HIGH)
-        estimator.on_loss(fraction, now, queue_free=queue_free)
+        if self.queue_free:
+            estimator.on_line_loss(fraction, now)
+        else:
+            estimator.on_loss(fraction, now)
 
     @property
     def queue_free(self) -> bool:
