@@ -67,6 +67,9 @@ SENDING_SHARE = 0.6
 FLOOD_LOSS = 0.3
 OUTAGE_LOSS = 0.8
 START_S = 30.0
+# After a reading, the reports of this long and a round trip still count what was sent
+# before it (aiortc reports every 0.5-1.5 s).
+DRAIN_S = 1.5
 # A retest pads up to this multiple of the kept capacity (at most what the sources want).
 RETEST_GROWTH = 1.3
 # A retest fails on a report with more than this lost: an overflowing drop-tail queue
@@ -81,7 +84,7 @@ RETEST_AFTER_PASS_S = 1.5
 # and twice as long after each one that fails, up to KEEP_MAX_S: on a 1 Mbit/s line
 # already full, padding 1.3x over it stopped the teacher's and the courseware's pictures
 # for 3 s each time, and the teacher's 720p (1.46 Mbit/s with the rest) never fits
-# there. After a pass, the climb goes on at once: the line has grown.
+# there. After a step the line carried, the climb goes on at once: the line has grown.
 STEP_KEEP_S = 90.0
 # A line that recovered waits at most this, a retest (~5 s) and the estimate's growth
 # (~25 s from 115 kbit/s to the board's layer) for its pictures; at 60 s the board of
@@ -139,9 +142,13 @@ class OverflowWatch:
         estimate_bps: float,
         rtt_ms: float | None,
         now: float,
+        raw_loss: float | None = None,
     ) -> bool:
         """One tick's loss (0..1), what we sent, the estimate it was sent under and the
-        latest round trip; True when it was an overflow."""
+        latest round trip; True when it was an overflow. `raw_loss`, where known, is the
+        loss before our repairs (the report's counts repaired packets as received): what
+        a reading and a retest's verdict go by."""
+        lost_on_line = max(loss, raw_loss or 0.0)
         floor = self.floor_ms()
         queued = rtt_ms is not None and floor is not None and rtt_ms - floor >= QUEUE_MS
         if self._retesting:
@@ -150,7 +157,7 @@ class OverflowWatch:
             # The round trip is no verdict: an aiortc point's wanders by 300 ms with its
             # own event loop (630-915 ms on a 100 ms line at rest), and with a queue and
             # 2 % lost a 607 kbit/s reading failed its retest on a 1 Mbit/s line.
-            self._retest_failed |= loss > RETEST_LOSS
+            self._retest_failed |= lost_on_line > RETEST_LOSS
             return False
         flooded = FLOOD_LOSS < loss < OUTAGE_LOSS and self._age(now) < START_S
         high_before, self._high = self._high, loss > LOSS_HIGH
@@ -165,6 +172,12 @@ class OverflowWatch:
             return False
         if sent_bps < SENDING_SHARE * estimate_bps:
             return False
+        if now - self._read_at < DRAIN_S + (rtt_ms or 0.0) / 1000:
+            # These reports still count what was sent before the last reading cut the
+            # rate, as the queue drained: read against what we send now, three of them
+            # took a 256 kbit/s line from 320 to 75 kbit/s and paused the courseware
+            # for 40 s.
+            return False
         if self._passed_at > self._read_at:
             # The first overflow after a retest the line carried: soon after, the layer
             # it let in does not fit after all, and the line is asked again ever more
@@ -173,7 +186,7 @@ class OverflowWatch:
                 self._keep_s = min(2 * self._keep_s, KEEP_MAX_S)
             else:
                 self._keep_s = KEEP_S
-        self._capacity = sent_bps * (1 - loss)
+        self._capacity = sent_bps * (1 - lost_on_line)
         self._read_at = now
         self._due_at = now + self._keep_s
         self.passes_in_row = 0
@@ -230,8 +243,15 @@ class OverflowWatch:
         self._capacity = max(self._capacity or 0.0, padded_to_bps)
         self._passed_at = now
         self._due_at = now + RETEST_AFTER_PASS_S
-        self._step_due_at = self._due_at
         self._step_keep_s = STEP_KEEP_S
+        if self._stepping:
+            self._step_due_at = self._due_at  # the line grew past a step: climb on
+        else:
+            # A pass that let the next layer in says nothing of the line beyond it: on
+            # 1mbit-5pct-300ms the courseware's full layer came in at 941 kbit/s, and a
+            # step 5 s later padded 1.3x over the full line and stopped the teacher for
+            # 3 s. The next step waits as after a reading.
+            self._step_due_at = max(self._step_due_at, now + STEP_KEEP_S)
         self.passes_in_row += 1
         self.retests_passed += 1
         return True

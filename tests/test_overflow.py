@@ -119,6 +119,45 @@ def test_only_a_queue_we_filled_is_an_overflow(sent: int, estimate: int, overflo
     assert watch.on_report(0.16, sent, estimate, 231.0, 10.0) is overflow
 
 
+def test_a_reading_counts_what_the_line_lost_before_our_repairs() -> None:
+    """256kbit-10pct, agent: the receiver counts a repaired packet as received, so a
+    flood that lost half its packets read 15-35 % lost, and the line at 288-327 kbit/s:
+    the teacher's picture came in beside the courseware and stood frozen under "live".
+    What the receiver NACKed is the loss on the line."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=500_000)
+    video = SimpleNamespace(
+        ssrc=1,
+        source=SimpleNamespace(kind="video"),
+        loss_fresh=False,
+        stats=SimpleNamespace(octets=0, packets=0, probes=0, nacked=0, fraction_lost=0.0),
+    )
+    for t in range(1, 6):  # 45 kB/s (360 kbit/s) in 40 packets, 18 of them NACKed
+        video.stats.octets += 45_000
+        video.stats.packets += 40
+        video.stats.nacked += 18
+        bw._measure_sent([video], float(t))  # type: ignore[list-item]
+    assert bw._raw_loss() == pytest.approx(0.45, abs=0.01)
+    bw._feed_loss([downtrack(0.35, 700.0)], 5.0)  # type: ignore[list-item]
+    assert bw.overflow.capacity() == pytest.approx(bw.estimator.sent_bps * 0.55, rel=0.02)
+    assert bw.overflow.capacity() < 210_000  # not 234, which let the teacher in
+    bw.close()
+
+
+def test_the_reports_of_a_draining_queue_make_no_new_reading() -> None:
+    """256kbit-10pct, agent: after a reading cut the rate, the next reports still
+    counted the flood's losses, now against the lower rate: 320, 135, 125, then 75
+    kbit/s, and the courseware paused for 40 s. A round trip and a report later, what
+    is lost is what we send now."""
+    watch = watch_with_floor()
+    overflow_at(watch, 10.0)
+    first = watch.capacity()
+    assert not watch.on_report(0.4, 500_000, 500_000, 520.0, 11.0)
+    assert not watch.on_report(0.4, 400_000, 400_000, 520.0, 11.9)
+    assert watch.capacity() == first and watch.overflows == 1
+    assert watch.on_report(0.4, 400_000, 400_000, 520.0, 12.1)
+    assert watch.capacity() == pytest.approx(400_000 * 0.6)
+
+
 def test_the_floor_is_the_lowest_round_trip_of_the_last_minute() -> None:
     watch = OverflowWatch()
     for t, rtt in [(0.0, 330.0), (1.0, 500.0), (2.0, 340.0)]:
@@ -428,6 +467,19 @@ async def test_a_step_that_lets_no_layer_in_waits_longer_and_ever_longer_when_it
     watch.start_retest(step=True)
     watch.end_retest(t + 4.0, 1_400_000)
     assert watch.step_due(t + 4.0 + RETEST_AFTER_PASS_S)
+
+
+def test_a_pass_that_let_a_layer_in_is_no_reason_to_step_further() -> None:
+    """1mbit-5pct-300ms, agent (822a6fb): a retest let the courseware's full layer in at
+    941 kbit/s; 5 s later a step padded 1.3x over the full line and stopped the teacher
+    for 3 s and the courseware for 2."""
+    watch = watch_with_floor()
+    overflow_at(watch, 10.0)
+    t = 10.0 + STEP_KEEP_S + 5.0  # the reading's own step wait is over
+    watch.start_retest(step=False)
+    watch.end_retest(t, 941_000)
+    assert watch.retest_due(t + RETEST_AFTER_PASS_S)  # a retest to a rise may come
+    assert not watch.step_due(t + STEP_KEEP_S - 0.1) and watch.step_due(t + STEP_KEEP_S)
 
 
 async def test_a_climb_to_a_paused_picture_reaches_further_with_each_pass() -> None:
