@@ -366,6 +366,11 @@ def _mids(window: list[dict[str, Any]], name: str) -> set[str]:
     }
 
 
+def _missing_audio(a: tuple[float, dict[str, Any]], b: tuple[float, dict[str, Any]]) -> float:
+    """The share of the audio between two reports (time, track) that never arrived."""
+    return max(0.0, 1 - _grew(a[1]["samples"], b[1]["samples"]) / (48000 * (b[0] - a[0])))
+
+
 def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, Any]:
     """Per-source figures from the point agent's 1-s quality reports after ``start`` (wall s).
 
@@ -399,6 +404,8 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
             sources[name] = {
                 "kind": "audio",
                 "missing_share": round(max(0.0, 1 - got / (48000 * seconds)), 4),
+                # Where the missing audio fell: each second's share, as fps_per_second.
+                "missing_per_second": [round(_missing_audio(a, b), 3) for a, b in pairs],
             }
             continue
         per_second = [_grew(a[1]["frames"], b[1]["frames"]) / (b[0] - a[0]) for a, b in pairs]

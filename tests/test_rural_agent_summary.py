@@ -27,3 +27,16 @@ def test_counters_restarting_at_zero_count_what_the_new_meter_got() -> None:
     assert sources["classroom_mic"]["missing_share"] == 0.0
     assert sources["teacher_camera"]["fps_mean"] == 10.0
     assert sources["teacher_camera"]["no_new_frame_share"] == 0.0
+
+
+def test_each_seconds_missing_audio_is_placed() -> None:
+    # Full audio, then half a second missing, then full again.
+    reports = [
+        report(0, 0, 0),
+        report(1, 48_000, 10),
+        report(2, 72_000, 20),
+        report(3, 120_000, 30),
+    ]
+    audio = summarise_agent(reports, start=0)["sources"]["classroom_mic"]
+    assert audio["missing_per_second"] == [0.0, 0.5, 0.0]
+    assert audio["missing_share"] == round(0.5 / 3, 4)
