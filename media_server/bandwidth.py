@@ -27,7 +27,7 @@ from media_server.allocator import (
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import INITIAL_BPS, DownlinkEstimator
-from media_server.overflow import RETEST_GROWTH, OverflowWatch
+from media_server.overflow import RETEST_GROWTH, OverflowWatch, SendLog
 from media_server.pacer import PACING_FACTOR, Pacer, PriorityLane
 from media_server.probe import CLUSTER_S, WORTH_PROBING, Probe, ProbeController
 from media_server.sink import PacketSink
@@ -71,9 +71,6 @@ RETEST_FROM = 0.95
 # their way (1mbit-5pct-300ms: the courseware's full layer came in as a retest began;
 # its keyframe and the padding overflowed the line and the courseware stood still 8 s).
 SETTLE_S = 5.0
-# The loss before repairs (from NACKs) is read over at least this many video packets a
-# second (a 256 kbit/s point gets 30-40).
-RAW_LOSS_MIN_PPS = 10.0
 # Transport-cc loss is read once a tick over at least this many reported packets.
 MIN_LOSS_PACKETS = 20
 CALM_S = 60.0
@@ -130,11 +127,9 @@ class SubscriberBandwidth:
         self._hold_s = HOLD_S
         self._last_tick: float | None = None
         self._octets: dict[int, int] = {}  # out SSRC -> octets sent at the last tick
-        # Video: out SSRC -> (packets sent, of them NACKed) at the last tick, and the
-        # smoothed rates of both (packets/s): the loss before our repairs.
+        # Video: out SSRC -> (packets sent, of them NACKed) at the last tick.
         self._video_marks: dict[int, tuple[int, int]] = {}
-        self._video_pps = 0.0
-        self._nacked_pps = 0.0
+        self.sent_log = SendLog()
         self._started: set[str] = set()
         self._announced: Any = None
         self.estimate_bps = start
@@ -413,12 +408,13 @@ class SubscriberBandwidth:
         est = self.estimator
         if self._last_tick is not None and now > self._last_tick:
             elapsed = now - self._last_tick
-            total = 0.0
+            total = rate_sum = 0.0
             for d in downtracks:
                 before = self._octets.get(d.ssrc, d.stats.octets)
                 rate = (d.stats.octets - before) * 8 / elapsed
                 est.stream_bps[d.ssrc] = 0.5 * est.stream_bps.get(d.ssrc, rate) + 0.5 * rate
                 total += est.stream_bps[d.ssrc]
+                rate_sum += rate
             est.sent_bps = total
             if total > 0 and est.started_at is None:
                 est.started_at = now
@@ -429,8 +425,7 @@ class SubscriberBandwidth:
                     if mark is not None:
                         packets += d.stats.packets + d.stats.probes - mark[0]
                         nacked += d.stats.nacked - mark[1]
-            self._video_pps = 0.5 * self._video_pps + 0.5 * packets / elapsed
-            self._nacked_pps = 0.5 * self._nacked_pps + 0.5 * nacked / elapsed
+            self.sent_log.add(self._last_tick, now, rate_sum, packets / elapsed, nacked / elapsed)
         self._octets = {d.ssrc: d.stats.octets for d in downtracks}
         self._video_marks = {
             d.ssrc: (d.stats.packets + d.stats.probes, d.stats.nacked)
@@ -438,16 +433,6 @@ class SubscriberBandwidth:
             if d.source is not None and d.source.kind == "video"
         }
         self._last_tick = now
-
-    def _raw_loss(self) -> float | None:
-        """The share of video packets lost on the line before our repairs, from what the
-        receiver NACKed (None: too few packets to tell). A receiver report counts a
-        repaired packet as received: on a 256 kbit/s line a start-up flood with half its
-        packets lost read 15-35 %, and a reading of 288-327 kbit/s let the teacher's
-        picture in beside the courseware, frozen under "live"."""
-        if self._video_pps < RAW_LOSS_MIN_PPS:
-            return None
-        return min(1.0, self._nacked_pps / self._video_pps)
 
     def _feed_loss(self, downtracks: Sequence[DownTrack], now: float) -> None:
         delay = self._delay
@@ -469,6 +454,7 @@ class SubscriberBandwidth:
             return
         weight = lost = 0.0
         rtt: float | None = None
+        report_rtt = 0.0  # as measured: the reports waited in the uplink's queue too
         # A point's own camera can fill its uplink's queue (256kbit-10pct: its estimate
         # climbs past the line every 20 s): the round trip then says "queue" while the
         # downlink has none, and the line's random 14 % lost read as an overflow at 85
@@ -481,6 +467,7 @@ class SubscriberBandwidth:
                 weight += w
                 lost += d.stats.fraction_lost * w
                 if d.stats.rtt_ms is not None:
+                    report_rtt = max(report_rtt, d.stats.rtt_ms)
                     down_rtt = max(0.0, d.stats.rtt_ms - own_queue)
                     self.overflow.on_rtt(down_rtt, now)
                     rtt = max(rtt or 0.0, down_rtt)
@@ -501,9 +488,10 @@ class SubscriberBandwidth:
                 self.estimator.on_line_loss(loss, now)
             else:
                 self.estimator.on_loss(loss, now)
-            self.overflow.on_report(
-                loss, self.estimator.sent_bps, before, rtt, now, raw_loss=self._raw_loss()
-            )
+            # Read against what left when the reported packets did, a round trip ago.
+            then = self.sent_log.sent_then(now, report_rtt / 1000)
+            sent, raw = (then.bps, then.raw_loss) if then else (self.estimator.sent_bps, None)
+            self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw)
         if delay is None:
             # No probes and no delay detector measure this link: its overflows do.
             self.estimator.on_link_capacity(self.overflow.capacity())

@@ -45,6 +45,7 @@ counts).
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 from media_server.estimator import LOSS_HIGH
 
@@ -67,9 +68,13 @@ SENDING_SHARE = 0.6
 FLOOD_LOSS = 0.3
 OUTAGE_LOSS = 0.8
 START_S = 30.0
-# After a reading, the reports of this long and a round trip still count what was sent
-# before it (aiortc reports every 0.5-1.5 s).
-DRAIN_S = 1.5
+# The loss before repairs (from NACKs) is read over at least this many video packets a
+# second (a 256 kbit/s point gets 30-40).
+RAW_LOSS_MIN_PPS = 10.0
+# A receiver report covers about this long of what we sent, a round trip before it
+# arrives (aiortc reports every 0.5-1.5 s).
+REPORT_SPAN_S = 1.0
+LOG_S = 6.0
 # A retest pads up to this multiple of the kept capacity (at most what the sources want).
 RETEST_GROWTH = 1.3
 # A retest fails on a report with more than this lost: an overflowing drop-tail queue
@@ -172,12 +177,6 @@ class OverflowWatch:
             return False
         if sent_bps < SENDING_SHARE * estimate_bps:
             return False
-        if now - self._read_at < DRAIN_S + (rtt_ms or 0.0) / 1000:
-            # These reports still count what was sent before the last reading cut the
-            # rate, as the queue drained: read against what we send now, three of them
-            # took a 256 kbit/s line from 320 to 75 kbit/s and paused the courseware
-            # for 40 s.
-            return False
         if self._passed_at > self._read_at:
             # The first overflow after a retest the line carried: soon after, the layer
             # it let in does not fit after all, and the line is asked again ever more
@@ -259,3 +258,55 @@ class OverflowWatch:
     @property
     def keep_s(self) -> float:
         return self._keep_s
+
+
+@dataclass(frozen=True)
+class SentThen:
+    """What we sent over the time a receiver report covers."""
+
+    bps: float
+    video_pps: float
+    raw_loss: float | None  # of the video, before our repairs (None: too few packets)
+
+
+class SendLog:
+    """What the subscriber's control loop sent, tick by tick, so that a receiver report
+    is read against the packets it counts: those that left a round trip before it came.
+
+    Read against what we send now, the reports after a reading still counted the
+    flood's losses against the cut rate: 320, 135, 125, then 75 kbit/s on a 256 kbit/s
+    line, and the courseware paused for 40 s (256kbit-10pct, agent). The loss a report
+    gives counts a repaired packet as received (a flood that lost half its packets read
+    15-35 %); what the receiver NACKed, against the video packets sent then, is the
+    loss on the line.
+    """
+
+    def __init__(self) -> None:
+        # (start, end, bits/s, video packets/s, NACKed/s) of each tick.
+        self._ticks: deque[tuple[float, float, float, float, float]] = deque()
+
+    def add(self, start: float, end: float, bps: float, video_pps: float, nacked_ps: float) -> None:
+        self._ticks.append((start, end, bps, video_pps, nacked_ps))
+        while self._ticks and self._ticks[0][1] < end - LOG_S:
+            self._ticks.popleft()
+
+    def sent_then(self, now: float, rtt_s: float) -> SentThen | None:
+        """What left over the REPORT_SPAN_S before `now - rtt_s` (None: not logged),
+        and the loss before repairs that the NACKs of the last tick say."""
+        if not self._ticks:
+            return None
+        hi = now - rtt_s
+        lo = hi - REPORT_SPAN_S
+        covered = bits = packets = 0.0
+        for start, end, bps, pps, _ in self._ticks:
+            overlap = min(end, hi) - max(start, lo)
+            if overlap > 0:
+                covered += overlap
+                bits += bps * overlap
+                packets += pps * overlap
+        if covered < REPORT_SPAN_S / 2:
+            return None
+        pps = packets / covered
+        nacked = self._ticks[-1][4]  # NACKs come back with the reports of the same packets
+        raw = min(1.0, nacked / pps) if pps >= RAW_LOSS_MIN_PPS else None
+        return SentThen(bits / covered, pps, raw)

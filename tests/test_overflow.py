@@ -119,43 +119,53 @@ def test_only_a_queue_we_filled_is_an_overflow(sent: int, estimate: int, overflo
     assert watch.on_report(0.16, sent, estimate, 231.0, 10.0) is overflow
 
 
+def sending(bw: SubscriberBandwidth, ticks: range, kbps: int, nacked_share: float) -> None:
+    """The control loop's ticks while one video goes out at `kbps` in 1,000-byte
+    packets, of which the receiver NACKs `nacked_share`."""
+    video = getattr(bw, "_test_video", None)
+    if video is None:
+        stats = SimpleNamespace(octets=0, packets=0, probes=0, nacked=0)
+        video = SimpleNamespace(ssrc=1, source=SimpleNamespace(kind="video"), stats=stats)
+        bw._test_video = video  # type: ignore[attr-defined]
+    for t in ticks:
+        video.stats.octets += kbps * 125
+        video.stats.packets += kbps // 8
+        video.stats.nacked += round(kbps // 8 * nacked_share)
+        bw._measure_sent([video], float(t))
+
+
 def test_a_reading_counts_what_the_line_lost_before_our_repairs() -> None:
     """256kbit-10pct, agent: the receiver counts a repaired packet as received, so a
     flood that lost half its packets read 15-35 % lost, and the line at 288-327 kbit/s:
     the teacher's picture came in beside the courseware and stood frozen under "live".
     What the receiver NACKed is the loss on the line."""
     bw = SubscriberBandwidth(MemorySink(), initial_bps=500_000)
-    video = SimpleNamespace(
-        ssrc=1,
-        source=SimpleNamespace(kind="video"),
-        loss_fresh=False,
-        stats=SimpleNamespace(octets=0, packets=0, probes=0, nacked=0, fraction_lost=0.0),
-    )
-    for t in range(1, 6):  # 45 kB/s (360 kbit/s) in 40 packets, 18 of them NACKed
-        video.stats.octets += 45_000
-        video.stats.packets += 40
-        video.stats.nacked += 18
-        bw._measure_sent([video], float(t))  # type: ignore[list-item]
-    assert bw._raw_loss() == pytest.approx(0.45, abs=0.01)
+    sending(bw, range(6), 360, 0.45)
+    then = bw.sent_log.sent_then(5.0, 0.7)
+    assert then is not None and then.raw_loss == pytest.approx(0.45, abs=0.01)
     bw._feed_loss([downtrack(0.35, 700.0)], 5.0)  # type: ignore[list-item]
-    assert bw.overflow.capacity() == pytest.approx(bw.estimator.sent_bps * 0.55, rel=0.02)
-    assert bw.overflow.capacity() < 210_000  # not 234, which let the teacher in
+    assert bw.overflow.capacity() == pytest.approx(360_000 * 0.55, rel=0.02)
     bw.close()
 
 
-def test_the_reports_of_a_draining_queue_make_no_new_reading() -> None:
+def test_a_report_is_read_against_what_left_when_its_packets_did() -> None:
     """256kbit-10pct, agent: after a reading cut the rate, the next reports still
-    counted the flood's losses, now against the lower rate: 320, 135, 125, then 75
-    kbit/s, and the courseware paused for 40 s. A round trip and a report later, what
-    is lost is what we send now."""
-    watch = watch_with_floor()
-    overflow_at(watch, 10.0)
-    first = watch.capacity()
-    assert not watch.on_report(0.4, 500_000, 500_000, 520.0, 11.0)
-    assert not watch.on_report(0.4, 400_000, 400_000, 520.0, 11.9)
-    assert watch.capacity() == first and watch.overflows == 1
-    assert watch.on_report(0.4, 400_000, 400_000, 520.0, 12.1)
-    assert watch.capacity() == pytest.approx(400_000 * 0.6)
+    counted the flood's losses, read against what we sent now: 320, 135, 125, then 75
+    kbit/s, and the courseware paused for 40 s. Against what left a round trip
+    earlier, they read the line as the first did; once they count what we send now,
+    they read that."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=700_000)
+    sending(bw, range(6), 600, 0.6)
+    bw._feed_loss([downtrack(0.5, 800.0)], 5.0)  # type: ignore[list-item]  # the flood
+    first = bw.overflow.capacity()
+    assert first == pytest.approx(600_000 * 0.4, rel=0.02)
+    sending(bw, range(6, 7), 240, 0.6)  # the cut; the flood's NACKs still come back
+    bw._feed_loss([downtrack(0.5, 800.0)], 6.0)  # type: ignore[list-item]
+    assert bw.overflow.capacity() == pytest.approx(first, rel=0.15)  # not 120 kbit/s
+    sending(bw, range(7, 10), 240, 0.5)
+    bw._feed_loss([downtrack(0.45, 800.0)], 9.0)  # type: ignore[list-item]
+    assert bw.overflow.capacity() == pytest.approx(240_000 * 0.5, rel=0.02)
+    bw.close()
 
 
 def test_the_floor_is_the_lowest_round_trip_of_the_last_minute() -> None:
