@@ -264,7 +264,14 @@ class SubscriberBandwidth:
             # reading would overshoot what the line carries now (256kbit-10pct: a retest
             # from 239 kbit/s padded for 327 x 1.3, and the courseware stood 4 s).
             return
-        needs = [b / ALLOCATION_SHARE for b in rise_budgets(candidates)]
+        # What is sent now may cost more than the estimate's share (what is sent stays
+        # while it fits, KEEP_SHARE): reaching for that cost lets nothing new in
+        # (1mbit-5pct-300ms: a retest padded the full line from 898 to 945 kbit/s, the
+        # layers stayed as they were, and the audio lost 8 packets in its queue).
+        now_costs = sum(
+            layer_bps(c, c.current) for c in candidates if c.current and not c.user_paused
+        )
+        needs = [b / ALLOCATION_SHARE for b in rise_budgets(candidates) if b > now_costs]
         wanted = [n for n in needs if n > WORTH_PROBING * capacity]
         if not wanted:
             return

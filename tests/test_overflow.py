@@ -11,7 +11,7 @@ import pytest
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
 
 from media_server import bandwidth
-from media_server.allocator import Candidate, rise_budgets
+from media_server.allocator import Candidate, allocate, rise_budgets
 from media_server.bandwidth import ALLOCATION_SHARE, NACK_MIN, SubscriberBandwidth
 from media_server.downtrack import DownTrack
 from media_server.estimator import DownlinkEstimator
@@ -390,6 +390,14 @@ LESSON = [
 
 # The same, every picture shown (the teacher's 360p, the courseware, the board's low).
 SHOWN = [replace(c, current=x) for c, x in zip(LESSON, "hmhl", strict=True)]
+# The same with the courseware on its low layer: its full layer is the next rise.
+COURSEWARE_LOW = [replace(c, current=x) for c, x in zip(LESSON, "hmll", strict=True)]
+
+
+def shown_at(capacity: float) -> list[Candidate]:
+    """The lesson as the allocator shows it on a line read at `capacity`."""
+    decisions = allocate(int(capacity * ALLOCATION_SHARE), LESSON, hold=False)
+    return [replace(c, current=decisions[c.key].layer, started=True) for c in LESSON]
 
 
 def test_the_rises_of_a_lesson_are_where_its_allocation_gets_better() -> None:
@@ -426,7 +434,7 @@ async def test_a_retest_climbs_to_the_furthest_rise_within_its_reach(
     capacity: float, target: float
 ) -> None:
     bw = read_at(capacity)
-    bw._maybe_retest(SHOWN, 100.0)
+    bw._maybe_retest(shown_at(capacity), 100.0)
     assert bw._retest is not None and bw._retest.target_bps == pytest.approx(target)
     bw.close()
 
@@ -516,6 +524,16 @@ async def test_a_climb_to_a_paused_picture_reaches_further_with_each_pass() -> N
     bw.close()
 
 
+def test_no_retest_for_what_is_already_sent() -> None:
+    """1mbit-5pct-300ms, agent: every picture shown at 932 kbit/s, more than the
+    share of a 900 kbit/s reading (kept while it fits); a retest padded the full line
+    to what they already cost and let nothing new in."""
+    bw = read_at(900_000)
+    bw._maybe_retest(SHOWN, 0.5 + KEEP_S)
+    assert bw._retest is None
+    bw.close()
+
+
 def test_no_retest_when_every_source_already_fits() -> None:
     bw = read_at(2_400_000)  # every source at its best: 2.41 Mbit/s
     bw._maybe_retest(SHOWN, 100.0)
@@ -577,7 +595,7 @@ async def test_a_retest_pads_up_to_the_kept_reading_and_its_reports_decide(
     capacity = bw.overflow.capacity()
     assert capacity == pytest.approx(1_240_000 * 0.74)
     est.sent_bps = 800_000
-    bw._maybe_retest(SHOWN, now)
+    bw._maybe_retest(COURSEWARE_LOW, now)
     target = (714_000 + 218_000) / ALLOCATION_SHARE
     assert bw.describe()["retests"]["running"]
     assert bw.pacer._rate == pytest.approx(int(target) * PACING_FACTOR / 8)  # paced to it
@@ -639,7 +657,7 @@ async def test_a_retest_stops_padding_at_the_nacks_of_its_overflow(
     lossy_report(bw.overflow, now - KEEP_S - 2.0)
     assert bw.overflow.on_report(0.25, 1_200_000, 1_200_000, 520.0, now - KEEP_S - 1.0)
     bw.estimator.sent_bps = 800_000
-    bw._maybe_retest(SHOWN, now)
+    bw._maybe_retest(COURSEWARE_LOW, now)
     assert bw._retest is not None
 
     def padded() -> int:
