@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 NTP_FRACTION = float(1 << 32)
 DEFAULT_RTT_S = 0.1
 RESENT_MEMORY = 1024
+NACKED_KEPT = 2048  # a retest's packets: ~2.5 s at up to 800 packets/s
 # A padding-only payload (RFC 3550 5.1): its last byte says how many bytes to drop.
 PADDING = bytes(239) + bytes([240])
 # One subscriber's repair keyframe requests (PLI/FIR, unrepairable loss): at most one a
@@ -164,6 +166,9 @@ class DownTrack:
         self.loss_fresh = False  # a receiver report arrived since the control loop looked
         self._resent: dict[int, float] = {}  # out seq -> when we last resent it
         self._nacked_top: int | None = None  # the highest sequence number NACKed
+        # The latest sequence numbers NACKed (first asks only): a retest's verdict counts
+        # what the line lost of its own packets (media_server/bandwidth.py).
+        self.nacked_seqs: deque[int] = deque(maxlen=NACKED_KEPT)
         self.mid = mid
         self.ssrc = ssrc
         self.payload_type = payload_type
@@ -365,6 +370,7 @@ class DownTrack:
                 if top is None or 0 < (oseq - top) & 0xFFFF < 0x8000:
                     self.stats.nacked += 1
                     self._nacked_top = oseq
+                    self.nacked_seqs.append(oseq)
                 self.retransmit(oseq)
         elif isinstance(packet, RtcpPsfbPacket):
             if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
@@ -501,6 +507,15 @@ class DownTrack:
         self._write(0, out[0], out[1], abs_send_time(time.time()), PADDING, padded=True)
         self.stats.probes += 1
         return len(PADDING) + 40
+
+    def next_seq(self) -> int:
+        """The sequence number the next packet out will take."""
+        return (self.forwarder.last_seq + 1) & 0xFFFF
+
+    def nacked_between(self, first: int, end: int) -> int:
+        """How many sequence numbers from `first` up to `end` (not included) were NACKed."""
+        span = (end - first) & 0xFFFF
+        return sum(1 for seq in self.nacked_seqs if (seq - first) & 0xFFFF < span)
 
     # -- sender reports -------------------------------------------------------------------
 

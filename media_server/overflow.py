@@ -74,6 +74,8 @@ RAW_LOSS_MIN_PPS = 10.0
 # A receiver report covers about this long of what we sent, a round trip before it
 # arrives (aiortc reports every 0.5-1.5 s).
 REPORT_SPAN_S = 1.0
+# The line's own loss, before a retest, is read over this long.
+LOSS_SPAN_S = 5.0
 LOG_S = 6.0
 # A retest pads up to this multiple of the kept capacity (at most what the sources want).
 RETEST_GROWTH = 1.3
@@ -289,6 +291,16 @@ class SendLog:
         self._ticks.append((start, end, bps, video_pps, nacked_ps))
         while self._ticks and self._ticks[0][1] < end - LOG_S:
             self._ticks.popleft()
+
+    def recent_loss(self, now: float, span_s: float = LOSS_SPAN_S) -> float | None:
+        """The video's loss before repairs over the last `span_s` (None: too few packets)."""
+        packets = nacked = 0.0
+        for start, end, _, pps, nacked_ps in self._ticks:
+            overlap = min(end, now) - max(start, now - span_s)
+            if overlap > 0:
+                packets += pps * overlap
+                nacked += nacked_ps * overlap
+        return min(1.0, nacked / packets) if packets >= RAW_LOSS_MIN_PPS * span_s else None
 
     def sent_then(self, now: float, rtt_s: float) -> SentThen | None:
         """What left over the REPORT_SPAN_S before `now - rtt_s` (None: not logged),

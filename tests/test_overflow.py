@@ -678,6 +678,38 @@ async def test_a_retest_stops_padding_at_the_nacks_of_its_overflow(
     bw.close()
 
 
+@pytest.mark.parametrize(("nacked_share", "passes"), [(0.12, True), (0.18, False)])
+async def test_a_retest_fails_when_the_line_lost_more_of_its_packets_than_before(
+    nacked_share: float, passes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """256kbit-10pct, agent: a retest padding the line at 306 kbit/s read 10-17 % lost
+    in its reports (which count repaired packets as received), passed, and let the
+    teacher's picture in, where it came and went. The line's own 10 % is no verdict;
+    what it lost more of the retest's own packets, spread too thin for the NACK stop,
+    is."""
+    loop, bw, down, _ = retest_in_loop(monkeypatch, 1.0, 300_000)
+    now = loop.time()
+    for t in range(6):  # the seconds before: 40 video packets a second, 4 NACKed
+        bw.sent_log.add(now - 6.0 + t, now - 5.0 + t, 190_000, 40.0, 4.0)
+    bw.overflow.on_rtt(330.0, now - KEEP_S - 3.0)
+    lossy_report(bw.overflow, now - KEEP_S - 2.0)
+    assert bw.overflow.on_report(0.25, 400_000, 400_000, 520.0, now - KEEP_S - 1.0)
+    bw.estimator.sent_bps = 150_000
+    bw._maybe_retest(shown_at(300_000), now)
+    assert bw._retest is not None
+    first = down.next_seq()
+    await wait_for(lambda: bw._retest_seqs and bw._retest_seqs[0][2] is not None, 5, "padding")
+    end = bw._retest_seqs[0][2]
+    assert end is not None
+    sent = (end - first) & 0xFFFF
+    assert sent >= bandwidth.RETEST_MIN_PACKETS
+    lost = [(first + i) & 0xFFFF for i in range(0, sent, round(1 / nacked_share))]
+    down.on_rtcp(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=77, lost=lost))
+    await wait_for(lambda: bw._retest is None, 5, "the retest's verdict")
+    assert bw.describe()["retests"]["passed"] == (1 if passes else 0)
+    bw.close()
+
+
 def test_a_layer_that_overflows_after_every_passed_retest_is_tried_ever_more_rarely() -> None:
     """The padding fits but the layer it let in does not: each overflow soon after the
     reading was forgotten doubles its keep, up to KEEP_MAX_S, and a failed retest does
