@@ -530,19 +530,21 @@ class SubscriberBandwidth:
                 # must not also cut the estimate under the reading and lower a layer
                 # (1mbit-5pct-300ms: the courseware dropped to its low layer for good).
                 self.estimator.loss = loss
-            elif self.overflow.queue_free(rtt):
+            elif self.overflow.queue_free(rtt) or self.overflow.draining(report_rtt, now):
                 # Reported after our repairs, a few dozen packets a report: counted in
                 # full, a 256 kbit/s line with 10 % random loss wore the estimate down
                 # to its 64 kbit/s floor and the courseware stayed paused for a minute.
                 # An overflow (a queue and its losses) still cuts it, through the
-                # reading below.
+                # reading below. The reports of the queue a reading left count what
+                # was sent before it: the reading has the overflow, they do not.
                 self.estimator.on_line_loss(loss, now)
             else:
                 self.estimator.on_loss(loss, now)
             # Read against what left when the reported packets did, a round trip ago.
             then = self.sent_log.sent_then(now, report_rtt / 1000)
             sent, raw = (then.bps, then.raw_loss) if then else (self.estimator.sent_bps, None)
-            self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw)
+            if self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):
+                self.estimator.on_overflow(self.overflow.capacity() or 0.0)
         if delay is None:
             # No probes and no delay detector measure this link: its overflows do.
             self.estimator.on_link_capacity(self.overflow.capacity())

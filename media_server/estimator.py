@@ -209,6 +209,14 @@ class DownlinkEstimator:
             self._bps = capacity_bps
         self._clamp()
 
+    def on_overflow(self, capacity_bps: float) -> None:
+        """The link overflowed and carried `capacity_bps` (media_server/overflow.py): the
+        estimate is that, whatever the loss rule cut while the flood's reports came in
+        (at connect, 2.5 Mbit/s into a 256 kbit/s line: five lossy reports cut the
+        estimate to 74 kbit/s under a reading of 267, and the courseware stayed paused)."""
+        self._bps = capacity_bps
+        self.on_link_capacity(capacity_bps)
+
     def on_rtt(self, rtt_ms: float) -> None:
         self.rtt_ms = rtt_ms if self.rtt_ms is None else 0.8 * self.rtt_ms + 0.2 * rtt_ms
 

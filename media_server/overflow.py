@@ -196,6 +196,11 @@ class OverflowWatch:
         self.overflows += 1
         return True
 
+    def draining(self, rtt_ms: float | None, now: float) -> bool:
+        """The reports now still count packets sent before the last reading: the
+        overflow it read, not a new one."""
+        return now - self._read_at < (rtt_ms or 0.0) / 1000 + REPORT_SPAN_S
+
     def capacity(self) -> float | None:
         """What the link carried at its last overflow, or in the last retest it passed."""
         return self._capacity

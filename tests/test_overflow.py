@@ -168,6 +168,26 @@ def test_a_report_is_read_against_what_left_when_its_packets_did() -> None:
     bw.close()
 
 
+def test_the_estimate_is_the_reading_and_the_drain_cuts_nothing_more() -> None:
+    """256kbit-10pct, agent: after the start-up flood's reading (267 kbit/s), the loss
+    rule cut the estimate at each report of the queue it left, down to 74 kbit/s, and
+    the courseware stayed paused all minute (no retest starts under the reading)."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=700_000)
+    bw._feed_loss([downtrack(0.0, 330.0)], 0.5)  # type: ignore[list-item]  # the floor
+    sending(bw, range(6), 600, 0.6)
+    for t in (4.0, 5.0):  # a queue and its losses: the loss rule cuts, then a reading
+        bw._feed_loss([downtrack(0.5, 800.0)], t)  # type: ignore[list-item]
+    capacity = bw.overflow.capacity()
+    assert capacity == pytest.approx(600_000 * 0.4, rel=0.02)
+    assert bw.estimator.estimate(5.0).bps == int(capacity)
+    # The queue it read drains: its reports cut nothing more (against what left when
+    # their packets did, they read the same overflow again).
+    sending(bw, range(6, 7), 240, 0.6)
+    bw._feed_loss([downtrack(0.5, 800.0)], 5.9)  # type: ignore[list-item]
+    assert bw.estimator.estimate(5.9).bps >= int(capacity)
+    bw.close()
+
+
 def test_the_floor_is_the_lowest_round_trip_of_the_last_minute() -> None:
     watch = OverflowWatch()
     for t, rtt in [(0.0, 330.0), (1.0, 500.0), (2.0, 340.0)]:
