@@ -132,7 +132,8 @@ class SubscriberBandwidth:
         self._last_up = float("-inf")
         self._hold_s = HOLD_S
         self._last_tick: float | None = None
-        self._octets: dict[int, int] = {}  # out SSRC -> octets sent at the last tick
+        # Out SSRC -> (media, other) octets sent at the last tick.
+        self._octets: dict[int, tuple[int, int]] = {}
         # Video: out SSRC -> (packets sent, of them NACKed) at the last tick.
         self._video_marks: dict[int, tuple[int, int]] = {}
         self.sent_log = SendLog()
@@ -459,13 +460,13 @@ class SubscriberBandwidth:
         est = self.estimator
         if self._last_tick is not None and now > self._last_tick:
             elapsed = now - self._last_tick
-            total = rate_sum = 0.0
+            total = out_bps = 0.0
             for d in downtracks:
-                before = self._octets.get(d.ssrc, d.stats.octets)
+                before, extra = self._octets.get(d.ssrc, (d.stats.octets, d.stats.extra_octets))
                 rate = (d.stats.octets - before) * 8 / elapsed
                 est.stream_bps[d.ssrc] = 0.5 * est.stream_bps.get(d.ssrc, rate) + 0.5 * rate
                 total += est.stream_bps[d.ssrc]
-                rate_sum += rate
+                out_bps += rate + (d.stats.extra_octets - extra) * 8 / elapsed
             est.sent_bps = total
             if total > 0 and est.started_at is None:
                 est.started_at = now
@@ -476,8 +477,8 @@ class SubscriberBandwidth:
                     if mark is not None:
                         packets += d.stats.packets + d.stats.probes - mark[0]
                         nacked += d.stats.nacked - mark[1]
-            self.sent_log.add(self._last_tick, now, rate_sum, packets / elapsed, nacked / elapsed)
-        self._octets = {d.ssrc: d.stats.octets for d in downtracks}
+            self.sent_log.add(self._last_tick, now, out_bps, packets / elapsed, nacked / elapsed)
+        self._octets = {d.ssrc: (d.stats.octets, d.stats.extra_octets) for d in downtracks}
         self._video_marks = {
             d.ssrc: (d.stats.packets + d.stats.probes, d.stats.nacked)
             for d in downtracks

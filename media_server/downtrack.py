@@ -95,6 +95,9 @@ class DownTrackStats:
     # in each NACK it sends; only numbers past the highest reported so far count).
     nacked: int = 0
     retransmitted: int = 0
+    # Payload octets sent besides the media: retransmissions and padding (what the
+    # link carried too, when an overflow is read).
+    extra_octets: int = 0
     retransmit_refused: int = 0  # not cached, too soon after the last resend, or over budget
     probes: int = 0  # packets sent only to probe the link's headroom
     keyframe_requests: int = 0  # PLI/FIR from the receiver
@@ -442,6 +445,7 @@ class DownTrack:
             out_ts = self.forwarder.last_ts
             self._write(0, oseq, out_ts, abs_send_time(time.time()), PADDING, padded=True)
             self.stats.retransmitted += 1
+            self.stats.extra_octets += len(PADDING)
             return True
         seq = self.forwarder.source_seq(oseq)
         data = up.packet(seq) if up is not None and seq != DROP else None
@@ -481,6 +485,7 @@ class DownTrack:
             payload,
         )
         self.stats.retransmitted += 1
+        self.stats.extra_octets += len(payload)
         return True
 
     # -- probes -----------------------------------------------------------------------------
@@ -506,6 +511,7 @@ class DownTrack:
             return 0
         self._write(0, out[0], out[1], abs_send_time(time.time()), PADDING, padded=True)
         self.stats.probes += 1
+        self.stats.extra_octets += len(PADDING)
         return len(PADDING) + 40
 
     def next_seq(self) -> int:

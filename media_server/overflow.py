@@ -279,6 +279,9 @@ class SentThen:
 class SendLog:
     """What the subscriber's control loop sent, tick by tick, so that a receiver report
     is read against the packets it counts: those that left a round trip before it came.
+    What was sent is every payload, repairs and padding too: all of it took the line
+    (media alone read a 1 Mbit/s line at 696 kbit/s after a flood's repairs, and the
+    courseware's full layer was out of a retest's reach all lesson).
 
     Read against what we send now, the reports after a reading still counted the
     flood's losses against the cut rate: 320, 135, 125, then 75 kbit/s on a 256 kbit/s

@@ -119,16 +119,19 @@ def test_only_a_queue_we_filled_is_an_overflow(sent: int, estimate: int, overflo
     assert watch.on_report(0.16, sent, estimate, 231.0, 10.0) is overflow
 
 
-def sending(bw: SubscriberBandwidth, ticks: range, kbps: int, nacked_share: float) -> None:
+def sending(
+    bw: SubscriberBandwidth, ticks: range, kbps: int, nacked_share: float, repairs_kbps: int = 0
+) -> None:
     """The control loop's ticks while one video goes out at `kbps` in 1,000-byte
-    packets, of which the receiver NACKs `nacked_share`."""
+    packets, of which the receiver NACKs `nacked_share`, and repairs at `repairs_kbps`."""
     video = getattr(bw, "_test_video", None)
     if video is None:
-        stats = SimpleNamespace(octets=0, packets=0, probes=0, nacked=0)
+        stats = SimpleNamespace(octets=0, extra_octets=0, packets=0, probes=0, nacked=0)
         video = SimpleNamespace(ssrc=1, source=SimpleNamespace(kind="video"), stats=stats)
         bw._test_video = video  # type: ignore[attr-defined]
     for t in ticks:
         video.stats.octets += kbps * 125
+        video.stats.extra_octets += repairs_kbps * 125
         video.stats.packets += kbps // 8
         video.stats.nacked += round(kbps // 8 * nacked_share)
         bw._measure_sent([video], float(t))
@@ -145,6 +148,16 @@ def test_a_reading_counts_what_the_line_lost_before_our_repairs() -> None:
     assert then is not None and then.raw_loss == pytest.approx(0.45, abs=0.01)
     bw._feed_loss([downtrack(0.35, 700.0)], 5.0)  # type: ignore[list-item]
     assert bw.overflow.capacity() == pytest.approx(360_000 * 0.55, rel=0.02)
+    bw.close()
+
+
+def test_a_reading_counts_the_repairs_the_line_carried_too() -> None:
+    """1mbit-5pct-300ms, agent: a flood's repairs took a third of the line, and media
+    alone read it at 696 kbit/s: the courseware's full layer stayed out of reach."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=1_500_000)
+    sending(bw, range(6), 1000, 0.4, repairs_kbps=400)
+    bw._feed_loss([downtrack(0.35, 700.0)], 5.0)  # type: ignore[list-item]  # the flood
+    assert bw.overflow.capacity() == pytest.approx(1_400_000 * 0.6, rel=0.02)
     bw.close()
 
 
