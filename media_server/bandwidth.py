@@ -26,7 +26,7 @@ from media_server.allocator import (
 )
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
-from media_server.estimator import INITIAL_BPS, DownlinkEstimator
+from media_server.estimator import INITIAL_BPS, LOSS_HIGH, DownlinkEstimator
 from media_server.overflow import RETEST_GROWTH, OverflowWatch, SendLog
 from media_server.pacer import PACING_FACTOR, Pacer, PriorityLane
 from media_server.probe import CLUSTER_S, WORTH_PROBING, Probe, ProbeController
@@ -297,11 +297,14 @@ class SubscriberBandwidth:
         # steps, over 90 s with one failure among them); while every source is shown,
         # only a sharper layer would come of it, and a step overshooting a full line
         # costs its pictures.
+        # Only on a line that carried more lately (OverflowWatch.recovering): a line
+        # that never did is asked no more than 1.3x, and its steps wait.
         missing = any(c.kind == "video" and c.started and c.current is None for c in candidates)
-        climb = 1 + min(watch.passes_in_row, 2) if missing else 0
+        climbing = missing and watch.recovering(now)
+        climb = 1 + min(watch.passes_in_row, 2) if climbing else 0
         reach = RETEST_GROWTH ** (1 + climb) * capacity
         within = [n for n in wanted if n <= reach]
-        if not within and not missing and not watch.step_due(now):
+        if not within and not climbing and not watch.step_due(now):
             return
         target = within[-1] if within else reach
         self._retest = Probe(target_bps=target, started=now, ends=now + RETEST_S)
@@ -546,6 +549,13 @@ class SubscriberBandwidth:
             sent, raw = (then.bps, then.raw_loss) if then else (self.estimator.sent_bps, None)
             if self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):
                 self.estimator.on_overflow(self.overflow.capacity() or 0.0)
+            elif (
+                then
+                and self._retest is None
+                and loss <= LOSS_HIGH
+                and self.overflow.queue_free(rtt)
+            ):
+                self.overflow.note_carried(then.bps * (1 - loss), now)
         if delay is None:
             # No probes and no delay detector measure this link: its overflows do.
             self.estimator.on_link_capacity(self.overflow.capacity())

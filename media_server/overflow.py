@@ -95,8 +95,10 @@ RETEST_AFTER_PASS_S = 1.5
 STEP_KEEP_S = 90.0
 # A line that recovered waits at most this, a retest (~5 s) and the estimate's growth
 # (~25 s from 115 kbit/s to the board's layer) for its pictures; at 60 s the board of
-# tests/test_rural_link_netns.py came back in time in one run of two.
+# tests/test_rural_link_netns.py came back in time in one run of two. A line recovers
+# when it carried over RETEST_GROWTH times the reading in the last CARRIED_S.
 RETEST_KEEP_MAX_S = 40.0
+CARRIED_S = 300.0
 
 
 class OverflowWatch:
@@ -116,6 +118,9 @@ class OverflowWatch:
         self._retesting = False
         self._retest_failed = False
         self._high = False  # the last report lost more than LOSS_HIGH
+        # (when, bits/s) the line carried without a queue, decreasing: the front is the
+        # most of the last CARRIED_S (see recovering()).
+        self._carried: deque[tuple[float, float]] = deque()
         self.overflows = 0
         self.retests_passed = 0
         self.retests_failed = 0
@@ -201,6 +206,29 @@ class OverflowWatch:
         overflow it read, not a new one."""
         return now - self._read_at < (rtt_ms or 0.0) / 1000 + REPORT_SPAN_S
 
+    def note_carried(self, bps: float, now: float) -> None:
+        """The line delivered `bps` with no queue standing and little lost. Not in the
+        first START_S: a flood's first reports come before its queue shows."""
+        if self._age(now) < START_S:
+            return
+        carried = self._carried
+        while carried and carried[-1][1] <= bps:
+            carried.pop()
+        carried.append((now, bps))
+        while carried[0][0] < now - CARRIED_S:
+            carried.popleft()
+
+    def recovering(self, now: float) -> bool:
+        """The line carried well over the kept capacity in the last CARRIED_S: a thin
+        spell it may have come out of, worth climbing back from quickly. A line that
+        never carried more is not: steps padding a 256 kbit/s line at 1.69x the reading
+        stopped the courseware, its only picture, for 3-5 s each."""
+        carried = self._carried
+        while carried and carried[0][0] < now - CARRIED_S:
+            carried.popleft()
+        capacity = self._capacity
+        return bool(carried) and capacity is not None and carried[0][1] > RETEST_GROWTH * capacity
+
     def capacity(self) -> float | None:
         """What the link carried at its last overflow, or in the last retest it passed."""
         return self._capacity
@@ -235,7 +263,8 @@ class OverflowWatch:
         self._retesting = False
         if self._retest_failed:
             if self._passed_at < self._read_at:
-                self._keep_s = max(self._keep_s, min(2 * self._keep_s, RETEST_KEEP_MAX_S))
+                longest = RETEST_KEEP_MAX_S if self.recovering(now) else KEEP_MAX_S
+                self._keep_s = max(self._keep_s, min(2 * self._keep_s, longest))
             # (Else the line grew since the reading, and may go on growing: no longer
             # keep. A recovered line's one failed step in a climb kept it 40 s, and its
             # board came back only after 90 s.)

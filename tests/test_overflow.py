@@ -16,6 +16,7 @@ from media_server.bandwidth import ALLOCATION_SHARE, NACK_MIN, SubscriberBandwid
 from media_server.downtrack import DownTrack
 from media_server.estimator import DownlinkEstimator
 from media_server.overflow import (
+    CARRIED_S,
     FLOOR_WINDOW_S,
     KEEP_MAX_S,
     KEEP_S,
@@ -237,13 +238,28 @@ def retest(watch: OverflowWatch, t: float, *, carried: bool) -> bool:
     return watch.end_retest(t + 4.0, RETEST_GROWTH * capacity)
 
 
-def test_a_reading_is_retested_after_its_keep_and_kept_twice_as_long_when_it_holds() -> None:
+@pytest.mark.parametrize(
+    ("carried_before", "longest"),
+    [
+        # A line that carried 2 Mbit/s before its thin spell: cheap as a failed retest
+        # is, once it recovers it must not wait minutes for its pictures.
+        (2_000_000, RETEST_KEEP_MAX_S),
+        # A line that never carried more: each failed retest cost its pictures seconds.
+        (None, KEEP_MAX_S),
+    ],
+)
+def test_a_reading_is_retested_after_its_keep_and_kept_twice_as_long_when_it_holds(
+    carried_before: float | None, longest: float
+) -> None:
     watch = watch_with_floor()
-    overflow_at(watch, 10.0)
+    t0 = START_S + 5.0
+    if carried_before is not None:
+        watch.note_carried(carried_before, t0 - 1.0)
+    overflow_at(watch, t0)
     capacity = watch.capacity()
-    assert not watch.retest_due(10.0 + KEEP_S - 0.1)
+    assert not watch.retest_due(t0 + KEEP_S - 0.1)
     # The keep ran out: the reading still caps the estimate until a retest lifts it.
-    t = 10.0 + KEEP_S
+    t = t0 + KEEP_S
     keeps = []
     for _ in range(6):
         assert watch.retest_due(t) and watch.capacity() == capacity
@@ -251,9 +267,17 @@ def test_a_reading_is_retested_after_its_keep_and_kept_twice_as_long_when_it_hol
         keeps.append(watch.keep_s)
         assert not watch.retest_due(t + 4.0 + watch.keep_s - 0.1)
         t += 4.0 + watch.keep_s
-    # Cheap as a failed retest is, a line that recovered must not wait minutes for it.
-    assert keeps == [2 * KEEP_S] + [RETEST_KEEP_MAX_S] * 5
+    assert keeps == [min(KEEP_S * 2**i, longest) for i in range(1, 7)]
     assert watch.retests_failed == 6 and watch.capacity() == capacity
+
+
+def test_the_line_carried_more_only_without_a_queue_and_after_the_start() -> None:
+    watch = watch_with_floor()
+    overflow_at(watch, 40.0)  # read at 900 kbit/s
+    watch.note_carried(2_000_000, 5.0)  # a flood's first report, before its queue shows
+    assert not watch.recovering(41.0)
+    watch.note_carried(2_000_000, 35.0)
+    assert watch.recovering(41.0) and not watch.recovering(35.0 + CARRIED_S + 1.0)
 
 
 @pytest.mark.parametrize(
@@ -492,11 +516,16 @@ async def test_a_step_that_lets_no_layer_in_waits_longer_and_ever_longer_when_it
     stopped the teacher's and the courseware's pictures for 3 s."""
     bw = read_at(1_100_000)
     shown = SHOWN
-    bw._maybe_retest(shown, 0.5 + KEEP_S)
+    t = START_S + 1.0
+    bw._maybe_retest(shown, t)
     assert bw._retest is None  # a step, not due yet
-    # While a picture is paused for bandwidth (the board), the step is worth it now.
+    # Nor while a picture is paused for bandwidth (the board) on a line that never
+    # carried more; on one that did, lately, the step is worth it now.
     board_paused = [*shown[:3], replace(shown[3], current=None)]
-    bw._maybe_retest(board_paused, 0.5 + KEEP_S)
+    bw._maybe_retest(board_paused, t)
+    assert bw._retest is None
+    bw.overflow.note_carried(2_000_000, t)
+    bw._maybe_retest(board_paused, t)
     assert bw._retest is not None
     bw.close()
     bw = read_at(1_100_000)
@@ -539,6 +568,7 @@ async def test_a_climb_to_a_paused_picture_reaches_further_with_each_pass() -> N
     after more than 90 s."""
     bw = read_at(226_000)
     watch = bw.overflow
+    watch.note_carried(1_500_000, 90.0)  # before the thin spell
     paused = [replace(c, current=None) for c in LESSON[1:]]
     targets = []
     t = 100.0
@@ -722,6 +752,8 @@ async def test_a_retest_fails_when_the_line_lost_more_of_its_packets_than_before
     is."""
     loop, bw, down, _ = retest_in_loop(monkeypatch, 1.0, 300_000)
     now = loop.time()
+    bw.overflow.on_rtt(330.0, now - START_S - 5.0)
+    bw.overflow.note_carried(1_000_000, now - 1.0)  # (a recovered line: climbs at 1.69x)
     for t in range(6):  # the seconds before: 40 video packets a second, 4 NACKed
         bw.sent_log.add(now - 6.0 + t, now - 5.0 + t, 190_000, 40.0, 4.0)
     bw.overflow.on_rtt(330.0, now - KEEP_S - 3.0)
