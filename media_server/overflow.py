@@ -17,8 +17,9 @@ An overflow is a report with more than `LOSS_HIGH` lost while the round trip sta
 `SENDING_SHARE` of the estimate: random loss on a line with an empty queue is not one,
 nor is a queue we did not fill (sending 35 kbit/s of a 73 kbit/s estimate on a 256
 kbit/s line whose round trip the point's own uplink stretched: that reading pinned the
-estimate at its 64 kbit/s floor). What got through then (sent, less what was lost) is the
-link's capacity, and growth without evidence stops there, as it does at a capacity the
+estimate at its 64 kbit/s floor). What got through then (what left when the reported
+packets did, less what the line lost of it before our repairs: `SendLog`) is the link's
+capacity, and growth without evidence stops there, as it does at a capacity the
 transport-cc detector measured. After `KEEP_S` the reading is retested rather than
 forgotten: the subscriber's control loop pads what it sends up to a little above the
 capacity for a few seconds (media_server/bandwidth.py), and up to what the next better
@@ -35,8 +36,9 @@ lost with it (retests that doubled their reach after each pass padded a 1 Mbit/s
 a step every `RETEST_AFTER_PASS_S` and a retest. Padding costs no picture: a
 retest the line cannot carry fills its queue for a second or two (its padding stops at
 the first report that says so), and then the reading stands twice as long, up to
-`RETEST_KEEP_MAX_S`: cheap as a retest is, a line that has recovered must not wait
-minutes for its pictures. A layer that overflows soon after the retest that let it in
+`RETEST_KEEP_MAX_S` on a line that carried more lately (`recovering`): cheap as a retest
+is, a line that has recovered must not wait minutes for its pictures; on one that never
+did, up to `KEEP_MAX_S`. A layer that overflows soon after the retest that let it in
 is tried ever more rarely (up to `KEEP_MAX_S`). A retest fails on loss above
 `RETEST_LOSS` in its reports (or, sooner, on the NACKs the subscriber's control loop
 counts).
