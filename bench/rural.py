@@ -409,7 +409,11 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
             }
             continue
         per_second = [_grew(a[1]["frames"], b[1]["frames"]) / (b[0] - a[0]) for a, b in pairs]
-        paused_now = [bool(b[1].get("paused")) for _, b in itertools.pairwise(series)]
+        # Labelled: paused, or resumed and waiting for its first new frame (the agent
+        # says "resuming" over the last one).
+        paused_now = [
+            bool(b[1].get("paused") or b[1].get("resuming")) for _, b in itertools.pairwise(series)
+        ]
         p50s = [t["latency_p50_ms"] for _, t in series if t.get("latency_p50_ms") is not None]
         p95s = [t["latency_p95_ms"] for _, t in series if t.get("latency_p95_ms") is not None]
         sources[name] = {

@@ -104,6 +104,9 @@ class ClassroomAgent:
         self._track_sources: dict[str, str] = {}
         # The SFU's latest `allocation`: track id -> {layer, paused, reason}.
         self.allocation: dict[str, dict[str, Any]] = {}
+        # Pictures the SFU resumed whose first new frame has not come: until it does, the
+        # last frame still shows, and it says so (see RESUMING).
+        self.resuming: set[str] = set()
         self._last_media_at = 0.0
         self._client: LessonClient | None = None
         self.record = record
@@ -362,7 +365,11 @@ class ClassroomAgent:
                 frame = await track.recv()
                 self._last_media_at = loop.time()
                 quality.add_frame(frame)
+                resumed = name in self.resuming
+                self.resuming.discard(name)
                 if self.window is not None and track.kind == "video" and not self.window.closed:
+                    if resumed:
+                        self.window.set_notice(name, None)
                     self.window.show(name, label, frame)
         except (MediaStreamError, asyncio.CancelledError):
             pass
@@ -401,12 +408,20 @@ class ClassroomAgent:
         tracks = message.get("tracks")
         if not isinstance(tracks, list):
             return
+        before = self.allocation
         self.allocation = {
             str(t.get("track")): t for t in tracks if isinstance(t, dict) and t.get("track")
         }
+        for name, entry in self.allocation.items():
+            if entry.get("paused"):
+                self.resuming.discard(name)
+            elif before.get(name, {}).get("paused"):
+                # Its next keyframe is seconds away on a thin line (256kbit-10pct: 1-2 s
+                # of the last picture, before it, under no notice at all).
+                self.resuming.add(name)
         if self.window is not None and not self.window.closed:
             for name, entry in self.allocation.items():
-                self.window.set_notice(name, pause_text(entry))
+                self.window.set_notice(name, pause_text(entry, resuming=name in self.resuming))
 
     # -- following the SFU's publish feedback -------------------------------------------
 
@@ -498,6 +513,7 @@ class ClassroomAgent:
                     "source": self._track_sources.get(name, ""),
                     "layer": self.allocation.get(name, {}).get("layer"),
                     "paused": bool(self.allocation.get(name, {}).get("paused")),
+                    "resuming": name in self.resuming,
                     "pause_reason": self.allocation.get(name, {}).get("reason"),
                     **({"buffer": buffers[name]} if name in buffers else {}),
                 }
@@ -573,12 +589,14 @@ def use_frame_buffers(pc: RTCPeerConnection) -> None:
 
 PAUSED_BANDWIDTH = "画面已暂停：网络带宽不足 / Paused: low bandwidth"
 PAUSED = "画面已暂停 / Paused"
+RESUMING = "画面恢复中… / Resuming…"
 
 
-def pause_text(entry: dict[str, Any]) -> str | None:
-    """What to show instead of a picture the SFU stopped sending (None: it runs)."""
+def pause_text(entry: dict[str, Any], *, resuming: bool = False) -> str | None:
+    """What to show instead of a picture the SFU stopped sending, or over the last
+    frame of one it resumed until the first new frame comes (None: it runs)."""
     if not entry.get("paused"):
-        return None
+        return RESUMING if resuming or entry.get("resuming") else None
     reason = entry.get("reason", entry.get("pause_reason"))
     return PAUSED_BANDWIDTH if reason == "bandwidth" else PAUSED
 

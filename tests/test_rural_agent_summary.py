@@ -40,3 +40,13 @@ def test_each_seconds_missing_audio_is_placed() -> None:
     audio = summarise_agent(reports, start=0)["sources"]["classroom_mic"]
     assert audio["missing_per_second"] == [0.0, 0.5, 0.0]
     assert audio["missing_share"] == round(0.5 / 3, 4)
+
+
+def test_a_resumed_picture_waiting_for_its_frame_is_labelled_not_frozen() -> None:
+    reports = [report(0, 0, 0), report(1, 48_000, 10), report(2, 96_000, 10)]
+    reports[2]["tracks"][1]["resuming"] = True
+    teacher = summarise_agent(reports, start=0)["sources"]["teacher_camera"]
+    assert teacher["no_new_frame_share"] == 0.5 and teacher["frozen_live_share"] == 0.0
+    del reports[2]["tracks"][1]["resuming"]
+    teacher = summarise_agent(reports, start=0)["sources"]["teacher_camera"]
+    assert teacher["frozen_live_share"] == 0.5

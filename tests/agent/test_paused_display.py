@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from classroom_agent.agent import PAUSED_BANDWIDTH, pause_text, summary_line
+from classroom_agent.agent import (
+    PAUSED_BANDWIDTH,
+    RESUMING,
+    ClassroomAgent,
+    pause_text,
+    summary_line,
+)
 
 
 def test_the_summary_says_which_picture_is_paused_for_bandwidth() -> None:
@@ -31,3 +37,21 @@ def test_pause_text_tells_bandwidth_from_the_viewers_own_choice() -> None:
     assert pause_text({"paused": False, "reason": None}) is None
     assert pause_text({"paused": True, "reason": "bandwidth"}) == PAUSED_BANDWIDTH
     assert pause_text({"paused": True, "reason": "subscriber"}) == "画面已暂停 / Paused"
+
+
+def test_a_resumed_picture_says_so_until_its_first_new_frame() -> None:
+    """256kbit-10pct: a picture the SFU resumed waited 1-2 s for its keyframe, and the
+    last frame from before the pause stood there under no notice, as if live."""
+    agent = ClassroomAgent.__new__(ClassroomAgent)
+    agent.allocation, agent.resuming, agent.window = {}, set(), None
+    teacher = {"track": "t1", "layer": "l", "paused": False}
+    agent.apply_allocation({"tracks": [teacher]})
+    assert agent.resuming == set()  # a first allocation resumes nothing
+    agent.apply_allocation({"tracks": [teacher | {"paused": True, "reason": "bandwidth"}]})
+    agent.apply_allocation({"tracks": [teacher]})
+    assert agent.resuming == {"t1"}
+    assert pause_text(teacher, resuming=True) == RESUMING
+    assert pause_text({"paused": False, "resuming": True}) == RESUMING
+    # Paused again before a frame came: paused it is.
+    agent.apply_allocation({"tracks": [teacher | {"paused": True, "reason": "bandwidth"}]})
+    assert agent.resuming == set()
