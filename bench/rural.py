@@ -399,11 +399,21 @@ def summarise_agent(reports: list[dict[str, Any]], start: float) -> dict[str, An
             # A re-subscribed track gets a new meter counting from 0 (as in summarise()).
             return sum(_grew(a[1][key], b[1][key]) for a, b in pairs)
 
+        def buffer_grown(key: str, pairs: list = pairs) -> float:
+            return sum(
+                _grew(a[1].get("buffer", {}).get(key, 0), b[1].get("buffer", {}).get(key, 0))
+                for a, b in pairs
+            )
+
         if last["kind"] == "audio":
             got = grown("samples")
             sources[name] = {
                 "kind": "audio",
                 "missing_share": round(max(0.0, 1 - got / (48000 * seconds)), 4),
+                # Gaps the point's frame buffer gave up on, and lost packets it rebuilt
+                # from the next one's FEC copy (classroom_agent/framing.py).
+                "gaps": int(buffer_grown("skipped_gaps")),
+                "fec_rebuilt": int(buffer_grown("fec_frames")),
                 # Where the missing audio fell: each second's share, as fps_per_second.
                 "missing_per_second": [round(_missing_audio(a, b), 3) for a, b in pairs],
             }

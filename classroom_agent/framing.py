@@ -132,6 +132,7 @@ class FrameBuffer:
         self._asked_at: float | None = None
         self.dropped_frames = 0
         self.skipped_gaps = 0
+        self.fec_frames = 0  # audio: lost packets rebuilt from their successor's FEC copy
         self.keyframes_asked = 0
         # Video: extended sequence number -> (when last asked, times asked).
         self._missing: dict[int, tuple[float | None, int]] = {}
@@ -195,6 +196,7 @@ class FrameBuffer:
             "keyframes_asked": self.keyframes_asked,
             "nacks_sent": self.nacks_sent,
             "repaired": self.repaired,
+            "fec_frames": self.fec_frames,
             "repair_ms": round(self.repair_s * 1000),
         }
 
@@ -291,6 +293,7 @@ class FrameBuffer:
         samples = self._fec_samples(front.payload)
         if samples <= 0:
             return None
+        self.fec_frames += 1
         return Frame(
             packets=[front],
             timestamp=(front.timestamp - samples) & 0xFFFFFFFF,

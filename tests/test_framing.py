@@ -239,6 +239,7 @@ def test_a_lost_audio_packet_is_handed_on_from_its_successors_fec_copy() -> None
         (6, 6 * 960, False),
         (7, 7 * 960, False),
     ]
+    assert buf.stats()["fec_frames"] == 1 and buf.stats()["skipped_gaps"] == 1
 
 
 def test_the_agents_opus_decoder_rebuilds_a_lost_packets_audio() -> None:
