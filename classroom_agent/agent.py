@@ -491,7 +491,7 @@ class ClassroomAgent:
                         await receiver_loss(transceiver.receiver)
                     )
                     assembler = rtc_internals.frame_assembler(transceiver.receiver)
-                    if isinstance(assembler, FrameBuffer) and assembler.video:
+                    if isinstance(assembler, FrameBuffer):
                         buffers[remote.info["track"]] = assembler.stats()
         active = {r.info.get("track") for r in client.active_tracks()} if client else set()
         return {
