@@ -71,6 +71,9 @@ NACK_MIN = 8
 # it, 10-18 points more.
 RETEST_EXCESS = 0.06
 RETEST_MIN_PACKETS = 60
+# The loss before repairs is read from what the receiver NACKed of the numbers its
+# reports cover, over at least this many.
+RAW_LOSS_MIN_PACKETS = 10
 # Nor while the estimate stands below this share of the reading.
 RETEST_FROM = 0.95
 # Nor does one start this soon after a layer changed: a rise's keyframes are still on
@@ -510,6 +513,7 @@ class SubscriberBandwidth:
         weight = lost = 0.0
         rtt: float | None = None
         report_rtt = 0.0  # as measured: the reports waited in the uplink's queue too
+        covered = nacked = 0  # video numbers the reports cover, and of them NACKed
         # A point's own camera can fill its uplink's queue (256kbit-10pct: its estimate
         # climbs past the line every 20 s): the round trip then says "queue" while the
         # downlink has none, and the line's random 14 % lost read as an overflow at 85
@@ -521,6 +525,9 @@ class SubscriberBandwidth:
                 w = max(1, d.stats.packets)
                 weight += w
                 lost += d.stats.fraction_lost * w
+                if d.source is not None and d.source.kind == "video":
+                    covered += d.stats.report_packets
+                    nacked += d.stats.report_nacked
                 if d.stats.rtt_ms is not None:
                     report_rtt = max(report_rtt, d.stats.rtt_ms)
                     down_rtt = max(0.0, d.stats.rtt_ms - own_queue)
@@ -546,7 +553,8 @@ class SubscriberBandwidth:
                 self.estimator.on_loss(loss, now)
             # Read against what left when the reported packets did, a round trip ago.
             then = self.sent_log.sent_then(now, report_rtt / 1000)
-            sent, raw = (then.bps, then.raw_loss) if then else (self.estimator.sent_bps, None)
+            sent = then.bps if then else self.estimator.sent_bps
+            raw = nacked / covered if covered >= RAW_LOSS_MIN_PACKETS else None
             if self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):
                 self.estimator.on_overflow(self.overflow.capacity() or 0.0)
             elif (

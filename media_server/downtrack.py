@@ -103,6 +103,10 @@ class DownTrackStats:
     keyframe_requests: int = 0  # PLI/FIR from the receiver
     keyframes_asked: int = 0  # sent upstream for this receiver: its joins, switches, repairs
     fraction_lost: float = 0.0
+    # Over the sequence numbers the latest receiver report covers (since the one before):
+    # how many, and how many of them the receiver NACKed (lost before our repairs).
+    report_packets: int = 0
+    report_nacked: int = 0
     jitter: int = 0
     rtt_ms: float | None = None
     remb_bps: int | None = None
@@ -172,6 +176,7 @@ class DownTrack:
         # the line lost of its own packets (media_server/bandwidth.py).
         self.nacked_seqs: deque[int] = deque()
         self._nacked_set: set[int] = set()
+        self._reported_top: int | None = None  # the highest number the receiver reported
         self.mid = mid
         self.ssrc = ssrc
         self.payload_type = payload_type
@@ -400,6 +405,7 @@ class DownTrack:
                 self.stats.fraction_lost = report.fraction_lost / 256
                 self.stats.jitter = report.jitter
                 self.loss_fresh = True
+                self._note_reported(report.highest_sequence & 0xFFFF)
                 sent_at = self._reports_sent.get(report.lsr)
                 if sent_at is not None:
                     rtt = time.monotonic() - sent_at - report.dlsr / 65536
@@ -518,6 +524,18 @@ class DownTrack:
         self.stats.probes += 1
         self.stats.extra_octets += len(PADDING)
         return len(PADDING) + 40
+
+    def _note_reported(self, top: int) -> None:
+        """A receiver report reached `top`: what the line lost of the numbers since the
+        last one's, as NACKed. A report's own count takes repaired packets as received."""
+        last, self._reported_top = self._reported_top, top
+        self.stats.report_packets = self.stats.report_nacked = 0
+        if last is None:
+            return
+        span = (top - last) & 0xFFFF
+        if 0 < span < 0x8000:
+            self.stats.report_packets = span
+            self.stats.report_nacked = self.nacked_between((last + 1) & 0xFFFF, (top + 1) & 0xFFFF)
 
     def next_seq(self) -> int:
         """The sequence number the next packet out will take."""

@@ -77,8 +77,8 @@ FLOOD_LOSS = 0.3
 FLOOD_SHARE = 0.8
 OUTAGE_LOSS = 0.8
 START_S = 30.0
-# The loss before repairs (from NACKs) is read over at least this many video packets a
-# second (a 256 kbit/s point gets 30-40).
+# The line's own loss before a retest (from NACKs) is read over at least this many video
+# packets a second (a 256 kbit/s point gets 30-40).
 RAW_LOSS_MIN_PPS = 10.0
 # A receiver report covers about this long of what we sent, a round trip before it
 # arrives (aiortc reports every 0.5-1.5 s).
@@ -311,8 +311,6 @@ class SentThen:
     """What we sent over the time a receiver report covers."""
 
     bps: float
-    video_pps: float
-    raw_loss: float | None  # of the video, before our repairs (None: too few packets)
 
 
 class SendLog:
@@ -326,8 +324,9 @@ class SendLog:
     flood's losses against the cut rate: 320, 135, 125, then 75 kbit/s on a 256 kbit/s
     line, and the courseware paused for 40 s (256kbit-10pct, agent). The loss a report
     gives counts a repaired packet as received (a flood that lost half its packets read
-    15-35 %); what the receiver NACKed, against the video packets sent then, is the
-    loss on the line.
+    15-35 %): the loss on the line is what the receiver NACKed of the numbers the report
+    covers (`DownTrack.stats.report_nacked`). The video's packets and NACKs per tick
+    give the line's own loss before a retest.
     """
 
     def __init__(self) -> None:
@@ -350,22 +349,17 @@ class SendLog:
         return min(1.0, nacked / packets) if packets >= RAW_LOSS_MIN_PPS * span_s else None
 
     def sent_then(self, now: float, rtt_s: float) -> SentThen | None:
-        """What left over the REPORT_SPAN_S before `now - rtt_s` (None: not logged),
-        and the loss before repairs that the NACKs of the last tick say."""
+        """What left over the REPORT_SPAN_S before `now - rtt_s` (None: not logged)."""
         if not self._ticks:
             return None
         hi = now - rtt_s
         lo = hi - REPORT_SPAN_S
-        covered = bits = packets = 0.0
-        for start, end, bps, pps, _ in self._ticks:
+        covered = bits = 0.0
+        for start, end, bps, _, _ in self._ticks:
             overlap = min(end, hi) - max(start, lo)
             if overlap > 0:
                 covered += overlap
                 bits += bps * overlap
-                packets += pps * overlap
         if covered < REPORT_SPAN_S / 2:
             return None
-        pps = packets / covered
-        nacked = self._ticks[-1][4]  # NACKs come back with the reports of the same packets
-        raw = min(1.0, nacked / pps) if pps >= RAW_LOSS_MIN_PPS else None
-        return SentThen(bits / covered, pps, raw)
+        return SentThen(bits / covered)
