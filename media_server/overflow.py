@@ -127,6 +127,7 @@ class OverflowWatch:
         self._retesting = False
         self._retest_failed = False
         self._high = False  # the last report lost more than LOSS_HIGH
+        self._provisional = False  # the capacity is a start-up flood's, not yet retested
         # (when, bits/s) the line carried without a queue, decreasing: the front is the
         # most of the last CARRIED_S (see recovering()).
         self._carried: deque[tuple[float, float]] = deque()
@@ -201,7 +202,10 @@ class OverflowWatch:
                 self._keep_s = min(2 * self._keep_s, KEEP_MAX_S)
             else:
                 self._keep_s = KEEP_S
-        share = FLOOD_SHARE if flooded and not queued else 1.0
+        # A flood at connect is read roughly (see FLOOD_SHARE): until a retest fails,
+        # the line is climbed as one that recovered.
+        self._provisional = flooded and not queued
+        share = FLOOD_SHARE if self._provisional else 1.0
         self._capacity = sent_bps * (1 - lost_on_line) * share
         self._read_at = now
         self._due_at = now + self._keep_s
@@ -230,14 +234,18 @@ class OverflowWatch:
 
     def recovering(self, now: float) -> bool:
         """The line carried well over the kept capacity in the last CARRIED_S: a thin
-        spell it may have come out of, worth climbing back from quickly. A line that
-        never carried more is not: steps padding a 256 kbit/s line at 1.69x the reading
-        stopped the courseware, its only picture, for 3-5 s each."""
+        spell it may have come out of, worth climbing back from quickly; or its only
+        reading is a start-up flood's, read roughly (363 kbit/s on a 1 Mbit/s line kept
+        the teacher at 180p all minute while steps waited). A line that never carried
+        more is not: steps padding a 256 kbit/s line at 1.69x the reading stopped the
+        courseware, its only picture, for 3-5 s each."""
         carried = self._carried
         while carried and carried[0][0] < now - CARRIED_S:
             carried.popleft()
         capacity = self._capacity
-        return bool(carried) and capacity is not None and carried[0][1] > RETEST_GROWTH * capacity
+        if capacity is None:
+            return False
+        return self._provisional or (bool(carried) and carried[0][1] > RETEST_GROWTH * capacity)
 
     def capacity(self) -> float | None:
         """What the link carried at its last overflow, or in the last retest it passed."""
@@ -272,6 +280,7 @@ class OverflowWatch:
         again, twice as long."""
         self._retesting = False
         if self._retest_failed:
+            self._provisional = False
             if self._passed_at < self._read_at:
                 longest = RETEST_KEEP_MAX_S if self.recovering(now) else KEEP_MAX_S
                 self._keep_s = max(self._keep_s, min(2 * self._keep_s, longest))

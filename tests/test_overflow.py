@@ -275,6 +275,18 @@ def test_a_reading_is_retested_after_its_keep_and_kept_twice_as_long_when_it_hol
     assert watch.retests_failed == 6 and watch.capacity() == capacity
 
 
+def test_a_start_up_floods_reading_is_climbed_quickly_until_a_retest_fails() -> None:
+    """1mbit-5pct-300ms, agent: a flood at connect read the line at 363 kbit/s; its
+    steps waited as on a line known thin, and the teacher stayed at 180p all minute."""
+    watch = OverflowWatch()
+    assert watch.on_report(0.5, 900_000, 1_200_000, 900.0, 2.0)  # no floor below it yet
+    assert watch.recovering(3.0)
+    watch.start_retest(step=True)
+    watch.fail_retest()
+    watch.end_retest(30.0, 0.0)
+    assert not watch.recovering(31.0)
+
+
 def test_the_line_carried_more_only_without_a_queue_and_after_the_start() -> None:
     watch = watch_with_floor()
     overflow_at(watch, 40.0)  # read at 900 kbit/s
