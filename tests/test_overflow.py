@@ -21,6 +21,7 @@ from media_server.overflow import (
     FLOOR_WINDOW_S,
     KEEP_MAX_S,
     KEEP_S,
+    PROVISIONAL_KEEP_S,
     QUEUE_MS,
     RETEST_AFTER_PASS_S,
     RETEST_GROWTH,
@@ -281,6 +282,8 @@ def test_a_start_up_floods_reading_is_climbed_quickly_until_a_retest_fails() -> 
     watch = OverflowWatch()
     assert watch.on_report(0.5, 900_000, 1_200_000, 900.0, 2.0)  # no floor below it yet
     assert watch.recovering(3.0)
+    assert not watch.retest_due(2.0 + PROVISIONAL_KEEP_S - 0.1)
+    assert watch.retest_due(2.0 + PROVISIONAL_KEEP_S)  # (not KEEP_S later)
     watch.start_retest(step=True)
     watch.fail_retest()
     watch.end_retest(30.0, 0.0)
