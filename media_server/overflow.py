@@ -68,13 +68,11 @@ SENDING_SHARE = 0.6
 # reading. Later a floor is known, and only a standing queue says overflow: a stall of
 # our own process (a starved CPU drops packets in bursts) must not cap a link for minutes.
 FLOOD_LOSS = 0.3
-# What a flood at connect reads (no floor below its round trips yet) is taken at this
-# share: its reports and NACKs come late
-# and are lost on the point's own uplink, crowded at connect too, and it read 1,165 and
-# 1,177 kbit/s on a 1 Mbit/s line, 378 and 413 on a 256 kbit/s one, which let every low
-# layer in to stand frozen under "live". A reading too low costs a retest or two, which
-# climb 1.3x at a time; one too high costs pictures.
-FLOOD_SHARE = 0.8
+# What a flood at connect reads (no floor below its round trips yet) is rough: its
+# reports and NACKs come late, and are lost on the point's own uplink, crowded at connect
+# too (1,177 kbit/s on a 1 Mbit/s line; 134 on a 256 kbit/s one). Such a reading is
+# provisional: retested after PROVISIONAL_KEEP_S and climbed as a line that recovered
+# until a retest fails (see recovering()).
 PROVISIONAL_KEEP_S = 5.0
 OUTAGE_LOSS = 0.8
 START_S = 30.0
@@ -203,11 +201,10 @@ class OverflowWatch:
                 self._keep_s = min(2 * self._keep_s, KEEP_MAX_S)
             else:
                 self._keep_s = KEEP_S
-        # A flood at connect is read roughly (see FLOOD_SHARE): until a retest fails,
-        # the line is climbed as one that recovered.
+        # A flood at connect is read roughly (see PROVISIONAL_KEEP_S): until a retest
+        # fails, the line is climbed as one that recovered.
         self._provisional = flooded and not queued
-        share = FLOOD_SHARE if self._provisional else 1.0
-        self._capacity = sent_bps * (1 - lost_on_line) * share
+        self._capacity = sent_bps * (1 - lost_on_line)
         self._read_at = now
         # A rough reading is retested as soon as the flood's queue has drained: at 20 s,
         # a 1 Mbit/s line read at 488 kbit/s kept the teacher at 180p for half a minute.

@@ -17,12 +17,10 @@ from media_server.downtrack import DownTrack
 from media_server.estimator import DownlinkEstimator
 from media_server.overflow import (
     CARRIED_S,
-    FLOOD_SHARE,
     FLOOR_WINDOW_S,
     KEEP_MAX_S,
     KEEP_S,
     PROVISIONAL_KEEP_S,
-    QUEUE_MS,
     RETEST_AFTER_PASS_S,
     RETEST_GROWTH,
     RETEST_KEEP_MAX_S,
@@ -79,11 +77,8 @@ def test_an_overflow_is_heavy_loss_over_a_standing_queue(
     assert watch.on_report(loss, 1_240_000, 1_650_000, rtt_ms, 10.0) is overflow
     capacity = watch.capacity()
     if overflow:
-        # What got through: what we sent, less what was lost; a flood at connect (no
-        # queue over a floor to show) at FLOOD_SHARE of that.
-        queued = rtt_ms is not None and rtt_ms - 330.0 >= QUEUE_MS
-        share = 1.0 if queued else FLOOD_SHARE
-        assert capacity == pytest.approx(1_240_000 * (1 - loss) * share)
+        # What got through: what we sent, less what was lost.
+        assert capacity == pytest.approx(1_240_000 * (1 - loss))
     else:
         assert capacity is None
 
@@ -152,7 +147,7 @@ def test_a_reading_counts_what_the_line_lost_before_our_repairs() -> None:
     bw = SubscriberBandwidth(MemorySink(), initial_bps=500_000)
     sending(bw, range(6), 360, 0.45)
     bw._feed_loss([downtrack(0.35, 700.0, nacked=0.45)], 5.0)  # type: ignore[list-item]
-    assert bw.overflow.capacity() == pytest.approx(360_000 * 0.55 * FLOOD_SHARE, rel=0.02)
+    assert bw.overflow.capacity() == pytest.approx(360_000 * 0.55, rel=0.02)
     bw.close()
 
 
@@ -162,7 +157,7 @@ def test_a_reading_counts_the_repairs_the_line_carried_too() -> None:
     bw = SubscriberBandwidth(MemorySink(), initial_bps=1_500_000)
     sending(bw, range(6), 1000, 0.4, repairs_kbps=400)
     bw._feed_loss([downtrack(0.35, 700.0, nacked=0.4)], 5.0)  # type: ignore[list-item]
-    assert bw.overflow.capacity() == pytest.approx(1_400_000 * 0.6 * FLOOD_SHARE, rel=0.02)
+    assert bw.overflow.capacity() == pytest.approx(1_400_000 * 0.6, rel=0.02)
     bw.close()
 
 
@@ -176,13 +171,13 @@ def test_a_report_is_read_against_what_left_when_its_packets_did() -> None:
     sending(bw, range(6), 600, 0.6)
     bw._feed_loss([downtrack(0.5, 800.0, nacked=0.6)], 5.0)  # type: ignore[list-item]  # the flood
     first = bw.overflow.capacity()
-    assert first == pytest.approx(600_000 * 0.4 * FLOOD_SHARE, rel=0.02)
+    assert first == pytest.approx(600_000 * 0.4, rel=0.02)
     sending(bw, range(6, 7), 240, 0.6)  # the cut; the flood's reports still come back
     bw._feed_loss([downtrack(0.5, 800.0, nacked=0.6)], 6.0)  # type: ignore[list-item]
     assert bw.overflow.capacity() == pytest.approx(first, rel=0.15)  # not 96 kbit/s
     sending(bw, range(7, 10), 240, 0.5)
     bw._feed_loss([downtrack(0.45, 800.0, nacked=0.5)], 9.0)  # type: ignore[list-item]
-    assert bw.overflow.capacity() == pytest.approx(240_000 * 0.5 * FLOOD_SHARE, rel=0.02)
+    assert bw.overflow.capacity() == pytest.approx(240_000 * 0.5, rel=0.02)
     bw.close()
 
 
