@@ -300,14 +300,15 @@ class SubscriberBandwidth:
         # steps, over 90 s with one failure among them); while every source is shown,
         # only a sharper layer would come of it, and a step overshooting a full line
         # costs its pictures.
-        # Only on a line that carried more lately (OverflowWatch.recovering): a line
-        # that never did is asked no more than 1.3x, and its steps wait.
+        # The further reach only on a line that carried more lately, or whose reading
+        # is a start-up flood's (OverflowWatch.recovering): a line that never did is
+        # asked no more than 1.3x, and a failed step keeps it longer each time.
         missing = any(c.kind == "video" and c.started and c.current is None for c in candidates)
         climbing = missing and watch.recovering(now)
         climb = 1 + min(watch.passes_in_row, 2) if climbing else 0
         reach = RETEST_GROWTH ** (1 + climb) * capacity
         within = [n for n in wanted if n <= reach]
-        if not within and not climbing and not watch.step_due(now):
+        if not within and not missing and not watch.step_due(now):
             return
         target = within[-1] if within else reach
         self._retest = Probe(target_bps=target, started=now, ends=now + RETEST_S)

@@ -535,14 +535,17 @@ async def test_a_step_that_lets_no_layer_in_waits_longer_and_ever_longer_when_it
     t = START_S + 1.0
     bw._maybe_retest(shown, t)
     assert bw._retest is None  # a step, not due yet
-    # Nor while a picture is paused for bandwidth (the board) on a line that never
-    # carried more; on one that did, lately, the step is worth it now.
+    # While a picture is paused for bandwidth (the board), the step is worth it now: at
+    # 1.3x on a line that never carried more, further on one that did, lately.
     board_paused = [*shown[:3], replace(shown[3], current=None)]
     bw._maybe_retest(board_paused, t)
-    assert bw._retest is None
-    bw.overflow.note_carried(2_000_000, t)
+    assert bw._retest is not None and bw._retest.target_bps == pytest.approx(1_430_000)
+    bw.close()
+    bw._retest = None
+    bw.overflow._retesting = False
+    bw.overflow.note_carried(3_000_000, t)
     bw._maybe_retest(board_paused, t)
-    assert bw._retest is not None
+    assert bw._retest is not None and bw._retest.target_bps > 1_430_000
     bw.close()
     bw = read_at(1_100_000)
     watch = bw.overflow
@@ -782,6 +785,15 @@ async def test_a_retest_stops_padding_at_the_nacks_of_its_overflow(
     assert padded() == stopped_at and loop.time() < now + 3.0  # no padding after
     assert bw.describe()["retests"] == {"passed": 0, "failed": 1, "running": False}
     bw.close()
+
+
+def test_nearly_nothing_through_is_no_reading() -> None:
+    """256kbit-10pct, agent: a report said 50 % lost, the receiver NACKed nine in ten of
+    the numbers it covered, and the line was read at 37 kbit/s."""
+    watch = watch_with_floor()
+    lossy_report(watch, 9.0)
+    assert not watch.on_report(0.5, 250_000, 250_000, 600.0, 10.0, raw_loss=0.9)
+    assert watch.capacity() is None
 
 
 @pytest.mark.parametrize(("nacked_share", "passes"), [(0.12, True), (0.18, False)])
