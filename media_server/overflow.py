@@ -191,10 +191,7 @@ class OverflowWatch:
             # carried 100 and paused the courseware. An overflowing queue loses for
             # longer than one report.
             return False
-        if sent_bps < SENDING_SHARE * estimate_bps or lost_on_line >= OUTAGE_LOSS:
-            # (Nearly nothing through, as the receiver's NACKs tell it: no reading of
-            # what the line carries. One such read a 256 kbit/s line at 37 kbit/s and
-            # paused the courseware all minute.)
+        if sent_bps < SENDING_SHARE * estimate_bps:
             return False
         if self._passed_at > self._read_at:
             # The first overflow after a retest the line carried: soon after, the layer

@@ -787,15 +787,6 @@ async def test_a_retest_stops_padding_at_the_nacks_of_its_overflow(
     bw.close()
 
 
-def test_nearly_nothing_through_is_no_reading() -> None:
-    """256kbit-10pct, agent: a report said 50 % lost, the receiver NACKed nine in ten of
-    the numbers it covered, and the line was read at 37 kbit/s."""
-    watch = watch_with_floor()
-    lossy_report(watch, 9.0)
-    assert not watch.on_report(0.5, 250_000, 250_000, 600.0, 10.0, raw_loss=0.9)
-    assert watch.capacity() is None
-
-
 @pytest.mark.parametrize(("nacked_share", "passes"), [(0.12, True), (0.18, False)])
 async def test_a_retest_fails_when_the_line_lost_more_of_its_packets_than_before(
     nacked_share: float, passes: bool, monkeypatch: pytest.MonkeyPatch
