@@ -50,3 +50,13 @@ def test_a_resumed_picture_waiting_for_its_frame_is_labelled_not_frozen() -> Non
     del reports[2]["tracks"][1]["resuming"]
     teacher = summarise_agent(reports, start=0)["sources"]["teacher_camera"]
     assert teacher["frozen_live_share"] == 0.5
+
+
+def test_the_report_written_as_the_agent_stops_is_outside_the_measured_minute() -> None:
+    # Full audio for 3 s; the bench ends its window at 3.0 and then stops the agent, whose
+    # last report has no tracks. Counted, it made a second of "missing" audio.
+    reports = [report(t, 48_000 * t, 10 * t) for t in range(4)]
+    reports.append({"time": 4.0, "connected": False, "tracks": []})
+    sources = summarise_agent(reports, start=0, end=3.0)["sources"]
+    assert sources["classroom_mic"]["missing_share"] == 0.0
+    assert sources["teacher_camera"]["fps_mean"] == 10.0
