@@ -184,7 +184,7 @@ def test_a_report_is_read_against_what_left_when_its_packets_did() -> None:
 def test_the_estimate_is_the_reading_and_the_drain_cuts_nothing_more() -> None:
     """256kbit-10pct, agent: after the start-up flood's reading (267 kbit/s), the loss
     rule cut the estimate at each report of the queue it left, down to 74 kbit/s, and
-    the courseware stayed paused all minute (no retest starts under the reading)."""
+    the courseware stayed paused all minute."""
     bw = SubscriberBandwidth(MemorySink(), initial_bps=700_000)
     bw._feed_loss([downtrack(0.0, 330.0)], 0.5)  # type: ignore[list-item]  # the floor
     sending(bw, range(6), 600, 0.6)
@@ -512,17 +512,26 @@ async def test_a_retest_climbs_to_the_furthest_rise_within_its_reach(
     bw.close()
 
 
-async def test_no_retest_while_the_lines_losses_hold_the_estimate_under_the_reading() -> None:
+async def test_a_retest_climbs_from_an_estimate_the_losses_hold_under_the_reading() -> None:
     """256kbit-10pct, agent: a retest from a 239 kbit/s estimate padded to 1.3x a 327
-    kbit/s reading, far over the line, and the courseware stood still 4 s."""
+    kbit/s reading, far over the line, and the courseware stood still 4 s; with no retest
+    at all under the reading, the courseware stayed paused for the last 35 s of the
+    minute while the estimate wore down from 103 kbit/s to 83."""
+    courseware_paused = [LESSON[0], *(replace(c, current=None, started=True) for c in LESSON[1:])]
+    bw = read_at(103_000)
+    bw.estimator.on_link_capacity(bw.overflow.capacity())
+    bw.estimator._bps = 83_000  # the line's losses cut it since
+    bw._maybe_retest(courseware_paused, 100.0)
+    retest = bw._retest
+    # A step from the estimate (the courseware needs 134 kbit/s), not from the reading.
+    assert retest is not None and retest.target_bps == pytest.approx(83_000 * RETEST_GROWTH)
+    bw.close()
     bw = read_at(120_000)
     bw.estimator.on_link_capacity(bw.overflow.capacity())
-    bw.estimator._bps = 100_000  # the line's losses cut it since
-    bw._maybe_retest(SHOWN, 100.0)
-    assert bw._retest is None
-    bw.estimator._bps = 120_000
-    bw._maybe_retest(SHOWN, 100.0)
-    assert bw._retest is not None
+    bw.estimator._bps = 110_000
+    bw._maybe_retest(courseware_paused, 100.0)
+    # Within reach of the estimate: the courseware's low layer itself.
+    assert bw._retest is not None and bw._retest.target_bps == pytest.approx(121_000 / 0.9)
     bw.close()
 
 
