@@ -458,6 +458,15 @@ def summarise_agent(
     }
 
 
+async def _joined(report: Path, point: subprocess.Popen[bytes], deadline_s: float) -> None:
+    """Wait until the point agent's reports say it is connected (or it gave up)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and point.poll() is None:
+        if any(r.get("connected") for r in _read_jsonl(report)):
+            return
+        await asyncio.sleep(0.2)
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -764,6 +773,10 @@ async def run_condition(
                 return time.time()
 
             try:
+                # The warm-up counts from when the point is in the lesson, as the page's
+                # does (it joins as it loads): the agent's own start-up (Python imports,
+                # 3-5 s on this machine) had eaten half of it.
+                await _joined(report, point, deadline_s=60.0)
                 start, sfu, link_down = await measure(wall)
             finally:
                 point.terminate()
