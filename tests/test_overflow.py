@@ -106,6 +106,27 @@ def test_one_lossy_report_over_a_queue_is_no_overflow_the_second_is(before: floa
     assert watch.on_report(0.17, 100_000, 150_000, 480.0, 41.0) is (before > 0.1)
 
 
+def test_a_line_that_loses_much_of_its_own_needs_more_lost_for_an_overflow() -> None:
+    """256kbit-10pct, agent (main ad56df0): the line's own 10 % read 5-16 % a report;
+    two reports of 11 % over a round trip the point's event loop stretched read an
+    overflow at 88 kbit/s while we sent 93, and paused the courseware for 40 s."""
+    watch = watch_with_floor()
+    for i, loss in enumerate([0.05, 0.12, 0.08, 0.16, 0.0, 0.1, 0.07, 0.13, 0.09, 0.06] * 2):
+        assert not watch.on_report(loss, 93_000, 150_000, 340.0, 30.0 + i)
+    assert not watch.on_report(0.11, 93_000, 150_000, 480.0, 51.0)
+    assert not watch.on_report(0.11, 93_000, 150_000, 480.0, 52.0)
+    assert watch.capacity() is None
+    # An overflowing queue still reads as one.
+    assert not watch.on_report(0.25, 93_000, 150_000, 480.0, 53.0)
+    assert watch.on_report(0.25, 93_000, 150_000, 480.0, 54.0)
+    # On a line with little loss of its own, 11 % over a queue is an overflow as before.
+    clean = watch_with_floor()
+    for i in range(20):
+        assert not clean.on_report(0.01, 93_000, 150_000, 340.0, 30.0 + i)
+    assert not clean.on_report(0.11, 93_000, 150_000, 480.0, 51.0)
+    assert clean.on_report(0.11, 93_000, 150_000, 480.0, 52.0)
+
+
 @pytest.mark.parametrize(
     ("sent", "estimate", "overflow"),
     [
@@ -218,8 +239,9 @@ def test_the_floor_is_the_lowest_round_trip_of_the_last_minute() -> None:
 
 
 def overflow_at(watch: OverflowWatch, t: float) -> None:
+    """Two reports of an overflowing queue (the first alone is no overflow)."""
     watch.on_rtt(330.0, t)  # the floor stays in the window
-    lossy_report(watch, t - 0.5)
+    watch.on_report(0.25, 1_200_000, 1_400_000, 520.0, t - 0.5)
     assert watch.on_report(0.25, 1_200_000, 1_400_000, 520.0, t)
 
 
