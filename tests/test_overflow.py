@@ -540,13 +540,15 @@ async def test_a_retest_climbs_from_an_estimate_the_losses_hold_under_the_readin
     at all under the reading, the courseware stayed paused for the last 35 s of the
     minute while the estimate wore down from 103 kbit/s to 83."""
     courseware_paused = [LESSON[0], *(replace(c, current=None, started=True) for c in LESSON[1:])]
-    bw = read_at(103_000)
+    board_paused = [*(replace(c, current="l") for c in LESSON[:3])]
+    board_paused.append(replace(LESSON[3], current=None, started=True))
+    bw = read_at(400_000)
     bw.estimator.on_link_capacity(bw.overflow.capacity())
-    bw.estimator._bps = 83_000  # the line's losses cut it since
-    bw._maybe_retest(courseware_paused, 100.0)
+    bw.estimator._bps = 300_000  # the line's losses cut it since
+    bw._maybe_retest(board_paused, 100.0)
     retest = bw._retest
-    # A step from the estimate (the courseware needs 134 kbit/s), not from the reading.
-    assert retest is not None and retest.target_bps == pytest.approx(83_000 * RETEST_GROWTH)
+    # A step from the estimate (the board needs 404 kbit/s), not a rise from the reading.
+    assert retest is not None and retest.target_bps == pytest.approx(300_000 * RETEST_GROWTH)
     bw.close()
     bw = read_at(120_000)
     bw.estimator.on_link_capacity(bw.overflow.capacity())
@@ -634,6 +636,33 @@ async def test_a_climb_to_a_paused_picture_reaches_further_with_each_pass() -> N
         t += 10.0
     assert RETEST_GROWTH < targets[0] <= RETEST_GROWTH**2 < targets[2]
     assert all(x <= RETEST_GROWTH ** (2 + i) for i, x in enumerate(targets))
+    bw.close()
+
+
+def failed_retest(watch: OverflowWatch) -> None:
+    """A retest the line did not carry (a start-up reading is no longer provisional)."""
+    watch.start_retest()
+    watch.fail_retest()
+    watch.end_retest(1.0, 0.0)
+
+
+async def test_with_no_picture_shown_a_retest_reaches_for_the_first_at_once() -> None:
+    """256kbit-10pct, agent (main b7ba736): a start-up reading of 48 kbit/s, then 1.3x
+    steps: the courseware, the first picture, came after 43 s of the minute."""
+    bw = read_at(48_000)
+    failed_retest(bw.overflow)
+    nothing_shown = [LESSON[0], *(replace(c, current=None, started=True) for c in LESSON[1:])]
+    bw._maybe_retest(nothing_shown, 1000.0)
+    assert bw._retest is not None
+    assert bw._retest.target_bps == pytest.approx(121_000 / ALLOCATION_SHARE)
+    bw.close()
+    # With the courseware shown, the board waits for its turn in steps.
+    bw = read_at(150_000)
+    failed_retest(bw.overflow)
+    courseware = [LESSON[0], replace(LESSON[1], current=None, started=True)]
+    courseware += [replace(LESSON[2], current="l"), replace(LESSON[3], current=None, started=True)]
+    bw._maybe_retest(courseware, 1000.0)
+    assert bw._retest is not None and bw._retest.target_bps == pytest.approx(150_000 * 1.3)
     bw.close()
 
 
