@@ -61,10 +61,14 @@ FLOOR_WINDOW_S = 60.0
 KEEP_S = 20.0
 KEEP_MAX_S = 320.0
 SENDING_SHARE = 0.6
-# In the first `START_S` of a subscriber, this much lost after our repairs is a flood
-# whatever the round trip says: at connect the first round trips already come from the
-# flooded queue, so no floor below them shows it (256kbit-10pct: the teacher and board
-# stood frozen under "live" 7-10 % of the time until the queue rule caught up). Random
+# In the first `START_S` of a subscriber, this much lost is a flood whatever the round
+# trip says: at connect the first round trips already come from the flooded queue, so no
+# floor below them shows it (256kbit-10pct: the teacher and board stood frozen under
+# "live" 7-10 % of the time until the queue rule caught up). Lost before our repairs (as
+# the receiver NACKed it): a 2 Mbit/s line offered 3.2 Mbit/s dropped a third at its
+# queue, our repairs brought the reports' count down to 10-20 %, and with the round
+# trip standing at the queue's 340 ms from the first report on, nothing was read for the
+# whole minute (2mbit-100ms-noloss, agent, main d563e17). Random
 # loss on a rural line stays far below; an outage (nothing through) is no capacity
 # reading. Later a floor is known, and only a standing queue says overflow: a stall of
 # our own process (a starved CPU drops packets in bursts) must not cap a link for minutes.
@@ -191,12 +195,15 @@ class OverflowWatch:
             # 2 % lost a 607 kbit/s reading failed its retest on a 1 Mbit/s line.
             self._retest_failed |= lost_on_line > RETEST_LOSS
             return False
-        flooded = FLOOD_LOSS < loss < OUTAGE_LOSS and self._age(now) < START_S
+        starting = self._age(now) < START_S
+        flooded = FLOOD_LOSS < lost_on_line < OUTAGE_LOSS and starting
         lossy = max(LOSS_HIGH, self._own_loss + OWN_LOSS_MARGIN)
-        if floor is not None and rtt_ms is not None and not queued:
+        if floor is not None and rtt_ms is not None and not queued and not starting:
+            # (Not at connect: a queue standing from the first report on sets the floor,
+            # and its losses would pass for the line's own.)
             self._own_loss += OWN_LOSS_WEIGHT * (min(loss, FLOOD_LOSS) - self._own_loss)
         high_before, self._high = self._high, loss > lossy
-        if loss <= lossy or not (queued or flooded):
+        if not flooded and (loss <= lossy or not queued):
             return False
         if not (high_before or flooded):
             # One report's count strays above 10 % now and then on a line with 10 %

@@ -106,6 +106,24 @@ def test_one_lossy_report_over_a_queue_is_no_overflow_the_second_is(before: floa
     assert watch.on_report(0.17, 100_000, 150_000, 480.0, 41.0) is (before > 0.1)
 
 
+def test_a_flood_at_connect_is_read_from_what_the_receiver_nacked() -> None:
+    """2mbit-100ms-noloss, agent (main d563e17): 3.2 Mbit/s into a 2 Mbit/s line from the
+    first report on; the queue dropped a third, our repairs brought the reports' count
+    to 10-20 %, the round trip stood at the queue's 340 ms throughout (no floor below
+    it), and nothing was read all minute: every picture stood still half the time."""
+    watch = OverflowWatch()
+    for t in range(1, 6):
+        watch.on_rtt(340.0, float(t))
+        assert not watch.on_report(0.12, 3_100_000, 4_400_000, 340.0, float(t), raw_loss=0.05)
+    # A report whose NACKs show a third of the video lost: the flood.
+    assert watch.on_report(0.12, 3_100_000, 4_400_000, 340.0, 6.0, raw_loss=0.37)
+    assert watch.capacity() == pytest.approx(3_100_000 * 0.63)
+    # Later, the same counts with the round trip at its floor are the line's own loss.
+    late = OverflowWatch()
+    late.on_rtt(340.0, 0.0)
+    assert not late.on_report(0.12, 3_100_000, 4_400_000, 340.0, START_S + 1, raw_loss=0.37)
+
+
 def test_a_line_that_loses_much_of_its_own_needs_more_lost_for_an_overflow() -> None:
     """256kbit-10pct, agent (main ad56df0): the line's own 10 % read 5-16 % a report;
     two reports of 11 % over a round trip the point's event loop stretched read an
