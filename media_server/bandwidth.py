@@ -223,7 +223,11 @@ class SubscriberBandwidth:
         # While nothing says congested, what is already sent stays as long as it fits.
         keep = None if estimate.congested else int(estimate.bps * KEEP_SHARE)
         decisions = allocate(
-            int(estimate.bps * ALLOCATION_SHARE), candidates, hold=hold, keep_bps=keep
+            int(estimate.bps * ALLOCATION_SHARE),
+            candidates,
+            hold=hold,
+            keep_bps=keep,
+            line_loss=self._line_loss(now),
         )
         lowered = raised = False
         for down, cand in zip(active, candidates, strict=True):
@@ -290,7 +294,8 @@ class SubscriberBandwidth:
         now_costs = sum(
             layer_bps(c, c.current) for c in candidates if c.current and not c.user_paused
         )
-        needs = [b / ALLOCATION_SHARE for b in rise_budgets(candidates) if b > now_costs]
+        budgets = rise_budgets(candidates, self._line_loss(now))
+        needs = [b / ALLOCATION_SHARE for b in budgets if b > now_costs]
         wanted = [n for n in needs if n > WORTH_PROBING * capacity]
         if not wanted:
             return
@@ -335,6 +340,14 @@ class SubscriberBandwidth:
         self._probe_last_step = now - PROBE_STEP_S
         self._probe_bytes_left = max(0.0, target - self.estimator.sent_bps) / 8 * RETEST_S
         self._probe_step()
+
+    def _line_loss(self, now: float) -> float:
+        """The line's loss before our repairs, which the repairs cost on top of the
+        layers (allocator.MAX_REPAIR_SHARE). Without transport-cc only: with it, the
+        delay detector keeps its own headroom, and the page's figures stand."""
+        if self._delay is not None:
+            return 0.0
+        return self.sent_log.recent_loss(now) or 0.0
 
     def _retest_done(self) -> None:
         self._probe_timer = None

@@ -199,6 +199,25 @@ def test_leaving_a_thin_link_needs_headroom(
     assert not too_thin_for_faces(235_000, lesson(teacher_camera={**started, "current": "l"}))
 
 
+def test_on_a_lossy_thin_link_the_faces_pay_for_their_repairs() -> None:
+    """256kbit-10pct, agent (main 8e860e4): readings of 231-265 kbit/s let the teacher's
+    180p in beside the courseware; with the repairs the line's 10 % needs it did not
+    fit, and it froze before the loss rule paused it again."""
+    started = {"started": True}
+    cands = lesson(
+        teacher_camera={**started, "current": None},
+        courseware={**started, "current": "l"},
+    )
+    # 270 k leaves the 15 % exit headroom over 40 + 75 + 120 k of layers...
+    assert layers(allocate(270_000, cands, hold=False))["teacher_camera"] == "l"
+    # ...but not with a tenth of what the line gets lost and repaired.
+    got = layers(allocate(270_000, cands, hold=False, line_loss=0.10))
+    assert got["teacher_camera"] is None and got["courseware"] == "l"
+    assert layers(allocate(300_000, cands, hold=False, line_loss=0.10))["teacher_camera"] == "l"
+    # A flood's losses at connect count no more than MAX_REPAIR_SHARE.
+    assert not too_thin_for_faces(1_000_000, cands, line_loss=0.9)
+
+
 def test_once_the_courseware_has_a_thin_link_the_teacher_returns_only_when_both_fit() -> None:
     started = {"started": True}
     cands = lesson(
