@@ -137,6 +137,14 @@ def test_a_line_that_loses_much_of_its_own_needs_more_lost_for_an_overflow() -> 
     # An overflowing queue still reads as one.
     assert not watch.on_report(0.25, 93_000, 150_000, 480.0, 53.0)
     assert watch.on_report(0.25, 93_000, 150_000, 480.0, 54.0)
+    # At connect, learned from the reports that NACKed little (main 8e860e4: not learned
+    # then, 15 % at 26 s read an overflow at 70 kbit/s and paused the courseware 25 s).
+    young = watch_with_floor()
+    for i, loss in enumerate([0.05, 0.12, 0.08, 0.16, 0.0, 0.1, 0.07, 0.13, 0.09, 0.06] * 2):
+        raw = loss + 0.02
+        assert not young.on_report(loss, 93_000, 150_000, 340.0, 4.0 + i, raw_loss=raw)
+    assert not young.on_report(0.11, 93_000, 150_000, 480.0, 25.0, raw_loss=0.13)
+    assert not young.on_report(0.11, 93_000, 150_000, 480.0, 26.0, raw_loss=0.13)
     # On a line with little loss of its own, 11 % over a queue is an overflow as before.
     clean = watch_with_floor()
     for i in range(20):
