@@ -578,17 +578,17 @@ class SubscriberBandwidth:
                 self.estimator.on_loss(loss, now)
             # Read against what left when the reported packets did, a round trip ago.
             then = self.sent_log.sent_then(now, report_rtt / 1000)
-            sent = then.bps if then else self.estimator.sent_bps
+            sent = then if then is not None else self.estimator.sent_bps
             raw = nacked / covered if covered >= RAW_LOSS_MIN_PACKETS else None
             if self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):
                 self.estimator.on_overflow(self.overflow.capacity() or 0.0)
             elif (
-                then
+                then is not None
                 and self._retest is None
                 and loss <= LOSS_HIGH
                 and self.overflow.queue_free(rtt)
             ):
-                self.overflow.note_carried(then.bps * (1 - loss), now)
+                self.overflow.note_carried(then * (1 - loss), now)
         if delay is None:
             # No probes and no delay detector measure this link: its overflows do.
             self.estimator.on_link_capacity(self.overflow.capacity())

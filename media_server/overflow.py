@@ -48,7 +48,6 @@ counts).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
 from media_server.estimator import LOSS_HIGH
 
@@ -340,13 +339,6 @@ class OverflowWatch:
         return self._keep_s
 
 
-@dataclass(frozen=True)
-class SentThen:
-    """What we sent over the time a receiver report covers."""
-
-    bps: float
-
-
 class SendLog:
     """What the subscriber's control loop sent, tick by tick, so that a receiver report
     is read against the packets it counts: those that left a round trip before it came.
@@ -382,8 +374,9 @@ class SendLog:
                 nacked += nacked_ps * overlap
         return min(1.0, nacked / packets) if packets >= RAW_LOSS_MIN_PPS * span_s else None
 
-    def sent_then(self, now: float, rtt_s: float) -> SentThen | None:
-        """What left over the REPORT_SPAN_S before `now - rtt_s` (None: not logged)."""
+    def sent_then(self, now: float, rtt_s: float) -> float | None:
+        """What left (bits/s) over the REPORT_SPAN_S before `now - rtt_s`, the time a
+        receiver report covers (None: not logged)."""
         if not self._ticks:
             return None
         hi = now - rtt_s
@@ -396,4 +389,4 @@ class SendLog:
                 bits += bps * overlap
         if covered < REPORT_SPAN_S / 2:
             return None
-        return SentThen(bits / covered)
+        return bits / covered
