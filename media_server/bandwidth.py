@@ -278,15 +278,14 @@ class SubscriberBandwidth:
             return
         if not watch.retest_due(now) or now - max(self._last_up, self._last_down) < SETTLE_S:
             return
+        # What the retest climbs from: the reading, or the estimate where the line's
+        # losses hold it below the reading. Padding above the reading would overshoot
+        # what the line carries now (256kbit-10pct: a retest from 239 kbit/s padded for
+        # 327 x 1.3, and the courseware stood 4 s); no retest at all left the
+        # courseware, the only picture, paused for the last 35 s of the minute while the
+        # estimate wore down from a 103 kbit/s reading to 83 (main 7339e22).
         estimate = self.estimator.estimate(now).bps
-        if estimate < RETEST_FROM * capacity:
-            # The line's losses hold the estimate below the reading: the retest climbs
-            # from the estimate. Padding above the reading would overshoot what the line
-            # carries now (256kbit-10pct: a retest from 239 kbit/s padded for 327 x 1.3,
-            # and the courseware stood 4 s); no retest at all left the courseware, the
-            # only picture, paused for the last 35 s of the minute while the estimate
-            # wore down from a 103 kbit/s reading to 83 (main 7339e22).
-            capacity = float(estimate)
+        base = capacity if estimate >= RETEST_FROM * capacity else float(estimate)
         # What is sent now may cost more than the estimate's share (what is sent stays
         # while it fits, KEEP_SHARE): reaching for that cost lets nothing new in
         # (1mbit-5pct-300ms: a retest padded the full line from 898 to 945 kbit/s, the
@@ -296,7 +295,7 @@ class SubscriberBandwidth:
         )
         budgets = rise_budgets(candidates, self._line_loss(now))
         needs = [b / ALLOCATION_SHARE for b in budgets if b > now_costs]
-        wanted = [n for n in needs if n > WORTH_PROBING * capacity]
+        wanted = [n for n in needs if n > WORTH_PROBING * base]
         if not wanted:
             return
         # The furthest rise within reach, so that a pass lets it in at once; a rise
@@ -316,7 +315,7 @@ class SubscriberBandwidth:
         missing = any(c.kind == "video" and c.started and c.current is None for c in candidates)
         climbing = missing and watch.recovering(now)
         climb = 1 + min(watch.passes_in_row, 2) if climbing else 0
-        reach = RETEST_GROWTH ** (1 + climb) * capacity
+        reach = RETEST_GROWTH ** (1 + climb) * base
         videos = [c for c in candidates if c.kind == "video" and not c.user_paused]
         if missing and all(c.current is None for c in videos):
             # No picture is shown, so none can freeze: the retest reaches for the first
