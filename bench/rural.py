@@ -558,7 +558,10 @@ async def _poll_sfu(
             estimate.append(sample)
         for p in now.get("receiving", []):
             if p.get("role") == "point" and p.get("downlink"):
-                for cut in p["downlink"].get("cuts", []):
+                # The delay detector's cuts and, without transport-cc, the overflow
+                # readings and retests.
+                downlink = p["downlink"]
+                for cut in downlink.get("cuts", []) + downlink.get("overflow_events", []):
                     # The server's loop clock is this machine's monotonic clock too.
                     cut = {"t_s": round(cut["at"] - t0, 2), **cut}
                     if cut not in cuts:
@@ -716,13 +719,27 @@ async def run_condition(
         # Wall-clock bounds of the measured period, for the master agent's own reports.
         window = [0.0, 0.0]
         estimate_series: list[list[Any]] = []
+        warmup_series: list[list[Any]] = []
         cut_list: list[dict[str, Any]] = []
         trace: list[dict[str, Any]] = []
 
         async def measure(mark: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
             """Warm up, then run the measured period (with the link's steps)."""
             log(f"{cond.name}: warming up {warmup:.0f} s")
+            # The warm-up's rows too (negative times): the start-up readings decide
+            # much of the minute.
+            warming = asyncio.ensure_future(
+                _poll_sfu(
+                    server,
+                    room,
+                    dict.fromkeys(SFU_COUNTERS, 0),
+                    warmup_series,
+                    cut_list,
+                    time.monotonic() + warmup,
+                )
+            )
             await asyncio.sleep(warmup)
+            warming.cancel()
             start = await mark()
             sfu_totals = dict.fromkeys(SFU_COUNTERS, 0)
             t0 = time.monotonic()
@@ -831,6 +848,7 @@ async def run_condition(
                 "estimate": {
                     "columns": ESTIMATE_COLUMNS,
                     "rows": estimate_series,
+                    "warmup_rows": warmup_series,
                     "cuts": cut_list,
                 },
             }

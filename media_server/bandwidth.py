@@ -652,6 +652,7 @@ class SubscriberBandwidth:
             "feedback_reports": self.feedback_reports,
             "capacity_bps": int(est.capacity_bps) if est.capacity_bps is not None else None,
             "overflows": self.overflow.overflows,
+            "overflow_events": list(self.overflow.events),
             "retests": {
                 "passed": self.overflow.retests_passed,
                 "failed": self.overflow.retests_failed,

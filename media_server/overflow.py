@@ -120,6 +120,14 @@ CARRIED_S = 300.0
 # more of what it gets.
 OWN_LOSS_MARGIN = 0.08
 OWN_LOSS_WEIGHT = 0.1
+# The reports that come in this soon after a retest ends (and a round trip) still count
+# its padding's numbers and its queue's losses: no reading of the line. One, a tick
+# after a failed retest on a 256 kbit/s line, read an overflow at 51 kbit/s from the
+# padding's NACKs, and every picture stayed paused for the rest of the minute (main
+# 207ad6d).
+RETEST_AFTERMATH_S = 2.0
+# Readings and retests kept for the ops page and the benchmark's trace.
+EVENTS_KEPT = 16
 
 
 class OverflowWatch:
@@ -144,9 +152,12 @@ class OverflowWatch:
         # (when, bits/s) the line carried without a queue, decreasing: the front is the
         # most of the last CARRIED_S (see recovering()).
         self._carried: deque[tuple[float, float]] = deque()
+        self._retest_ended_at = float("-inf")
         self.overflows = 0
         self.retests_passed = 0
         self.retests_failed = 0
+        # The last readings and retests, as the ops page shows them.
+        self.events: deque[dict[str, float | str | bool | None]] = deque(maxlen=EVENTS_KEPT)
 
     def _age(self, now: float) -> float:
         if self._started_at is None:
@@ -194,6 +205,8 @@ class OverflowWatch:
             # 2 % lost a 607 kbit/s reading failed its retest on a 1 Mbit/s line.
             self._retest_failed |= lost_on_line > RETEST_LOSS
             return False
+        if now - self._retest_ended_at < (rtt_ms or 0.0) / 1000 + RETEST_AFTERMATH_S:
+            return False
         starting = self._age(now) < START_S
         flooded = FLOOD_LOSS < lost_on_line < OUTAGE_LOSS and starting
         lossy = max(LOSS_HIGH, self._own_loss + OWN_LOSS_MARGIN)
@@ -237,6 +250,17 @@ class OverflowWatch:
         # (A failed step may have set a later time.)
         self._step_due_at = max(self._step_due_at, now + self._step_keep_s)
         self.overflows += 1
+        self.events.append(
+            {
+                "at": round(now, 2),
+                "what": "flood" if flooded else "overflow",
+                "bps": round(self._capacity),
+                "sent_bps": round(sent_bps),
+                "lost": round(lost_on_line, 3),
+                "rtt_ms": round(rtt_ms, 1) if rtt_ms is not None else None,
+                "floor_ms": round(floor, 1) if floor is not None else None,
+            }
+        )
         return True
 
     def draining(self, rtt_ms: float | None, now: float) -> bool:
@@ -303,6 +327,16 @@ class OverflowWatch:
         (the new capacity; the next retest comes soon); otherwise the reading stands
         again, twice as long."""
         self._retesting = False
+        self._retest_ended_at = now
+        self.events.append(
+            {
+                "at": round(now, 2),
+                "what": "retest",
+                "bps": round(padded_to_bps),
+                "passed": not self._retest_failed,
+                "step": self._stepping,
+            }
+        )
         if self._retest_failed:
             self._provisional = False
             if self._passed_at < self._read_at:

@@ -22,6 +22,7 @@ from media_server.overflow import (
     KEEP_S,
     PROVISIONAL_KEEP_S,
     RETEST_AFTER_PASS_S,
+    RETEST_AFTERMATH_S,
     RETEST_GROWTH,
     RETEST_KEEP_MAX_S,
     START_S,
@@ -331,6 +332,28 @@ def test_a_start_up_floods_reading_is_climbed_quickly_until_a_retest_fails() -> 
     watch.fail_retest()
     watch.end_retest(30.0, 0.0)
     assert not watch.recovering(31.0)
+
+
+def test_the_reports_right_after_a_retest_read_no_overflow() -> None:
+    """256kbit-10pct, agent (main 207ad6d): the report a tick after a failed retest still
+    counted the padding's lost numbers over its queue, read an overflow at 51 kbit/s
+    where the reading was 200, and every picture stayed paused for the rest of the
+    minute."""
+    watch = watch_with_floor()
+    t0 = START_S + 5.0
+    overflow_at(watch, t0)
+    capacity = watch.capacity()
+    end = t0 + KEEP_S + 4.0
+    assert retest(watch, t0 + KEEP_S, carried=False) is False
+    # The padding's queue and losses, reported just after: the reading stands.
+    for dt in (0.5, 1.0, 1.5):
+        assert not watch.on_report(0.45, 104_000, 200_000, 520.0, end + dt)
+    assert watch.capacity() == capacity
+    # Later, an overflowing queue is a reading again.
+    later = end + 0.52 + RETEST_AFTERMATH_S + 0.1
+    watch.on_report(0.25, 1_000_000, 1_200_000, 520.0, later)
+    assert watch.on_report(0.25, 1_000_000, 1_200_000, 520.0, later + 0.5)
+    assert watch.capacity() == pytest.approx(750_000)
 
 
 def test_the_line_carried_more_only_without_a_queue_and_after_the_start() -> None:
