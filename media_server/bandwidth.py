@@ -140,6 +140,8 @@ class SubscriberBandwidth:
         self._octets: dict[int, tuple[int, int]] = {}
         # Video: out SSRC -> (packets sent, of them NACKed) at the last tick.
         self._video_marks: dict[int, tuple[int, int]] = {}
+        # Video: out SSRC -> the next sequence number out at the last tick.
+        self._video_seqs: dict[int, int] = {}
         self.sent_log = SendLog()
         self._started: set[str] = set()
         self._announced: Any = None
@@ -507,13 +509,20 @@ class SubscriberBandwidth:
                     if mark is not None:
                         packets += d.stats.packets + d.stats.probes - mark[0]
                         nacked += d.stats.nacked - mark[1]
-            self.sent_log.add(self._last_tick, now, out_bps, packets / elapsed, nacked / elapsed)
+            numbers = {
+                d.ssrc: (self._video_seqs[d.ssrc], d.next_seq())
+                for d in downtracks
+                if d.ssrc in self._video_seqs
+            }
+            self.sent_log.add(
+                self._last_tick, now, out_bps, packets / elapsed, nacked / elapsed, numbers
+            )
         self._octets = {d.ssrc: (d.stats.octets, d.stats.extra_octets) for d in downtracks}
+        videos = [d for d in downtracks if d.source is not None and d.source.kind == "video"]
         self._video_marks = {
-            d.ssrc: (d.stats.packets + d.stats.probes, d.stats.nacked)
-            for d in downtracks
-            if d.source is not None and d.source.kind == "video"
+            d.ssrc: (d.stats.packets + d.stats.probes, d.stats.nacked) for d in videos
         }
+        self._video_seqs = {d.ssrc: d.next_seq() for d in videos}
         self._last_tick = now
 
     def _feed_loss(self, downtracks: Sequence[DownTrack], now: float) -> None:
@@ -538,6 +547,7 @@ class SubscriberBandwidth:
         rtt: float | None = None
         report_rtt = 0.0  # as measured: the reports waited in the uplink's queue too
         covered = nacked = 0  # video numbers the reports cover, and of them NACKed
+        numbers: list[tuple[int, int, int]] = []  # (out SSRC, first number, how many)
         # A point's own camera can fill its uplink's queue (256kbit-10pct: its estimate
         # climbs past the line every 20 s): the round trip then says "queue" while the
         # downlink has none, and the line's random 14 % lost read as an overflow at 85
@@ -552,6 +562,8 @@ class SubscriberBandwidth:
                 if d.source is not None and d.source.kind == "video":
                     covered += d.stats.report_packets
                     nacked += d.stats.report_nacked
+                    if d.stats.report_packets:
+                        numbers.append((d.ssrc, d.stats.report_first, d.stats.report_packets))
                 if d.stats.rtt_ms is not None:
                     report_rtt = max(report_rtt, d.stats.rtt_ms)
                     down_rtt = max(0.0, d.stats.rtt_ms - own_queue)
@@ -575,8 +587,11 @@ class SubscriberBandwidth:
                 self.estimator.on_line_loss(loss, now)
             else:
                 self.estimator.on_loss(loss, now)
-            # Read against what left when the reported packets did, a round trip ago.
-            then = self.sent_log.sent_then(now, report_rtt / 1000)
+            # Read against what left when the reported packets did: while their numbers
+            # did, or else a round trip ago.
+            then = self.sent_log.sent_with(numbers)
+            if then is None:
+                then = self.sent_log.sent_then(now, report_rtt / 1000)
             sent = then if then is not None else self.estimator.sent_bps
             raw = nacked / covered if covered >= RAW_LOSS_MIN_PACKETS else None
             if self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):

@@ -107,6 +107,7 @@ class DownTrackStats:
     # how many, and how many of them the receiver NACKed (lost before our repairs).
     report_packets: int = 0
     report_nacked: int = 0
+    report_first: int = 0  # the first of those numbers
     jitter: int = 0
     rtt_ms: float | None = None
     remb_bps: int | None = None
@@ -535,6 +536,7 @@ class DownTrack:
         span = (top - last) & 0xFFFF
         if 0 < span < 0x8000:
             self.stats.report_packets = span
+            self.stats.report_first = (last + 1) & 0xFFFF
             self.stats.report_nacked = self.nacked_between((last + 1) & 0xFFFF, (top + 1) & 0xFFFF)
 
     def next_seq(self) -> int:

@@ -178,6 +178,7 @@ def sending(
     if video is None:
         stats = SimpleNamespace(octets=0, extra_octets=0, packets=0, probes=0, nacked=0)
         video = SimpleNamespace(ssrc=1, source=SimpleNamespace(kind="video"), stats=stats)
+        video.next_seq = lambda: stats.packets & 0xFFFF
         bw._test_video = video  # type: ignore[attr-defined]
     for t in ticks:
         video.stats.octets += kbps * 125
@@ -226,6 +227,29 @@ def test_a_report_is_read_against_what_left_when_its_packets_did() -> None:
     sending(bw, range(7, 10), 240, 0.5)
     bw._feed_loss([downtrack(0.45, 800.0, nacked=0.5)], 9.0)  # type: ignore[list-item]
     assert bw.overflow.capacity() == pytest.approx(240_000 * 0.5, rel=0.02)
+    bw.close()
+
+
+def test_a_report_is_read_against_what_left_while_its_numbers_did() -> None:
+    """1mbit-5pct-300ms, agent (main e5cf152): at connect the point's reports come late
+    from its crowded uplink, while our rate falls by half a tick. Read against what left
+    a round trip before, a report of the flood's losses met the cut rate: the line read
+    at 1,587, 948, then 637 kbit/s. The numbers a report covers say when they left."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=2_500_000)
+    sending(bw, range(3), 2600, 0.6)  # the flood: numbers 325-975 leave in ticks 1 and 2
+    sending(bw, range(3, 5), 1300, 0.6)  # the cut
+    stats = SimpleNamespace(
+        packets=1300,
+        fraction_lost=0.5,
+        rtt_ms=800.0,
+        report_packets=650,
+        report_nacked=390,
+        report_first=325,
+    )
+    report = SimpleNamespace(ssrc=1, loss_fresh=True, source=SimpleNamespace(kind="video"))
+    report.stats = stats
+    bw._feed_loss([report], 4.5)  # type: ignore[list-item]
+    assert bw.overflow.capacity() == pytest.approx(2_600_000 * 0.4, rel=0.02)
     bw.close()
 
 
@@ -456,7 +480,11 @@ def downtrack(fraction_lost: float, rtt_ms: float, nacked: float | None = None) 
     stats = SimpleNamespace(packets=1000, fraction_lost=fraction_lost, rtt_ms=rtt_ms)
     stats.report_packets = 0 if nacked is None else 100
     stats.report_nacked = 0 if nacked is None else round(100 * nacked)
-    return SimpleNamespace(loss_fresh=True, source=SimpleNamespace(kind="video"), stats=stats)
+    stats.report_first = 0
+    # (Another stream than `sending`'s: read against what left a round trip before.)
+    return SimpleNamespace(
+        ssrc=2, loss_fresh=True, source=SimpleNamespace(kind="video"), stats=stats
+    )
 
 
 def test_a_point_agents_estimate_no_longer_climbs_back_over_its_link() -> None:
