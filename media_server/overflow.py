@@ -395,8 +395,8 @@ class SendLog:
     def __init__(self) -> None:
         # (start, end, bits/s, video packets/s, NACKed/s) of each tick.
         self._ticks: deque[tuple[float, float, float, float, float]] = deque()
-        # Each tick's video numbers: out SSRC -> (first, end) sent in it.
-        self._numbers: deque[dict[int, tuple[int, int]]] = deque()
+        # Each tick's video numbers: out SSRC -> (first, end, repairs) sent in it.
+        self._numbers: deque[dict[int, tuple[int, int, int]]] = deque()
 
     def add(
         self,
@@ -405,7 +405,7 @@ class SendLog:
         bps: float,
         video_pps: float,
         nacked_ps: float,
-        numbers: dict[int, tuple[int, int]] | None = None,
+        numbers: dict[int, tuple[int, int, int]] | None = None,
     ) -> None:
         self._ticks.append((start, end, bps, video_pps, nacked_ps))
         self._numbers.append(numbers or {})
@@ -413,16 +413,17 @@ class SendLog:
             self._ticks.popleft()
             self._numbers.popleft()
 
-    def sent_with(self, reported: list[tuple[int, int, int]]) -> float | None:
-        """What left (bits/s) while the reported video numbers did: each tick's rate,
-        weighed by how many of them left in it. `reported`: (out SSRC, first number,
-        how many). None when the log holds under half of them.
+    def sent_with(self, reported: list[tuple[int, int, int]]) -> tuple[float, float] | None:
+        """What left (bits/s) while the reported video numbers did, each tick's rate
+        weighed by how many of them left in it, and how many repairs of those streams
+        left meanwhile. `reported`: (out SSRC, first number, how many). None when the
+        log holds under half of them.
 
         A time window a round trip before the report missed them at connect, when the
         point's reports come late from its crowded uplink and our rate falls by half a
         tick: a 1 Mbit/s line read at 1,587, 948, then 637 kbit/s, a report's losses of
         the flood read against the cut rate (main e5cf152)."""
-        total = weight = bits = 0.0
+        total = weight = bits = repairs = 0.0
         for ssrc, first, count in reported:
             total += count
             for (_, _, bps, _, _), numbers in zip(self._ticks, self._numbers, strict=True):
@@ -434,9 +435,10 @@ class SendLog:
                 if hi > lo:
                     weight += hi - lo
                     bits += bps * (hi - lo)
+                    repairs += sent[2] * (hi - lo) / _offset(sent[1], sent[0])
         if not total or weight < total / 2:
             return None
-        return bits / weight
+        return bits / weight, repairs
 
     def recent_loss(self, now: float, span_s: float = LOSS_SPAN_S) -> float | None:
         """The video's loss before repairs over the last `span_s` (None: too few packets)."""

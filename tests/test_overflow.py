@@ -176,7 +176,9 @@ def sending(
     packets, of which the receiver NACKs `nacked_share`, and repairs at `repairs_kbps`."""
     video = getattr(bw, "_test_video", None)
     if video is None:
-        stats = SimpleNamespace(octets=0, extra_octets=0, packets=0, probes=0, nacked=0)
+        stats = SimpleNamespace(
+            octets=0, extra_octets=0, packets=0, probes=0, nacked=0, retransmitted=0
+        )
         video = SimpleNamespace(ssrc=1, source=SimpleNamespace(kind="video"), stats=stats)
         video.next_seq = lambda: stats.packets & 0xFFFF
         bw._test_video = video  # type: ignore[attr-defined]
@@ -245,11 +247,45 @@ def test_a_report_is_read_against_what_left_while_its_numbers_did() -> None:
         report_packets=650,
         report_nacked=390,
         report_first=325,
+        report_received=None,
     )
     report = SimpleNamespace(ssrc=1, loss_fresh=True, source=SimpleNamespace(kind="video"))
     report.stats = stats
     bw._feed_loss([report], 4.5)  # type: ignore[list-item]
     assert bw.overflow.capacity() == pytest.approx(2_600_000 * 0.4, rel=0.02)
+    bw.close()
+
+
+@pytest.mark.parametrize(
+    ("nacked", "received", "delivered"),
+    [
+        # The receiver NACKed every loss: its counts say the same.
+        (390, 260, 0.4),
+        # In a flood it gave frames up and NACKed only a third lost; half the packets
+        # never arrived (1mbit-5pct-300ms, agent: the line read at 1,054-1,077 kbit/s).
+        (217, 325, 0.5),
+        # Counts unknown (a first report): the NACKs alone.
+        (217, None, 2 / 3),
+    ],
+)
+def test_a_flood_is_read_from_what_arrived_not_only_from_what_was_nacked(
+    nacked: int, received: int | None, delivered: float
+) -> None:
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=2_500_000)
+    sending(bw, range(3), 2600, 0.6)  # numbers 325-975 leave in ticks 1 and 2
+    stats = SimpleNamespace(
+        packets=975,
+        fraction_lost=0.3,
+        rtt_ms=800.0,
+        report_packets=650,
+        report_nacked=nacked,
+        report_first=325,
+        report_received=received,
+    )
+    report = SimpleNamespace(ssrc=1, loss_fresh=True, source=SimpleNamespace(kind="video"))
+    report.stats = stats
+    bw._feed_loss([report], 3.5)  # type: ignore[list-item]
+    assert bw.overflow.capacity() == pytest.approx(2_600_000 * delivered, rel=0.02)
     bw.close()
 
 
@@ -481,6 +517,7 @@ def downtrack(fraction_lost: float, rtt_ms: float, nacked: float | None = None) 
     stats.report_packets = 0 if nacked is None else 100
     stats.report_nacked = 0 if nacked is None else round(100 * nacked)
     stats.report_first = 0
+    stats.report_received = None
     # (Another stream than `sending`'s: read against what left a round trip before.)
     return SimpleNamespace(
         ssrc=2, loss_fresh=True, source=SimpleNamespace(kind="video"), stats=stats
@@ -888,11 +925,11 @@ async def test_a_report_says_what_was_nacked_of_the_numbers_it_covers() -> None:
     """The loss on the line, before repairs, over exactly what a receiver report covers."""
     down, _ = forwarding_downtrack()
 
-    def report(highest: int) -> None:
+    def report(highest: int, lost: int = 0) -> None:
         info = RtcpReceiverInfo(
             ssrc=77,
             fraction_lost=0,
-            packets_lost=0,
+            packets_lost=lost,
             highest_sequence=highest,
             jitter=0,
             lsr=0,
@@ -900,14 +937,17 @@ async def test_a_report_says_what_was_nacked_of_the_numbers_it_covers() -> None:
         )
         down.on_rtcp(RtcpRrPacket(ssrc=1, reports=[info]))
 
-    report(65_530)
+    report(65_530, lost=3)
+    assert down.stats.report_received is None  # nothing to count from yet
     down.on_rtcp(
         RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=77, lost=[65_529, 65_533, 2])
     )
-    report(65_536 + 9)  # (the numbers wrap)
+    report(65_536 + 9, lost=7)  # (the numbers wrap)
     assert (down.stats.report_packets, down.stats.report_nacked) == (15, 2)
-    report(65_536 + 20)
+    assert down.stats.report_received == 11  # 4 more of the 15 never arrived
+    report(65_536 + 20, lost=6)  # a late one came, repaired or reordered
     assert (down.stats.report_packets, down.stats.report_nacked) == (11, 0)
+    assert down.stats.report_received == 12
 
 
 async def test_a_retest_stops_padding_at_the_nacks_of_its_overflow(
