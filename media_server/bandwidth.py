@@ -140,6 +140,8 @@ class SubscriberBandwidth:
         self._octets: dict[int, tuple[int, int]] = {}
         # Video: out SSRC -> (packets sent, of them NACKed) at the last tick.
         self._video_marks: dict[int, tuple[int, int]] = {}
+        # The pacer's queued and dropped bytes at the last tick.
+        self._pacer_mark = (0, 0)
         # Video: out SSRC -> (the next sequence number out, repairs sent) at the last tick.
         self._video_seqs: dict[int, tuple[int, int]] = {}
         self.sent_log = SendLog()
@@ -500,6 +502,12 @@ class SubscriberBandwidth:
                 total += est.stream_bps[d.ssrc]
                 out_bps += rate + (d.stats.extra_octets - extra) * 8 / elapsed
             est.sent_bps = total
+            # What left, not what was handed to the pacer: at connect its queue holds
+            # a second of the flood after a cut, and drops from it (a 1 Mbit/s line read
+            # at 1,073 kbit/s, a third over what it carries, against the handed rate).
+            held = self.pacer.queued_bytes - self._pacer_mark[0]
+            held += self.pacer.dropped_bytes - self._pacer_mark[1]
+            out_bps = max(0.0, out_bps - held * 8 / elapsed)
             if total > 0 and est.started_at is None:
                 est.started_at = now
             packets = nacked = 0
@@ -522,6 +530,7 @@ class SubscriberBandwidth:
                 self._last_tick, now, out_bps, packets / elapsed, nacked / elapsed, numbers
             )
         self._octets = {d.ssrc: (d.stats.octets, d.stats.extra_octets) for d in downtracks}
+        self._pacer_mark = (self.pacer.queued_bytes, self.pacer.dropped_bytes)
         videos = [d for d in downtracks if d.source is not None and d.source.kind == "video"]
         self._video_marks = {
             d.ssrc: (d.stats.packets + d.stats.probes, d.stats.nacked) for d in videos

@@ -256,6 +256,33 @@ def test_a_report_is_read_against_what_left_while_its_numbers_did() -> None:
     bw.close()
 
 
+def test_what_waits_in_our_pacer_or_is_dropped_there_did_not_leave() -> None:
+    """1mbit-5pct-300ms, agent (main 7ab86c7): after a cut at connect the pacer held a
+    second of the flood and dropped from it; counted as handed to it, what left read a
+    1 Mbit/s line at 1,073 kbit/s, a third over what it carries."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=2_500_000)
+    sending(bw, range(1), 2600, 0.6)
+    for t in (1, 2):
+        bw.pacer.queued_bytes += 75_000  # 600 kbit more waiting at each tick
+        bw.pacer.dropped_bytes += 25_000  # and 200 kbit dropped
+        sending(bw, range(t, t + 1), 2600, 0.6)
+    stats = SimpleNamespace(
+        packets=975,
+        fraction_lost=0.3,
+        rtt_ms=800.0,
+        report_packets=650,
+        report_nacked=390,
+        report_first=325,
+        report_received=None,
+    )
+    report = SimpleNamespace(ssrc=1, loss_fresh=True, source=SimpleNamespace(kind="video"))
+    report.stats = stats
+    bw._feed_loss([report], 2.5)  # type: ignore[list-item]
+    assert bw.overflow.capacity() == pytest.approx(1_800_000 * 0.4, rel=0.02)
+    bw.pacer.queued_bytes = 0
+    bw.close()
+
+
 @pytest.mark.parametrize(
     ("nacked", "received", "delivered"),
     [
