@@ -140,8 +140,8 @@ class SubscriberBandwidth:
         self._octets: dict[int, tuple[int, int]] = {}
         # Video: out SSRC -> (packets sent, of them NACKed) at the last tick.
         self._video_marks: dict[int, tuple[int, int]] = {}
-        # The pacer's queued and dropped bytes at the last tick.
-        self._pacer_mark = (0, 0)
+        # The pacer's queued bytes, and dropped bytes and packets, at the last tick.
+        self._pacer_mark = (0, 0, 0)
         # Video: out SSRC -> (the next sequence number out, repairs sent) at the last tick.
         self._video_seqs: dict[int, tuple[int, int]] = {}
         self.sent_log = SendLog()
@@ -527,10 +527,17 @@ class SubscriberBandwidth:
                 if d.ssrc in self._video_seqs
             }
             self.sent_log.add(
-                self._last_tick, now, out_bps, packets / elapsed, nacked / elapsed, numbers
+                self._last_tick,
+                now,
+                out_bps,
+                packets / elapsed,
+                nacked / elapsed,
+                numbers,
+                self.pacer.dropped - self._pacer_mark[2],
             )
         self._octets = {d.ssrc: (d.stats.octets, d.stats.extra_octets) for d in downtracks}
-        self._pacer_mark = (self.pacer.queued_bytes, self.pacer.dropped_bytes)
+        pacer = self.pacer
+        self._pacer_mark = (pacer.queued_bytes, pacer.dropped_bytes, pacer.dropped)
         videos = [d for d in downtracks if d.source is not None and d.source.kind == "video"]
         self._video_marks = {
             d.ssrc: (d.stats.packets + d.stats.probes, d.stats.nacked) for d in videos
@@ -609,11 +616,16 @@ class SubscriberBandwidth:
             then = aligned[0] if aligned else self.sent_log.sent_then(now, report_rtt / 1000)
             sent = then if then is not None else self.estimator.sent_bps
             raw = nacked / covered if covered >= RAW_LOSS_MIN_PACKETS else None
-            if raw is not None and aligned is not None and received is not None:
-                # What arrived of all that left: a receiver NACKs only what it still
-                # waits for, and in a flood it gives whole frames up (a 1 Mbit/s line
-                # read at 1,054-1,077 kbit/s from its NACKs, main 400d9a9).
-                raw = max(raw, 1 - received / (covered + aligned[1]))
+            if raw is not None and aligned is not None:
+                # What our pacer dropped never took the line (the receiver NACKs it).
+                _, repairs, dropped = aligned
+                left = max(1.0, covered - dropped)
+                raw = max(0.0, nacked - dropped) / left
+                if received is not None:
+                    # What arrived of all that left: a receiver NACKs only what it
+                    # still waits for, and in a flood it gives whole frames up (a
+                    # 1 Mbit/s line read at 1,054-1,077 kbit/s from its NACKs).
+                    raw = max(raw, 1 - received / (left + repairs))
             if self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):
                 self.estimator.on_overflow(self.overflow.capacity() or 0.0)
             elif (
