@@ -616,9 +616,13 @@ class SubscriberBandwidth:
             then = aligned[0] if aligned else self.sent_log.sent_then(now, report_rtt / 1000)
             sent = then if then is not None else self.estimator.sent_bps
             raw = nacked / covered if covered >= RAW_LOSS_MIN_PACKETS else None
+            counts: dict[str, float] = {"covered": covered, "nacked": nacked}
+            if received is not None:
+                counts["received"] = received
             if raw is not None and aligned is not None:
                 # What our pacer dropped never took the line (the receiver NACKs it).
                 _, repairs, dropped = aligned
+                counts |= {"repairs": round(repairs), "paced_out": round(dropped)}
                 left = max(1.0, covered - dropped)
                 raw = max(0.0, nacked - dropped) / left
                 if received is not None:
@@ -626,7 +630,7 @@ class SubscriberBandwidth:
                     # still waits for, and in a flood it gives whole frames up (a
                     # 1 Mbit/s line read at 1,054-1,077 kbit/s from its NACKs).
                     raw = max(raw, 1 - received / (left + repairs))
-            if self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):
+            if self.overflow.on_report(loss, sent, before, rtt, now, raw, counts):
                 self.estimator.on_overflow(self.overflow.capacity() or 0.0)
             elif (
                 then is not None

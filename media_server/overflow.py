@@ -189,11 +189,13 @@ class OverflowWatch:
         rtt_ms: float | None,
         now: float,
         raw_loss: float | None = None,
+        counts: dict[str, float] | None = None,
     ) -> bool:
         """One tick's loss (0..1), what we sent, the estimate it was sent under and the
         latest round trip; True when it was an overflow. `raw_loss`, where known, is the
         loss before our repairs (the report's counts repaired packets as received): what
-        a reading and a retest's verdict go by."""
+        a reading and a retest's verdict go by; `counts`, what it was read from, go
+        with a reading into `events`."""
         lost_on_line = max(loss, raw_loss or 0.0)
         floor = self.floor_ms()
         queued = rtt_ms is not None and floor is not None and rtt_ms - floor >= QUEUE_MS
@@ -259,6 +261,7 @@ class OverflowWatch:
                 "lost": round(lost_on_line, 3),
                 "rtt_ms": round(rtt_ms, 1) if rtt_ms is not None else None,
                 "floor_ms": round(floor, 1) if floor is not None else None,
+                **(counts or {}),
             }
         )
         return True
