@@ -307,11 +307,8 @@ class OverflowWatch:
         return self._capacity is not None and not self._retesting and now >= self._due_at
 
     def step_due(self, now: float) -> bool:
-        """A retest that would let no layer in may run too (see STEP_KEEP_S); at once
-        while the reading is a start-up flood's: rough, it may be far under the line
-        (589-630 kbit/s on a 1 Mbit/s line with every picture shown: no step ran, and
-        the courseware kept its low layer for 23 s)."""
-        return self._provisional or now >= self._step_due_at
+        """A retest that would let no layer in may run too (see STEP_KEEP_S)."""
+        return now >= self._step_due_at
 
     def start_retest(self, step: bool = False) -> None:
         self._retesting = True

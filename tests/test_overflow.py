@@ -445,25 +445,6 @@ def test_the_reports_right_after_a_retest_read_no_overflow() -> None:
     assert watch.capacity() == pytest.approx(750_000)
 
 
-async def test_a_start_up_floods_reading_is_stepped_from_even_with_every_picture_shown() -> None:
-    """1mbit-5pct-300ms, agent (main e5cf152): a flood at connect read the line at 589,
-    then 630 kbit/s; every picture was shown, so the step towards the courseware's full
-    layer waited as on a full line, and the courseware kept its low layer for 23 s."""
-    bw = SubscriberBandwidth(MemorySink())
-    bw.overflow.on_report(0.5, 1_260_000, 1_800_000, 900.0, 2.0)  # no floor below it yet
-    assert bw.overflow.capacity() == pytest.approx(630_000)
-    bw.estimator.on_link_capacity(bw.overflow.capacity())
-    bw._maybe_retest(COURSEWARE_LOW, 2.0 + PROVISIONAL_KEEP_S)
-    assert bw._retest is not None
-    assert bw._retest.target_bps == pytest.approx(RETEST_GROWTH * 630_000)
-    bw.close()
-    # Once a retest failed, the reading is the line's, and a step waits its time.
-    bw.overflow.fail_retest()
-    assert not bw.overflow.end_retest(10.0, RETEST_GROWTH * 630_000)
-    bw._retest = None
-    assert not bw.overflow.step_due(12.0)
-
-
 def test_the_line_carried_more_only_without_a_queue_and_after_the_start() -> None:
     watch = watch_with_floor()
     overflow_at(watch, 40.0)  # read at 900 kbit/s
