@@ -451,6 +451,12 @@ def summarise_agent(
             ),
             "glass_to_glass_p50_ms": _pct(p50s, 0.5),
             "glass_to_glass_p95_ms": _pct(p95s, 0.95),
+            # The point's frame buffer: losses it gave up on (each costs the frames
+            # until a keyframe), and the keyframes it asked for then.
+            "gaps_given_up": int(buffer_grown("skipped_gaps")),
+            "frames_dropped": int(buffer_grown("dropped_frames")),
+            "keyframes_asked": int(buffer_grown("keyframes_asked")),
+            "repair_ms": last.get("buffer", {}).get("repair_ms"),
         }
     return {
         "sources": sources,
@@ -563,9 +569,8 @@ async def _poll_sfu(
                 downlink = p["downlink"]
                 for cut in downlink.get("cuts", []) + downlink.get("overflow_events", []):
                     # The server's loop clock is this machine's monotonic clock too.
-                    cut = {"t_s": round(cut["at"] - t0, 2), **cut}
-                    if cut not in cuts:
-                        cuts.append(cut)
+                    if all(c["at"] != cut["at"] for c in cuts):
+                        cuts.append({"t_s": round(cut["at"] - t0, 2), **cut})
         if trace is not None:
             trace.append(_downlink_sample(now))
 
