@@ -140,10 +140,6 @@ class SubscriberBandwidth:
         self._octets: dict[int, tuple[int, int]] = {}
         # Video: out SSRC -> (packets sent, of them NACKed) at the last tick.
         self._video_marks: dict[int, tuple[int, int]] = {}
-        # The pacer's queued bytes, and dropped bytes and packets, at the last tick.
-        self._pacer_mark = (0, 0, 0)
-        # Video: out SSRC -> (the next sequence number out, repairs sent) at the last tick.
-        self._video_seqs: dict[int, tuple[int, int]] = {}
         self.sent_log = SendLog()
         self._started: set[str] = set()
         self._announced: Any = None
@@ -502,12 +498,6 @@ class SubscriberBandwidth:
                 total += est.stream_bps[d.ssrc]
                 out_bps += rate + (d.stats.extra_octets - extra) * 8 / elapsed
             est.sent_bps = total
-            # What left, not what was handed to the pacer: at connect its queue holds
-            # a second of the flood after a cut, and drops from it (a 1 Mbit/s line read
-            # at 1,073 kbit/s, a third over what it carries, against the handed rate).
-            held = self.pacer.queued_bytes - self._pacer_mark[0]
-            held += self.pacer.dropped_bytes - self._pacer_mark[1]
-            out_bps = max(0.0, out_bps - held * 8 / elapsed)
             if total > 0 and est.started_at is None:
                 est.started_at = now
             packets = nacked = 0
@@ -517,32 +507,13 @@ class SubscriberBandwidth:
                     if mark is not None:
                         packets += d.stats.packets + d.stats.probes - mark[0]
                         nacked += d.stats.nacked - mark[1]
-            numbers = {
-                d.ssrc: (
-                    self._video_seqs[d.ssrc][0],
-                    d.next_seq(),
-                    d.stats.retransmitted - self._video_seqs[d.ssrc][1],
-                )
-                for d in downtracks
-                if d.ssrc in self._video_seqs
-            }
-            self.sent_log.add(
-                self._last_tick,
-                now,
-                out_bps,
-                packets / elapsed,
-                nacked / elapsed,
-                numbers,
-                self.pacer.dropped - self._pacer_mark[2],
-            )
+            self.sent_log.add(self._last_tick, now, out_bps, packets / elapsed, nacked / elapsed)
         self._octets = {d.ssrc: (d.stats.octets, d.stats.extra_octets) for d in downtracks}
-        pacer = self.pacer
-        self._pacer_mark = (pacer.queued_bytes, pacer.dropped_bytes, pacer.dropped)
-        videos = [d for d in downtracks if d.source is not None and d.source.kind == "video"]
         self._video_marks = {
-            d.ssrc: (d.stats.packets + d.stats.probes, d.stats.nacked) for d in videos
+            d.ssrc: (d.stats.packets + d.stats.probes, d.stats.nacked)
+            for d in downtracks
+            if d.source is not None and d.source.kind == "video"
         }
-        self._video_seqs = {d.ssrc: (d.next_seq(), d.stats.retransmitted) for d in videos}
         self._last_tick = now
 
     def _feed_loss(self, downtracks: Sequence[DownTrack], now: float) -> None:
@@ -567,8 +538,6 @@ class SubscriberBandwidth:
         rtt: float | None = None
         report_rtt = 0.0  # as measured: the reports waited in the uplink's queue too
         covered = nacked = 0  # video numbers the reports cover, and of them NACKed
-        numbers: list[tuple[int, int, int]] = []  # (out SSRC, first number, how many)
-        received: int | None = 0  # packets of those streams that arrived, repairs too
         # A point's own camera can fill its uplink's queue (256kbit-10pct: its estimate
         # climbs past the line every 20 s): the round trip then says "queue" while the
         # downlink has none, and the line's random 14 % lost read as an overflow at 85
@@ -583,10 +552,6 @@ class SubscriberBandwidth:
                 if d.source is not None and d.source.kind == "video":
                     covered += d.stats.report_packets
                     nacked += d.stats.report_nacked
-                    if d.stats.report_packets:
-                        numbers.append((d.ssrc, d.stats.report_first, d.stats.report_packets))
-                        got = d.stats.report_received
-                        received = None if got is None or received is None else received + got
                 if d.stats.rtt_ms is not None:
                     report_rtt = max(report_rtt, d.stats.rtt_ms)
                     down_rtt = max(0.0, d.stats.rtt_ms - own_queue)
@@ -610,27 +575,11 @@ class SubscriberBandwidth:
                 self.estimator.on_line_loss(loss, now)
             else:
                 self.estimator.on_loss(loss, now)
-            # Read against what left when the reported packets did: while their numbers
-            # did, or else a round trip ago.
-            aligned = self.sent_log.sent_with(numbers)
-            then = aligned[0] if aligned else self.sent_log.sent_then(now, report_rtt / 1000)
+            # Read against what left when the reported packets did, a round trip ago.
+            then = self.sent_log.sent_then(now, report_rtt / 1000)
             sent = then if then is not None else self.estimator.sent_bps
             raw = nacked / covered if covered >= RAW_LOSS_MIN_PACKETS else None
-            counts: dict[str, float] = {"covered": covered, "nacked": nacked}
-            if received is not None:
-                counts["received"] = received
-            if raw is not None and aligned is not None:
-                # What our pacer dropped never took the line (the receiver NACKs it).
-                _, repairs, dropped = aligned
-                counts |= {"repairs": round(repairs), "paced_out": round(dropped)}
-                left = max(1.0, covered - dropped)
-                raw = max(0.0, nacked - dropped) / left
-                if received is not None:
-                    # What arrived of all that left: a receiver NACKs only what it
-                    # still waits for, and in a flood it gives whole frames up (a
-                    # 1 Mbit/s line read at 1,054-1,077 kbit/s from its NACKs).
-                    raw = max(raw, 1 - received / (left + repairs))
-            if self.overflow.on_report(loss, sent, before, rtt, now, raw, counts):
+            if self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):
                 self.estimator.on_overflow(self.overflow.capacity() or 0.0)
             elif (
                 then is not None

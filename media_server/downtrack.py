@@ -107,11 +107,6 @@ class DownTrackStats:
     # how many, and how many of them the receiver NACKed (lost before our repairs).
     report_packets: int = 0
     report_nacked: int = 0
-    report_first: int = 0  # the first of those numbers
-    # Packets that reached the receiver since the report before, repairs included (its
-    # cumulative counts; None when unknown): unlike NACKs, which a receiver sends only
-    # for the frames it still waits for, nothing arriving escapes them.
-    report_received: int | None = None
     jitter: int = 0
     rtt_ms: float | None = None
     remb_bps: int | None = None
@@ -182,7 +177,6 @@ class DownTrack:
         self.nacked_seqs: deque[int] = deque()
         self._nacked_set: set[int] = set()
         self._reported_top: int | None = None  # the highest number the receiver reported
-        self._reported_lost: int | None = None  # and its cumulative count of lost packets
         self.mid = mid
         self.ssrc = ssrc
         self.payload_type = payload_type
@@ -411,7 +405,7 @@ class DownTrack:
                 self.stats.fraction_lost = report.fraction_lost / 256
                 self.stats.jitter = report.jitter
                 self.loss_fresh = True
-                self._note_reported(report.highest_sequence & 0xFFFF, report.packets_lost)
+                self._note_reported(report.highest_sequence & 0xFFFF)
                 sent_at = self._reports_sent.get(report.lsr)
                 if sent_at is not None:
                     rtt = time.monotonic() - sent_at - report.dlsr / 65536
@@ -531,24 +525,17 @@ class DownTrack:
         self.stats.extra_octets += len(PADDING)
         return len(PADDING) + 40
 
-    def _note_reported(self, top: int, lost: int | None = None) -> None:
-        """A receiver report reached `top`, having lost `lost` packets in all: what the
-        line lost of the numbers since the last one's, as NACKed, and how many packets
-        arrived meanwhile. A report's own loss takes repaired packets as received."""
+    def _note_reported(self, top: int) -> None:
+        """A receiver report reached `top`: what the line lost of the numbers since the
+        last one's, as NACKed. A report's own count takes repaired packets as received."""
         last, self._reported_top = self._reported_top, top
-        last_lost, self._reported_lost = self._reported_lost, lost
         self.stats.report_packets = self.stats.report_nacked = 0
-        self.stats.report_received = None
         if last is None:
             return
         span = (top - last) & 0xFFFF
         if 0 < span < 0x8000:
             self.stats.report_packets = span
-            self.stats.report_first = (last + 1) & 0xFFFF
             self.stats.report_nacked = self.nacked_between((last + 1) & 0xFFFF, (top + 1) & 0xFFFF)
-            if lost is not None and last_lost is not None:
-                # (Duplicates count as received, and can make the count fall.)
-                self.stats.report_received = max(0, span - (lost - last_lost))
 
     def next_seq(self) -> int:
         """The sequence number the next packet out will take."""

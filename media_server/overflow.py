@@ -189,13 +189,11 @@ class OverflowWatch:
         rtt_ms: float | None,
         now: float,
         raw_loss: float | None = None,
-        counts: dict[str, float] | None = None,
     ) -> bool:
         """One tick's loss (0..1), what we sent, the estimate it was sent under and the
         latest round trip; True when it was an overflow. `raw_loss`, where known, is the
         loss before our repairs (the report's counts repaired packets as received): what
-        a reading and a retest's verdict go by; `counts`, what it was read from, go
-        with a reading into `events`."""
+        a reading and a retest's verdict go by."""
         lost_on_line = max(loss, raw_loss or 0.0)
         floor = self.floor_ms()
         queued = rtt_ms is not None and floor is not None and rtt_ms - floor >= QUEUE_MS
@@ -261,7 +259,6 @@ class OverflowWatch:
                 "lost": round(lost_on_line, 3),
                 "rtt_ms": round(rtt_ms, 1) if rtt_ms is not None else None,
                 "floor_ms": round(floor, 1) if floor is not None else None,
-                **(counts or {}),
             }
         )
         return True
@@ -395,57 +392,11 @@ class SendLog:
     def __init__(self) -> None:
         # (start, end, bits/s, video packets/s, NACKed/s) of each tick.
         self._ticks: deque[tuple[float, float, float, float, float]] = deque()
-        # Each tick's video numbers (out SSRC -> (first, end, repairs) handed to the
-        # pacer in it), and how many packets the pacer dropped in it.
-        self._numbers: deque[tuple[dict[int, tuple[int, int, int]], int]] = deque()
 
-    def add(
-        self,
-        start: float,
-        end: float,
-        bps: float,
-        video_pps: float,
-        nacked_ps: float,
-        numbers: dict[int, tuple[int, int, int]] | None = None,
-        paced_out: int = 0,
-    ) -> None:
+    def add(self, start: float, end: float, bps: float, video_pps: float, nacked_ps: float) -> None:
         self._ticks.append((start, end, bps, video_pps, nacked_ps))
-        self._numbers.append((numbers or {}, paced_out))
         while self._ticks and self._ticks[0][1] < end - LOG_S:
             self._ticks.popleft()
-            self._numbers.popleft()
-
-    def sent_with(self, reported: list[tuple[int, int, int]]) -> tuple[float, float, float] | None:
-        """What left (bits/s) while the reported video numbers did, each tick's rate
-        weighed by how many of them left in it; how many repairs of those streams left
-        meanwhile; and how many of the numbers our pacer dropped (its share of each
-        tick's drops): they never took the line. `reported`: (out SSRC, first number,
-        how many). None when the log holds under half of them.
-
-        A time window a round trip before the report missed them at connect, when the
-        point's reports come late from its crowded uplink and our rate falls by half a
-        tick: a 1 Mbit/s line read at 1,587, 948, then 637 kbit/s, a report's losses of
-        the flood read against the cut rate (main e5cf152)."""
-        total = weight = bits = repairs = dropped = 0.0
-        for ssrc, first, count in reported:
-            total += count
-            for (_, _, bps, _, _), (numbers, paced_out) in zip(
-                self._ticks, self._numbers, strict=True
-            ):
-                sent = numbers.get(ssrc)
-                if sent is None:
-                    continue
-                lo = max(_offset(sent[0], first), 0)
-                hi = min(_offset(sent[1], first), count)
-                if hi > lo:
-                    weight += hi - lo
-                    bits += bps * (hi - lo)
-                    repairs += sent[2] * (hi - lo) / _offset(sent[1], sent[0])
-                    handed = sum(_offset(b, a) for a, b, _ in numbers.values())
-                    dropped += paced_out * (hi - lo) / handed
-        if not total or weight < total / 2:
-            return None
-        return bits / weight, repairs, dropped
 
     def recent_loss(self, now: float, span_s: float = LOSS_SPAN_S) -> float | None:
         """The video's loss before repairs over the last `span_s` (None: too few packets)."""
@@ -473,8 +424,3 @@ class SendLog:
         if covered < REPORT_SPAN_S / 2:
             return None
         return bits / covered
-
-
-def _offset(seq: int, first: int) -> int:
-    """Where `seq` lies from `first`, in numbers (negative: before it)."""
-    return ((seq - first + 0x8000) & 0xFFFF) - 0x8000

@@ -49,7 +49,6 @@ class Pacer:
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         self.dropped = 0
-        self.dropped_bytes = 0
         self._rate = 0.0  # bytes per second
         self._burst = 0.0
         self.tokens = 0.0  # bytes that may leave now
@@ -95,7 +94,6 @@ class Pacer:
                 return
         if self.queued_bytes + size > self._rate * MAX_QUEUE_S:
             self.dropped += 1
-            self.dropped_bytes += size
             return
         self.queue.append(packet)
         self.queued_bytes += size
