@@ -87,6 +87,11 @@ CALM_S = 60.0
 # A probe reading this far above the link's measured capacity says the link grew (a 1 ->
 # 5 Mbit/s step reads 3x): the hold is lifted. Nearer, it is the same link read again.
 LINK_GREW = 1.25
+# A video at this many frames a second or fewer is sparse: the loss of a frame's last
+# packet shows only with the next frame (DownTrack.tail_padding); on a line that loses
+# this much before our repairs, each frame gets a tiny padding packet behind it.
+TAIL_PAD_MAX_FPS = 10.0
+TAIL_PAD_LOSS = 0.01
 
 
 def link_grew(probe_bps: float, known_bps: float | None) -> bool:
@@ -229,6 +234,7 @@ class SubscriberBandwidth:
             keep_bps=keep,
             line_loss=self._line_loss(now),
         )
+        self._pad_tails(active, now)
         lowered = raised = False
         for down, cand in zip(active, candidates, strict=True):
             decision = decisions[cand.key]
@@ -243,6 +249,14 @@ class SubscriberBandwidth:
         elif raised:
             self._last_up = now
         return self._message(active, estimate.bps)
+
+    def _pad_tails(self, downtracks: Sequence[DownTrack], now: float) -> None:
+        """Tail padding for the sparse videos on a lossy line without transport-cc (a
+        browser NACKs on its own timer and probes with transport-cc)."""
+        lossy = self._delay is None and (self.sent_log.recent_loss(now) or 0.0) >= TAIL_PAD_LOSS
+        for d in downtracks:
+            up = d.current if lossy else None
+            d.tail_padding = up is not None and 0 < up.frame_rate() <= TAIL_PAD_MAX_FPS
 
     # -- probing ----------------------------------------------------------------------------
 

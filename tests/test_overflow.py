@@ -972,3 +972,29 @@ def test_a_retest_fails_on_the_losses_of_an_overflowing_queue(
     watch.on_report(loss, 1_200_000, 1_000_000, rtt_ms, 31.0)
     assert watch.retest_failed is not carried
     assert watch.end_retest(33.0, 1_300_000) is carried
+
+
+@pytest.mark.parametrize(
+    ("fps", "nacked_ps", "twcc", "padded"),
+    [
+        (3.0, 2.0, False, True),  # a 3 fps courseware on a line losing 5 %
+        (30.0, 2.0, False, False),  # the teacher's next frame shows a lost tail at once
+        (3.0, 0.2, False, False),  # a clean line (0.5 %): not worth a packet a frame
+        (3.0, 2.0, True, False),  # a browser: its own NACK timer, transport-cc probes
+        (0.0, 2.0, False, False),  # nothing flowing
+    ],
+)
+def test_only_a_sparse_video_on_a_lossy_line_gets_tail_padding(
+    fps: float, nacked_ps: float, twcc: bool, padded: bool
+) -> None:
+    bw = SubscriberBandwidth(MemorySink())
+    if twcc:
+        bw.use_transport_cc(3)
+    for t in range(6):
+        bw.sent_log.add(float(t), t + 1.0, 300_000, 40.0, nacked_ps)
+    video = SimpleNamespace(
+        current=SimpleNamespace(frame_rate=lambda: fps), tail_padding=not padded
+    )
+    bw._pad_tails([video], 6.0)  # type: ignore[list-item]
+    assert video.tail_padding is padded
+    bw.close()

@@ -183,3 +183,34 @@ async def test_keyframe_requests_are_throttled_but_never_dropped() -> None:
     await wait_for(lambda: len(sent) == 2, 5, "the deferred request")
     assert sent[1] - sent[0] >= KEYFRAME_MIN_INTERVAL_S * 0.9
     up.close()
+
+
+async def test_a_sparse_streams_frames_end_with_a_tiny_padding_packet_when_asked() -> None:
+    """1mbit-5pct-300ms, agent: the loss of a 3 fps courseware frame's last packet showed
+    only with the next frame, 333 ms later; a padding packet right behind each frame's
+    last one makes it a gap at once. Its number is answered with padding, never media."""
+    up = make_up("h", 1111, [])
+    source = MediaSource("p1", "c1", "M", "courseware", "video", "vp8", "C", {"h": up})
+    wire = MemorySink()
+    down = make_down(wire)
+    down.bind(source)
+    up.on_rtp(rtp(10, 0, 1111, VP8_KEY, marker=1), 0)
+    assert len(wire.rtp) == 1  # not asked: nothing more
+    down.tail_padding = True
+    up.on_rtp(rtp(11, 30000, 1111, VP8_DELTA, marker=0), 0)
+    up.on_rtp(rtp(12, 30000, 1111, VP8_CONT, marker=1), 0)
+    up.on_rtp(rtp(13, 60000, 1111, VP8_DELTA, marker=0), 0)
+    sent = [RtpPacket.parse(p, HeaderExtensionsMap()) for p in wire.rtp]
+    seqs = [p.sequence_number for p in sent]
+    assert seqs == [seqs[0] + i for i in range(5)]  # the numbers stay continuous
+    pad = sent[3]
+    assert pad.payload == b"" and pad.padding_size == 1 and pad.timestamp == sent[2].timestamp
+    assert [p.payload for p in sent[:3]] == [VP8_KEY, VP8_DELTA, VP8_CONT]
+    assert sent[4].payload == VP8_DELTA
+    from aiortc.rtp import RtcpRtpfbPacket
+
+    await down._handle_rtcp_packet(
+        RtcpRtpfbPacket(fmt=1, ssrc=1, media_ssrc=down.ssrc, lost=[pad.sequence_number])
+    )
+    again = RtpPacket.parse(wire.rtp[-1], HeaderExtensionsMap())
+    assert again.sequence_number == pad.sequence_number and again.payload == b""
