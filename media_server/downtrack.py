@@ -156,14 +156,15 @@ class DownTrack:
     ) -> None:
         self.sink = sink
         # Behind a pacer, the hot path takes its fast path in line (media_server/pacer.py)
-        # and hands the packet to the pacer's own sink; `_send_rtp` is where it goes.
+        # and hands the packet to the pacer's own sink; `_out` is where it goes. Its
+        # `send_rtp` is looked up per packet: a Wire swaps its own (media_server/wire.py).
         self._pacer: Pacer | None = None
         self._priority = False  # the pacer's audio lane: never queued
         if isinstance(sink, PriorityLane):
             self._pacer, self._priority = sink.pacer, True
         elif isinstance(sink, Pacer):
             self._pacer = sink
-        self._send_rtp = (self._pacer.sink if self._pacer is not None else sink).send_rtp
+        self._out: PacketSink = self._pacer.sink if self._pacer is not None else sink
         # Served before the other DownTracks of each packet (a relay to another node):
         # the edge's whole audience waits on this one copy, so it must not queue behind
         # a local burst to dozens of subscribers.
@@ -304,16 +305,16 @@ class DownTrack:
         )
         pacer = self._pacer
         if pacer is None:
-            self._send_rtp(packet)
+            self._out.send_rtp(packet)
         elif self._priority:
             if pacer.history is None:  # Pacer.send_rtp_now, without the call
                 pacer.tokens -= len(packet)
-                self._send_rtp(packet)
+                self._out.send_rtp(packet)
             else:
                 pacer.send_rtp_now(packet)
         elif pacer.open and pacer.tokens >= len(packet):  # Pacer.send_rtp's first case
             pacer.tokens -= len(packet)
-            self._send_rtp(packet)
+            self._out.send_rtp(packet)
         else:
             pacer.send_rtp(packet)
 
