@@ -6,10 +6,16 @@ import asyncio
 import itertools
 import struct
 
+import pytest
 from aiortc.rtp import HeaderExtensionsMap, RtcpPacket, RtcpSrPacket, RtpPacket
 
 from media_server.downtrack import DownTrack
-from media_server.rtpbytes import h264_keyframe_start, payload_bounds, vp8_keyframe_start
+from media_server.rtpbytes import (
+    h264_keyframe_start,
+    one_byte_extension,
+    payload_bounds,
+    vp8_keyframe_start,
+)
 from media_server.sink import MemorySink
 from media_server.source import MediaSource
 from media_server.uptrack import KEYFRAME_MIN_INTERVAL_S, UpTrack
@@ -188,3 +194,28 @@ async def test_keyframe_requests_are_throttled_but_never_dropped() -> None:
     await wait_for(lambda: len(sent) == 2, 5, "the deferred request")
     assert sent[1] - sent[0] >= KEYFRAME_MIN_INTERVAL_S * 0.9
     up.close()
+
+
+@pytest.mark.parametrize(
+    ("mid_ext_id", "ast_ext_id"), [(1, 3), (1, None), (None, 3), (None, None), (14, 2)]
+)
+def test_the_forwarding_path_writes_what_the_repair_path_writes(
+    mid_ext_id: int | None, ast_ext_id: int | None
+) -> None:
+    """forward packs our header and extension block in one struct; `_write` (repairs,
+    probes) joins the pieces: the bytes must be the same."""
+    up = make_up("h", 1111, [])
+    source = MediaSource("p1", "c1", "M", "teacher_camera", "video", "vp8", "T", {"h": up})
+    wire = MemorySink()
+    down = DownTrack(
+        sink=wire, mid="12", ssrc=7, payload_type=120, mid_ext_id=mid_ext_id, ast_ext_id=ast_ext_id
+    )
+    down.bind(source)
+    up.on_rtp(rtp(1, 90_000, 1111, VP8_KEY, marker=1), 0)
+    sent = wire.rtp[-1]
+    seq, ts = struct.unpack_from("!HI", sent, 2)
+    start, end = payload_bounds(sent)
+    ast = one_byte_extension(sent, ast_ext_id) if ast_ext_id else b"\x01\x02\x03"
+    assert ast is not None
+    down._write(0x80, seq, ts, ast, sent[start:end])
+    assert wire.rtp[-1] == sent and sent[start:end] == VP8_KEY
