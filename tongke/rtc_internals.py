@@ -440,10 +440,10 @@ def srtp_sender(
     ffi, lib = pylibsrtp._binding.ffi, pylibsrtp._binding.lib
     buffer = ffi.new("char[]", SRTP_BUFFER)
     view = ffi.buffer(buffer)
+    out = memoryview(view)  # copied into and sent from, without new bytes
     length = ffi.new("int *")
     context = session._srtp[0]
     protect = lib.srtp_protect
-    memmove = ffi.memmove
     limit = SRTP_BUFFER - pylibsrtp.SRTP_MAX_TRAILER_LEN
     check_status = pylibsrtp._srtp_assert
     direct = (
@@ -458,19 +458,18 @@ def srtp_sender(
             size = len(packet)
             if size > limit:
                 raise ValueError("packet is too long")
-            memmove(buffer, packet, size)
+            out[:size] = packet  # a memoryview's copy: half ffi.memmove's cost
             length[0] = size
             status = protect(context, buffer, length)
             if status:
                 check_status(status)
-            data = view[0 : length[0]]
-            if not direct or transport._buffer:
-                transport_sendto(data, addr)
-                return
-            try:
-                sock_sendto(data, addr)
-            except OSError:
-                transport_sendto(data, addr)
+            if direct and not transport._buffer:
+                try:
+                    sock_sendto(out[: length[0]], addr)  # sent before the buffer is reused
+                    return
+                except OSError:
+                    pass
+            transport_sendto(view[0 : length[0]], addr)  # bytes: it may queue them
         except Exception:
             on_error()
 
