@@ -266,6 +266,8 @@ class Subscriber:
 
     async def _control(self, cname: str) -> None:
         sdes_items = [(1, cname.encode())]
+        # Each SSRC's SDES chunk (its CNAME) never changes: built once, not every second.
+        sdes: dict[int, bytes] = {}
         loop = asyncio.get_running_loop()
         ticks = 0
         while not self._closed:
@@ -288,8 +290,12 @@ class Subscriber:
                     continue
                 report = dt.sender_report()
                 if report is not None:
-                    sdes = RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=dt.ssrc, items=sdes_items)])
-                    wire.send_rtcp(report + bytes(sdes))
+                    chunk = sdes.get(dt.ssrc)
+                    if chunk is None:
+                        chunk = sdes[dt.ssrc] = bytes(
+                            RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=dt.ssrc, items=sdes_items)])
+                        )
+                    wire.send_rtcp(report + chunk)
 
     async def close(self) -> None:
         self._closed = True

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from media_server.downtrack import DownTrack
 from media_server.forwarder import DROP, Forwarder, lower
+from media_server.rtpbytes import HEADER
+from media_server.sink import MemorySink
 
 
 @dataclass(eq=False)
@@ -195,3 +198,28 @@ def test_padding_while_forwarding_shifts_the_stream_and_never_a_late_packet() ->
         got = fwd.translate(high, step, step * 3000, False)  # type: ignore[arg-type]
         assert got is not None and (got[0] - first) & 0xFFFF == expected
         assert fwd.source_seq(got[0]) == step and not fwd.padded(got[0])
+
+
+def test_the_downtracks_in_line_translation_is_the_forwarders() -> None:
+    """DownTrack.forward translates current-layer packets in line (the hot path): what it
+    sends, and the state it leaves, must be what Forwarder.translate gives."""
+    high = Layer("h")
+    clock = Clock()
+    twin = Forwarder(seed=500, clock=clock)
+    twin.retarget(high)  # type: ignore[arg-type]
+    sink = MemorySink()
+    down = DownTrack(sink=sink, ssrc=500, payload_type=96)
+    down.forwarder = Forwarder(seed=500, clock=clock)
+    down.forwarder.retarget(high)  # type: ignore[arg-type]
+    steps: list[int | str] = [9, *(step for step, _ in PAD_TABLE)]
+    for n, step in enumerate(steps):
+        if step == "pad":
+            assert down.forwarder.pad() == twin.pad()
+            continue
+        assert isinstance(step, int)
+        high.last_packet_at = float(n)
+        expected = twin.translate(high, step, step * 3000, step == 9)  # type: ignore[arg-type]
+        down.forward(high, b"x", 0, step, step * 3000, step == 9, b"")  # type: ignore[arg-type]
+        assert expected is not None
+        assert HEADER.unpack_from(sink.rtp[-1])[2:4] == expected
+        assert down.forwarder.__dict__ == twin.__dict__

@@ -6,10 +6,16 @@ import asyncio
 import itertools
 import struct
 
+import pytest
 from aiortc.rtp import HeaderExtensionsMap, RtcpPacket, RtcpSrPacket, RtpPacket
 
 from media_server.downtrack import DownTrack
-from media_server.rtpbytes import h264_keyframe_start, payload_bounds, vp8_keyframe_start
+from media_server.rtpbytes import (
+    h264_keyframe_start,
+    one_byte_extension,
+    payload_bounds,
+    vp8_keyframe_start,
+)
 from media_server.sink import MemorySink
 from media_server.source import MediaSource
 from media_server.uptrack import KEYFRAME_MIN_INTERVAL_S, UpTrack
@@ -153,6 +159,11 @@ async def test_sender_reports_map_our_timestamps_to_the_publishers_ntp_clock() -
     expected = (out_ts + round(elapsed_s * 90000)) & 0xFFFFFFFF
     assert abs(((sr.sender_info.rtp_timestamp - expected + 2**31) % 2**32) - 2**31) <= 2
     assert sr.sender_info.packet_count == 1
+    # The report is packed by hand: byte for byte what aiortc's RtcpSrPacket writes.
+    assert report == bytes(
+        RtcpSrPacket(ssrc=sr.ssrc, sender_info=sr.sender_info, reports=sr.reports)
+    )
+    assert sr.sender_info.octet_count == down.stats.octets and not sr.reports
 
 
 def test_keyframe_detection_reads_h264_and_vp8_payloads() -> None:
@@ -214,3 +225,28 @@ async def test_a_sparse_streams_frames_end_with_a_tiny_padding_packet_when_asked
     )
     again = RtpPacket.parse(wire.rtp[-1], HeaderExtensionsMap())
     assert again.sequence_number == pad.sequence_number and again.payload == b""
+
+
+@pytest.mark.parametrize(
+    ("mid_ext_id", "ast_ext_id"), [(1, 3), (1, None), (None, 3), (None, None), (14, 2)]
+)
+def test_the_forwarding_path_writes_what_the_repair_path_writes(
+    mid_ext_id: int | None, ast_ext_id: int | None
+) -> None:
+    """forward packs our header and extension block in one struct; `_write` (repairs,
+    probes) joins the pieces: the bytes must be the same."""
+    up = make_up("h", 1111, [])
+    source = MediaSource("p1", "c1", "M", "teacher_camera", "video", "vp8", "T", {"h": up})
+    wire = MemorySink()
+    down = DownTrack(
+        sink=wire, mid="12", ssrc=7, payload_type=120, mid_ext_id=mid_ext_id, ast_ext_id=ast_ext_id
+    )
+    down.bind(source)
+    up.on_rtp(rtp(1, 90_000, 1111, VP8_KEY, marker=1), 0)
+    sent = wire.rtp[-1]
+    seq, ts = struct.unpack_from("!HI", sent, 2)
+    start, end = payload_bounds(sent)
+    ast = one_byte_extension(sent, ast_ext_id) if ast_ext_id else b"\x01\x02\x03"
+    assert ast is not None
+    down._write(0x80, seq, ts, ast, sent[start:end])
+    assert wire.rtp[-1] == sent and sent[start:end] == VP8_KEY

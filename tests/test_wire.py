@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from types import SimpleNamespace
+from typing import Any
+
 import pylibsrtp
 import pytest
 from pylibsrtp import Policy, Session
@@ -47,3 +52,54 @@ def test_the_protector_refuses_what_pylibsrtp_refuses() -> None:
     with pytest.raises(pylibsrtp.Error) as mine:
         protect(rtp(2, 10))
     assert str(mine.value) == str(theirs.value)
+
+
+async def nominated(transport: Any) -> tuple[Any, socket.socket]:
+    """A DTLS transport's stand-in whose nominated pair sends to a local socket."""
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(2)
+    pair = SimpleNamespace(
+        protocol=SimpleNamespace(transport=transport), remote_addr=peer.getsockname()
+    )
+    dtls = SimpleNamespace(
+        transport=SimpleNamespace(_connection=SimpleNamespace(_nominated={1: pair}))
+    )
+    return dtls, peer
+
+
+async def test_the_sender_sends_what_pylibsrtp_protects() -> None:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    dtls, peer = await nominated(transport)
+    reference, ours = sessions()
+    errors: list[int] = []
+    send = rtc_internals.srtp_sender(ours, dtls, lambda: errors.append(1))  # type: ignore[arg-type]
+    assert send is not None
+    try:
+        for seq, size in enumerate([0, 100, 1150, 1300]):
+            send(rtp(seq, size))
+            assert peer.recv(2000) == reference.protect(rtp(seq, size))
+        # A packet too long is dropped and reported; the next one goes.
+        send(rtp(9, 1500))
+        assert errors == [1]
+        send(rtp(10, 10))
+        assert peer.recv(2000) == reference.protect(rtp(10, 10))
+    finally:
+        transport.close()
+        peer.close()
+
+
+async def test_the_sender_leaves_another_transport_its_own_sendto() -> None:
+    """A TURN relay's transport (not a plain asyncio one) sends what it is given."""
+    sent: list[tuple[bytes, Any]] = []
+    relay = SimpleNamespace(sendto=lambda data, addr: sent.append((bytes(data), addr)))
+    dtls, peer = await nominated(relay)
+    reference, ours = sessions()
+    send = rtc_internals.srtp_sender(ours, dtls, lambda: None)  # type: ignore[arg-type]
+    assert send is not None
+    send(rtp(1, 100))
+    assert sent == [(reference.protect(rtp(1, 100)), peer.getsockname())]
+    peer.close()

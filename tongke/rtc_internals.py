@@ -29,6 +29,7 @@ import random
 import struct
 import time
 import weakref
+from asyncio import selector_events
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -50,6 +51,10 @@ from aiortc import (
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcdtlstransport import RtpRouter
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+# The asyncio transport a host candidate's socket is wrapped in (srtp_sender).
+_SelectorTransport: Any = getattr(selector_events, "_SelectorTransport")  # noqa: B009
+_SelectorDatagramTransport: Any = getattr(selector_events, "_SelectorDatagramTransport")  # noqa: B009
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,9 @@ _INSTANCE_ATTRS: list[tuple[type, str]] = [
     (aioice.ice.Connection, "turn_server"),
     (aioice.ice.StunProtocol, "receiver"),
     (RTCIceTransport, "_connection"),
+    # The wire's direct send (srtp_sender): an idle transport's socket.
+    (_SelectorTransport, "_sock"),
+    (_SelectorTransport, "_buffer"),
     (RTCRtpReceiver, "__jitter_buffer"),
     (RTCRtpReceiver, "__nack_generator"),
     (RTCRtpReceiver, "__decoder_queue"),
@@ -405,6 +413,67 @@ def srtp_protector(session: Any) -> Callable[[bytes], bytes]:
         return view[0 : length[0]]
 
     return protect_rtp
+
+
+def srtp_sender(
+    session: Any, dtls: RTCDtlsTransport, on_error: Callable[[], None]
+) -> Callable[[bytes], None] | None:
+    """Protect an RTP packet with `session` and send it on `dtls`'s nominated pair, in one
+    call; None while there is no pair.
+
+    `srtp_protector`'s work and the datagram transport's `sendto` without the Python
+    calls between them (a DownTrack calls this once per packet per subscriber: two
+    calls fewer is a few per cent of the fan-out's cost). While the asyncio transport
+    has nothing queued, the datagram goes straight to its socket, as its own `sendto`
+    sends it; otherwise, on any socket error (a full buffer, a closed socket), and for
+    a transport that is not a plain asyncio datagram transport (a TURN relay), the
+    transport's `sendto` takes it and queues it or reports the error as it always did.
+    A failure before the send (a packet too long, an SRTP error) drops this packet and
+    calls `on_error`. Bytes out are `srtp_protector`'s.
+    """
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None or pair.protocol.transport is None:
+        return None
+    transport: Any = pair.protocol.transport  # asyncio's, or a TURN relay's
+    addr = pair.remote_addr
+    transport_sendto = transport.sendto
+    ffi, lib = pylibsrtp._binding.ffi, pylibsrtp._binding.lib
+    buffer = ffi.new("char[]", SRTP_BUFFER)
+    view = ffi.buffer(buffer)
+    out = memoryview(view)  # copied into and sent from, without new bytes
+    length = ffi.new("int *")
+    context = session._srtp[0]
+    protect = lib.srtp_protect
+    limit = SRTP_BUFFER - pylibsrtp.SRTP_MAX_TRAILER_LEN
+    check_status = pylibsrtp._srtp_assert
+    direct = (
+        isinstance(transport, _SelectorDatagramTransport)
+        and transport._sock is not None
+        and transport.get_extra_info("peername") is None
+    )
+    sock_sendto = transport._sock.sendto if direct else transport_sendto
+
+    def send_rtp(packet: bytes, _session: Any = session) -> None:
+        try:
+            size = len(packet)
+            if size > limit:
+                raise ValueError("packet is too long")
+            out[:size] = packet  # a memoryview's copy: half ffi.memmove's cost
+            length[0] = size
+            status = protect(context, buffer, length)
+            if status:
+                check_status(status)
+            if direct and not transport._buffer:
+                try:
+                    sock_sendto(out[: length[0]], addr)  # sent before the buffer is reused
+                    return
+                except OSError:
+                    pass
+            transport_sendto(view[0 : length[0]], addr)  # bytes: it may queue them
+        except Exception:
+            on_error()
+
+    return send_rtp
 
 
 def selected_pair(dtls: RTCDtlsTransport) -> tuple[Callable[[bytes, Any], None], Any] | None:
