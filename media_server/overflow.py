@@ -204,8 +204,17 @@ class OverflowWatch:
             # own event loop (630-915 ms on a 100 ms line at rest), and with a queue and
             # 2 % lost a 607 kbit/s reading failed its retest on a 1 Mbit/s line.
             self._retest_failed |= lost_on_line > RETEST_LOSS
+            self._high = False
             return False
-        if now - self._retest_ended_at < (rtt_ms or 0.0) / 1000 + RETEST_AFTERMATH_S:
+        aftermath = now - self._retest_ended_at < (rtt_ms or 0.0) / 1000 + RETEST_AFTERMATH_S
+        # A report whose packets left before the last reading cut the rate: read against
+        # what left a round trip ago, the flood's losses read the line lower at each
+        # report (1,283, 419, then 272 kbit/s on a 1 Mbit/s line, a second apart, and
+        # the teacher at 180p all minute; 1,125 down to 104 on a 256 kbit/s one, and
+        # the courseware paused all minute: main 7d5d78e). The reading has that
+        # overflow.
+        if aftermath or self.draining(rtt_ms, now):
+            self._high = False  # (nor is it the first of an overflow's two reports)
             return False
         starting = self._age(now) < START_S
         flooded = FLOOD_LOSS < lost_on_line < OUTAGE_LOSS and starting

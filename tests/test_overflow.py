@@ -356,6 +356,22 @@ def test_the_reports_right_after_a_retest_read_no_overflow() -> None:
     assert watch.capacity() == pytest.approx(750_000)
 
 
+def test_the_reports_of_what_left_before_a_reading_make_no_new_one() -> None:
+    """1mbit-5pct-300ms, agent (main 7d5d78e): a report a second after a flood's reading
+    still counted the flood's losses, read against what left after the cut: 1,283,
+    419, then 272 kbit/s, and the teacher stayed at 180p all minute."""
+    watch = OverflowWatch()
+    assert watch.on_report(0.53, 2_700_000, 2_500_000, 570.0, 2.0)
+    first = watch.capacity()
+    assert first == pytest.approx(2_700_000 * 0.47)
+    # Within a round trip and a report's span of it: the flood's own packets.
+    assert not watch.on_report(0.78, 1_900_000, first, 550.0, 3.0)
+    assert watch.capacity() == first
+    # Later, the packets sent at the cut rate: a reading of them.
+    assert watch.on_report(0.35, 1_280_000, first, 550.0, 3.6)
+    assert watch.capacity() == pytest.approx(1_280_000 * 0.65)
+
+
 def test_the_line_carried_more_only_without_a_queue_and_after_the_start() -> None:
     watch = watch_with_floor()
     overflow_at(watch, 40.0)  # read at 900 kbit/s
@@ -369,8 +385,9 @@ def test_the_line_carried_more_only_without_a_queue_and_after_the_start() -> Non
     ("next_overflow_after", "keep_doubles"),
     [
         # Soon after a retest the line carried, it overflows after all (the layer that
-        # came in does not fit): keep the new reading twice as long.
-        (3.0, True),
+        # came in does not fit): keep the new reading twice as long. (Its reports of
+        # the first 2.5 s are still the retest's: RETEST_AFTERMATH_S.)
+        (4.0, True),
         # Long after: a new situation.
         (20 * KEEP_S, False),
     ],
