@@ -33,7 +33,7 @@ from aiortc.rtp import (
 )
 
 from media_server.estimator import DownlinkEstimator
-from media_server.forwarder import DROP, SEQ_MAP_MASK, Forwarder
+from media_server.forwarder import DROP, Forwarder
 from media_server.keyframes import KeyframeGate, overtaken
 from media_server.pacer import Pacer, PriorityLane
 from media_server.rtpbytes import HEADER, abs_send_time, payload_bounds
@@ -294,18 +294,7 @@ class DownTrack:
     ) -> None:
         fwd = self.forwarder
         if up is fwd.current:
-            # Forwarder.translate_current, in line: one call and one tuple fewer per
-            # packet per subscriber. The two must stay the same (tests/test_forwarder.py).
-            oseq = (seq + fwd._seq_off) & 0xFFFF
-            ots = (ts + fwd._ts_off) & 0xFFFFFFFF
-            last = fwd._last_seq
-            if last < 0 or ((oseq - last) & 0xFFFF) < 0x8000:
-                fwd._last_seq = oseq
-                fwd._last_ts = ots
-                fwd._last_at = up.last_packet_at
-            elif fwd._pads:
-                oseq = fwd._before_pads(seq, oseq)
-            fwd._seq_map[oseq & SEQ_MAP_MASK] = fwd._generation | (oseq << 16) | seq
+            oseq, ots = fwd.translate_current(up, seq, ts)
         else:
             previous = fwd.current
             out = fwd.translate(up, seq, ts, key)

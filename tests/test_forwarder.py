@@ -201,8 +201,9 @@ def test_padding_while_forwarding_shifts_the_stream_and_never_a_late_packet() ->
 
 
 def test_the_downtracks_in_line_translation_is_the_forwarders() -> None:
-    """DownTrack.forward translates current-layer packets in line (the hot path): what it
-    sends, and the state it leaves, must be what Forwarder.translate gives."""
+    """DownTrack.forward translates current-layer packets on the forwarder's fast path
+    (the hot path): what it sends, and the state it leaves, must be what
+    Forwarder.translate gives."""
     high = Layer("h")
     clock = Clock()
     twin = Forwarder(seed=500, clock=clock)
