@@ -227,14 +227,15 @@ class SubscriberBandwidth:
         hold = now - self._last_down < self._hold_s or estimate.congested or retesting
         # While nothing says congested, what is already sent stays as long as it fits.
         keep = None if estimate.congested else int(estimate.bps * KEEP_SHARE)
+        line_loss = self._line_loss(now)
         decisions = allocate(
             int(estimate.bps * ALLOCATION_SHARE),
             candidates,
             hold=hold,
             keep_bps=keep,
-            line_loss=self._line_loss(now),
+            line_loss=line_loss,
         )
-        self._pad_tails(active, now)
+        self._pad_tails(active, line_loss)
         lowered = raised = False
         for down, cand in zip(active, candidates, strict=True):
             decision = decisions[cand.key]
@@ -250,10 +251,11 @@ class SubscriberBandwidth:
             self._last_up = now
         return self._message(active, estimate.bps)
 
-    def _pad_tails(self, downtracks: Sequence[DownTrack], now: float) -> None:
+    def _pad_tails(self, downtracks: Sequence[DownTrack], line_loss: float) -> None:
         """Tail padding for the sparse videos on a lossy line without transport-cc (a
-        browser NACKs on its own timer and probes with transport-cc)."""
-        lossy = self._delay is None and (self.sent_log.recent_loss(now) or 0.0) >= TAIL_PAD_LOSS
+        browser NACKs on its own timer and probes with transport-cc: `_line_loss` is 0
+        for it)."""
+        lossy = line_loss >= TAIL_PAD_LOSS
         for d in downtracks:
             up = d.current if lossy else None
             d.tail_padding = up is not None and 0 < up.frame_rate() <= TAIL_PAD_MAX_FPS

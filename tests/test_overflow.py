@@ -1012,6 +1012,6 @@ def test_only_a_sparse_video_on_a_lossy_line_gets_tail_padding(
     video = SimpleNamespace(
         current=SimpleNamespace(frame_rate=lambda: fps), tail_padding=not padded
     )
-    bw._pad_tails([video], 6.0)  # type: ignore[list-item]
+    bw._pad_tails([video], bw._line_loss(6.0))  # type: ignore[list-item]
     assert video.tail_padding is padded
     bw.close()
