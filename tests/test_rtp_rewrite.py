@@ -159,7 +159,7 @@ async def test_sender_reports_map_our_timestamps_to_the_publishers_ntp_clock() -
     expected = (out_ts + round(elapsed_s * 90000)) & 0xFFFFFFFF
     assert abs(((sr.sender_info.rtp_timestamp - expected + 2**31) % 2**32) - 2**31) <= 2
     assert sr.sender_info.packet_count == 1
-    # The report is packed by hand: byte for byte what aiortc's RtcpSrPacket writes.
+    # Byte for byte what aiortc's RtcpSrPacket writes.
     assert report == bytes(
         RtcpSrPacket(ssrc=sr.ssrc, sender_info=sr.sender_info, reports=sr.reports)
     )
