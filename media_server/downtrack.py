@@ -204,9 +204,9 @@ class DownTrack:
         self._ext_prefix = self._ext_head + self._ext_mid
         self._has_ast = ast_ext_id is not None
         self._b0 = 0x90 if self._ext_prefix else 0x80
-        # The forwarding path's header and extension block in one pack: our 12 bytes, the
-        # block up to abs-send-time, its 3 bytes (0 wide when not negotiated: the value
-        # is then dropped), the zero padding.
+        # Our header and extension block in one pack (the forwarding path and _write):
+        # our 12 bytes, the block up to abs-send-time, its 3 bytes (0 wide when not
+        # negotiated: the value is then dropped), the zero padding.
         self._head = struct.Struct(
             f"!BBHII{len(self._ext_prefix)}s{3 if self._has_ast else 0}s{len(self._ext_pad)}x"
         )
@@ -378,15 +378,10 @@ class DownTrack:
             )
             return
         self.sink.send_rtp(
-            b"".join(
-                (
-                    HEADER.pack(b0, marker | self.payload_type, oseq, ots, self.ssrc),
-                    self._ext_prefix,
-                    ast if self._has_ast else b"",
-                    self._ext_pad,
-                    payload,
-                )
+            self._head.pack(
+                b0, marker | self.payload_type, oseq, ots, self.ssrc, self._ext_prefix, ast
             )
+            + payload
         )
 
     # -- RTCP from the receiver -----------------------------------------------------------
