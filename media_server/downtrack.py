@@ -52,6 +52,14 @@ PADDING = bytes(239) + bytes([240])
 # Behind the last packet of a frame on a sparse stream (see DownTrack.tail_padding): the
 # least padding there is, its own count.
 TAIL_PADDING = bytes([1])
+# A probe packet's size in RTP bytes: as large as the media it stands for. A rural
+# modem's queue is counted in bytes, and a drop-tail queue short of room for a 1.2 kB
+# video packet still takes a small one: 280-byte probes passed over a 256 kbit/s line
+# that media at their rate overflowed (a retest read 280 kbit/s where the line carried
+# about 212, and the teacher's 180p stood still under "live"). RTP padding holds at most
+# 255 bytes, so the rest is extension-block padding (RFC 8285 4.2: zero bytes, which
+# every receiver skips), and the payload is padding only, as before.
+PROBE_PACKET_BYTES = 1200
 # One subscriber's repair keyframe requests (PLI/FIR, unrepairable loss): at most one a
 # second, backing off to one every 4 s while it keeps asking soon after being served.
 REPAIR_INTERVAL_S = 1.0
@@ -114,6 +122,21 @@ class DownTrackStats:
     jitter: int = 0
     rtt_ms: float | None = None
     remb_bps: int | None = None
+
+
+def _probe_extension_block(head: bytes, block_len: int) -> tuple[bytes, bytes]:
+    """A probe's extension block: ours (`head` and the `block_len` bytes it opens,
+    transport-wide number included) grown with zero padding up to PROBE_PACKET_BYTES.
+
+    Returns (head, fill): head replaces ours (its word count grown; the elements after
+    it stay where the pacer reads them), fill closes the grown block.
+    """
+    if head:
+        block_len += 2 if len(head) > 4 else 0  # the transport-wide number's 2 bytes
+    fill_words = (PROBE_PACKET_BYTES - 12 - block_len - (0 if head else 4) - len(TAIL_PADDING)) // 4
+    words = (block_len - 4) // 4 + fill_words if head else fill_words
+    grown = b"\xbe\xde" + words.to_bytes(2, "big") + head[4:]
+    return grown, bytes(4 * fill_words)
 
 
 def _extension_block(
@@ -204,6 +227,9 @@ class DownTrack:
         self._ext_prefix = self._ext_head + self._ext_mid
         self._has_ast = ast_ext_id is not None
         self._b0 = 0x90 if self._ext_prefix else 0x80
+        self._probe_head, self._probe_fill = _probe_extension_block(
+            self._ext_head, len(self._ext_prefix) + len(self._ext_pad) + (3 if self._has_ast else 0)
+        )
         # Our header and extension block in one pack (the forwarding path and _write):
         # our 12 bytes, the block up to abs-send-time, its 3 bytes (0 wide when not
         # negotiated: the value is then dropped), the zero padding.
@@ -539,10 +565,23 @@ class DownTrack:
         out = self.forwarder.pad()
         if out is None:
             return 0
-        self._write(0, out[0], out[1], abs_send_time(time.time()), PADDING, padded=True)
+        ast = abs_send_time(time.time())
+        packet = b"".join(
+            (
+                HEADER.pack(0xB0, self.payload_type, out[0], out[1], self.ssrc),
+                self._probe_head,
+                b"" if self._tcc is None else (next(self._tcc) & 0xFFFF).to_bytes(2, "big"),
+                self._ext_mid,
+                ast if self._has_ast else b"",
+                self._ext_pad,
+                self._probe_fill,
+                TAIL_PADDING,
+            )
+        )
+        self.sink.send_rtp(packet)
         self.stats.probes += 1
-        self.stats.extra_octets += len(PADDING)
-        return len(PADDING) + 40
+        self.stats.extra_octets += len(self._probe_fill) + len(TAIL_PADDING)
+        return len(packet)
 
     def _note_reported(self, top: int) -> None:
         """A receiver report reached `top`: what the line lost of the numbers since the

@@ -250,3 +250,62 @@ def test_the_forwarding_path_writes_what_the_repair_path_writes(
     assert ast is not None
     down._write(0x80, seq, ts, ast, sent[start:end])
     assert wire.rtp[-1] == sent and sent[start:end] == VP8_KEY
+
+
+@pytest.mark.parametrize(
+    ("mid_ext_id", "ast_ext_id", "tcc_ext_id"),
+    [
+        (1, 3, 5),
+        (1, 3, None),
+        (1, None, None),
+        (None, 3, None),
+        (None, None, None),
+        (None, None, 5),
+    ],
+)
+def test_a_probe_is_as_large_as_media_and_reads_as_padding_with_our_extensions(
+    mid_ext_id: int | None, ast_ext_id: int | None, tcc_ext_id: int | None
+) -> None:
+    """256kbit-10pct, agent: 280-byte probes passed a retest over a line whose byte-counted
+    queue dropped the 1.2 kB media at that rate, and the picture it let in stood still.
+    A probe is now PROBE_PACKET_BYTES long; a receiver parses it as padding only, with
+    our mid, abs-send-time and transport-wide number where the pacer reads it."""
+    from media_server.downtrack import PROBE_PACKET_BYTES
+    from media_server.twcc import SEQ_OFFSET
+
+    up = make_up("h", 1111, [])
+    source = MediaSource("p1", "c1", "M", "teacher_camera", "video", "vp8", "T", {"h": up})
+    wire = MemorySink()
+    down = DownTrack(
+        sink=wire,
+        mid="12",
+        ssrc=7,
+        payload_type=120,
+        mid_ext_id=mid_ext_id,
+        ast_ext_id=ast_ext_id,
+        tcc_ext_id=tcc_ext_id,
+        transport_seq=itertools.count(40),
+    )
+    down.bind(source)
+    up.on_rtp(rtp(1, 90_000, 1111, VP8_KEY, marker=1), 0)
+    size = down.probe()
+    probe = wire.rtp[-1]
+    assert size == len(probe) and PROBE_PACKET_BYTES - 4 < len(probe) <= PROBE_PACKET_BYTES
+    parsed = RtpPacket.parse(probe, HeaderExtensionsMap())
+    media = RtpPacket.parse(wire.rtp[0], HeaderExtensionsMap())
+    assert parsed.payload == b"" and parsed.padding_size == 1
+    assert parsed.sequence_number == (media.sequence_number + 1) & 0xFFFF
+    assert parsed.timestamp == media.timestamp and parsed.ssrc == 7
+    assert parsed.payload_type == 120 and not parsed.marker
+    if mid_ext_id:
+        assert one_byte_extension(probe, mid_ext_id) == b"12"
+    if ast_ext_id:
+        assert one_byte_extension(probe, ast_ext_id) is not None
+    if tcc_ext_id:
+        assert one_byte_extension(probe, tcc_ext_id) == (41).to_bytes(2, "big")
+        assert probe[SEQ_OFFSET - 1] == (tcc_ext_id << 4) | 1
+        assert int.from_bytes(probe[SEQ_OFFSET : SEQ_OFFSET + 2], "big") == 41
+    # Its number NACKed is answered with (small) padding, never media.
+    down.retransmit(parsed.sequence_number)
+    again = RtpPacket.parse(wire.rtp[-1], HeaderExtensionsMap())
+    assert again.sequence_number == parsed.sequence_number and again.payload == b""
