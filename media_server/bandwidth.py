@@ -554,6 +554,7 @@ class SubscriberBandwidth:
         rtt: float | None = None
         report_rtt = 0.0  # as measured: the reports waited in the uplink's queue too
         covered = nacked = 0  # video numbers the reports cover, and of them NACKed
+        spanned = 0.0  # the time those numbers were sent over, times their count
         # A point's own camera can fill its uplink's queue (256kbit-10pct: its estimate
         # climbs past the line every 20 s): the round trip then says "queue" while the
         # downlink has none, and the line's random 14 % lost read as an overflow at 85
@@ -568,6 +569,7 @@ class SubscriberBandwidth:
                 if d.source is not None and d.source.kind == "video":
                     covered += d.stats.report_packets
                     nacked += d.stats.report_nacked
+                    spanned += d.stats.report_span_s * d.stats.report_packets
                 if d.stats.rtt_ms is not None:
                     report_rtt = max(report_rtt, d.stats.rtt_ms)
                     down_rtt = max(0.0, d.stats.rtt_ms - own_queue)
@@ -591,8 +593,10 @@ class SubscriberBandwidth:
                 self.estimator.on_line_loss(loss, now)
             else:
                 self.estimator.on_loss(loss, now)
-            # Read against what left when the reported packets did, a round trip ago.
-            then = self.sent_log.sent_then(now, report_rtt / 1000)
+            # Read against what left when the reported packets did: over the span
+            # between the report before and this one, a round trip ago.
+            span = spanned / covered if covered else None
+            then = self.sent_log.sent_then(now, report_rtt / 1000, span)
             sent = then if then is not None else self.estimator.sent_bps
             raw = nacked / covered if covered >= RAW_LOSS_MIN_PACKETS else None
             if self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):

@@ -119,6 +119,9 @@ class DownTrackStats:
     # how many, and how many of them the receiver NACKed (lost before our repairs).
     report_packets: int = 0
     report_nacked: int = 0
+    # How long before the latest report the one before it came (0: none before): the
+    # span of sending its numbers cover.
+    report_span_s: float = 0.0
     jitter: int = 0
     rtt_ms: float | None = None
     remb_bps: int | None = None
@@ -205,6 +208,7 @@ class DownTrack:
         self.nacked_seqs: deque[int] = deque()
         self._nacked_set: set[int] = set()
         self._reported_top: int | None = None  # the highest number the receiver reported
+        self._reported_at: float | None = None  # when that report came
         # Set by the subscriber's control loop on a sparse stream over a lossy line: a
         # tiny padding packet follows each frame's last one, so a lost last packet shows
         # as a gap at once, not only with the next frame. A 3 fps courseware's lost tail
@@ -587,6 +591,9 @@ class DownTrack:
         """A receiver report reached `top`: what the line lost of the numbers since the
         last one's, as NACKed. A report's own count takes repaired packets as received."""
         last, self._reported_top = self._reported_top, top
+        now = time.monotonic()
+        then, self._reported_at = self._reported_at, now
+        self.stats.report_span_s = 0.0 if then is None else now - then
         self.stats.report_packets = self.stats.report_nacked = 0
         if last is None:
             return

@@ -229,6 +229,30 @@ def test_a_report_is_read_against_what_left_when_its_packets_did() -> None:
     bw.close()
 
 
+def test_a_report_is_read_against_what_left_over_the_whole_span_it_covers() -> None:
+    """256kbit-10pct, agent (four runs on main cf6740c): a report two seconds after a
+    flood's reading NACKed 47-57 % of its numbers, which left over both seconds: the
+    flood's last one at 700 kbit/s and the cut rate's first. Read against the cut
+    rate alone, the line read 106-126 kbit/s where it carries about 210, and the
+    courseware stayed paused. Against the two seconds its numbers left in, it reads
+    what the line carried."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=700_000)
+    sending(bw, range(8), 700, 0.7)  # the flood, until 7 s
+    bw._feed_loss([downtrack(0.5, 900.0, nacked=0.7)], 7.0)  # type: ignore[list-item]
+    assert bw.overflow.capacity() == pytest.approx(700_000 * 0.3, rel=0.02)
+    sending(bw, range(8, 10), 240, 0.12)  # cut
+    # Two seconds of numbers (sent 6.1-8.1 s, a round trip of 0.9 s before 9.0): 0.9 s
+    # at 700 kbit/s with 70 % lost, 1.1 s at 240 with 12 %: 56 % of them NACKed.
+    flood, cut = 0.9 * 700 / 8, 1.1 * 240 / 8
+    nacked = (flood * 0.7 + cut * 0.12) / (flood + cut)
+    report = downtrack(0.4, 900.0, nacked=nacked, span_s=2.0)
+    bw._feed_loss([report], 9.0)  # type: ignore[list-item]
+    sent = (0.9 * 700_000 + 1.1 * 240_000) / 2
+    assert bw.overflow.capacity() == pytest.approx(sent * (1 - nacked), rel=0.05)
+    assert bw.overflow.capacity() > 180_000  # (against the cut rate alone: 106 kbit/s)
+    bw.close()
+
+
 def test_the_estimate_is_the_reading_and_the_drain_cuts_nothing_more() -> None:
     """256kbit-10pct, agent: after the start-up flood's reading (267 kbit/s), the loss
     rule cut the estimate at each report of the queue it left, down to 74 kbit/s, and
@@ -448,10 +472,14 @@ def test_the_estimate_stays_under_a_known_capacity_and_grows_again_once_forgotte
     assert est.estimate(31.0).bps == int(900_000 * 1.08)
 
 
-def downtrack(fraction_lost: float, rtt_ms: float, nacked: float | None = None) -> SimpleNamespace:
+def downtrack(
+    fraction_lost: float, rtt_ms: float, nacked: float | None = None, span_s: float = 0.0
+) -> SimpleNamespace:
     """A video's fresh receiver report; `nacked`: the share of the 100 numbers it covers
-    that the receiver NACKed (None: too few to tell)."""
+    that the receiver NACKed (None: too few to tell); `span_s`: since the report before
+    (0: unknown)."""
     stats = SimpleNamespace(packets=1000, fraction_lost=fraction_lost, rtt_ms=rtt_ms)
+    stats.report_span_s = span_s
     stats.report_packets = 0 if nacked is None else 100
     stats.report_nacked = 0 if nacked is None else round(100 * nacked)
     return SimpleNamespace(loss_fresh=True, source=SimpleNamespace(kind="video"), stats=stats)
