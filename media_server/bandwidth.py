@@ -302,6 +302,9 @@ class SubscriberBandwidth:
         # estimate wore down from a 103 kbit/s reading to 83 (main 7339e22).
         estimate = self.estimator.estimate(now).bps
         base = capacity if estimate >= RETEST_FROM * capacity else float(estimate)
+        carried = watch.carried_below_flood(now)
+        if carried is not None:
+            base = min(base, carried)
         # What is sent now may cost more than the estimate's share (what is sent stays
         # while it fits, KEEP_SHARE): reaching for that cost lets nothing new in
         # (1mbit-5pct-300ms: a retest padded the full line from 898 to 945 kbit/s, the

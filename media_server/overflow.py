@@ -115,6 +115,9 @@ STEP_KEEP_S = 90.0
 # when it carried over RETEST_GROWTH times the reading in the last CARRIED_S.
 RETEST_KEEP_MAX_S = 40.0
 CARRIED_S = 300.0
+# A start-up flood's reading this far above what the line has carried since is doubted
+# (see OverflowWatch.carried_below_flood).
+FLOOD_DOUBT = 1.5
 # A report is lossy ("more than LOSS_HIGH") only when it also loses this much more than
 # the line's own loss: the average of the reports that came with no queue standing,
 # each weighing OWN_LOSS_WEIGHT. A 256 kbit/s line's own 10 % reads 5-16 % a report
@@ -153,6 +156,7 @@ class OverflowWatch:
         self._high = False  # the last report was lossy (see OWN_LOSS_MARGIN)
         self._own_loss = 0.0  # the line's own loss, from reports with no queue standing
         self._provisional = False  # the capacity is a start-up flood's, not yet retested
+        self._flood_read = False  # the capacity is a start-up flood's, not passed since
         # (when, bits/s) the line carried without a queue, decreasing: the front is the
         # most of the last CARRIED_S (see recovering()).
         self._carried: deque[tuple[float, float]] = deque()
@@ -254,6 +258,7 @@ class OverflowWatch:
         # A flood at connect is read roughly (see PROVISIONAL_KEEP_S): until a retest
         # fails, the line is climbed as one that recovered.
         self._provisional = flooded and not queued
+        self._flood_read = flooded
         self._capacity = sent_bps * (1 - lost_on_line)
         self._read_at = now
         # A rough reading is retested as soon as the flood's queue has drained: at 20 s,
@@ -286,6 +291,9 @@ class OverflowWatch:
         first START_S: a flood's first reports come before its queue shows."""
         if self._age(now) < START_S:
             return
+        self._remember_carried(bps, now)
+
+    def _remember_carried(self, bps: float, now: float) -> None:
         carried = self._carried
         while carried and carried[-1][1] <= bps:
             carried.pop()
@@ -311,6 +319,25 @@ class OverflowWatch:
     def capacity(self) -> float | None:
         """What the link carried at its last overflow, or in the last retest it passed."""
         return self._capacity
+
+    def carried_below_flood(self, now: float) -> float | None:
+        """What the line carried (queue-free, or in a retest it passed) where that is
+        far below a start-up flood's reading the capacity still is: the reading to
+        doubt, and what a retest climbs from instead (None: no such doubt).
+
+        A flood's NACKs come late and are lost on the point's crowded uplink: two runs
+        in six read a 1 Mbit/s line (5 % lost) at 1,380 kbit/s (the others 446-1,030).
+        The line carried the 780 the layers then sent; each retest padded from there to
+        1.2x the reading, 1,675-1,707 kbit/s, failed, and stopped the courseware for
+        3 s (main b718a04 and b100223)."""
+        if not self._flood_read or self._capacity is None:
+            return None
+        carried = self._carried
+        while carried and carried[0][0] < now - CARRIED_S:
+            carried.popleft()
+        if not carried or self._capacity <= FLOOD_DOUBT * carried[0][1]:
+            return None
+        return carried[0][1]
 
     def retest_due(self, now: float) -> bool:
         """The reading has been kept its time and no retest runs: try the line again."""
@@ -366,6 +393,8 @@ class OverflowWatch:
             self.retests_failed += 1
             return False
         self._capacity = max(self._capacity or 0.0, padded_to_bps)
+        self._flood_read = False
+        self._remember_carried(padded_to_bps, now)  # (the line carried it)
         self._passed_at = now
         self._due_at = now + RETEST_AFTER_PASS_S
         self._step_keep_s = STEP_KEEP_S

@@ -653,6 +653,43 @@ async def test_a_retest_climbs_from_an_estimate_the_losses_hold_under_the_readin
     bw.close()
 
 
+@pytest.mark.parametrize("carried", [885_000, None])
+async def test_a_retest_climbs_from_what_the_line_carried_under_a_floods_far_reading(
+    carried: float | None,
+) -> None:
+    """1mbit-5pct-300ms, agent (main b100223, b718a04): two runs in six read the
+    start-up flood at 1,380 kbit/s (its NACKs come late, or are lost on the crowded
+    uplink). The line carried what the layers sent, 780 kbit/s; each retest padded to
+    1.2x the reading, 1,675-1,707 kbit/s, failed, and stopped the courseware for 3 s.
+    Far over what the line has carried, a flood's reading is doubted: the retest climbs
+    from what was carried."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=3_000_000)
+    watch = bw.overflow
+    assert watch.on_report(0.5, 2_760_000, 3_000_000, 550.0, 1.0)  # the flood, no floor yet
+    assert watch.capacity() == pytest.approx(1_380_000)
+    if carried is not None:
+        watch.on_rtt(330.0, START_S + 4.0)
+        watch.note_carried(carried, START_S + 5.0)
+    now = START_S + 10.0
+    bw._maybe_retest(SHOWN, now)
+    if carried is None:  # nothing to doubt it by: the furthest reach of the reading
+        assert bw._retest is not None and bw._retest.target_bps > 1_380_000
+    else:
+        # Every picture is shown, and the teacher's 720p is beyond 1.3x what was
+        # carried: no retest, until a step is due, and a step from what was carried.
+        assert bw._retest is None
+        now = 1.0 + STEP_KEEP_S
+        bw._maybe_retest(SHOWN, now)
+        retest = bw._retest
+        assert retest is not None
+        assert retest.target_bps == pytest.approx(RETEST_GROWTH * carried)
+        assert watch.carried_below_flood(now) == carried
+        # Once the line carried a retest, the reading is no flood's any more.
+        watch.end_retest(now + 4.0, retest.target_bps)
+        assert watch.carried_below_flood(now + 4.0) is None
+    bw.close()
+
+
 async def test_a_step_that_lets_no_layer_in_waits_longer_and_ever_longer_when_it_fails() -> None:
     """1mbit-5pct-300ms, agent: at 1,015 kbit/s everything fits but the teacher's 720p
     (1.46 Mbit/s with the rest); every 20-40 s a step padded 1.3x over the full line and
