@@ -291,9 +291,6 @@ class OverflowWatch:
         first START_S: a flood's first reports come before its queue shows."""
         if self._age(now) < START_S:
             return
-        self._remember_carried(bps, now)
-
-    def _remember_carried(self, bps: float, now: float) -> None:
         carried = self._carried
         while carried and carried[-1][1] <= bps:
             carried.pop()
@@ -321,7 +318,7 @@ class OverflowWatch:
         return self._capacity
 
     def carried_below_flood(self, now: float) -> float | None:
-        """What the line carried (queue-free, or in a retest it passed) where that is
+        """What the line carried (queue-free, after START_S) where that is
         far below a start-up flood's reading the capacity still is: the reading to
         doubt, and what a retest climbs from instead (None: no such doubt).
 
@@ -394,7 +391,6 @@ class OverflowWatch:
             return False
         self._capacity = max(self._capacity or 0.0, padded_to_bps)
         self._flood_read = False
-        self._remember_carried(padded_to_bps, now)  # (the line carried it)
         self._passed_at = now
         self._due_at = now + RETEST_AFTER_PASS_S
         self._step_keep_s = STEP_KEEP_S
