@@ -302,9 +302,6 @@ class SubscriberBandwidth:
         # estimate wore down from a 103 kbit/s reading to 83 (main 7339e22).
         estimate = self.estimator.estimate(now).bps
         base = capacity if estimate >= RETEST_FROM * capacity else float(estimate)
-        carried = watch.carried_below_flood(now)
-        if carried is not None:
-            base = min(base, carried)
         # What is sent now may cost more than the estimate's share (what is sent stays
         # while it fits, KEEP_SHARE): reaching for that cost lets nothing new in
         # (1mbit-5pct-300ms: a retest padded the full line from 898 to 945 kbit/s, the
@@ -312,6 +309,11 @@ class SubscriberBandwidth:
         now_costs = sum(
             layer_bps(c, c.current) for c in candidates if c.current and not c.user_paused
         )
+        carried = watch.flood_doubted(now)
+        if carried is not None:
+            # A flood's reading a retest failed to confirm: climb from what the line
+            # carried (or carries now), not from the reading.
+            base = min(base, max(carried, float(now_costs)))
         budgets = rise_budgets(candidates, self._line_loss(now))
         needs = [b / ALLOCATION_SHARE for b in budgets if b > now_costs]
         wanted = [n for n in needs if n > WORTH_PROBING * base]
