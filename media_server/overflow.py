@@ -150,6 +150,7 @@ class OverflowWatch:
         self._started_at: float | None = None
         self._retesting = False
         self._retest_failed = False
+        self._failed_by = ""  # what failed the running retest (its event says)
         self._high = False  # the last report was lossy (see OWN_LOSS_MARGIN)
         self._own_loss = 0.0  # the line's own loss, from reports with no queue standing
         self._provisional = False  # the capacity is a start-up flood's, not yet retested
@@ -211,7 +212,8 @@ class OverflowWatch:
             # The round trip is no verdict: an aiortc point's wanders by 300 ms with its
             # own event loop (630-915 ms on a 100 ms line at rest), and with a queue and
             # 2 % lost a 607 kbit/s reading failed its retest on a 1 Mbit/s line.
-            self._retest_failed |= lost_on_line > RETEST_LOSS
+            if lost_on_line > RETEST_LOSS and not self._retest_failed:
+                self._retest_failed, self._failed_by = True, "report"
             self._high = False
             return False
         aftermath = now - self._retest_ended_at < (rtt_ms or 0.0) / 1000 + RETEST_AFTERMATH_S
@@ -348,12 +350,14 @@ class OverflowWatch:
     def start_retest(self, step: bool = False) -> None:
         self._retesting = True
         self._retest_failed = False
+        self._failed_by = ""
         self._stepping = step
 
-    def fail_retest(self) -> None:
-        """The receiver's NACKs already show the padding's queue overflowing."""
-        if self._retesting:
-            self._retest_failed = True
+    def fail_retest(self, by: str = "nacks") -> None:
+        """The receiver's NACKs already show the padding's queue overflowing (`by`:
+        which count said so, for the retest's event)."""
+        if self._retesting and not self._retest_failed:
+            self._retest_failed, self._failed_by = True, by
 
     @property
     def retest_failed(self) -> bool:
@@ -372,6 +376,7 @@ class OverflowWatch:
                 "what": "retest",
                 "bps": round(padded_to_bps),
                 "passed": not self._retest_failed,
+                "failed_by": self._failed_by or None,
                 "step": self._stepping,
             }
         )

@@ -983,6 +983,29 @@ async def test_a_retest_stops_padding_at_the_nacks_of_its_overflow(
     await wait_for(lambda: bw._retest is None, 5, "the retest's verdict")
     assert padded() == stopped_at and loop.time() < now + 3.0  # no padding after
     assert bw.describe()["retests"] == {"passed": 0, "failed": 1, "running": False}
+    assert bw.overflow.events[-1]["failed_by"] == "nacks"  # (operators see why)
+    bw.close()
+
+
+@pytest.mark.parametrize(("covered", "nacked", "fails"), [(12, 3, False), (40, 12, True)])
+def test_a_retests_report_fails_it_only_over_enough_numbers(
+    covered: int, nacked: int, fails: bool
+) -> None:
+    """256kbit-10pct, agent: with 1.2 kB probes a retest on a thin line makes reports of
+    a dozen numbers, and the line's own 10 % NACKs 3 of 12 in one report of nine: a
+    retest padding to 99 kbit/s failed at once, and the courseware stayed paused 45 s.
+    Over 40 numbers, 12 NACKed is the padding's overflow."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=300_000)
+    bw.overflow.on_rtt(330.0, 0.0)
+    bw.overflow.start_retest()
+    bw._retest = bandwidth.Probe(target_bps=300_000, started=1.0, ends=3.5)
+    report = downtrack(0.05, 340.0)
+    report.stats.report_packets, report.stats.report_nacked = covered, nacked
+    bw._feed_loss([report], 2.0)  # type: ignore[list-item]
+    assert bw.overflow.retest_failed is fails
+    bw._retest = None
+    bw.overflow.end_retest(4.0, 300_000)
+    assert bw.overflow.events[-1]["failed_by"] == ("report" if fails else None)
     bw.close()
 
 
@@ -1018,6 +1041,7 @@ async def test_a_retest_fails_when_the_line_lost_more_of_its_packets_than_before
     down.on_rtcp(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=77, lost=lost))
     await wait_for(lambda: bw._retest is None, 5, "the retest's verdict")
     assert bw.describe()["retests"]["passed"] == (1 if passes else 0)
+    assert bw.overflow.events[-1]["failed_by"] == (None if passes else "own packets")
     bw.close()
 
 
