@@ -253,6 +253,24 @@ def test_a_report_is_read_against_what_left_over_the_whole_span_it_covers() -> N
     bw.close()
 
 
+def test_a_report_counts_what_our_pacers_queue_still_sent_after_a_cut() -> None:
+    """256kbit-10pct, agent: a cut from 1.3 Mbit/s left the pacer's queue of the old
+    rate draining for 1-2 s while the layers already sent less: read against what the
+    layers sent (196 kbit/s), the next report's 58 % NACKed read the line at 83. What
+    left the pacer is what the line got."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=150_000)  # (the cut)
+    bw.pacer.queued_bytes = 30_000  # what it left queued
+    sending(bw, range(1), 100, 0.5)
+    for t, queued in ((1, 15_000), (2, 0)):  # it drains at 120 kbit/s beside 100 written
+        bw.pacer.queued_bytes = queued
+        sending(bw, range(t, t + 1), 100, 0.5)
+    report = downtrack(0.4, 900.0, nacked=0.5, span_s=2.0)
+    bw._feed_loss([report], 2.9)  # type: ignore[list-item]
+    assert bw.overflow.capacity() == pytest.approx(220_000 * 0.5, rel=0.02)
+    bw.pacer.queued_bytes = 0
+    bw.close()
+
+
 def test_the_estimate_is_the_reading_and_the_drain_cuts_nothing_more() -> None:
     """256kbit-10pct, agent: after the start-up flood's reading (267 kbit/s), the loss
     rule cut the estimate at each report of the queue it left, down to 74 kbit/s, and
