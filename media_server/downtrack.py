@@ -54,9 +54,9 @@ PADDING = bytes(239) + bytes([240])
 TAIL_PADDING = bytes([1])
 # A probe packet's size in RTP bytes: as large as the media it stands for. A rural
 # modem's queue is counted in bytes, and a drop-tail queue short of room for a 1.2 kB
-# video packet still takes a small one: 280-byte probes passed over a 256 kbit/s line
-# that media at their rate overflowed (a retest read 280 kbit/s where the line carried
-# about 212, and the teacher's 180p stood still under "live"). RTP padding holds at most
+# video packet still takes a small one, so 280-byte probes lose less than media at
+# their rate would (256kbit-10pct, agent: a retest padding to 280 kbit/s passed, and
+# the teacher's 180p it let in stood still under "live"). RTP padding holds at most
 # 255 bytes, so the rest is extension-block padding (RFC 8285 4.2: zero bytes, which
 # every receiver skips), and the payload is padding only, as before.
 PROBE_PACKET_BYTES = 1200

@@ -326,11 +326,11 @@ class OverflowWatch:
         most in CARRIED_S, or 0.0 where nothing yet; None while the reading is not
         doubted.
 
-        A flood's NACKs come late and are lost on the point's crowded uplink: four runs
-        in nine read a 1 Mbit/s line (5 % lost) at 1,139-1,382 kbit/s. Its first
-        retest, 1.2-1.3x above, failed; 40 s later the next one padded there again from
-        the 780 the layers sent, failed too, and stopped the courseware for 3-5 s
-        (main b100223 to e281eb4). Climbing from what the line carried, a retest reaches
+        A flood's NACKs come late and are lost on the point's crowded uplink: 11 runs
+        of 20 read a 1 Mbit/s line (5 % lost) at 1,139-1,535 kbit/s. Its first retest,
+        1.2-1.3x above, failed; 40 s later the next one padded there again from the 780
+        the layers sent, failed too, and stopped the courseware for 3-5 s (four runs on
+        main cf6740c to 0fa3733; docs/benchmarks.md, ninth December stop). Climbing from what the line carried, a retest reaches
         for what is within its reach of that."""
         if not self._flood_doubted:
             return None
@@ -461,10 +461,10 @@ class SendLog:
         Its loss is what the receiver NACKed of every number since the report before:
         aiortc reports every 0.5-2 s. Read against the last second alone, a report two
         seconds after a flood's reading counted the flood's first second's losses
-        against the cut rate of its second, and read a 256 kbit/s line at 106-126
-        kbit/s (sent 231-270 kbit/s, 47-57 % NACKed) in each of four runs (main
-        cf6740c); the courseware's lowest layer did not fit beside the audio, and
-        it stayed paused for most of the minute."""
+        against the cut rate of its second, and read a 256 kbit/s line at 75-126
+        kbit/s (sent 133-270 kbit/s, 44-57 % NACKed) in five runs of six (main cf6740c
+        and b100223), where it carries about 240; the courseware's lowest layer did not
+        fit beside the audio, and it stayed paused for most of the minute."""
         if not self._ticks:
             return None
         span_s = REPORT_SPAN_S if not span_s else min(max(span_s, MIN_SPAN_S), MAX_SPAN_S)
