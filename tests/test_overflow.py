@@ -230,11 +230,11 @@ def test_a_report_is_read_against_what_left_when_its_packets_did() -> None:
 
 
 def test_a_report_is_read_against_what_left_over_the_whole_span_it_covers() -> None:
-    """256kbit-10pct, agent (four runs on main cf6740c): a report two seconds after a
-    flood's reading NACKed 47-57 % of its numbers, which left over both seconds: the
-    flood's last one at 700 kbit/s and the cut rate's first. Read against the cut
-    rate alone, the line read 106-126 kbit/s where it carries about 210, and the
-    courseware stayed paused. Against the two seconds its numbers left in, it reads
+    """256kbit-10pct, agent (five runs of six on main cf6740c and b100223): a report
+    two seconds after a flood's reading NACKed 44-57 % of its numbers, which left over
+    both seconds: the flood's last one at 700 kbit/s and the cut rate's first. Read
+    against the cut rate alone, the line read 75-126 kbit/s where it carries about
+    240, and the courseware stayed paused. Against the two seconds its numbers left in, it reads
     what the line carried."""
     bw = SubscriberBandwidth(MemorySink(), initial_bps=700_000)
     sending(bw, range(8), 700, 0.7)  # the flood, until 7 s
@@ -675,8 +675,8 @@ async def test_a_retest_climbs_from_an_estimate_the_losses_hold_under_the_readin
 async def test_a_floods_reading_whose_retest_failed_is_climbed_from_what_the_line_carries(
     first_failed: bool,
 ) -> None:
-    """1mbit-5pct-300ms, agent (main b100223 to e281eb4): four runs in nine read the
-    start-up flood at 1,139-1,382 kbit/s (its NACKs come late, or are lost on the
+    """1mbit-5pct-300ms, agent (main cf6740c to 0fa3733): 11 runs of 20 read the
+    start-up flood at 1,139-1,535 kbit/s (its NACKs come late, or are lost on the
     crowded uplink). The first retest, 1.2-1.3x above, failed; 40 s later the next
     padded there again from the 780 kbit/s the layers sent, failed too, and stopped the
     courseware for 3-5 s. A flood's reading whose retest failed is climbed from what
