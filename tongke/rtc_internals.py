@@ -400,11 +400,10 @@ def srtp_sender(
     A failure before the send (a packet too long, an SRTP error) drops this packet and
     calls `on_error`.
     """
-    pair = dtls.transport._connection._nominated.get(1)
-    if pair is None or pair.protocol.transport is None:
+    nominated = _nominated(dtls)
+    if nominated is None:
         return None
-    transport: Any = pair.protocol.transport  # asyncio's, or a TURN relay's
-    addr = pair.remote_addr
+    transport, addr = nominated  # asyncio's transport, or a TURN relay's
     transport_sendto = transport.sendto
     ffi, lib = pylibsrtp._binding.ffi, pylibsrtp._binding.lib
     buffer = ffi.new("char[]", SRTP_BUFFER)
@@ -445,12 +444,18 @@ def srtp_sender(
     return send_rtp
 
 
-def selected_pair(dtls: RTCDtlsTransport) -> tuple[Callable[[bytes, Any], None], Any] | None:
-    """(sendto, remote address) of the nominated ICE pair, or None."""
+def _nominated(dtls: RTCDtlsTransport) -> tuple[Any, Any] | None:
+    """(datagram transport, remote address) of the nominated ICE pair, or None."""
     pair = dtls.transport._connection._nominated.get(1)
     if pair is None or pair.protocol.transport is None:
         return None
-    return pair.protocol.transport.sendto, pair.remote_addr
+    return pair.protocol.transport, pair.remote_addr
+
+
+def selected_pair(dtls: RTCDtlsTransport) -> tuple[Callable[[bytes, Any], None], Any] | None:
+    """(sendto, remote address) of the nominated ICE pair, or None."""
+    nominated = _nominated(dtls)
+    return None if nominated is None else (nominated[0].sendto, nominated[1])
 
 
 def hook_ingress(
