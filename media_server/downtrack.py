@@ -127,18 +127,16 @@ class DownTrackStats:
     remb_bps: int | None = None
 
 
-def _probe_extension_block(head: bytes, block_len: int) -> tuple[bytes, bytes]:
-    """A probe's extension block: ours (`head` and the `block_len` bytes it opens,
-    transport-wide number included) grown with zero padding up to PROBE_PACKET_BYTES.
+def _probe_extension_block(head: bytes) -> tuple[bytes, bytes]:
+    """A probe's extension block: ours (opened by `head`, see _extension_block; an
+    empty one where we have none) grown with zero padding up to PROBE_PACKET_BYTES.
 
     Returns (head, fill): head replaces ours (its word count grown; the elements after
     it stay where the pacer reads them), fill closes the grown block.
     """
-    if head:
-        block_len += 2 if len(head) > 4 else 0  # the transport-wide number's 2 bytes
-    fill_words = (PROBE_PACKET_BYTES - 12 - block_len - (0 if head else 4) - len(TAIL_PADDING)) // 4
-    words = (block_len - 4) // 4 + fill_words if head else fill_words
-    grown = b"\xbe\xde" + words.to_bytes(2, "big") + head[4:]
+    words = int.from_bytes(head[2:4], "big") if head else 0
+    fill_words = (PROBE_PACKET_BYTES - 12 - 4 * (1 + words) - len(TAIL_PADDING)) // 4
+    grown = b"\xbe\xde" + (words + fill_words).to_bytes(2, "big") + head[4:]
     return grown, bytes(4 * fill_words)
 
 
@@ -231,9 +229,7 @@ class DownTrack:
         self._ext_prefix = self._ext_head + self._ext_mid
         self._has_ast = ast_ext_id is not None
         self._b0 = 0x90 if self._ext_prefix else 0x80
-        self._probe_head, self._probe_fill = _probe_extension_block(
-            self._ext_head, len(self._ext_prefix) + len(self._ext_pad) + (3 if self._has_ast else 0)
-        )
+        self._probe_head, self._probe_fill = _probe_extension_block(self._ext_head)
         # Our header and extension block in one pack (the forwarding path and _write):
         # our 12 bytes, the block up to abs-send-time, its 3 bytes (0 wide when not
         # negotiated: the value is then dropped), the zero padding.
