@@ -308,13 +308,18 @@ class OverflowWatch:
         the teacher at 180p all minute while steps waited). A line that never carried
         more is not: steps padding a 256 kbit/s line at 1.69x the reading stopped the
         courseware, its only picture, for 3-5 s each."""
-        carried = self._carried
-        while carried and carried[0][0] < now - CARRIED_S:
-            carried.popleft()
         capacity = self._capacity
         if capacity is None:
             return False
-        return self._provisional or (bool(carried) and carried[0][1] > RETEST_GROWTH * capacity)
+        carried = self._carried_most(now)
+        return self._provisional or (carried is not None and carried > RETEST_GROWTH * capacity)
+
+    def _carried_most(self, now: float) -> float | None:
+        """The most the line carried queue-free in the last CARRIED_S (None: nothing)."""
+        carried = self._carried
+        while carried and carried[0][0] < now - CARRIED_S:
+            carried.popleft()
+        return carried[0][1] if carried else None
 
     def capacity(self) -> float | None:
         """What the link carried at its last overflow, or in the last retest it passed."""
@@ -334,10 +339,7 @@ class OverflowWatch:
         for what is within its reach of that."""
         if not self._flood_doubted:
             return None
-        carried = self._carried
-        while carried and carried[0][0] < now - CARRIED_S:
-            carried.popleft()
-        return carried[0][1] if carried else 0.0
+        return self._carried_most(now) or 0.0
 
     def retest_due(self, now: float) -> bool:
         """The reading has been kept its time and no retest runs: try the line again."""
