@@ -28,30 +28,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-PAYLOAD = 1150
+# This tree's bench helpers, before `--tree` puts another tree's media_server first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def rtp(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker: bool = False) -> bytes:
-    return (
-        bytes([0x80, (0x80 if marker else 0) | pt])
-        + (seq & 0xFFFF).to_bytes(2, "big")
-        + (ts & 0xFFFFFFFF).to_bytes(4, "big")
-        + ssrc.to_bytes(4, "big")
-        + payload
-    )
+from bench.master_stream import frame_payloads, master_tracks, rtp
 
 
 def stream() -> Iterator[tuple[str, bytes]]:
-    """(kind, packet) in arrival order, endless."""
+    """(kind, packet) in arrival order, endless: 30 frames and 50 Opus packets a second."""
     vseq = aseq = frame = 0
     while True:
-        key = frame % 60 == 0
-        count = 50 if key else 5
-        for i in range(count):
-            fu = (0x80 if i == 0 else 0) | (0x40 if i == count - 1 else 0) | (5 if key else 1)
+        payloads = frame_payloads(key=frame % 60 == 0)
+        for i, payload in enumerate(payloads):
             vseq += 1
-            payload = bytes([0x7C, fu]) + bytes(PAYLOAD)
-            yield "video", rtp(102, vseq, frame * 3000, 1000, payload, marker=i == count - 1)
+            last = i == len(payloads) - 1
+            yield "video", rtp(102, vseq, frame * 3000, 1000, payload, marker=last)
         while aseq < (frame + 1) * 50 // 30:
             aseq += 1
             yield "audio", rtp(111, aseq, aseq * 960, 2000, bytes(100))
@@ -62,8 +53,6 @@ async def run(mode: str, subscribers: int, packets: int, repeat: int) -> None:
     from pylibsrtp import Policy, Session
 
     from media_server.downtrack import DownTrack
-    from media_server.source import MediaSource
-    from media_server.uptrack import UpTrack
     from media_server.wire import Wire
 
     loop = asyncio.get_running_loop()
@@ -72,36 +61,7 @@ async def run(mode: str, subscribers: int, packets: int, repeat: int) -> None:
     transport, _ = await loop.create_datagram_endpoint(
         asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
     )
-    ups = {
-        kind: UpTrack(
-            track_id=f"m/{kind}",
-            source="teacher_camera" if kind == "video" else "classroom_mic",
-            layer="h",
-            kind=kind,
-            codec="h264" if kind == "video" else "opus",
-            clock_rate=90000 if kind == "video" else 48000,
-            ssrc=1000 if kind == "video" else 2000,
-            payload_type=102 if kind == "video" else 111,
-            rtx_ssrc=None,
-            rtx_payload_type=None,
-            request_keyframe=lambda up: None,
-            request_nack=lambda up: None,
-        )
-        for kind in ("video", "audio")
-    }
-    sources = {
-        kind: MediaSource(
-            participant="m",
-            classroom="c",
-            name="m",
-            source=up.source,
-            kind=kind,
-            codec=up.codec,
-            label="",
-            layers={"h": up},
-        )
-        for kind, up in ups.items()
-    }
+    ups, sources = master_tracks()
     keep: list[Any] = []
     for i in range(subscribers):
         key = bytes((i + j) & 0xFF for j in range(30))

@@ -27,15 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pylibsrtp import Policy, Session
 
+from bench.master_stream import frame_payloads, master_tracks, rtp
 from media_server.bandwidth import SubscriberBandwidth
 from media_server.downtrack import DownTrack
-from media_server.source import MediaSource
-from media_server.uptrack import UpTrack
 
 FPS = 30
-VIDEO_PACKETS = 5  # a delta frame: ~6 kB, 1.5 Mbit/s at 30 fps
-KEY_PACKETS = 50  # a keyframe every 2 s
-PAYLOAD = 1150
 AUDIO = bytes(100)
 
 
@@ -55,59 +51,8 @@ class SrtpSink:
         pass
 
 
-def rtp(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker: bool = False) -> bytes:
-    return (
-        bytes([0x80, (0x80 if marker else 0) | pt])
-        + (seq & 0xFFFF).to_bytes(2, "big")
-        + (ts & 0xFFFFFFFF).to_bytes(4, "big")
-        + ssrc.to_bytes(4, "big")
-        + payload
-    )
-
-
-def frame_payloads(key: bool) -> list[bytes]:
-    count = KEY_PACKETS if key else VIDEO_PACKETS
-    nal = 5 if key else 1
-    out = []
-    for i in range(count):
-        fu = (0x80 if i == 0 else 0) | (0x40 if i == count - 1 else 0) | nal
-        out.append(bytes([0x7C, fu]) + bytes(PAYLOAD))
-    return out
-
-
-def uptrack(kind: str, ssrc: int) -> UpTrack:
-    video = kind == "video"
-    return UpTrack(
-        track_id=f"master/{kind}",
-        source="teacher_camera" if video else "classroom_mic",
-        layer="h",
-        kind=kind,
-        codec="h264" if video else "opus",
-        clock_rate=90000 if video else 48000,
-        ssrc=ssrc,
-        payload_type=102 if video else 111,
-        rtx_ssrc=None,
-        rtx_payload_type=None,
-        request_keyframe=lambda up: None,
-        request_nack=lambda up: None,
-    )
-
-
 async def window(subscribers: int, seconds: float, adaptive: bool) -> dict[str, float]:
-    ups = {"video": uptrack("video", 1000), "audio": uptrack("audio", 2000)}
-    sources = {
-        kind: MediaSource(
-            participant="master",
-            classroom="c",
-            name="m",
-            source=up.source,
-            kind=kind,
-            codec=up.codec,
-            label="",
-            layers={"h": up},
-        )
-        for kind, up in ups.items()
-    }
+    ups, sources = master_tracks()
     subs = []
     for i in range(subscribers):
         sink = SrtpSink(i)
