@@ -376,6 +376,21 @@ def test_a_start_up_floods_reading_is_climbed_quickly_until_a_retest_fails() -> 
     assert not watch.recovering(31.0)
 
 
+def test_a_start_up_floods_climb_ends_at_its_first_passed_retest() -> None:
+    """256kbit-10pct and 1mbit-5pct-300ms, agent: after a flood's reading passed its
+    first retest, the next one, still climbing as on a recovering line, padded 1.7-2.2x
+    over the pass and stopped the teacher's picture for 2-3 s."""
+    watch = OverflowWatch()
+    assert watch.on_report(0.5, 300_000, 400_000, 900.0, 2.0)
+    assert watch.recovering(3.0)
+    watch.start_retest()
+    assert watch.end_retest(8.0, 200_000.0)
+    assert not watch.recovering(9.0)
+    # A line that has since carried well over the pass still climbs as one recovering.
+    watch.note_carried(400_000, START_S + 5.0)
+    assert watch.recovering(START_S + 6.0)
+
+
 def test_the_reports_right_after_a_retest_read_no_overflow() -> None:
     """256kbit-10pct, agent (main 207ad6d): the report a tick after a failed retest still
     counted the padding's lost numbers over its queue, read an overflow at 51 kbit/s
