@@ -316,10 +316,11 @@ class SubscriberBandwidth:
         now_costs = sum(
             layer_bps(c, c.current) for c in candidates if c.current and not c.user_paused
         )
-        carried = watch.flood_doubted(now)
+        missing = any(c.kind == "video" and c.started and c.current is None for c in candidates)
+        carried = watch.flood_doubted(now, every_picture_shown=not missing)
         if carried is not None:
-            # A flood's reading a retest failed to confirm: climb from what the line
-            # carried (or carries now), not from the reading.
+            # A flood's reading in doubt: climb from what the line carried (or carries
+            # now), not from the reading.
             base = min(base, max(carried, float(now_costs)))
         budgets = rise_budgets(candidates, self._line_loss(now))
         needs = [b / ALLOCATION_SHARE for b in budgets if b > now_costs]
@@ -340,7 +341,6 @@ class SubscriberBandwidth:
         # The further reach only on a line that carried more lately, or whose reading
         # is a start-up flood's (OverflowWatch.recovering): a line that never did is
         # asked no more than 1.3x, and a failed step keeps it longer each time.
-        missing = any(c.kind == "video" and c.started and c.current is None for c in candidates)
         climbing = missing and watch.recovering(now)
         climb = 1 + min(watch.passes_in_row, 2) if climbing else 0
         reach = RETEST_GROWTH ** (1 + climb) * base
