@@ -392,12 +392,16 @@ class OverflowWatch:
         if self._retest_failed:
             self._provisional = False
             self._flood_failed = self._flood_read
-            if self._passed_at < self._read_at:
-                longest = RETEST_KEEP_MAX_S if self.recovering(now) else KEEP_MAX_S
+            recovering = self.recovering(now)
+            if not (recovering and self._passed_at > self._read_at):
+                longest = RETEST_KEEP_MAX_S if recovering else KEEP_MAX_S
                 self._keep_s = max(self._keep_s, min(2 * self._keep_s, longest))
-            # (Else the line grew since the reading, and may go on growing: no longer
-            # keep. A recovered line's one failed step in a climb kept it 40 s, and its
-            # board came back only after 90 s.)
+            # (Else a line that carried more lately grew since the reading, and may go
+            # on growing: no longer keep. A recovered line's one failed step in a climb
+            # kept it 40 s, and its board came back only after 90 s. A line that never
+            # carried more is kept as after any failure: kept no longer after a pass, a
+            # 256 kbit/s line's retest to the board failed every 20 s, each time
+            # stopping the courseware and the teacher for 1-5 s.)
             self._due_at = now + self._keep_s
             self.passes_in_row = 0
             if self._stepping:

@@ -457,10 +457,11 @@ def test_a_retest_the_line_carries_is_its_new_capacity_and_the_next_climbs_furth
     line carried is the capacity now, and the next retest comes soon: a line that
     recovered climbs back a step at a time."""
     watch = watch_with_floor()
-    overflow_at(watch, 10.0)
+    watch.note_carried(4_000_000, START_S + 5.0)  # before a thin spell
+    overflow_at(watch, START_S + 10.0)
     reading = watch.capacity()
     assert reading is not None
-    t = 10.0 + KEEP_S
+    t = START_S + 10.0 + KEEP_S
     for _ in range(4):
         assert retest(watch, t, carried=True) is True
         assert not watch.retest_due(t + 4.0 + RETEST_AFTER_PASS_S - 0.1)
@@ -478,6 +479,24 @@ def test_a_retest_the_line_carries_is_its_new_capacity_and_the_next_climbs_furth
     assert retest(watch, t + 4.0 + keep, carried=True) is True
     overflow_at(watch, t + 8.0 + keep + next_overflow_after)
     assert watch.keep_s == (2 * keep if keep_doubles else KEEP_S)
+
+
+def test_a_line_that_never_carried_more_is_retested_ever_more_rarely_after_a_pass() -> None:
+    """256kbit-10pct, agent: a retest to the teacher's low layer passed, and the next
+    one, to the board's, which the line cannot carry, failed every 20 s after it,
+    each time stopping the courseware and the teacher for 1-5 s."""
+    watch = watch_with_floor()
+    overflow_at(watch, START_S + 10.0)
+    t = START_S + 10.0 + KEEP_S
+    assert retest(watch, t, carried=True) is True
+    t += 4.0 + RETEST_AFTER_PASS_S
+    keeps = []
+    for _ in range(5):
+        assert retest(watch, t, carried=False) is False
+        keeps.append(watch.keep_s)
+        assert not watch.retest_due(t + 4.0 + watch.keep_s - 0.1)
+        t += 4.0 + watch.keep_s
+    assert keeps == [min(KEEP_S * 2**i, KEEP_MAX_S) for i in range(1, 6)]
 
 
 def test_an_overflow_while_the_reading_is_kept_is_a_new_reading() -> None:
