@@ -74,8 +74,8 @@ RETEST_MIN_PACKETS = 60
 # The loss before repairs is read from what the receiver NACKed of the numbers its
 # reports cover, over at least this many.
 RAW_LOSS_MIN_PACKETS = 10
-# During a retest, a report's NACKed share fails it (overflow.RETEST_LOSS) only over at
-# least this many numbers: a retest's 1.2 kB probes on a thin line make reports of a
+# During a retest, a report's NACKed share, or its own share lost, fails it
+# (overflow.RETEST_LOSS) only over at least this many numbers: a retest's 1.2 kB probes on a thin line make reports of a
 # dozen, where a line's own 10 % loses 3 of 12 in one report of nine (a retest padding
 # a 256 kbit/s line at 99 kbit/s failed at once, and the courseware stayed paused for 45
 # s). The whole retest's own packets still give their verdict (RETEST_EXCESS).
@@ -621,7 +621,14 @@ class SubscriberBandwidth:
             sent = then if then is not None else self.estimator.sent_bps
             least = RAW_LOSS_MIN_PACKETS if self._retest is None else RETEST_RAW_MIN_PACKETS
             raw = nacked / covered if covered >= least else None
-            if self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):
+            if self._retest is not None and raw is None:
+                # Too few of the retest's numbers for a verdict, its own share lost or
+                # NACKed alike (RETEST_RAW_MIN_PACKETS): with every picture paused, a
+                # retest padding a 256 kbit/s line to 123 kbit/s sent ten probes a
+                # report, and a report's 24 % lost (of the videos, weighted by all they
+                # ever sent) failed it twice, 40 s apart; the courseware never came.
+                pass
+            elif self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):
                 self.estimator.on_overflow(self.overflow.capacity() or 0.0)
             elif (
                 then is not None

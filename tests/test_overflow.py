@@ -942,7 +942,7 @@ async def test_a_retest_pads_up_to_the_kept_reading_and_its_reports_decide(
     assert bw.describe()["retests"]["running"]
     assert bw.pacer._rate == pytest.approx(int(target) * PACING_FACTOR / 8)  # paced to it
     if not carried:
-        bw._feed_loss([downtrack(0.3, 560.0)], now + 0.1)  # type: ignore[list-item]
+        bw._feed_loss([downtrack(0.3, 560.0, nacked=0.3)], now + 0.1)  # type: ignore[list-item]
 
         def draining() -> bool:
             """The padding stopped; the verdict waits for the reports of its queue."""
@@ -1048,19 +1048,23 @@ async def test_a_retest_stops_padding_at_the_nacks_of_its_overflow(
     bw.close()
 
 
-@pytest.mark.parametrize(("covered", "nacked", "fails"), [(12, 3, False), (40, 12, True)])
+@pytest.mark.parametrize(
+    ("covered", "nacked", "fraction_lost", "fails"),
+    [(12, 3, 0.05, False), (40, 12, 0.05, True), (12, 1, 0.3, False), (40, 4, 0.3, True)],
+)
 def test_a_retests_report_fails_it_only_over_enough_numbers(
-    covered: int, nacked: int, fails: bool
+    covered: int, nacked: int, fraction_lost: float, fails: bool
 ) -> None:
     """256kbit-10pct, agent: with 1.2 kB probes a retest on a thin line makes reports of
     a dozen numbers, and the line's own 10 % NACKs 3 of 12 in one report of nine: a
     retest padding to 99 kbit/s failed at once, and the courseware stayed paused 45 s.
-    Over 40 numbers, 12 NACKed is the padding's overflow."""
+    The report's own share lost, of as few numbers, failed a retest to 123 kbit/s twice
+    in a minute. Over 40 numbers, 12 NACKed, or 30 % lost, is the padding's overflow."""
     bw = SubscriberBandwidth(MemorySink(), initial_bps=300_000)
     bw.overflow.on_rtt(330.0, 0.0)
     bw.overflow.start_retest()
     bw._retest = bandwidth.Probe(target_bps=300_000, started=1.0, ends=3.5)
-    report = downtrack(0.05, 340.0)
+    report = downtrack(fraction_lost, 340.0)
     report.stats.report_packets, report.stats.report_nacked = covered, nacked
     bw._feed_loss([report], 2.0)  # type: ignore[list-item]
     assert bw.overflow.retest_failed is fails
