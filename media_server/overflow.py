@@ -400,8 +400,8 @@ class OverflowWatch:
             # on growing: no longer keep. A recovered line's one failed step in a climb
             # kept it 40 s, and its board came back only after 90 s. A line that never
             # carried more is kept as after any failure: kept no longer after a pass, a
-            # 256 kbit/s line's retest to the board failed every 20 s, each time
-            # stopping the courseware and the teacher for 1-5 s.)
+            # 256 kbit/s line's retest towards the board failed again 22-29 s after the
+            # first in five runs of 24, each time stopping the courseware for up to 5 s.)
             self._due_at = now + self._keep_s
             self.passes_in_row = 0
             if self._stepping:

@@ -482,9 +482,9 @@ def test_a_retest_the_line_carries_is_its_new_capacity_and_the_next_climbs_furth
 
 
 def test_a_line_that_never_carried_more_is_retested_ever_more_rarely_after_a_pass() -> None:
-    """256kbit-10pct, agent: a retest to the teacher's low layer passed, and the next
-    one, to the board's, which the line cannot carry, failed every 20 s after it,
-    each time stopping the courseware and the teacher for 1-5 s."""
+    """256kbit-10pct, agent: after a passed retest, the next one, towards the board,
+    which the line cannot carry, failed again 22-29 s after the first in five runs of
+    24, each time stopping the courseware for up to 5 s."""
     watch = watch_with_floor()
     overflow_at(watch, START_S + 10.0)
     t = START_S + 10.0 + KEEP_S
