@@ -17,6 +17,7 @@ from typing import Any
 
 from media_server.allocator import (
     Candidate,
+    Decision,
     allocate,
     layer_bps,
     lowers,
@@ -87,6 +88,17 @@ RETEST_FROM = 0.95
 # their way (1mbit-5pct-300ms: the courseware's full layer came in as a retest began;
 # its keyframe and the padding overflowed the line and the courseware stood still 8 s).
 SETTLE_S = 5.0
+# Until a subscriber has sent any feedback (a receiver report, a NACK, a keyframe
+# request, transport-cc), it gets what fits this: the audio and a picture's low layer.
+# Its end of the path may not be up yet: the last flight of its DTLS handshake crosses
+# the same line, and lost there (a 256 kbit/s line loses 10 %), it comes again only
+# after the subscriber's retransmission timer, 1, 2, 4 s and on. Flooded with the whole
+# lesson at 2.5 Mbit/s meanwhile, the line dropped seven packets in eight, the
+# handshake's with them: in 3 of 45 runs of bench/rural.py (256kbit-10pct, point agent)
+# the point heard nothing for 16-35 s, while the SFU sent it 2 Mbit/s with no report
+# back for 5-30 s; in one its lesson WebSocket died too. The first report comes within
+# a round trip and about a second of the first packets.
+UNHEARD_BPS = 150_000
 # Transport-cc loss is read once a tick over at least this many reported packets.
 MIN_LOSS_PACKETS = 20
 CALM_S = 60.0
@@ -113,6 +125,12 @@ def link_grew(probe_bps: float, known_bps: float | None) -> bool:
 
 def _no_focus(source: MediaSource) -> bool:
     return False
+
+
+def _heard_from(down: DownTrack) -> bool:
+    """The subscriber sent feedback about this track: its end of the path is up."""
+    stats = down.stats
+    return bool(stats.reports or stats.nacks or stats.keyframe_requests)
 
 
 def _no_queue() -> float:
@@ -155,6 +173,7 @@ class SubscriberBandwidth:
         self.sent_log = SendLog()
         self._started: set[str] = set()
         self._announced: Any = None
+        self._told: set[str] = set()  # tracks an allocation message has named
         self.estimate_bps = start
         self.transport_seq: Iterator[int] | None = None  # set once transport-cc is on
         self.prober = ProbeController()
@@ -167,6 +186,7 @@ class SubscriberBandwidth:
         self._history: SendHistory | None = None
         self._delay: DelayEstimate | None = None
         self.feedback_reports = 0
+        self._heard = False  # the subscriber has sent feedback (see UNHEARD_BPS)
         self._layer_bps: dict[str, dict[str, int]] = {}  # what the allocator last assumed
         # Without transport-cc: the link's capacity, read at its overflows.
         self.overflow = OverflowWatch()
@@ -224,6 +244,15 @@ class SubscriberBandwidth:
         self._layer_bps = {c.source: c.layers for c in candidates if c.kind == "video"}
         self.estimator.demand_bps = sum(_top_cost(c) for c in candidates) / ALLOCATION_SHARE
         self._downtracks = active
+        if not self._heard:
+            self._heard = self.feedback_reports > 0 or any(_heard_from(d) for d in active)
+        if not self._heard:
+            # Nothing told the subscriber yet: what it gets may still change before it
+            # hears a thing, and a page shown "paused for bandwidth" at every join would
+            # be a false alarm.
+            for down, decision in zip(active, self._unheard(candidates), strict=True):
+                down.allocate(decision.layer, decision.paused)
+            return None
         self._maybe_probe(estimate.bps, now)
         self._maybe_retest(candidates, now)
         if now - max(self._last_down, self._last_up) > CALM_S:
@@ -257,6 +286,11 @@ class SubscriberBandwidth:
         elif raised:
             self._last_up = now
         return self._message(active, estimate.bps)
+
+    def _unheard(self, candidates: list[Candidate]) -> list[Decision]:
+        """Until the subscriber has sent any feedback, what fits UNHEARD_BPS."""
+        decisions = allocate(UNHEARD_BPS, candidates, hold=False)
+        return [decisions[c.key] for c in candidates]
 
     def _pad_tails(self, downtracks: Sequence[DownTrack], line_loss: float) -> None:
         """Tail padding for the sparse videos on a lossy line without transport-cc (a
@@ -664,8 +698,11 @@ class SubscriberBandwidth:
             fwd = d.forwarder
             # A video picked up again is paused for the subscriber until its keyframe
             # arrives: the picture has not moved since the pause (thin-link resumes wait
-            # for the publisher to restart an idle layer).
-            paused = fwd.paused or (fwd.resuming and d.source.kind == "video")
+            # for the publisher to restart an idle layer). One the subscriber was never
+            # told of is a first start, held back only until it was heard from
+            # (UNHEARD_BPS): the page waits for its first picture.
+            resuming = fwd.resuming and d.source.track_id in self._told
+            paused = fwd.paused or (resuming and d.source.kind == "video")
             reason = "subscriber" if fwd.paused_by_user else "bandwidth" if paused else None
             layer = None if paused else d.source.best_layer(fwd.ceiling)
             tracks.append(
@@ -680,6 +717,7 @@ class SubscriberBandwidth:
         if state == self._announced:
             return None
         self._announced = state
+        self._told.update(str(t["track"]) for t in tracks)
         return {"type": "allocation", "estimate_bps": estimate_bps, "tracks": tracks}
 
     def describe(self) -> dict[str, Any]:

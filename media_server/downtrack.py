@@ -115,6 +115,7 @@ class DownTrackStats:
     keyframe_requests: int = 0  # PLI/FIR from the receiver
     keyframes_asked: int = 0  # sent upstream for this receiver: its joins, switches, repairs
     fraction_lost: float = 0.0
+    reports: int = 0  # receiver reports about this track
     # Over the sequence numbers the latest receiver report covers (since the one before):
     # how many, and how many of them the receiver NACKed (lost before our repairs).
     report_packets: int = 0
@@ -449,6 +450,7 @@ class DownTrack:
                     continue
                 self.stats.fraction_lost = report.fraction_lost / 256
                 self.stats.jitter = report.jitter
+                self.stats.reports += 1
                 self.loss_fresh = True
                 self._note_reported(report.highest_sequence & 0xFFFF)
                 sent_at = self._reports_sent.get(report.lsr)
