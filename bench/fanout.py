@@ -195,7 +195,10 @@ async def wait_for_subscribers(server: ServerProcess, room: str, subscribers: in
         if subs and min(subs) >= subscribers:
             break
         await asyncio.sleep(0.5)
-    await asyncio.sleep(3)  # every DownTrack past its first keyframe
+    # Every DownTrack past its first keyframe, and past its subscriber's unheard start:
+    # ours never send RTCP, and get the whole lesson 5 s after joining
+    # (media_server/bandwidth.py, UNHEARD_MAX_S).
+    await asyncio.sleep(6)
 
 
 async def measure(

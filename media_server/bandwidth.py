@@ -97,8 +97,12 @@ SETTLE_S = 5.0
 # handshake's with them: in 3 of 45 runs of bench/rural.py (256kbit-10pct, point agent)
 # the point heard nothing for 16-35 s, while the SFU sent it 2 Mbit/s with no report
 # back for 5-30 s; in one its lesson WebSocket died too. The first report comes within
-# a round trip and about a second of the first packets.
+# a round trip and about a second of the first packets. After UNHEARD_MAX_S the
+# subscriber gets its lesson all the same (a client that never reports; one whose
+# reports are all lost): by then a lost last flight has been sent again twice (at 1 and
+# 3 s), through a line that carried only the audio.
 UNHEARD_BPS = 150_000
+UNHEARD_MAX_S = 5.0
 # Transport-cc loss is read once a tick over at least this many reported packets.
 MIN_LOSS_PACKETS = 20
 CALM_S = 60.0
@@ -187,6 +191,7 @@ class SubscriberBandwidth:
         self._delay: DelayEstimate | None = None
         self.feedback_reports = 0
         self._heard = False  # the subscriber has sent feedback (see UNHEARD_BPS)
+        self._first_tick: float | None = None
         self._layer_bps: dict[str, dict[str, int]] = {}  # what the allocator last assumed
         # Without transport-cc: the link's capacity, read at its overflows.
         self.overflow = OverflowWatch()
@@ -245,7 +250,13 @@ class SubscriberBandwidth:
         self.estimator.demand_bps = sum(_top_cost(c) for c in candidates) / ALLOCATION_SHARE
         self._downtracks = active
         if not self._heard:
-            self._heard = self.feedback_reports > 0 or any(_heard_from(d) for d in active)
+            if self._first_tick is None:
+                self._first_tick = now
+            self._heard = (
+                self.feedback_reports > 0
+                or any(_heard_from(d) for d in active)
+                or now - self._first_tick >= UNHEARD_MAX_S
+            )
         if not self._heard:
             # Nothing told the subscriber yet: what it gets may still change before it
             # hears a thing, and a page shown "paused for bandwidth" at every join would
