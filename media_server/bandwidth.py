@@ -76,10 +76,11 @@ RETEST_MIN_PACKETS = 60
 # reports cover, over at least this many.
 RAW_LOSS_MIN_PACKETS = 10
 # During a retest, a report's NACKed share, or its own share lost, fails it
-# (overflow.RETEST_LOSS) only over at least this many numbers: a retest's 1.2 kB probes on a thin line make reports of a
-# dozen, where a line's own 10 % loses 3 of 12 in one report of nine (a retest padding
-# a 256 kbit/s line at 99 kbit/s failed at once, and the courseware stayed paused for 45
-# s). The whole retest's own packets still give their verdict (RETEST_EXCESS).
+# (overflow.RETEST_LOSS) only over at least this many numbers: a retest's 1.2 kB probes
+# on a thin line make reports of a dozen, where a line's own 10 % loses 3 of 12 in one
+# report of nine (a retest padding a 256 kbit/s line at 99 kbit/s failed at once, and
+# the courseware stayed paused for 45 s). The whole retest's own packets still give
+# their verdict (RETEST_EXCESS).
 RETEST_RAW_MIN_PACKETS = 30
 # While the estimate stands below this share of the reading, a retest climbs from the
 # estimate.

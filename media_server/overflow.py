@@ -333,8 +333,8 @@ class OverflowWatch:
 
         A flood's NACKs come late and are lost on the point's crowded uplink: 11 runs
         of 20 read a 1 Mbit/s line (5 % lost) at 1,139-1,535 kbit/s. Its first retest,
-        1.2-1.3x above, failed and stopped the courseware or the teacher for 1-3 s (in
-        the five of 13 such runs on main 19f72be to 975407c); 40 s later the next one
+        1.2-1.3x above, failed and stopped the courseware or the teacher for 1-3 s (five
+        runs of 13 on main 19f72be to 975407c); 40 s later the next one
         had padded there again from the 780 the layers sent, failed too, and stopped
         the courseware for 3-5 s (four runs on main cf6740c to 0fa3733;
         docs/benchmarks.md, ninth December stop). Climbing from what the line carried,
