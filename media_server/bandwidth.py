@@ -95,7 +95,7 @@ SETTLE_S = 5.0
 # the same line, and lost there (a 256 kbit/s line loses 10 %), it comes again only
 # after the subscriber's retransmission timer, 1, 2, 4 s and on. Flooded with the whole
 # lesson at 2.5 Mbit/s meanwhile, the line dropped seven packets in eight, the
-# handshake's with them: in 3 of 45 runs of bench/rural.py (256kbit-10pct, point agent)
+# handshake's with them: in 3 of 26 runs of bench/rural.py (256kbit-10pct, point agent)
 # the point heard nothing for 16-35 s, while the SFU sent it 2 Mbit/s with no report
 # back for 5-30 s; in one its lesson WebSocket died too. The first report comes within
 # a round trip and about a second of the first packets. After UNHEARD_MAX_S the

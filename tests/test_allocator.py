@@ -279,7 +279,7 @@ async def test_a_resumed_picture_is_reported_paused_until_its_keyframe_is_sent()
 
 
 async def test_a_subscriber_not_heard_from_yet_gets_only_what_a_thin_line_carries() -> None:
-    """bench/rural.py 256kbit-10pct, point agent: in 3 runs of 45 the SFU, having had no
+    """bench/rural.py 256kbit-10pct, point agent: in 3 runs of 26 the SFU, having had no
     report back, sent a joining point the whole lesson at 2 Mbit/s; the flood dropped
     the last flight of its DTLS handshake again and again, and it heard nothing for
     16-35 s. Until the subscriber is heard from, it gets the audio and a low layer, and
