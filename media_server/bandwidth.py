@@ -178,7 +178,6 @@ class SubscriberBandwidth:
         self.sent_log = SendLog()
         self._started: set[str] = set()
         self._announced: Any = None
-        self._told: set[str] = set()  # tracks an allocation message has named
         self.estimate_bps = start
         self.transport_seq: Iterator[int] | None = None  # set once transport-cc is on
         self.prober = ProbeController()
@@ -667,14 +666,13 @@ class SubscriberBandwidth:
             sent = then if then is not None else self.estimator.sent_bps
             least = RAW_LOSS_MIN_PACKETS if self._retest is None else RETEST_RAW_MIN_PACKETS
             raw = nacked / covered if covered >= least else None
-            if self._retest is not None and raw is None:
-                # Too few of the retest's numbers for a verdict, its own share lost or
-                # NACKed alike (RETEST_RAW_MIN_PACKETS): with every picture paused, a
-                # retest padding a 256 kbit/s line to 123 kbit/s sent ten probes a
-                # report, and a report's 24 % lost (of the videos, weighted by all they
-                # ever sent) failed it twice, 40 s apart; the courseware never came.
-                pass
-            elif self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):
+            # During a retest, a report of too few of its numbers is no verdict, its own
+            # share lost or NACKed alike (RETEST_RAW_MIN_PACKETS): with every picture
+            # paused, a retest padding a 256 kbit/s line to 123 kbit/s sent ten probes a
+            # report, and a report's 24 % lost (of the videos, weighted by all they ever
+            # sent) failed it twice, 40 s apart; the courseware never came.
+            judged = self._retest is None or raw is not None
+            if judged and self.overflow.on_report(loss, sent, before, rtt, now, raw_loss=raw):
                 self.estimator.on_overflow(self.overflow.capacity() or 0.0)
             elif (
                 then is not None
@@ -705,15 +703,16 @@ class SubscriberBandwidth:
 
     def _message(self, downtracks: Sequence[DownTrack], estimate_bps: int) -> dict[str, Any] | None:
         tracks = []
+        told = {t["track"] for t in self._announced or ()}
         for d in downtracks:
             assert d.source is not None
             fwd = d.forwarder
             # A video picked up again is paused for the subscriber until its keyframe
             # arrives: the picture has not moved since the pause (thin-link resumes wait
-            # for the publisher to restart an idle layer). One the subscriber was never
-            # told of is a first start, held back only until it was heard from
+            # for the publisher to restart an idle layer). One the last message did not
+            # name is a first start, held back only until the subscriber was heard from
             # (UNHEARD_BPS): the page waits for its first picture.
-            resuming = fwd.resuming and d.source.track_id in self._told
+            resuming = fwd.resuming and d.source.track_id in told
             paused = fwd.paused or (resuming and d.source.kind == "video")
             reason = "subscriber" if fwd.paused_by_user else "bandwidth" if paused else None
             layer = None if paused else d.source.best_layer(fwd.ceiling)
@@ -729,7 +728,6 @@ class SubscriberBandwidth:
         if state == self._announced:
             return None
         self._announced = state
-        self._told.update(str(t["track"]) for t in tracks)
         return {"type": "allocation", "estimate_bps": estimate_bps, "tracks": tracks}
 
     def describe(self) -> dict[str, Any]:

@@ -154,10 +154,9 @@ class OverflowWatch:
         self._high = False  # the last report was lossy (see OWN_LOSS_MARGIN)
         self._own_loss = 0.0  # the line's own loss, from reports with no queue standing
         self._provisional = False  # the capacity is a start-up flood's, not yet retested
-        # The capacity is a start-up flood's reading no retest confirmed; and a retest
-        # of it failed: see flood_doubted.
+        # The capacity is a start-up flood's reading no retest confirmed (a retest of
+        # it failed once one ended since: see flood_doubted).
         self._flood_read = False
-        self._flood_failed = False
         # (when, bits/s) the line carried without a queue, decreasing: the front is the
         # most of the last CARRIED_S (see recovering()).
         self._carried: deque[tuple[float, float]] = deque()
@@ -261,7 +260,6 @@ class OverflowWatch:
         # fails, the line is climbed as one that recovered.
         self._provisional = flooded and not queued
         self._flood_read = flooded
-        self._flood_failed = False
         self._capacity = sent_bps * (1 - lost_on_line)
         self._read_at = now
         # A rough reading is retested as soon as the flood's queue has drained: at 20 s,
@@ -334,9 +332,9 @@ class OverflowWatch:
         A flood's NACKs come late and are lost on the point's crowded uplink: 11 runs
         of 20 read a 1 Mbit/s line (5 % lost) at 1,139-1,535 kbit/s. Its first retest,
         1.2-1.3x above, failed and stopped the courseware or the teacher for 1-3 s (five
-        runs of 13 on main 19f72be to 975407c); 40 s later the next one
-        had padded there again from the 780 the layers sent, failed too, and stopped
-        the courseware for 3-5 s (four runs on main cf6740c to 0fa3733;
+        runs of 13 on main 19f72be to 975407c); 40 s later the next one had padded
+        there again from the 780 the layers sent, failed too, and stopped the
+        courseware for 3-5 s (four runs on main cf6740c to 0fa3733;
         docs/benchmarks.md, ninth December stop). Climbing from what the line carried,
         or the layers send, a retest reaches for what is within its reach of that.
         While a picture is paused for bandwidth, an unconfirmed reading is climbed
@@ -344,7 +342,8 @@ class OverflowWatch:
         256 kbit/s lines read their flood low (75-215 kbit/s on a line that takes
         about 270), where climbing from what the courseware alone sends would take a
         step more to the teacher's picture."""
-        if not (self._flood_failed or (self._flood_read and every_picture_shown)):
+        failed = self._retest_ended_at > self._read_at  # (a pass ends _flood_read)
+        if not (self._flood_read and (failed or every_picture_shown)):
             return None
         return self._carried_most(now) or 0.0
 
@@ -391,7 +390,6 @@ class OverflowWatch:
         )
         if self._retest_failed:
             self._provisional = False
-            self._flood_failed = self._flood_read
             recovering = self.recovering(now)
             if not (recovering and self._passed_at > self._read_at):
                 longest = RETEST_KEEP_MAX_S if recovering else KEEP_MAX_S
@@ -416,7 +414,7 @@ class OverflowWatch:
         # line for 2-3 s (256kbit-10pct and 1mbit-5pct-300ms, agent: teacher frozen
         # 6.9 % after a retest to 620 kbit/s; docs/benchmarks.md, ninth December stop).
         self._provisional = False
-        self._flood_read = self._flood_failed = False
+        self._flood_read = False
         self._passed_at = now
         self._due_at = now + RETEST_AFTER_PASS_S
         self._step_keep_s = STEP_KEEP_S
