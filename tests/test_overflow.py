@@ -792,13 +792,13 @@ async def test_a_step_that_lets_no_layer_in_waits_longer_and_ever_longer_when_it
         watch.start_retest(step=True)
         watch.fail_retest()
         watch.end_retest(t + 4.0, 0.0)
-        wait = next(w for w in range(1, 1000) if watch.step_due(t + 4.0 + w))
+        wait = next(w for w in range(1, 1000) if watch.step_due(t + 4.0 + w, 1_430_000))
         waits.append(wait)
         t += 4.0 + wait
     assert waits == [2 * STEP_KEEP_S, min(4 * STEP_KEEP_S, KEEP_MAX_S), KEEP_MAX_S]
     watch.start_retest(step=True)
     watch.end_retest(t + 4.0, 1_400_000)
-    assert watch.step_due(t + 4.0 + RETEST_AFTER_PASS_S)
+    assert watch.step_due(t + 4.0 + RETEST_AFTER_PASS_S, 1_820_000)
 
 
 def test_a_pass_that_let_a_layer_in_is_no_reason_to_step_further() -> None:
@@ -811,7 +811,56 @@ def test_a_pass_that_let_a_layer_in_is_no_reason_to_step_further() -> None:
     watch.start_retest(step=False)
     watch.end_retest(t, 941_000)
     assert watch.retest_due(t + RETEST_AFTER_PASS_S)  # a retest to a rise may come
-    assert not watch.step_due(t + STEP_KEEP_S - 0.1) and watch.step_due(t + STEP_KEEP_S)
+    step = 941_000 * RETEST_GROWTH
+    assert not watch.step_due(t + STEP_KEEP_S - 0.1, step) and watch.step_due(t + STEP_KEEP_S, step)
+
+
+async def test_a_step_under_what_an_earlier_flood_of_the_start_up_read_need_not_wait() -> None:
+    """1mbit-5pct-300ms, agent (main 73608cc c, 9ac798f a): the start-up floods read the
+    line at 778 then 416 kbit/s (733 then 258), every picture was shown at a low layer,
+    and the step towards the teacher's 360p waited 90 s: the teacher stayed at 180p all
+    minute. Up to what the earlier flood saw get through, steps go at once."""
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=3_000_000)
+    watch = bw.overflow
+    assert watch.on_report(0.5, 1_556_000, 2_000_000, 550.0, 1.0)  # the first flood
+    assert watch.on_report(0.5, 832_000, 900_000, 550.0, 3.0)  # its drain, read low
+    assert watch.capacity() == pytest.approx(416_000)
+    low = shown_at(416_000)
+    assert all(c.current == ("h" if c.kind == "audio" else "l") for c in low)
+    costs = 48_000 + 150_000 + 73_000 + 93_000
+    t = 3.0 + PROVISIONAL_KEEP_S
+    targets = []
+    for _ in range(3):
+        bw._maybe_retest(low, t)
+        retest = bw._retest
+        assert retest is not None
+        targets.append(round(retest.target_bps))
+        bw.close()
+        bw._retest = None
+        watch.end_retest(t + 4.0, retest.target_bps)  # the line carried it
+        bw.estimator.on_probe(retest.target_bps, False, t + 4.0)
+        t += 4.0 + RETEST_AFTER_PASS_S
+    # Two steps (from what the layers send, then from the pass), then the rise to the
+    # teacher's 360p with the board's low layer, within reach at last.
+    first = RETEST_GROWTH * costs
+    assert targets == [round(first), round(RETEST_GROWTH * first), round(714_000 / 0.9)]
+    assert t < STEP_KEEP_S
+    bw.close()
+    # A failed step ends it: the line said where it ends, and the next waits.
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=3_000_000)
+    watch = bw.overflow
+    assert watch.on_report(0.5, 1_556_000, 2_000_000, 550.0, 1.0)
+    assert watch.on_report(0.5, 832_000, 900_000, 550.0, 3.0)
+    assert watch.step_due(10.0, 700_000) and not watch.step_due(10.0, 800_000)
+    watch.start_retest(step=True)
+    watch.fail_retest()
+    watch.end_retest(14.0, 540_000)
+    assert not watch.step_due(14.0 + KEEP_MAX_S / 4, 500_000)
+    # A single flood's reading sets no ceiling: it over-reads a 1 Mbit/s line.
+    single = OverflowWatch()
+    assert single.on_report(0.5, 2_530_000, 3_000_000, 550.0, 1.0)
+    assert not single.step_due(10.0, 1_000_000)
+    bw.close()
 
 
 async def test_a_climb_to_a_paused_picture_reaches_further_with_each_pass() -> None:
