@@ -396,7 +396,7 @@ class SubscriberBandwidth:
             # line, the courseware came after 43 s of the minute (main b7ba736).
             reach = max(reach, wanted[0])
         within = [n for n in wanted if n <= reach]
-        if not within and not missing and not watch.step_due(now, reach):
+        if not within and not missing and not watch.step_due(now, wanted[0]):
             return
         target = within[-1] if within else reach
         self._retest = Probe(target_bps=target, started=now, ends=now + RETEST_S)

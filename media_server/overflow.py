@@ -108,14 +108,15 @@ RETEST_AFTER_PASS_S = 1.5
 # already full, padding 1.3x over it stopped the teacher's and the courseware's pictures
 # for 3 s each time, and the teacher's 720p (1.46 Mbit/s with the rest) never fits
 # there. After a step the line carried, the climb goes on at once: the line has grown.
-# Up to what an earlier reading of the same start-up saw get through, a step need not
-# wait: a start-up's later flood readings read the line low (their reports still count
-# the first flood's queue draining: 1 Mbit/s lines read 778 then 416 kbit/s, 733 then
-# 258), and with every picture shown at a low layer the teacher stayed at 180p all
-# minute while the step to its 360p waited (two runs of six, docs/benchmarks.md, tenth
-# December stop). A single reading sets no such ceiling: a flood over-reads a 1 Mbit/s
-# line (1,093-1,537 kbit/s), and a step towards it from what the layers send failed and
-# stopped the courseware for 3-5 s.
+# Towards a rise that an earlier reading of the same start-up saw get through, a step
+# need not wait: a start-up's later flood readings read the line low (their reports
+# still count the first flood's queue draining: 1 Mbit/s lines read 778 then 416
+# kbit/s, 733 then 258), and with every picture shown at a low layer the teacher stayed
+# at 180p all minute while the step to its 360p waited (two runs of six,
+# docs/benchmarks.md, tenth December stop). Only towards such a rise, not up to the
+# earlier reading: a first reading over-reads a 1 Mbit/s line as often (1,093-1,537
+# kbit/s), and a step towards it from what the layers send failed and stopped the
+# courseware for 3-5 s. A single reading sets no ceiling at all.
 STEP_KEEP_S = 90.0
 # A line that recovered waits at most this, a retest (~5 s) and the estimate's growth
 # (~25 s from 115 kbit/s to the board's layer) for its pictures; at 60 s the board of
@@ -154,7 +155,8 @@ class OverflowWatch:
         self._step_keep_s = STEP_KEEP_S
         self._stepping = False  # the running retest is only a step
         self._flood_most = 0.0  # the most a start-up flood's reading saw get through
-        # Steps up to this need not wait (an earlier flood of this start-up read more).
+        # Steps towards a rise up to this need not wait (an earlier flood of this
+        # start-up read more).
         self._step_ceiling: float | None = None
         self.passes_in_row = 0  # retests the line carried since its last overflow or failure
         self._keep_s = KEEP_S
@@ -366,11 +368,11 @@ class OverflowWatch:
         """The reading has been kept its time and no retest runs: try the line again."""
         return self._capacity is not None and not self._retesting and now >= self._due_at
 
-    def step_due(self, now: float, target_bps: float) -> bool:
-        """A retest to `target_bps` that would let no layer in may run too (see
-        STEP_KEEP_S)."""
+    def step_due(self, now: float, towards_bps: float) -> bool:
+        """A retest that would let no layer in, a step towards a rise that needs
+        `towards_bps`, may run too (see STEP_KEEP_S)."""
         ceiling = self._step_ceiling
-        return now >= self._step_due_at or (ceiling is not None and target_bps <= ceiling)
+        return now >= self._step_due_at or (ceiling is not None and towards_bps <= ceiling)
 
     def start_retest(self, step: bool = False) -> None:
         self._retesting = True

@@ -815,7 +815,7 @@ def test_a_pass_that_let_a_layer_in_is_no_reason_to_step_further() -> None:
     assert not watch.step_due(t + STEP_KEEP_S - 0.1, step) and watch.step_due(t + STEP_KEEP_S, step)
 
 
-async def test_a_step_under_what_an_earlier_flood_of_the_start_up_read_need_not_wait() -> None:
+async def test_a_step_towards_what_an_earlier_flood_of_the_start_up_read_need_not_wait() -> None:
     """1mbit-5pct-300ms, agent (main 73608cc c, 9ac798f a): the start-up floods read the
     line at 778 then 416 kbit/s (733 then 258), every picture was shown at a low layer,
     and the step towards the teacher's 360p waited 90 s: the teacher stayed at 180p all
@@ -840,26 +840,34 @@ async def test_a_step_under_what_an_earlier_flood_of_the_start_up_read_need_not_
         watch.end_retest(t + 4.0, retest.target_bps)  # the line carried it
         bw.estimator.on_probe(retest.target_bps, False, t + 4.0)
         t += 4.0 + RETEST_AFTER_PASS_S
-    # Two steps (from what the layers send, then from the pass), then the rise to the
-    # teacher's 360p with the board's low layer, within reach at last.
+    # Two steps towards the courseware's full layer (from what the layers send, then
+    # from the pass), then the rise to the teacher's 360p with the board's low layer,
+    # within reach at last.
     first = RETEST_GROWTH * costs
     assert targets == [round(first), round(RETEST_GROWTH * first), round(714_000 / 0.9)]
     assert t < STEP_KEEP_S
+    # Every picture shown, the next rise (the courseware's full layer, 1,036 kbit/s) is
+    # beyond what the first flood read: the step towards it waits as after any pass.
+    assert watch.retest_due(t)
+    bw._maybe_retest(COURSEWARE_LOW, t)
+    assert bw._retest is None
+    bw._maybe_retest(COURSEWARE_LOW, t - 5.5 + 4.0 + STEP_KEEP_S)
+    assert bw._retest is not None and bw._retest.target_bps < 932_000 / ALLOCATION_SHARE
     bw.close()
     # A failed step ends it: the line said where it ends, and the next waits.
     bw = SubscriberBandwidth(MemorySink(), initial_bps=3_000_000)
     watch = bw.overflow
     assert watch.on_report(0.5, 1_556_000, 2_000_000, 550.0, 1.0)
     assert watch.on_report(0.5, 832_000, 900_000, 550.0, 3.0)
-    assert watch.step_due(10.0, 700_000) and not watch.step_due(10.0, 800_000)
+    assert watch.step_due(10.0, 690_000) and not watch.step_due(10.0, 1_460_000)
     watch.start_retest(step=True)
     watch.fail_retest()
     watch.end_retest(14.0, 540_000)
-    assert not watch.step_due(14.0 + KEEP_MAX_S / 4, 500_000)
+    assert not watch.step_due(14.0 + KEEP_MAX_S / 4, 690_000)
     # A single flood's reading sets no ceiling: it over-reads a 1 Mbit/s line.
     single = OverflowWatch()
     assert single.on_report(0.5, 2_530_000, 3_000_000, 550.0, 1.0)
-    assert not single.step_due(10.0, 1_000_000)
+    assert not single.step_due(10.0, 690_000)
     bw.close()
 
 
