@@ -33,3 +33,30 @@ def test_a_table_another_worker_created_first_is_not_an_error(tmp_path: Path) ->
         t.drop(ours, checkfirst=True)
     create_schema(metadata, ours)
     assert set(sa.inspect(ours).get_table_names()) == {"audit_events", "spent_codes"}
+
+
+def test_a_worker_that_loses_the_race_for_table_after_table_still_starts(
+    tmp_path: Path,
+) -> None:
+    """Two workers starting together over the timetable's tables: the other created the
+    first table as we looked, then the next one too (tests/test_relay_link.py's two
+    workers: the second exited with "table sch_offer already exists")."""
+    url = f"sqlite:///{tmp_path / 'server.db'}"
+    ours, theirs = sa.create_engine(url), sa.create_engine(url)
+    metadata = sa.MetaData()
+    names = ["sch_class", "sch_teacher", "sch_offer"]
+    tables = [sa.Table(n, metadata, sa.Column("id", sa.Integer, primary_key=True)) for n in names]
+    lost: list[str] = []
+
+    for table in tables:
+
+        @sa.event.listens_for(table, "before_create")
+        def other_worker_first(target: sa.Table, connection: sa.Connection, **_: object) -> None:
+            if target.name not in lost:
+                lost.append(target.name)
+                with theirs.begin() as conn:
+                    conn.exec_driver_sql(f"CREATE TABLE {target.name} (id INTEGER PRIMARY KEY)")
+
+    create_schema(metadata, ours)
+    assert lost == names  # lost the race three times in a row
+    assert set(sa.inspect(ours).get_table_names()) == set(names)

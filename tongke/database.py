@@ -13,10 +13,14 @@ import sqlalchemy as sa
 
 def create_schema(metadata: sa.MetaData, engine: sa.Engine) -> None:
     """Create the tables of `metadata` that do not exist yet."""
-    try:
-        metadata.create_all(engine)
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
-        if "already exists" not in str(exc).lower():
-            raise
-        # The other process won the race; whatever it has not created yet, we do.
-        metadata.create_all(engine)
+    # Each lost race means another process created one more of the tables, so this
+    # ends within one try per table. Retried once only, a worker lost twice in a row
+    # (the timetable's eight tables, two workers starting together) and exited.
+    for _ in range(len(metadata.tables) + 1):
+        try:
+            metadata.create_all(engine)
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+            if "already exists" not in str(exc).lower():
+                raise
+    metadata.create_all(engine)
