@@ -159,6 +159,18 @@ def _top_cost(c: Candidate) -> int:
     return layer_bps(c, max(usable or list(c.layers), key=rank))
 
 
+def thumbnail(videos: list[Candidate]) -> bool:
+    """Whether a picture is shown only at the lowest of three layers or more (the
+    teacher's 320x180 on a classroom's screen): a step towards more is worth taking
+    sooner (OverflowWatch.step_due)."""
+    return any(
+        c.current is not None
+        and len(c.layers) >= 3
+        and c.current == min(c.layers, key=lambda name: c.layers[name])
+        for c in videos
+    )
+
+
 class SubscriberBandwidth:
     def __init__(
         self, wire: PacketSink, *, adaptive: bool = True, initial_bps: int = INITIAL_BPS
@@ -407,7 +419,7 @@ class SubscriberBandwidth:
             # line, the courseware came after 43 s of the minute (main b7ba736).
             reach = max(reach, wanted[0])
         within = [n for n in wanted if n <= reach]
-        if not within and not missing and not watch.step_due(now, wanted[0]):
+        if not within and not missing and not watch.step_due(now, wanted[0], thumbnail(videos)):
             return
         target = within[-1] if within else reach
         self._retest = Probe(target_bps=target, started=now, ends=now + RETEST_S)

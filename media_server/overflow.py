@@ -114,9 +114,13 @@ RETEST_AFTER_PASS_S = 1.5
 # kbit/s, 733 then 258), and with every picture shown at a low layer the teacher stayed
 # at 180p all minute while the step to its 360p waited (two runs of six,
 # docs/benchmarks.md, tenth December stop). Only towards such a rise, not up to the
-# earlier reading: a first reading over-reads a 1 Mbit/s line as often (1,093-1,537
+# earlier reading: a first reading over-reads a 1 Mbit/s line as often (1,093-1,657
 # kbit/s), and a step towards it from what the layers send failed and stopped the
-# courseware for 3-5 s. A single reading sets no ceiling at all.
+# courseware for 3-5 s. And only while a picture is shown at the lowest of three layers
+# (a thumbnail): with the teacher at 360p, steps after such an over-read ran towards the
+# courseware's full layer, which a 1 Mbit/s line hardly carries, and the retest after
+# them failed and stopped the courseware for 3 s (one run in three, eleventh December
+# stop). A single reading sets no ceiling at all.
 STEP_KEEP_S = 90.0
 # A line that recovered waits at most this, a retest (~5 s) and the estimate's growth
 # (~25 s from 115 kbit/s to the board's layer) for its pictures; at 60 s the board of
@@ -368,11 +372,13 @@ class OverflowWatch:
         """The reading has been kept its time and no retest runs: try the line again."""
         return self._capacity is not None and not self._retesting and now >= self._due_at
 
-    def step_due(self, now: float, towards_bps: float) -> bool:
+    def step_due(self, now: float, towards_bps: float, thumbnail: bool = False) -> bool:
         """A retest that would let no layer in, a step towards a rise that needs
-        `towards_bps`, may run too (see STEP_KEEP_S)."""
+        `towards_bps`, may run too (see STEP_KEEP_S); `thumbnail`: a picture is shown
+        only at the lowest of three layers."""
         ceiling = self._step_ceiling
-        return now >= self._step_due_at or (ceiling is not None and towards_bps <= ceiling)
+        early = thumbnail and ceiling is not None and towards_bps <= ceiling
+        return now >= self._step_due_at or early
 
     def start_retest(self, step: bool = False) -> None:
         self._retesting = True

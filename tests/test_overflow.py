@@ -836,7 +836,8 @@ async def test_a_step_towards_what_an_earlier_flood_of_the_start_up_read_need_no
     """1mbit-5pct-300ms, agent (main 73608cc c, 9ac798f a): the start-up floods read the
     line at 778 then 416 kbit/s (733 then 258), every picture was shown at a low layer,
     and the step towards the teacher's 360p waited 90 s: the teacher stayed at 180p all
-    minute. Up to what the earlier flood saw get through, steps go at once."""
+    minute. Towards a rise the earlier flood saw get through, steps go at once while a
+    picture is a thumbnail (the teacher at the lowest of its three layers)."""
     bw = SubscriberBandwidth(MemorySink(), initial_bps=3_000_000)
     watch = bw.overflow
     assert watch.on_report(0.5, 1_556_000, 2_000_000, 550.0, 1.0)  # the first flood
@@ -876,15 +877,27 @@ async def test_a_step_towards_what_an_earlier_flood_of_the_start_up_read_need_no
     watch = bw.overflow
     assert watch.on_report(0.5, 1_556_000, 2_000_000, 550.0, 1.0)
     assert watch.on_report(0.5, 832_000, 900_000, 550.0, 3.0)
-    assert watch.step_due(10.0, 690_000) and not watch.step_due(10.0, 1_460_000)
+    assert watch.step_due(10.0, 690_000, thumbnail=True)
+    assert not watch.step_due(10.0, 1_460_000, thumbnail=True)
+    # With no picture at its lowest of three layers (the teacher at 360p), the step
+    # would only sharpen the courseware, which a 1 Mbit/s line hardly carries: it waits.
+    assert not watch.step_due(10.0, 690_000, thumbnail=False)
     watch.start_retest(step=True)
     watch.fail_retest()
     watch.end_retest(14.0, 540_000)
-    assert not watch.step_due(14.0 + KEEP_MAX_S / 4, 690_000)
+    assert not watch.step_due(14.0 + KEEP_MAX_S / 4, 690_000, thumbnail=True)
+    bw.close()
+    # After an over-read (1,656 then 892 kbit/s, rose c and i), with the teacher at its
+    # 360p, a step would reach for the courseware's full layer: it waits.
+    bw = SubscriberBandwidth(MemorySink(), initial_bps=3_000_000)
+    assert bw.overflow.on_report(0.5, 3_312_000, 4_000_000, 550.0, 1.0)
+    assert bw.overflow.on_report(0.5, 1_784_000, 1_900_000, 550.0, 3.0)
+    bw._maybe_retest(COURSEWARE_LOW, 3.0 + PROVISIONAL_KEEP_S)
+    assert bw._retest is None
     # A single flood's reading sets no ceiling: it over-reads a 1 Mbit/s line.
     single = OverflowWatch()
     assert single.on_report(0.5, 2_530_000, 3_000_000, 550.0, 1.0)
-    assert not single.step_due(10.0, 690_000)
+    assert not single.step_due(10.0, 690_000, thumbnail=True)
     bw.close()
 
 
