@@ -89,15 +89,6 @@ RETEST_FROM = 0.95
 # their way (1mbit-5pct-300ms: the courseware's full layer came in as a retest began;
 # its keyframe and the padding overflowed the line and the courseware stood still 8 s).
 SETTLE_S = 5.0
-# After a layer rose on a line that never carried more (OverflowWatch.recovering), no
-# retest for this long: the picture just let in is given its stable spell. Sooner, a
-# retest towards the next layer, 1.2x over a pass that a thin line's deep queue had
-# let through (a 256 kbit/s line, 15 kB: 2.5 s at 1.16x fit), failed 9 s after the
-# teacher's 180p came in, and the teacher and the courseware stood still 3-6 s under
-# "live" (256kbit-10pct, agent, main 487fc58, runs a and c of the eleventh December
-# stop); even a retest the line carries fills that queue, and the repairs of the line's
-# own 10 % wait behind it.
-ROSE_SETTLE_S = 20.0
 # Until a subscriber has sent any feedback (a receiver report, a NACK, a keyframe
 # request, transport-cc), it gets what fits this: the audio and a picture's low layer.
 # Its end of the path may not be up yet: the last flight of its DTLS handshake crosses
@@ -365,9 +356,7 @@ class SubscriberBandwidth:
         capacity = watch.capacity()
         if self._delay is not None or self._probe_timer is not None or capacity is None:
             return
-        if not watch.retest_due(now) or now - self._last_down < SETTLE_S:
-            return
-        if now - self._last_up < (SETTLE_S if watch.recovering(now) else ROSE_SETTLE_S):
+        if not watch.retest_due(now) or now - max(self._last_up, self._last_down) < SETTLE_S:
             return
         # What the retest climbs from: the reading, or the estimate where the line's
         # losses hold it below the reading. Padding above the reading would overshoot

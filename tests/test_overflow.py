@@ -680,23 +680,6 @@ async def test_a_retest_climbs_to_the_furthest_rise_within_its_reach(
     bw.close()
 
 
-async def test_a_picture_just_let_in_on_a_line_that_never_carried_more_is_not_risked_soon() -> None:
-    """256kbit-10pct, agent (main 487fc58 a and c): a pass let the teacher's 180p in, and
-    9 s later a retest towards the next layer failed; the teacher and the courseware
-    stood still 3-6 s under "live". A line that carried more lately climbs on sooner."""
-    for recovering, wait in ((False, bandwidth.ROSE_SETTLE_S), (True, bandwidth.SETTLE_S)):
-        bw = read_at(584_000)
-        if recovering:
-            bw.overflow.note_carried(1_500_000, 60.0)
-        t = 100.0
-        bw._last_up = t  # the teacher's 360p came in
-        bw._maybe_retest(shown_at(584_000), t + wait - 0.5)
-        assert bw._retest is None
-        bw._maybe_retest(shown_at(584_000), t + wait)
-        assert bw._retest is not None
-        bw.close()
-
-
 async def test_a_retest_climbs_from_an_estimate_the_losses_hold_under_the_reading() -> None:
     """256kbit-10pct, agent: a retest from a 239 kbit/s estimate padded to 1.3x a 327
     kbit/s reading, far over the line, and the courseware stood still 4 s; with no retest
