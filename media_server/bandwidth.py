@@ -153,11 +153,10 @@ def _top_cost(c: Candidate) -> int:
 def thumbnail(videos: list[Candidate]) -> bool:
     """Whether a picture is shown only at the lowest of three layers or more (the
     teacher's 320x180 on a classroom's screen): a step towards more is worth taking
-    sooner (OverflowWatch.step_due)."""
+    sooner (OverflowWatch.step_due). Lowest by rank, not by measured rate: a layer
+    nobody receives is not encoded and measures 0."""
     return any(
-        c.current is not None
-        and len(c.layers) >= 3
-        and c.current == min(c.layers, key=lambda name: c.layers[name])
+        c.current is not None and len(c.layers) >= 3 and c.current == min(c.layers, key=rank)
         for c in videos
     )
 

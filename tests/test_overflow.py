@@ -884,6 +884,16 @@ async def test_a_step_towards_what_an_earlier_flood_of_the_start_up_read_need_no
     bw.close()
 
 
+def test_a_picture_at_its_lowest_layer_is_a_thumbnail_even_when_its_top_is_idle() -> None:
+    """The teacher's 720p that nobody receives is not encoded and measures 0 kbit/s: the
+    teacher at 180p is still shown at its lowest layer."""
+    teacher = replace(LESSON[1], current="l")
+    assert bandwidth.thumbnail([teacher])
+    assert bandwidth.thumbnail([replace(teacher, layers={"l": 150_000, "m": 500_000, "h": 0})])
+    assert not bandwidth.thumbnail([replace(teacher, current="m")])
+    assert not bandwidth.thumbnail([replace(LESSON[3], current="l")])  # two layers only
+
+
 async def test_a_climb_to_a_paused_picture_reaches_further_with_each_pass() -> None:
     """tests/test_rural_link_netns.py: a recovered line climbed from 226 kbit/s to the
     board's 780 in 1.3x steps, and with one failure among them the board came back
