@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,9 @@ from aiortc import (
 )
 
 from classroom_agent.tracks import add_encoded_track
+from classroom_agent.transport_feedback import ArrivalLog, TransportFeedback
 from tongke import rtc_internals
+from tongke.codecs import answered_transport_cc, offer_transport_cc
 from tongke.errors import CodedError
 from tongke.heartbeat import HEARTBEAT_S
 from tongke.turn import order_for_aiortc
@@ -118,6 +121,8 @@ class LessonClient:
         self.remote: dict[str, RemoteTrack] = {}
         self.publish_pc: RTCPeerConnection | None = None
         self.subscribe_pc: RTCPeerConnection | None = None
+        # Transport-cc reports on the subscribe connection, once the offer has it.
+        self.feedback: TransportFeedback | None = None
         self.errors: list[dict[str, Any]] = []
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -256,7 +261,8 @@ class LessonClient:
                 self.events.on_subscribe_transceivers(pc)
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
-            await self.send({"type": "subscribe_answer", "sdp": pc.localDescription.sdp})
+            sdp = self._accept_transport_cc(pc, message["sdp"], pc.localDescription.sdp)
+            await self.send({"type": "subscribe_answer", "sdp": sdp})
             for transceiver in pc.getTransceivers():
                 mid = transceiver.mid
                 if mid is None:
@@ -267,6 +273,32 @@ class LessonClient:
                 if remote.track is None and transceiver.receiver.track is not None:
                     remote.track = transceiver.receiver.track
             self._update_tracks(message.get("tracks", []))
+
+    def _accept_transport_cc(self, pc: RTCPeerConnection, offer: str, answer: str) -> str:
+        """Where the SFU offers transport-cc, accept it and report arrivals: the SFU's
+        delay-based estimate then sees this point's line fill before it loses a
+        packet (classroom_agent/transport_feedback.py)."""
+        ext_id = answered_transport_cc(offer)
+        transceivers = [t for t in pc.getTransceivers() if t.mid is not None]
+        if ext_id is None or not transceivers:
+            return answer
+        if self.feedback is None:
+            dtls = rtc_internals.dtls_of(transceivers[0])
+            arrivals = ArrivalLog(ext_id, time.monotonic())
+
+            async def send(packet: bytes) -> None:
+                if dtls.state in ("closed", "failed"):
+                    raise ConnectionError("the subscribe transport is closed")
+                if dtls.state == "connected":
+                    await rtc_internals.send_rtcp(dtls, packet)
+
+            rtc_internals.tap_arrivals(dtls, arrivals.on_packet)
+            self.feedback = TransportFeedback(arrivals, send)
+            self.feedback.start()
+        self.feedback.log.ext_id = ext_id
+        if answered_transport_cc(answer) is not None:
+            return answer
+        return offer_transport_cc(answer, ext_id)
 
     def _update_tracks(self, tracks: list[dict[str, Any]]) -> None:
         for info in tracks:
@@ -295,6 +327,9 @@ class LessonClient:
         if self._reader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reader, 5)
+        if self.feedback is not None:
+            await self.feedback.stop()
+            self.feedback = None
         for pc in (self.publish_pc, self.subscribe_pc):
             if pc is not None:
                 await pc.close()

@@ -21,6 +21,8 @@ FMT = 15
 SEQ_OFFSET = 17  # 12-byte header, 0xBEDE + length, then our element's id/len byte
 DELTA_UNIT_US = 250
 REFERENCE_UNIT_US = 64_000
+# The widest delta between two received packets one feedback can carry (signed 16 bits).
+MAX_DELTA_US = 0x7FFF * DELTA_UNIT_US
 # What the link carries besides our RTP bytes: IPv4 and UDP headers, the SRTP tag.
 WIRE_OVERHEAD = 20 + 8 + 10
 HISTORY = 1 << 13  # packets remembered: several seconds at a subscriber's rates
@@ -87,6 +89,56 @@ def parse_feedback(data: bytes, offset: int = 0, end: int | None = None) -> Feed
     return Feedback(
         base_seq=base_seq, reference_us=reference * REFERENCE_UNIT_US, count=count, packets=packets
     )
+
+
+def build_feedback(
+    base_seq: int,
+    arrivals: list[int | None],
+    *,
+    count: int = 0,
+    sender_ssrc: int = 1,
+    media_ssrc: int = 0,
+) -> bytes:
+    """One transport-cc feedback packet, as a receiver writes it (`parse_feedback` reads
+    it back): packets `base_seq`, `base_seq + 1`, ... arrived at `arrivals` (the
+    receiver's microseconds, None: not received). Status vectors of 2-bit symbols only
+    (the spec's chunks are choices of size, not of meaning). The caller keeps each
+    delta between received packets within the format's 8 s (`MAX_DELTA_US`)."""
+    received = [a for a in arrivals if a is not None]
+    reference = (received[0] // REFERENCE_UNIT_US) if received else 0
+    symbols: list[int] = []
+    deltas = bytearray()
+    last = reference * REFERENCE_UNIT_US
+    for arrival in arrivals:
+        if arrival is None:
+            symbols.append(0)
+            continue
+        delta = (arrival - last) // DELTA_UNIT_US
+        last += delta * DELTA_UNIT_US
+        if 0 <= delta <= 0xFF:
+            symbols.append(1)
+            deltas.append(delta)
+        else:
+            symbols.append(2)
+            deltas += delta.to_bytes(2, "big", signed=True)
+    chunks = bytearray()
+    for i in range(0, len(symbols), 7):
+        word = 0xC000
+        for j, symbol in enumerate(symbols[i : i + 7]):
+            word |= symbol << (12 - 2 * j)
+        chunks += word.to_bytes(2, "big")
+    body = (
+        sender_ssrc.to_bytes(4, "big")
+        + media_ssrc.to_bytes(4, "big")
+        + base_seq.to_bytes(2, "big")
+        + len(arrivals).to_bytes(2, "big")
+        + (reference & 0xFFFFFF).to_bytes(3, "big")
+        + bytes([count & 0xFF])
+        + chunks
+        + deltas
+    )
+    body += bytes(-len(body) % 4)
+    return bytes([0x80 | FMT, RTPFB]) + (len(body) // 4).to_bytes(2, "big") + body
 
 
 def feedback_in(compound: bytes) -> list[Feedback]:

@@ -83,14 +83,16 @@ TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-
 TRANSPORT_CC_ID = 5
 
 
-def offer_transport_cc(sdp: str) -> str:
+def offer_transport_cc(sdp: str, ext_id: int = TRANSPORT_CC_ID) -> str:
     """Offer transport-wide congestion control (the extension and its feedback) on every
-    audio and video section of an SDP aiortc wrote (it knows neither).
+    audio and video section of an SDP aiortc wrote (it knows neither); on an answer,
+    accept it with the offer's `ext_id`.
 
     A browser that answers with the extension stamps nothing itself: it reports, every
     50-250 ms, when each of our packets arrived (media_server/twcc.py), and the SFU's
-    send-side estimate learns from that. An aiortc peer answers without it and keeps
-    sending REMB.
+    send-side estimate learns from that. aiortc's own answer leaves it out; the
+    classroom agent puts it in and reports as a browser does
+    (classroom_agent/transport_feedback.py).
     """
     out: list[str] = []
     kind = ""
@@ -105,12 +107,13 @@ def offer_transport_cc(sdp: str) -> str:
             if not line.lower().split()[1].startswith("rtx/"):
                 out.append(f"a=rtcp-fb:{pt} transport-cc")
         elif line.startswith("a=mid:"):
-            out.append(f"a=extmap:{TRANSPORT_CC_ID} {TRANSPORT_CC_URI}")
+            out.append(f"a=extmap:{ext_id} {TRANSPORT_CC_URI}")
     return "\r\n".join(out)
 
 
 def answered_transport_cc(sdp: str) -> int | None:
-    """The transport-cc extension id the answer accepted (None: not negotiated)."""
+    """The transport-cc extension id an answer accepted, or an offer offered (None: not
+    negotiated)."""
     for line in sdp.splitlines():
         if line.startswith("a=extmap:") and line.rstrip().endswith(" " + TRANSPORT_CC_URI):
             ext_id = line[len("a=extmap:") :].split()[0].split("/", 1)[0]

@@ -76,11 +76,17 @@ HANDLER_ERRORS: Counter[str] = Counter()
 # When each ICE connection last accepted an RTP or RTCP datagram (ICE checks alone do
 # not prove that media can flow).
 _LAST_RECEIVED: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+# ICE connection -> what sees each SRTP datagram it accepts, with when it arrived
+# (`tap_arrivals`).
+_ARRIVAL_TAPS: weakref.WeakKeyDictionary[Any, Callable[[bytes, float], None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 # (owner, attribute): class attributes that must exist.
 _CLASS_ATTRS: list[tuple[type, str]] = [
     (RTCDtlsTransport, "_handle_rtp_data"),
     (RTCDtlsTransport, "_handle_rtcp_data"),
+    (RTCDtlsTransport, "_send_rtp"),
     (RtpRouter, "register_sender"),
     (RTCRtpSender, "_handle_rtcp_packet"),
     (RTCRtpSender, "send"),
@@ -225,7 +231,15 @@ def _guarded_datagram_received(self: Any, data: bytes | str, addr: tuple[Any, ..
             _drop("wrong_source")
             return
         if _stamp_receive_times:
-            _LAST_RECEIVED[self.receiver] = time.monotonic()
+            now = time.monotonic()
+            _LAST_RECEIVED[self.receiver] = now
+            tap = _ARRIVAL_TAPS.get(self.receiver) if not rtcp else None
+            if tap is not None:
+                try:
+                    tap(data, now)
+                except Exception:
+                    HANDLER_ERRORS["arrivals"] += 1
+                    log.exception("arrival tap failed; the packet goes on")
     else:
         _drop("unknown")
         return
@@ -534,6 +548,23 @@ def tap_rtcp(dtls: RTCDtlsTransport, on_data: Callable[[bytes], None]) -> None:
 
     handle_rtcp_data._tongke_hardened = True  # type: ignore[attr-defined]
     dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
+def tap_arrivals(dtls: RTCDtlsTransport, on_packet: Callable[[bytes, float], None]) -> None:
+    """Show `on_packet(datagram, time.monotonic())` each SRTP packet (not SRTCP) the
+    transport's ICE connection accepts, in the socket callback: before aiortc's DTLS
+    queue, so the time is as near the packet's arrival as Python gets. The header is
+    clear under SRTP; the payload is still encrypted. Only where `install` was told to
+    keep receive times (the classroom agent)."""
+    if not _stamp_receive_times:
+        raise RuntimeError("arrival taps need install(receive_times=True)")
+    _ARRIVAL_TAPS[dtls.transport._connection] = on_packet
+
+
+async def send_rtcp(dtls: RTCDtlsTransport, packet: bytes) -> None:
+    """Send one RTCP packet aiortc cannot build (transport-cc feedback), protected as
+    SRTCP; ConnectionError once the transport is closed."""
+    await dtls._send_rtp(packet)
 
 
 def disable_receiver(transceiver: RTCRtpTransceiver) -> None:
