@@ -36,8 +36,8 @@ INTERVAL_S = 0.1
 # At most this many sequence numbers in one report (a jump, a burst of reordering): the
 # rest is reported lost.
 MAX_SPAN = 2000
-# Packets remembered unreported, at most: several seconds of a point's lesson.
-MAX_PENDING = 8192
+# Arrivals remembered, at most (the last MAX_SPAN numbers are kept).
+MAX_PENDING = 4 * MAX_SPAN
 
 
 def transport_seq(packet: bytes, ext_id: int) -> int | None:
@@ -70,15 +70,22 @@ def transport_seq(packet: bytes, ext_id: int) -> int | None:
 
 
 class ArrivalLog:
-    """What arrived since the last report, and the reports themselves. No I/O, no clock:
-    the caller passes each packet's arrival time (seconds, monotonic)."""
+    """What arrived lately, and the reports of it. No I/O, no clock: the caller passes
+    each packet's arrival time (seconds, monotonic).
+
+    A packet that arrives after a report called it lost (the SFU numbers a packet as it
+    queues it, and the audio overtakes the video queued before it) moves the next
+    report's start back to it, as Chromium does: the SFU takes a later report's word
+    over an earlier one's. Without that, on a 1 Mbit/s line, a third of the packets read
+    lost, and the SFU cut its estimate to a tenth of the line."""
 
     def __init__(self, ext_id: int, started: float) -> None:
         self.ext_id = ext_id
         self._started = started
-        self._pending: dict[int, int] = {}  # unwrapped seq -> arrival (us since started)
+        self._arrivals: dict[int, int] = {}  # unwrapped seq -> arrival (us since started)
         self._highest: int | None = None  # unwrapped
         self._next: int | None = None  # the first number the next report covers
+        self._fresh = False  # something arrived since the last report
         self._count = 0
         self.media_ssrc = 0
         self.late = 0  # packets that arrived after a report had called them lost
@@ -87,42 +94,51 @@ class ArrivalLog:
         seq = transport_seq(packet, self.ext_id)
         if seq is None:
             return
-        if self._highest is None:
+        highest = self._highest
+        if highest is None:
             unwrapped = seq
             self.media_ssrc = int.from_bytes(packet[8:12], "big")
         else:
-            diff = (seq - self._highest) & 0xFFFF
-            unwrapped = self._highest + diff if diff < 0x8000 else self._highest - (0x10000 - diff)
+            diff = (seq - highest) & 0xFFFF
+            unwrapped = highest + diff if diff < 0x8000 else highest - (0x10000 - diff)
+            if unwrapped <= highest - MAX_SPAN:
+                return  # far older than anything a report still covers
+        if unwrapped in self._arrivals:
+            return  # a duplicate
         if self._next is not None and unwrapped < self._next:
             self.late += 1
-            return
-        if self._highest is None or unwrapped > self._highest:
+            self._next = unwrapped
+        if highest is None or unwrapped > highest:
             self._highest = unwrapped
-        if len(self._pending) < MAX_PENDING:
-            self._pending.setdefault(unwrapped, int((now - self._started) * 1_000_000))
+        if len(self._arrivals) < MAX_PENDING:
+            self._arrivals[unwrapped] = int((now - self._started) * 1_000_000)
+            self._fresh = True
 
     def report(self) -> bytes | None:
-        """The next feedback packet, covering every number up to the highest received
-        (None: nothing arrived since the last one)."""
-        if not self._pending or self._highest is None:
+        """The next feedback packet, covering every number from the first not yet
+        reported (or arrived late) up to the highest received (None: nothing arrived
+        since the last one)."""
+        highest = self._highest
+        if not self._fresh or highest is None:
             return None
-        first = min(self._pending)
-        base = first if self._next is None else self._next
-        base = max(base, self._highest - MAX_SPAN + 1)
+        self._fresh = False
+        base = min(self._arrivals) if self._next is None else self._next
+        base = max(base, highest - MAX_SPAN + 1)
         arrivals: list[int | None] = []
         last: int | None = None
-        end = self._highest
-        for seq in range(base, self._highest + 1):
-            arrival = self._pending.get(seq)
+        end = highest
+        for seq in range(base, highest + 1):
+            arrival = self._arrivals.get(seq)
             if arrival is not None and last is not None and abs(arrival - last) > MAX_DELTA_US:
                 end = seq - 1  # beyond what one report's delta holds: the next report's
+                self._fresh = True
                 break
             arrivals.append(arrival)
             if arrival is not None:
                 last = arrival
-        for seq in [s for s in self._pending if s <= end]:
-            del self._pending[seq]
         self._next = end + 1
+        for seq in [s for s in self._arrivals if s <= highest - MAX_SPAN]:
+            del self._arrivals[seq]
         packet = build_feedback(
             base & 0xFFFF, arrivals, count=self._count, media_ssrc=self.media_ssrc
         )
