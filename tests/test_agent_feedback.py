@@ -61,3 +61,36 @@ async def test_the_agent_encodes_only_the_layers_the_sfu_forwards(
             assert layers["l"].stats()["keyframes"] >= 2  # the first, and the restart
         finally:
             await viewer.close()
+
+
+def point_downlink(server: ServerProcess, room: str) -> dict | None:
+    for p in server.stats()["rooms"].get(room, {}).get("receiving", []):
+        if p["role"] == "point" and p["downlink"]:
+            return p["downlink"]  # type: ignore[no-any-return]
+    return None
+
+
+async def test_a_point_agent_tells_the_sfu_when_each_packet_arrived(
+    server: ServerProcess, room: str
+) -> None:
+    """The point agent accepts transport-cc and reports arrivals as a browser does, so the
+    SFU estimates its line by delay (before it loses packets) and probes it; without the
+    reports it could learn a point agent's line only by overflowing it."""
+    master = ClassroomAgent(small_master(server, room), record=False)
+    point = LessonClient(server.url, room, server.token(room, "xiaohe", "point", name="小河"))
+    async with running(master):
+        await point.connect()
+        try:
+            await first_frames(point, {"teacher_camera"}, 30)
+
+            def reported() -> bool:
+                down = point_downlink(server, room)
+                return bool(down and down["transport_cc"] and down["feedback_reports"] > 20)
+
+            await wait_for(reported, 30, "transport-cc reports from the point agent")
+            down = point_downlink(server, room)
+            assert down is not None and down["delay_bps"] is not None
+            assert point.feedback is not None
+        finally:
+            await point.close()
+    assert point.feedback is None  # stopped with the connection

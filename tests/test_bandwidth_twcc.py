@@ -26,50 +26,11 @@ from media_server.twcc import (
     SEQ_OFFSET,
     PacketResult,
     SendHistory,
+    build_feedback,
     feedback_in,
     parse_feedback,
 )
 from tongke.codecs import TRANSPORT_CC_URI, answered_transport_cc, offer_transport_cc
-
-
-def build_feedback(base_seq: int, arrivals: list[int | None], count: int = 0) -> bytes:
-    """A transport-cc feedback packet as a browser writes it (2-bit status vectors)."""
-    received = [a for a in arrivals if a is not None]
-    reference = (received[0] // 64_000) if received else 0
-    symbols: list[int] = []
-    deltas = b""
-    last = reference * 64_000
-    for arrival in arrivals:
-        if arrival is None:
-            symbols.append(0)
-            continue
-        delta = (arrival - last) // 250
-        last += delta * 250
-        if 0 <= delta <= 255:
-            symbols.append(1)
-            deltas += bytes([delta])
-        else:
-            symbols.append(2)
-            deltas += delta.to_bytes(2, "big", signed=True)
-    chunks = b""
-    for i in range(0, len(symbols), 7):
-        part = (symbols[i : i + 7] + [0] * 7)[:7]
-        word = 0xC000
-        for j, s in enumerate(part):
-            word |= s << (12 - 2 * j)
-        chunks += word.to_bytes(2, "big")
-    body = (
-        (1).to_bytes(4, "big")
-        + (2).to_bytes(4, "big")
-        + base_seq.to_bytes(2, "big")
-        + len(arrivals).to_bytes(2, "big")
-        + reference.to_bytes(3, "big", signed=True)
-        + bytes([count & 0xFF])
-        + chunks
-        + deltas
-    )
-    body += b"\x00" * ((-len(body)) % 4)
-    return bytes([0x80 | 15, 205]) + (len(body) // 4).to_bytes(2, "big") + body
 
 
 # -- the feedback format ---------------------------------------------------------------
