@@ -1,8 +1,10 @@
 """When the link of a subscriber without transport-wide feedback overflows, and what it
 then carried. Pure: the caller passes the clock.
 
-Such a subscriber (the point agent: aiortc sends no transport-cc, and its per-stream REMB
-is not used) tells the SFU only its receiver reports: each stream's loss and, through
+Such a subscriber (an aiortc peer: aiortc sends no transport-cc, and its per-stream REMB
+is not used; the classroom agent reports transport-cc itself since
+classroom_agent/transport_feedback.py, and the figures below were measured before
+that, with the agent as such a subscriber) tells the SFU only its receiver reports: each stream's loss and, through
 the sender report it echoes, the round trip. The loss is counted after our
 retransmissions filled most holes (aiortc counts a retransmitted packet as received), so
 a 1 Mbit/s line with 5 % loss reads 0-3 %, and the loss rule grows the estimate on it
