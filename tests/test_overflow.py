@@ -1240,7 +1240,8 @@ def test_a_retest_fails_on_the_losses_of_an_overflowing_queue(
         (3.0, 2.0, False, True),  # a 3 fps courseware on a line losing 5 %
         (30.0, 2.0, False, False),  # the teacher's next frame shows a lost tail at once
         (3.0, 0.2, False, False),  # a clean line (0.5 %): not worth a packet a frame
-        (3.0, 2.0, True, False),  # a browser: its own NACK timer, transport-cc probes
+        (3.0, 2.0, True, True),  # transport-cc feedback counting 5 % lost
+        (3.0, 0.2, True, False),  # ... and 0.5 %
         (0.0, 2.0, False, False),  # nothing flowing
     ],
 )
@@ -1250,11 +1251,13 @@ def test_only_a_sparse_video_on_a_lossy_line_gets_tail_padding(
     bw = SubscriberBandwidth(MemorySink())
     if twcc:
         bw.use_transport_cc(3)
-    for t in range(6):
-        bw.sent_log.add(float(t), t + 1.0, 300_000, 40.0, nacked_ps)
+        bw.estimator.on_loss(nacked_ps / 40.0, 6.0, queue_free=True)
+    else:
+        for t in range(6):
+            bw.sent_log.add(float(t), t + 1.0, 300_000, 40.0, nacked_ps)
     video = SimpleNamespace(
         current=SimpleNamespace(frame_rate=lambda: fps), tail_padding=not padded
     )
-    bw._pad_tails([video], bw._line_loss(6.0))  # type: ignore[list-item]
+    bw._pad_tails([video], bw._loss_before_repairs(6.0))  # type: ignore[list-item]
     assert video.tail_padding is padded
     bw.close()
