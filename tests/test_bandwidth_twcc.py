@@ -32,7 +32,6 @@ from media_server.twcc import (
 )
 from tongke.codecs import TRANSPORT_CC_URI, answered_transport_cc, offer_transport_cc
 
-
 # -- the feedback format ---------------------------------------------------------------
 
 
