@@ -16,6 +16,9 @@ is read in the socket callback, before aiortc's DTLS queue and decryption: the R
 header and its extensions travel in the clear under SRTP. A busy agent's event loop
 delays that callback, and a stall reads as a queue that drains at once; the SFU's
 estimate tells the two apart by the rate the packets arrive at (delay_estimate.py).
+The header is read before SRTP authenticates the packet: a forged one would have to
+come from the SFU's own ICE address (the datagram guard drops others), and at worst it
+skews the estimate, never the media.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ INTERVAL_S = 0.1
 # At most this many sequence numbers in one report (a jump, a burst of reordering): the
 # rest is reported lost.
 MAX_SPAN = 2000
+# At most this many numbers in one report (about 1 kB: under any path's MTU); more go in
+# the next one. A packet later than that behind the last report is counted lost.
+MAX_REPORT = 400
 # Arrivals remembered, at most (the last MAX_SPAN numbers are kept).
 MAX_PENDING = 4 * MAX_SPAN
 
@@ -107,6 +113,8 @@ class ArrivalLog:
             return  # a duplicate
         if self._next is not None and unwrapped < self._next:
             self.late += 1
+            if self._next - unwrapped > MAX_REPORT:
+                return
             self._next = unwrapped
         if highest is None or unwrapped > highest:
             self._highest = unwrapped
@@ -129,8 +137,11 @@ class ArrivalLog:
         end = highest
         for seq in range(base, highest + 1):
             arrival = self._arrivals.get(seq)
-            if arrival is not None and last is not None and abs(arrival - last) > MAX_DELTA_US:
-                end = seq - 1  # beyond what one report's delta holds: the next report's
+            # Beyond what one report holds (its size, or its widest delta): the next one's.
+            if len(arrivals) == MAX_REPORT or (
+                arrival is not None and last is not None and abs(arrival - last) > MAX_DELTA_US
+            ):
+                end = seq - 1
                 self._fresh = True
                 break
             arrivals.append(arrival)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from classroom_agent.transport_feedback import MAX_SPAN, ArrivalLog, transport_seq
+from classroom_agent.transport_feedback import MAX_REPORT, MAX_SPAN, ArrivalLog, transport_seq
 from media_server.twcc import DELTA_UNIT_US, parse_feedback
 
 EXT = 5
@@ -114,10 +114,12 @@ def test_a_silence_longer_than_a_delta_holds_splits_the_report() -> None:
 def test_a_jump_far_ahead_reports_only_the_last_span() -> None:
     log = ArrivalLog(EXT, started=0.0)
     log.on_packet(tcc(100), 1.0)
-    log.on_packet(tcc(100 + 3 * MAX_SPAN), 1.1)
-    packets = reported(log)
-    assert len(packets) == MAX_SPAN
-    assert packets[-1] == (100 + 3 * MAX_SPAN, packets[-1][1])
+    top = 100 + 3 * MAX_SPAN
+    log.on_packet(tcc(top), 1.1)
+    packets: list[tuple[int, int | None]] = []
+    while (data := log.report()) is not None:
+        packets += parse_feedback(data).packets
+    assert [s for s, _ in packets] == [(top - MAX_SPAN + 1 + i) & 0xFFFF for i in range(MAX_SPAN)]
     assert packets[-1][1] is not None
     log.on_packet(tcc(100), 1.2)  # far older than any report covers: ignored
     assert log.report() is None
@@ -127,3 +129,16 @@ def test_packets_without_the_extension_are_not_reported() -> None:
     log = ArrivalLog(EXT, started=0.0)
     log.on_packet(packet(element(1, b"mid")), 1.0)
     assert log.report() is None
+
+
+def test_a_long_run_of_numbers_is_reported_in_parts_that_fit_a_packet() -> None:
+    log = ArrivalLog(EXT, started=0.0)
+    total = MAX_REPORT + 50
+    for i in range(total):
+        log.on_packet(tcc(i), 1.0 + i * 0.0001)
+    data = log.report()
+    assert data is not None and len(data) <= 1200
+    first = parse_feedback(data).packets
+    second = reported(log)
+    assert [s for s, _ in first + second] == list(range(total))
+    assert all(a is not None for _, a in first + second)
