@@ -3,9 +3,12 @@
     python bench/fanout.py --subscribers 50 --seconds 30 [--json]
     python bench/fanout.py --subscribers 50 --seconds 20 --compare adaptive|recording --rounds 2 --json
     python bench/fanout.py --subscribers 150 --seconds 10 --baseline REV --rounds 6 --json
+    python bench/fanout.py --subscribers 150 --seconds 10 --compare adaptive --feedback --json
 
 The publisher sends a pre-encoded 1280x720 30 fps H.264 stream (~1.5 Mbit/s) plus Opus;
-nothing is encoded at run time. Subscribers count packets (no decoding). The server
+nothing is encoded at run time. Subscribers count packets (no decoding) and send no RTCP
+(with `--feedback`, transport-cc reports of when each packet arrived, as the classroom
+agent and browsers send, which the server's delay-based estimate reads). The server
 runs in its own process on CPU 0 (taskset), this load generator on CPU 1.
 
 `--compare adaptive` alternates servers with adaptive media off and on
@@ -179,6 +182,7 @@ async def join_counted(
                 room,
                 server.token(room, f"s-{i}", role),
                 events=counting_hooks(counters[i]),
+                transport_feedback=FEEDBACK,
             )
             for i in range(first, min(first + JOIN_BATCH, len(counters)))
         ]
@@ -279,6 +283,11 @@ async def run(subscribers: int, seconds: float, quiet: bool, root: Path | None =
         server.stop()
 
 
+# Whether the subscribers report transport-cc (`--feedback`), as the classroom agent and
+# browsers do. Off by default, as in every figure before it existed: a subscriber here
+# counts packets and sends no RTCP, so the cost measured is forwarding's.
+FEEDBACK = False
+
 # What `--compare` can switch off and on (the server reads them from its environment).
 SETTINGS = {"adaptive": "TONGKE_ADAPTIVE_MEDIA", "recording": "TONGKE_SERVER_RECORDING"}
 
@@ -373,7 +382,14 @@ def main() -> int:
         help="alternate a server run from this git commit with this tree's (medians, ratio)",
     )
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--feedback",
+        action="store_true",
+        help="subscribers report when each packet arrived (transport-cc), as points do",
+    )
     args = parser.parse_args()
+    global FEEDBACK
+    FEEDBACK = args.feedback
     setting = "adaptive" if args.compare_adaptive else args.compare
     if setting and args.baseline:
         parser.error("--baseline and --compare each alternate two servers: choose one")
@@ -385,6 +401,7 @@ def main() -> int:
         result = compare(setting, args.subscribers, args.seconds, args.rounds, quiet=args.json)
     else:
         result = asyncio.run(run(args.subscribers, args.seconds, quiet=args.json))
+    result["feedback"] = args.feedback
     if args.json:
         print(json.dumps(result))
     else:

@@ -108,6 +108,7 @@ class LessonClient:
         *,
         name: str | None = None,
         events: ClientEvents | None = None,
+        transport_feedback: bool = True,
     ) -> None:
         # The datagram guard and long-RTT consent protect the agent's connections too.
         rtc_internals.install(receive_times=True)
@@ -121,7 +122,9 @@ class LessonClient:
         self.remote: dict[str, RemoteTrack] = {}
         self.publish_pc: RTCPeerConnection | None = None
         self.subscribe_pc: RTCPeerConnection | None = None
-        # Transport-cc reports on the subscribe connection, once the offer has it.
+        # Transport-cc reports on the subscribe connection, once the offer has it (off:
+        # a benchmark's subscribers that send no RTCP at all, bench/fanout.py).
+        self.transport_feedback = transport_feedback
         self.feedback: TransportFeedback | None = None
         self.errors: list[dict[str, Any]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -280,7 +283,7 @@ class LessonClient:
         packet (classroom_agent/transport_feedback.py)."""
         ext_id = answered_transport_cc(offer)
         transceivers = [t for t in pc.getTransceivers() if t.mid is not None]
-        if ext_id is None or not transceivers:
+        if ext_id is None or not transceivers or not self.transport_feedback:
             return answer
         if self.feedback is None:
             dtls = rtc_internals.dtls_of(transceivers[0])
