@@ -33,7 +33,7 @@ from media_server.pacer import PACING_FACTOR, Pacer, PriorityLane
 from media_server.probe import CLUSTER_S, WORTH_PROBING, Probe, ProbeController
 from media_server.sink import PacketSink
 from media_server.source import MediaSource
-from media_server.twcc import SendHistory, feedback_in
+from media_server.twcc import SendHistory, feedback_in, only_feedback
 
 # Leave room for retransmissions, RTCP and header overhead (the estimate counts IP, UDP
 # and SRTP bytes, a layer's measured rate only RTP: ~4 % at our packet sizes).
@@ -223,11 +223,12 @@ class SubscriberBandwidth:
         self.transport_seq = itertools.count()
         self.pacer.note_transport_cc(self._history, ext_id)
 
-    def on_rtcp(self, data: bytes, now: float) -> None:
-        """Raw RTCP from the subscriber (plaintext): transport-cc feedback is read here."""
+    def on_rtcp(self, data: bytes, now: float) -> bool:
+        """Raw RTCP from the subscriber (plaintext): transport-cc feedback is read here.
+        True when the packet held nothing else (no other reader needs it)."""
         history, delay = self._history, self._delay
         if history is None or delay is None:
-            return
+            return False
         for feedback in feedback_in(data):
             self.feedback_reports += 1
             rtt_s = (self.estimator.rtt_ms or 100.0) / 1000
@@ -238,6 +239,7 @@ class SubscriberBandwidth:
             self.estimator.on_delay(
                 delay.bps, delay.overusing, now, delay.decrease_to, delay.capacity_bps
             )
+        return only_feedback(data)
 
     def sink_for(self, kind: str) -> PacketSink:
         if not self.adaptive:

@@ -160,6 +160,18 @@ def feedback_in(compound: bytes) -> list[Feedback]:
     return found
 
 
+def only_feedback(compound: bytes) -> bool:
+    """Whether a compound RTCP packet is transport-cc feedback and nothing else (as
+    browsers and the classroom agent send it): no other reader needs it."""
+    pos = 0
+    size = len(compound)
+    while pos + 4 <= size:
+        if compound[pos + 1] != RTPFB or compound[pos] & 0x1F != FMT:
+            return False
+        pos += ((compound[pos + 2] << 8 | compound[pos + 3]) + 1) * 4
+    return pos == size and size > 0
+
+
 class PacketResult(NamedTuple):
     """One reported packet with our side of it (a tuple: thousands a second per browser)."""
 

@@ -28,6 +28,7 @@ from media_server.twcc import (
     SendHistory,
     build_feedback,
     feedback_in,
+    only_feedback,
     parse_feedback,
 )
 from tongke.codecs import TRANSPORT_CC_URI, answered_transport_cc, offer_transport_cc
@@ -738,3 +739,27 @@ async def test_a_probe_lifts_a_doubled_rise_hold_only_when_the_link_grew(
     assert bw.describe()["hold_s"] == hold_after
     assert (bw._last_down == float("-inf")) is lifted
     bw.close()
+
+
+@pytest.mark.parametrize(
+    ("parts", "alone"),
+    [
+        (["fb"], True),  # as browsers and the classroom agent send it
+        (["fb", "fb"], True),
+        (["rr", "fb"], False),  # a receiver report aiortc still reads
+        (["fb", "nack"], False),
+        (["nack"], False),
+        (["fb", "cut"], False),  # a truncated tail: aiortc judges it
+        ([], False),
+    ],
+)
+def test_feedback_sent_alone_is_told_apart_from_rtcp_aiortc_reads(
+    parts: list[str], alone: bool
+) -> None:
+    pieces = {
+        "fb": build_feedback(10, [1_000_000, 1_000_500]),
+        "rr": bytes([0x80, 201, 0, 1]) + bytes(4),
+        "nack": bytes([0x81, 205, 0, 3]) + bytes(12),
+        "cut": bytes([0x8F, 205, 0, 9]) + bytes(8),
+    }
+    assert only_feedback(b"".join(pieces[p] for p in parts)) is alone
