@@ -104,6 +104,12 @@ SETTLE_S = 5.0
 # 3 s), through a line that carried only the audio.
 UNHEARD_BPS = 150_000
 UNHEARD_MAX_S = 5.0
+# A subscriber that negotiated transport-cc reports within a round trip of its first
+# packets, once its end of the path is up: until then it waits longer. After 5 s, a
+# point agent whose handshake's last flight the 256 kbit/s line had lost twice got the
+# whole lesson at 2 Mbit/s for 7 s before its first report, and the estimate fell from
+# that flood to its 64 kbit/s floor, the courseware paused half the minute.
+UNHEARD_MAX_TCC_S = 20.0
 # Transport-cc loss is read once a tick over at least this many reported packets.
 MIN_LOSS_PACKETS = 20
 CALM_S = 60.0
@@ -265,10 +271,11 @@ class SubscriberBandwidth:
         if not self._heard:
             if self._first_tick is None:
                 self._first_tick = now
+            wait = UNHEARD_MAX_S if self._delay is None else UNHEARD_MAX_TCC_S
             self._heard = (
                 self.feedback_reports > 0
                 or any(_heard_from(d) for d in active)
-                or now - self._first_tick >= UNHEARD_MAX_S
+                or now - self._first_tick >= wait
             )
         if not self._heard:
             # Nothing told the subscriber yet: what it gets may still change before it

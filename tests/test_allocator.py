@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from media_server.allocator import Candidate, Decision, allocate, too_thin_for_faces
-from media_server.bandwidth import UNHEARD_MAX_S, SubscriberBandwidth
+from media_server.bandwidth import UNHEARD_MAX_S, UNHEARD_MAX_TCC_S, SubscriberBandwidth
 from media_server.downtrack import DownTrack
 from media_server.sink import MemorySink
 from media_server.source import MediaSource
@@ -333,6 +333,17 @@ async def test_a_subscriber_not_heard_from_yet_gets_only_what_a_thin_line_carrie
     assert bandwidth.tick([down], 10.0 + UNHEARD_MAX_S - 0.1) is None
     assert bandwidth.tick([down], 10.0 + UNHEARD_MAX_S) is not None
     assert down.forwarder.allocated == "h" and not down.forwarder.paused
+    bandwidth.close()
+    # One that negotiated transport-cc will report once its end is up: it waits longer.
+    bandwidth = SubscriberBandwidth(MemorySink())
+    bandwidth.use_transport_cc(3)
+    down = DownTrack(sink=bandwidth.sink_for("video"), ssrc=0xF00D, payload_type=96)
+    down.bind(board)
+    assert bandwidth.tick([down], 10.0) is None
+    assert bandwidth.tick([down], 10.0 + UNHEARD_MAX_S) is None
+    assert down.forwarder.paused
+    assert bandwidth.tick([down], 10.0 + UNHEARD_MAX_TCC_S) is not None
+    assert down.forwarder.allocated == "h"
     bandwidth.close()
 
 
