@@ -28,6 +28,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from media_server.rtpbytes import one_byte_extension
 from media_server.twcc import MAX_DELTA_US, build_feedback
 
 log = logging.getLogger(__name__)
@@ -49,30 +50,8 @@ MAX_PENDING = 4 * MAX_SPAN
 def transport_seq(packet: bytes, ext_id: int) -> int | None:
     """The transport-wide sequence number in an RTP packet's one-byte header extension
     with `ext_id` (RFC 8285), or None. Reads only the header, which SRTP leaves clear."""
-    size = len(packet)
-    if size < 12 or not packet[0] & 0x10:
-        return None
-    pos = 12 + 4 * (packet[0] & 0x0F)
-    if pos + 4 > size or packet[pos] != 0xBE or packet[pos + 1] != 0xDE:
-        return None
-    end = pos + 4 + 4 * (packet[pos + 2] << 8 | packet[pos + 3])
-    if end > size:
-        return None
-    pos += 4
-    while pos < end:
-        head = packet[pos]
-        if head == 0:  # padding between elements
-            pos += 1
-            continue
-        element, length = head >> 4, (head & 0x0F) + 1
-        if element == 15:
-            return None
-        if element == ext_id:
-            if length != 2 or pos + 3 > end:
-                return None
-            return packet[pos + 1] << 8 | packet[pos + 2]
-        pos += 1 + length
-    return None
+    value = one_byte_extension(packet, ext_id) if len(packet) >= 12 else None
+    return value[0] << 8 | value[1] if value is not None and len(value) == 2 else None
 
 
 class ArrivalLog:
