@@ -325,9 +325,11 @@ class SubscriberBandwidth:
 
     def _pad_tails(self, downtracks: Sequence[DownTrack], line_loss: float) -> None:
         """Tail padding for the sparse videos on a lossy line: the loss of a frame's last
-        packet shows at the receiver only with the next packet, a frame later (at 3 fps
-        and 300 ms RTT, the courseware stood still 5 s a minute on a 1 Mbit/s line with
-        5 % loss, bench/rural.py, point agent with transport-cc)."""
+        packet shows at the receiver only with the next packet, a frame later. With
+        transport-cc too (it was off there): the point agent's 3 fps courseware stood
+        still 5 s of a minute on a 1 Mbit/s line with 5 % loss without it. With it, 2-5 s
+        in 3 runs of 4, against 1 of 2 without: what is left there is not tails alone
+        (docs/benchmarks.md, twelfth December stop)."""
         lossy = line_loss >= TAIL_PAD_LOSS
         for d in downtracks:
             up = d.current if lossy else None
