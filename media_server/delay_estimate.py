@@ -29,12 +29,14 @@ from __future__ import annotations
 
 from collections import deque
 from enum import Enum
+from operator import itemgetter
 from typing import NamedTuple
 
 from media_server.twcc import PacketResult
 
 GROUP_S = 0.005
 WINDOW = 20
+REBASE = 1000  # points between the trend line's exact recomputations
 SMOOTHING = 0.9
 TREND_GAIN = 4.0
 THRESHOLD_START_MS = 12.5
@@ -103,12 +105,76 @@ class Cut(NamedTuple):
 
 
 class _Group:
-    __slots__ = ("arrival_us", "first_sent", "last_sent", "size")
+    __slots__ = ("arrival_us", "first_sent", "last_sent")
 
-    def __init__(self, sent: float, arrival_us: int, size: int) -> None:
+    def __init__(self, sent: float, arrival_us: int) -> None:
         self.first_sent = self.last_sent = sent
         self.arrival_us = arrival_us
-        self.size = size
+
+
+class _Line:
+    """A least-squares line through the last WINDOW points, in constant time per point.
+
+    Running sums, taken about an origin that moves to the newest point every REBASE
+    points (sums are recomputed there): a 45-minute lesson's milliseconds squared would
+    otherwise cost the slope its precision.
+    """
+
+    __slots__ = ("_origin", "_points", "_since", "_sx", "_sxx", "_sxy", "_sy")
+
+    def __init__(self) -> None:
+        self._points: deque[tuple[float, float]] = deque()
+        self._origin = (0.0, 0.0)
+        self._since = 0
+        self._sx = self._sy = self._sxx = self._sxy = 0.0
+
+    def add(self, x: float, y: float) -> None:
+        points = self._points
+        ox, oy = self._origin
+        if len(points) == WINDOW:
+            px, py = points.popleft()
+            px -= ox
+            py -= oy
+            self._sx -= px
+            self._sy -= py
+            self._sxx -= px * px
+            self._sxy -= px * py
+        points.append((x, y))
+        self._since += 1
+        if self._since >= REBASE:
+            self._rebase(x, y)
+            return
+        x -= ox
+        y -= oy
+        self._sx += x
+        self._sy += y
+        self._sxx += x * x
+        self._sxy += x * y
+
+    def _rebase(self, ox: float, oy: float) -> None:
+        self._origin = (ox, oy)
+        self._since = 0
+        self._sx = self._sy = self._sxx = self._sxy = 0.0
+        for x, y in self._points:
+            x -= ox
+            y -= oy
+            self._sx += x
+            self._sy += y
+            self._sxx += x * x
+            self._sxy += x * y
+
+    @property
+    def count(self) -> int:
+        return len(self._points)
+
+    @property
+    def last_x(self) -> float:
+        return self._points[-1][0]
+
+    def slope(self) -> float:
+        n = len(self._points)
+        den = n * self._sxx - self._sx * self._sx
+        return (n * self._sxy - self._sx * self._sy) / den if den else 0.0
 
 
 class DelayEstimate:
@@ -122,7 +188,7 @@ class DelayEstimate:
         self._previous: _Group | None = None
         self._accumulated = 0.0
         self._smoothed = 0.0
-        self._points: deque[tuple[float, float]] = deque(maxlen=WINDOW)
+        self._line = _Line()  # the trend: the smoothed delay's last WINDOW points
         self._first_arrival_us: int | None = None
         self._floor: float | None = None  # the smoothed delay's recent minimum
         self._samples = 0
@@ -162,7 +228,11 @@ class DelayEstimate:
         self._excluded = (start, end)
 
     def on_feedback(self, results: list[PacketResult], now: float, rtt_s: float = 0.1) -> None:
-        """One feedback report's packets (send times matched); updates `bps` and `usage`."""
+        """One feedback report's packets (send times matched); updates `bps` and `usage`.
+
+        This runs for every packet every subscriber receives: one pass, in locals, and
+        the trend's work only once per group of packets.
+        """
         self.decrease_to = None
         highest = self._highest
         fresh = [r for r in results if r[0] > highest]
@@ -186,49 +256,54 @@ class DelayEstimate:
                         self._window_received += r[2]
         if not fresh:
             return
-        self._highest = max(r[0] for r in fresh)
+        self._highest = max(map(_seq, fresh))
         if len(missing) > MAX_MISSING:
             floor = self._highest - MAX_MISSING
             self._missing = missing = {seq: e for seq, e in missing.items() if seq > floor}
         fresh.sort(key=_sent)
-        window = self._window
+        append = self._window.append
+        last_arrival = self._last_arrival_us
+        sent_bytes = received_bytes = lost = 0
+        excluded_from, excluded_to = self._excluded
+        group = self._group
         for seq, sent, size, arrival in fresh:
             if arrival is None:
-                self.lost += 1
+                lost += 1
                 entry = None
-                if self._last_arrival_us is not None:
-                    entry = [self._last_arrival_us, size, sent, 0, 0]
-                    window.append(entry)
-                    self._window_sent += size
+                if last_arrival is not None:
+                    entry = [last_arrival, size, sent, 0, 0]
+                    append(entry)
+                    sent_bytes += size
                 missing[seq] = entry
                 continue
-            self.received += 1
-            self._last_arrival_us = max(arrival, self._last_arrival_us or arrival)
-            window.append([arrival, size, sent, size, 0])
-            self._window_sent += size
-            self._window_received += size
-            self._take(sent, arrival, size)
+            if last_arrival is None or arrival > last_arrival:
+                last_arrival = arrival
+            append([arrival, size, sent, size, 0])
+            sent_bytes += size
+            received_bytes += size
+            # Groups: packets sent within GROUP_S of a group's first.
+            if excluded_from <= sent <= excluded_to:
+                # A probe's queue: close what came before, and pair nothing across it.
+                if group is not None:
+                    self._close_group(group)
+                group = self._previous = None
+            elif group is None:
+                group = _Group(sent, arrival)
+            elif sent - group.first_sent <= GROUP_S:
+                if sent > group.last_sent:
+                    group.last_sent = sent
+                if arrival > group.arrival_us:
+                    group.arrival_us = arrival
+            else:
+                self._close_group(group)
+                group = _Group(sent, arrival)
+        self._group = group
+        self._last_arrival_us = last_arrival
+        self.lost += lost
+        self.received += len(fresh) - lost
+        self._window_sent += sent_bytes
+        self._window_received += received_bytes
         self._control(now, rtt_s)
-
-    def _take(self, sent: float, arrival_us: int, size: int) -> None:
-        start, end = self._excluded
-        if start <= sent <= end:
-            # A probe's queue: close what came before, and pair nothing across it.
-            if self._group is not None:
-                self._close_group(self._group)
-            self._group = self._previous = None
-            return
-        group = self._group
-        if group is None:
-            self._group = _Group(sent, arrival_us, size)
-            return
-        if sent - group.first_sent <= GROUP_S:
-            group.last_sent = max(group.last_sent, sent)
-            group.arrival_us = max(group.arrival_us, arrival_us)
-            group.size += size
-            return
-        self._close_group(group)
-        self._group = _Group(sent, arrival_us, size)
 
     def _close_group(self, group: _Group) -> None:
         previous, self._previous = self._previous, group
@@ -245,37 +320,37 @@ class DelayEstimate:
     def _trendline(self, arrival_us: int, delta_ms: float) -> None:
         if self._first_arrival_us is None:
             self._first_arrival_us = arrival_us
-        self._samples += 1
-        self._accumulated += delta_ms
-        self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * self._accumulated
+        samples = self._samples = self._samples + 1
+        accumulated = self._accumulated = self._accumulated + delta_ms
+        smoothed = self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * accumulated
         at_ms = (arrival_us - self._first_arrival_us) / 1000
-        if self._floor is None or self._smoothed < self._floor:
-            self._floor = self._smoothed
-        elif self._points:
-            self._floor += FLOOR_RISE_MS_PER_S * max(0.0, at_ms - self._points[-1][0]) / 1000
-        self._points.append((at_ms, self._smoothed))
-        if len(self._points) < WINDOW:
+        line = self._line
+        floor = self._floor
+        if floor is None or smoothed < floor:
+            floor = self._floor = smoothed
+        elif line.count:
+            floor = self._floor = floor + FLOOR_RISE_MS_PER_S * max(0.0, at_ms - line.last_x) / 1000
+        line.add(at_ms, smoothed)
+        if line.count < WINDOW:
             return
-        slope = _slope(self._points)
-        trend = slope * min(self._samples, 60) * TREND_GAIN
-        self._detect(trend, at_ms)
-
-    def _detect(self, trend: float, at_ms: float) -> None:
-        step_ms = 0.0 if self._last_arrival_ms is None else min(at_ms - self._last_arrival_ms, 100)
+        trend = line.slope() * min(samples, 60) * TREND_GAIN
+        # Detection, per group: the queue's growth against the adaptive threshold.
+        last_ms = self._last_arrival_ms
+        step_ms = 0.0 if last_ms is None else min(at_ms - last_ms, 100)
         self._last_arrival_ms = at_ms
-        queued = (
-            self._samples >= WARMUP_SAMPLES
-            and self._floor is not None
-            and self._smoothed - self._floor >= QUEUE_MS
-        )
-        if trend > self._threshold and queued:
-            self._overuse_ms += step_ms
-            self._overuse_count += 1
-            if self._overuse_ms > OVERUSE_MS and self._overuse_count > 1 and trend >= self._trend:
-                self.usage = Usage.OVERUSE
-        elif trend > self._threshold:
-            pass  # rising, but no queue yet: keep the current reading
-        elif trend < -self._threshold:
+        threshold = self._threshold
+        if trend > threshold:
+            if samples >= WARMUP_SAMPLES and smoothed - floor >= QUEUE_MS:
+                self._overuse_ms += step_ms
+                self._overuse_count += 1
+                if (
+                    self._overuse_ms > OVERUSE_MS
+                    and self._overuse_count > 1
+                    and trend >= self._trend
+                ):
+                    self.usage = Usage.OVERUSE
+            # else: rising, but no queue yet: keep the current reading
+        elif trend < -threshold:
             self._overuse_ms, self._overuse_count = 0.0, 0
             self.usage = Usage.UNDERUSE
         else:
@@ -284,11 +359,12 @@ class DelayEstimate:
         self._trend = trend
         # The threshold follows the trend's usual size, slowly up and faster down; a spike
         # far above it (a route change, a stall) does not drag it along.
-        excess = abs(trend) - self._threshold
+        size = abs(trend)
+        excess = size - threshold
         if excess <= 15:
-            k = K_DOWN if abs(trend) < self._threshold else K_UP
-            self._threshold += k * excess * max(step_ms, 0.0)
-            self._threshold = min(max(self._threshold, THRESHOLD_MIN_MS), THRESHOLD_MAX_MS)
+            k = K_DOWN if size < threshold else K_UP
+            threshold += k * excess * max(step_ms, 0.0)
+            self._threshold = min(max(threshold, THRESHOLD_MIN_MS), THRESHOLD_MAX_MS)
 
     # -- rate -------------------------------------------------------------------------
 
@@ -307,13 +383,18 @@ class DelayEstimate:
         if len(window) < 2:
             return None
         newest = window[-1][0]
-        while window and window[0][0] < newest - ACKED_WINDOW_US:
-            entry = window.popleft()
-            self._window_sent -= entry[1]
-            self._window_received -= entry[3]
-            entry[3] = -1  # no longer in the window: a late report leaves it alone
-        if not window:
-            return None
+        oldest = newest - ACKED_WINDOW_US
+        if window[0][0] < oldest:
+            sent = received = 0.0
+            while window and window[0][0] < oldest:
+                entry = window.popleft()
+                sent += entry[1]
+                received += entry[3]
+                entry[3] = -1  # no longer in the window: a late report leaves it alone
+            self._window_sent -= sent
+            self._window_received -= received
+            if not window:
+                return None
         span_us = max(newest - window[0][0], 100_000)
         # Arrival order is close to send order (audio may overtake video): the ends
         # of the window give its send span without a pass over it.
@@ -484,18 +565,5 @@ class DelayEstimate:
         return self._confirmed
 
 
-def _sent(result: PacketResult) -> float:
-    return result[1]
-
-
-def _slope(points: deque[tuple[float, float]]) -> float:
-    """Least-squares slope of the points, in one pass."""
-    n = len(points)
-    sx = sy = sxx = sxy = 0.0
-    for x, y in points:
-        sx += x
-        sy += y
-        sxx += x * x
-        sxy += x * y
-    den = n * sxx - sx * sx
-    return (n * sxy - sx * sy) / den if den else 0.0
+_seq = itemgetter(0)
+_sent = itemgetter(1)

@@ -16,10 +16,11 @@ stamped packet really leaves (`history`, media_server/twcc.py): the delay-based 
 must see the link's queue, not ours.
 
 The fast path is public so that a DownTrack can take it in line, without a call per
-packet per subscriber (media_server/downtrack.py): while `open` (nothing queued, nothing
-to record), a video packet that fits `tokens` spends them and goes straight to `sink`,
-and so does any audio packet (`PriorityLane`). Every other case goes through `send_rtp`
-or `send_rtp_now`, which decide exactly the same for those cases.
+packet per subscriber (media_server/downtrack.py): while `open` (nothing queued), a
+video packet that fits `tokens` spends them and goes straight to `sink`, and so does
+any audio packet (`PriorityLane`); the DownTrack notes its own transport-wide number in
+`history`. Every other case goes through `send_rtp` or `send_rtp_now`, which decide
+exactly the same for those cases.
 """
 
 from __future__ import annotations
@@ -57,15 +58,14 @@ class Pacer:
         self.tokens = self._burst
         self.history: SendHistory | None = None
         self._tcc_byte = -1  # the first extension element's id/len byte when stamped
-        # Nothing queued and nothing to record: a packet within `tokens` may go straight
-        # to `sink`. Kept up to date wherever the queue or the history changes.
+        # Nothing queued: a packet within `tokens` may go straight to `sink`. Kept up to
+        # date wherever the queue changes.
         self.open = True
 
     def note_transport_cc(self, history: SendHistory, ext_id: int) -> None:
         """From now on, record when each packet stamped with `ext_id` leaves."""
         self.history = history
         self._tcc_byte = (ext_id << 4) | 1
-        self.open = False
 
     def _note(self, packet: bytes) -> None:
         if len(packet) > SEQ_OFFSET + 1 and packet[SEQ_OFFSET - 1] == self._tcc_byte:
@@ -124,13 +124,13 @@ class Pacer:
             self.sink.send_rtp(packet)
         if queue:
             return True
-        self.open = self.history is None
+        self.open = True
         return False
 
     def close(self) -> None:
         self.queue.clear()
         self.queued_bytes = 0
-        self.open = self.history is None
+        self.open = True
         _DRAINER.discard(self)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 
 from media_server.twcc import PacketResult
 
@@ -69,30 +70,25 @@ class ProbeResult:
 def judge(packets: Iterable[PacketResult]) -> ProbeResult | None:
     """Send and receive rate of one cluster's packets; None when they say too little."""
     reported = list(packets)
-    arrived = [p for p in reported if p.arrival_us is not None]
+    # (sent, size, arrival) of each packet that arrived
+    arrived = [(sent, size, arrival) for _, sent, size, arrival in reported if arrival is not None]
     if len(arrived) < MIN_PACKETS or len(arrived) < MIN_RECEIVED * len(reported):
         return None
-    total = sum(p.size for p in arrived)
-    by_sent = sorted(arrived, key=_sent)
-    send_s = by_sent[-1].sent_s - by_sent[0].sent_s
-    by_arrival = sorted(arrived, key=_arrival)
-    first, last = by_arrival[0].arrival_us, by_arrival[-1].arrival_us
-    assert first is not None and last is not None
-    receive_s = (last - first) / 1e6
+    total = sum(size for _, size, _ in arrived)
+    by_sent = sorted(arrived, key=_first)
+    send_s = by_sent[-1][0] - by_sent[0][0]
+    by_arrival = sorted(arrived, key=_last)
+    receive_s = (by_arrival[-1][2] - by_arrival[0][2]) / 1e6
     if receive_s < MIN_SPAN_S:
         return None
     # The last packet sent took no send time, the first received no receive time.
-    send_bps = (total - by_sent[-1].size) * 8 / max(send_s, MIN_SPAN_S)
-    receive_bps = (total - by_arrival[0].size) * 8 / receive_s
+    send_bps = (total - by_sent[-1][1]) * 8 / max(send_s, MIN_SPAN_S)
+    receive_bps = (total - by_arrival[0][1]) * 8 / receive_s
     return ProbeResult(send_bps=send_bps, receive_bps=receive_bps)
 
 
-def _sent(p: PacketResult) -> float:
-    return p.sent_s
-
-
-def _arrival(p: PacketResult) -> int:
-    return p.arrival_us or 0
+_first = itemgetter(0)
+_last = itemgetter(2)
 
 
 class ProbeController:
@@ -132,8 +128,8 @@ class ProbeController:
             return
         start, end = probe.started, self.sent_until
         for r in results:
-            if start <= r.sent_s <= end:
-                self._cluster[r.seq] = r
+            if start <= r[1] <= end:
+                self._cluster[r[0]] = r
 
     def finish(self, now: float) -> ProbeResult | None:
         """Once the cluster's feedback is in: its reading, or None if it gave none."""

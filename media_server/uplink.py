@@ -48,7 +48,7 @@ class UplinkDelay:
             self._sent_s += step / AST_UNITS_PER_S
         self._last_ast = ast
         self._seq += 1
-        self._pending.append(PacketResult(self._seq, self._sent_s, len(data), arrival_ns // 1000))
+        self._pending.append((self._seq, self._sent_s, len(data), arrival_ns // 1000))
         return len(self._pending) == 1
 
     def report(self, estimator: DownlinkEstimator, now: float, rtt_s: float) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import deque
 from dataclasses import dataclass
 
 import pytest
@@ -15,7 +16,7 @@ from media_server.bandwidth import (
     SubscriberBandwidth,
     link_grew,
 )
-from media_server.delay_estimate import QUEUE_MS, DelayEstimate, Usage
+from media_server.delay_estimate import QUEUE_MS, WINDOW, DelayEstimate, Usage, _Line
 from media_server.downtrack import DownTrack
 from media_server.estimator import DownlinkEstimator
 from media_server.pacer import Pacer
@@ -24,6 +25,7 @@ from media_server.rtpbytes import payload_bounds
 from media_server.sink import MemorySink
 from media_server.twcc import (
     SEQ_OFFSET,
+    WIRE_OVERHEAD,
     PacketResult,
     SendHistory,
     build_feedback,
@@ -31,6 +33,8 @@ from media_server.twcc import (
     only_feedback,
     parse_feedback,
 )
+from tests.media import wait_for
+from tests.test_bandwidth import _rtp, _source, up_track
 from tongke.codecs import TRANSPORT_CC_URI, answered_transport_cc, offer_transport_cc
 
 # -- the feedback format ---------------------------------------------------------------
@@ -151,6 +155,72 @@ def test_packets_carry_one_sequence_across_streams_and_the_pacer_records_them() 
     plain = DownTrack(sink=MemorySink(), ssrc=13, payload_type=96, mid="0", mid_ext_id=1)
     plain._write(0, 1, 1, b"", b"x")
     assert plain.sink.rtp[0][16] == (1 << 4) | 0  # no transport-cc: mid comes first
+
+
+async def test_forwarded_packets_are_stamped_and_recorded_straight_out_queued_or_audio() -> None:
+    """The forwarding path stamps and records in line: every packet that reaches the
+    wire, whether it went straight out, waited in the pacer, or was audio overtaking
+    the queue, has its transport-wide number recorded with its size on the wire. A
+    packet sent but not recorded would be skipped by the estimate; one recorded with
+    the wrong size would skew every rate it reads."""
+    wire = MemorySink()
+    bandwidth = SubscriberBandwidth(wire, initial_bps=1_000_000)  # 6 kB burst
+    bandwidth.use_transport_cc(5)
+    history = bandwidth._history
+    assert history is not None and bandwidth.transport_seq is not None
+    tracks = {}
+    for kind, ssrc in (("video", 1111), ("audio", 2222)):
+        up = up_track(kind, ssrc)
+        down = DownTrack(
+            sink=bandwidth.sink_for(kind),
+            ssrc=ssrc + 1,
+            payload_type=up.payload_type,
+            mid="0",
+            mid_ext_id=1,
+            ast_ext_id=3,
+            tcc_ext_id=5,
+            transport_seq=bandwidth.transport_seq,
+        )
+        down.bind(_source(up))
+        tracks[kind] = up
+    # A keyframe of 20 packets (24 kB): a few go straight out, the rest queue.
+    for i in range(20):
+        payload = (b"\x10\x00" if i == 0 else b"\x00\x01") + bytes([i]) * 1200
+        tracks["video"].on_rtp(_rtp(100 + i, 3000, 1111, 96, payload), 0)
+    straight = len(wire.rtp)
+    assert 0 < straight < 20
+    tracks["audio"].on_rtp(_rtp(7, 960, 2222, 111, b"opus"), 0)
+    await wait_for(lambda: len(wire.rtp) == 21, 5, "the queue drained")
+    stamped = [int.from_bytes(p[SEQ_OFFSET : SEQ_OFFSET + 2], "big") for p in wire.rtp]
+    assert sorted(stamped) == list(range(21))  # each number once, none skipped
+    for packet, seq in zip(wire.rtp, stamped, strict=True):
+        assert history.sent_at[seq] >= 0, f"packet {seq} was sent but not recorded"
+        assert history.sizes[seq] == len(packet) + WIRE_OVERHEAD
+    bandwidth.close()
+
+
+def test_the_trend_line_stays_exact_through_a_school_day() -> None:
+    """The trend's slope, kept in running sums, matches a fresh least-squares fit over
+    the same 20 points after eight hours of a subscription (milliseconds in the tens
+    of millions) as at its start: sums about a fixed origin lost a thousandth of the
+    slope by then, and a flat delay could read as a growing queue."""
+    rng = random.Random(3)
+    line = _Line()
+    points: deque[tuple[float, float]] = deque(maxlen=WINDOW)
+    x = y = 0.0
+    for i in range(300_000):
+        x += rng.uniform(50, 150)  # ~10 groups a second: over eight hours
+        y += rng.gauss(0.02, 1.0)
+        line.add(x, y)
+        points.append((x, y))
+        if i % 9973 == 9972:
+            mx = sum(p[0] for p in points) / WINDOW
+            my = sum(p[1] for p in points) / WINDOW
+            exact = sum((p[0] - mx) * (p[1] - my) for p in points) / sum(
+                (p[0] - mx) ** 2 for p in points
+            )
+            assert line.slope() == pytest.approx(exact, rel=1e-7, abs=1e-12), (i, x)
+    assert x > 8 * 3600 * 1000
 
 
 # -- the delay-based estimate against a bottleneck -------------------------------------
@@ -447,7 +517,7 @@ def cluster(
         sent = 10.0 + i * size * 8 / send_bps
         free = max(free, sent) + size * 8 / link_bps
         arrival = None if i < lost else 5_000_000 + int(free * 1e6)
-        out.append(PacketResult(i, sent, size, arrival))
+        out.append((i, sent, size, arrival))
     return out
 
 
@@ -492,7 +562,7 @@ def test_a_probe_collects_only_its_own_packets_and_paces_the_next(
     probe = prober.start(10.0, 1_000_000, 5_000_000, 0.0)
     assert probe is not None
     inside = cluster(probe.target_bps * filled, link)
-    before = PacketResult(100, 9.0, 1000, 1_000)  # sent before the cluster
+    before: PacketResult = (100, 9.0, 1000, 1_000)  # sent before the cluster
     prober.collect([before, *inside])
     result = prober.finish(11.0)
     assert result is not None and (prober.succeeded == 1) is succeeded
