@@ -110,6 +110,13 @@ UNHEARD_MAX_S = 5.0
 # whole lesson at 2 Mbit/s for 7 s before its first report, and the estimate fell from
 # that flood to its 64 kbit/s floor, the courseware paused half the minute.
 UNHEARD_MAX_TCC_S = 20.0
+# A transport-cc subscriber first heard from only after UNHEARD_MAX_S had a path that
+# would not come up (its handshake's last flight lost again and again: a thin, lossy
+# line). Its estimate starts here, as GCC's does, and probes climb from it. From the
+# initial 2.5 Mbit/s, the whole lesson flooded such a line for 3 s: in tcc5 c2
+# (256kbit-10pct, point agent, first report 14 s after joining) audio lost 9.5 % of
+# the minute and the teacher and board stood still under "live".
+LATE_START_BPS = 300_000
 # Transport-cc loss is read once a tick over at least this many reported packets.
 MIN_LOSS_PACKETS = 20
 CALM_S = 60.0
@@ -257,6 +264,14 @@ class SubscriberBandwidth:
         active = [d for d in downtracks if d.source is not None]
         self._measure_sent(active, now)
         self._feed_loss(active, now)
+        if (
+            not self._heard
+            and self._delay is not None
+            and self.feedback_reports
+            and self._first_tick is not None
+            and now - self._first_tick >= UNHEARD_MAX_S
+        ):
+            self.estimator.start_low(LATE_START_BPS)
         estimate = self.estimator.estimate(now)
         self.estimate_bps = estimate.bps
         probe = self.prober.active or self._retest

@@ -217,6 +217,11 @@ class DownlinkEstimator:
         self._bps = capacity_bps
         self.on_link_capacity(capacity_bps)
 
+    def start_low(self, bps: float) -> None:
+        """Start from `bps` at most (a subscriber whose path was slow to come up)."""
+        self._bps = min(self._bps, bps)
+        self._clamp()
+
     def on_rtt(self, rtt_ms: float) -> None:
         self.rtt_ms = rtt_ms if self.rtt_ms is None else 0.8 * self.rtt_ms + 0.2 * rtt_ms
 

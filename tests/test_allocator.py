@@ -16,6 +16,7 @@ from media_server.bandwidth import UNHEARD_MAX_S, UNHEARD_MAX_TCC_S, SubscriberB
 from media_server.downtrack import DownTrack
 from media_server.sink import MemorySink
 from media_server.source import MediaSource
+from media_server.twcc import build_feedback
 from tests.test_rtp_rewrite import VP8_DELTA, VP8_KEY, make_up, rtp
 
 TEACHER = {"h": 1_200_000, "m": 470_000, "l": 120_000}
@@ -344,6 +345,40 @@ async def test_a_subscriber_not_heard_from_yet_gets_only_what_a_thin_line_carrie
     assert down.forwarder.paused
     assert bandwidth.tick([down], 10.0 + UNHEARD_MAX_TCC_S) is not None
     assert down.forwarder.allocated == "h"
+    bandwidth.close()
+
+
+@pytest.mark.parametrize(("first_report_at", "layer"), [(1.0, "h"), (UNHEARD_MAX_S + 7.0, "l")])
+async def test_a_transport_cc_subscriber_heard_late_starts_low(
+    first_report_at: float, layer: str
+) -> None:
+    """A point whose first report comes late had a path that would not come up: a thin,
+    lossy line. It starts from a low estimate and probes climb from there; sent the
+    whole lesson at the initial 2.5 Mbit/s, a 256 kbit/s line flooded for 3 s and the
+    minute's audio lost 9.5 % (bench/rural.py 256kbit-10pct, point agent, tcc5 c2). A
+    point heard at once starts as before."""
+    teacher = MediaSource(
+        "p1",
+        "c1",
+        "M",
+        "teacher_camera",
+        "video",
+        "vp8",
+        "T",
+        {"h": make_up("h", 1111, []), "l": make_up("l", 1112, [])},
+    )
+    bandwidth = SubscriberBandwidth(MemorySink())
+    bandwidth.use_transport_cc(3)
+    down = DownTrack(sink=bandwidth.sink_for("video"), ssrc=0xCAFE, payload_type=96)
+    down.bind(teacher)
+    now = 0.0
+    while now < first_report_at:
+        assert bandwidth.tick([down], now) is None  # unheard: the low layer, no message
+        now += 0.5
+    bandwidth.on_rtcp(build_feedback(0, [1_000, 2_000]), now)
+    message = bandwidth.tick([down], now)
+    assert message is not None and message["tracks"][0]["layer"] == layer
+    assert down.forwarder.allocated == layer
     bandwidth.close()
 
 
