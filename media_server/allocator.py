@@ -11,12 +11,17 @@ need, each only if it fits in what is left (`ladder`):
    camera takes what is left (issue 8: at 256 kbit/s the courseware shows and every
    camera is paused);
 2. the focus up to its middle layer (360p: a face and gestures one can follow);
-3. the lowest layers of the rest of the lesson's own sources (the board);
-4. every source through the rest of its layers, by priority, other classrooms last.
+3. the courseware's other layers (the slides at their full frame rate);
+4. the lowest layers of the rest of the lesson's own sources (the board);
+5. every source through the rest of its layers, by priority, other classrooms last.
 
 So the teacher is sharp and the courseware and board still have a picture when the
-link carries them, and a 1 Mbit/s point gets the teacher at 360p before the board at
-180p. A source that gets no layer is paused for bandwidth, and the subscriber is told
+link carries them, and a 1 Mbit/s point gets the teacher at 360p and the slides at
+their full rate before the board at 180p. Near 1 Mbit/s the estimate saws up and down
+by a tenth; with the board's 180p before the slides' full layer, the slides were the
+layer that came and went, and each switch waited for a full-resolution keyframe: a
+second without a new slide, up to five times a minute (bench/rural.py
+1mbit-5pct-300ms, point agent: 3.4-8.6 % of seconds in 5 of 9 runs). A source that gets no layer is paused for bandwidth, and the subscriber is told
 so. Layers drop at once; they rise only when the caller says the estimate has been
 stable long enough (`hold=False`), so the picture does not flap. And they drop only
 when what is already being sent no longer fits in `keep_bps` (a little more than the
@@ -269,6 +274,7 @@ def ladder(videos: list[Candidate], *, thin: bool = False) -> list[tuple[Candida
     if thin:
         return steps
     steps += [(c, x) for c in focus for x in usable[c.key][1:] if rank(x) <= rank("m")]
+    steps += [(c, x) for c in content for x in usable[c.key][1:]]
     steps += [(c, usable[c.key][0]) for c in own]
     taken = {(c.key, x) for c, x in steps}
     steps += [(c, x) for c in videos for x in usable[c.key] if (c.key, x) not in taken]

@@ -63,7 +63,11 @@ def shown(**changes: str | None) -> dict[str, str | None]:
         # Not quite 2 Mbit/s: the teacher's 720p would leave the courseware at 3 fps and
         # no board; 360p, the courseware at 5 fps and the board instead.
         (1_400_000, shown(teacher_camera="m", courseware="h", board_camera="l")),
-        # A 1 Mbit/s point: the teacher at 360p, the courseware's low layer (its top one
+        # A 1 Mbit/s point: the teacher at 360p and the slides at their full rate before
+        # the board's 180p; where they fit with the board too, all three.
+        (930_000, shown(teacher_camera="m", courseware="h", board_camera="l")),
+        (820_000, shown(teacher_camera="m", courseware="h")),
+        # A little less: the teacher at 360p, the courseware's low layer (its top one
         # would push the teacher down to 180p) and the board low beside them...
         (780_000, shown(teacher_camera="m", courseware="l", board_camera="l")),
         # ... and with a little less, the teacher stays at 360p and the board pauses: a

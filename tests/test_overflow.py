@@ -646,12 +646,13 @@ def test_the_rises_of_a_lesson_are_where_its_allocation_gets_better() -> None:
         48_000 + 73_000,  # the courseware's low layer
         121_000 + 150_000,  # the teacher's 180p
         271_000 + 93_000,  # the board's low layer
-        364_000 + 218_000,  # the courseware's full layer
+        271_000 + 218_000,  # the courseware's full layer, in place of the board's
+        489_000 + 93_000,  # and the board's low layer with it
         48_000 + 73_000 + 500_000,  # the teacher's 360p, in place of those two
         621_000 + 93_000,  # the board's low layer with it
-        714_000 + 218_000,  # the courseware's full layer with it
-        48_000 + 73_000 + 1_100_000 + 93_000,  # the teacher's 720p, the others' low layers
-        48_000 + 291_000 + 1_100_000 + 93_000,  # and the courseware's full layer
+        621_000 + 218_000,  # the courseware's full layer in its place
+        839_000 + 93_000,  # and the board's low layer with them
+        48_000 + 291_000 + 1_100_000 + 93_000,  # the teacher's 720p
         48_000 + 1_100_000 + 291_000 + 726_000,  # every source at its best
     ]
     # A source the subscriber paused, or pinned low, wants nothing more.
@@ -841,19 +842,18 @@ async def test_a_step_towards_what_an_earlier_flood_of_the_start_up_read_need_no
         watch.end_retest(t + 4.0, retest.target_bps)  # the line carried it
         bw.estimator.on_probe(retest.target_bps, False, t + 4.0)
         t += 4.0 + RETEST_AFTER_PASS_S
-    # Two steps towards the courseware's full layer (from what the layers send, then
-    # from the pass), then the rise to the teacher's 360p with the board's low layer,
-    # within reach at last.
+    # A step towards the courseware's full layer (from what the layers send), then the
+    # rise to it, within reach from the pass, then the teacher's 360p.
     first = RETEST_GROWTH * costs
-    assert targets == [round(first), round(RETEST_GROWTH * first), round(714_000 / 0.9)]
+    assert targets == [round(first), round(489_000 / 0.9), round(621_000 / 0.9)]
     assert t < STEP_KEEP_S
-    # Every picture shown, the next rise (the courseware's full layer, 1,036 kbit/s) is
+    # Every picture shown, the next rise (the courseware's full layer, 932 kbit/s) is
     # beyond what the first flood read: the step towards it waits as after any pass.
     assert watch.retest_due(t)
     bw._maybe_retest(COURSEWARE_LOW, t)
     assert bw._retest is None
     bw._maybe_retest(COURSEWARE_LOW, t - 5.5 + 4.0 + STEP_KEEP_S)
-    assert bw._retest is not None and bw._retest.target_bps < 932_000 / ALLOCATION_SHARE
+    assert bw._retest is not None and bw._retest.target_bps < 839_000 / ALLOCATION_SHARE
     bw.close()
     # A failed step ends it: the line said where it ends, and the next waits.
     bw = SubscriberBandwidth(MemorySink(), initial_bps=3_000_000)
