@@ -154,14 +154,11 @@ class _Line:
     def _rebase(self, ox: float, oy: float) -> None:
         self._origin = (ox, oy)
         self._since = 0
-        self._sx = self._sy = self._sxx = self._sxy = 0.0
-        for x, y in self._points:
-            x -= ox
-            y -= oy
-            self._sx += x
-            self._sy += y
-            self._sxx += x * x
-            self._sxy += x * y
+        xs = [x - ox for x, _ in self._points]
+        ys = [y - oy for _, y in self._points]
+        self._sx, self._sy = sum(xs), sum(ys)
+        self._sxx = sum(x * x for x in xs)
+        self._sxy = sum(x * y for x, y in zip(xs, ys, strict=True))
 
     @property
     def count(self) -> int:

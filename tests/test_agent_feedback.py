@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from classroom_agent.agent import ClassroomAgent
 from classroom_agent.client import LessonClient
@@ -78,6 +80,19 @@ async def test_a_point_agent_tells_the_sfu_when_each_packet_arrived(
     """The point agent accepts transport-cc and reports arrivals as a browser does, so the
     SFU estimates its line by delay (before it loses packets) and probes it; without the
     reports it could learn a point agent's line only by overflowing it."""
+    async with reporting_point(server, room, 20) as point:
+        down = point_downlink(server, room)
+        assert down is not None and down["delay_bps"] is not None
+        assert point.feedback is not None
+    assert point.feedback is None  # stopped with the connection
+
+
+@asynccontextmanager
+async def reporting_point(
+    server: ServerProcess, room: str, reports: int
+) -> AsyncIterator[LessonClient]:
+    """A master agent and a point agent, once the point's first pictures arrived and
+    more than `reports` of its transport-cc reports reached the SFU."""
     master = ClassroomAgent(small_master(server, room), record=False)
     point = LessonClient(server.url, room, server.token(room, "xiaohe", "point", name="小河"))
     async with running(master):
@@ -87,15 +102,12 @@ async def test_a_point_agent_tells_the_sfu_when_each_packet_arrived(
 
             def reported() -> bool:
                 down = point_downlink(server, room)
-                return bool(down and down["transport_cc"] and down["feedback_reports"] > 20)
+                return bool(down and down["transport_cc"] and down["feedback_reports"] > reports)
 
             await wait_for(reported, 30, "transport-cc reports from the point agent")
-            down = point_downlink(server, room)
-            assert down is not None and down["delay_bps"] is not None
-            assert point.feedback is not None
+            yield point
         finally:
             await point.close()
-    assert point.feedback is None  # stopped with the connection
 
 
 async def test_feedback_read_at_the_socket_leaves_the_rest_to_aiortc_and_forgeries_out(
@@ -105,63 +117,48 @@ async def test_feedback_read_at_the_socket_leaves_the_rest_to_aiortc_and_forgeri
     compound that opens with feedback and also asks for a keyframe still gets its
     keyframe; a datagram dressed as feedback that SRTCP does not authenticate is dropped,
     and the estimate and the lesson go on as before."""
-    master = ClassroomAgent(small_master(server, room), record=False)
-    point = LessonClient(server.url, room, server.token(room, "xiaohe", "point", name="小河"))
-    async with running(master):
-        await point.connect()
-        try:
-            await first_frames(point, {"teacher_camera"}, 30)
-            await wait_for(
-                lambda: (point_downlink(server, room) or {}).get("feedback_reports", 0) > 5,
-                30,
-                "transport-cc reports from the point agent",
-            )
-            assert point.subscribe_pc is not None
-            transceiver = next(
-                t
-                for t in point.subscribe_pc.getTransceivers()
-                if t.mid
-                == next(r.mid for r in point.active_tracks() if r.source == "teacher_camera")
-            )
-            dtls = rtc_internals.dtls_of(transceiver)
-            media_ssrc = transceiver.receiver.getSynchronizationSources()[0].source
+    async with reporting_point(server, room, 5) as point:
+        assert point.subscribe_pc is not None
+        transceiver = next(
+            t
+            for t in point.subscribe_pc.getTransceivers()
+            if t.mid == next(r.mid for r in point.active_tracks() if r.source == "teacher_camera")
+        )
+        dtls = rtc_internals.dtls_of(transceiver)
+        media_ssrc = transceiver.receiver.getSynchronizationSources()[0].source
 
-            def camera_keyframe_requests() -> int:
-                for p in server.stats()["rooms"][room]["receiving"]:
-                    if p["role"] == "point":
-                        for t in p["tracks"]:
-                            if t["track"] and "teacher_camera" in t["track"]:
-                                return int(t["keyframe_requests"] or 0)
-                return 0
+        def camera_keyframe_requests() -> int:
+            for p in server.stats()["rooms"][room]["receiving"]:
+                if p["role"] == "point":
+                    for t in p["tracks"]:
+                        if t["track"] and "teacher_camera" in t["track"]:
+                            return int(t["keyframe_requests"] or 0)
+            return 0
 
-            asked = camera_keyframe_requests()
-            reports = point_downlink(server, room)["feedback_reports"]  # type: ignore[index]
-            # Feedback about numbers far behind (nothing matches), then a PLI.
-            feedback = build_feedback(30_000, [1_000_000, 1_001_000], sender_ssrc=7)
-            pli = bytes([0x81, 206]) + (2).to_bytes(2, "big") + (7).to_bytes(4, "big")
-            await rtc_internals.send_rtcp(dtls, feedback + pli + media_ssrc.to_bytes(4, "big"))
-            await wait_for(
-                lambda: camera_keyframe_requests() > asked, 10, "the PLI after the feedback"
-            )
-            assert point_downlink(server, room)["feedback_reports"] > reports  # type: ignore[index]
-            # Forged: a clear header that says feedback, and bytes no key signed.
-            drops = server.stats()["datagrams_dropped"].get("bad_srtcp", 0)
-            pair = rtc_internals.selected_pair(dtls)
-            assert pair is not None
-            sendto, addr = pair
-            for i in range(3):
-                sendto(bytes([0x8F, 205, 0, 6]) + bytes(range(i, i + 40)), addr)
-            await wait_for(
-                lambda: server.stats()["datagrams_dropped"].get("bad_srtcp", 0) >= drops + 3,
-                10,
-                "the forged feedback dropped",
-            )
-            before = point_downlink(server, room)["feedback_reports"]  # type: ignore[index]
-            await wait_for(
-                lambda: point_downlink(server, room)["feedback_reports"] > before + 5,  # type: ignore[index]
-                10,
-                "the point's own reports still read",
-            )
-            await first_frames(point, {"teacher_camera"}, 10)  # the lesson goes on
-        finally:
-            await point.close()
+        asked = camera_keyframe_requests()
+        reports = point_downlink(server, room)["feedback_reports"]  # type: ignore[index]
+        # Feedback about numbers far behind (nothing matches), then a PLI.
+        feedback = build_feedback(30_000, [1_000_000, 1_001_000], sender_ssrc=7)
+        pli = bytes([0x81, 206]) + (2).to_bytes(2, "big") + (7).to_bytes(4, "big")
+        await rtc_internals.send_rtcp(dtls, feedback + pli + media_ssrc.to_bytes(4, "big"))
+        await wait_for(lambda: camera_keyframe_requests() > asked, 10, "the PLI after the feedback")
+        assert point_downlink(server, room)["feedback_reports"] > reports  # type: ignore[index]
+        # Forged: a clear header that says feedback, and bytes no key signed.
+        drops = server.stats()["datagrams_dropped"].get("bad_srtcp", 0)
+        pair = rtc_internals.selected_pair(dtls)
+        assert pair is not None
+        sendto, addr = pair
+        for i in range(3):
+            sendto(bytes([0x8F, 205, 0, 6]) + bytes(range(i, i + 40)), addr)
+        await wait_for(
+            lambda: server.stats()["datagrams_dropped"].get("bad_srtcp", 0) >= drops + 3,
+            10,
+            "the forged feedback dropped",
+        )
+        before = point_downlink(server, room)["feedback_reports"]  # type: ignore[index]
+        await wait_for(
+            lambda: point_downlink(server, room)["feedback_reports"] > before + 5,  # type: ignore[index]
+            10,
+            "the point's own reports still read",
+        )
+        await first_frames(point, {"teacher_camera"}, 10)  # the lesson goes on

@@ -283,22 +283,19 @@ async def test_a_resumed_picture_is_reported_paused_until_its_keyframe_is_sent()
     assert state(3.0) == (False, None)
 
 
+def two_layer_teacher() -> MediaSource:
+    """A teacher camera with a 720p and a 180p layer, nothing received yet."""
+    layers = {"h": make_up("h", 1111, []), "l": make_up("l", 1112, [])}
+    return MediaSource("p1", "c1", "M", "teacher_camera", "video", "vp8", "T", layers)
+
+
 async def test_a_subscriber_not_heard_from_yet_gets_only_what_a_thin_line_carries() -> None:
     """bench/rural.py 256kbit-10pct, point agent: in 3 runs of 26 the SFU, having had no
     report back, sent a joining point the whole lesson at 2 Mbit/s; the flood dropped
     the last flight of its DTLS handshake again and again, and it heard nothing for
     16-35 s. Until the subscriber is heard from, it gets the audio and a low layer, and
     is told nothing that may change before it hears a thing."""
-    teacher = MediaSource(
-        "p1",
-        "c1",
-        "M",
-        "teacher_camera",
-        "video",
-        "vp8",
-        "T",
-        {"h": make_up("h", 1111, []), "l": make_up("l", 1112, [])},
-    )
+    teacher = two_layer_teacher()
     bandwidth = SubscriberBandwidth(MemorySink())
     down = DownTrack(sink=bandwidth.sink_for("video"), ssrc=0xCAFE, payload_type=96)
     down.bind(teacher)
@@ -361,16 +358,7 @@ async def test_a_transport_cc_subscriber_heard_late_starts_low(
     whole lesson at the initial 2.5 Mbit/s, a 256 kbit/s line flooded for 3 s and the
     minute's audio lost 9.5 % (bench/rural.py 256kbit-10pct, point agent, tcc5 c2). A
     point heard at once starts as before."""
-    teacher = MediaSource(
-        "p1",
-        "c1",
-        "M",
-        "teacher_camera",
-        "video",
-        "vp8",
-        "T",
-        {"h": make_up("h", 1111, []), "l": make_up("l", 1112, [])},
-    )
+    teacher = two_layer_teacher()
     bandwidth = SubscriberBandwidth(MemorySink())
     bandwidth.use_transport_cc(3)
     down = DownTrack(sink=bandwidth.sink_for("video"), ssrc=0xCAFE, payload_type=96)

@@ -548,14 +548,17 @@ def tap_rtcp(dtls: RTCDtlsTransport, on_data: Callable[[bytes], bool]) -> None:
     harden_rtcp(dtls)
     original = dtls._handle_rtcp_data
 
-    async def handle_rtcp_data(data: bytes) -> None:
+    def consumed(data: bytes) -> bool:
         try:
-            if on_data(data):
-                return
+            return on_data(data)
         except Exception:
             HANDLER_ERRORS["rtcp"] += 1
             log.exception("RTCP tap failed; aiortc still handles the packet")
-        await original(data)
+            return False
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        if not consumed(data):
+            await original(data)
 
     handle_rtcp_data._tongke_hardened = True  # type: ignore[attr-defined]
     dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
@@ -579,12 +582,8 @@ def tap_rtcp(dtls: RTCDtlsTransport, on_data: Callable[[bytes], bool]) -> None:
         except pylibsrtp.Error:
             _drop("bad_srtcp")  # as aiortc would: a forgery or a replay changes nothing
             return
-        try:
-            if on_data(plain):
-                return
-        except Exception:
-            HANDLER_ERRORS["rtcp"] += 1
-            log.exception("RTCP tap failed; aiortc still handles the packet")
+        if consumed(plain):
+            return
         # Feedback first, then more (not what browsers send): aiortc reads the rest.
         task = asyncio.ensure_future(original(plain))
         pending.add(task)
