@@ -621,6 +621,7 @@ def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
             "paced_dropped": down.get("paced_dropped"),
             # The rise hold and the probes so far: what explains a layer flip.
             "hold_s": down.get("hold_s"),
+            "held_sources": down.get("held_sources"),
             "capacity_kbps": (down.get("capacity_bps") or 0) // 1000,
             "probes": [down["probes"]["succeeded"], down["probes"]["failed"]]
             if down.get("probes")

@@ -32,6 +32,7 @@ costs a keyframe and seconds of a lower picture before the next rise.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 LAYERS_LOW_TO_HIGH = ("l", "m", "h")
@@ -116,11 +117,13 @@ def allocate(
     hold: bool,
     keep_bps: int | None = None,
     line_loss: float = 0.0,
+    held: Collection[str] = (),
 ) -> dict[str, Decision]:
+    """`hold`: no source rises; `held`: these sources (keys) do not rise."""
     # Judged on the budget alone, so that keeping what is sent (below) cannot hold the
     # teacher's face on a link that the courseware should have.
     thin = too_thin_for_faces(budget_bps, candidates, line_loss)
-    decisions = _allocate(budget_bps, candidates, hold=hold, thin=thin)
+    decisions = _allocate(budget_bps, candidates, hold=hold, thin=thin, held=held)
     lowered = [priority(c) for c in candidates if lowers(c, decisions[c.key])]
     if keep_bps is None or not lowered:
         return decisions
@@ -213,7 +216,12 @@ def _thin_now(videos: list[Candidate]) -> bool:
 
 
 def _allocate(
-    budget_bps: int, candidates: list[Candidate], *, hold: bool, thin: bool
+    budget_bps: int,
+    candidates: list[Candidate],
+    *,
+    hold: bool,
+    thin: bool,
+    held: Collection[str] = (),
 ) -> dict[str, Decision]:
     decisions: dict[str, Decision] = {}
     remaining = budget_bps
@@ -238,12 +246,13 @@ def _allocate(
     for c, layer in ladder(videos, thin=thin):
         if one_picture and given:
             break
-        if hold and c.started and c.current is None and not (thin and c.source == CONTENT):
+        holding = hold or c.key in held
+        if holding and c.started and c.current is None and not (thin and c.source == CONTENT):
             # Paused for bandwidth: resumes only when the estimate is stable. Not the
             # courseware on a thin link: it goes before the cameras there, and resumes
             # only at a layer that fits.
             continue
-        if hold and c.current is not None and rank(layer) > rank(c.current):
+        if holding and c.current is not None and rank(layer) > rank(c.current):
             continue
         before = given.get(c.key)
         if before is not None and rank(before) >= rank(layer):

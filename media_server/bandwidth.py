@@ -28,6 +28,7 @@ from media_server.allocator import (
 from media_server.delay_estimate import QUEUE_MS, DelayEstimate
 from media_server.downtrack import DownTrack, RepairBudget
 from media_server.estimator import INITIAL_BPS, LOSS_HIGH, DownlinkEstimator
+from media_server.holds import SourceHolds
 from media_server.overflow import RETEST_GROWTH, OverflowWatch, SendLog
 from media_server.pacer import PACING_FACTOR, Pacer, PriorityLane
 from media_server.probe import CLUSTER_S, WORTH_PROBING, Probe, ProbeController
@@ -193,6 +194,8 @@ class SubscriberBandwidth:
         self._last_down = float("-inf")
         self._last_up = float("-inf")
         self._hold_s = HOLD_S
+        # The sources whose rises did not hold wait longer still (media_server/holds.py).
+        self.source_holds = SourceHolds()
         self._last_tick: float | None = None
         # Out SSRC -> (media, other) octets sent at the last tick.
         self._octets: dict[int, tuple[int, int]] = {}
@@ -316,13 +319,18 @@ class SubscriberBandwidth:
             hold=hold,
             keep_bps=keep,
             line_loss=line_loss,
+            held=self.source_holds.held(now),
         )
         self._pad_tails(active, self._loss_before_repairs(now))
         lowered = raised = False
         for down, cand in zip(active, candidates, strict=True):
             decision = decisions[cand.key]
-            lowered |= lowers(cand, decision)
-            raised |= rises(cand, decision)
+            if lowers(cand, decision):
+                lowered = True
+                self.source_holds.lowered(cand.key, now)
+            elif rises(cand, decision):
+                raised = True
+                self.source_holds.rose(cand.key, now)
             down.allocate(decision.layer, decision.paused)
             self._started.add(cand.key)
         if lowered:
@@ -480,6 +488,7 @@ class SubscriberBandwidth:
             self.estimator.on_link_capacity(self.overflow.capacity())
             self._last_down = float("-inf")
             self._hold_s = HOLD_S
+            self.source_holds.lift()
         self.pacer.set_rate(self._pacing(self.estimator.estimate(now).bps))
 
     def _probe_step(self) -> None:
@@ -588,6 +597,7 @@ class SubscriberBandwidth:
             if self.estimator.estimate(now).bps > before and link_grew(result.bps, known):
                 self._last_down = float("-inf")  # the link proved it: layers may rise now
                 self._hold_s = HOLD_S
+                self.source_holds.lift()
         self.pacer.set_rate(self._pacing(self.estimator.estimate(now).bps))
 
     def _pacing(self, estimate_bps: int) -> int:
@@ -784,6 +794,13 @@ class SubscriberBandwidth:
             "loss": round(est.loss, 4),
             "rtt_ms": round(est.rtt_ms, 1) if est.rtt_ms is not None else None,
             "hold_s": self._hold_s,
+            # Sources waiting out a failed rise, and for how long in all (holds.py).
+            "held_sources": {
+                key: self.source_holds.hold_s(key)
+                for key in sorted(self.source_holds.held(self._last_tick))
+            }
+            if self._last_tick is not None
+            else {},
             "layer_bps": self._layer_bps,
             "paced_dropped": self.pacer.dropped,
             "repair_refused": self.repair.refused,
