@@ -569,10 +569,11 @@ def tap_rtcp(dtls: RTCDtlsTransport, on_data: Callable[[bytes], bool]) -> None:
 
     def data_received(data: bytes, component: int) -> None:
         rx = dtls._rx_srtp
+        # (DTLS datagrams come this way too, and may be a byte long.)
         if (
-            data[1] != RTCP_RTPFB
+            not 127 < data[0] < 192
+            or data[1] != RTCP_RTPFB
             or data[0] & 0x1F != RTPFB_TRANSPORT_CC
-            or not 127 < data[0] < 192
             or rx is None
         ):
             queued(data, component)
