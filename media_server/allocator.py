@@ -21,7 +21,8 @@ their full rate before the board at 180p. Near 1 Mbit/s the estimate saws up and
 by a tenth; with the board's 180p before the slides' full layer, the slides were the
 layer that came and went, and each switch waited for a full-resolution keyframe: a
 second without a new slide, up to five times a minute (bench/rural.py
-1mbit-5pct-300ms, point agent: 3.4-8.6 % of seconds in 5 of 9 runs). A source that gets no layer is paused for bandwidth, and the subscriber is told
+1mbit-5pct-300ms, point agent: 3.4-8.6 % of seconds in 5 of 9 runs). A source that
+gets no layer is paused for bandwidth, and the subscriber is told
 so. Layers drop at once; they rise only when the caller says the estimate has been
 stable long enough (`hold=False`), so the picture does not flap. And they drop only
 when what is already being sent no longer fits in `keep_bps` (a little more than the

@@ -26,6 +26,7 @@ from media_server.estimator import INITIAL_BPS
 from media_server.publisher import SignallingError, parse_sdp
 from media_server.rtpbytes import AST_URI
 from media_server.source import MediaSource
+from media_server.twcc import feedback_first
 from media_server.wire import Wire
 from tongke import rtc_internals
 from tongke.codecs import (
@@ -184,7 +185,9 @@ class Subscriber:
             if self.transport_cc_id is not None and self.adaptive:
                 self.bandwidth.use_transport_cc(self.transport_cc_id)
                 on_rtcp = self.bandwidth.on_rtcp
-                rtc_internals.tap_rtcp(dtls, lambda data: on_rtcp(data, time.monotonic()))
+                rtc_internals.tap_rtcp(
+                    dtls, lambda data: on_rtcp(data, time.monotonic()), early=feedback_first
+                )
         bandwidth = self.bandwidth
         assert bandwidth is not None
         ext = {e.uri: e.id for e in parameters.headerExtensions}

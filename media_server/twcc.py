@@ -172,6 +172,17 @@ def feedback_in(compound: bytes) -> list[Feedback]:
     return found
 
 
+def feedback_first(datagram: bytes) -> bool:
+    """Whether an RTCP datagram opens with transport-cc feedback: its first header, which
+    SRTCP leaves clear, says so (and nothing is decrypted to tell)."""
+    return (
+        len(datagram) > 1
+        and 127 < datagram[0] < 192
+        and datagram[1] == RTPFB
+        and datagram[0] & 0x1F == FMT
+    )
+
+
 def only_feedback(compound: bytes) -> bool:
     """Whether a compound RTCP packet is transport-cc feedback and nothing else (as
     browsers and the classroom agent send it): no other reader needs it."""
@@ -200,12 +211,11 @@ class SendHistory:
 
     def record(self, packet: bytes, now: float) -> None:
         """The pacer's call as a packet leaves (only for subscribers with transport-cc)."""
-        i = (packet[SEQ_OFFSET] << 8 | packet[SEQ_OFFSET + 1]) & HISTORY_MASK
-        self.sent_at[i] = now
-        self.sizes[i] = len(packet) + WIRE_OVERHEAD
+        self.note(packet[SEQ_OFFSET] << 8 | packet[SEQ_OFFSET + 1], len(packet), now)
 
     def note(self, seq: int, size: int, now: float) -> None:
-        """`record` for the sender that stamped `seq` and knows the packet's `size`."""
+        """`record` for the sender that stamped `seq` and knows the packet's `size` (the
+        DownTrack's in-line path: nothing to read back from the bytes)."""
         i = seq & HISTORY_MASK
         self.sent_at[i] = now
         self.sizes[i] = size + WIRE_OVERHEAD

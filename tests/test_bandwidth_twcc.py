@@ -29,6 +29,7 @@ from media_server.twcc import (
     PacketResult,
     SendHistory,
     build_feedback,
+    feedback_first,
     feedback_in,
     only_feedback,
     parse_feedback,
@@ -119,6 +120,21 @@ def test_transport_cc_is_offered_on_media_sections_and_read_back_from_the_answer
     assert answered_transport_cc(sdp) == 5
     assert answered_transport_cc(OFFER) is None
     assert answered_transport_cc(f"a=extmap:15 {TRANSPORT_CC_URI}\r\n") is None
+
+
+@pytest.mark.parametrize(
+    ("datagram", "first"),
+    [
+        (build_feedback(7, [1_000, None, 3_000]) + bytes(14), True),  # alone, SRTCP trailer
+        (build_feedback(7, [1_000]) + bytes([0x81, 206, 0, 2]) + bytes(8), True),  # + a PLI
+        (bytes([0x81, 201, 0, 7]) + bytes(28), False),  # a receiver report first
+        (bytes([0x81, 205, 0, 3]) + bytes(12), False),  # RTPFB, but a NACK (FMT 1)
+        (bytes([0x17]), False),  # a one-byte DTLS datagram reaches the same callback
+        (bytes([0x17, 0xFE, 0xFD]), False),
+    ],
+)
+def test_feedback_is_told_from_its_clear_first_header(datagram: bytes, first: bool) -> None:
+    assert feedback_first(datagram) is first
 
 
 # -- stamping and recording ------------------------------------------------------------

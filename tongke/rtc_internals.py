@@ -63,7 +63,6 @@ log = logging.getLogger(__name__)
 MAX_DATAGRAM = 1500
 MIN_SRTP = 12 + 10  # RTP header + the 80-bit auth tag
 MIN_SRTCP = 8 + 4 + 10  # RTCP header + SRTCP index + auth tag
-RTCP_RTPFB, RTPFB_TRANSPORT_CC = 205, 15  # transport-cc feedback's packet type and FMT
 SRTP_BUFFER = 1500  # what pylibsrtp's Session allocates: packet plus trailer
 
 CONSENT_INTERVAL_S = 5.0
@@ -530,7 +529,11 @@ def harden_rtcp(dtls: RTCDtlsTransport) -> None:
     dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
 
 
-def tap_rtcp(dtls: RTCDtlsTransport, on_data: Callable[[bytes], bool]) -> None:
+def tap_rtcp(
+    dtls: RTCDtlsTransport,
+    on_data: Callable[[bytes], bool],
+    early: Callable[[bytes], bool] | None = None,
+) -> None:
     """Show `on_data` every decrypted compound RTCP packet before aiortc parses it; a
     packet it returns True for (it held nothing aiortc reads) stops there.
 
@@ -540,10 +543,11 @@ def tap_rtcp(dtls: RTCDtlsTransport, on_data: Callable[[bytes], bool]) -> None:
     parsed again by aiortc and handed to every sender, it cost a server serving 150
     such subscribers about a twentieth of its time (bench/fanout.py --feedback).
 
-    Such feedback is taken in the socket callback: SRTCP leaves a packet's first 8
-    bytes clear, so its first header says what it is. Decrypted there, it skips aiortc's
-    queue and the task switch to its DTLS loop (about a tenth of the cost of a report at
-    150 subscribers). Anything else takes aiortc's way, through the same tap.
+    `early(datagram)`, from the still encrypted datagram (SRTCP leaves a packet's first
+    8 bytes clear), picks what is decrypted and shown `on_data` in the socket callback:
+    such feedback then skips aiortc's queue and the task switch to its DTLS loop (about
+    a tenth of the cost of a report at 150 subscribers). Anything else takes aiortc's
+    way, through the same tap.
     """
     harden_rtcp(dtls)
     original = dtls._handle_rtcp_data
@@ -562,6 +566,8 @@ def tap_rtcp(dtls: RTCDtlsTransport, on_data: Callable[[bytes], bool]) -> None:
 
     handle_rtcp_data._tongke_hardened = True  # type: ignore[attr-defined]
     dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+    if early is None:
+        return
 
     connection = dtls.transport._connection
     queued = connection.data_received
@@ -569,13 +575,7 @@ def tap_rtcp(dtls: RTCDtlsTransport, on_data: Callable[[bytes], bool]) -> None:
 
     def data_received(data: bytes, component: int) -> None:
         rx = dtls._rx_srtp
-        # (DTLS datagrams come this way too, and may be a byte long.)
-        if (
-            not 127 < data[0] < 192
-            or data[1] != RTCP_RTPFB
-            or data[0] & 0x1F != RTPFB_TRANSPORT_CC
-            or rx is None
-        ):
+        if rx is None or not early(data):
             queued(data, component)
             return
         try:
