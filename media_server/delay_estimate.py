@@ -104,14 +104,6 @@ class Cut(NamedTuple):
     to_bps: float  # the decrease asked for (85 % of the link's rate as read)
 
 
-class _Group:
-    __slots__ = ("arrival_us", "first_sent", "last_sent")
-
-    def __init__(self, sent: float, arrival_us: int) -> None:
-        self.first_sent = self.last_sent = sent
-        self.arrival_us = arrival_us
-
-
 class _Line:
     """A least-squares line through the last WINDOW points, in constant time per point.
 
@@ -120,36 +112,43 @@ class _Line:
     otherwise cost the slope its precision.
     """
 
-    __slots__ = ("_origin", "_points", "_since", "_sx", "_sxx", "_sxy", "_sy")
+    __slots__ = ("_origin", "_points", "_since", "_sx", "_sxx", "_sxy", "_sy", "last_x")
 
     def __init__(self) -> None:
         self._points: deque[tuple[float, float]] = deque()
         self._origin = (0.0, 0.0)
         self._since = 0
         self._sx = self._sy = self._sxx = self._sxy = 0.0
+        self.last_x: float | None = None  # the newest point's x, None before the first
 
-    def add(self, x: float, y: float) -> None:
+    def add(self, x: float, y: float) -> float | None:
+        """Take a point in; the slope once the line holds WINDOW points, else None (one
+        call per point: it runs for every group of packets every subscriber reports)."""
         points = self._points
         ox, oy = self._origin
-        if len(points) == WINDOW:
+        sx, sy, sxx, sxy = self._sx, self._sy, self._sxx, self._sxy
+        full = len(points) == WINDOW
+        if full:
             px, py = points.popleft()
             px -= ox
             py -= oy
-            self._sx -= px
-            self._sy -= py
-            self._sxx -= px * px
-            self._sxy -= px * py
+            sx -= px
+            sy -= py
+            sxx -= px * px
+            sxy -= px * py
         points.append((x, y))
+        self.last_x = x
         self._since += 1
         if self._since >= REBASE:
             self._rebase(x, y)
-            return
-        x -= ox
-        y -= oy
-        self._sx += x
-        self._sy += y
-        self._sxx += x * x
-        self._sxy += x * y
+        else:
+            x -= ox
+            y -= oy
+            self._sx = sx = sx + x
+            self._sy = sy = sy + y
+            self._sxx = sxx = sxx + x * x
+            self._sxy = sxy = sxy + x * y
+        return self.slope() if full or len(points) == WINDOW else None
 
     def _rebase(self, ox: float, oy: float) -> None:
         self._origin = (ox, oy)
@@ -159,14 +158,6 @@ class _Line:
         self._sx, self._sy = sum(xs), sum(ys)
         self._sxx = sum(x * x for x in xs)
         self._sxy = sum(x * y for x, y in zip(xs, ys, strict=True))
-
-    @property
-    def count(self) -> int:
-        return len(self._points)
-
-    @property
-    def last_x(self) -> float:
-        return self._points[-1][0]
 
     def slope(self) -> float:
         n = len(self._points)
@@ -181,8 +172,11 @@ class DelayEstimate:
         self.lost = 0  # reported as not received
         self.received = 0
         self._highest = -1  # highest transport seq taken in (duplicates are skipped)
-        self._group: _Group | None = None
-        self._previous: _Group | None = None
+        # Groups of packets sent within GROUP_S of the first: the open one, as (first
+        # sent, last sent, latest arrival us), and the last closed one, as (last sent,
+        # latest arrival us). Plain tuples: a hundred groups a second per subscriber.
+        self._group: tuple[float, float, int] | None = None
+        self._previous: tuple[float, int] | None = None
         self._accumulated = 0.0
         self._smoothed = 0.0
         self._line = _Line()  # the trend: the smoothed delay's last WINDOW points
@@ -262,7 +256,8 @@ class DelayEstimate:
         last_arrival = self._last_arrival_us
         sent_bytes = received_bytes = lost = 0
         excluded_from, excluded_to = self._excluded
-        group = self._group
+        open_group = self._group
+        first_sent, last_sent, group_arrival = open_group or (-1.0, 0.0, 0)
         for seq, sent, size, arrival in fresh:
             if arrival is None:
                 lost += 1
@@ -281,20 +276,23 @@ class DelayEstimate:
             # Groups: packets sent within GROUP_S of a group's first.
             if excluded_from <= sent <= excluded_to:
                 # A probe's queue: close what came before, and pair nothing across it.
-                if group is not None:
-                    self._close_group(group)
-                group = self._previous = None
-            elif group is None:
-                group = _Group(sent, arrival)
-            elif sent - group.first_sent <= GROUP_S:
-                if sent > group.last_sent:
-                    group.last_sent = sent
-                if arrival > group.arrival_us:
-                    group.arrival_us = arrival
+                if first_sent >= 0:
+                    self._close_group(last_sent, group_arrival)
+                first_sent = -1.0
+                self._previous = None
+            elif first_sent < 0:
+                first_sent = last_sent = sent
+                group_arrival = arrival
+            elif sent - first_sent <= GROUP_S:
+                if sent > last_sent:
+                    last_sent = sent
+                if arrival > group_arrival:
+                    group_arrival = arrival
             else:
-                self._close_group(group)
-                group = _Group(sent, arrival)
-        self._group = group
+                self._close_group(last_sent, group_arrival)
+                first_sent = last_sent = sent
+                group_arrival = arrival
+        self._group = (first_sent, last_sent, group_arrival) if first_sent >= 0 else None
         self._last_arrival_us = last_arrival
         self.lost += lost
         self.received += len(fresh) - lost
@@ -302,15 +300,15 @@ class DelayEstimate:
         self._window_received += received_bytes
         self._control(now, rtt_s)
 
-    def _close_group(self, group: _Group) -> None:
-        previous, self._previous = self._previous, group
+    def _close_group(self, last_sent: float, arrival_us: int) -> None:
+        previous, self._previous = self._previous, (last_sent, arrival_us)
         if previous is None:
             return
-        arrival_ms = (group.arrival_us - previous.arrival_us) / 1000
+        arrival_ms = (arrival_us - previous[1]) / 1000
         if arrival_ms < 0:
             return  # reordered across groups: no reading from this pair
-        sent_ms = (group.last_sent - previous.last_sent) * 1000
-        self._trendline(group.arrival_us, arrival_ms - sent_ms)
+        sent_ms = (last_sent - previous[0]) * 1000
+        self._trendline(arrival_us, arrival_ms - sent_ms)
 
     # -- detection ----------------------------------------------------------------------
 
@@ -323,14 +321,15 @@ class DelayEstimate:
         at_ms = (arrival_us - self._first_arrival_us) / 1000
         line = self._line
         floor = self._floor
+        last_x = line.last_x
         if floor is None or smoothed < floor:
             floor = self._floor = smoothed
-        elif line.count:
-            floor = self._floor = floor + FLOOR_RISE_MS_PER_S * max(0.0, at_ms - line.last_x) / 1000
-        line.add(at_ms, smoothed)
-        if line.count < WINDOW:
+        elif last_x is not None:
+            floor = self._floor = floor + FLOOR_RISE_MS_PER_S * max(0.0, at_ms - last_x) / 1000
+        slope = line.add(at_ms, smoothed)
+        if slope is None:
             return
-        trend = line.slope() * min(samples, 60) * TREND_GAIN
+        trend = slope * min(samples, 60) * TREND_GAIN
         # Detection, per group: the queue's growth against the adaptive threshold.
         last_ms = self._last_arrival_ms
         step_ms = 0.0 if last_ms is None else min(at_ms - last_ms, 100)
@@ -417,11 +416,17 @@ class DelayEstimate:
         """
         window = [e for e in self._window if e[3] > 0 and not e[4]]
         best = 0.0
+        if len(window) < RECENT_PACKETS:
+            return best
+        # The bytes of each run's packets but its first (which took no arrival time),
+        # slid along the window: sizes are whole bytes, so the sum stays exact.
+        size = sum(e[3] for e in window[1:RECENT_PACKETS])
         for i in range(len(window) - RECENT_PACKETS + 1):
             first, last = window[i], window[i + RECENT_PACKETS - 1]
+            if i:
+                size += last[3] - first[3]
             span_s = (last[0] - first[0]) / 1e6
             if span_s >= MIN_PEAK_SPAN_S:
-                size = sum(e[3] for e in window[i + 1 : i + RECENT_PACKETS])
                 best = max(best, size * 8 / span_s)
         return best
 

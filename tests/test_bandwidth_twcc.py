@@ -16,7 +16,15 @@ from media_server.bandwidth import (
     SubscriberBandwidth,
     link_grew,
 )
-from media_server.delay_estimate import QUEUE_MS, WINDOW, DelayEstimate, Usage, _Line
+from media_server.delay_estimate import (
+    MIN_PEAK_SPAN_S,
+    QUEUE_MS,
+    RECENT_PACKETS,
+    WINDOW,
+    DelayEstimate,
+    Usage,
+    _Line,
+)
 from media_server.downtrack import DownTrack
 from media_server.estimator import DownlinkEstimator
 from media_server.pacer import Pacer
@@ -441,6 +449,29 @@ def test_a_keyframes_short_queue_cuts_to_the_links_rate_not_to_our_own() -> None
     trace = simulate([(0.0, 2_000_000)], seconds=30, demand_bps=1_200_000, keyframe_bytes=60_000)
     assert any(usage is Usage.OVERUSE for _, _, usage in trace)
     assert min(bps for t, bps, _ in trace if t >= 5) >= 1_600_000
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_links_peak_rate_is_its_fastest_run_of_received_packets(seed: int) -> None:
+    """The rate a cut follows: the fastest RECENT_PACKETS received, timed packets of the
+    window delivered (their bytes but the first's, over their arrival span), as a
+    reading of every run one by one gives it; lost and late packets take no part."""
+    rnd = random.Random(seed)
+    estimate = DelayEstimate(2_000_000)
+    arrival = 1_000_000
+    results: list[PacketResult] = []
+    for seq in range(300):
+        arrival += rnd.choice([100, 1_000, 3_000, 20_000])
+        lost = rnd.random() < 0.1
+        results.append((seq, seq / 1000, rnd.randint(100, 1_250), None if lost else arrival))
+    estimate.on_feedback(results, now=1.0)
+    for entry in list(estimate._window)[::7]:
+        entry[4] = 1  # late: its arrival stamp is not its own
+    timed = [e for e in estimate._window if e[3] > 0 and not e[4]]
+    runs = [timed[i : i + RECENT_PACKETS] for i in range(len(timed) - RECENT_PACKETS + 1)]
+    spans = [((run[-1][0] - run[0][0]) / 1e6, sum(e[3] for e in run[1:])) for run in runs]
+    expected = max(size * 8 / span for span, size in spans if span >= MIN_PEAK_SPAN_S)
+    assert estimate._peak_arrival_bps() == pytest.approx(expected, rel=1e-12)
 
 
 def test_stalls_of_the_link_pump_do_not_cut_the_estimate() -> None:
