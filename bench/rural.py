@@ -622,6 +622,8 @@ def _downlink_sample(room_stats: dict[str, Any]) -> dict[str, Any]:
             # The rise hold and the probes so far: what explains a layer flip.
             "hold_s": down.get("hold_s"),
             "held_sources": down.get("held_sources"),
+            # First heard from only after 5 s: the estimate started low (when, from what).
+            "late_start": down.get("late_start"),
             "capacity_kbps": (down.get("capacity_bps") or 0) // 1000,
             "probes": [down["probes"]["succeeded"], down["probes"]["failed"]]
             if down.get("probes")

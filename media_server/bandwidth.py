@@ -217,6 +217,9 @@ class SubscriberBandwidth:
         self._history: SendHistory | None = None
         self._delay: DelayEstimate | None = None
         self.feedback_reports = 0
+        # Set once, on the tick a transport-cc subscriber first heard from only after
+        # UNHEARD_MAX_S started low: {"after_s", "estimate_bps"} (ops, tests).
+        self.late_start: dict[str, float] | None = None
         self._heard = False  # the subscriber has sent feedback (see UNHEARD_BPS)
         self._first_tick: float | None = None
         self._layer_bps: dict[str, dict[str, int]] = {}  # what the allocator last assumed
@@ -275,7 +278,12 @@ class SubscriberBandwidth:
             and now - self._first_tick >= UNHEARD_MAX_S
         ):
             self.estimator.start_low(LATE_START_BPS)
+            late_s = now - self._first_tick
+        else:
+            late_s = None
         estimate = self.estimator.estimate(now)
+        if late_s is not None:
+            self.late_start = {"after_s": round(late_s, 1), "estimate_bps": estimate.bps}
         self.estimate_bps = estimate.bps
         probe = self.prober.active or self._retest
         self.pacer.set_rate(int(probe.target_bps) if probe else self._pacing(estimate.bps))
@@ -808,6 +816,8 @@ class SubscriberBandwidth:
             "delay_bps": int(self._delay.bps) if self._delay is not None else None,
             "delay_usage": self._delay.usage.value if self._delay is not None else None,
             "feedback_reports": self.feedback_reports,
+            # Heard from only after UNHEARD_MAX_S: when, and the estimate it started from.
+            "late_start": self.late_start,
             "capacity_bps": int(est.capacity_bps) if est.capacity_bps is not None else None,
             "overflows": self.overflow.overflows,
             "overflow_events": list(self.overflow.events),

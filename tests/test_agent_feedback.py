@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from aiortc import RTCPeerConnection
+
 from classroom_agent.agent import ClassroomAgent
-from classroom_agent.client import LessonClient
+from classroom_agent.client import ClientEvents, LessonClient
 from classroom_agent.config import SourceConfig
+from media_server.bandwidth import LATE_START_BPS, UNHEARD_MAX_S
 from media_server.twcc import build_feedback
 from tests.lesson_server import ServerProcess
 from tests.media import first_frames, wait_for
@@ -83,18 +87,53 @@ async def test_a_point_agent_tells_the_sfu_when_each_packet_arrived(
     async with reporting_point(server, room, 20) as point:
         down = point_downlink(server, room)
         assert down is not None and down["delay_bps"] is not None
+        assert down["late_start"] is None  # heard from at once: the usual start
         assert point.feedback is not None
     assert point.feedback is None  # stopped with the connection
 
 
+async def test_a_point_first_heard_from_late_starts_low_and_still_gets_its_lesson(
+    server: ServerProcess, room: str
+) -> None:
+    """A point whose way back to the SFU comes up only 9 s after it joined (as on a thin,
+    lossy line whose handshake's last flight was lost) sends no receiver report and no
+    transport-cc feedback until then. It is not sent the whole lesson at the SFU's default
+    estimate once heard: its estimate starts from 300 kbit/s, probes climb from there,
+    and the teacher's picture still comes."""
+    held: set[int] = set()
+
+    def way_back_late(pc: RTCPeerConnection) -> None:
+        for transceiver in pc.getTransceivers():
+            dtls = rtc_internals.dtls_of(transceiver)
+            if id(dtls) not in held:
+                held.add(id(dtls))
+                rtc_internals.hold_rtcp(dtls, time.monotonic() + 9.0)
+
+    async with reporting_point(
+        server, room, 5, ClientEvents(on_subscribe_transceivers=way_back_late)
+    ):
+
+        def started_low() -> bool:
+            down = point_downlink(server, room)
+            return down is not None and down["late_start"] is not None
+
+        # The SFU reads the first reports at its next control tick (once a second).
+        await wait_for(started_low, 5, "the late point's estimate to start low")
+        late = point_downlink(server, room)["late_start"]  # type: ignore[index]
+        assert late["after_s"] >= UNHEARD_MAX_S
+        assert late["estimate_bps"] <= LATE_START_BPS
+
+
 @asynccontextmanager
 async def reporting_point(
-    server: ServerProcess, room: str, reports: int
+    server: ServerProcess, room: str, reports: int, events: ClientEvents | None = None
 ) -> AsyncIterator[LessonClient]:
     """A master agent and a point agent, once the point's first pictures arrived and
     more than `reports` of its transport-cc reports reached the SFU."""
     master = ClassroomAgent(small_master(server, room), record=False)
-    point = LessonClient(server.url, room, server.token(room, "xiaohe", "point", name="小河"))
+    point = LessonClient(
+        server.url, room, server.token(room, "xiaohe", "point", name="小河"), events=events
+    )
     async with running(master):
         await point.connect()
         try:

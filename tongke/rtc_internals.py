@@ -610,6 +610,20 @@ async def send_rtcp(dtls: RTCDtlsTransport, packet: bytes) -> None:
     await dtls._send_rtp(packet)
 
 
+def hold_rtcp(dtls: RTCDtlsTransport, until: float) -> None:
+    """Drop every RTCP packet this transport sends until `time.monotonic()` reaches
+    `until`: a receiver whose way back is not up yet (an impairment for tests and
+    benchmarks: receiver reports, NACKs and transport-cc feedback all stay home)."""
+    send = dtls._send_rtp
+
+    async def held(data: bytes) -> None:
+        if time.monotonic() < until and len(data) > 1 and 192 <= data[1] <= 223:
+            return
+        await send(data)
+
+    dtls._send_rtp = held  # type: ignore[method-assign]
+
+
 def disable_receiver(transceiver: RTCRtpTransceiver) -> None:
     """Never start aiortc's receiver: no jitter buffer, no decoder thread."""
     transceiver.receiver.receive = _no_receive  # type: ignore[method-assign]
