@@ -311,12 +311,15 @@ def compare(setting: str, subscribers: int, seconds: float, rounds: int, quiet: 
 
 def alternated(runs: dict[str, list[dict]], first: str, second: str) -> dict:
     """Two servers' alternating runs: each one's median cost per packet, the second's
-    ratio to the first, every run, and each one's worst loss (a cheaper server must not
-    be one that dropped packets)."""
+    ratio to the first, every run, each one's worst loss (a cheaper server must not be
+    one that dropped packets) and its median packets forwarded a second (a server that
+    paused a subscriber's video forwards less, and its cost per packet reads higher)."""
     median = {
         k: statistics.median(r["us_per_packet"] or 0.0 for r in runs[k]) for k in (first, second)
     }
     return {
+        f"pps_{first}": statistics.median(r["pps"] for r in runs[first]),
+        f"pps_{second}": statistics.median(r["pps"] for r in runs[second]),
         f"us_per_packet_{first}": round(median[first], 2),
         f"us_per_packet_{second}": round(median[second], 2),
         f"ratio_{second}_{first}": (
