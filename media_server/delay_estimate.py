@@ -258,6 +258,9 @@ class DelayEstimate:
         excluded_from, excluded_to = self._excluded
         open_group = self._group
         first_sent, last_sent, group_arrival = open_group or (-1.0, 0.0, 0)
+        # Groups closed by this report, in order; None: a probe's queue, pair nothing
+        # across it. The detector reads them after the loop, in one pass.
+        closed: list[tuple[float, int] | None] = []
         for seq, sent, size, arrival in fresh:
             if arrival is None:
                 lost += 1
@@ -277,9 +280,9 @@ class DelayEstimate:
             if excluded_from <= sent <= excluded_to:
                 # A probe's queue: close what came before, and pair nothing across it.
                 if first_sent >= 0:
-                    self._close_group(last_sent, group_arrival)
+                    closed.append((last_sent, group_arrival))
                 first_sent = -1.0
-                self._previous = None
+                closed.append(None)
             elif first_sent < 0:
                 first_sent = last_sent = sent
                 group_arrival = arrival
@@ -289,10 +292,12 @@ class DelayEstimate:
                 if arrival > group_arrival:
                     group_arrival = arrival
             else:
-                self._close_group(last_sent, group_arrival)
+                closed.append((last_sent, group_arrival))
                 first_sent = last_sent = sent
                 group_arrival = arrival
         self._group = (first_sent, last_sent, group_arrival) if first_sent >= 0 else None
+        if closed:
+            self._detect(closed)
         self._last_arrival_us = last_arrival
         self.lost += lost
         self.received += len(fresh) - lost
@@ -300,67 +305,83 @@ class DelayEstimate:
         self._window_received += received_bytes
         self._control(now, rtt_s)
 
-    def _close_group(self, last_sent: float, arrival_us: int) -> None:
-        previous, self._previous = self._previous, (last_sent, arrival_us)
-        if previous is None:
-            return
-        arrival_ms = (arrival_us - previous[1]) / 1000
-        if arrival_ms < 0:
-            return  # reordered across groups: no reading from this pair
-        sent_ms = (last_sent - previous[0]) * 1000
-        self._trendline(arrival_us, arrival_ms - sent_ms)
-
     # -- detection ----------------------------------------------------------------------
 
-    def _trendline(self, arrival_us: int, delta_ms: float) -> None:
-        if self._first_arrival_us is None:
-            self._first_arrival_us = arrival_us
-        samples = self._samples = self._samples + 1
-        accumulated = self._accumulated = self._accumulated + delta_ms
-        smoothed = self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * accumulated
-        at_ms = (arrival_us - self._first_arrival_us) / 1000
-        line = self._line
+    def _detect(self, groups: list[tuple[float, int] | None]) -> None:
+        """The trend of the queue's delay, and overuse read from it, group by group.
+
+        Each group, (last sent, latest arrival us), is paired with the one before it:
+        how much later it arrived than it was sent adds to the accumulated delay, whose
+        smoothed value's slope over the last WINDOW groups is the trend. The state lives
+        in locals for the pass (a hundred groups a second per subscriber) and is written
+        back once.
+        """
+        previous = self._previous
+        first_arrival_us = self._first_arrival_us
+        samples, accumulated, smoothed = self._samples, self._accumulated, self._smoothed
         floor = self._floor
-        last_x = line.last_x
-        if floor is None or smoothed < floor:
-            floor = self._floor = smoothed
-        elif last_x is not None:
-            floor = self._floor = floor + FLOOR_RISE_MS_PER_S * max(0.0, at_ms - last_x) / 1000
-        slope = line.add(at_ms, smoothed)
-        if slope is None:
-            return
-        trend = slope * min(samples, 60) * TREND_GAIN
-        # Detection, per group: the queue's growth against the adaptive threshold.
+        line = self._line
         last_ms = self._last_arrival_ms
-        step_ms = 0.0 if last_ms is None else min(at_ms - last_ms, 100)
-        self._last_arrival_ms = at_ms
         threshold = self._threshold
-        if trend > threshold:
-            if samples >= WARMUP_SAMPLES and smoothed - floor >= QUEUE_MS:
-                self._overuse_ms += step_ms
-                self._overuse_count += 1
-                if (
-                    self._overuse_ms > OVERUSE_MS
-                    and self._overuse_count > 1
-                    and trend >= self._trend
-                ):
-                    self.usage = Usage.OVERUSE
-            # else: rising, but no queue yet: keep the current reading
-        elif trend < -threshold:
-            self._overuse_ms, self._overuse_count = 0.0, 0
-            self.usage = Usage.UNDERUSE
-        else:
-            self._overuse_ms, self._overuse_count = 0.0, 0
-            self.usage = Usage.NORMAL
-        self._trend = trend
-        # The threshold follows the trend's usual size, slowly up and faster down; a spike
-        # far above it (a route change, a stall) does not drag it along.
-        size = abs(trend)
-        excess = size - threshold
-        if excess <= 15:
-            k = K_DOWN if size < threshold else K_UP
-            threshold += k * excess * max(step_ms, 0.0)
-            self._threshold = min(max(threshold, THRESHOLD_MIN_MS), THRESHOLD_MAX_MS)
+        overuse_ms, overuse_count = self._overuse_ms, self._overuse_count
+        trend, usage = self._trend, self.usage
+        for group in groups:
+            pair, previous = previous, group
+            if group is None or pair is None:
+                continue
+            arrival_us = group[1]
+            arrival_ms = (arrival_us - pair[1]) / 1000
+            if arrival_ms < 0:
+                continue  # reordered across groups: no reading from this pair
+            delta_ms = arrival_ms - (group[0] - pair[0]) * 1000
+            if first_arrival_us is None:
+                first_arrival_us = arrival_us
+            samples += 1
+            accumulated += delta_ms
+            smoothed = SMOOTHING * smoothed + (1 - SMOOTHING) * accumulated
+            at_ms = (arrival_us - first_arrival_us) / 1000
+            last_x = line.last_x
+            if floor is None or smoothed < floor:
+                floor = smoothed
+            elif last_x is not None:
+                floor = floor + FLOOR_RISE_MS_PER_S * max(0.0, at_ms - last_x) / 1000
+            slope = line.add(at_ms, smoothed)
+            if slope is None:
+                continue
+            new_trend = slope * min(samples, 60) * TREND_GAIN
+            # Detection, per group: the queue's growth against the adaptive threshold.
+            step_ms = 0.0 if last_ms is None else min(at_ms - last_ms, 100)
+            last_ms = at_ms
+            if new_trend > threshold:
+                if samples >= WARMUP_SAMPLES and smoothed - floor >= QUEUE_MS:
+                    overuse_ms += step_ms
+                    overuse_count += 1
+                    if overuse_ms > OVERUSE_MS and overuse_count > 1 and new_trend >= trend:
+                        usage = Usage.OVERUSE
+                # else: rising, but no queue yet: keep the current reading
+            elif new_trend < -threshold:
+                overuse_ms, overuse_count = 0.0, 0
+                usage = Usage.UNDERUSE
+            else:
+                overuse_ms, overuse_count = 0.0, 0
+                usage = Usage.NORMAL
+            trend = new_trend
+            # The threshold follows the trend's usual size, slowly up and faster down; a
+            # spike far above it (a route change, a stall) does not drag it along.
+            size = abs(trend)
+            excess = size - threshold
+            if excess <= 15:
+                k = K_DOWN if size < threshold else K_UP
+                threshold += k * excess * max(step_ms, 0.0)
+                threshold = min(max(threshold, THRESHOLD_MIN_MS), THRESHOLD_MAX_MS)
+        self._previous = previous
+        self._first_arrival_us = first_arrival_us
+        self._samples, self._accumulated, self._smoothed = samples, accumulated, smoothed
+        self._floor = floor
+        self._last_arrival_ms = last_ms
+        self._threshold = threshold
+        self._overuse_ms, self._overuse_count = overuse_ms, overuse_count
+        self._trend, self.usage = trend, usage
 
     # -- rate -------------------------------------------------------------------------
 
