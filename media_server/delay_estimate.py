@@ -504,7 +504,10 @@ class DelayEstimate:
         acked = rates[0] if rates is not None else None
         elapsed = 0.0 if self._last_update is None else min(now - self._last_update, 1.0)
         self._last_update = now
-        recent = self._recent()
+        # The newest packets matter only where the half second says the link fell behind
+        # what we sent: most reports on a link we do not fill skip that pass.
+        behind = rates is not None and rates[0] < SATURATED * rates[1]
+        recent = self._recent() if behind else None
         saturated = self._saturated(rates, recent)
         confirmed = saturated and self._was_saturated
         self._was_saturated = saturated
