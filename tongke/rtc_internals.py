@@ -610,18 +610,23 @@ async def send_rtcp(dtls: RTCDtlsTransport, packet: bytes) -> None:
     await dtls._send_rtp(packet)
 
 
-def hold_rtcp(dtls: RTCDtlsTransport, until: float) -> None:
-    """Drop every RTCP packet this transport sends until `time.monotonic()` reaches
-    `until`: a receiver whose way back is not up yet (an impairment for tests and
+def hold_rtcp(dtls: RTCDtlsTransport) -> Callable[[], None]:
+    """Drop every RTCP packet this transport sends until the returned function is
+    called: a receiver whose way back is not up yet (an impairment for tests and
     benchmarks: receiver reports, NACKs and transport-cc feedback all stay home)."""
     send = dtls._send_rtp
+    shut = [True]
 
     async def held(data: bytes) -> None:
-        if time.monotonic() < until and len(data) > 1 and 192 <= data[1] <= 223:
+        if shut[0] and len(data) > 1 and 192 <= data[1] <= 223:
             return
         await send(data)
 
+    def release() -> None:
+        shut[0] = False
+
     dtls._send_rtp = held  # type: ignore[method-assign]
+    return release
 
 
 def disable_receiver(transceiver: RTCRtpTransceiver) -> None:
