@@ -127,8 +127,7 @@ class _Line:
         points = self._points
         ox, oy = self._origin
         sx, sy, sxx, sxy = self._sx, self._sy, self._sxx, self._sxy
-        full = len(points) == WINDOW
-        if full:
+        if len(points) == WINDOW:
             px, py = points.popleft()
             px -= ox
             py -= oy
@@ -148,7 +147,7 @@ class _Line:
             self._sy = sy = sy + y
             self._sxx = sxx = sxx + x * x
             self._sxy = sxy = sxy + x * y
-        return self.slope() if full or len(points) == WINDOW else None
+        return self.slope() if len(points) == WINDOW else None
 
     def _rebase(self, ox: float, oy: float) -> None:
         self._origin = (ox, oy)
@@ -256,8 +255,7 @@ class DelayEstimate:
         last_arrival = self._last_arrival_us
         sent_bytes = received_bytes = lost = 0
         excluded_from, excluded_to = self._excluded
-        open_group = self._group
-        first_sent, last_sent, group_arrival = open_group or (-1.0, 0.0, 0)
+        first_sent, last_sent, group_arrival = self._group or (-1.0, 0.0, 0)
         # Groups closed by this report, in order; None: a probe's queue, pair nothing
         # across it. The detector reads them after the loop, in one pass.
         closed: list[tuple[float, int] | None] = []
@@ -489,26 +487,18 @@ class DelayEstimate:
         sent_bps = (timed - last[3]) * 8 / sent_s
         return _Recent(arrival_bps / sent_bps, lost / (lost + got), arrival_bps)
 
-    def _saturated(self, rates: tuple[float, float] | None, recent: _Recent | None) -> bool:
-        """The link, not we, sets the pace now and over the last half second: the newest
-        packets arrive slower than they left, or a full queue drops them at its tail."""
-        return (
-            rates is not None
-            and rates[0] < SATURATED * rates[1]
-            and recent is not None
-            and (recent.ratio < 1.0 or recent.loss > RECENT_FLOOD_LOSS)
-        )
-
     def _control(self, now: float, rtt_s: float) -> None:
         rates = self._rates()
         acked = rates[0] if rates is not None else None
         elapsed = 0.0 if self._last_update is None else min(now - self._last_update, 1.0)
         self._last_update = now
-        # The newest packets matter only where the half second says the link fell behind
-        # what we sent: most reports on a link we do not fill skip that pass.
+        # Saturated: the link, not we, sets the pace now and over the last half second.
+        # Over the half second it delivered less than we sent; the newest packets (read
+        # only then: most reports on a link we do not fill skip that pass) arrive slower
+        # than they left, or a full queue drops them at its tail.
         behind = rates is not None and rates[0] < SATURATED * rates[1]
         recent = self._recent() if behind else None
-        saturated = self._saturated(rates, recent)
+        saturated = recent is not None and (recent.ratio < 1.0 or recent.loss > RECENT_FLOOD_LOSS)
         confirmed = saturated and self._was_saturated
         self._was_saturated = saturated
         # A queue that filled where the trend could not see it (during a probe's blind

@@ -39,6 +39,7 @@ import aioice.stun
 import aiortc.codecs.h264
 import aiortc.codecs.vpx
 import aiortc.rtcrtpreceiver
+import aiortc.rtp
 import pylibsrtp
 import pylibsrtp._binding
 from aiortc import (
@@ -132,6 +133,7 @@ _MODULE_ATTRS: list[tuple[Any, str]] = [
     (aiortc.codecs.h264, "h264_depayload"),
     (aiortc.codecs.vpx, "vp8_depayload"),
     (aiortc.rtcrtpreceiver, "get_decoder"),
+    (aiortc.rtp, "is_rtcp"),
     (pylibsrtp, "_srtp_assert"),
     (pylibsrtp, "SRTP_MAX_TRAILER_LEN"),
     (pylibsrtp._binding, "ffi"),
@@ -618,7 +620,7 @@ def hold_rtcp(dtls: RTCDtlsTransport) -> Callable[[], None]:
     shut = [True]
 
     async def held(data: bytes) -> None:
-        if shut[0] and len(data) > 1 and 192 <= data[1] <= 223:
+        if shut[0] and aiortc.rtp.is_rtcp(data):  # as _send_rtp itself tells them apart
             return
         await send(data)
 
